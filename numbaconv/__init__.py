@@ -1,0 +1,3 @@
+"""numbaconv: a convolutional-network engine whose compute is Numba."""
+
+__version__ = "0.1.0"
