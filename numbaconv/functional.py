@@ -175,13 +175,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if 0 in geo.output_shape:
         return np.zeros(geo.output_shape, dtype=x.dtype)
     b = np.zeros(c_out, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
-    xp = geo.pad(x)
-    w = np.ascontiguousarray(weight)
     out_h, out_w = geo.output_shape[2:]
-    if geo.stride == (1, 1):
-        return cpu_conv.conv2d_forward_wide(xp, w, b, *geo.dilation, geo.groups, out_h, out_w)
-    return cpu_conv.conv2d_forward_strided(xp, w, b, *geo.stride, *geo.dilation, geo.groups,
-                                           out_h, out_w)
+    return cpu_conv.conv2d_forward(geo.pad(x), np.ascontiguousarray(weight), b, *geo.stride,
+                                   *geo.dilation, geo.groups, out_h, out_w)
 
 
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
@@ -208,17 +204,14 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     if 0 in geo.output_shape:
         return (np.zeros_like(x) if need_input_grad else None, np.zeros_like(weight),
                 np.zeros(weight.shape[0], dtype=x.dtype))
-    xp = geo.pad(x)
     w = np.ascontiguousarray(weight)
     gy = np.ascontiguousarray(grad_y)
-    if geo.stride == (1, 1):
-        grad_xp, grad_w = cpu_conv.conv2d_backward_wide(gy, xp, w, *geo.dilation, geo.groups,
-                                                        need_input_grad)
-    else:
-        grad_xp, grad_w = cpu_conv.conv2d_backward_strided(gy, xp, w, *geo.stride,
-                                                           *geo.dilation, geo.groups,
-                                                           need_input_grad)
-    grad_x = geo.crop(grad_xp) if need_input_grad else None
+    grad_w = cpu_conv.conv2d_weight_grad(gy, geo.pad(x), *geo.kernel, *geo.stride,
+                                         *geo.dilation, geo.groups)
+    grad_x = None
+    if need_input_grad:
+        grad_x = geo.crop(cpu_conv.conv2d_input_grad(gy, w, (x.shape[0], x.shape[1]) + geo.padded,
+                                                     geo.stride, geo.dilation, geo.groups))
     return grad_x, grad_w, cpu_conv.bias_grad(gy)
 
 

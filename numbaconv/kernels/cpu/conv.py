@@ -7,184 +7,285 @@ kernels trust their inputs. Inputs arrive already padded and C-contiguous:
     w  : (C_out, C_in // groups, KH, KW)
     y  : (N, C_out, OH, OW)
 
-Two families of kernels:
+Both kernels are matrix products whose second factor is never built. Seen as flat vectors of
+``Hp * Wp`` values, the input window under every output pixel is the same plane shifted by a
+fixed offset per kernel tap ``k = (c_in, kh, kw)``: ``kh * dilation_h * Wp + kw * dilation_w``.
+So the "im2col" matrix's row ``k`` is simply ``plane[offset[k]:]``, a contiguous slice. Outputs
+are computed on that flat grid, ``Wp`` wide (the ``Wp - OW`` extra columns per row are scratch),
+at stride 1; a strided convolution keeps every stride-th row and column of it.
 
-* ``*_wide`` (stride 1): each output row is computed over the full padded width ``Wp``, so an
-  output plane and the input plane it reads are both flat, contiguous vectors and every kernel
-  tap is one long ``axpy`` that LLVM turns into SIMD code. The ``Wp - OW`` extra columns of
-  each row are scratch and are dropped (forward) or held at zero (backward).
-* ``*_strided``: plain loops for any stride.
+The products are register-blocked (4 output channels x 4 taps per pass) and vectorised along
+the long pixel axis. No BLAS: they run inside ``prange`` loops, where a BLAS call would start
+its own threads on top of Numba's. (They live in this module because ``cache=True`` does not
+notice edits to other modules.) The gradient of the input is itself a convolution, of the
+gradient with the flipped, transposed kernel, and runs through :func:`conv2d_forward`.
 
-Parallel loops only ever write to memory that one iteration owns (an output plane, an input
-gradient plane, or one ``(c_out, c_in)`` weight-gradient slice), so results do not depend on the
-number of threads.
+Parallel loops only ever write to memory that one iteration owns (a block of an output plane,
+or one batch chunk's partial weight gradient, summed afterwards in a fixed order), so results
+do not depend on the number of threads.
 """
 
 import numpy as np
 from numba import njit, prange
 
-# Sums over many products: let LLVM reorder and fuse them so the reductions vectorise.
-# No 'nnan'/'ninf': NaN and inf still propagate as in PyTorch.
-_FAST = {"reassoc", "contract"}
+_FAST = {"reassoc", "contract"}  # reorder sums so they vectorise; NaN and inf still propagate
+OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L2-resident
+WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
+BLOCK = 4  # output channels per register block (weights are zero-padded to a multiple)
+
+
+@njit(inline="always", fastmath=_FAST)
+def _shifted_matmul_acc(a, src, chan, offset, base, c):
+    """c[m, p] += sum_k a[m, k] * src[chan[k], base + offset[k] + p].
+
+    a (M, K) with M a multiple of BLOCK, src (C, L), c (M, P). Each pass over the contiguous
+    pixel axis adds a 4x4 block of ``a`` (16 scalars in registers) times four shifted rows of
+    ``src`` into four rows of ``c``: every load and store of ``c`` carries four multiply-adds.
+    """
+    m_size, k_size = a.shape
+    p_size = c.shape[1]
+    k_main = k_size - k_size % 4
+    for i in range(0, m_size, 4):
+        c0 = c[i]
+        c1 = c[i + 1]
+        c2 = c[i + 2]
+        c3 = c[i + 3]
+        for k in range(0, k_main, 4):
+            o = base + offset[k]
+            b0 = src[chan[k], o:o + p_size]
+            o = base + offset[k + 1]
+            b1 = src[chan[k + 1], o:o + p_size]
+            o = base + offset[k + 2]
+            b2 = src[chan[k + 2], o:o + p_size]
+            o = base + offset[k + 3]
+            b3 = src[chan[k + 3], o:o + p_size]
+            w00, w01, w02, w03 = a[i, k], a[i, k + 1], a[i, k + 2], a[i, k + 3]
+            w10, w11, w12, w13 = a[i + 1, k], a[i + 1, k + 1], a[i + 1, k + 2], a[i + 1, k + 3]
+            w20, w21, w22, w23 = a[i + 2, k], a[i + 2, k + 1], a[i + 2, k + 2], a[i + 2, k + 3]
+            w30, w31, w32, w33 = a[i + 3, k], a[i + 3, k + 1], a[i + 3, k + 2], a[i + 3, k + 3]
+            for p in range(p_size):
+                x0 = b0[p]
+                x1 = b1[p]
+                x2 = b2[p]
+                x3 = b3[p]
+                c0[p] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+                c1[p] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+                c2[p] += w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+                c3[p] += w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
+        for k in range(k_main, k_size):
+            o = base + offset[k]
+            b0 = src[chan[k], o:o + p_size]
+            w0, w1, w2, w3 = a[i, k], a[i + 1, k], a[i + 2, k], a[i + 3, k]
+            for p in range(p_size):
+                x0 = b0[p]
+                c0[p] += w0 * x0
+                c1[p] += w1 * x0
+                c2[p] += w2 * x0
+                c3[p] += w3 * x0
+
+
+@njit(inline="always", fastmath=_FAST)
+def _shifted_matmul_abt_acc(a, p_size, src, chan, offset, base, c):
+    """c[m, k] += sum_{p < p_size} a[m, p] * src[chan[k], base + offset[k] + p].
+
+    a (M, >= p_size) with M a multiple of BLOCK, c (M, K). Each 4x4 block of ``c`` is 16 dot
+    products along the contiguous pixel axis, computed together so that every loaded value
+    feeds four multiply-adds; LLVM keeps the 16 sums in vector registers.
+    """
+    m_size = a.shape[0]
+    k_size = c.shape[1]
+    k_main = k_size - k_size % 4
+    zero = np.zeros(1, dtype=c.dtype)[0]  # sums in c's precision (a literal 0.0 is float64)
+    for i in range(0, m_size, 4):
+        a0 = a[i]
+        a1 = a[i + 1]
+        a2 = a[i + 2]
+        a3 = a[i + 3]
+        for j in range(0, k_main, 4):
+            o = base + offset[j]
+            b0 = src[chan[j], o:o + p_size]
+            o = base + offset[j + 1]
+            b1 = src[chan[j + 1], o:o + p_size]
+            o = base + offset[j + 2]
+            b2 = src[chan[j + 2], o:o + p_size]
+            o = base + offset[j + 3]
+            b3 = src[chan[j + 3], o:o + p_size]
+            s00 = s01 = s02 = s03 = zero
+            s10 = s11 = s12 = s13 = zero
+            s20 = s21 = s22 = s23 = zero
+            s30 = s31 = s32 = s33 = zero
+            for p in range(p_size):
+                x0 = b0[p]
+                x1 = b1[p]
+                x2 = b2[p]
+                x3 = b3[p]
+                g = a0[p]
+                s00 += g * x0
+                s01 += g * x1
+                s02 += g * x2
+                s03 += g * x3
+                g = a1[p]
+                s10 += g * x0
+                s11 += g * x1
+                s12 += g * x2
+                s13 += g * x3
+                g = a2[p]
+                s20 += g * x0
+                s21 += g * x1
+                s22 += g * x2
+                s23 += g * x3
+                g = a3[p]
+                s30 += g * x0
+                s31 += g * x1
+                s32 += g * x2
+                s33 += g * x3
+            c[i, j] += s00
+            c[i, j + 1] += s01
+            c[i, j + 2] += s02
+            c[i, j + 3] += s03
+            c[i + 1, j] += s10
+            c[i + 1, j + 1] += s11
+            c[i + 1, j + 2] += s12
+            c[i + 1, j + 3] += s13
+            c[i + 2, j] += s20
+            c[i + 2, j + 1] += s21
+            c[i + 2, j + 2] += s22
+            c[i + 2, j + 3] += s23
+            c[i + 3, j] += s30
+            c[i + 3, j + 1] += s31
+            c[i + 3, j + 2] += s32
+            c[i + 3, j + 3] += s33
+        for j in range(k_main, k_size):
+            o = base + offset[j]
+            b0 = src[chan[j], o:o + p_size]
+            s0 = s1 = s2 = s3 = zero
+            for p in range(p_size):
+                x0 = b0[p]
+                s0 += a0[p] * x0
+                s1 += a1[p] * x0
+                s2 += a2[p] * x0
+                s3 += a3[p] * x0
+            c[i, j] += s0
+            c[i + 1, j] += s1
+            c[i + 2, j] += s2
+            c[i + 3, j] += s3
+
+
+@njit(cache=True)
+def _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp):
+    """Per kernel tap k = (c_in, kh, kw), in weight order: its channel and flat offset."""
+    k_size = c_in_g * kh_size * kw_size
+    chan = np.empty(k_size, dtype=np.int64)
+    offset = np.empty(k_size, dtype=np.int64)
+    k = 0
+    for ci in range(c_in_g):
+        for kh in range(kh_size):
+            for kw in range(kw_size):
+                chan[k] = ci
+                offset[k] = kh * dilation_h * wp + kw * dilation_w
+                k += 1
+    return chan, offset
+
+
+@njit(cache=True)
+def _grouped_weights(w, groups):
+    """w (C_out, C_in_g, KH, KW) as (groups, C_out_g rounded up to BLOCK, K), zero-padded."""
+    c_out = w.shape[0]
+    c_out_g = c_out // groups
+    k_size = w.shape[1] * w.shape[2] * w.shape[3]
+    flat = w.reshape(c_out, k_size)
+    m_padded = (c_out_g + BLOCK - 1) // BLOCK * BLOCK
+    out = np.zeros((groups, m_padded, k_size), dtype=w.dtype)
+    for co in range(c_out):
+        out[co // c_out_g, co % c_out_g] = flat[co]
+    return out
+
+
+@njit(cache=True)
+def _block_rows(m_padded, dense_h, wp):
+    """Rows of the flat stride-1 grid per block: m_padded such rows fit OUT_BUFFER."""
+    return max(1, min(dense_h, OUT_BUFFER // (m_padded * wp)))
 
 
 @njit(parallel=True, cache=True, fastmath=_FAST)
-def conv2d_forward_wide(xp, w, b, dilation_h, dilation_w, groups, out_h, out_w):
-    """Stride-1 convolution; returns y of shape (N, C_out, out_h, out_w)."""
-    n_batch, _, _, wp = xp.shape
+def conv2d_forward(xp, w, b, stride_h, stride_w, dilation_h, dilation_w, groups, out_h, out_w):
+    """Convolution of a padded input; returns y of shape (N, C_out, out_h, out_w)."""
+    n_batch, c_in, hp, wp = xp.shape
     c_out, c_in_g, kh_size, kw_size = w.shape
     c_out_g = c_out // groups
-    span = (out_h - 1) * wp + out_w  # flat length covering every valid output
-    xflat = xp.reshape(n_batch, xp.shape[1], -1)
+    weights = _grouped_weights(w, groups)
+    chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
+    dense_h = (out_h - 1) * stride_h + 1  # stride-1 rows spanned by the outputs
+    dense_w = (out_w - 1) * stride_w + 1
+    rows = _block_rows(weights.shape[1], dense_h, wp)
+    n_blocks = (dense_h + rows - 1) // rows
+    xflat = xp.reshape(n_batch, c_in, hp * wp)
     y = np.empty((n_batch, c_out, out_h, out_w), dtype=xp.dtype)
-    for job in prange(n_batch * c_out):
-        n = job // c_out
-        co = job % c_out
-        c0 = (co // c_out_g) * c_in_g
-        acc = np.full(span, b[co], dtype=xp.dtype)
-        for ci in range(c_in_g):
-            plane = xflat[n, c0 + ci]
-            for kh in range(kh_size):
-                for kw in range(kw_size):
-                    weight = w[co, ci, kh, kw]
-                    offset = kh * dilation_h * wp + kw * dilation_w
-                    for p in range(span):
-                        acc[p] += weight * plane[p + offset]
-        for oh in range(out_h):
-            for ow in range(out_w):
-                y[n, co, oh, ow] = acc[oh * wp + ow]
+    for job in prange(n_batch * groups * n_blocks):
+        n = job // (groups * n_blocks)
+        g = job // n_blocks % groups
+        row0 = job % n_blocks * rows
+        n_rows = min(rows, dense_h - row0)
+        out = np.zeros((weights.shape[1], (n_rows - 1) * wp + dense_w), dtype=xp.dtype)
+        _shifted_matmul_acc(weights[g], xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset,
+                            row0 * wp, out)
+        for r in range(n_rows):
+            if (row0 + r) % stride_h:
+                continue
+            oh = (row0 + r) // stride_h
+            for m in range(c_out_g):
+                co = g * c_out_g + m
+                for ow in range(out_w):
+                    y[n, co, oh, ow] = out[m, r * wp + ow * stride_w] + b[co]
     return y
 
 
 @njit(parallel=True, cache=True, fastmath=_FAST)
-def conv2d_forward_strided(xp, w, b, stride_h, stride_w, dilation_h, dilation_w, groups,
-                           out_h, out_w):
-    """Convolution with any stride; returns y of shape (N, C_out, out_h, out_w)."""
-    n_batch = xp.shape[0]
-    c_out, c_in_g, kh_size, kw_size = w.shape
-    c_out_g = c_out // groups
-    y = np.empty((n_batch, c_out, out_h, out_w), dtype=xp.dtype)
-    for job in prange(n_batch * c_out):
-        n = job // c_out
-        co = job % c_out
-        c0 = (co // c_out_g) * c_in_g
-        out = y[n, co]
-        out[:, :] = b[co]
-        for ci in range(c_in_g):
-            plane = xp[n, c0 + ci]
-            for kh in range(kh_size):
-                for kw in range(kw_size):
-                    weight = w[co, ci, kh, kw]
-                    for oh in range(out_h):
-                        ih = oh * stride_h + kh * dilation_h
-                        for ow in range(out_w):
-                            out[oh, ow] += weight * plane[ih, ow * stride_w + kw * dilation_w]
-    return y
+def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h, dilation_w,
+                       groups):
+    """Gradient of the weight: (C_out, C_in // groups, kh_size, kw_size).
 
-
-@njit(parallel=True, cache=True, fastmath=_FAST)
-def conv2d_backward_wide(gy, xp, w, dilation_h, dilation_w, groups, need_input_grad):
-    """Stride-1 gradients: (grad_xp, grad_w) with grad_xp over the padded input.
-
-    ``grad_xp`` is empty (shape (0, 0, 0, 0)) when ``need_input_grad`` is False.
+    grad_w[co, k] = sum over samples and pixels p of gy[n, co, p] * plane[offset[k] + p], with
+    gy laid out on the same flat stride-1 grid as the forward pass (zero where no output is).
     """
     n_batch, c_in, hp, wp = xp.shape
-    c_out, c_in_g, kh_size, kw_size = w.shape
-    out_h, out_w = gy.shape[2], gy.shape[3]
+    c_out, out_h, out_w = gy.shape[1], gy.shape[2], gy.shape[3]
+    c_in_g = c_in // groups
     c_out_g = c_out // groups
-    span = (out_h - 1) * wp + out_w
-    # grad_y laid out on the padded width, its extra columns zero, so that gradients can use
-    # the same flat shifted-vector arithmetic as the forward pass.
-    gyw = np.zeros((n_batch, c_out, out_h * wp), dtype=gy.dtype)
-    for job in prange(n_batch * c_out):
-        n = job // c_out
-        co = job % c_out
-        for oh in range(out_h):
-            for ow in range(out_w):
-                gyw[n, co, oh * wp + ow] = gy[n, co, oh, ow]
+    k_size = c_in_g * kh_size * kw_size
+    m_padded = (c_out_g + BLOCK - 1) // BLOCK * BLOCK
+    chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
+    dense_h = (out_h - 1) * stride_h + 1
+    dense_w = (out_w - 1) * stride_w + 1
+    rows = _block_rows(m_padded, dense_h, wp)
     xflat = xp.reshape(n_batch, c_in, hp * wp)
-
-    zero = np.zeros(1, dtype=w.dtype)[0]  # accumulate in the input's precision, like PyTorch
-    grad_w = np.empty_like(w)
-    for job in prange(c_out * c_in_g):
-        co = job // c_in_g
-        ci = job % c_in_g
-        cx = (co // c_out_g) * c_in_g + ci
-        for kh in range(kh_size):
-            for kw in range(kw_size):
-                offset = kh * dilation_h * wp + kw * dilation_w
-                total = zero
-                for n in range(n_batch):
-                    g = gyw[n, co]
-                    plane = xflat[n, cx]
-                    for p in range(span):
-                        total += g[p] * plane[p + offset]
-                grad_w[co, ci, kh, kw] = total
-
-    if not need_input_grad:
-        return np.empty((0, 0, 0, 0), dtype=xp.dtype), grad_w
-    grad_xp = np.zeros((n_batch, c_in, hp * wp), dtype=xp.dtype)
-    for job in prange(n_batch * c_in):
-        n = job // c_in
-        cx = job % c_in
-        group = cx // c_in_g
-        ci = cx % c_in_g
-        out = grad_xp[n, cx]
-        for co in range(group * c_out_g, (group + 1) * c_out_g):
-            g = gyw[n, co]
-            for kh in range(kh_size):
-                for kw in range(kw_size):
-                    weight = w[co, ci, kh, kw]
-                    offset = kh * dilation_h * wp + kw * dilation_w
-                    for p in range(span):
-                        out[p + offset] += weight * g[p]
-    return grad_xp.reshape(n_batch, c_in, hp, wp), grad_w
-
-
-@njit(parallel=True, cache=True, fastmath=_FAST)
-def conv2d_backward_strided(gy, xp, w, stride_h, stride_w, dilation_h, dilation_w, groups,
-                            need_input_grad):
-    """Gradients for any stride: (grad_xp, grad_w), grad_xp over the padded input."""
-    n_batch, c_in, hp, wp = xp.shape
-    c_out, c_in_g, kh_size, kw_size = w.shape
-    out_h, out_w = gy.shape[2], gy.shape[3]
-    c_out_g = c_out // groups
-
-    zero = np.zeros(1, dtype=w.dtype)[0]  # accumulate in the input's precision, like PyTorch
-    grad_w = np.empty_like(w)
-    for job in prange(c_out * c_in_g):
-        co = job // c_in_g
-        ci = job % c_in_g
-        cx = (co // c_out_g) * c_in_g + ci
-        for kh in range(kh_size):
-            for kw in range(kw_size):
-                total = zero
-                for n in range(n_batch):
-                    for oh in range(out_h):
-                        ih = oh * stride_h + kh * dilation_h
+    n_chunks = min(n_batch, WEIGHT_GRAD_CHUNKS)
+    partial = np.zeros((n_chunks, groups, m_padded, k_size), dtype=xp.dtype)
+    for job in prange(n_chunks * groups):
+        chunk = job // groups
+        g = job % groups
+        grads = np.zeros((m_padded, rows * wp), dtype=xp.dtype)
+        for n in range(chunk * n_batch // n_chunks, (chunk + 1) * n_batch // n_chunks):
+            src = xflat[n, g * c_in_g:(g + 1) * c_in_g]
+            for row0 in range(0, dense_h, rows):
+                n_rows = min(rows, dense_h - row0)
+                grads[:, :] = 0
+                for r in range(n_rows):
+                    if (row0 + r) % stride_h:
+                        continue
+                    oh = (row0 + r) // stride_h
+                    for m in range(c_out_g):
                         for ow in range(out_w):
-                            total += gy[n, co, oh, ow] * xp[n, cx, ih,
-                                                            ow * stride_w + kw * dilation_w]
-                grad_w[co, ci, kh, kw] = total
-
-    if not need_input_grad:
-        return np.empty((0, 0, 0, 0), dtype=xp.dtype), grad_w
-    grad_xp = np.zeros_like(xp)
-    for job in prange(n_batch * c_in):
-        n = job // c_in
-        cx = job % c_in
-        group = cx // c_in_g
-        ci = cx % c_in_g
-        out = grad_xp[n, cx]
-        for co in range(group * c_out_g, (group + 1) * c_out_g):
-            for kh in range(kh_size):
-                for kw in range(kw_size):
-                    weight = w[co, ci, kh, kw]
-                    for oh in range(out_h):
-                        ih = oh * stride_h + kh * dilation_h
-                        for ow in range(out_w):
-                            out[ih, ow * stride_w + kw * dilation_w] += weight * gy[n, co, oh, ow]
-    return grad_xp, grad_w
+                            grads[m, r * wp + ow * stride_w] = gy[n, g * c_out_g + m, oh, ow]
+                _shifted_matmul_abt_acc(grads, (n_rows - 1) * wp + dense_w, src, chan, offset,
+                                        row0 * wp, partial[chunk, g])
+    total = partial[0].copy()
+    for chunk in range(1, n_chunks):
+        total += partial[chunk]
+    grad_w = np.empty((c_out, k_size), dtype=xp.dtype)
+    for co in range(c_out):
+        grad_w[co] = total[co // c_out_g, co % c_out_g]
+    return grad_w.reshape(c_out, c_in_g, kh_size, kw_size)
 
 
 @njit(parallel=True, cache=True)
@@ -198,3 +299,37 @@ def bias_grad(gy):
             total += gy[n, c].sum()
         out[c] = total
     return out
+
+
+def transposed_weights(w, groups):
+    """The kernel that maps an output gradient back to the input: per group, w with its two
+    channel axes swapped and flipped in both spatial axes. Shape (C_in, C_out // groups, KH, KW).
+    """
+    c_out, c_in_g, kh, kw = w.shape
+    c_out_g = c_out // groups
+    wt = w.reshape(groups, c_out_g, c_in_g, kh, kw).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(wt[..., ::-1, ::-1].reshape(groups * c_in_g, c_out_g, kh, kw))
+
+
+def conv2d_input_grad(gy, w, padded_shape, stride, dilation, groups):
+    """Gradient of the padded input (N, C_in, Hp, Wp), as a stride-1 convolution of gy.
+
+    gy is spread onto the stride grid (zeros between), padded by the dilated kernel's reach
+    on every side, and convolved with :func:`transposed_weights`. Rows and columns of the
+    padded input that no window reached get zero.
+    """
+    n_batch, c_out, out_h, out_w = gy.shape
+    kh, kw = w.shape[2], w.shape[3]
+    reach_h, reach_w = dilation[0] * (kh - 1), dilation[1] * (kw - 1)
+    span_h, span_w = (out_h - 1) * stride[0] + 1, (out_w - 1) * stride[1] + 1
+    spread = np.zeros((n_batch, c_out, span_h + 2 * reach_h, span_w + 2 * reach_w), gy.dtype)
+    spread[:, :, reach_h:reach_h + span_h:stride[0], reach_w:reach_w + span_w:stride[1]] = gy
+    grad = conv2d_forward(spread, transposed_weights(w, groups),
+                          np.zeros(padded_shape[1], dtype=gy.dtype), 1, 1, *dilation, groups,
+                          span_h + reach_h, span_w + reach_w)
+    hp, wp = padded_shape[2], padded_shape[3]
+    if grad.shape[2:] == (hp, wp):
+        return grad
+    full = np.zeros(padded_shape, dtype=gy.dtype)
+    full[:, :, :grad.shape[2], :grad.shape[3]] = grad
+    return full

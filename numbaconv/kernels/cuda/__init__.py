@@ -1,0 +1,56 @@
+"""The CUDA backend: Numba CUDA kernels for convolution, pooling and training ops.
+
+Importing ``numbaconv`` never imports this package, and importing this package does not
+import numba-cuda either: the kernel modules (``conv``, ``pool``, ``ops``) load on first use
+of one of the names below, and ``device`` imports numba-cuda inside its functions. Check
+``cuda_available()`` before using the kernels.
+
+All functions take numba CUDA device arrays (C-contiguous, float32 or float64, already
+validated by ``numbaconv.functional``) and return new device arrays of the input dtype.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .device import (
+    cuda_available,
+    device_name,
+    is_device_array,
+    simulator_enabled,
+    synchronize,
+    to_device,
+    to_host,
+    zeros,
+    zeros_like,
+)
+
+_LAZY = {
+    "conv": ("conv2d_forward", "conv2d_backward"),
+    "pool": ("max_pool2d_forward", "max_pool2d_backward",
+             "avg_pool2d_forward", "avg_pool2d_backward"),
+    "ops": ("bias_act_forward", "bias_act_backward", "activation_forward",
+            "activation_backward", "relu_forward", "relu_backward", "sigmoid_forward",
+            "sigmoid_backward", "tanh_forward", "tanh_backward", "matmul", "linear_forward",
+            "linear_backward", "softmax_cross_entropy", "accuracy_count", "sgd_step",
+            "adam_step", "sum_over_batch_and_space"),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+__all__ = [
+    "cuda_available", "device_name", "is_device_array", "simulator_enabled", "synchronize",
+    "to_device", "to_host", "zeros", "zeros_like", *_WHERE,
+]
+
+
+def __getattr__(name):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
