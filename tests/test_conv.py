@@ -1,0 +1,429 @@
+"""conv2d / conv2d_backward / corr2d / convolve2d against the NumPy loop reference and PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference as ref
+from conftest import LAYOUTS, assert_close, layout
+from hypothesis import given
+from hypothesis import strategies as st
+
+DTYPES = (np.float64, np.float32)
+
+# --------------------------------------------------------------------------------------------
+# worked examples ("Dive into Deep Learning", chapter 6)
+
+
+def test_corr2d_worked_example(nc):
+    X = np.arange(9.0).reshape(3, 3)
+    K = np.arange(4.0).reshape(2, 2)
+    Y = nc.corr2d(X, K)
+    np.testing.assert_array_equal(Y, [[19.0, 25.0], [37.0, 43.0]])
+    assert Y.dtype == np.float64
+
+
+def test_convolve2d_is_corr2d_with_flipped_kernel(nc):
+    X = np.arange(9.0).reshape(3, 3)
+    K = np.arange(4.0).reshape(2, 2)
+    Y = nc.convolve2d(X, K)
+    np.testing.assert_array_equal(Y, nc.corr2d(X, K[::-1, ::-1]))
+    # by hand: the flipped kernel is [[3, 2], [1, 0]]
+    np.testing.assert_array_equal(Y, [[5.0, 11.0], [23.0, 29.0]])
+
+
+def test_corr2d_edge_detection(nc):
+    X = np.ones((6, 8))
+    X[:, 2:6] = 0
+    K = np.array([[1.0, -1.0]])
+    expected = np.zeros((6, 7))
+    expected[:, 1] = 1
+    expected[:, 5] = -1
+    np.testing.assert_array_equal(nc.corr2d(X, K), expected)
+    # the kernel only sees vertical edges
+    np.testing.assert_array_equal(nc.corr2d(X.T, K), np.zeros((8, 5)))
+
+
+def test_corr2d_non_square_kernel_shape(nc):
+    X = np.random.default_rng(0).normal(size=(7, 5))
+    K = np.ones((3, 2))
+    assert nc.corr2d(X, K).shape == (5, 4)
+    assert nc.convolve2d(X, K).shape == (5, 4)
+
+
+def test_multi_input_channel_worked_example(nc):
+    X = np.array([[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [6.0, 7.0, 8.0]],
+                  [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]])
+    K = np.array([[[0.0, 1.0], [2.0, 3.0]], [[1.0, 2.0], [3.0, 4.0]]])
+    Y = nc.conv2d(X[None], K[None])
+    np.testing.assert_array_equal(Y, [[[[56.0, 72.0], [104.0, 120.0]]]])
+    # multiple output channels: K, K + 1, K + 2
+    K3 = np.stack([K, K + 1, K + 2])
+    Y3 = nc.conv2d(X[None], K3)
+    assert Y3.shape == (1, 3, 2, 2)
+    np.testing.assert_array_equal(Y3[0, 0], [[56.0, 72.0], [104.0, 120.0]])
+    np.testing.assert_array_equal(Y3[0, 1], [[76.0, 100.0], [148.0, 172.0]])
+    np.testing.assert_array_equal(Y3[0, 2], [[96.0, 128.0], [192.0, 224.0]])
+
+
+def test_1x1_conv_is_a_matmul(nc):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(3, 3, 3))
+    K = rng.normal(size=(2, 3, 1, 1))
+    Y = nc.conv2d(X[None], K)[0]
+    expected = (K.reshape(2, 3) @ X.reshape(3, 9)).reshape(2, 3, 3)
+    np.testing.assert_allclose(Y, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel, padding, stride, expected", [
+    ((3, 3), 1, 1, (8, 8)),
+    ((5, 3), (2, 1), 1, (8, 8)),
+    ((3, 3), 1, 2, (4, 4)),
+    ((3, 5), (0, 1), (3, 4), (2, 2)),
+    ((3, 3), "same", 1, (8, 8)),
+    ((4, 2), "same", 1, (8, 8)),
+    ((3, 3), "valid", 1, (6, 6)),
+])
+def test_padding_and_stride_worked_examples(nc, kernel, padding, stride, expected):
+    X = np.random.default_rng(2).random((8, 8))
+    K = np.random.default_rng(3).random(kernel)
+    Y = nc.conv2d(X.reshape(1, 1, 8, 8), K.reshape(1, 1, *kernel), padding=padding,
+                  stride=stride)
+    assert Y.shape == (1, 1) + expected
+    np.testing.assert_allclose(
+        Y, ref.conv2d(X.reshape(1, 1, 8, 8), K.reshape(1, 1, *kernel), padding=padding,
+                      stride=stride), rtol=1e-12, atol=1e-12)
+
+
+def test_bias_is_added_per_output_channel(nc):
+    x = np.zeros((2, 3, 4, 5))
+    w = np.zeros((4, 3, 3, 3))
+    b = np.array([1.0, -2.0, 3.5, 0.25])
+    y = nc.conv2d(x, w, b, padding=1)
+    assert y.shape == (2, 4, 4, 5)
+    np.testing.assert_array_equal(y, np.broadcast_to(b[None, :, None, None], y.shape))
+
+
+def test_padding_forms_agree(nc):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(1, 2, 7, 6))
+    w = rng.normal(size=(3, 2, 3, 3))
+    a = nc.conv2d(x, w, padding=1)
+    np.testing.assert_array_equal(a, nc.conv2d(x, w, padding=(1, 1)))
+    np.testing.assert_array_equal(a, nc.conv2d(x, w, padding=((1, 1), (1, 1))))
+    np.testing.assert_array_equal(a, nc.conv2d(x, w, padding="same"))
+    np.testing.assert_array_equal(nc.conv2d(x, w), nc.conv2d(x, w, padding="valid"))
+    np.testing.assert_array_equal(nc.conv2d(x, w, padding=(2, 0)),
+                                  nc.conv2d(x, w, padding=((2, 2), (0, 0))))
+
+
+def test_same_padding_puts_the_odd_extra_bottom_right(nc):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(1, 1, 5, 6))
+    w = rng.normal(size=(1, 1, 2, 4))  # totals 1 and 3: extra row at the bottom, col right
+    y = nc.conv2d(x, w, padding="same")
+    assert y.shape == x.shape
+    expected = ref.conv2d(np.pad(x, ((0, 0), (0, 0), (0, 1), (1, 2))), w)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, nc.conv2d(x, w, padding=((0, 1), (1, 2))),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_groups_equal_channels_is_depthwise(nc):
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2, 3, 6, 6))
+    w = rng.normal(size=(3, 1, 3, 3))
+    y = nc.conv2d(x, w, groups=3, padding=1)
+    for c in range(3):
+        np.testing.assert_allclose(
+            y[:, c:c + 1], nc.conv2d(x[:, c:c + 1], w[c:c + 1], padding=1),
+            rtol=1e-12, atol=1e-12)
+
+
+def test_inputs_are_not_modified(nc):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, 2, 5, 5))
+    w = rng.normal(size=(2, 2, 3, 3))
+    b = rng.normal(size=2)
+    gy = rng.normal(size=(2, 2, 3, 3))
+    copies = [a.copy() for a in (x, w, b, gy)]
+    nc.conv2d(x, w, b)
+    nc.conv2d_backward(gy, x, w)
+    for a, c in zip((x, w, b, gy), copies, strict=True):
+        np.testing.assert_array_equal(a, c)
+
+
+# --------------------------------------------------------------------------------------------
+# randomised parity
+
+
+def _ints_or_pairs(lo, hi):
+    return st.one_of(st.integers(lo, hi), st.tuples(st.integers(lo, hi), st.integers(lo, hi)))
+
+
+@st.composite
+def conv_cases(draw, max_hw=11):
+    groups = draw(st.integers(1, 3))
+    cin_g = draw(st.integers(1, 3))
+    cout_g = draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = draw(_ints_or_pairs(1, 3))
+    dilation = draw(_ints_or_pairs(1, 3))
+    sh, sw = ref.pair(stride)
+    dh, dw = ref.pair(dilation)
+    forms = ["int", "pair", "sides", "valid"] + (["same"] if (sh, sw) == (1, 1) else [])
+    form = draw(st.sampled_from(forms))
+    if form == "int":
+        padding = draw(st.integers(0, 3))
+    elif form == "pair":
+        padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    elif form == "sides":
+        padding = ((draw(st.integers(0, 3)), draw(st.integers(0, 3))),
+                   (draw(st.integers(0, 3)), draw(st.integers(0, 3))))
+    else:
+        padding = form
+    (pt, pb), (pl, pr) = ref.conv_sides(padding, (kh, kw), (dh, dw))
+    h_min = max(1, dh * (kh - 1) + 1 - pt - pb)
+    w_min = max(1, dw * (kw - 1) + 1 - pl - pr)
+    H = draw(st.integers(h_min, max(h_min, max_hw)))
+    W = draw(st.integers(w_min, max(w_min, max_hw)))
+    return dict(
+        N=draw(st.integers(1, 2)), C=cin_g * groups, H=H, W=W, F=cout_g * groups,
+        kernel=(kh, kw), stride=stride, padding=padding, dilation=dilation, groups=groups,
+        bias=draw(st.booleans()),
+        dtype=draw(st.sampled_from(DTYPES)),
+        layouts=(draw(st.sampled_from(LAYOUTS)), draw(st.sampled_from(LAYOUTS)),
+                 draw(st.sampled_from(LAYOUTS))),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+def make_conv_arrays(case):
+    rng = np.random.default_rng(case["seed"])
+    dtype = case["dtype"]
+    x = rng.normal(size=(case["N"], case["C"], case["H"], case["W"])).astype(dtype)
+    w = rng.normal(size=(case["F"], case["C"] // case["groups"]) + case["kernel"]).astype(dtype)
+    b = rng.normal(size=case["F"]).astype(dtype) if case["bias"] else None
+    return x, w, b, rng
+
+
+def conv_args(case):
+    return dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                groups=case["groups"])
+
+
+@given(conv_cases())
+def test_conv2d_forward_backward_match_reference(nc, case):
+    x, w, b, rng = make_conv_arrays(case)
+    args = conv_args(case)
+    dtype = case["dtype"]
+    lx, lw, lg = case["layouts"]
+    expected = ref.conv2d(x, w, b, **args)
+    assert expected.size > 0
+    y = nc.conv2d(layout(x, lx), layout(w, lw), b, **args)
+    assert_close(y, expected, dtype, "conv2d forward")
+    if case["padding"] == "same":
+        assert y.shape[2:] == x.shape[2:]
+
+    gy = rng.normal(size=expected.shape).astype(dtype)
+    egx, egw, egb = ref.conv2d_backward(gy, x, w, **args)
+    x_view, w_view, gy_view = layout(x, lx), layout(w, lw), layout(gy, lg)
+    gx, gw, gb = nc.conv2d_backward(gy_view, x_view, w_view, **args)
+    assert_close(gx, egx, dtype, "conv2d grad_x")
+    assert_close(gw, egw, dtype, "conv2d grad_weight")
+    assert_close(gb, egb, dtype, "conv2d grad_bias")
+    # the (possibly non-contiguous) inputs were left alone
+    np.testing.assert_array_equal(x_view, x)
+    np.testing.assert_array_equal(w_view, w)
+    np.testing.assert_array_equal(gy_view, gy)
+
+
+def torch_conv2d(torch, F, x, w, b, stride, padding, dilation, groups):
+    """PyTorch forward; the ``((t, b), (l, r))`` padding form goes through ``F.pad``."""
+    xt = torch.tensor(np.ascontiguousarray(x), requires_grad=True)
+    wt = torch.tensor(np.ascontiguousarray(w), requires_grad=True)
+    bt = None if b is None else torch.tensor(b, requires_grad=True)
+    xin = xt
+    tpad = padding
+    if not isinstance(padding, (str, int)) and not isinstance(padding[0], int):
+        (top, bottom), (left, right) = padding
+        xin = F.pad(xt, (left, right, top, bottom))
+        tpad = 0
+    y = F.conv2d(xin, wt, bt, stride=stride, padding=tpad, dilation=dilation, groups=groups)
+    return y, xt, wt, bt
+
+
+@given(conv_cases())
+def test_conv2d_forward_backward_match_torch(nc, torch, F, case):
+    x, w, b, rng = make_conv_arrays(case)
+    args = conv_args(case)
+    dtype = case["dtype"]
+    lx, lw, lg = case["layouts"]
+    yt, xt, wt, bt = torch_conv2d(torch, F, x, w, b, **args)
+    y = nc.conv2d(layout(x, lx), layout(w, lw), b, **args)
+    assert_close(y, yt.detach().numpy().astype(np.float64), dtype, "conv2d forward vs torch")
+
+    gy = rng.normal(size=y.shape).astype(dtype)
+    yt.backward(torch.tensor(gy))
+    gx, gw, gb = nc.conv2d_backward(layout(gy, lg), layout(x, lx), layout(w, lw), **args)
+    assert_close(gx, xt.grad.numpy().astype(np.float64), dtype, "grad_x vs torch")
+    assert_close(gw, wt.grad.numpy().astype(np.float64), dtype, "grad_weight vs torch")
+    assert_close(gb, gy.astype(np.float64).sum(axis=(0, 2, 3)), dtype, "grad_bias")
+    if bt is not None:
+        assert_close(gb, bt.grad.numpy().astype(np.float64), dtype, "grad_bias vs torch")
+
+
+@given(conv_cases())
+def test_reference_conv2d_matches_torch(torch, F, case):
+    """Validates the NumPy reference itself (float64 throughout)."""
+    case = dict(case, dtype=np.float64)
+    x, w, b, rng = make_conv_arrays(case)
+    args = conv_args(case)
+    yt, xt, wt, bt = torch_conv2d(torch, F, x, w, b, **args)
+    y = ref.conv2d(x, w, b, **args)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-10)
+    gy = rng.normal(size=y.shape)
+    yt.backward(torch.tensor(gy))
+    gx, gw, gb = ref.conv2d_backward(gy, x, w, **args)
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(gw, wt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    if bt is not None:
+        np.testing.assert_allclose(gb, bt.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", [k for k in LAYOUTS if k != "C"])
+def test_conv2d_non_contiguous_inputs(nc, kind, dtype):
+    """Every layout, deterministically (the randomised tests only sample them)."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(2, 4, 7, 6)).astype(dtype)
+    w = rng.normal(size=(6, 2, 3, 2)).astype(dtype)
+    b = rng.normal(size=6).astype(dtype)
+    args = dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2), groups=2)
+    y = nc.conv2d(layout(x, kind), layout(w, kind), b, **args)
+    assert_close(y, ref.conv2d(x, w, b, **args), dtype, f"conv2d {kind}")
+    gy = rng.normal(size=y.shape).astype(dtype)
+    grads = nc.conv2d_backward(layout(gy, kind), layout(x, kind), layout(w, kind), **args)
+    for got, exp, name in zip(grads, ref.conv2d_backward(gy, x, w, **args),
+                              ("grad_x", "grad_weight", "grad_bias"), strict=True):
+        assert_close(got, exp, dtype, f"{name} {kind}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_output_shape_agrees_with_shapes_module(nc, dtype):
+    from numbaconv.shapes import conv2d_output_shape
+
+    x = np.zeros((2, 3, 9, 10), dtype=dtype)
+    for kernel, stride, padding, dilation in [
+            ((3, 3), 1, 0, 1), ((2, 4), (2, 3), (1, 2), (2, 1)), ((3, 1), 1, "same", 3),
+            ((1, 5), 2, ((0, 3), (2, 1)), 1)]:
+        w = np.zeros((4, 3) + kernel, dtype=dtype)
+        y = nc.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
+        assert y.shape == conv2d_output_shape(x.shape, 4, kernel, stride, padding, dilation)
+        assert y.dtype == dtype
+
+
+# --------------------------------------------------------------------------------------------
+# corr2d / convolve2d
+
+
+@st.composite
+def corr_cases(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    H, W = draw(st.integers(kh, 9)), draw(st.integers(kw, 9))
+    return (H, W), (kh, kw), draw(st.sampled_from(DTYPES)), draw(st.sampled_from(LAYOUTS)), \
+        draw(st.integers(0, 2**32 - 1))
+
+
+@given(corr_cases())
+def test_corr2d_convolve2d_match_reference_and_scipy(nc, case):
+    from scipy import signal
+
+    xshape, kshape, dtype, kind, seed = case
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=xshape).astype(dtype)
+    K = rng.normal(size=kshape).astype(dtype)
+    c = nc.corr2d(layout(X, kind), layout(K, kind))
+    v = nc.convolve2d(layout(X, kind), layout(K, kind))
+    assert_close(c, ref.corr2d(X, K), dtype, "corr2d")
+    assert_close(v, ref.convolve2d(X, K), dtype, "convolve2d")
+    X64, K64 = X.astype(np.float64), K.astype(np.float64)
+    assert_close(c, signal.correlate2d(X64, K64, mode="valid"), dtype, "corr2d vs scipy")
+    assert_close(v, signal.convolve2d(X64, K64, mode="valid"), dtype, "convolve2d vs scipy")
+
+
+def test_corr2d_equals_single_channel_conv2d(nc):
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(6, 7))
+    K = rng.normal(size=(2, 3))
+    np.testing.assert_allclose(nc.corr2d(X, K), nc.conv2d(X[None, None], K[None, None])[0, 0],
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_reference_corr2d_matches_scipy():
+    from scipy import signal
+
+    rng = np.random.default_rng(10)
+    X = rng.normal(size=(7, 6))
+    K = rng.normal(size=(3, 2))
+    np.testing.assert_allclose(ref.corr2d(X, K), signal.correlate2d(X, K, mode="valid"))
+    np.testing.assert_allclose(ref.convolve2d(X, K), signal.convolve2d(X, K, mode="valid"))
+
+
+# --------------------------------------------------------------------------------------------
+# non-finite values propagate exactly as in the loop reference (and PyTorch): an inf or NaN
+# reaches only the outputs and gradients whose sums actually contain it
+
+
+NONFINITE_CASES = [
+    # (where, value, position, args)
+    ("x", np.inf, (0, 0, 1, 5), dict()),
+    ("x", np.nan, (0, 0, 1, 5), dict()),
+    ("x", np.inf, (1, 1, 4, 0), dict(dilation=(1, 2))),
+    ("x", np.nan, (0, 1, 2, 2), dict(stride=2)),
+    ("x", -np.inf, (1, 0, 0, 5), dict(stride=(1, 2), padding=1)),
+    ("weight", np.inf, (1, 0, 0, 1), dict()),
+    ("weight", np.nan, (0, 1, 1, 0), dict(stride=2)),
+]
+
+
+def _nonfinite_arrays(where, value, position):
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(2, 2, 5, 6))
+    w = rng.normal(size=(2, 2, 2, 2))
+    (x if where == "x" else w)[position] = value
+    return x, w, rng
+
+
+@pytest.mark.parametrize("where, value, position, args", NONFINITE_CASES,
+                         ids=[f"{c[0]}={c[1]}@{c[2]}-{c[3]}" for c in NONFINITE_CASES])
+def test_conv2d_non_finite_values_propagate_like_reference(nc, where, value, position, args):
+    x, w, rng = _nonfinite_arrays(where, value, position)
+    with np.errstate(invalid="ignore"):
+        expected = ref.conv2d(x, w, **args)
+        gy = rng.normal(size=expected.shape)
+        egx, egw, egb = ref.conv2d_backward(gy, x, w, **args)
+    y = nc.conv2d(x, w, **args)
+    gx, gw, gb = nc.conv2d_backward(gy, x, w, **args)
+    for got, exp, what in ((y, expected, "y"), (gx, egx, "grad_x"), (gw, egw, "grad_weight"),
+                           (gb, egb, "grad_bias")):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(exp),
+                                      err_msg=f"{what}: NaN positions differ")
+        np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10, equal_nan=True,
+                                   err_msg=what)
+
+
+@pytest.mark.parametrize("where, value, position, args", NONFINITE_CASES,
+                         ids=[f"{c[0]}={c[1]}@{c[2]}-{c[3]}" for c in NONFINITE_CASES])
+def test_reference_non_finite_matches_torch(torch, F, where, value, position, args):
+    x, w, rng = _nonfinite_arrays(where, value, position)
+    with np.errstate(invalid="ignore"):
+        expected = ref.conv2d(x, w, **args)
+        gy = rng.normal(size=expected.shape)
+        egx, egw, _ = ref.conv2d_backward(gy, x, w, **args)
+    yt, xt, wt, _ = torch_conv2d(torch, F, x, w, None, groups=1,
+                                 **{"stride": 1, "padding": 0, "dilation": 1, **args})
+    yt.backward(torch.tensor(gy))
+    for got, exp in ((yt.detach().numpy(), expected), (xt.grad.numpy(), egx),
+                     (wt.grad.numpy(), egw)):
+        np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10, equal_nan=True)
