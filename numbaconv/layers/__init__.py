@@ -1,0 +1,30 @@
+"""Layers with explicit forward/backward passes; see :mod:`numbaconv.layers.base`."""
+
+from .activation import ReLU, Sigmoid, Tanh
+from .base import Layer, ShapeError
+from .conv import Conv2d
+from .dropout import Dropout
+from .linear import Linear
+from .pool import AvgPool2d, MaxPool2d
+from .shape import Flatten
+
+#: The built-in layer classes by name, as ``Sequential.config()`` writes them.
+LAYER_TYPES: dict[str, type[Layer]] = {
+    cls.__name__: cls
+    for cls in (Conv2d, MaxPool2d, AvgPool2d, Linear, ReLU, Sigmoid, Tanh, Flatten, Dropout)
+}
+
+__all__ = [
+    "Layer",
+    "ShapeError",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "Linear",
+    "ReLU",
+    "Sigmoid",
+    "Tanh",
+    "Flatten",
+    "Dropout",
+    "LAYER_TYPES",
+]

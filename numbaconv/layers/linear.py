@@ -1,0 +1,92 @@
+"""Fully connected layer (``torch.nn.Linear``): ``y = x @ W.T + b`` with NumPy's BLAS."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..init import as_generator, kaiming_uniform_default
+from .base import Layer, prod
+
+__all__ = ["Linear"]
+
+
+class Linear(Layer):
+    """``y = x @ weight.T + bias`` over the last axis of ``x`` (shape ``(*, in_features)``).
+
+    ``weight`` is ``(out_features, in_features)``, ``bias`` ``(out_features,)``, both
+    ``U(-1/sqrt(in_features), 1/sqrt(in_features))`` as in PyTorch. The input's dtype must be
+    the parameters' dtype (NumPy would otherwise silently upcast float32 to float64).
+    """
+
+    global_field = True
+
+    def __init__(self, in_features, out_features, bias=True, *, rng=None, dtype=np.float32):
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.dtype = np.dtype(dtype)
+        if not np.issubdtype(self.dtype, np.floating):
+            raise TypeError(f"dtype must be a floating-point type, got {self.dtype}")
+        rng = as_generator(rng)
+        fan_in = self.in_features
+        self._new_param("weight", kaiming_uniform_default(
+            (self.out_features, self.in_features), fan_in, rng, self.dtype))
+        if bias:
+            self._new_param("bias", kaiming_uniform_default((self.out_features,), fan_in, rng,
+                                                            self.dtype))
+        self._x = None
+
+    @property
+    def bias(self) -> bool:
+        return "bias" in self.params
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        x = np.asarray(x)
+        self.output_shape(x.shape)
+        if x.dtype != self.dtype:
+            raise TypeError(f"{self!r}: input dtype {x.dtype} does not match the parameters' "
+                            f"dtype {self.dtype}")
+        y = x @ self.params["weight"].T
+        if self.bias:
+            y += self.params["bias"]
+        self._x = x
+        return y
+
+    def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """Parameter gradients into ``grads``; returns ``grad_x`` (``None`` when
+        ``need_input_grad`` is False)."""
+        x = self._require_forward(self._x)
+        gy = grad_y.reshape(-1, self.out_features)
+        x2 = x.reshape(-1, self.in_features)
+        np.matmul(gy.T, x2, out=self.grads["weight"])
+        if self.bias:
+            np.sum(gy, axis=0, out=self.grads["bias"])
+        return grad_y @ self.params["weight"] if need_input_grad else None
+
+    def output_shape(self, input_shape) -> tuple:
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) < 1 or shape[-1] != self.in_features:
+            got = shape[-1] if shape else "none"
+            raise self._shape_error(f"expects {self.in_features} input features, got {got} "
+                                    f"from shape {shape}")
+        return shape[:-1] + (self.out_features,)
+
+    def flops(self, input_shape) -> int:
+        rows = prod(self.output_shape(input_shape)[:-1])
+        return 2 * rows * self.in_features * self.out_features
+
+    def config(self) -> dict:
+        cfg = {"in_features": self.in_features, "out_features": self.out_features,
+               "bias": self.bias}
+        if self.dtype != np.float32:
+            cfg["dtype"] = self.dtype.name
+        return cfg
+
+    def extra_repr(self) -> str:
+        s = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias}"
+        if self.dtype != np.float32:
+            s += f", dtype={self.dtype.name}"
+        return s

@@ -1,0 +1,53 @@
+"""``Flatten`` (``torch.nn.Flatten``): merges axes ``start_dim..end_dim`` into one."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Layer, prod
+
+__all__ = ["Flatten"]
+
+
+class Flatten(Layer):
+    """Reshape ``(N, C, H, W)`` to ``(N, C*H*W)`` (by default); backward reshapes back.
+
+    Negative dims count from the end, as in PyTorch. The output is a view when the input is
+    contiguous.
+    """
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        for name, value in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if isinstance(value, bool) or not hasattr(value, "__index__"):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        self.start_dim = int(start_dim)
+        self.end_dim = int(end_dim)
+        self._input_shape = None
+
+    def _dims(self, shape: tuple) -> tuple[int, int]:
+        ndim = len(shape)
+        start = self.start_dim + ndim if self.start_dim < 0 else self.start_dim
+        end = self.end_dim + ndim if self.end_dim < 0 else self.end_dim
+        if not (0 <= start < ndim and 0 <= end < ndim) or start > end:
+            raise self._shape_error(f"cannot flatten dims {self.start_dim}..{self.end_dim} of "
+                                    f"a {ndim}-D input of shape {shape}")
+        return start, end
+
+    def output_shape(self, input_shape) -> tuple:
+        shape = tuple(int(s) for s in input_shape)
+        start, end = self._dims(shape)
+        return shape[:start] + (prod(shape[start:end + 1]),) + shape[end + 1:]
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        x = np.asarray(x)
+        out = self.output_shape(x.shape)
+        self._input_shape = x.shape
+        return x.reshape(out)
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        shape = self._require_forward(self._input_shape)
+        return np.reshape(grad_y, shape)
+
+    def config(self) -> dict:
+        return {"start_dim": self.start_dim, "end_dim": self.end_dim}

@@ -1,0 +1,266 @@
+"""SGD and Adam with PyTorch's update formulas, updating NumPy parameters in place.
+
+An optimizer holds a ``dict[str, numpy.ndarray]`` of parameters (e.g.
+``Sequential.params()``: the model's own arrays) and ``step(grads)`` takes a dict of
+gradients with the same keys and shapes (e.g. ``Sequential.grads()`` after a backward).
+There is no ``zero_grad``: layers overwrite their gradients on every backward.
+
+Updates run in place in the parameters' dtype: float32 stays float32, and the temporaries
+live in two scratch buffers per dtype (sized for the largest parameter) allocated on the
+first step, so a step allocates no array as large as a parameter.
+
+``state_dict()`` returns plain arrays and scalars (``np.savez(path, **opt.state_dict())``
+works, and ``load_state_dict(np.load(path))`` restores); it holds the step count, the
+hyperparameters (restored on load, as PyTorch does) and ``<buffer>.<param name>`` arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+__all__ = ["Optimizer", "SGD", "Adam"]
+
+
+class Optimizer:
+    """Common parameter/gradient checks, scratch buffers and ``state_dict`` plumbing."""
+
+    #: buffer names kept per parameter (``state_dict`` keys ``<buffer>.<param name>``)
+    _buffers: tuple[str, ...] = ()
+    #: hyperparameters saved in ``state_dict`` and their types
+    _hyper: dict[str, type] = {}
+
+    def __init__(self, params: Mapping[str, np.ndarray]):
+        if not isinstance(params, Mapping):
+            raise TypeError("params must be a dict of name -> numpy array (e.g. model.params()), "
+                            f"got {type(params).__name__}")
+        if not params:
+            raise ValueError("optimizer got an empty parameter dict")
+        for name, p in params.items():
+            if not isinstance(p, np.ndarray) or not np.issubdtype(p.dtype, np.floating):
+                raise TypeError(f"parameter {name!r} must be a floating-point numpy array, got "
+                                f"{type(p).__name__} {getattr(p, 'dtype', '')}")
+            if not p.flags.writeable:
+                raise ValueError(f"parameter {name!r} is read-only")
+        self.params: dict[str, np.ndarray] = dict(params)
+        self.step_count = 0
+        self.state: dict[str, dict[str, np.ndarray]] = {b: {} for b in self._buffers}
+        self._scratch_bufs: dict[tuple[int, np.dtype], np.ndarray] = {}
+
+    def _scratch(self, slot: int, like: np.ndarray) -> np.ndarray:
+        key = (slot, like.dtype)
+        buf = self._scratch_bufs.get(key)
+        if buf is None:
+            size = max(p.size for p in self.params.values() if p.dtype == like.dtype)
+            buf = self._scratch_bufs[key] = np.empty(size, dtype=like.dtype)
+        return buf[:like.size].reshape(like.shape)
+
+    def _checked_grads(self, grads: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        missing = [k for k in self.params if k not in grads]
+        unexpected = [k for k in grads if k not in self.params]
+        if missing or unexpected:
+            raise ValueError(f"{type(self).__name__}.step: gradients do not match the "
+                             f"parameters (missing {missing}, unexpected {unexpected})")
+        for name, p in self.params.items():
+            if np.shape(grads[name]) != p.shape:
+                raise ValueError(f"{type(self).__name__}.step: gradient {name!r} has shape "
+                                 f"{np.shape(grads[name])}, the parameter's is {p.shape}")
+        return grads
+
+    def step(self, grads: Mapping[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        state: dict = {"optimizer": type(self).__name__, "step": int(self.step_count)}
+        for hyper in self._hyper:
+            state[hyper] = getattr(self, hyper)
+        for buffer, arrays in self.state.items():
+            for name, array in arrays.items():
+                state[f"{buffer}.{name}"] = array.copy()
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore :meth:`state_dict` output (a dict or an ``np.load`` of an ``.npz``).
+
+        Every buffer must belong to a parameter of this optimizer and have its shape;
+        otherwise ``ValueError`` names the offending keys and nothing changes.
+        """
+        keys = list(state.keys())
+        kind = state["optimizer"] if "optimizer" in keys else type(self).__name__
+        kind = str(np.asarray(kind).item()) if not isinstance(kind, str) else kind
+        if kind != type(self).__name__:
+            raise ValueError(f"state is for {kind}, not {type(self).__name__}")
+        if "step" not in keys:
+            raise ValueError("optimizer state has no 'step'")
+        problems = []
+        buffers: dict[str, dict[str, np.ndarray]] = {b: {} for b in self._buffers}
+        for key in keys:
+            if key in ("optimizer", "step") or key in self._hyper:
+                continue
+            buffer, _, name = key.partition(".")
+            if buffer not in buffers or not name:
+                problems.append(f"unexpected key {key!r}")
+            elif name not in self.params:
+                problems.append(f"{key!r} names no parameter of this optimizer")
+            elif np.shape(state[key]) != self.params[name].shape:
+                problems.append(f"{key!r} has shape {tuple(np.shape(state[key]))}, the "
+                                f"parameter's is {self.params[name].shape}")
+            else:
+                buffers[buffer][name] = np.array(state[key], dtype=self.params[name].dtype)
+        if problems:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
+        self.step_count = int(np.asarray(state["step"]).item())
+        for hyper, cast in self._hyper.items():
+            if hyper in keys:
+                setattr(self, hyper, cast(np.asarray(state[hyper]).item()))
+        self.state = buffers
+
+    def __repr__(self) -> str:
+        hypers = ", ".join(f"{h}={getattr(self, h)!r}" for h in self._hyper)
+        return f"{type(self).__name__}({len(self.params)} params, {hypers})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent as ``torch.optim.SGD``::
+
+        g = grad + weight_decay * p
+        buf = g (first step) | momentum * buf + (1 - dampening) * g
+        g = g + momentum * buf (nesterov) | buf (momentum != 0)
+        p -= lr * g
+    """
+
+    _buffers = ("momentum_buffer",)
+    _hyper = {"lr": float, "momentum": float, "dampening": float, "weight_decay": float,
+              "nesterov": bool}
+
+    def __init__(self, params: Mapping[str, np.ndarray], lr, momentum=0.0, weight_decay=0.0,
+                 nesterov=False, *, dampening=0.0):
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(params)
+        self.lr = float(lr)
+        self.momentum = float(momentum)
+        self.dampening = float(dampening)
+        self.weight_decay = float(weight_decay)
+        self.nesterov = bool(nesterov)
+
+    def step(self, grads: Mapping[str, np.ndarray]) -> None:
+        grads = self._checked_grads(grads)
+        buffers = self.state["momentum_buffer"]
+        for name, p in self.params.items():
+            d = grads[name]
+            in_scratch = False
+            if self.weight_decay != 0.0:
+                s = self._scratch(0, p)
+                np.multiply(p, self.weight_decay, out=s)
+                s += d
+                d, in_scratch = s, True
+            if self.momentum != 0.0:
+                buf = buffers.get(name)
+                if buf is None:
+                    buf = buffers[name] = np.array(d, dtype=p.dtype, copy=True)
+                else:
+                    buf *= self.momentum
+                    if self.dampening != 0.0:
+                        t = self._scratch(1, p)
+                        np.multiply(d, 1.0 - self.dampening, out=t)
+                        buf += t
+                    else:
+                        buf += d
+                if self.nesterov:
+                    t = self._scratch(1, p)
+                    np.multiply(buf, self.momentum, out=t)
+                    t += d
+                    d, in_scratch = t, True
+                else:
+                    d, in_scratch = buf, False
+            out = d if in_scratch else self._scratch(1, p)
+            np.multiply(d, self.lr, out=out)
+            p -= out
+        self.step_count += 1
+
+
+class Adam(Optimizer):
+    """Adam as ``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient, no amsgrad)::
+
+        g = grad + weight_decay * p
+        m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g * g
+        p -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+    """
+
+    _buffers = ("exp_avg", "exp_avg_sq")
+    _hyper = {"lr": float, "beta1": float, "beta2": float, "eps": float, "weight_decay": float}
+
+    def __init__(self, params: Mapping[str, np.ndarray], lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=0.0):
+        beta1, beta2 = betas
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if eps < 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= beta1 < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {beta1}")
+        if not 0.0 <= beta2 < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {beta2}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        super().__init__(params)
+        self.lr = float(lr)
+        self.beta1 = float(beta1)
+        self.beta2 = float(beta2)
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        return (self.beta1, self.beta2)
+
+    def step(self, grads: Mapping[str, np.ndarray]) -> None:
+        grads = self._checked_grads(grads)
+        t = self.step_count + 1
+        bias_correction1 = 1.0 - self.beta1 ** t
+        bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** t)
+        step_size = self.lr / bias_correction1
+        weight = 1.0 - self.beta1
+        exp_avgs, exp_avg_sqs = self.state["exp_avg"], self.state["exp_avg_sq"]
+        for name, p in self.params.items():
+            g = grads[name]
+            s0, s1 = self._scratch(0, p), self._scratch(1, p)
+            if self.weight_decay != 0.0:
+                np.multiply(p, self.weight_decay, out=s0)
+                s0 += g
+                g = s0
+            m = exp_avgs.get(name)
+            if m is None:
+                m = exp_avgs[name] = np.zeros_like(p)
+                exp_avg_sqs[name] = np.zeros_like(p)
+            v = exp_avg_sqs[name]
+            # m.lerp_(g, weight), with torch's two formulas for small and large weights
+            np.subtract(g, m, out=s1)
+            if weight < 0.5:
+                s1 *= weight
+                m += s1
+            else:
+                s1 *= 1.0 - weight
+                np.subtract(g, s1, out=m)
+            # v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            v *= self.beta2
+            np.multiply(g, 1.0 - self.beta2, out=s1)
+            s1 *= g
+            v += s1
+            # denom = sqrt(v) / bias_correction2_sqrt + eps; p.addcdiv_(m, denom, -step_size)
+            np.sqrt(v, out=s1)
+            s1 /= bias_correction2_sqrt
+            s1 += self.eps
+            np.multiply(m, step_size, out=s0)
+            s0 /= s1
+            p -= s0
+        self.step_count = t
