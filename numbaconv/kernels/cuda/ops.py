@@ -78,14 +78,14 @@ def _bias_act_forward_kernel(x, bias, y, has_bias, act):
     _, n_chan, length = x.shape
     one = y.dtype.type(1)
     for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-        l = i % length
+        pos = i % length
         t = i // length
         c = t % n_chan
         n = t // n_chan
-        v = x[n, c, l]
+        v = x[n, c, pos]
         if has_bias:
             v += bias[c]
-        y[n, c, l] = _activate(v, act, one)
+        y[n, c, pos] = _activate(v, act, one)
 
 
 @cuda.jit
@@ -206,7 +206,7 @@ def _adam_kernel(p, g, m, v, one_minus_beta1, beta2, one_minus_beta2, eps, weigh
         p[i] = p[i] + (-step_size) * (mi / denom)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gemm_kernel(dtype_name: str):
     """The tiled shared-memory matrix-product kernel for one dtype (shared arrays need one)."""
     elem = numba.from_dtype(np.dtype(dtype_name))
@@ -278,7 +278,7 @@ def _launch(kernel, total, *args):
     kernel[config.blocks_for(total), config.THREADS_PER_BLOCK](*args)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _placeholder_cached(dtype_name: str):
     return cuda.to_device(np.zeros(1, dtype=dtype_name))
 
