@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import reference as ref
 from conftest import LAYOUTS, assert_close, layout
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 DTYPES = (np.float64, np.float32)
@@ -232,6 +232,7 @@ def avg_args(case):
                                  "count_include_pad", "divisor_override")}
 
 
+@settings(max_examples=40)
 @given(pool_cases("max"))
 def test_max_pool2d_matches_reference(nc, case):
     x, rng = make_pool_input(case)
@@ -256,6 +257,7 @@ def torch_max_pool(torch, F, x, kernel_size, stride, padding, dilation, ceil_mod
     return xt, yt, it
 
 
+@settings(max_examples=40)
 @given(pool_cases("max"))
 def test_max_pool2d_matches_torch(nc, torch, F, case):
     x, rng = make_pool_input(case)
@@ -294,6 +296,7 @@ def torch_avg_pool(torch, F, x, kernel_size, stride, padding, ceil_mode, count_i
     return xt, yt
 
 
+@settings(max_examples=40)
 @given(pool_cases("avg"))
 def test_avg_pool2d_matches_reference(nc, case):
     x, rng = make_pool_input(case)
@@ -307,6 +310,7 @@ def test_avg_pool2d_matches_reference(nc, case):
     assert_close(gx, ref.avg_pool2d_backward(gy, x.shape, **args), x.dtype, "avg grad_x")
 
 
+@settings(max_examples=40)
 @given(pool_cases("avg"))
 def test_avg_pool2d_matches_torch(nc, torch, F, case):
     x, rng = make_pool_input(case)
@@ -374,3 +378,28 @@ def test_pool_output_shapes_agree_with_shapes_module(nc, dtype):
         if dilation == 1:
             a = nc.avg_pool2d(x, kernel, stride, padding, ceil_mode)
             assert a.shape == y.shape and a.dtype == dtype
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding", [
+    ((1, 1, 1, 1), 2, None, 0),      # MaxPool2d(2, ceil_mode=True) of a 1x1 map
+    ((1, 2, 2, 2), 3, 2, 0),         # MaxPool2d(3, 2, ceil_mode=True) of a 2x2 map
+    ((2, 1, 3, 2), (4, 3), 2, (1, 0)),
+])
+def test_ceil_mode_window_overhanging_a_small_input_matches_torch(nc, torch, F, shape, kernel,
+                                                                  stride, padding):
+    """PyTorch keeps a ceil_mode window that starts inside the input even when no full window
+    fits the padded input; the window is clipped to the input."""
+    x = np.random.default_rng(13).normal(size=shape)
+    xt = torch.tensor(x)
+    ty, ti = F.max_pool2d(xt, kernel, stride, padding, ceil_mode=True, return_indices=True)
+    ey, eidx = ref.max_pool2d(x, kernel, stride, padding, ceil_mode=True, return_indices=True)
+    np.testing.assert_array_equal(ey, ty.numpy())
+    np.testing.assert_array_equal(eidx, ti.numpy())
+    y, idx = nc.max_pool2d(x, kernel, stride, padding, ceil_mode=True, return_indices=True)
+    np.testing.assert_array_equal(y, ty.numpy())
+    np.testing.assert_array_equal(idx, ti.numpy())
+    ta = F.avg_pool2d(xt, kernel, stride, padding, ceil_mode=True).numpy()
+    np.testing.assert_allclose(ref.avg_pool2d(x, kernel, stride, padding, ceil_mode=True), ta,
+                               rtol=1e-12)
+    np.testing.assert_allclose(nc.avg_pool2d(x, kernel, stride, padding, ceil_mode=True), ta,
+                               rtol=1e-12)

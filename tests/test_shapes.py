@@ -214,3 +214,21 @@ def test_conv2d_flops():
     assert conv2d_flops((8, 16, 10, 10), 6, (5, 5)) == 2 * 8 * 16 * 100 * 6 * 25
     assert conv2d_flops((2, 4, 3, 5), 3, (2, 1)) == 2 * 2 * 4 * 15 * 3 * 2
     assert conv2d_flops((1, 1, 0, 5), 3, (2, 1)) == 0
+
+
+def test_ceil_mode_window_larger_than_input_matches_torch(torch, F):
+    """With ceil_mode PyTorch keeps a window that overhangs the (padded) input when it starts
+    inside it, even if no full window fits: ``MaxPool2d(2, ceil_mode=True)`` of a 1x1 map is
+    1x1 and ``MaxPool2d(3, 2, ceil_mode=True)`` of a 2x2 map is 1x1."""
+    checked = 0
+    for n, k, s in itertools.product(range(1, 6), range(1, 5), range(1, 4)):
+        for p in range(0, k // 2 + 1):
+            if k <= n + 2 * p:
+                continue  # covered by the grid above
+            try:
+                expected = _torch_pool_len(torch, F, n, k, s, p, 1, True)
+            except RuntimeError:
+                continue  # PyTorch refuses it too
+            assert output_size(n, k, s, p, 1, True) == expected, (n, k, s, p)
+            checked += 1
+    assert checked > 5
