@@ -1,3 +1,20 @@
-"""numbaconv: a convolutional-network engine whose compute is Numba."""
+"""numbaconv: a convolutional-network engine whose compute is Numba.
+
+    >>> import numbaconv
+    >>> model = numbaconv.build_model("lenet", activation="relu", pool="max")
+    >>> sorted(numbaconv.get_layers())[:3]
+    ['AvgPool2d', 'Conv2d', 'Dropout']
+"""
 
 __version__ = "0.1.0"
+
+from . import functional, shapes  # noqa: E402
+from .hookspecs import hookimpl  # noqa: E402
+from .layers import Layer  # noqa: E402
+from .plugins import build_model, get_layers, get_models  # noqa: E402
+from .sequential import Sequential  # noqa: E402
+
+__all__ = [
+    "__version__", "functional", "shapes", "hookimpl", "Layer", "Sequential",
+    "build_model", "get_layers", "get_models",
+]

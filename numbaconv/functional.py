@@ -18,6 +18,7 @@ import numpy as np
 from . import shapes
 from .kernels.cpu import conv as cpu_conv
 from .kernels.cpu import pool as cpu_pool
+from .kernels.cuda.device import is_device_array as _is_device_array
 
 __all__ = [
     "conv2d", "conv2d_backward",
@@ -30,10 +31,6 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 # --------------------------------------------------------------------------- argument checks
-
-def _is_device_array(obj) -> bool:
-    return hasattr(obj, "__cuda_array_interface__") and not isinstance(obj, np.ndarray)
-
 
 def _cuda_backend():
     from .kernels import cuda
@@ -200,7 +197,8 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     _check_grad(grad_y, geo.output_shape, x, "x")
     if _check_device(x, {"weight": weight, "grad_y": grad_y}):
         return _cuda_backend().conv2d_backward(grad_y, x, weight, geo.stride, geo.padding,
-                                               geo.dilation, geo.groups)
+                                               geo.dilation, geo.groups,
+                                               need_input_grad=need_input_grad)
     if 0 in geo.output_shape:
         return (np.zeros_like(x) if need_input_grad else None, np.zeros_like(weight),
                 np.zeros(weight.shape[0], dtype=x.dtype))
@@ -229,16 +227,14 @@ class _PoolGeometry:
             if 2 * p > k:
                 raise ValueError(f"padding {self.padding} must be at most half of kernel_size "
                                  f"{self.kernel}")
-        n, c, height, width = input_shape
-        reach = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel))
-        padded = (height + 2 * self.padding[0], width + 2 * self.padding[1])
-        if reach[0] > padded[0] or reach[1] > padded[1]:
-            raise ValueError(f"the pooling window spans {reach[0]}x{reach[1]} but the padded "
-                             f"input is only {padded[0]}x{padded[1]}: input shape "
-                             f"{tuple(input_shape)}, kernel_size {self.kernel}, "
-                             f"padding {self.padding}, dilation {self.dilation}")
         self.output_shape = shapes.pool2d_output_shape(
             input_shape, self.kernel, self.stride, self.padding, self.dilation, bool(ceil_mode))
+        if min(self.output_shape[2:]) < 1:
+            reach = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel))
+            raise ValueError(f"the pooling window spans {reach[0]}x{reach[1]}, more than the "
+                             f"padded input: input shape {tuple(input_shape)}, kernel_size "
+                             f"{self.kernel}, padding {self.padding}, dilation {self.dilation} "
+                             f"give output size {self.output_shape[2:]}")
 
     def args(self):
         """Kernel arguments: kernel, stride and padding pairs, flattened."""
@@ -300,7 +296,8 @@ def max_pool2d_backward(grad_y, indices, input_shape):
 
     Returns
     -------
-    grad_x : ndarray (N, C, H, W), the dtype of ``grad_y``
+    grad_x : ndarray (N, C, H, W), the dtype of ``grad_y``. An index outside the plane (a
+        window wholly in the padding, which pools to -inf) passes no gradient.
     """
     _check_array(grad_y, "grad_y", 4, "(N, C, H_out, W_out)")
     input_shape = _check_input_shape(input_shape)
@@ -316,11 +313,8 @@ def max_pool2d_backward(grad_y, indices, input_shape):
     height, width = input_shape[2:]
     if on_device:
         return _cuda_backend().max_pool2d_backward(grad_y, indices, input_shape)
-    idx = np.ascontiguousarray(indices)
-    if idx.size and (idx.min() < 0 or idx.max() >= height * width):
-        raise ValueError(f"indices must lie in [0, H*W) = [0, {height * width}) for "
-                         f"input_shape {input_shape}")
-    return cpu_pool.max_pool2d_backward(np.ascontiguousarray(grad_y), idx, height, width)
+    return cpu_pool.max_pool2d_backward(np.ascontiguousarray(grad_y),
+                                        np.ascontiguousarray(indices), height, width)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,

@@ -72,19 +72,19 @@ def output_size(n: int, kernel: int, stride: int = 1, padding: int | Pair = 0,
                 dilation: int = 1, ceil_mode: bool = False) -> int:
     """Output length along one axis of a convolution or pooling window.
 
-    ``padding`` is one int (both sides) or ``(before, after)``. With ``ceil_mode`` a last
-    window that would start inside the after-padding is dropped, as in PyTorch's pooling.
+    ``padding`` is one int (both sides) or ``(before, after)``. With ``ceil_mode`` the count
+    rounds up, but a last window that would start inside the after-padding is dropped, as in
+    PyTorch's pooling; a window wider than the padded input then still gives one output.
     """
     lo, hi = (padding, padding) if _is_int(padding) else padding
-    span = n + lo + hi - dilation * (kernel - 1) - 1
-    if span < 0:
-        return 0
+    span = n + lo + hi - dilation * (kernel - 1) - 1  # negative: the window overhangs
     if ceil_mode:
         out = -(-span // stride) + 1
         if (out - 1) * stride >= n + lo:
             out -= 1
-        return out
-    return span // stride + 1
+    else:
+        out = span // stride + 1
+    return max(out, 0)
 
 
 def conv2d_output_shape(input_shape: Sequence[int], out_channels: int, kernel_size,

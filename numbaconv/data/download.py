@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import click
 
-from .atomic import atomic_file
+from ..atomic import atomic_file
 from .idx import DataError
 
 DEFAULT_MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_file
+from ..atomic import atomic_file
 
 GZIP_MAGIC = b"\x1f\x8b"
 UBYTE_CODE = 0x08

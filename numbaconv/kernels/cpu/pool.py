@@ -51,8 +51,12 @@ def max_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
 
 @njit(parallel=True, cache=True)
 def max_pool2d_backward(grad_y, indices, height, width):
-    """Routes each output gradient to the input position that won its window."""
+    """Routes each output gradient to the input position that won its window.
+
+    Indices outside the plane (windows wholly in the padding) pass nothing.
+    """
     n_batch, channels = grad_y.shape[0], grad_y.shape[1]
+    plane_size = height * width
     grad_x = np.zeros((n_batch, channels, height * width), dtype=grad_y.dtype)
     for plane in prange(n_batch * channels):
         n = plane // channels
@@ -62,7 +66,9 @@ def max_pool2d_backward(grad_y, indices, height, width):
         out = grad_x[n, c]
         for oh in range(g.shape[0]):
             for ow in range(g.shape[1]):
-                out[idx[oh, ow]] += g[oh, ow]
+                i = idx[oh, ow]
+                if 0 <= i < plane_size:
+                    out[i] += g[oh, ow]
     return grad_x.reshape(n_batch, channels, height, width)
 
 

@@ -1,0 +1,289 @@
+"""The ``numbaconv`` command line.
+
+Commands import the engine lazily, so ``numbaconv --help`` answers at once. Errors a user can
+cause end in one ``Error: ...`` line and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from . import __version__
+
+
+class UserError(click.ClickException):
+    """One clear line for the user; exit status 1."""
+
+
+def user_errors(command):
+    """Turn the engine's user-facing exceptions into :class:`UserError`."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from .checkpoint import CheckpointError
+        from .data import DataError
+        from .plugins import RegistryError, UnknownNameError
+        from .train import Diverged
+
+        try:
+            return command(*args, **kwargs)
+        except (CheckpointError, DataError, RegistryError, UnknownNameError, Diverged,
+                ValueError) as error:
+            raise UserError(str(error)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="numbaconv")
+def cli():
+    """numbaconv: convolutional networks on Numba, the way "Dive into Deep Learning" teaches them.
+
+    \b
+    Examples:
+      numbaconv run lenet                        # D2L's LeNet on Fashion-MNIST
+      numbaconv run lenet -o activation=relu -o pool=max --optimizer adam --lr 0.001
+      numbaconv run my-net.toml                  # layers from the registry, in TOML
+      numbaconv summary lenet                    # shapes, parameters, receptive fields
+      numbaconv evaluate lenet.npz               # test accuracy of a checkpoint
+      numbaconv layers | models | plugins        # what the registry holds
+    """
+
+
+# --------------------------------------------------------------------------- run
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+        raise UserError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, "
+                        f"got {threads}")
+    numba.set_num_threads(threads)
+    threadpool_limits(threads)
+
+
+def _load_training_data(data_dir):
+    from .data import SAMPLE_NOTICE, as_float_batch, load_fashion_mnist
+
+    dataset = load_fashion_mnist(data_dir, progress=True)
+    if dataset.is_sample:
+        click.echo(SAMPLE_NOTICE, err=True)
+
+    class Arrays:
+        train_x = as_float_batch(dataset.train_images)
+        train_y = dataset.train_labels
+        test_x = as_float_batch(dataset.test_images)
+        test_y = dataset.test_labels
+        source = dataset.source
+
+    return Arrays
+
+
+def _write_metrics(path: str, history: list) -> None:
+    from .atomic import atomic_file
+
+    with atomic_file(path) as out:
+        out.write("".join(json.dumps(m) + "\n" for m in history).encode())
+
+
+@cli.command()
+@click.argument("target", metavar="MODEL|SPEC.toml")
+@click.option("--epochs", type=int, help="Epochs to train (model's default: LeNet 10).")
+@click.option("--batch-size", type=int, help="Examples per step (LeNet: 256).")
+@click.option("--lr", type=float, help="Learning rate (LeNet: 0.9 with SGD).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), help="LeNet: sgd.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the weights, the shuffling and dropout.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False),
+              help="Directory with the Fashion-MNIST IDX files.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--threads", type=int, help="CPU threads (default: all cores).")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A model option, e.g. -o activation=relu -o pool=max. Repeatable.")
+@click.option("--save", "save_path", type=click.Path(dir_okay=False),
+              help="Write a checkpoint here after every epoch.")
+@click.option("--resume", "resume_path", type=click.Path(dir_okay=False),
+              help="Continue the run saved in this checkpoint.")
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False),
+              help="Write per-epoch metrics here, one JSON object per line.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Draw loss and accuracy per epoch into this PNG (needs matplotlib).")
+@user_errors
+def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threads, options,
+        save_path, resume_path, metrics_path, plot_path):
+    """Train MODEL (a registered name) or the network in SPEC.toml on Fashion-MNIST.
+
+    Prints, per epoch, the training loss and accuracy, the test accuracy and the speed.
+
+    \b
+    A spec lists registry layers (plugins' too); shapes are checked before training:
+      layers = [
+        {type = "Conv2d", in_channels = 1, out_channels = 6, kernel_size = 5, padding = 2},
+        {type = "ReLU"}, {type = "MaxPool2d", kernel_size = 2},
+        {type = "Flatten"}, {type = "Linear", in_features = 1176, out_features = 10},
+      ]
+    """
+    from . import checkpoint as ckpt
+    from .network import build, parse_options
+    from .train import Settings, make_optimizer
+
+    if device == "cuda":
+        from .kernels.cuda.device import cuda_available
+
+        available, reason = cuda_available()
+        raise UserError(f"--device cuda: {reason}" if not available else
+                        "--device cuda: training on the GPU is not available in this version "
+                        "of numbaconv yet; use --device cpu")
+    _set_threads(threads)
+    if plot_path:
+        from .plotting import require_matplotlib
+
+        require_matplotlib()
+    network = build(target, parse_options(options), seed)
+    defaults = {**Settings().__dict__, **network.train_defaults}
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer}
+    settings = Settings(**{**defaults, **{k: v for k, v in given.items() if v is not None},
+                           "seed": seed})
+    model = network.model
+    opt = make_optimizer(settings.optimizer, model.params(), settings.lr)
+    history, start = [], 1
+    if resume_path:
+        saved = ckpt.load(resume_path)
+        if saved.spec != model.config():
+            raise ckpt.CheckpointError(
+                f"checkpoint {resume_path} holds {ckpt.describe(saved.model, saved.options)}, "
+                f"another architecture than {ckpt.describe(network.name, network.options)}")
+        model.load_state_dict(saved.params)
+        opt.load_state_dict(saved.optimizer)
+        history, start = list(saved.history), saved.epoch + 1
+        settings = Settings(**{**settings.__dict__, **saved.train,
+                               "epochs": settings.epochs})
+        click.echo(f"resumed {resume_path} after epoch {saved.epoch}")
+    data = _load_training_data(data_dir)
+    click.echo(f"training {network.source} on {len(data.train_x)} images from {data.source}: "
+               f"{settings.optimizer} lr {settings.lr:g}, batch {settings.batch_size}, "
+               f"{settings.epochs} epochs, {model.num_params()} parameters")
+    for epoch in range(start, settings.epochs + 1):
+        metrics = _run_epoch(model, opt, data, settings, epoch)
+        history.append(metrics.as_dict())
+        click.echo(f"epoch {epoch}/{settings.epochs}  loss {metrics.train_loss:.4f}  "
+                   f"train_acc {metrics.train_acc:.4f}  test_acc {metrics.test_acc:.4f}  "
+                   f"{metrics.examples_per_sec:,.0f} examples/s  "
+                   f"({metrics.train_seconds:.1f} s)")
+        if save_path:
+            train = {k: v for k, v in settings.__dict__.items() if k != "epochs"}
+            ckpt.save(save_path, ckpt.Checkpoint(
+                spec=model.config(), params=model.state_dict(), epoch=epoch,
+                model=network.name, options=network.options, optimizer=opt.state_dict(),
+                train=train, history=history))
+        if metrics_path:
+            _write_metrics(metrics_path, history)
+        if plot_path:
+            from .plotting import plot_curves
+
+            plot_curves(history, plot_path, title=network.source)
+
+
+def _run_epoch(model, opt, data, settings, epoch):
+    from .train import fit_epoch
+
+    if not sys.stderr.isatty():  # plain lines only, for logs and pipes
+        return fit_epoch(model, opt, data, settings, epoch)
+    with click.progressbar(length=len(data.train_x), label=f"epoch {epoch}/{settings.epochs}",
+                           file=sys.stderr, show_pos=True) as bar:
+        return fit_epoch(model, opt, data, settings, epoch, on_batch=bar.update)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+@cli.command()
+@click.argument("checkpoint_path", metavar="CHECKPOINT")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False),
+              help="Directory with the Fashion-MNIST IDX files.")
+@click.option("--threads", type=int, help="CPU threads (default: all cores).")
+@user_errors
+def evaluate(checkpoint_path, data_dir, threads):
+    """Print the test accuracy of a saved CHECKPOINT as 'test_acc 0.xxxx'."""
+    from .checkpoint import CheckpointError, load
+    from .network import from_spec
+    from .train import evaluate as accuracy
+
+    _set_threads(threads)
+    saved = load(checkpoint_path)
+    try:
+        model = from_spec(saved.spec, source=checkpoint_path)
+        model.load_state_dict(saved.params)
+    except ValueError as error:
+        raise CheckpointError(f"{checkpoint_path} does not hold a usable model: {error}") \
+            from error
+    data = _load_training_data(data_dir)
+    click.echo(f"test_acc {accuracy(model, data.test_x, data.test_y):.4f}")
+
+
+# --------------------------------------------------------------------------- registry
+
+@cli.command()
+@user_errors
+def layers():
+    """List the registered layers and the plugin that gave each."""
+    from .plugins import layer_entries
+
+    for name, (layer_class, plugin) in sorted(layer_entries().items()):
+        doc = (layer_class.__doc__ or "").strip().split("\n")[0]
+        click.echo(f"{name:<16} {plugin:<26} {doc}")
+
+
+@cli.command()
+@user_errors
+def models():
+    """List the registered models and the plugin that gave each."""
+    from .plugins import model_entries
+
+    for name, entry in sorted(model_entries().items()):
+        click.echo(f"{name:<16} {entry.plugin:<26} {entry.description}")
+
+
+@cli.command()
+@user_errors
+def plugins():
+    """List the loaded plugins (built-ins included) with their versions and hooks."""
+    from .plugins import plugin_info
+
+    for info in plugin_info():
+        click.echo(f"{info['name']:<26} {info['package']} {info['version']}  "
+                   f"hooks: {', '.join(info['hooks'])}")
+
+
+@cli.command()
+@click.argument("target", metavar="MODEL|SPEC.toml")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A model option, e.g. -o activation=relu. Repeatable.")
+@user_errors
+def summary(target, options):
+    """Per layer of MODEL or SPEC.toml: output shape, parameters, receptive field, FLOPs."""
+    from .network import INPUT_SHAPE, build, parse_options
+    from .sequential import format_summary
+
+    network = build(target, parse_options(options), seed=0)
+    click.echo(format_summary(network.model.summary((1,) + INPUT_SHAPE)))
+
+
+def _load_plugin_commands() -> None:
+    # Last, so plugins can add commands (and a broken plugin only warns).
+    from .plugins import load_plugins, pm
+
+    load_plugins()
+    pm.hook.register_commands(cli=cli)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    _load_plugin_commands()
+    cli()
+

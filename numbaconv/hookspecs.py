@@ -1,0 +1,29 @@
+"""The plugin contract: the hooks a numbaconv plugin may implement.
+
+A plugin is a module (or object) with functions marked ``@numbaconv.hookimpl`` whose names are
+the hooks below. Built-in layers and models are registered through these same hooks. A
+third-party package makes itself known under the entry-point group ``numbaconv``::
+
+    [project.entry-points.numbaconv]
+    my_plugin = "my_package.plugin"
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("numbaconv")
+hookimpl = pluggy.HookimplMarker("numbaconv")
+
+
+@hookspec
+def register_layers(register):
+    """Register layer classes: ``register(LayerClass)``; the registry name is the class name."""
+
+
+@hookspec
+def register_models(register):
+    """Register models: ``register("name", factory)``; ``factory(**options)`` builds a Sequential."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add commands to the ``numbaconv`` Click group ``cli``."""

@@ -1,0 +1,5 @@
+"""Built-in models, registered through :mod:`numbaconv.builtin_plugin`."""
+
+from .lenet import lenet
+
+__all__ = ["lenet"]

@@ -1,0 +1,121 @@
+"""What ``numbaconv run`` trains: a registered model with options, or a TOML spec of layers."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+
+from .layers import ShapeError
+from .plugins import get_layers, get_model
+from .sequential import Sequential
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+INPUT_SHAPE = (1, 28, 28)  # Fashion-MNIST
+NUM_CLASSES = 10
+
+
+class SpecError(ValueError):
+    """A TOML spec that cannot be read or does not describe a working network."""
+
+
+@dataclass
+class Network:
+    """A built model and where it came from (recorded in checkpoints)."""
+
+    model: Sequential
+    name: str | None  # registry name, None for a TOML spec
+    options: dict = field(default_factory=dict)
+    train_defaults: dict = field(default_factory=dict)
+    source: str = ""
+
+
+def parse_options(pairs) -> dict:
+    """``["activation=relu", "width=2"]`` -> ``{"activation": "relu", "width": 2}``."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"option {pair!r} must look like KEY=VALUE")
+        options[key.strip()] = _parse_value(value.strip())
+    return options
+
+
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def build(target: str, options: dict, seed: int) -> Network:
+    """A registered model name, or the path of a ``.toml`` spec; checked against 1x28x28 input."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if target.endswith(".toml") or os.path.sep in target:
+        if options:
+            raise SpecError("-o/--option sets a registered model's options; a TOML spec "
+                            "holds its own settings")
+        network = Network(load_spec(target, rng), None, {}, {}, target)
+    else:
+        entry = get_model(target)
+        kwargs = dict(options)
+        if "rng" in inspect.signature(entry.factory).parameters:
+            kwargs["rng"] = rng
+        try:
+            model = entry.factory(**kwargs)
+        except TypeError as error:
+            raise ValueError(f"model {target!r} does not take the options {options}: "
+                             f"{error}") from error
+        network = Network(model, target, dict(options), entry.train_defaults, target)
+    check_shapes(network.model, network.source)
+    return network
+
+
+def load_spec(path: str, rng=None) -> Sequential:
+    """A ``Sequential`` from a TOML file ``layers = [{type = "Conv2d", ...}, ...]``."""
+    try:
+        with open(path, "rb") as handle:
+            spec = tomllib.load(handle)
+    except FileNotFoundError:
+        raise SpecError(f"spec file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise SpecError(f"cannot read spec {path}: {error}") from error
+    layers = spec.get("layers")
+    if not isinstance(layers, list) or not layers or \
+            not all(isinstance(item, dict) for item in layers):
+        raise SpecError(f"spec {path} needs a non-empty array of tables "
+                        "'layers = [{type = \"Conv2d\", ...}, ...]'")
+    return from_spec(layers, rng, path)
+
+
+def from_spec(layers: list, rng=None, source: str = "spec") -> Sequential:
+    """A ``Sequential`` from a list of ``{"type": registry name, **arguments}``."""
+    known = get_layers()
+    for position, item in enumerate(layers):
+        if item.get("type") not in known:
+            raise SpecError(f"{source}: layer {position} has unknown type {item.get('type')!r}; "
+                            f"known layers: {', '.join(sorted(known))}")
+    try:
+        return Sequential.from_config(layers, layer_types=known, rng=rng)
+    except (TypeError, ValueError) as error:
+        raise SpecError(f"{source}: {error}") from error
+
+
+def check_shapes(model: Sequential, source: str) -> None:
+    """Fail before training when the layers do not fit a 1x28x28 input and 10 classes."""
+    try:
+        shape = model.output_shape((1,) + INPUT_SHAPE)
+    except ShapeError as error:
+        raise SpecError(f"{source}: {error}") from error
+    if tuple(shape) != (1, NUM_CLASSES):
+        raise SpecError(f"{source}: the network ends in shape {tuple(shape)} for a "
+                        f"{INPUT_SHAPE} input, but classifying Fashion-MNIST needs "
+                        f"(N, {NUM_CLASSES})")

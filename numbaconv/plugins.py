@@ -1,0 +1,192 @@
+"""The plugin manager: built-in plugins, entry-point plugins, and the registries they fill.
+
+Built-ins are plugins too: :data:`DEFAULT_PLUGINS` are registered exactly like third-party
+packages found under the entry-point group ``numbaconv``. ``$NUMBACONV_LOAD_PLUGINS`` (a comma
+separated list of entry-point names, possibly empty) limits which third-party plugins load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+import pluggy
+
+from . import hookspecs
+
+ENTRY_POINT_GROUP = "numbaconv"
+DEFAULT_PLUGINS = ("numbaconv.builtin_plugin",)
+
+pm = pluggy.PluginManager("numbaconv")
+pm.add_hookspecs(hookspecs)
+_loaded = False
+
+
+class RegistryError(ValueError):
+    """Two plugins registered one name, or a registration is malformed."""
+
+
+class UnknownNameError(KeyError):
+    """A layer or model name that no plugin registered. ``str()`` lists the known names."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: ``factory(**options)`` builds a ``Sequential``."""
+
+    name: str
+    factory: object
+    plugin: str
+    description: str = ""
+    train_defaults: dict = field(default_factory=dict)
+
+
+def load_plugins() -> None:
+    """Register the built-in plugins and every installed entry-point plugin (once).
+
+    A plugin that fails to import is reported with a warning naming it; the rest still load.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module_name in DEFAULT_PLUGINS:
+        if pm.get_plugin(module_name) is None:
+            pm.register(importlib.import_module(module_name), name=module_name)
+    allowed = os.environ.get("NUMBACONV_LOAD_PLUGINS")
+    allowed = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        if allowed is not None and entry_point.name not in allowed:
+            continue
+        if pm.get_plugin(entry_point.name) is not None:
+            continue
+        try:
+            pm.register(entry_point.load(), name=entry_point.name)
+        except Exception as error:  # a broken plugin must not take numbaconv down with it
+            warnings.warn(f"numbaconv plugin {entry_point.name!r} ({entry_point.value}) failed "
+                          f"to load and is skipped: {type(error).__name__}: {error}",
+                          stacklevel=2)
+    pm.check_pending()
+
+
+def _collect(hook_name: str, make_register):
+    """Call every implementation of ``hook_name`` with a ``register`` that knows its plugin."""
+    load_plugins()
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        impl.function(register=make_register(impl.plugin_name))
+
+
+def _claim(kind: str, registry: dict, name: str, plugin: str, owners: dict) -> None:
+    if not isinstance(name, str) or not name:
+        raise RegistryError(f"plugin {plugin!r} registered a {kind} with an invalid name "
+                            f"{name!r}")
+    if name in registry:
+        raise RegistryError(f"{kind} {name!r} is registered by both plugin {owners[name]!r} "
+                            f"and plugin {plugin!r}; uninstall or disable one of them "
+                            f"(NUMBACONV_LOAD_PLUGINS limits which plugins load)")
+    owners[name] = plugin
+
+
+def layer_entries() -> dict[str, tuple[type, str]]:
+    """``{name: (layer class, plugin name)}`` of every registered layer."""
+    from .layers import Layer
+
+    registry: dict[str, tuple[type, str]] = {}
+    owners: dict[str, str] = {}
+
+    def make_register(plugin):
+        def register(layer_class):
+            if not (isinstance(layer_class, type) and issubclass(layer_class, Layer)):
+                raise RegistryError(f"plugin {plugin!r} registered {layer_class!r}, which is "
+                                    "not a numbaconv.Layer subclass")
+            name = layer_class.__name__
+            _claim("layer", registry, name, plugin, owners)
+            registry[name] = (layer_class, plugin)
+        return register
+
+    _collect("register_layers", make_register)
+    return registry
+
+
+def model_entries() -> dict[str, ModelEntry]:
+    """``{name: ModelEntry}`` of every registered model."""
+    registry: dict[str, ModelEntry] = {}
+    owners: dict[str, str] = {}
+
+    def make_register(plugin):
+        def register(name, factory, *, description="", train_defaults=None):
+            if not callable(factory):
+                raise RegistryError(f"plugin {plugin!r} registered model {name!r} with a "
+                                    f"factory that is not callable: {factory!r}")
+            _claim("model", registry, name, plugin, owners)
+            doc = description or (factory.__doc__ or "").strip().split("\n")[0]
+            registry[name] = ModelEntry(name, factory, plugin, doc, dict(train_defaults or {}))
+        return register
+
+    _collect("register_models", make_register)
+    return registry
+
+
+def get_layers() -> dict[str, type]:
+    """Every registered layer class by name."""
+    return {name: cls for name, (cls, _) in layer_entries().items()}
+
+
+def get_models() -> dict[str, object]:
+    """Every registered model factory by name."""
+    return {name: entry.factory for name, entry in model_entries().items()}
+
+
+def get_layer(name: str) -> type:
+    """The layer class registered as ``name``; :class:`UnknownNameError` lists the known ones."""
+    layers = get_layers()
+    if name not in layers:
+        raise UnknownNameError(f"unknown layer {name!r}; known layers: "
+                               f"{', '.join(sorted(layers))}")
+    return layers[name]
+
+
+def get_model(name: str) -> ModelEntry:
+    """The model registered as ``name``; :class:`UnknownNameError` lists the known ones."""
+    models = model_entries()
+    if name not in models:
+        raise UnknownNameError(f"unknown model {name!r}; known models: "
+                               f"{', '.join(sorted(models))}")
+    return models[name]
+
+
+def build_model(name: str, **options):
+    """Build the registered model ``name`` with its ``options`` (e.g. ``activation='relu'``)."""
+    entry = get_model(name)
+    try:
+        return entry.factory(**options)
+    except TypeError as error:
+        raise ValueError(f"model {name!r} does not accept the options {options}: {error}") \
+            from error
+
+
+def plugin_info() -> list[dict]:
+    """Name, version and hooks of every loaded plugin, built-ins included."""
+    load_plugins()
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    info = []
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
+        dist = dists.get(id(plugin))
+        info.append({
+            "name": name,
+            "package": dist.project_name if dist else "numbaconv",
+            "version": dist.version if dist else _own_version(),
+            "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or []),
+        })
+    return info
+
+
+def _own_version() -> str:
+    from . import __version__
+    return __version__
