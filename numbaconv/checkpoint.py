@@ -61,7 +61,8 @@ def load(path) -> Checkpoint:
             optimizer = dict(meta.get("optimizer", {}))
             optimizer.update({k[len(_OPTIM):]: archive[k] for k in archive.files
                               if k.startswith(_OPTIM)})
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile,
+            json.JSONDecodeError) as error:
         raise CheckpointError(f"{path} is not a numbaconv checkpoint ({error})") from error
     if meta.get("format") != FORMAT or not isinstance(meta.get("spec"), list):
         raise CheckpointError(f"{path} is not a numbaconv checkpoint of format {FORMAT}")
