@@ -1,0 +1,174 @@
+"""The numbaconv command line: runs, checkpoints, metrics, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tiny_data import write_tiny_dataset
+
+from numbaconv.cli import cli
+
+FAST = ["--epochs", "1", "--batch-size", "64", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(write_tiny_dataset(tmp_path_factory.mktemp("tiny"), 256, 128))
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_user_error(result, pattern):
+    """Exit status 1, one 'Error: ...' line matching ``pattern``, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        f"traceback: {result.exception!r}"
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    assert __import__("re").search(pattern, lines[-1]), lines[-1]
+
+
+def test_run_prints_epochs_and_writes_metrics_and_checkpoint(data_dir, tmp_path):
+    metrics, saved = tmp_path / "m.jsonl", tmp_path / "lenet.npz"
+    result = invoke("run", "lenet", "--data", data_dir, "--epochs", "2", "--batch-size", "64",
+                    "--lr", "0.1", "--metrics", metrics, "--save", saved, "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert "epoch 2/2" in result.output and "examples/s" in result.output
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"epoch", "train_loss", "train_acc", "test_acc", "train_seconds",
+            "examples_per_sec"} <= set(rows[0])
+
+    evaluated = invoke("evaluate", saved, "--data", data_dir)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert evaluated.output.strip().splitlines()[-1] == f"test_acc {rows[-1]['test_acc']:.4f}"
+
+
+def test_same_seed_same_metrics_through_the_cli(data_dir, tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.jsonl"
+        assert invoke("run", "lenet", "--data", data_dir, *FAST, "--seed", "7",
+                      "--metrics", path).exit_code == 0
+        outputs.append([{k: v for k, v in json.loads(line).items() if "sec" not in k}
+                        for line in path.read_text().splitlines()])
+    assert outputs[0] == outputs[1]
+
+
+def test_resume_continues_to_the_uninterrupted_result(data_dir, tmp_path):
+    common = ["--data", data_dir, "--batch-size", "64", "--threads", "1", "-o",
+              "activation=relu", "--optimizer", "adam", "--lr", "0.003"]
+    straight, half = tmp_path / "straight.npz", tmp_path / "half.npz"
+    assert invoke("run", "lenet", *common, "--epochs", "2", "--save", straight).exit_code == 0
+    assert invoke("run", "lenet", *common, "--epochs", "1", "--save", half).exit_code == 0
+    resumed = invoke("run", "lenet", *common, "--epochs", "2", "--resume", half, "--save", half)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed" in resumed.output and "epoch 1/2" not in resumed.output
+    with np.load(straight) as a, np.load(half) as b:
+        for key in a.files:
+            if key.startswith("param/"):
+                np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_resume_from_another_architecture_is_refused(data_dir, tmp_path):
+    saved = tmp_path / "relu.npz"
+    assert invoke("run", "lenet", "--data", data_dir, *FAST, "-o", "activation=relu",
+                  "--save", saved).exit_code == 0
+    assert_user_error(invoke("run", "lenet", "--data", data_dir, *FAST, "--resume", saved),
+                      "another architecture")
+
+
+def test_spec_file_trains(data_dir, tmp_path):
+    spec = tmp_path / "net.toml"
+    spec.write_text('layers = [\n'
+                    '  {type = "Conv2d", in_channels = 1, out_channels = 4, kernel_size = 3},\n'
+                    '  {type = "ReLU"}, {type = "MaxPool2d", kernel_size = 2},\n'
+                    '  {type = "Flatten"},\n'
+                    '  {type = "Linear", in_features = 676, out_features = 10},\n]\n')
+    result = invoke("run", spec, "--data", data_dir, *FAST, "--lr", "0.05")
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1" in result.output
+    assert invoke("summary", spec).exit_code == 0
+
+
+@pytest.mark.parametrize("layers, pattern", [
+    ('[{type = "Conv3d", in_channels = 1, out_channels = 2, kernel_size = 3}]',
+     r"layer 0 has unknown type 'Conv3d'.*Conv2d"),
+    ('[{type = "Conv2d", in_channels = 1, out_channels = 2, kernel_size = 3}, '
+     '{type = "Flatten"}, {type = "Linear", in_features = 100, out_features = 10}]',
+     r"layer 2 \(Linear\): expects 100 input features"),
+    ('[{type = "Conv2d", in_channels = 3, out_channels = 2, kernel_size = 3}]',
+     r"layer 0 \(Conv2d\)"),
+    ('[{type = "Flatten"}]', r"needs \(N, 10\)"),
+    ('[{type = "Conv2d", in_channels = 1}]', r"layer 0 \(Conv2d\)"),
+])
+def test_bad_specs_are_reported_before_training(tmp_path, layers, pattern):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(f"layers = {layers}\n")
+    assert_user_error(invoke("run", spec, "--data", "/nonexistent"), pattern)
+
+
+def test_unreadable_spec(tmp_path):
+    spec = tmp_path / "broken.toml"
+    spec.write_text("layers = [\n")
+    assert_user_error(invoke("run", spec), "cannot read spec")
+    assert_user_error(invoke("run", tmp_path / "missing.toml"), "does not exist")
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["run", "resnet"], r"unknown model 'resnet'; known models: .*lenet"),
+    (["run", "lenet", "--lr", "0"], "lr must be a positive number"),
+    (["run", "lenet", "--lr", "-1"], "lr must be a positive number"),
+    (["run", "lenet", "--epochs", "0"], "epochs must be a positive integer"),
+    (["run", "lenet", "--batch-size", "0"], "batch_size must be a positive integer"),
+    (["run", "lenet", "-o", "activation=gelu"], "activation must be one of"),
+    (["run", "lenet", "-o", "oops"], "KEY=VALUE"),
+    (["run", "lenet", "--threads", "0"], "--threads must be between"),
+    (["evaluate", "/nonexistent/lenet.npz"], "does not exist"),
+])
+def test_user_errors_are_one_line(args, pattern):
+    assert_user_error(invoke(*args), pattern)
+
+
+def test_missing_and_corrupt_data(tmp_path, data_dir):
+    assert_user_error(invoke("run", "lenet", "--data", tmp_path / "empty", *FAST),
+                      str(tmp_path / "empty"))
+    broken = tmp_path / "broken"
+    write_tiny_dataset(broken, 64, 32)
+    images = broken / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:1000])
+    assert_user_error(invoke("run", "lenet", "--data", broken, *FAST),
+                      "train-images-idx3-ubyte")
+
+
+def test_nan_loss_stops_with_advice(data_dir):
+    result = invoke("run", "lenet", "--data", data_dir, *FAST, "--lr", "1e9", "-o",
+                    "activation=relu")
+    assert_user_error(result, r"epoch 1, batch \d+.*lower learning rate")
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"garbage")
+    assert_user_error(invoke("evaluate", bad), "not a numbaconv checkpoint")
+
+
+def test_registry_listings():
+    assert "Conv2d" in invoke("layers").output
+    assert "lenet" in invoke("models").output
+    assert "numbaconv.builtin_plugin" in invoke("plugins").output
+    summary = invoke("summary", "lenet").output
+    assert "61,706" in summary and "16x16" in summary
+
+
+def test_module_entry_point_and_help():
+    out = subprocess.run([sys.executable, "-m", "numbaconv", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for command in ("run", "evaluate", "layers", "models", "plugins", "summary"):
+        assert command in out
