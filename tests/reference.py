@@ -173,7 +173,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
     Padding counts as ``-inf``; the window is scanned row-major and a value replaces the running
     maximum when ``val > maxval or isnan(val)``: the first of tied maxima wins, and with several
-    NaNs the last NaN wins. The index is ``h * W + w`` inside the ``(n, c)`` plane.
+    NaNs the last NaN wins. The index is ``h * W + w`` inside the ``(n, c)`` plane. A window
+    with no real element (possible with dilation) gives ``-inf`` and PyTorch's index of its
+    first non-negative tap, which may lie outside the plane.
     """
     x = np.asarray(x, dtype=np.float64)
     N, C, H, W = x.shape
@@ -188,12 +190,14 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
                 for j in range(ow):
                     rows = [i * sh - ph + a * dh for a in range(kh)]
                     cols = [j * sw - pw + b * dw for b in range(kw)]
+                    # PyTorch starts from the first tap at or after 0; that position (even if
+                    # it lies past the input) is the index when no real element beats -inf
+                    first_row = min(r for r in rows if r >= 0)
+                    first_col = min(q for q in cols if q >= 0)
                     rows = [r for r in rows if 0 <= r < H]
                     cols = [q for q in cols if 0 <= q < W]
-                    if not rows or not cols:
-                        raise ValueError("a pooling window lies wholly in the padding")
                     best = -math.inf
-                    best_at = rows[0] * W + cols[0]
+                    best_at = first_row * W + first_col
                     for r in rows:
                         for q in cols:
                             val = plane[r, q]
@@ -214,19 +218,9 @@ def max_pool2d_backward(grad_y, indices, input_shape):
     for n in range(N):
         for c in range(C):
             for g, at in zip(grad_y[n, c].ravel(), indices[n, c].ravel(), strict=True):
-                gx[n, c, at] += g
+                if 0 <= at < H * W:  # an index outside the plane (empty window) passes nothing
+                    gx[n, c, at] += g
     return gx.reshape(N, C, H, W)
-
-
-def pool_windows_nonempty(n, k, s, p, d, ceil_mode) -> bool:
-    """Whether every window along one axis touches at least one real (non-padding) element."""
-    out = out_len(n, k, s, p, p, d, ceil_mode)
-    if out < 1:
-        return False
-    for i in range(out):
-        if not any(0 <= i * s - p + a * d < n for a in range(k)):
-            return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------
