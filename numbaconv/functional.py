@@ -204,8 +204,13 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
                 np.zeros(weight.shape[0], dtype=x.dtype))
     w = np.ascontiguousarray(weight)
     gy = np.ascontiguousarray(grad_y)
-    grad_w = cpu_conv.conv2d_weight_grad(gy, geo.pad(x), *geo.kernel, *geo.stride,
-                                         *geo.dilation, geo.groups)
+    xp = geo.pad(x)
+    if not (np.isfinite(x.sum()) and np.isfinite(w.sum())):  # rare: an exact, slow path
+        grad_xp, grad_w = cpu_conv.conv2d_backward_direct(gy, xp, w, *geo.stride,
+                                                          *geo.dilation, geo.groups)
+        return geo.crop(grad_xp) if need_input_grad else None, grad_w, cpu_conv.bias_grad(gy)
+    grad_w = cpu_conv.conv2d_weight_grad(gy, xp, *geo.kernel, *geo.stride, *geo.dilation,
+                                         geo.groups)
     grad_x = None
     if need_input_grad:
         grad_x = geo.crop(cpu_conv.conv2d_input_grad(gy, w, (x.shape[0], x.shape[1]) + geo.padded,
