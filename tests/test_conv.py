@@ -384,6 +384,8 @@ NONFINITE_CASES = [
     ("x", -np.inf, (1, 0, 0, 5), dict(stride=(1, 2), padding=1)),
     ("weight", np.inf, (1, 0, 0, 1), dict()),
     ("weight", np.nan, (0, 1, 1, 0), dict(stride=2)),
+    ("grad_y", np.inf, (1, 0, 2, 1), dict(padding=1)),
+    ("grad_y", np.nan, (0, 1, 0, 1), dict(stride=(2, 1), dilation=2)),
 ]
 
 
@@ -391,8 +393,16 @@ def _nonfinite_arrays(where, value, position):
     rng = np.random.default_rng(12)
     x = rng.normal(size=(2, 2, 5, 6))
     w = rng.normal(size=(2, 2, 2, 2))
-    (x if where == "x" else w)[position] = value
+    if where != "grad_y":
+        (x if where == "x" else w)[position] = value
     return x, w, rng
+
+
+def _nonfinite_grad(rng, shape, where, value, position):
+    gy = rng.normal(size=shape)
+    if where == "grad_y":
+        gy[position] = value
+    return gy
 
 
 @pytest.mark.parametrize("where, value, position, args", NONFINITE_CASES,
@@ -401,7 +411,7 @@ def test_conv2d_non_finite_values_propagate_like_reference(nc, where, value, pos
     x, w, rng = _nonfinite_arrays(where, value, position)
     with np.errstate(invalid="ignore"):
         expected = ref.conv2d(x, w, **args)
-        gy = rng.normal(size=expected.shape)
+        gy = _nonfinite_grad(rng, expected.shape, where, value, position)
         egx, egw, egb = ref.conv2d_backward(gy, x, w, **args)
     y = nc.conv2d(x, w, **args)
     gx, gw, gb = nc.conv2d_backward(gy, x, w, **args)
@@ -419,7 +429,7 @@ def test_reference_non_finite_matches_torch(torch, F, where, value, position, ar
     x, w, rng = _nonfinite_arrays(where, value, position)
     with np.errstate(invalid="ignore"):
         expected = ref.conv2d(x, w, **args)
-        gy = rng.normal(size=expected.shape)
+        gy = _nonfinite_grad(rng, expected.shape, where, value, position)
         egx, egw, _ = ref.conv2d_backward(gy, x, w, **args)
     yt, xt, wt, _ = torch_conv2d(torch, F, x, w, None, groups=1,
                                  **{"stride": 1, "padding": 0, "dilation": 1, **args})
