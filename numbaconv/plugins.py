@@ -23,6 +23,7 @@ DEFAULT_PLUGINS = ("numbaconv.builtin_plugin",)
 pm = pluggy.PluginManager("numbaconv")
 pm.add_hookspecs(hookspecs)
 _loaded = False
+_distributions: dict = {}  # entry-point name -> importlib.metadata.Distribution
 
 
 class RegistryError(ValueError):
@@ -68,6 +69,7 @@ def load_plugins() -> None:
             continue
         try:
             pm.register(entry_point.load(), name=entry_point.name)
+            _distributions[entry_point.name] = entry_point.dist
         except Exception as error:  # a broken plugin must not take numbaconv down with it
             warnings.warn(f"numbaconv plugin {entry_point.name!r} ({entry_point.value}) failed "
                           f"to load and is skipped: {type(error).__name__}: {error}",
@@ -174,13 +176,12 @@ def build_model(name: str, **options):
 def plugin_info() -> list[dict]:
     """Name, version and hooks of every loaded plugin, built-ins included."""
     load_plugins()
-    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     info = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
-        dist = dists.get(id(plugin))
+        dist = _distributions.get(name)  # None for the built-ins
         info.append({
             "name": name,
-            "package": dist.project_name if dist else "numbaconv",
+            "package": dist.metadata["Name"] if dist else "numbaconv",
             "version": dist.version if dist else _own_version(),
             "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or []),
         })

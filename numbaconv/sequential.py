@@ -143,31 +143,37 @@ class Sequential:
     def num_params(self) -> int:
         return int(sum(p.size for p in self.params().values()))
 
+    def buffers(self) -> dict[str, np.ndarray]:
+        """``{"<index>.<name>": array}`` of every layer's non-trainable state (running stats)."""
+        return {f"{i}.{name}": b for i, layer in enumerate(self.layers)
+                for name, b in layer.buffers.items()}
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every parameter, keyed like :meth:`params` (``np.savez``-able)."""
-        return {name: p.copy() for name, p in self.params().items()}
+        """Copies of every parameter and buffer, keyed like :meth:`params` (``np.savez``-able)."""
+        return {name: p.copy() for name, p in {**self.params(), **self.buffers()}.items()}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        """Copy ``state`` into the parameters in place (arrays keep their identity and dtype).
+        """Copy ``state`` into the parameters and buffers in place (arrays keep their identity
+        and dtype).
 
         Keys and shapes must match exactly; otherwise ``ValueError`` names every missing,
         unexpected and mis-shaped key, and nothing is changed.
         """
-        params = self.params()
-        missing = [k for k in params if k not in state]
-        unexpected = [k for k in state if k not in params]
+        targets = {**self.params(), **self.buffers()}
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets]
         problems = []
         if missing:
             problems.append(f"missing keys {missing}")
         if unexpected:
             problems.append(f"unexpected keys {unexpected}")
-        for name, p in params.items():
+        for name, p in targets.items():
             if name in state and np.shape(state[name]) != p.shape:
                 problems.append(f"{name!r} has shape {tuple(np.shape(state[name]))}, "
                                 f"the model's is {p.shape}")
         if problems:
             raise ValueError("load_state_dict: " + "; ".join(problems))
-        for name, p in params.items():
+        for name, p in targets.items():
             np.copyto(p, np.asarray(state[name]), casting="same_kind")
 
     # shapes and summary ----------------------------------------------------------------

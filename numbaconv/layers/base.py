@@ -18,6 +18,9 @@ A layer is a small object with explicit forward and backward passes (no autograd
     without parameters (the base class supplies the empty dicts, so a parameter-free plugin
     needs only ``__init__``, ``forward`` and ``backward``). Optimizers update ``params``
     arrays in place.
+``buffers``
+    ``dict[str, numpy.ndarray]`` of non-trainable state that checkpoints must keep (batch
+    norm's running statistics), updated in place; empty by default. Optimizers never see it.
 ``output_shape(input_shape) -> tuple``
     The output shape for an input shape, without computing anything. The default returns
     ``input_shape`` (shape-preserving layers). Layers raise :class:`ShapeError` (a
@@ -96,6 +99,19 @@ class Layer:
     @grads.setter
     def grads(self, value: dict[str, np.ndarray]) -> None:
         self.__dict__["_grads"] = value
+
+    @property
+    def buffers(self) -> dict[str, np.ndarray]:
+        """Non-trainable state saved with the weights (e.g. batch norm's running stats);
+        updated in place by ``forward``. Empty by default."""
+        d = self.__dict__.get("_buffers")
+        if d is None:
+            d = self.__dict__["_buffers"] = {}
+        return d
+
+    @buffers.setter
+    def buffers(self, value: dict[str, np.ndarray]) -> None:
+        self.__dict__["_buffers"] = value
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
