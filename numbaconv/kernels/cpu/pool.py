@@ -72,7 +72,7 @@ def max_pool2d_backward(grad_y, indices, height, width):
     return grad_x.reshape(n_batch, channels, height, width)
 
 
-@njit(cache=True)
+@njit(inline="always")
 def _avg_window(oh, ow, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, height, width,
                 count_include_pad, divisor):
     """(h0, h1, w0, w1, divisor) of one average-pooling window, as PyTorch counts it."""
@@ -110,10 +110,11 @@ def avg_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, 
                 h0, h1, w0, w1, count = _avg_window(
                     oh, ow, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                     height, width, count_include_pad, divisor)
-                if h0 >= h1 or w0 >= w1:
-                    y[n, c, oh, ow] = 0
-                    continue
-                y[n, c, oh, ow] = src[h0:h1, w0:w1].sum() / count
+                total = 0.0  # float64: a window's sum is short, and exact enough either way
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        total += src[ih, iw]
+                y[n, c, oh, ow] = total / count
     return y
 
 
@@ -127,12 +128,13 @@ def avg_pool2d_backward(grad_y, height, width, kernel_h, kernel_w, stride_h, str
         n = plane // channels
         c = plane % channels
         out = grad_x[n, c]
+        g = grad_y[n, c]
         for oh in range(out_h):
             for ow in range(out_w):
                 h0, h1, w0, w1, count = _avg_window(
                     oh, ow, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                     height, width, count_include_pad, divisor)
-                share = grad_y[n, c, oh, ow] / count
+                share = g[oh, ow] / count
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
                         out[ih, iw] += share
