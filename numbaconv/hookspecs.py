@@ -21,7 +21,7 @@ def register_layers(register):
 
 @hookspec
 def register_models(register):
-    """Register models: ``register("name", factory)``; ``factory(**options)`` builds a Sequential."""
+    """Register models: ``register("name", factory)``; ``factory(**options)`` -> Sequential."""
 
 
 @hookspec
