@@ -229,14 +229,21 @@ def conv2d_forward(xp, w, b, stride_h, stride_w, dilation_h, dilation_w, groups,
         out = np.zeros((weights.shape[1], (n_rows - 1) * wp + dense_w), dtype=xp.dtype)
         _shifted_matmul_acc(weights[g], xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset,
                             row0 * wp, out)
-        for r in range(n_rows):
-            if (row0 + r) % stride_h:
-                continue
-            oh = (row0 + r) // stride_h
-            for m in range(c_out_g):
-                co = g * c_out_g + m
-                for ow in range(out_w):
-                    y[n, co, oh, ow] = out[m, r * wp + ow * stride_w] + b[co]
+        for m in range(c_out_g):
+            co = g * c_out_g + m
+            bias = b[co]
+            src = out[m]
+            for r in range(n_rows):
+                if (row0 + r) % stride_h:
+                    continue
+                dst = y[n, co, (row0 + r) // stride_h]
+                base = r * wp
+                if stride_w == 1:  # a contiguous copy, vectorised
+                    for ow in range(out_w):
+                        dst[ow] = src[base + ow] + bias
+                else:
+                    for ow in range(out_w):
+                        dst[ow] = src[base + ow * stride_w] + bias
     return y
 
 
@@ -270,13 +277,15 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
             for row0 in range(0, dense_h, rows):
                 n_rows = min(rows, dense_h - row0)
                 grads[:, :] = 0
-                for r in range(n_rows):
-                    if (row0 + r) % stride_h:
-                        continue
-                    oh = (row0 + r) // stride_h
-                    for m in range(c_out_g):
+                for m in range(c_out_g):
+                    dst = grads[m]
+                    for r in range(n_rows):
+                        if (row0 + r) % stride_h:
+                            continue
+                        grad_row = gy[n, g * c_out_g + m, (row0 + r) // stride_h]
+                        base = r * wp
                         for ow in range(out_w):
-                            grads[m, r * wp + ow * stride_w] = gy[n, g * c_out_g + m, oh, ow]
+                            dst[base + ow * stride_w] = grad_row[ow]
                 _shifted_matmul_abt_acc(grads, (n_rows - 1) * wp + dense_w, src, chan, offset,
                                         row0 * wp, partial[chunk, g])
     total = partial[0].copy()
