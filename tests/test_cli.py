@@ -1,6 +1,7 @@
 """The numbaconv command line: runs, checkpoints, metrics, and one-line errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -172,3 +173,18 @@ def test_module_entry_point_and_help():
                          text=True, check=True).stdout
     for command in ("run", "evaluate", "layers", "models", "plugins", "summary"):
         assert command in out
+
+
+def test_the_example_plugin_model_trains_from_the_cli(data_dir, tmp_path):
+    if "lenet-bn" not in invoke("models").output:
+        if os.environ.get("CI"):  # CI installs it: there, its absence is a failure
+            pytest.fail("the example plugin numbaconv-batchnorm is not installed")
+        pytest.skip("the example plugin numbaconv-batchnorm is not installed")
+    saved = tmp_path / "bn.npz"
+    result = invoke("run", "lenet-bn", "--data", data_dir, *FAST, "--save", saved)
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1" in result.output
+    evaluated = invoke("evaluate", saved, "--data", data_dir)
+    assert evaluated.exit_code == 0, evaluated.output
+    reported = float(result.output.split("test_acc ")[1].split()[0])
+    assert evaluated.output.strip().endswith(f"test_acc {reported:.4f}")  # running stats saved
