@@ -51,6 +51,9 @@ def cli():
       numbaconv summary lenet                    # shapes, parameters, receptive fields
       numbaconv evaluate lenet.npz               # test accuracy of a checkpoint
       numbaconv layers | models | plugins        # what the registry holds
+      numbaconv demo edges                       # a Conv2d learns the edge kernel [1, -1]
+      numbaconv shape --input 8 --kernel 3 --padding 1 --stride 2
+      numbaconv show lenet.npz --out pics/       # kernels and feature maps as PNGs
     """
 
 
@@ -287,3 +290,12 @@ def main() -> None:  # pragma: no cover - console entry
     _load_plugin_commands()
     cli()
 
+
+
+# --------------------------------------------------------------------------- demos, shape, show
+
+from .cli_demos import demo, shape, show  # noqa: E402
+
+cli.add_command(demo)
+cli.add_command(shape)
+cli.add_command(show)
