@@ -141,9 +141,8 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
         from .kernels.cuda.device import cuda_available
 
         available, reason = cuda_available()
-        raise UserError(f"--device cuda: {reason}" if not available else
-                        "--device cuda: training on the GPU is not available in this version "
-                        "of numbaconv yet; use --device cpu")
+        if not available:
+            raise UserError(f"--device cuda: {reason}")
     _set_threads(threads)
     if plot_path:
         from .plotting import require_matplotlib
@@ -170,17 +169,24 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
                                "epochs": settings.epochs})
         click.echo(f"resumed {resume_path} after epoch {saved.epoch}")
     data = _load_training_data(data_dir)
+    trainer = None
+    if device == "cuda":  # data, weights and optimizer state stay on the GPU from here on
+        from .device_train import DeviceTrainer
+
+        trainer = DeviceTrainer(model, settings, data, optimizer=opt)
     click.echo(f"training {network.source} on {len(data.train_x)} images from {data.source}: "
                f"{settings.optimizer} lr {settings.lr:g}, batch {settings.batch_size}, "
                f"{settings.epochs} epochs, {model.num_params()} parameters")
     for epoch in range(start, settings.epochs + 1):
-        metrics = _run_epoch(model, opt, data, settings, epoch)
+        metrics = _run_epoch(model, opt, data, settings, epoch, trainer)
         history.append(metrics.as_dict())
         click.echo(f"epoch {epoch}/{settings.epochs}  loss {metrics.train_loss:.4f}  "
                    f"train_acc {metrics.train_acc:.4f}  test_acc {metrics.test_acc:.4f}  "
                    f"{metrics.examples_per_sec:,.0f} examples/s  "
                    f"({metrics.train_seconds:.1f} s)")
         if save_path:
+            if trainer is not None:
+                trainer.sync_to_host()  # weights and optimizer state back into model and opt
             train = {k: v for k, v in settings.__dict__.items() if k != "epochs"}
             ckpt.save(save_path, ckpt.Checkpoint(
                 spec=model.config(), params=model.state_dict(), epoch=epoch,
@@ -194,14 +200,19 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
             plot_curves(history, plot_path, title=network.source)
 
 
-def _run_epoch(model, opt, data, settings, epoch):
+def _run_epoch(model, opt, data, settings, epoch, trainer=None):
     from .train import fit_epoch
 
+    def fit(on_batch=None):
+        if trainer is not None:
+            return trainer.fit_epoch(epoch, on_batch=on_batch)
+        return fit_epoch(model, opt, data, settings, epoch, on_batch=on_batch)
+
     if not sys.stderr.isatty():  # plain lines only, for logs and pipes
-        return fit_epoch(model, opt, data, settings, epoch)
+        return fit()
     with click.progressbar(length=len(data.train_x), label=f"epoch {epoch}/{settings.epochs}",
                            file=sys.stderr, show_pos=True) as bar:
-        return fit_epoch(model, opt, data, settings, epoch, on_batch=bar.update)
+        return fit(bar.update)
 
 
 # --------------------------------------------------------------------------- evaluate
