@@ -72,27 +72,29 @@ def max_pool2d_backward(grad_y, indices, height, width):
     return grad_x.reshape(n_batch, channels, height, width)
 
 
+@njit(cache=True)
+def _avg_windows(out_size, kernel, stride, pad, size):
+    """Per output index along one axis: the window's (start, stop) clipped to the input, and
+    its length counting the explicit padding but not the ceil_mode overhang (PyTorch's)."""
+    start = np.empty(out_size, dtype=np.int64)
+    stop = np.empty(out_size, dtype=np.int64)
+    padded = np.empty(out_size, dtype=np.int64)
+    for o in range(out_size):
+        first = o * stride - pad
+        last = min(first + kernel, size + pad)
+        padded[o] = last - first
+        start[o] = max(first, 0)
+        stop[o] = min(last, size)
+    return start, stop, padded
+
+
 @njit(inline="always")
-def _avg_window(oh, ow, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, height, width,
-                count_include_pad, divisor):
-    """(h0, h1, w0, w1, divisor) of one average-pooling window, as PyTorch counts it."""
-    h0 = oh * stride_h - pad_h
-    w0 = ow * stride_w - pad_w
-    # The window may reach into the explicit padding but not past it (the ceil_mode overhang).
-    h1 = min(h0 + kernel_h, height + pad_h)
-    w1 = min(w0 + kernel_w, width + pad_w)
-    padded_size = (h1 - h0) * (w1 - w0)
-    h0 = max(h0, 0)
-    w0 = max(w0, 0)
-    h1 = min(h1, height)
-    w1 = min(w1, width)
+def _avg_count(h0, h1, w0, w1, padded_h, padded_w, count_include_pad, divisor):
     if divisor > 0:
-        count = divisor
-    elif count_include_pad:
-        count = padded_size
-    else:
-        count = (h1 - h0) * (w1 - w0)
-    return h0, h1, w0, w1, count
+        return divisor
+    if count_include_pad:
+        return padded_h * padded_w
+    return (h1 - h0) * (w1 - w0)
 
 
 @njit(parallel=True, cache=True)
@@ -100,21 +102,29 @@ def avg_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, 
                        count_include_pad, divisor):
     """Returns y (N, C, out_h, out_w); ``divisor`` > 0 overrides the window count."""
     n_batch, channels, height, width = x.shape
+    h_start, h_stop, h_padded = _avg_windows(out_h, kernel_h, stride_h, pad_h, height)
+    w_start, w_stop, w_padded = _avg_windows(out_w, kernel_w, stride_w, pad_w, width)
+    zero = np.zeros(1, dtype=x.dtype)[0]  # sum in the input's precision, as PyTorch does
     y = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
     for plane in prange(n_batch * channels):
         n = plane // channels
         c = plane % channels
         src = x[n, c]
+        dst = y[n, c]
         for oh in range(out_h):
+            h0, h1 = h_start[oh], h_stop[oh]
             for ow in range(out_w):
-                h0, h1, w0, w1, count = _avg_window(
-                    oh, ow, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                    height, width, count_include_pad, divisor)
-                total = 0.0  # float64: a window's sum is short, and exact enough either way
+                w0, w1 = w_start[ow], w_stop[ow]
+                total = zero
                 for ih in range(h0, h1):
+                    row = src[ih]
                     for iw in range(w0, w1):
-                        total += src[ih, iw]
-                y[n, c, oh, ow] = total / count
+                        total += row[iw]
+                count = _avg_count(h0, h1, w0, w1, h_padded[oh], w_padded[ow],
+                                   count_include_pad, divisor)
+                # count >= 1: a window starts before the input's end (ceil_mode drops the
+                # others) and padding is at most half a window, so none is empty.
+                dst[oh, ow] = total / count
     return y
 
 
@@ -123,6 +133,8 @@ def avg_pool2d_backward(grad_y, height, width, kernel_h, kernel_w, stride_h, str
                         pad_h, pad_w, count_include_pad, divisor):
     """Spreads each output gradient evenly over its window: grad_x (N, C, height, width)."""
     n_batch, channels, out_h, out_w = grad_y.shape
+    h_start, h_stop, h_padded = _avg_windows(out_h, kernel_h, stride_h, pad_h, height)
+    w_start, w_stop, w_padded = _avg_windows(out_w, kernel_w, stride_w, pad_w, width)
     grad_x = np.zeros((n_batch, channels, height, width), dtype=grad_y.dtype)
     for plane in prange(n_batch * channels):
         n = plane // channels
@@ -130,12 +142,14 @@ def avg_pool2d_backward(grad_y, height, width, kernel_h, kernel_w, stride_h, str
         out = grad_x[n, c]
         g = grad_y[n, c]
         for oh in range(out_h):
+            h0, h1 = h_start[oh], h_stop[oh]
             for ow in range(out_w):
-                h0, h1, w0, w1, count = _avg_window(
-                    oh, ow, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                    height, width, count_include_pad, divisor)
+                w0, w1 = w_start[ow], w_stop[ow]
+                count = _avg_count(h0, h1, w0, w1, h_padded[oh], w_padded[ow],
+                                   count_include_pad, divisor)
                 share = g[oh, ow] / count
                 for ih in range(h0, h1):
+                    row = out[ih]
                     for iw in range(w0, w1):
-                        out[ih, iw] += share
+                        row[iw] += share
     return grad_x
