@@ -1,7 +1,7 @@
 """Elementwise activations: ``ReLU``, ``Sigmoid`` (numerically stable) and ``Tanh``.
 
-Vectorised NumPy that keeps the input's dtype (float32 stays float32: only NumPy ufuncs on
-the array and Python scalars, never float64 constants). Each forward allocates its output
+Vectorised NumPy (ReLU, Tanh) or one-pass Numba kernels (Sigmoid, whose NumPy form takes
+several passes) that keep the input's dtype: float32 stays float32. Each forward allocates its output
 and keeps it for the backward, which works from the output alone.
 """
 
@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels.cpu import elementwise
 from .base import Layer
 
 __all__ = ["ReLU", "Sigmoid", "Tanh", "sigmoid"]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """``1 / (1 + exp(-x))`` without overflow: ``exp`` only ever sees ``-|x|``.
-
-    For ``x >= 0`` it is ``1 / (1 + e)``, otherwise ``e / (1 + e)``, with ``e = exp(-|x|)``.
-    """
+    """``1 / (1 + exp(-x))`` in one parallel pass; ``exp(-x)`` overflowing to inf gives
+    exactly 0, so large inputs of either sign are safe."""
     x = np.asarray(x)
-    e = np.abs(x)
-    np.negative(e, out=e)
-    np.exp(e, out=e)                      # e = exp(-|x|) in (0, 1]
-    denom = e + 1
-    y = np.where(x >= 0, 1, e)            # numerator, same dtype as e
-    np.divide(y, denom, out=y)
-    return y
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"sigmoid needs float32 or float64, got {x.dtype}")
+    return elementwise.sigmoid_forward(np.ascontiguousarray(x))
 
 
 class ReLU(Layer):
@@ -61,9 +56,11 @@ class Sigmoid(Layer):
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
         y = self._require_forward(self._y)
-        grad_x = 1 - y                    # PyTorch: grad * (1 - y) * y
-        np.multiply(grad_x, y, out=grad_x)
-        return np.multiply(grad_y, grad_x, out=grad_x)
+        grad_y = np.ascontiguousarray(grad_y, dtype=y.dtype)
+        if grad_y.shape != y.shape:
+            raise ValueError(f"Sigmoid.backward: grad_y has shape {grad_y.shape}, the output's "
+                             f"is {y.shape}")
+        return elementwise.sigmoid_backward(grad_y, y)  # PyTorch's grad * (1 - y) * y
 
 
 class Tanh(Layer):
