@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference as ref
-from conftest import LAYOUTS, assert_close, layout
 from hypothesis import given
 from hypothesis import strategies as st
+from support import LAYOUTS, assert_close, layout
 
 DTYPES = (np.float64, np.float32)
 

@@ -285,7 +285,7 @@ def test_good_arguments_pass(nc):
 def test_require_torch_skips_locally_and_fails_under_ci(monkeypatch):
     import sys
 
-    from conftest import require_torch
+    from support import require_torch
 
     monkeypatch.setitem(sys.modules, "torch", None)  # makes ``import torch`` raise ImportError
     monkeypatch.delenv("CI", raising=False)

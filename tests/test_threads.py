@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 import reference as ref
-from conftest import REPO_ROOT, tol
+from support import REPO_ROOT, tol
 
 SCRIPT = textwrap.dedent("""
     import sys

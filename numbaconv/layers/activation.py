@@ -1,8 +1,8 @@
 """Elementwise activations: ``ReLU``, ``Sigmoid`` (numerically stable) and ``Tanh``.
 
-Vectorised NumPy (ReLU, Tanh) or one-pass Numba kernels (Sigmoid, whose NumPy form takes
-several passes) that keep the input's dtype: float32 stays float32. Each forward allocates its output
-and keeps it for the backward, which works from the output alone.
+Vectorised NumPy (ReLU, Tanh) or one-pass Numba kernels (Sigmoid: NumPy would take
+several passes) that keep the input's dtype: float32 stays float32. Each forward allocates
+its output and keeps it for the backward, which works from the output alone.
 """
 
 from __future__ import annotations
