@@ -1,0 +1,711 @@
+"""Benchmark cases: numbaconv against PyTorch on the CPU, defined once for two front ends.
+
+``numbaconv bench`` (:mod:`numbaconv.cli_bench`) and the pytest-benchmark suite in ``bench/``
+both take their cases from :data:`CASES`. A :class:`Case` is a small object whose
+:meth:`Case.setup` builds the inputs once and returns a :class:`Prepared` holding two
+zero-argument callables, one for numbaconv and one for PyTorch, that compute the same thing
+from the same numbers (same shapes, float32, same weights), so their times compare like with
+like. Each callable returns its result, which :func:`as_arrays` turns into NumPy arrays for the
+parity checks in ``tests/test_bench_command.py``.
+
+What the PyTorch side runs:
+
+* forward-only cases: under ``torch.inference_mode()``;
+* backward cases: the backward alone, as ``torch.autograd.grad`` on a graph built once in
+  ``setup`` and kept with ``retain_graph=True``; the numbaconv side calls the matching
+  ``*_backward`` function on saved inputs (and max pooling's saved indices);
+* forward+backward cases: a fresh graph per call, then ``torch.autograd.grad``;
+* training steps and epochs: D2L's ``nn.Sequential`` LeNet whose parameters are copied from the
+  numbaconv model (the same Xavier-uniform weights and PyTorch-default biases, so the same
+  init scheme and the same numbers), ``torch.optim.SGD``/``Adam`` with the same learning rate
+  and ``F.cross_entropy``; an epoch visits the batches in the order numbaconv's
+  :func:`numbaconv.train.train_epoch` uses;
+* evaluation: ``net.eval()`` under ``torch.inference_mode()`` in batches of
+  :data:`numbaconv.train.EVAL_BATCH`, the arg-max compared with the labels, as
+  :func:`numbaconv.train.evaluate` does.
+
+Timing (:func:`time_case`): one warm-up call per side (Numba compiles, PyTorch allocates)
+outside the timed region, then ``repeat`` samples per side with ``time.perf_counter``, the two
+sides interleaved sample by sample (and which goes first alternating) so that both see the same
+machine noise. A fast case runs several calls per sample so that a sample lasts at least
+``min_time`` seconds. The ratio reported is numbaconv's median over PyTorch's median; "best" is
+the ratio of the minima.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SIZES", "Target", "Prepared", "Case", "CaseResult", "CASES", "TARGETS",
+    "import_torch", "set_threads", "as_arrays", "select", "time_case", "format_table",
+    "machine_info", "verdict", "busy_warning",
+]
+
+#: ``full``: the documented shapes; ``quick``: the same shapes with a smaller epoch fraction;
+#: ``tiny``: small shapes for the test-suite (seconds, mostly JIT compilation).
+SIZES = ("full", "quick", "tiny")
+
+DTYPE = np.float32
+FASHION_MNIST_TRAIN = 60000
+FASHION_MNIST_TEST = 10000
+#: The fraction of an epoch timed per ``size``; times are per that fraction.
+EPOCH_FRACTION = {"full": 1 / 10, "quick": 1 / 30, "tiny": None}
+
+
+# --------------------------------------------------------------------------- targets
+
+@dataclass(frozen=True)
+class Target:
+    """An upper bound on numbaconv's time over PyTorch's."""
+
+    max_ratio: float
+    label: str
+
+    def passed(self, ratio: float) -> bool:
+        return ratio <= self.max_ratio
+
+    def describe(self) -> str:
+        return f"<= {self.max_ratio:g}x"
+
+
+LENET_LAYER = Target(1.5, "LeNet layers <= 1.5x torch")
+CONV64 = Target(2.0, "64-channel conv <= 2x torch")
+CONV64_FWDBWD = Target(1.5, "64-channel conv forward+backward <= 1.5x torch")
+EPOCH = Target(0.5, "training epoch <= 0.5x torch")
+EVAL = Target(0.5, "evaluation images/s >= 2x torch (time <= 0.5x)")
+TARGETS = (LENET_LAYER, CONV64, CONV64_FWDBWD, EPOCH, EVAL)
+
+
+def verdict(target: Target | None, ratio: float | None) -> str:
+    """``PASS``, ``FAIL``, or ``-`` when there is no target or no ratio."""
+    if target is None or ratio is None or not math.isfinite(ratio):
+        return "-"
+    return "PASS" if target.passed(ratio) else "FAIL"
+
+
+# --------------------------------------------------------------------------- cases
+
+@dataclass
+class Prepared:
+    """One case, set up: call ``numbaconv()`` and ``torch()`` to run it once each.
+
+    ``torch`` is ``None`` when PyTorch is not available (``torch_note`` says why). ``items`` is
+    the number of images one call processes and ``scale`` the factor from one call's time to
+    the quantity the case stands for (a whole epoch when only a fraction is timed).
+    """
+
+    numbaconv: Callable[[], Any]
+    torch: Callable[[], Any] | None
+    torch_note: str | None = None
+    items: int = 0
+    scale: float = 1.0
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Case:
+    """A named benchmark: ``setup(size)`` returns a :class:`Prepared`."""
+
+    name: str
+    kind: str                      # "op", "step", "epoch" or "eval"
+    description: str
+    target: Target | None
+    build: Callable[[str, Any], Prepared] = field(repr=False)
+
+    def setup(self, size: str = "full", torch: Any = "auto") -> Prepared:
+        """Build inputs and both callables. ``torch``: the module, ``None`` for numbaconv
+        alone, or ``"auto"`` to import it if installed."""
+        if size not in SIZES:
+            raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+        note = None
+        if isinstance(torch, str) and torch == "auto":
+            torch, note = import_torch()
+        elif torch is None:
+            note = "PyTorch not requested"
+        prepared = self.build(size, torch)
+        if torch is None:
+            prepared.torch, prepared.torch_note = None, note
+        return prepared
+
+
+def import_torch():
+    """``(torch, None)``, or ``(None, reason)`` when PyTorch cannot be imported."""
+    try:
+        import torch
+    except ImportError as error:
+        return None, f"PyTorch is not installed ({error}); pip install 'numbaconv[bench]'"
+    return torch, None
+
+
+def _data(rng: np.random.Generator, shape, scale: float = 1.0) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(DTYPE)
+
+
+def _t(torch, array, requires_grad=False):
+    tensor = torch.from_numpy(np.ascontiguousarray(array).copy())
+    return tensor.requires_grad_(requires_grad)
+
+
+# ------------------------------------------------------------------ operations
+
+def _conv_shapes(spec: str, size: str):
+    """(x shape, weight shape, padding, need_input_grad) of a named convolution."""
+    if spec == "conv1":      # LeNet's first layer: 1->6 5x5 pad 2 on 28x28
+        n = 4 if size == "tiny" else 256
+        return (n, 1, 28, 28), (6, 1, 5, 5), 2, False
+    if spec == "conv2":      # LeNet's second: 6->16 5x5 on 14x14
+        n = 4 if size == "tiny" else 256
+        return (n, 6, 14, 14), (16, 6, 5, 5), 0, True
+    if spec == "conv64":     # a ResNet-like 64->64 3x3 pad 1 on 56x56
+        if size == "tiny":
+            return (2, 8, 10, 10), (8, 8, 3, 3), 1, True
+        return (32, 64, 56, 56), (64, 64, 3, 3), 1, True
+    raise ValueError(spec)
+
+
+def _conv_build(spec: str, mode: str):
+    def build(size, torch):
+        from . import functional as F
+
+        x_shape, w_shape, pad, need_x = _conv_shapes(spec, size)
+        rng = np.random.default_rng(0)
+        fan_in = int(np.prod(w_shape[1:]))
+        x = _data(rng, x_shape)
+        w = _data(rng, w_shape, 1 / math.sqrt(fan_in))
+        b = _data(rng, w_shape[:1], 0.1)
+        y = F.conv2d(x, w, b, padding=pad)
+        gy = _data(rng, y.shape)
+        items = x_shape[0]
+        if mode == "fwd":
+            def nc():
+                return F.conv2d(x, w, b, padding=pad)
+        elif mode == "bwd":
+            def nc():
+                return F.conv2d_backward(gy, x, w, padding=pad, need_input_grad=need_x)
+        else:
+            def nc():
+                out = F.conv2d(x, w, b, padding=pad)
+                return (out,) + tuple(F.conv2d_backward(gy, x, w, padding=pad,
+                                                        need_input_grad=need_x))
+        prepared = Prepared(nc, None, items=items,
+                            detail=f"x {x_shape}, w {w_shape}, pad {pad}")
+        if torch is None:
+            return prepared
+        tF = torch.nn.functional
+        tx, tw, tb, tgy = (_t(torch, a) for a in (x, w, b, gy))
+        wrt = (tx, tw, tb) if need_x else (tw, tb)
+        if mode == "fwd":
+            def tc():
+                with torch.inference_mode():
+                    return tF.conv2d(tx, tw, tb, padding=pad)
+        elif mode == "bwd":
+            for tensor in wrt:
+                tensor.requires_grad_(True)
+            ty = tF.conv2d(tx, tw, tb, padding=pad)
+
+            def tc():
+                return torch.autograd.grad(ty, wrt, grad_outputs=tgy, retain_graph=True)
+        else:
+            for tensor in wrt:
+                tensor.requires_grad_(True)
+
+            def tc():
+                out = tF.conv2d(tx, tw, tb, padding=pad)
+                grads = torch.autograd.grad(out, wrt, grad_outputs=tgy)
+                return (out.detach(),) + tuple(grads)
+        prepared.torch = tc
+        return prepared
+
+    return build
+
+
+def _pool_shape(spec: str, size: str):
+    n = 4 if size == "tiny" else 256
+    return (n, 6, 28, 28) if spec == "1" else (n, 16, 10, 10)
+
+
+def _pool_build(kind: str, spec: str, mode: str):
+    def build(size, torch):
+        from . import functional as F
+
+        shape = _pool_shape(spec, size)
+        rng = np.random.default_rng(1)
+        x = _data(rng, shape)
+        y, indices = F.max_pool2d(x, 2, 2, return_indices=True)
+        gy = _data(rng, y.shape)
+        if kind == "max" and mode == "fwd":
+            def nc():
+                return F.max_pool2d(x, 2, 2)
+        elif kind == "max":
+            def nc():
+                return F.max_pool2d_backward(gy, indices, x.shape)
+        elif mode == "fwd":
+            def nc():
+                return F.avg_pool2d(x, 2, 2)
+        else:
+            def nc():
+                return F.avg_pool2d_backward(gy, x.shape, 2, 2)
+        prepared = Prepared(nc, None, items=shape[0], detail=f"x {shape}, 2x2 stride 2")
+        if torch is None:
+            return prepared
+        pool = (torch.nn.functional.max_pool2d if kind == "max"
+                else torch.nn.functional.avg_pool2d)
+        tx, tgy = _t(torch, x), _t(torch, gy)
+        if mode == "fwd":
+            def tc():
+                with torch.inference_mode():
+                    return pool(tx, 2, 2)
+        else:
+            tx.requires_grad_(True)
+            ty = pool(tx, 2, 2)
+
+            def tc():
+                return torch.autograd.grad(ty, (tx,), grad_outputs=tgy, retain_graph=True)
+        prepared.torch = tc
+        return prepared
+
+    return build
+
+
+# ------------------------------------------------------------------ LeNet
+
+def torch_lenet(torch, activation: str = "sigmoid", pool: str = "avg", num_classes: int = 10):
+    """D2L's LeNet as ``nn.Sequential`` (the layer indices match :func:`numbaconv lenet
+    <numbaconv.models.lenet.lenet>`'s, so their ``state_dict`` keys agree)."""
+    nn = torch.nn
+    act = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}[activation]
+    pool_layer = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}[pool]
+    return nn.Sequential(
+        nn.Conv2d(1, 6, kernel_size=5, padding=2), act(), pool_layer(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5), act(), pool_layer(kernel_size=2, stride=2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120), act(),
+        nn.Linear(120, 84), act(),
+        nn.Linear(84, num_classes))
+
+
+def _lenets(torch, activation, pool, seed=0):
+    """A numbaconv LeNet (Xavier-uniform weights as D2L's ``init_cnn``) and PyTorch's copy."""
+    from .models.lenet import lenet
+
+    model = lenet(activation, pool, rng=seed)
+    if torch is None:
+        return model, None
+    net = torch_lenet(torch, activation, pool)
+    state = {name: torch.from_numpy(p.copy()) for name, p in model.params().items()}
+    net.load_state_dict(state, strict=True)
+    return model, net
+
+
+def _torch_optimizer(torch, name: str, net, lr: float):
+    if name == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=lr)
+    return torch.optim.Adam(net.parameters(), lr=lr)
+
+
+def _images(rng: np.random.Generator, n: int):
+    """Synthetic Fashion-MNIST-shaped float32 images in [0, 1) and labels in 0..9."""
+    images = rng.random((n, 1, 28, 28), dtype=DTYPE)
+    labels = rng.integers(0, 10, size=n).astype(np.int64)
+    return images, labels
+
+
+def _step_build(activation: str, pool: str, optimizer: str, lr: float):
+    def build(size, torch):
+        from .losses import softmax_cross_entropy
+        from .train import make_optimizer
+
+        batch = 8 if size == "tiny" else 256
+        x, y = _images(np.random.default_rng(2), batch)
+        model, net = _lenets(torch, activation, pool)
+        opt = make_optimizer(optimizer, model.params(), lr)
+
+        def nc():  # the body of numbaconv.train.train_epoch's loop, without the metrics
+            logits = model.forward(x, training=True)
+            loss, grad = softmax_cross_entropy(logits, y)
+            model.backward(grad, need_input_grad=False)
+            opt.step(model.grads())
+            return loss
+
+        prepared = Prepared(nc, None, items=batch,
+                            detail=f"batch {batch}, {activation}/{pool}/{optimizer} lr {lr:g}")
+        if torch is None:
+            return prepared
+        tF = torch.nn.functional
+        tx, ty = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+        topt = _torch_optimizer(torch, optimizer, net, lr)
+        net.train()
+
+        def tc():
+            topt.zero_grad()
+            loss = tF.cross_entropy(net(tx), ty)
+            loss.backward()
+            topt.step()
+            return loss.item()
+
+        prepared.torch = tc
+        return prepared
+
+    return build
+
+
+def _epoch_build(activation: str, pool: str, optimizer: str, lr: float):
+    def build(size, torch):
+        from .train import Settings, epoch_rng, make_optimizer, train_epoch
+
+        fraction = EPOCH_FRACTION[size]
+        n, batch = (48, 16) if fraction is None else (round(FASHION_MNIST_TRAIN * fraction), 256)
+        images, labels = _images(np.random.default_rng(3), n)
+        model, net = _lenets(torch, activation, pool)
+        opt = make_optimizer(optimizer, model.params(), lr)
+        settings = Settings(epochs=1, batch_size=batch, lr=lr, optimizer=optimizer, seed=0)
+
+        def nc():
+            return train_epoch(model, opt, images, labels, settings, epoch=1)
+
+        scale = FASHION_MNIST_TRAIN / n
+        prepared = Prepared(nc, None, items=n, scale=scale,
+                            detail=f"{n} of {FASHION_MNIST_TRAIN} images, batch {batch}")
+        if torch is None:
+            return prepared
+        tF = torch.nn.functional
+        tx, ty = torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())
+        topt = _torch_optimizer(torch, optimizer, net, lr)
+
+        def tc():  # D2L's train_ch6 loop body, on the batches numbaconv visits
+            net.train()
+            order = torch.from_numpy(epoch_rng(settings.seed, 1, 0).permutation(n))
+            total_loss, correct = 0.0, 0
+            for start in range(0, n, batch):
+                index = order[start:start + batch]
+                xb, yb = tx[index], ty[index]
+                topt.zero_grad()
+                logits = net(xb)
+                loss = tF.cross_entropy(logits, yb)
+                loss.backward()
+                topt.step()
+                total_loss += loss.item() * len(index)
+                correct += int((logits.argmax(dim=1) == yb).sum())
+            return total_loss / n, correct / n
+
+        prepared.torch = tc
+        return prepared
+
+    return build
+
+
+def _eval_build(size, torch):
+    from .train import EVAL_BATCH, evaluate
+
+    n = 64 if size == "tiny" else FASHION_MNIST_TEST
+    images, labels = _images(np.random.default_rng(4), n)
+    model, net = _lenets(torch, "sigmoid", "avg")
+
+    def nc():
+        return evaluate(model, images, labels)
+
+    prepared = Prepared(nc, None, items=n, detail=f"{n} images, batches of {EVAL_BATCH}")
+    if torch is None:
+        return prepared
+    tx, ty = torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())
+    net.eval()
+
+    def tc():
+        correct = 0
+        with torch.inference_mode():
+            for start in range(0, n, EVAL_BATCH):
+                logits = net(tx[start:start + EVAL_BATCH])
+                correct += int((logits.argmax(dim=1) == ty[start:start + EVAL_BATCH]).sum())
+        return correct / n
+
+    prepared.torch = tc
+    return prepared
+
+
+def _cases() -> list[Case]:
+    cases = []
+    for spec, what in (("conv1", "LeNet conv 1->6 5x5 pad 2, 28x28, batch 256"),
+                       ("conv2", "LeNet conv 6->16 5x5, 14x14, batch 256")):
+        cases.append(Case(f"lenet-{spec}-fwd", "op", f"{what}: forward", LENET_LAYER,
+                          _conv_build(spec, "fwd")))
+        note = " (weight and bias grads; the first layer needs no input grad)" \
+            if spec == "conv1" else ""
+        cases.append(Case(f"lenet-{spec}-bwd", "op", f"{what}: backward{note}", LENET_LAYER,
+                          _conv_build(spec, "bwd")))
+    for kind in ("max", "avg"):
+        for spec, shape in (("1", "6x28x28"), ("2", "16x10x10")):
+            for mode, word in (("fwd", "forward"), ("bwd", "backward")):
+                cases.append(Case(f"lenet-{kind}pool{spec}-{mode}", "op",
+                                  f"LeNet {kind} pool 2x2 on {shape}, batch 256: {word}",
+                                  LENET_LAYER, _pool_build(kind, spec, mode)))
+    what = "conv 64->64 3x3 pad 1, 56x56, batch 32"
+    cases += [
+        Case("conv64-fwd", "op", f"{what}: forward", CONV64, _conv_build("conv64", "fwd")),
+        Case("conv64-bwd", "op", f"{what}: backward", CONV64, _conv_build("conv64", "bwd")),
+        Case("conv64-fwdbwd", "op", f"{what}: forward+backward", CONV64_FWDBWD,
+             _conv_build("conv64", "fwdbwd")),
+        Case("step-sigmoid-avg-sgd", "step",
+             "LeNet training step, D2L default: sigmoid, avg pool, SGD lr 0.9, batch 256",
+             None, _step_build("sigmoid", "avg", "sgd", 0.9)),
+        Case("step-relu-max-adam", "step",
+             "LeNet training step: ReLU, max pool, Adam lr 0.001, batch 256",
+             None, _step_build("relu", "max", "adam", 0.001)),
+        Case("epoch-sigmoid-avg-sgd", "epoch",
+             "LeNet training epoch (D2L default) on synthetic 60000x1x28x28 data; "
+             "1/10 of it timed (1/30 with --quick)",
+             EPOCH, _epoch_build("sigmoid", "avg", "sgd", 0.9)),
+        Case("eval-lenet", "eval", "LeNet evaluation on 10000 synthetic test images",
+             EVAL, _eval_build),
+    ]
+    return cases
+
+
+#: Every case, in the order the table lists them.
+CASES: tuple[Case, ...] = tuple(_cases())
+CASES_BY_NAME: dict[str, Case] = {case.name: case for case in CASES}
+
+
+def select(patterns: Sequence[str] = ()) -> list[Case]:
+    """The cases whose name contains any of ``patterns`` (all cases when there are none)."""
+    if not patterns:
+        return list(CASES)
+    chosen = [c for c in CASES if any(p in c.name for p in patterns)]
+    if not chosen:
+        raise ValueError(f"no case matches {', '.join(map(repr, patterns))}; cases are "
+                         f"{', '.join(c.name for c in CASES)}")
+    return chosen
+
+
+# --------------------------------------------------------------------------- helpers
+
+def as_arrays(result) -> list[np.ndarray]:
+    """A case's return value as a flat list of float64 NumPy arrays (``None`` entries dropped;
+    tensors detached and converted)."""
+    if result is None:
+        return []
+    if isinstance(result, (tuple, list)):
+        return [a for item in result for a in as_arrays(item)]
+    if hasattr(result, "detach"):
+        result = result.detach().numpy()
+    return [np.asarray(result, dtype=np.float64)]
+
+
+def set_threads(threads: int | None, torch: Any = None) -> int:
+    """Give numbaconv (Numba and NumPy's BLAS) and PyTorch the same thread count.
+
+    ``None`` means all of Numba's threads (``NUMBA_NUM_THREADS``, the cores by default).
+    Returns the count used.
+    """
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    maximum = numba.config.NUMBA_NUM_THREADS
+    if threads is None:
+        threads = maximum
+    if not 1 <= threads <= maximum:
+        raise ValueError(f"--threads must be between 1 and {maximum} (NUMBA_NUM_THREADS), "
+                         f"got {threads}")
+    numba.set_num_threads(threads)
+    threadpool_limits(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def machine_info(torch: Any = None) -> dict[str, str]:
+    """CPU model, core counts and library versions, for the table's header."""
+    import numba
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cpu": model,
+        "cpus": str(os.cpu_count()),
+        "numba threads": str(numba.get_num_threads()),
+        "numba": numba.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+    if torch is not None:
+        info["torch"] = torch.__version__
+        info["torch threads"] = str(torch.get_num_threads())
+    if hasattr(os, "getloadavg"):
+        info["load"] = f"{os.getloadavg()[0]:.2f}"
+    return info
+
+
+def busy_warning(threads: int) -> str | None:
+    """A warning when other processes already keep the cores busy (the 1-minute load
+    average leaves fewer idle CPUs than ``threads``), else ``None``.
+
+    Multi-threaded code loses far more than its share on an oversubscribed machine: a
+    parallel region waits for its slowest thread, and PyTorch runs many small regions per
+    step. The ratios of such a run mostly measure the neighbours.
+    """
+    if not hasattr(os, "getloadavg"):
+        return None
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load <= cpus - threads + 0.5:
+        return None
+    return (f"warning: load average {load:.2f} on {cpus} CPUs before the run leaves fewer "
+            f"than {threads} idle; timings with {threads} thread(s) will be noisy "
+            "(PyTorch's especially). Use a quiet machine, or fewer --threads.")
+
+
+# --------------------------------------------------------------------------- timing
+
+@dataclass
+class CaseResult:
+    """Per-call seconds of both sides of one case (``torch_times`` empty without torch)."""
+
+    case: Case
+    numbaconv_times: list[float]
+    torch_times: list[float]
+    items: int = 0
+    scale: float = 1.0
+    detail: str = ""
+
+    @property
+    def numbaconv_median(self) -> float:
+        return statistics.median(self.numbaconv_times)
+
+    @property
+    def torch_median(self) -> float | None:
+        return statistics.median(self.torch_times) if self.torch_times else None
+
+    @property
+    def ratio(self) -> float | None:
+        """numbaconv's median time over PyTorch's."""
+        t = self.torch_median
+        return self.numbaconv_median / t if t else None
+
+    @property
+    def best_ratio(self) -> float | None:
+        return min(self.numbaconv_times) / min(self.torch_times) if self.torch_times else None
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.case.target, self.ratio)
+
+
+def _calls_per_sample(warm_seconds: float, min_time: float) -> int:
+    return max(1, math.ceil(min_time / max(warm_seconds, 1e-7)))
+
+
+def _sample(fn: Callable[[], Any], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def time_case(case: Case, prepared: Prepared, repeat: int = 7, min_time: float = 0.05,
+              warmup: int = 1) -> CaseResult:
+    """Warm both sides up, then ``repeat`` interleaved samples of each (see the module doc)."""
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    sides = [prepared.numbaconv] + ([prepared.torch] if prepared.torch is not None else [])
+    calls = []
+    for fn in sides:
+        fn()  # compiles (Numba) or allocates (PyTorch); never timed
+        warm = min(_sample(fn, 1) for _ in range(max(warmup, 1)))
+        calls.append(_calls_per_sample(warm, min_time))
+    times: list[list[float]] = [[] for _ in sides]
+    gc.collect()
+    for r in range(repeat):
+        order = range(len(sides)) if r % 2 == 0 else reversed(range(len(sides)))
+        for i in order:
+            times[i].append(_sample(sides[i], calls[i]))
+    return CaseResult(case, times[0], times[1] if len(times) > 1 else [], prepared.items,
+                      prepared.scale, prepared.detail)
+
+
+# --------------------------------------------------------------------------- report
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:,.2f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+HEADER = ("case", "numbaconv ms", "torch ms", "ratio", "best", "target", "result")
+HEADER_ALONE = ("case", "numbaconv ms", "best ms")
+
+
+def table_row(result: CaseResult, with_torch: bool = True) -> tuple[str, ...]:
+    if not with_torch:
+        return (result.case.name, _ms(result.numbaconv_median),
+                _ms(min(result.numbaconv_times)))
+    target = result.case.target
+    return (result.case.name, _ms(result.numbaconv_median), _ms(result.torch_median),
+            _ratio(result.ratio), _ratio(result.best_ratio),
+            target.describe() if target else "-", result.verdict)
+
+
+def format_rows(rows: Iterable[Sequence[str]]) -> list[str]:
+    """Aligned text lines (first column left, the rest right) with a rule under the header."""
+    rows = [tuple(r) for r in rows]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
+                       for c, (cell, w) in enumerate(zip(row, widths))).rstrip()
+             for row in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return lines
+
+
+def format_table(results: Sequence[CaseResult]) -> str:
+    """The results as a text table, then throughput notes (ratio = numbaconv / torch time)."""
+    with_torch = any(r.torch_times for r in results)
+    header = HEADER if with_torch else HEADER_ALONE
+    lines = format_rows([header] + [table_row(r, with_torch) for r in results])
+    notes = []
+    for r in results:
+        if r.case.kind == "epoch":
+            line = (f"{r.case.name}: {r.detail}; projected full epoch numbaconv "
+                    f"{r.numbaconv_median * r.scale:.2f} s")
+            if r.torch_median is not None:
+                line += f", torch {r.torch_median * r.scale:.2f} s"
+            notes.append(line)
+        elif r.case.kind == "eval":
+            line = f"{r.case.name}: numbaconv {r.items / r.numbaconv_median:,.0f} " \
+                   "images/s"
+            if r.torch_median is not None:
+                speedup = r.torch_median / r.numbaconv_median
+                line += (f", torch {r.items / r.torch_median:,.0f} images/s "
+                         f"({speedup:.2f}x torch's throughput)")
+            notes.append(line)
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def summary(results: Sequence[CaseResult]) -> str:
+    """One line per target: how many of its cases passed."""
+    lines = []
+    for target in TARGETS:
+        mine = [r for r in results if r.case.target is target and r.ratio is not None]
+        if mine:
+            passed = sum(r.verdict == "PASS" for r in mine)
+            worst = max(mine, key=lambda r: r.ratio)
+            lines.append(f"{'PASS' if passed == len(mine) else 'FAIL'}  {target.label}: "
+                         f"{passed}/{len(mine)} cases, worst {worst.case.name} "
+                         f"{worst.ratio:.2f}x")
+    return "\n".join(lines)

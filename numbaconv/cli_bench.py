@@ -1,0 +1,80 @@
+"""``numbaconv bench``: numbaconv against PyTorch on this machine's CPU, as a table.
+
+The cases and the timing method live in :mod:`numbaconv.bench` (shared with the pytest
+benchmark suite in ``bench/``). Registered on the main group by ``numbaconv.cli``; also
+runnable alone as ``python -m numbaconv.cli_bench``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from .cli import user_errors
+
+
+@click.command()
+@click.option("--quick", is_flag=True,
+              help="3 repeats and 1/30 of an epoch instead of 7 and 1/10 (about a minute).")
+@click.option("--threads", type=int,
+              help="Threads for numbaconv (Numba and BLAS) and PyTorch alike "
+                   "(default: all of Numba's threads, i.e. the cores).")
+@click.option("--repeat", type=click.IntRange(min=1),
+              help="Timed samples per case and side (default 7; 3 with --quick).")
+@click.option("--case", "patterns", multiple=True, metavar="TEXT",
+              help="Only the cases whose name contains TEXT, e.g. --case conv64. Repeatable.")
+@click.option("--no-torch", is_flag=True, help="Time numbaconv alone.")
+@click.option("--tiny", is_flag=True, hidden=True,
+              help="Tiny shapes and one repeat: a smoke test for the test-suite.")
+@user_errors
+def bench(quick, threads, repeat, patterns, no_torch, tiny):
+    """Time numbaconv against PyTorch (CPU, float32) on LeNet's layers, a 64-channel
+    convolution, LeNet training steps and epochs, and evaluation.
+
+    \b
+    Each case is warmed up (JIT compilation) and then timed `--repeat` times per side,
+    numbaconv and PyTorch interleaved so both share the machine's noise. The table gives
+    the median milliseconds per call, the ratio numbaconv/PyTorch of the medians (below 1:
+    numbaconv is faster), the ratio of the best times, and the project's target. Without
+    PyTorch installed it prints numbaconv's times alone.
+    """
+    from . import bench as B
+
+    cases = B.select(patterns)
+    if tiny:
+        size, default_repeat, min_time = "tiny", 1, 0.0
+    elif quick:
+        size, default_repeat, min_time = "quick", 3, 0.02
+    else:
+        size, default_repeat, min_time = "full", 7, 0.05
+    repeat = repeat or default_repeat
+    torch, note = (None, "--no-torch given") if no_torch else B.import_torch()
+    threads = B.set_threads(threads, torch)
+    info = B.machine_info(torch)
+    click.echo(f"numbaconv bench: {size} shapes, repeat {repeat}, threads {threads}, "
+               f"{time.strftime('%Y-%m-%d %H:%M %Z')}")
+    click.echo("  ".join(f"{k}: {v}" for k, v in info.items()))
+    warning = B.busy_warning(threads)
+    if warning:
+        click.echo(warning)
+    if torch is None:
+        click.echo(f"note: numbaconv times alone, no PyTorch comparison: {note}")
+    click.echo()
+    results = []
+    for case in cases:
+        click.echo(f"  {case.name} ...", err=True)
+        results.append(B.time_case(case, case.setup(size, torch), repeat=repeat,
+                                   min_time=min_time))
+    click.echo(B.format_table(results))
+    if torch is not None:
+        click.echo()
+        click.echo("ratio = numbaconv median time / PyTorch median time (lower is better); "
+                   "best = ratio of the fastest samples")
+        verdicts = B.summary(results)
+        if verdicts:
+            click.echo(verdicts)
+
+
+if __name__ == "__main__":  # pragma: no cover - until cli.py registers the command
+    bench()

@@ -1,0 +1,146 @@
+"""``numbaconv bench`` and the benchmark cases of :mod:`numbaconv.bench`.
+
+The command runs on tiny shapes (the hidden ``--tiny``) through ``CliRunner`` and prints its
+table; every case's numbaconv and PyTorch callables compute the same numbers, so the timings
+compare like with like. Each test restores the thread counts the command changes.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from threadpoolctl import threadpool_limits
+
+from numbaconv import bench as B
+from numbaconv.cli_bench import bench
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    import importlib.util
+
+    numba_threads = numba.get_num_threads()
+    torch = None
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    with threadpool_limits(limits=None):  # restores the BLAS limits on exit
+        yield
+    numba.set_num_threads(numba_threads)
+    if torch is not None:
+        torch.set_num_threads(torch_threads)
+
+
+def invoke(*args):
+    return CliRunner().invoke(bench, [str(a) for a in args])
+
+
+def table_lines(output: str) -> dict[str, list[str]]:
+    """Case name -> the cells of its table row."""
+    names = {case.name for case in B.CASES}
+    return {cells[0]: cells for cells in (line.split() for line in output.splitlines())
+            if cells and cells[0] in names}
+
+
+def test_quick_tiny_prints_every_case_with_ratios(torch):
+    result = invoke("--quick", "--tiny", "--threads", 1)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "ratio" in out and "torch ms" in out and "numbaconv ms" in out
+    assert "threads 1" in out and f"torch: {torch.__version__}" in out
+    rows = table_lines(out)
+    assert set(rows) == {case.name for case in B.CASES}
+    for case in B.CASES:
+        cells = rows[case.name]
+        # case, numbaconv ms, torch ms, ratio, best, target (2 cells or "-"), result
+        assert cells[3].endswith("x") and float(cells[3][:-1]) > 0, cells
+        assert cells[-1] in (("PASS", "FAIL") if case.target else ("-",)), cells
+    assert "images/s" in out and "projected full epoch" in out
+    assert "LeNet layers <= 1.5x torch" in out
+
+
+def test_case_filter_and_repeat(torch):
+    result = invoke("--tiny", "--case", "conv64-fwd", "--case", "maxpool1-bwd",
+                    "--repeat", 2, "--threads", 1)
+    assert result.exit_code == 0, result.output
+    assert "repeat 2" in result.output
+    assert set(table_lines(result.output)) == {"conv64-fwd", "conv64-fwdbwd",
+                                               "lenet-maxpool1-bwd"}
+
+
+def test_without_torch_prints_numbaconv_alone(monkeypatch):
+    monkeypatch.setattr(B, "import_torch",
+                        lambda: (None, "PyTorch is not installed (No module named 'torch')"))
+    result = invoke("--tiny", "--case", "lenet-avgpool2", "--threads", 1)
+    assert result.exit_code == 0, result.output
+    assert "numbaconv times alone" in result.output
+    assert "PyTorch is not installed" in result.output
+    assert "torch ms" not in result.output and "ratio" not in result.output
+    rows = table_lines(result.output)
+    assert set(rows) == {"lenet-avgpool2-fwd", "lenet-avgpool2-bwd"}
+    assert all(len(cells) == 3 for cells in rows.values())
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--threads", 0), "--threads must be between 1 and"),
+    (("--case", "no-such-case"), "no case matches 'no-such-case'"),
+])
+def test_user_errors(args, message):
+    result = invoke("--tiny", *args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("case", B.CASES, ids=lambda case: case.name)
+def test_case_sides_compute_the_same_numbers(torch, case):
+    """Twice in a row (training cases update their weights in between), both sides agree."""
+    prepared = case.setup("tiny", torch)
+    assert prepared.torch is not None and prepared.torch_note is None
+    for call in (1, 2):
+        ours = B.as_arrays(prepared.numbaconv())
+        theirs = B.as_arrays(prepared.torch())
+        assert len(ours) == len(theirs) > 0, (case.name, call)
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert a.shape == b.shape, (case.name, call, i)
+            # float32 sums of thousands of terms: absolute error relative to the largest value
+            scale = max(1.0, float(np.abs(b).max()))
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6 * scale,
+                                       err_msg=f"{case.name} call {call} output {i}")
+
+
+def test_setup_without_torch_has_no_torch_side():
+    prepared = B.CASES_BY_NAME["lenet-conv1-fwd"].setup("tiny", torch=None)
+    assert prepared.torch is None and prepared.torch_note
+    assert prepared.numbaconv().shape == (4, 6, 28, 28)
+
+
+def test_full_shapes_are_the_documented_ones():
+    """The cases time the shapes docs/performance.md names (checked without running them)."""
+    assert B._conv_shapes("conv1", "full") == ((256, 1, 28, 28), (6, 1, 5, 5), 2, False)
+    assert B._conv_shapes("conv2", "full") == ((256, 6, 14, 14), (16, 6, 5, 5), 0, True)
+    assert B._conv_shapes("conv64", "full") == ((32, 64, 56, 56), (64, 64, 3, 3), 1, True)
+    assert B._pool_shape("1", "full") == (256, 6, 28, 28)
+    assert B._pool_shape("2", "full") == (256, 16, 10, 10)
+    assert B.EPOCH_FRACTION["full"] == 1 / 10
+
+
+def test_time_case_interleaves_and_takes_medians():
+    calls = []
+    prepared = B.Prepared(numbaconv=lambda: calls.append("n"), torch=lambda: calls.append("t"))
+    result = B.time_case(B.CASES[0], prepared, repeat=4, min_time=0.0)
+    timed = calls[4:]  # after one warm-up and one calibration call per side
+    assert timed == ["n", "t", "t", "n", "n", "t", "t", "n"]
+    assert len(result.numbaconv_times) == len(result.torch_times) == 4
+    assert result.ratio == pytest.approx(result.numbaconv_median / result.torch_median)
+
+
+def test_registered_on_the_main_command():
+    from numbaconv.cli import cli
+
+    if "bench" not in cli.commands:
+        pytest.skip("numbaconv/cli.py does not register the bench command yet "
+                    "(from .cli_bench import bench; cli.add_command(bench))")
+    result = CliRunner().invoke(cli, ["bench", "--help"])
+    assert result.exit_code == 0 and "--quick" in result.output
