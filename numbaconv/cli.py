@@ -6,36 +6,13 @@ cause end in one ``Error: ...`` line and exit status 1, never a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 
 import click
 
 from . import __version__
-
-
-class UserError(click.ClickException):
-    """One clear line for the user; exit status 1."""
-
-
-def user_errors(command):
-    """Turn the engine's user-facing exceptions into :class:`UserError`."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from .checkpoint import CheckpointError
-        from .data import DataError
-        from .plugins import RegistryError, UnknownNameError
-        from .train import Diverged
-
-        try:
-            return command(*args, **kwargs)
-        except (CheckpointError, DataError, RegistryError, UnknownNameError, Diverged,
-                ValueError) as error:
-            raise UserError(str(error)) from None
-
-    return wrapper
+from .cli_errors import UserError, user_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -310,3 +287,7 @@ from .cli_demos import demo, shape, show  # noqa: E402
 cli.add_command(demo)
 cli.add_command(shape)
 cli.add_command(show)
+
+from .cli_bench import bench  # noqa: E402
+
+cli.add_command(bench)

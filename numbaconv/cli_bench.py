@@ -11,7 +11,7 @@ import time
 
 import click
 
-from .cli import user_errors
+from .cli_errors import user_errors
 
 
 @click.command()

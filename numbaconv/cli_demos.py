@@ -7,28 +7,9 @@ as in :mod:`numbaconv.cli`, and end a user's mistake in one ``Error: ...`` line 
 
 from __future__ import annotations
 
-import functools
-
 import click
 
-
-def _user_errors(command):
-    """:func:`numbaconv.cli.user_errors`, looked up at call time (no import cycle with cli)."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from .cli import user_errors
-
-        return user_errors(command)(*args, **kwargs)
-
-    return wrapper
-
-
-def _user_error(message: str):
-    from .cli import UserError
-
-    return UserError(message)
-
+from .cli_errors import UserError, user_errors
 
 # --------------------------------------------------------------------------- helpers
 
@@ -65,7 +46,7 @@ def _load_test_image(data_dir, index: int):
         click.echo(SAMPLE_NOTICE, err=True)
     count = len(dataset.test_images)
     if not 0 <= index < count:
-        raise _user_error(f"--image must be between 0 and {count - 1} (the test set of "
+        raise UserError(f"--image must be between 0 and {count - 1} (the test set of "
                           f"{dataset.source} has {count} images), got {index}")
     return dataset.test_images[index], CLASS_NAMES[int(dataset.test_labels[index])], \
         dataset.source
@@ -92,7 +73,7 @@ def demo():
 
 
 @demo.command("corr2d", short_help="Section 2: corr2d of the 3x3 input and 2x2 kernel.")
-@_user_errors
+@user_errors
 def corr2d_command():
     """Section 2: the cross-correlation of the 3x3 input with the 2x2 kernel, beside the
     true convolution of the same pair (the kernel flipped both ways)."""
@@ -121,7 +102,7 @@ def corr2d_command():
 @demo.command("edges", short_help="Section 2.2: a Conv2d learns the edge kernel [1, -1].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the layer's initial kernel.")
-@_user_errors
+@user_errors
 def edges_command(seed):
     """Section 2.2: a Conv2d(1, 1, kernel_size=(1, 2), bias=False) learns the edge kernel.
 
@@ -150,7 +131,7 @@ def edges_command(seed):
 @_DATA_OPTION
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default="kernels.png",
               show_default=True, help="The PNG to write.")
-@_user_errors
+@user_errors
 def kernels_command(image_index, data_dir, out_path):
     """Section 2.1: hand-designed kernels (edges, Laplacian, blurs, sharpen) on one image.
 
@@ -197,11 +178,11 @@ def _pair(name: str, value, width):
     """``(h, w)`` from ``--name H[,W]`` and ``--name-width W``; None when neither is given."""
     if value is None:
         if width is not None:
-            raise _user_error(f"--{name}-width needs --{name}")
+            raise UserError(f"--{name}-width needs --{name}")
         return None
     if len(value) == 2:
         if width is not None and width != value[1]:
-            raise _user_error(f"--{name} {value[0]},{value[1]} and --{name}-width {width} "
+            raise UserError(f"--{name} {value[0]},{value[1]} and --{name}-width {width} "
                               f"disagree on the width")
         return value
     return (value[0], value[0] if width is None else width)
@@ -234,7 +215,7 @@ def _describe_padding(p) -> str:
 @click.option("--dilation-width", type=int, help="Horizontal dilation.")
 @click.option("--pool", is_flag=True, help="A pooling window: stride defaults to the window.")
 @click.option("--ceil-mode", is_flag=True, help="Pooling only: round the output size up.")
-@_user_errors
+@user_errors
 def shape(input_size, input_width, kernel, kernel_width, padding, padding_width, stride,
           stride_width, dilation, dilation_width, pool, ceil_mode):
     """Output size of a convolution or pooling, by the text's formula with the numbers in.
@@ -253,7 +234,7 @@ def shape(input_size, input_width, kernel, kernel_width, padding, padding_width,
     from .demos import conv_output_shape
 
     if ceil_mode and not pool:
-        raise _user_error("--ceil-mode is a pooling option; add --pool")
+        raise UserError("--ceil-mode is a pooling option; add --pool")
     n = _pair("input", input_size, input_width)
     k = _pair("kernel", kernel, kernel_width)
     p = _pair("padding", padding, padding_width)
@@ -289,7 +270,7 @@ def shape(input_size, input_width, kernel, kernel_width, padding, padding_width,
               help="Directory for the PNGs (made if missing).")
 @_IMAGE_OPTION
 @_DATA_OPTION
-@_user_errors
+@user_errors
 def show(checkpoint_path, out_dir, image_index, data_dir):
     """Draw what a trained CHECKPOINT has learned (needs matplotlib).
 
