@@ -1,6 +1,7 @@
-"""Numba CPU kernels for elementwise activations: one pass over memory each, in parallel.
+"""Numba CPU kernels for elementwise gradients: one pass over memory each, in parallel.
 
-NumPy needs several passes (and temporaries) for a sigmoid or its gradient; these fuse them.
+NumPy needs three passes (and a temporary) for the sigmoid's gradient; this fuses them. (The
+forward stays in NumPy, whose ``exp`` is SIMD while Numba's is scalar.)
 Arrays are processed as flat, C-contiguous vectors in chunks, each chunk owned by one thread.
 """
 
@@ -8,19 +9,6 @@ import numpy as np
 from numba import njit, prange
 
 CHUNK = 16384  # elements per parallel task
-
-
-@njit(parallel=True, cache=True)
-def sigmoid_forward(x):
-    """1 / (1 + exp(-x)) of a C-contiguous array; exp's overflow to inf gives exactly 0."""
-    y = np.empty_like(x)
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    one = np.ones(1, dtype=x.dtype)[0]
-    for chunk in prange((xf.size + CHUNK - 1) // CHUNK):
-        for i in range(chunk * CHUNK, min(xf.size, (chunk + 1) * CHUNK)):
-            yf[i] = one / (one + np.exp(-xf[i]))
-    return y
 
 
 @njit(parallel=True, cache=True)
