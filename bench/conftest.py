@@ -30,6 +30,11 @@ import os
 
 import pytest
 
+if "NUMBA_THREADING_LAYER" not in os.environ:  # as the numbaconv command does (cli.main)
+    import numba
+
+    numba.config.THREADING_LAYER = "workqueue"
+
 from numbaconv import bench as B
 
 RATIOS_KEY = pytest.StashKey[dict]()

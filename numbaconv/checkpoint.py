@@ -55,14 +55,18 @@ def load(path) -> Checkpoint:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError("not an .npz archive")
+        with archive:
             meta = json.loads(str(archive["meta"]))
+            if not isinstance(meta, dict):
+                raise ValueError("its metadata is not a JSON object")
             params = {k[len(_PARAM):]: archive[k] for k in archive.files if k.startswith(_PARAM)}
             optimizer = dict(meta.get("optimizer", {}))
             optimizer.update({k[len(_OPTIM):]: archive[k] for k in archive.files
                               if k.startswith(_OPTIM)})
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile,
-            json.JSONDecodeError) as error:
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{path} is not a numbaconv checkpoint ({error})") from error
     if meta.get("format") != FORMAT or not isinstance(meta.get("spec"), list):
         raise CheckpointError(f"{path} is not a numbaconv checkpoint of format {FORMAT}")

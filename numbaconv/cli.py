@@ -1,12 +1,13 @@
 """The ``numbaconv`` command line.
 
-Commands import the engine lazily, so ``numbaconv --help`` answers at once. Errors a user can
-cause end in one ``Error: ...`` line and exit status 1, never a traceback.
+Commands import the engine's heavy parts (data, training, plotting) only when they run.
+Errors a user can cause end in one ``Error: ...`` line and exit status 1, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -49,6 +50,20 @@ def _set_threads(threads: int | None) -> None:
     threadpool_limits(threads)
 
 
+def _prepare_output(option: str, path) -> None:
+    """Fail before training, not after an epoch, when an output's folder cannot exist."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{option} {path}: cannot create the folder {folder}: "
+                        f"{error.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{option} {path}: the folder {folder} is not writable")
+
+
 def _load_training_data(data_dir):
     from .data import SAMPLE_NOTICE, as_float_batch, load_fashion_mnist
 
@@ -79,8 +94,8 @@ def _write_metrics(path: str, history: list) -> None:
 @click.option("--batch-size", type=int, help="Examples per step (LeNet: 256).")
 @click.option("--lr", type=float, help="Learning rate (LeNet: 0.9 with SGD).")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), help="LeNet: sgd.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the weights, the shuffling and dropout.")
+@click.option("--seed", type=int, help="Seeds the weights, the shuffling and dropout "
+              "(default 0).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False),
               help="Directory with the Fashion-MNIST IDX files.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -125,13 +140,13 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
         from .plotting import require_matplotlib
 
         require_matplotlib()
-    network = build(target, parse_options(options), seed)
-    defaults = {**Settings().__dict__, **network.train_defaults}
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer}
-    settings = Settings(**{**defaults, **{k: v for k, v in given.items() if v is not None},
-                           "seed": seed})
+    for option, path in (("--save", save_path), ("--metrics", metrics_path),
+                         ("--plot", plot_path)):
+        _prepare_output(option, path)
+    network = build(target, parse_options(options), 0 if seed is None else seed)
     model = network.model
-    opt = make_optimizer(settings.optimizer, model.params(), settings.lr)
+    given = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed}
+    settings_from = {**Settings().__dict__, **network.train_defaults}
     history, start = [], 1
     if resume_path:
         saved = ckpt.load(resume_path)
@@ -139,11 +154,26 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
             raise ckpt.CheckpointError(
                 f"checkpoint {resume_path} holds {ckpt.describe(saved.model, saved.options)}, "
                 f"another architecture than {ckpt.describe(network.name, network.options)}")
+        changed = [f"--{k.replace('_', '-')}" for k, v in given.items()
+                   if v is not None and v != saved.train.get(k)]
+        if changed:
+            raise UserError(f"--resume continues the run saved in {resume_path} with its own "
+                            f"settings; {', '.join(changed)} would change them (start a new "
+                            "run instead)")
+        settings_from.update(saved.train)
+        history, start = list(saved.history), saved.epoch + 1
+    else:
+        settings_from.update({k: v for k, v in given.items() if v is not None})
+    if epochs is not None:
+        settings_from["epochs"] = epochs
+    settings = Settings(**settings_from)
+    if start > settings.epochs:
+        raise UserError(f"{resume_path} is already at epoch {start - 1}; ask for more with "
+                        f"--epochs (now {settings.epochs})")
+    opt = make_optimizer(settings.optimizer, model.params(), settings.lr)
+    if resume_path:
         model.load_state_dict(saved.params)
         opt.load_state_dict(saved.optimizer)
-        history, start = list(saved.history), saved.epoch + 1
-        settings = Settings(**{**settings.__dict__, **saved.train,
-                               "epochs": settings.epochs})
         click.echo(f"resumed {resume_path} after epoch {saved.epoch}")
     data = _load_training_data(data_dir)
     trainer = None
@@ -202,18 +232,11 @@ def _run_epoch(model, opt, data, settings, epoch, trainer=None):
 @user_errors
 def evaluate(checkpoint_path, data_dir, threads):
     """Print the test accuracy of a saved CHECKPOINT as 'test_acc 0.xxxx'."""
-    from .checkpoint import CheckpointError, load
-    from .network import from_spec
+    from .network import load_model
     from .train import evaluate as accuracy
 
     _set_threads(threads)
-    saved = load(checkpoint_path)
-    try:
-        model = from_spec(saved.spec, source=checkpoint_path)
-        model.load_state_dict(saved.params)
-    except ValueError as error:
-        raise CheckpointError(f"{checkpoint_path} does not hold a usable model: {error}") \
-            from error
+    model, _ = load_model(checkpoint_path)
     data = _load_training_data(data_dir)
     click.echo(f"test_acc {accuracy(model, data.test_x, data.test_y):.4f}")
 
@@ -274,7 +297,19 @@ def _load_plugin_commands() -> None:
     pm.hook.register_commands(cli=cli)
 
 
+def _use_workqueue_threads() -> None:
+    # Numba's OpenMP layer spin-waits between parallel regions; on a busy machine (or beside
+    # OpenBLAS's own spinning threads) that made kernels 5-20x slower than on one thread. The
+    # workqueue layer has no such cliff, and the command line never calls kernels from two
+    # threads at once (workqueue's limit). A user's NUMBA_THREADING_LAYER still wins.
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        import numba
+
+        numba.config.THREADING_LAYER = "workqueue"
+
+
 def main() -> None:  # pragma: no cover - console entry
+    _use_workqueue_threads()
     _load_plugin_commands()
     cli()
 

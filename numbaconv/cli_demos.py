@@ -282,10 +282,10 @@ def show(checkpoint_path, out_dir, image_index, data_dir):
 
     import numpy as np
 
-    from .checkpoint import CheckpointError, describe, load
+    from .checkpoint import describe
     from .data import CLASS_NAMES
     from .demos import feature_maps, first_layer_kernels
-    from .network import from_spec
+    from .network import load_model
     from .plotting import (
         _ensure_dir,
         plot_feature_maps,
@@ -294,13 +294,7 @@ def show(checkpoint_path, out_dir, image_index, data_dir):
     )
 
     require_matplotlib()
-    saved = load(checkpoint_path)
-    try:
-        model = from_spec(saved.spec, source=checkpoint_path)
-        model.load_state_dict(saved.params)
-    except ValueError as error:
-        raise CheckpointError(f"{checkpoint_path} does not hold a usable model: {error}") \
-            from error
+    model, saved = load_model(checkpoint_path)
     name = describe(saved.model, saved.options)
     trained = f"trained {saved.epoch} epoch{'s' if saved.epoch != 1 else ''}" \
         if saved.epoch else "untrained"

@@ -24,7 +24,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except (CheckpointError, DataError, RegistryError, UnknownNameError, Diverged,
-                ValueError) as error:
+                ValueError, OSError) as error:
             raise UserError(str(error)) from None
 
     return wrapper

@@ -6,6 +6,8 @@ import inspect
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .layers import ShapeError
 from .plugins import get_layers, get_model
 from .sequential import Sequential
@@ -56,8 +58,6 @@ def _parse_value(text: str):
 
 def build(target: str, options: dict, seed: int) -> Network:
     """A registered model name, or the path of a ``.toml`` spec; checked against 1x28x28 input."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     if target.endswith(".toml") or os.path.sep in target:
         if options:
@@ -111,6 +111,12 @@ def from_spec(layers: list, rng=None, source: str = "spec") -> Sequential:
 
 def check_shapes(model: Sequential, source: str) -> None:
     """Fail before training when the layers do not fit a 1x28x28 input and 10 classes."""
+    for position, layer in enumerate(model):
+        for name, value in layer.params.items():
+            if value.dtype != np.float32:
+                raise SpecError(f"{source}: layer {position} ({type(layer).__name__}) has "
+                                f"{name} of dtype {value.dtype}; numbaconv run trains in "
+                                "float32")
     try:
         shape = model.output_shape((1,) + INPUT_SHAPE)
     except ShapeError as error:
@@ -119,3 +125,16 @@ def check_shapes(model: Sequential, source: str) -> None:
         raise SpecError(f"{source}: the network ends in shape {tuple(shape)} for a "
                         f"{INPUT_SHAPE} input, but classifying Fashion-MNIST needs "
                         f"(N, {NUM_CLASSES})")
+
+
+def load_model(path) -> tuple[Sequential, object]:
+    """The model saved in checkpoint ``path``, weights loaded, and the checkpoint itself."""
+    from .checkpoint import CheckpointError, load
+
+    saved = load(path)
+    try:
+        model = from_spec(saved.spec, source=str(path))
+        model.load_state_dict(saved.params)
+    except ValueError as error:
+        raise CheckpointError(f"{path} does not hold a usable model: {error}") from error
+    return model, saved

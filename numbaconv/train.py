@@ -97,6 +97,8 @@ def predict(model, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarr
 def evaluate(model, images: np.ndarray, labels: np.ndarray,
              batch_size: int = EVAL_BATCH) -> float:
     """Accuracy of ``model`` on float32 ``images`` (N, C, H, W) with int ``labels`` (N,)."""
+    if len(images) == 0:
+        raise ValueError("the test set is empty")
     return float((predict(model, images, batch_size) == labels).mean())
 
 
@@ -107,6 +109,8 @@ def train_epoch(model, optimizer, images, labels, settings: Settings, epoch: int
     ``on_batch(n_done)`` is called after each batch (progress bars). Raises :class:`Diverged`
     as soon as the loss is not finite.
     """
+    if len(images) == 0:
+        raise ValueError("the training set is empty")
     _reseed_layers(model, settings.seed, epoch)
     order = epoch_rng(settings.seed, epoch, 0).permutation(len(images))
     total_loss = 0.0

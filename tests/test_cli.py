@@ -188,3 +188,41 @@ def test_the_example_plugin_model_trains_from_the_cli(data_dir, tmp_path):
     assert evaluated.exit_code == 0, evaluated.output
     reported = float(result.output.split("test_acc ")[1].split()[0])
     assert evaluated.output.strip().endswith(f"test_acc {reported:.4f}")  # running stats saved
+
+
+def test_resume_takes_its_settings_from_the_checkpoint(data_dir, tmp_path):
+    saved = tmp_path / "adam.npz"
+    first = ["--data", data_dir, "--batch-size", "64", "--threads", "1", "--optimizer", "adam",
+             "--lr", "0.003"]
+    assert invoke("run", "lenet", *first, "--epochs", "1", "--save", saved).exit_code == 0
+    resumed = invoke("run", "lenet", "--data", data_dir, "--threads", "1", "--epochs", "2",
+                     "--resume", saved)
+    assert resumed.exit_code == 0, resumed.output
+    assert "adam lr 0.003, batch 64" in resumed.output and "epoch 2/2" in resumed.output
+    assert_user_error(invoke("run", "lenet", "--data", data_dir, "--epochs", "3", "--lr", "0.5",
+                             "--resume", saved), r"--lr would change them")
+    assert_user_error(invoke("run", "lenet", "--data", data_dir, "--epochs", "1",
+                             "--resume", saved), r"already at epoch 1; ask for more")
+
+
+def test_output_folders_are_made_or_refused_before_training(data_dir, tmp_path):
+    metrics = tmp_path / "new" / "folder" / "m.jsonl"
+    assert invoke("run", "lenet", "--data", data_dir, *FAST, "--metrics", metrics).exit_code == 0
+    assert metrics.exists()
+    result = invoke("run", "lenet", "--data", data_dir, *FAST, "--save", "/dev/null/x.npz")
+    assert_user_error(result, r"--save /dev/null/x.npz: cannot create the folder")
+    assert "epoch 1" not in result.output
+
+
+def test_a_bare_npy_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "weights.npy"
+    np.save(path, np.zeros(3))
+    assert_user_error(invoke("evaluate", path), "not a numbaconv checkpoint")
+
+
+def test_a_float64_spec_is_refused_before_training(tmp_path):
+    spec = tmp_path / "f64.toml"
+    spec.write_text('layers = [{type = "Flatten"}, '
+                    '{type = "Linear", in_features = 784, out_features = 10, dtype = "float64"}]\n')
+    assert_user_error(invoke("run", spec, "--data", "/nonexistent"),
+                      r"layer 1 \(Linear\) has weight of dtype float64")

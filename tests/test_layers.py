@@ -774,3 +774,14 @@ def test_forward_error_notes_the_layer():
         net.forward(np.zeros((1, 5), np.float32))
     notes = getattr(info.value, "__notes__", ["in forward of layer 1 (Linear)"])
     assert "in forward of layer 1 (Linear)" in notes
+
+
+def test_relu_passes_the_gradient_where_the_output_is_nan():
+    torch = pytest.importorskip("torch")
+    x = np.array([np.nan, -1.0, 2.0], dtype=np.float32)
+    layer = ReLU()
+    layer.forward(x, training=True)
+    got = layer.backward(np.ones(3, np.float32))
+    tx = torch.tensor(x, requires_grad=True)
+    torch.relu(tx).backward(torch.ones(3))
+    np.testing.assert_array_equal(got, tx.grad.numpy())

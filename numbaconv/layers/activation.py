@@ -43,7 +43,8 @@ class ReLU(Layer):
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
         y = self._require_forward(self._y)
-        grad_x = np.multiply(grad_y, y > 0, dtype=np.result_type(grad_y, y))
+        # ~(y <= 0), not y > 0: where the output is NaN the gradient passes, as in PyTorch.
+        grad_x = np.multiply(grad_y, ~(y <= 0), dtype=np.result_type(grad_y, y))
         return grad_x
 
 

@@ -51,8 +51,8 @@ class Conv2d(Layer):
         else:
             self.padding = sides
         self.dtype = np.dtype(dtype)
-        if not np.issubdtype(self.dtype, np.floating):
-            raise TypeError(f"dtype must be a floating-point type, got {self.dtype}")
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
 
         rng = as_generator(rng)
         kh, kw = self.kernel_size

@@ -28,8 +28,8 @@ class Linear(Layer):
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.dtype = np.dtype(dtype)
-        if not np.issubdtype(self.dtype, np.floating):
-            raise TypeError(f"dtype must be a floating-point type, got {self.dtype}")
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
         rng = as_generator(rng)
         fan_in = self.in_features
         self._new_param("weight", kaiming_uniform_default(

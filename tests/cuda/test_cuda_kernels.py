@@ -259,3 +259,16 @@ def test_kernels_compile_to_ptx():
         pytest.skip(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "float32 kernels with float64 arithmetic: none" in proc.stdout, proc.stdout[-4000:]
+
+
+def test_max_pool_backward_skips_windows_wholly_in_the_padding():
+    from numba import cuda
+
+    from numbaconv import functional as F
+
+    x = np.arange(8, dtype=np.float64).reshape(2, 1, 2, 2)
+    y, idx = F.max_pool2d(x, 2, padding=1, dilation=3, return_indices=True)
+    assert idx.max() >= 4  # torch's out-of-plane index for an all-padding window
+    expected = F.max_pool2d_backward(np.ones_like(y), idx, x.shape)
+    got = F.max_pool2d_backward(cuda.to_device(np.ones_like(y)), cuda.to_device(idx), x.shape)
+    np.testing.assert_array_equal(got.copy_to_host(), expected)

@@ -1,7 +1,7 @@
 """The CUDA backend: Numba CUDA kernels for convolution, pooling and training ops.
 
-Importing ``numbaconv`` never imports this package, and importing this package does not
-import numba-cuda either: the kernel modules (``conv``, ``pool``, ``ops``) load on first use
+Importing ``numbaconv`` imports only this package's ``device`` helpers, and neither imports
+numba-cuda: the kernel modules (``conv``, ``pool``, ``ops``) load on first use
 of one of the names below, and ``device`` imports numba-cuda inside its functions. Check
 ``cuda_available()`` before using the kernels.
 

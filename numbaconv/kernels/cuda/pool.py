@@ -93,6 +93,7 @@ def _max_pool_backward_plane_kernel(gy, idx, gx):
     """Scatter of gy into gx at idx, one thread per whole plane (no window geometry needed).
 
     gy, idx (P, H_out * W_out); gx (P, H * W). Sequential within a plane, so no atomics.
+    Indices outside the plane (windows wholly in the padding) are skipped.
     """
     n_planes, plane_out = gy.shape
     plane_in = gx.shape[1]
@@ -101,7 +102,9 @@ def _max_pool_backward_plane_kernel(gy, idx, gx):
         for j in range(plane_in):
             gx[p, j] = zero
         for j in range(plane_out):
-            gx[p, idx[p, j]] += gy[p, j]
+            i = idx[p, j]
+            if 0 <= i < plane_in:  # a window wholly in the padding passes nothing (as on CPU)
+                gx[p, i] += gy[p, j]
 
 
 @cuda.jit(device=True)
