@@ -507,17 +507,9 @@ def set_threads(threads: int | None, torch: Any = None) -> int:
     ``None`` means all of Numba's threads (``NUMBA_NUM_THREADS``, the cores by default).
     Returns the count used.
     """
-    import numba
-    from threadpoolctl import threadpool_limits
+    from .threads import set_threads as set_numbaconv_threads
 
-    maximum = numba.config.NUMBA_NUM_THREADS
-    if threads is None:
-        threads = maximum
-    if not 1 <= threads <= maximum:
-        raise ValueError(f"--threads must be between 1 and {maximum} (NUMBA_NUM_THREADS), "
-                         f"got {threads}")
-    numba.set_num_threads(threads)
-    threadpool_limits(threads)
+    threads = set_numbaconv_threads(threads)
     if torch is not None:
         torch.set_num_threads(threads)
     return threads

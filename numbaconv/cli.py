@@ -38,16 +38,10 @@ def cli():
 # --------------------------------------------------------------------------- run
 
 def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    import numba
-    from threadpoolctl import threadpool_limits
+    if threads is not None:
+        from .threads import set_threads
 
-    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
-        raise UserError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, "
-                        f"got {threads}")
-    numba.set_num_threads(threads)
-    threadpool_limits(threads)
+        set_threads(threads)
 
 
 def _prepare_output(option: str, path) -> None:
