@@ -59,20 +59,18 @@ def _prepare_output(option: str, path) -> None:
 
 
 def _load_training_data(data_dir):
+    """Fashion-MNIST as float32 (N, 1, 28, 28) images and int64 labels, plus its source."""
+    from types import SimpleNamespace
+
     from .data import SAMPLE_NOTICE, as_float_batch, load_fashion_mnist
 
     dataset = load_fashion_mnist(data_dir, progress=True)
     if dataset.is_sample:
         click.echo(SAMPLE_NOTICE, err=True)
-
-    class Arrays:
-        train_x = as_float_batch(dataset.train_images)
-        train_y = dataset.train_labels
-        test_x = as_float_batch(dataset.test_images)
-        test_y = dataset.test_labels
-        source = dataset.source
-
-    return Arrays
+    return SimpleNamespace(train_x=as_float_batch(dataset.train_images),
+                           train_y=dataset.train_labels,
+                           test_x=as_float_batch(dataset.test_images),
+                           test_y=dataset.test_labels, source=dataset.source)
 
 
 def _write_metrics(path: str, history: list) -> None:
