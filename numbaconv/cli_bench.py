@@ -75,6 +75,3 @@ def bench(quick, threads, repeat, patterns, no_torch, tiny):
         if verdicts:
             click.echo(verdicts)
 
-
-if __name__ == "__main__":  # pragma: no cover - until cli.py registers the command
-    bench()

@@ -212,14 +212,6 @@ def _axis_shape(axis: str, n: int, k: int, p: int, s: int, d: int, ceil_mode: bo
     return AxisShape(axis, n, k, k_eff, p, s, d, max(size, 0), formula, numbers, note)
 
 
-def _positive(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
-
-
 def conv_output_shape(input_size, kernel_size, padding=0, stride=None, dilation=1,
                       pool: bool = False, ceil_mode: bool = False) -> ShapeResult:
     """Output height and width by the text's formula ``floor((n - k + p + s) / s)``.

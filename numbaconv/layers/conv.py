@@ -84,8 +84,6 @@ class Conv2d(Layer):
                                                    self.groups, need_input_grad=need_input_grad)
         self._set_grad("weight", grad_w)
         if self.bias:
-            if grad_b is None:
-                grad_b = grad_y.sum(axis=(0, 2, 3))
             self._set_grad("bias", grad_b)
         return grad_x
 
