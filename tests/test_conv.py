@@ -437,3 +437,15 @@ def test_reference_non_finite_matches_torch(torch, F, where, value, position, ar
     for got, exp in ((yt.detach().numpy(), expected), (xt.grad.numpy(), egx),
                      (wt.grad.numpy(), egw)):
         np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
+def test_a_shifted_input_gives_a_shifted_output(nc):
+    """Translation equivariance (the text's 1.1-1.2): conv(shift(x)) == shift(conv(x))."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((1, 2, 16, 16))
+    x[:, :, 4:9, 3:8] = rng.normal(size=(1, 2, 5, 5))  # content away from the borders
+    w = rng.normal(size=(3, 2, 3, 3))
+    shifted = np.roll(x, (2, 5), axis=(2, 3))
+    y = nc.conv2d(x, w, padding="same")
+    np.testing.assert_allclose(nc.conv2d(shifted, w, padding="same"),
+                               np.roll(y, (2, 5), axis=(2, 3)), atol=1e-12)
