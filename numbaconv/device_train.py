@@ -51,7 +51,8 @@ from .kernels.cuda import config
 from .kernels.cuda import conv as _conv
 from .kernels.cuda import ops as _ops
 from .kernels.cuda import pool as _pool
-from .kernels.cuda.ops import _activate_grad
+from .kernels.cuda.ops import _activate_grad, _first_argmax, _softmax_xent_row
+from .kernels.cuda.pool import _planes
 from .layers import AvgPool2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
 from .optim import SGD, Adam, Optimizer
 from .shapes import as_pair, conv_padding
@@ -89,18 +90,6 @@ def _gather_kernel(src_x, src_y, index, dst_x, dst_y, start):
             dst_y[r] = src_y[j]
 
 
-@cuda.jit(device=True)
-def _first_argmax(z, i):
-    """numpy's argmax of row i of z: the first maximum, a NaN counting as the largest."""
-    best = 0
-    for j in range(1, z.shape[1]):
-        if math.isnan(z[i, best]):
-            break
-        if z[i, j] > z[i, best] or math.isnan(z[i, j]):
-            best = j
-    return best
-
-
 @cuda.jit
 def _xent_hits_kernel(z, labels, grad, row_loss, hits, start):
     """Softmax cross-entropy of the batch's logits z (B, K), one thread per row i:
@@ -109,25 +98,12 @@ def _xent_hits_kernel(z, labels, grad, row_loss, hits, start):
     hits[start + i] = 1 where the first argmax of z[i] is the label, else 0,
     grad[i, j] = (softmax(z[i])[j] - [j == labels[i]]) / B: the gradient of the batch mean.
     """
-    rows, n_cls = z.shape
-    one = grad.dtype.type(1)
+    rows = z.shape[0]
     n_rows = grad.dtype.type(rows)
     for i in range(cuda.grid(1), rows, cuda.gridsize(1)):
-        peak = z[i, 0]
-        for j in range(1, n_cls):
-            if z[i, j] > peak:
-                peak = z[i, j]
-        total = one - one
-        for j in range(n_cls):
-            total += math.exp(z[i, j] - peak)
         label = labels[i]
-        row_loss[start + i] = peak + math.log(total) - z[i, label]
+        row_loss[start + i] = _softmax_xent_row(z, i, label, grad, n_rows, True)
         hits[start + i] = 1 if _first_argmax(z, i) == label else 0
-        for j in range(n_cls):
-            p = math.exp(z[i, j] - peak) / total
-            if j == label:
-                p -= one
-            grad[i, j] = p / n_rows
 
 
 @cuda.jit
@@ -242,29 +218,22 @@ def _bind_start(kernel, dims, *args):
 
 def _gemm(a, b, bias, c, trans_a, trans_b, act):
     """Launch of the backend's tiled product: c = act(op(a) @ op(b) + bias)."""
-    rows, cols = c.shape
-    tile = config.TILE
-    blocks = max(1, min(config.MAX_BLOCKS, -(-rows // tile) * -(-cols // tile)))
+    blocks, threads = _ops._gemm_grid(*c.shape)
     kernel = _ops._gemm_kernel(np.dtype(c.dtype).name)
     has_bias = bias is not None
     bias = bias if has_bias else _ops._placeholder(c.dtype)
     act = _ops.activation_code(act)
 
     def launch(start):
-        kernel[blocks, (tile, tile)](a, b, bias, c, trans_a, trans_b, has_bias, act)
+        kernel[blocks, threads](a, b, bias, c, trans_a, trans_b, has_bias, act)
     return launch
-
-
-def _chunking(outputs: int, reduced: int) -> tuple[int, int]:
-    chunks = config.chunks_for(outputs, reduced)
-    return chunks, (-(-reduced // chunks) if reduced else 1)
 
 
 def _bias_grad(gy3, y3, g3, act, grad_bias):
     """Launches for grad_bias (C,) = sum over (N, L) of g (N, C, L), where g is gy3 itself
     without an activation, else act'(.) * gy3 written into g3 on the way (fused)."""
     n_batch, n_chan, length = gy3.shape
-    chunks, chunk = _chunking(n_chan, n_batch * length)
+    chunks, chunk = config.chunking(n_chan, n_batch * length)
     partial = cuda.device_array((chunks, n_chan), dtype=gy3.dtype)
     if act:
         first = _bind(_act_bias_partial_kernel, _grid(chunks * n_chan), gy3, y3, g3, partial,
@@ -351,7 +320,7 @@ class _ConvStage(_Stage):
                                   self.weight, gx, *self._geometry()))
         _, cin_g, k_h, k_w = self.weight.shape
         n_weight = c_out * cin_g * k_h * k_w
-        chunks, chunk = _chunking(n_weight, rows * oh * ow)
+        chunks, chunk = config.chunking(n_weight, rows * oh * ow)
         partial = cuda.device_array((chunks, n_weight), dtype=self.dtype)
         launches.append(_bind(_conv._conv2d_grad_weight_partial_kernel, _grid(partial.size), g,
                               x, partial, *self._geometry(), k_h, k_w, chunk))
@@ -420,11 +389,6 @@ class _ActStage(_Stage):
         return [_act_backward(gy, y, gx, self.act)], gx
 
 
-def _planes(array, rows):
-    _, c, h, w = array.shape
-    return array.reshape(rows * c, h, w)
-
-
 class _MaxPoolStage(_Stage):
     def __init__(self, layer: MaxPool2d, in_shape, out_shape, dtype):
         super().__init__(in_shape, out_shape, dtype)
@@ -437,13 +401,13 @@ class _MaxPoolStage(_Stage):
 
     def forward(self, x, rows, training):
         y = self.y[:rows]
-        return [_bind(_pool._max_pool_forward_kernel, _grid(y.size), _planes(x, rows),
-                      _planes(y, rows), _planes(self.indices[:rows], rows), *self.window)], y
+        return [_bind(_pool._max_pool_forward_kernel, _grid(y.size), _planes(x),
+                      _planes(y), _planes(self.indices[:rows]), *self.window)], y
 
     def backward(self, gy, x, y, rows, need_input_grad):
         gx = self.gx[:rows]
-        return [_bind(_pool._max_pool_backward_gather_kernel, _grid(gx.size), _planes(gy, rows),
-                      _planes(self.indices[:rows], rows), _planes(gx, rows), *self.window)], gx
+        return [_bind(_pool._max_pool_backward_gather_kernel, _grid(gx.size), _planes(gy),
+                      _planes(self.indices[:rows]), _planes(gx), *self.window)], gx
 
 
 class _AvgPoolStage(_Stage):
@@ -455,13 +419,13 @@ class _AvgPoolStage(_Stage):
 
     def forward(self, x, rows, training):
         y = self.y[:rows]
-        return [_bind(_pool._avg_pool_forward_kernel, _grid(y.size), _planes(x, rows),
-                      _planes(y, rows), *self.window)], y
+        return [_bind(_pool._avg_pool_forward_kernel, _grid(y.size), _planes(x),
+                      _planes(y), *self.window)], y
 
     def backward(self, gy, x, y, rows, need_input_grad):
         gx = self.gx[:rows]
-        return [_bind(_pool._avg_pool_backward_kernel, _grid(gx.size), _planes(gy, rows),
-                      _planes(gx, rows), *self.window)], gx
+        return [_bind(_pool._avg_pool_backward_kernel, _grid(gx.size), _planes(gy),
+                      _planes(gx), *self.window)], gx
 
 
 class _ReshapeStage(_Stage):

@@ -67,14 +67,6 @@ def _check_device(x, others: dict) -> bool:
     return on_device
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
-
-
 def _check_grad(grad_y, expected_shape, reference, reference_name: str):
     _check_array(grad_y, "grad_y", 4, "(N, C, H_out, W_out)")
     _check_same_dtype(reference, reference_name, grad_y, "grad_y")
@@ -90,7 +82,7 @@ class _ConvGeometry:
         _check_array(x, "x", 4, "(N, C_in, H, W)")
         _check_array(weight, "weight", 4, "(C_out, C_in // groups, kH, kW)")
         _check_same_dtype(x, "x", weight, "weight")
-        self.groups = _check_int(groups, "groups", 1)
+        self.groups = shapes.as_int(groups, "groups", 1)
         self.stride = shapes.as_pair(stride, "stride", 1)
         self.dilation = shapes.as_pair(dilation, "dilation", 1)
         n, c_in, height, width = x.shape
@@ -253,12 +245,6 @@ def _check_input_shape(input_shape):
     return tuple(int(s) for s in input_shape)
 
 
-def _check_divisor(divisor_override) -> int:
-    if divisor_override is None:
-        return 0
-    return _check_int(divisor_override, "divisor_override", 1)
-
-
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
     """2-D max pooling, as ``torch.nn.functional.max_pool2d``.
@@ -333,7 +319,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     padding : int or (h, w), at most half of kernel_size
     ceil_mode : bool, round the output size up; the overhang past the padding never counts
     count_include_pad : bool, divide by a window size that includes the explicit padding
-    divisor_override : int or None, divide by this instead
+    divisor_override : non-zero int or None, divide by this instead
 
     Returns
     -------
@@ -341,7 +327,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     """
     _check_array(x, "x", 4, "(N, C, H, W)")
     geo = _PoolGeometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
-    divisor = _check_divisor(divisor_override)
+    divisor = shapes.as_divisor(divisor_override)
     out_h, out_w = geo.output_shape[2:]
     if _is_device_array(x):
         return _cuda_backend().avg_pool2d_forward(
@@ -369,7 +355,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     _check_array(grad_y, "grad_y", 4, "(N, C, H_out, W_out)")
     input_shape = _check_input_shape(input_shape)
     geo = _PoolGeometry(input_shape, kernel_size, stride, padding, 1, ceil_mode)
-    divisor = _check_divisor(divisor_override)
+    divisor = shapes.as_divisor(divisor_override)
     if tuple(grad_y.shape) != geo.output_shape:
         raise ValueError(f"grad_y must have the forward output's shape {geo.output_shape}, "
                          f"got {tuple(grad_y.shape)}")

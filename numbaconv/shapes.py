@@ -21,6 +21,26 @@ def _is_int(value) -> bool:
     return not isinstance(value, bool) and hasattr(value, "__index__")
 
 
+def as_int(value, name: str, minimum: int | None = None) -> int:
+    """``value`` as an int (NumPy integers welcome, bools not), checked against ``minimum``."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def as_divisor(divisor_override) -> int:
+    """Average pooling's ``divisor_override`` for the kernels: 0 for None, else the non-zero
+    int (PyTorch allows negative ones)."""
+    if divisor_override is None:
+        return 0
+    divisor = as_int(divisor_override, "divisor_override")
+    if divisor == 0:
+        raise ValueError("divisor_override must not be 0")
+    return divisor
+
+
 def as_pair(value, name: str, minimum: int | None = None) -> Pair:
     """Normalise an int or a pair of ints to ``(h, w)``; check each against ``minimum``."""
     if _is_int(value):

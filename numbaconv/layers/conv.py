@@ -6,16 +6,10 @@ import numpy as np
 
 from .. import functional as F
 from ..init import as_generator, kaiming_uniform_default
-from ..shapes import as_pair, conv2d_flops, conv2d_output_shape, conv_padding
+from ..shapes import as_int, as_pair, conv2d_flops, conv2d_output_shape, conv_padding
 from .base import Layer, check_ndim, plain
 
 __all__ = ["Conv2d"]
-
-
-def _int(value, name: str) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    return int(value)
 
 
 class Conv2d(Layer):
@@ -30,9 +24,9 @@ class Conv2d(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, *, rng=None, dtype=np.float32):
         super().__init__()
-        self.in_channels = _int(in_channels, "in_channels")
-        self.out_channels = _int(out_channels, "out_channels")
-        self.groups = _int(groups, "groups")
+        self.in_channels = as_int(in_channels, "in_channels")
+        self.out_channels = as_int(out_channels, "out_channels")
+        self.groups = as_int(groups, "groups")
         if self.in_channels < 1 or self.out_channels < 1 or self.groups < 1:
             raise ValueError(f"in_channels, out_channels and groups must be positive, got "
                              f"{in_channels}, {out_channels}, {groups}")

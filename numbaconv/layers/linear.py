@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..init import as_generator, kaiming_uniform_default
+from ..shapes import as_int
 from .base import Layer, prod
 
 __all__ = ["Linear"]
@@ -22,11 +23,8 @@ class Linear(Layer):
 
     def __init__(self, in_features, out_features, bias=True, *, rng=None, dtype=np.float32):
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features = as_int(in_features, "in_features", 1)
+        self.out_features = as_int(out_features, "out_features", 1)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")

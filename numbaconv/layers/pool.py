@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from ..shapes import as_pair, pool2d_output_shape
+from ..shapes import as_divisor, as_pair, pool2d_output_shape
 from .base import Layer, check_ndim, plain
 
 __all__ = ["MaxPool2d", "AvgPool2d"]
@@ -86,13 +86,7 @@ class AvgPool2d(_Pool2d):
         self._init_window(kernel_size, stride, padding, 1)
         self.ceil_mode = bool(ceil_mode)
         self.count_include_pad = bool(count_include_pad)
-        if divisor_override is not None:
-            if isinstance(divisor_override, bool) or not hasattr(divisor_override, "__index__") \
-                    or int(divisor_override) == 0:
-                raise ValueError(f"divisor_override must be a non-zero int or None, got "
-                                 f"{divisor_override!r}")
-            divisor_override = int(divisor_override)
-        self.divisor_override = divisor_override
+        self.divisor_override = as_divisor(divisor_override) or None
         self._input_shape = None
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..shapes import as_int
 from .base import Layer, prod
 
 __all__ = ["Flatten"]
@@ -18,11 +19,8 @@ class Flatten(Layer):
 
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        for name, value in (("start_dim", start_dim), ("end_dim", end_dim)):
-            if isinstance(value, bool) or not hasattr(value, "__index__"):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-        self.start_dim = int(start_dim)
-        self.end_dim = int(end_dim)
+        self.start_dim = as_int(start_dim, "start_dim")
+        self.end_dim = as_int(end_dim, "end_dim")
         self._input_shape = None
 
     def _dims(self, shape: tuple) -> tuple[int, int]:

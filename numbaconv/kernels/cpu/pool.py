@@ -90,7 +90,7 @@ def _avg_windows(out_size, kernel, stride, pad, size):
 
 @njit(inline="always")
 def _avg_count(h0, h1, w0, w1, padded_h, padded_w, count_include_pad, divisor):
-    if divisor > 0:
+    if divisor != 0:
         return divisor
     if count_include_pad:
         return padded_h * padded_w
@@ -100,7 +100,7 @@ def _avg_count(h0, h1, w0, w1, padded_h, padded_w, count_include_pad, divisor):
 @njit(parallel=True, cache=True)
 def avg_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w,
                        count_include_pad, divisor):
-    """Returns y (N, C, out_h, out_w); ``divisor`` > 0 overrides the window count."""
+    """Returns y (N, C, out_h, out_w); a non-zero ``divisor`` overrides the window count."""
     n_batch, channels, height, width = x.shape
     h_start, h_stop, h_padded = _avg_windows(out_h, kernel_h, stride_h, pad_h, height)
     w_start, w_stop, w_padded = _avg_windows(out_w, kernel_w, stride_w, pad_w, width)

@@ -46,3 +46,10 @@ def chunks_for(outputs: int, reduced: int) -> int:
     """Chunks to split a reduction of ``reduced`` terms into, for each of ``outputs`` sums."""
     want = -(-REDUCE_PARALLELISM // max(1, outputs))
     return max(1, min(MAX_CHUNKS, reduced, want))
+
+
+def chunking(outputs: int, reduced: int) -> tuple[int, int]:
+    """``(chunks, chunk)``: :func:`chunks_for`'s chunk count, and the terms per chunk (at
+    least 1) that cover all ``reduced`` terms."""
+    chunks = chunks_for(outputs, reduced)
+    return chunks, (-(-reduced // chunks) if reduced else 1)

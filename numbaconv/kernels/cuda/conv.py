@@ -180,8 +180,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, y=None
 
     n_weight = c_out * cin_g * k_h * k_w
     reduced = g.shape[0] * g.shape[2] * g.shape[3]
-    chunks = config.chunks_for(n_weight, reduced)
-    chunk = -(-reduced // chunks) if reduced else 1
+    chunks, chunk = config.chunking(n_weight, reduced)
     partial = cuda.device_array((chunks, n_weight), dtype=x.dtype)
     _launch(_conv2d_grad_weight_partial_kernel, partial.size, g, x, partial, sh, sw, pt, pl,
             dh, dw, k_h, k_w, chunk)

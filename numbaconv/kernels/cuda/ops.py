@@ -31,7 +31,7 @@ def activation_code(activation) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Device functions shared by the kernels here and in conv.py
+# Device functions shared by the kernels here, in conv.py and in numbaconv.device_train
 # ---------------------------------------------------------------------------------------------
 
 @cuda.jit(device=True)
@@ -66,6 +66,45 @@ def _activate_grad(g, y, act, one):
     if act == 3:
         return g * (one - y * y)
     return g
+
+
+@cuda.jit(device=True)
+def _softmax_xent_row(z, i, label, grad, scale, divide):
+    """Softmax cross-entropy of row i of z (N, K) against ``label``; returns the row's loss
+    logsumexp(z[i]) - z[i, label] (shifted by the row maximum for stability) and writes its
+    gradient grad[i, j] = softmax(z[i])[j] - [j == label], divided by ``scale`` when
+    ``divide``, else multiplied by it (``scale`` in grad's dtype)."""
+    n_cls = z.shape[1]
+    one = grad.dtype.type(1)
+    peak = z[i, 0]
+    for j in range(1, n_cls):
+        if z[i, j] > peak:
+            peak = z[i, j]
+    total = one - one
+    for j in range(n_cls):
+        total += math.exp(z[i, j] - peak)
+    loss = peak + math.log(total) - z[i, label]
+    for j in range(n_cls):
+        p = math.exp(z[i, j] - peak) / total
+        if j == label:
+            p -= one
+        if divide:
+            grad[i, j] = p / scale
+        else:
+            grad[i, j] = p * scale
+    return loss
+
+
+@cuda.jit(device=True)
+def _first_argmax(z, i):
+    """numpy's argmax of row i of z (N, K): the first maximum, a NaN counting as the largest."""
+    best = 0
+    for j in range(1, z.shape[1]):
+        if math.isnan(z[i, best]):
+            break
+        if z[i, j] > z[i, best] or math.isnan(z[i, j]):
+            best = j
+    return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,37 +171,15 @@ def _softmax_xent_rows_kernel(z, labels, grad, row_loss, inv_n):
     row_loss[i] = logsumexp(z[i]) - z[i, labels[i]];
     grad[i, j] = (softmax(z[i])[j] - [j == labels[i]]) * inv_n (mean reduction's gradient).
     """
-    n_rows, n_cls = z.shape
-    one = grad.dtype.type(1)
-    for i in range(cuda.grid(1), n_rows, cuda.gridsize(1)):
-        peak = z[i, 0]
-        for j in range(1, n_cls):
-            if z[i, j] > peak:
-                peak = z[i, j]
-        total = one - one
-        for j in range(n_cls):
-            total += math.exp(z[i, j] - peak)
-        label = labels[i]
-        row_loss[i] = peak + math.log(total) - z[i, label]
-        for j in range(n_cls):
-            p = math.exp(z[i, j] - peak) / total
-            if j == label:
-                p -= one
-            grad[i, j] = p * inv_n
+    for i in range(cuda.grid(1), z.shape[0], cuda.gridsize(1)):
+        row_loss[i] = _softmax_xent_row(z, i, labels[i], grad, inv_n, False)
 
 
 @cuda.jit
 def _argmax_match_kernel(z, labels, hits):
     """hits[i, 0] = 1 where the first maximum of z[i] (NaN counts as largest) is labels[i]."""
-    n_rows, n_cls = z.shape
-    for i in range(cuda.grid(1), n_rows, cuda.gridsize(1)):
-        best = 0
-        for j in range(1, n_cls):
-            if math.isnan(z[i, best]):
-                break
-            if z[i, j] > z[i, best] or math.isnan(z[i, j]):
-                best = j
-        hits[i, 0] = 1 if best == labels[i] else 0
+    for i in range(cuda.grid(1), z.shape[0], cuda.gridsize(1)):
+        hits[i, 0] = 1 if _first_argmax(z, i) == labels[i] else 0
 
 
 @cuda.jit
@@ -288,6 +305,14 @@ def _placeholder(dtype):
     return _placeholder_cached(np.dtype(dtype).name)
 
 
+def _gemm_grid(rows: int, cols: int) -> tuple[int, tuple[int, int]]:
+    """``(blocks, (TILE, TILE))`` of a :func:`_gemm_kernel` launch for a (rows, cols) product:
+    a block per TILE x TILE tile of it, at most MAX_BLOCKS (the kernel grid-strides)."""
+    tile = config.TILE
+    n_tiles = -(-rows // tile) * -(-cols // tile)
+    return max(1, min(config.MAX_BLOCKS, n_tiles)), (tile, tile)
+
+
 def _flat(array):
     return array.reshape(array.size)
 
@@ -296,8 +321,7 @@ def sum_over_batch_and_space(g3):
     """``(C,)`` device array: sum of ``g3`` (N, C, L) over N and L, in a fixed order."""
     n_batch, n_chan, length = g3.shape
     reduced = n_batch * length
-    chunks = config.chunks_for(n_chan, reduced)
-    chunk = -(-reduced // chunks) if reduced else 1
+    chunks, chunk = config.chunking(n_chan, reduced)
     partial = cuda.device_array((chunks, n_chan), dtype=g3.dtype)
     _launch(_channel_partial_kernel, chunks * n_chan, g3, partial, chunk)
     out = cuda.device_array(n_chan, dtype=g3.dtype)
@@ -398,11 +422,8 @@ def matmul(a, b, trans_a=False, trans_b=False, bias=None, activation=None):
     if depth != depth_b:
         raise ValueError(f"matmul: inner sizes differ ({depth} and {depth_b})")
     c = cuda.device_array((rows, cols), dtype=a.dtype)
-    tile = config.TILE
-    n_tiles = -(-rows // tile) * -(-cols // tile)
-    blocks = max(1, min(config.MAX_BLOCKS, n_tiles))
     has_bias = bias is not None
-    _gemm_kernel(np.dtype(a.dtype).name)[blocks, (tile, tile)](
+    _gemm_kernel(np.dtype(a.dtype).name)[_gemm_grid(rows, cols)](
         a, b, bias if has_bias else _placeholder(a.dtype), c, bool(trans_a), bool(trans_b),
         has_bias, activation_code(activation))
     return c
@@ -459,8 +480,7 @@ def accuracy_count(logits, labels):
 def _sum_scaled(column, scale):
     """(1,) device array: ``scale`` times the sum of a (N, 1, 1) device array."""
     n_rows = column.shape[0]
-    chunks = config.chunks_for(1, n_rows)
-    chunk = -(-n_rows // chunks) if n_rows else 1
+    chunks, chunk = config.chunking(1, n_rows)
     partial = cuda.device_array((chunks, 1), dtype=column.dtype)
     _launch(_channel_partial_kernel, chunks, column, partial, chunk)
     out = cuda.device_array(1, dtype=column.dtype)

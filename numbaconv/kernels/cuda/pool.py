@@ -181,8 +181,10 @@ def _avg_pool_backward_kernel(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad,
         gx[p, ih, iw] = acc
 
 
-def _planes(array, h, w):
-    return array.reshape(array.shape[0] * array.shape[1], h, w)
+def _planes(array):
+    """A (N, C, H, W) device array as (N * C, H, W): one plane per (n, c), a view."""
+    n_batch, chans, height, width = array.shape
+    return array.reshape(n_batch * chans, height, width)
 
 
 def max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw):
@@ -193,8 +195,8 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw):
     out_h, out_w = out_hw
     y = cuda.device_array((n_batch, chans, out_h, out_w), dtype=x.dtype)
     indices = cuda.device_array((n_batch, chans, out_h, out_w), dtype=np.int64)
-    _launch(_max_pool_forward_kernel, y.size, _planes(x, height, width),
-            _planes(y, out_h, out_w), _planes(indices, out_h, out_w),
+    _launch(_max_pool_forward_kernel, y.size, _planes(x),
+            _planes(y), _planes(indices),
             kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
             dilation[0], dilation[1])
     return y, indices
@@ -220,8 +222,8 @@ def max_pool2d_backward(grad_y, indices, input_shape, kernel=None, stride=None, 
                 grad_x.reshape(planes, height * width))
         return grad_x
     dilation = (1, 1) if dilation is None else dilation
-    _launch(_max_pool_backward_gather_kernel, grad_x.size, _planes(grad_y, out_h, out_w),
-            _planes(indices, out_h, out_w), _planes(grad_x, height, width),
+    _launch(_max_pool_backward_gather_kernel, grad_x.size, _planes(grad_y),
+            _planes(indices), _planes(grad_x),
             kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
             dilation[0], dilation[1])
     return grad_x
@@ -233,8 +235,8 @@ def avg_pool2d_forward(x, kernel, stride, padding, out_hw, count_include_pad=Tru
     n_batch, chans, height, width = x.shape
     out_h, out_w = out_hw
     y = cuda.device_array((n_batch, chans, out_h, out_w), dtype=x.dtype)
-    _launch(_avg_pool_forward_kernel, y.size, _planes(x, height, width),
-            _planes(y, out_h, out_w), kernel[0], kernel[1], stride[0], stride[1],
+    _launch(_avg_pool_forward_kernel, y.size, _planes(x),
+            _planes(y), kernel[0], kernel[1], stride[0], stride[1],
             padding[0], padding[1], bool(count_include_pad), int(divisor or 0))
     return y
 
@@ -246,7 +248,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel, stride, padding, count_incl
     n_batch, chans, height, width = input_shape
     _, _, out_h, out_w = grad_y.shape
     grad_x = cuda.device_array((n_batch, chans, height, width), dtype=grad_y.dtype)
-    _launch(_avg_pool_backward_kernel, grad_x.size, _planes(grad_y, out_h, out_w),
-            _planes(grad_x, height, width), kernel[0], kernel[1], stride[0], stride[1],
+    _launch(_avg_pool_backward_kernel, grad_x.size, _planes(grad_y),
+            _planes(grad_x), kernel[0], kernel[1], stride[0], stride[1],
             padding[0], padding[1], bool(count_include_pad), int(divisor or 0))
     return grad_x
