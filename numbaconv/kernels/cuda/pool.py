@@ -191,12 +191,11 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw):
     """Max pooling of x (N, C, H, W); returns ``(y, indices)``, both (N, C, H_out, W_out),
     indices int64 flat ``h*W + w`` within each plane. All window arguments are (h, w) pairs,
     padding symmetric; ``out_hw`` already accounts for ceil_mode."""
-    n_batch, chans, height, width = x.shape
+    n_batch, chans, _, _ = x.shape
     out_h, out_w = out_hw
     y = cuda.device_array((n_batch, chans, out_h, out_w), dtype=x.dtype)
     indices = cuda.device_array((n_batch, chans, out_h, out_w), dtype=np.int64)
-    _launch(_max_pool_forward_kernel, y.size, _planes(x),
-            _planes(y), _planes(indices),
+    _launch(_max_pool_forward_kernel, y.size, _planes(x), _planes(y), _planes(indices),
             kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
             dilation[0], dilation[1])
     return y, indices
@@ -222,9 +221,8 @@ def max_pool2d_backward(grad_y, indices, input_shape, kernel=None, stride=None, 
                 grad_x.reshape(planes, height * width))
         return grad_x
     dilation = (1, 1) if dilation is None else dilation
-    _launch(_max_pool_backward_gather_kernel, grad_x.size, _planes(grad_y),
-            _planes(indices), _planes(grad_x),
-            kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
+    _launch(_max_pool_backward_gather_kernel, grad_x.size, _planes(grad_y), _planes(indices),
+            _planes(grad_x), kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
             dilation[0], dilation[1])
     return grad_x
 
@@ -232,12 +230,12 @@ def max_pool2d_backward(grad_y, indices, input_shape, kernel=None, stride=None, 
 def avg_pool2d_forward(x, kernel, stride, padding, out_hw, count_include_pad=True, divisor=0):
     """Average pooling of x (N, C, H, W) to (N, C, H_out, W_out); window arguments are
     (h, w) pairs, padding symmetric; ``divisor`` 0 means no divisor override."""
-    n_batch, chans, height, width = x.shape
+    n_batch, chans, _, _ = x.shape
     out_h, out_w = out_hw
     y = cuda.device_array((n_batch, chans, out_h, out_w), dtype=x.dtype)
-    _launch(_avg_pool_forward_kernel, y.size, _planes(x),
-            _planes(y), kernel[0], kernel[1], stride[0], stride[1],
-            padding[0], padding[1], bool(count_include_pad), int(divisor or 0))
+    _launch(_avg_pool_forward_kernel, y.size, _planes(x), _planes(y), kernel[0], kernel[1],
+            stride[0], stride[1], padding[0], padding[1], bool(count_include_pad),
+            int(divisor or 0))
     return y
 
 
@@ -246,9 +244,8 @@ def avg_pool2d_backward(grad_y, input_shape, kernel, stride, padding, count_incl
     """Gradient (``input_shape`` = (N, C, H, W)) of :func:`avg_pool2d_forward` from grad_y
     (N, C, H_out, W_out); a deterministic gather."""
     n_batch, chans, height, width = input_shape
-    _, _, out_h, out_w = grad_y.shape
     grad_x = cuda.device_array((n_batch, chans, height, width), dtype=grad_y.dtype)
-    _launch(_avg_pool_backward_kernel, grad_x.size, _planes(grad_y),
-            _planes(grad_x), kernel[0], kernel[1], stride[0], stride[1],
-            padding[0], padding[1], bool(count_include_pad), int(divisor or 0))
+    _launch(_avg_pool_backward_kernel, grad_x.size, _planes(grad_y), _planes(grad_x),
+            kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
+            bool(count_include_pad), int(divisor or 0))
     return grad_x
