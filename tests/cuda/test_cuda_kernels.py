@@ -4,6 +4,7 @@ simulator each CUDA thread is a Python thread."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -14,23 +15,15 @@ import pytest
 pytest.importorskip("numba.cuda")
 
 import reference_cuda as ref  # noqa: E402
+from cuda_support import REPO  # noqa: E402
+from cuda_support import close as close_within  # noqa: E402
 
 from numbaconv.kernels.cuda import conv, pool  # noqa: E402
-from numbaconv.kernels.cuda.device import is_device_array, to_device, to_host  # noqa: E402
+from numbaconv.kernels.cuda.device import to_device, to_host  # noqa: E402
 from numbaconv.shapes import output_size  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-5)}
-
-
-def close(got_device, expected, dtype, what=""):
-    assert is_device_array(got_device), f"{what}: not a device array: {type(got_device)}"
-    got = to_host(got_device)
-    assert got.dtype == np.dtype(dtype), f"{what}: dtype {got.dtype} != {np.dtype(dtype)}"
-    expected = np.asarray(expected)
-    assert got.shape == expected.shape, f"{what}: shape {got.shape} != {expected.shape}"
-    np.testing.assert_allclose(got.astype(np.float64), np.asarray(expected, np.float64),
-                               err_msg=what, equal_nan=True, **TOL[np.dtype(dtype).type])
+close = functools.partial(close_within, tol=TOL)
 
 
 # ------------------------------------------------------------------------------ convolution

@@ -5,6 +5,7 @@ barriers make the tiled product slow there."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -14,22 +15,15 @@ import pytest
 
 pytest.importorskip("numba.cuda")
 
+from cuda_support import REPO  # noqa: E402
+from cuda_support import close as close_within  # noqa: E402
+
 from numbaconv.kernels import cuda as nk  # noqa: E402
 from numbaconv.kernels.cuda import config, ops  # noqa: E402
-from numbaconv.kernels.cuda.device import is_device_array, to_device, to_host  # noqa: E402
+from numbaconv.kernels.cuda.device import to_device, to_host  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-6)}
-
-
-def close(got_device, expected, dtype, what=""):
-    assert is_device_array(got_device), f"{what}: not a device array: {type(got_device)}"
-    got = to_host(got_device)
-    assert got.dtype == np.dtype(dtype), f"{what}: dtype {got.dtype} != {np.dtype(dtype)}"
-    expected = np.asarray(expected)
-    assert got.shape == expected.shape, f"{what}: shape {got.shape} != {expected.shape}"
-    np.testing.assert_allclose(got.astype(np.float64), np.asarray(expected, np.float64),
-                               err_msg=what, equal_nan=True, **TOL[np.dtype(dtype).type])
+close = functools.partial(close_within, tol=TOL)
 
 
 # ------------------------------------------------------------------------------ device helpers

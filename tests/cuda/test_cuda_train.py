@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("numba.cuda")
 
+from cuda_support import REPO  # noqa: E402
 from numba import cuda  # noqa: E402
 
 from numbaconv.device_train import DeviceTrainer, check_supported, run_on_device  # noqa: E402
@@ -38,7 +39,6 @@ from numbaconv.optim import SGD, Adam  # noqa: E402
 from numbaconv.sequential import Sequential  # noqa: E402
 from numbaconv.train import Diverged, Settings, fit_epoch, make_optimizer  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLASSES = 3
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 WEIGHT_TOL = dict(rtol=1e-4, atol=2e-6)
