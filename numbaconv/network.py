@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .layers import ShapeError
-from .plugins import get_layers, get_model
+from .plugins import build_model, get_layers, get_model
 from .sequential import Sequential
 
 try:
@@ -68,12 +68,8 @@ def build(target: str, options: dict, seed: int) -> Network:
         entry = get_model(target)
         kwargs = dict(options)
         if "rng" in inspect.signature(entry.factory).parameters:
-            kwargs["rng"] = rng
-        try:
-            model = entry.factory(**kwargs)
-        except TypeError as error:
-            raise ValueError(f"model {target!r} does not take the options {options}: "
-                             f"{error}") from error
+            kwargs["rng"] = rng  # seeded weights, for factories that take a generator
+        model = build_model(target, **kwargs)
         network = Network(model, target, dict(options), entry.train_defaults, target)
     check_shapes(network.model, network.source)
     return network

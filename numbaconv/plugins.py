@@ -169,7 +169,8 @@ def build_model(name: str, **options):
     try:
         return entry.factory(**options)
     except TypeError as error:
-        raise ValueError(f"model {name!r} does not accept the options {options}: {error}") \
+        shown = {k: v for k, v in options.items() if k != "rng"}  # the seed is not the user's
+        raise ValueError(f"model {name!r} does not accept the options {shown}: {error}") \
             from error
 
 
