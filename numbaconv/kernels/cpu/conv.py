@@ -338,15 +338,19 @@ def conv2d_backward_direct(gy, xp, w, stride_h, stride_w, dilation_h, dilation_w
     return grad_xp, grad_w
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_FAST)
 def bias_grad(gy):
-    """Sum of gy (N, C, H, W) over N, H and W: shape (C,)."""
+    """Sum of gy (N, C, H, W) over N, H and W: shape (C,), summed in gy's precision."""
     n_batch, channels = gy.shape[0], gy.shape[1]
+    flat = gy.reshape(n_batch, channels, -1)
     out = np.empty(channels, dtype=gy.dtype)
+    zero = np.zeros(1, dtype=gy.dtype)[0]
     for c in prange(channels):
-        total = gy[0, c].sum()
-        for n in range(1, n_batch):
-            total += gy[n, c].sum()
+        total = zero
+        for n in range(n_batch):
+            plane = flat[n, c]
+            for p in range(plane.shape[0]):
+                total += plane[p]
         out[c] = total
     return out
 
