@@ -31,21 +31,22 @@ from numba import njit, prange
 _FAST = {"reassoc", "contract"}  # reorder sums so they vectorise; NaN and inf still propagate
 OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L2-resident
 WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
-BLOCK = 4  # output channels per register block (weights are zero-padded to a multiple)
+BLOCK = 4  # output channels per register block of the weight gradient (zero-padded)
 
 
 @njit(inline="always", fastmath=_FAST)
 def _shifted_matmul_acc(a, src, chan, offset, base, c):
     """c[m, p] += sum_k a[m, k] * src[chan[k], base + offset[k] + p].
 
-    a (M, K) with M a multiple of BLOCK, src (C, L), c (M, P). Each pass over the contiguous
-    pixel axis adds a 4x4 block of ``a`` (16 scalars in registers) times four shifted rows of
-    ``src`` into four rows of ``c``: every load and store of ``c`` carries four multiply-adds.
+    a (M, K), src (C, L), c (M, P). Each pass over the contiguous pixel axis adds a 4x4 block
+    of ``a`` (16 scalars in registers) times four shifted rows of ``src`` into four rows of
+    ``c``: every load and store of ``c`` carries four multiply-adds. Rows past the last
+    multiple of 4 take single-row passes (padding them would compute rows nobody wants).
     """
     m_size, k_size = a.shape
     p_size = c.shape[1]
     k_main = k_size - k_size % 4
-    for i in range(0, m_size, 4):
+    for i in range(0, m_size - m_size % 4, 4):
         c0 = c[i]
         c1 = c[i + 1]
         c2 = c[i + 2]
@@ -82,6 +83,26 @@ def _shifted_matmul_acc(a, src, chan, offset, base, c):
                 c1[p] += w1 * x0
                 c2[p] += w2 * x0
                 c3[p] += w3 * x0
+    for i in range(m_size - m_size % 4, m_size):  # leftover rows, one at a time
+        c0 = c[i]
+        for k in range(0, k_main, 4):
+            o = base + offset[k]
+            b0 = src[chan[k], o:o + p_size]
+            o = base + offset[k + 1]
+            b1 = src[chan[k + 1], o:o + p_size]
+            o = base + offset[k + 2]
+            b2 = src[chan[k + 2], o:o + p_size]
+            o = base + offset[k + 3]
+            b3 = src[chan[k + 3], o:o + p_size]
+            w0, w1, w2, w3 = a[i, k], a[i, k + 1], a[i, k + 2], a[i, k + 3]
+            for p in range(p_size):
+                c0[p] += w0 * b0[p] + w1 * b1[p] + w2 * b2[p] + w3 * b3[p]
+        for k in range(k_main, k_size):
+            o = base + offset[k]
+            b0 = src[chan[k], o:o + p_size]
+            w0 = a[i, k]
+            for p in range(p_size):
+                c0[p] += w0 * b0[p]
 
 
 @njit(inline="always", fastmath=_FAST)
@@ -189,16 +210,11 @@ def _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp):
 
 @njit(cache=True)
 def _grouped_weights(w, groups):
-    """w (C_out, C_in_g, KH, KW) as (groups, C_out_g rounded up to BLOCK, K), zero-padded."""
+    """w (C_out, C_in_g, KH, KW) as (groups, C_out_g, K)."""
     c_out = w.shape[0]
     c_out_g = c_out // groups
     k_size = w.shape[1] * w.shape[2] * w.shape[3]
-    flat = w.reshape(c_out, k_size)
-    m_padded = (c_out_g + BLOCK - 1) // BLOCK * BLOCK
-    out = np.zeros((groups, m_padded, k_size), dtype=w.dtype)
-    for co in range(c_out):
-        out[co // c_out_g, co % c_out_g] = flat[co]
-    return out
+    return w.reshape(groups, c_out_g, k_size).copy()
 
 
 @njit(cache=True)
