@@ -34,6 +34,14 @@ WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
 BLOCK = 4  # output channels per register block of the weight gradient (zero-padded)
 
 
+@njit(inline="always")
+def _tap(src, chan, offset, base, k, length):
+    """Row ``k`` of the implicit im2col matrix: ``src``'s plane ``chan[k]`` shifted by
+    ``base + offset[k]``, ``length`` values long."""
+    start = base + offset[k]
+    return src[chan[k], start:start + length]
+
+
 @njit(inline="always", fastmath=_FAST)
 def _shifted_matmul_acc(a, src, chan, offset, base, c):
     """c[m, p] += sum_k a[m, k] * src[chan[k], base + offset[k] + p].
@@ -52,14 +60,10 @@ def _shifted_matmul_acc(a, src, chan, offset, base, c):
         c2 = c[i + 2]
         c3 = c[i + 3]
         for k in range(0, k_main, 4):
-            o = base + offset[k]
-            b0 = src[chan[k], o:o + p_size]
-            o = base + offset[k + 1]
-            b1 = src[chan[k + 1], o:o + p_size]
-            o = base + offset[k + 2]
-            b2 = src[chan[k + 2], o:o + p_size]
-            o = base + offset[k + 3]
-            b3 = src[chan[k + 3], o:o + p_size]
+            b0 = _tap(src, chan, offset, base, k, p_size)
+            b1 = _tap(src, chan, offset, base, k + 1, p_size)
+            b2 = _tap(src, chan, offset, base, k + 2, p_size)
+            b3 = _tap(src, chan, offset, base, k + 3, p_size)
             w00, w01, w02, w03 = a[i, k], a[i, k + 1], a[i, k + 2], a[i, k + 3]
             w10, w11, w12, w13 = a[i + 1, k], a[i + 1, k + 1], a[i + 1, k + 2], a[i + 1, k + 3]
             w20, w21, w22, w23 = a[i + 2, k], a[i + 2, k + 1], a[i + 2, k + 2], a[i + 2, k + 3]
@@ -74,8 +78,7 @@ def _shifted_matmul_acc(a, src, chan, offset, base, c):
                 c2[p] += w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
                 c3[p] += w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
         for k in range(k_main, k_size):
-            o = base + offset[k]
-            b0 = src[chan[k], o:o + p_size]
+            b0 = _tap(src, chan, offset, base, k, p_size)
             w0, w1, w2, w3 = a[i, k], a[i + 1, k], a[i + 2, k], a[i + 3, k]
             for p in range(p_size):
                 x0 = b0[p]
@@ -86,20 +89,15 @@ def _shifted_matmul_acc(a, src, chan, offset, base, c):
     for i in range(m_size - m_size % 4, m_size):  # leftover rows, one at a time
         c0 = c[i]
         for k in range(0, k_main, 4):
-            o = base + offset[k]
-            b0 = src[chan[k], o:o + p_size]
-            o = base + offset[k + 1]
-            b1 = src[chan[k + 1], o:o + p_size]
-            o = base + offset[k + 2]
-            b2 = src[chan[k + 2], o:o + p_size]
-            o = base + offset[k + 3]
-            b3 = src[chan[k + 3], o:o + p_size]
+            b0 = _tap(src, chan, offset, base, k, p_size)
+            b1 = _tap(src, chan, offset, base, k + 1, p_size)
+            b2 = _tap(src, chan, offset, base, k + 2, p_size)
+            b3 = _tap(src, chan, offset, base, k + 3, p_size)
             w0, w1, w2, w3 = a[i, k], a[i, k + 1], a[i, k + 2], a[i, k + 3]
             for p in range(p_size):
                 c0[p] += w0 * b0[p] + w1 * b1[p] + w2 * b2[p] + w3 * b3[p]
         for k in range(k_main, k_size):
-            o = base + offset[k]
-            b0 = src[chan[k], o:o + p_size]
+            b0 = _tap(src, chan, offset, base, k, p_size)
             w0 = a[i, k]
             for p in range(p_size):
                 c0[p] += w0 * b0[p]
@@ -123,14 +121,10 @@ def _shifted_matmul_abt_acc(a, p_size, src, chan, offset, base, c):
         a2 = a[i + 2]
         a3 = a[i + 3]
         for j in range(0, k_main, 4):
-            o = base + offset[j]
-            b0 = src[chan[j], o:o + p_size]
-            o = base + offset[j + 1]
-            b1 = src[chan[j + 1], o:o + p_size]
-            o = base + offset[j + 2]
-            b2 = src[chan[j + 2], o:o + p_size]
-            o = base + offset[j + 3]
-            b3 = src[chan[j + 3], o:o + p_size]
+            b0 = _tap(src, chan, offset, base, j, p_size)
+            b1 = _tap(src, chan, offset, base, j + 1, p_size)
+            b2 = _tap(src, chan, offset, base, j + 2, p_size)
+            b3 = _tap(src, chan, offset, base, j + 3, p_size)
             s00 = s01 = s02 = s03 = zero
             s10 = s11 = s12 = s13 = zero
             s20 = s21 = s22 = s23 = zero
@@ -177,8 +171,7 @@ def _shifted_matmul_abt_acc(a, p_size, src, chan, offset, base, c):
             c[i + 3, j + 2] += s32
             c[i + 3, j + 3] += s33
         for j in range(k_main, k_size):
-            o = base + offset[j]
-            b0 = src[chan[j], o:o + p_size]
+            b0 = _tap(src, chan, offset, base, j, p_size)
             s0 = s1 = s2 = s3 = zero
             for p in range(p_size):
                 x0 = b0[p]
