@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
@@ -52,6 +53,17 @@ def _check_layer(layer, position) -> Layer:
     return layer
 
 
+@contextlib.contextmanager
+def _noted(pass_name: str, index: int, layer):
+    """Add to an exception which pass of which layer raised it."""
+    try:
+        yield
+    except Exception as exc:
+        if hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(f"in {pass_name} of layer {index} ({type(layer).__name__})")
+        raise
+
+
 class Sequential:
     """Layers applied in order: ``Sequential([Conv2d(...), ReLU(), ...])`` or
     ``Sequential(Conv2d(...), ReLU(), ...)``.
@@ -94,15 +106,11 @@ class Sequential:
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Run every layer's forward in order (each keeps what its backward needs)."""
         for i, layer in enumerate(self.layers):
-            try:
+            with _noted("forward", i, layer):
                 if _accepts(layer, "forward", "training"):
                     x = layer.forward(x, training=training)
                 else:
                     x = layer.forward(x)
-            except Exception as exc:
-                if hasattr(exc, "add_note"):
-                    exc.add_note(f"in forward of layer {i} ({type(layer).__name__})")
-                raise
         return x
 
     __call__ = forward
@@ -116,16 +124,12 @@ class Sequential:
         """
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
-            try:
+            with _noted("backward", i, layer):
                 if i == 0 and not need_input_grad \
                         and _accepts(layer, "backward", "need_input_grad"):
                     grad_y = layer.backward(grad_y, need_input_grad=False)
                 else:
                     grad_y = layer.backward(grad_y)
-            except Exception as exc:
-                if hasattr(exc, "add_note"):
-                    exc.add_note(f"in backward of layer {i} ({type(layer).__name__})")
-                raise
         return grad_y if need_input_grad else None
 
     # parameters ------------------------------------------------------------------------
