@@ -43,6 +43,8 @@ def parse_args(argv=None):
     parser.add_argument("--samples", type=int, default=None,
                         help="synthetic training images (default 60000, 8 with --tiny)")
     parser.add_argument("--skip-train", action="store_true", help="skip the training epoch")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also time the 64-channel convolution's kernels for each tile shape")
     parser.add_argument("--ptx", action="store_true",
                         help="only compile every kernel to PTX (no GPU needed) and exit")
     parser.add_argument("--cc", default="8.0",
@@ -66,7 +68,7 @@ def _kernel_signatures(dt):
     """(kernel dispatcher, argument types) of every kernel of the backend for float type dt."""
     from numba import types
 
-    from numbaconv.kernels.cuda import conv, ops, pool
+    from numbaconv.kernels.cuda import config, conv, ops, pool
 
     def arr(ndim):
         return types.Array(dt, ndim, "C")
@@ -75,6 +77,10 @@ def _kernel_signatures(dt):
         return types.Array(types.int64, ndim, "C")
 
     i, b = types.int64, types.boolean
+    table = types.Array(types.int32, 2, "C")
+    # the smallest, a middle and the widest tile shapes conv.pick_tiles chooses
+    conv_tiles = [conv.Tiles(tm, tn, config.CONV_BK).key()
+                  for tm, tn in ((1, 1), (2, 2), (config.CONV_TM, config.CONV_TN))]
     return [
         (ops._bias_act_forward_kernel, (arr(3), arr(1), arr(3), b, i)),
         (ops._act_backward_kernel, (arr(1), arr(1), arr(1), i)),
@@ -87,9 +93,12 @@ def _kernel_signatures(dt):
         (ops._sgd_kernel, (arr(1), arr(1), arr(1), dt, dt, dt, b, b)),
         (ops._adam_kernel, (arr(1),) * 4 + (dt,) * 8 + (b,)),
         (ops._gemm_kernel(str(dt)), (arr(2), arr(2), arr(1), arr(2), b, b, b, i)),
-        (conv._conv2d_forward_kernel, (arr(4), arr(4), arr(1), arr(4)) + (i,) * 6 + (b, i)),
-        (conv._conv2d_grad_input_kernel, (arr(4), arr(4), arr(4)) + (i,) * 6),
-        (conv._conv2d_grad_weight_partial_kernel, (arr(4), arr(4), arr(2)) + (i,) * 9),
+        *[(conv.forward_kernel(str(dt), tiles),
+           (arr(4), arr(2), arr(1), table, arr(4)) + (i,) * 5 + (b, i)) for tiles in conv_tiles],
+        *[(conv.grad_input_kernel(str(dt), tiles), (arr(4), arr(3), table, arr(4)) + (i,) * 4)
+          for tiles in conv_tiles],
+        *[(conv.grad_weight_kernel(str(dt), tiles), (arr(4), arr(4), table, arr(2)) + (i,) * 6)
+          for tiles in conv_tiles],
         (pool._max_pool_forward_kernel, (arr(3), arr(3), ints(3)) + (i,) * 8),
         (pool._max_pool_backward_gather_kernel, (arr(3), ints(3), arr(3)) + (i,) * 8),
         (pool._max_pool_backward_plane_kernel, (arr(2), ints(2), arr(2))),
@@ -354,97 +363,136 @@ def check_layer(env, kind, p, rng, repeats, warmup):
 
 # ============================================================================== LeNet epoch
 
-def train_epoch(env, img, widths, samples, batch, lr, seed, warmup_steps):
-    """One epoch of D2L's LeNet on both engines from the same initial weights and data order.
+def lenet_pair(env, img, widths, seed):
+    """D2L's LeNet for img x img inputs as a numbaconv Sequential (its own Xavier init) and
+    as a torch nn.Sequential holding the same weights; the layer indices (hence the parameter
+    names) agree."""
+    torch = env.torch
+    from numbaconv.init import xavier_uniform_weights_
+    from numbaconv.layers import AvgPool2d, Conv2d, Flatten, Linear, Sigmoid
+    from numbaconv.sequential import Sequential
 
-    Returns {engine: (seconds, first loss, mean loss of the last 10% of steps, steps)}; the
-    first ``warmup_steps`` steps of each engine (JIT compilation, cuDNN autotuning) are not
-    timed, and the epoch then restarts from the initial weights.
+    flat = 16 * ((img // 2 - 4) // 2) ** 2
+    rng = env.np.random.default_rng(seed)
+    ours = Sequential([
+        Conv2d(1, 6, 5, padding=2, rng=rng), Sigmoid(), AvgPool2d(2, stride=2),
+        Conv2d(6, 16, 5, rng=rng), Sigmoid(), AvgPool2d(2, stride=2), Flatten(),
+        Linear(flat, widths[0], rng=rng), Sigmoid(), Linear(widths[0], widths[1], rng=rng),
+        Sigmoid(), Linear(widths[1], 10, rng=rng)])
+    xavier_uniform_weights_(ours, rng)
+    theirs = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.Sigmoid(), torch.nn.AvgPool2d(2, 2),
+        torch.nn.Conv2d(6, 16, 5), torch.nn.Sigmoid(), torch.nn.AvgPool2d(2, 2),
+        torch.nn.Flatten(), torch.nn.Linear(flat, widths[0]), torch.nn.Sigmoid(),
+        torch.nn.Linear(widths[0], widths[1]), torch.nn.Sigmoid(),
+        torch.nn.Linear(widths[1], 10))
+    theirs.load_state_dict({name: torch.from_numpy(value.copy())
+                            for name, value in ours.params().items()})
+    return ours, theirs.to(env.tdev)
+
+
+def train_epoch(env, img, widths, samples, batch, lr, seed):
+    """One epoch of D2L's LeNet (SGD) on synthetic data of Fashion-MNIST's size, on both
+    engines, from the same weights and in the same shuffled order.
+
+    numbaconv runs its training product, the DeviceTrainer behind `numbaconv run --device
+    cuda` (data on the device, one host transfer per epoch); PyTorch the usual loop over a
+    tensor already on the device. Both are warmed up first on a throw-away copy (JIT
+    compilation, cuDNN autotuning). Returns {engine: (train seconds, mean training loss)}.
     """
-    np, torch, nk = env.np, env.torch, env.nk
+    np, torch = env.np, env.torch
+    from types import SimpleNamespace
+
+    from numbaconv.device_train import DeviceTrainer
+    from numbaconv.train import Settings, epoch_rng
+
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((samples, 1, img, img)).astype(np.float32)
     teacher = rng.standard_normal((img * img, 10)).astype(np.float32)
     labels = np.argmax(images.reshape(samples, -1) @ teacher, axis=1).astype(np.int64)
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.Sigmoid(), torch.nn.AvgPool2d(2, 2),
-        torch.nn.Conv2d(6, 16, 5), torch.nn.Sigmoid(), torch.nn.AvgPool2d(2, 2),
-        torch.nn.Flatten(), torch.nn.Linear(16 * ((img // 2 - 4) // 2) ** 2, widths[0]),
-        torch.nn.Sigmoid(), torch.nn.Linear(widths[0], widths[1]), torch.nn.Sigmoid(),
-        torch.nn.Linear(widths[1], 10)).to(env.tdev)
-    host_params = [p.detach().cpu().numpy().copy() for p in model.parameters()]
-    params = [nk.to_device(p) for p in host_params]
-    x_all, t_all = nk.to_device(images), nk.to_device(labels)
-    tx_all = torch.from_numpy(images).to(env.tdev)
-    tt_all = torch.from_numpy(labels).to(env.tdev)
-    pad2, pad0 = ((2, 2), (2, 2)), ((0, 0), (0, 0))
-    one, two = (1, 1), (2, 2)
+    n_test = min(samples, 4 * batch)
+    data = SimpleNamespace(train_x=images, train_y=labels, test_x=images[:n_test],
+                           test_y=labels[:n_test], source="synthetic")
+    settings = Settings(epochs=1, batch_size=batch, lr=lr, seed=seed)
 
-    def ours_step(xb, tb):
-        w1, b1, w2, b2, w3, b3, w4, b4, w5, b5 = params
-        n = xb.shape[0]
-        a1 = nk.conv2d_forward(xb, w1, b1, one, pad2, one, 1, activation="sigmoid")
-        p1 = nk.avg_pool2d_forward(a1, two, two, (0, 0), (img // 2, img // 2), True, 0)
-        a2 = nk.conv2d_forward(p1, w2, b2, one, pad0, one, 1, activation="sigmoid")
-        side = a2.shape[2] // 2
-        p2 = nk.avg_pool2d_forward(a2, two, two, (0, 0), (side, side), True, 0)
-        f = p2.reshape(n, p2.size // n)
-        h3 = nk.linear_forward(f, w3, b3, activation="sigmoid")
-        h4 = nk.linear_forward(h3, w4, b4, activation="sigmoid")
-        z = nk.linear_forward(h4, w5, b5)
-        loss, gz = nk.softmax_cross_entropy(z, tb)
-        gh4, gw5, gb5 = nk.linear_backward(gz, h4, w5)
-        gh3, gw4, gb4 = nk.linear_backward(gh4, h3, w4, y=h4, activation="sigmoid")
-        gf, gw3, gb3 = nk.linear_backward(gh3, f, w3, y=h3, activation="sigmoid")
-        ga2 = nk.avg_pool2d_backward(gf.reshape(p2.shape), a2.shape, two, two, (0, 0), True, 0)
-        gp1, gw2, gb2 = nk.conv2d_backward(ga2, p1, w2, one, pad0, one, 1, y=a2,
-                                           activation="sigmoid")
-        ga1 = nk.avg_pool2d_backward(gp1, a1.shape, two, two, (0, 0), True, 0)
-        _, gw1, gb1 = nk.conv2d_backward(ga1, xb, w1, one, pad2, one, 1, y=a1,
-                                         activation="sigmoid", need_input_grad=False)
-        for param, grad in zip(params, (gw1, gb1, gw2, gb2, gw3, gb3, gw4, gb4, gw5, gb5),
-                               strict=True):
-            nk.sgd_step(param, grad, None, lr)
-        return loss
+    warm, _ = lenet_pair(env, img, widths, seed)
+    few = SimpleNamespace(train_x=images[:2 * batch], train_y=labels[:2 * batch],
+                          test_x=images[:batch], test_y=labels[:batch], source="synthetic")
+    DeviceTrainer(warm, settings, few).fit_epoch(1)
+    ours, model = lenet_pair(env, img, widths, seed)
+    metrics = DeviceTrainer(ours, settings, data).fit_epoch(1)
+    results = {"numbaconv": (metrics.train_seconds, metrics.train_loss)}
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    order = torch.from_numpy(epoch_rng(seed, 1, 0).permutation(samples)).to(env.tdev)
+    x_all = torch.from_numpy(images).to(env.tdev)
+    t_all = torch.from_numpy(labels).to(env.tdev)
 
-    def torch_step(xb, tb):
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(xb), tb)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+    def torch_epoch(net, steps):
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+        total = torch.zeros((), device=env.tdev)
+        for start in range(0, min(samples, steps * batch), batch):
+            rows = order[start:start + batch]
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(net(x_all[rows]), t_all[rows])
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(rows)
+        return total
 
-    results = {}
-    for engine, step, xs, ts in (("numbaconv", ours_step, x_all, t_all),
-                                 ("torch", torch_step, tx_all, tt_all)):
-        for start in range(0, min(warmup_steps, samples // batch) * batch, batch):
-            step(xs[start:start + batch], ts[start:start + batch])
-        if engine == "numbaconv":  # restart both from the same weights
-            for param, host in zip(params, host_params, strict=True):
-                param.copy_to_device(host)
-        else:
-            with torch.no_grad():
-                for param, host in zip(model.parameters(), host_params, strict=True):
-                    param.copy_(torch.from_numpy(host))
-            optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-        env.sync()
-        begin = time.perf_counter()
-        losses = [step(xs[s:s + batch], ts[s:s + batch])
-                  for s in range(0, samples - batch + 1, batch)]
-        env.sync()
-        seconds = time.perf_counter() - begin
-        tail = losses[-max(1, len(losses) // 10):]
-        if engine == "numbaconv":
-            final = float(np.mean([nk.to_host(v)[0] for v in tail]))
-            first = float(nk.to_host(losses[0])[0])
-        else:
-            final = float(torch.stack(tail).mean())
-            first = float(losses[0])
-        results[engine] = (seconds, first, final, len(losses))
+    torch_epoch(lenet_pair(env, img, widths, seed)[1], 3)
+    env.sync()
+    begin = time.perf_counter()
+    total = torch_epoch(model, samples)
+    env.sync()
+    results["torch"] = (time.perf_counter() - begin, float(total) / samples)
     return results
+
+
+def sweep_tiles(env, params, rng, repeats, warmup):
+    """Time the convolution kernels of one layer for each tile shape (checked against the
+    default shape's results), to choose config.CONV_TM / CONV_TN / CONV_BK."""
+    np, nk = env.np, env.nk
+    from numbaconv.kernels.cuda import config, conv
+
+    pad = params["pad"]
+    geometry = ((1, 1), ((pad, pad), (pad, pad)), (1, 1))
+    x = nk.to_device(rng.standard_normal(params["x"]).astype(np.float32))
+    w = nk.to_device(rng.standard_normal(params["w"]).astype(np.float32) * 0.1)
+    y = nk.to_device(np.zeros(params["x"][:1] + params["w"][:1] + params["x"][2:],
+                              dtype=np.float32))
+    gy = nk.to_device(rng.standard_normal(y.shape).astype(np.float32))
+    outputs = {"forward": y, "grad input": nk.zeros_like(x), "grad weight": nk.zeros_like(w)}
+    launches = {
+        "forward": lambda t: conv.forward_launch(x, w, None, outputs["forward"], *geometry,
+                                                 tiles=t),
+        "grad input": lambda t: conv.grad_input_launch(gy, w, outputs["grad input"],
+                                                       *geometry, tiles=t),
+        "grad weight": lambda t: conv.grad_weight_launch(gy, x, outputs["grad weight"],
+                                                         *geometry, tiles=t),
+    }
+    side = config.CONV_SIDE
+    shapes = [(4, 4, 16), (4, 8, 16), (8, 4, 16), (4, 4, 8), (4, 8, 8), (8, 8, 8), (4, 4, 32),
+              (2, 4, 16)] if not env.sim else [(1, 2, 4), (2, 2, 4), (2, 4, 4)]
+    print(f"\n| tiles (TM, TN, BK), {side}x{side} threads | forward ms | grad input ms "
+          "| grad weight ms |")
+    print("|---|---:|---:|---:|")
+    reference = {}
+    for name, make in launches.items():
+        make(None)()
+        reference[name] = nk.to_host(outputs[name])
+    for tm, tn, bk in shapes:
+        try:
+            tiles = conv.Tiles(tm, tn, bk)
+        except ValueError:
+            continue
+        cells = []
+        for name, make in launches.items():
+            launch = make(tiles)
+            ms = env.median_ms(launch, repeats, warmup)
+            got = nk.to_host(outputs[name])
+            err = np.max(np.abs(got - reference[name])) / np.max(np.abs(reference[name]))
+            cells.append(f"{ms:.3f}" + ("" if err < 1e-4 else f" (err {err:.0e})"))
+        print(f"| {tm}, {tn}, {bk} | " + " | ".join(cells) + " |")
 
 
 # ============================================================================== main
@@ -462,7 +510,7 @@ def main(argv=None) -> int:
     print("| layer | input | max rel err (y, grads) | numbaconv fwd ms | torch fwd ms "
           "| numbaconv bwd ms | torch bwd ms |")
     print("|---|---|---|---:|---:|---:|---:|")
-    failed = []
+    failed, throughput = [], ""
     for name, kind, params in layer_cases(args.tiny):
         errors, of, tf, ob, tb = check_layer(env, kind, params, rng, args.repeats, args.warmup)
         worst = max(errors.values())
@@ -470,17 +518,27 @@ def main(argv=None) -> int:
             failed.append(f"{name}: {errors}")
         print(f"| {name} | {'x'.join(map(str, params['x']))} | {worst:.1e} | {of:.3f} | "
               f"{tf:.3f} | {ob:.3f} | {tb:.3f} |")
+        if kind == "conv" and params["w"][0] == params["w"][1]:  # the 64-channel layer
+            n, c, h, w = params["x"]
+            flops = 2 * n * c * c * 9 * h * w
+            throughput = (f"{name} forward: numbaconv {flops / of / 1e9:.2f} TFLOP/s, torch "
+                          f"{flops / tf / 1e9:.2f} TFLOP/s: {100 * tf / of:.1f}% of torch's "
+                          f"throughput (target >= 30%)")
+    print(f"\n{throughput}")
+    if args.sweep:
+        sweep_tiles(env, layer_cases(args.tiny)[-2][2], rng, args.repeats, args.warmup)
     if not args.skip_train:
         img, batch = (12, 2) if args.tiny else (28, 256)
         results = train_epoch(env, img, lenet_widths(args.tiny), args.samples, batch, 0.9,
-                              args.seed, 1 if args.tiny else 3)
-        print(f"\n| LeNet epoch, {args.samples} x 1 x {img} x {img}, batch {batch} | seconds "
-              "| images/s | first loss | last-10% loss |")
-        print("|---|---:|---:|---:|---:|")
-        for engine, (seconds, first, final, steps) in results.items():
-            print(f"| {engine} | {seconds:.2f} | {steps * batch / seconds:,.0f} | "
-                  f"{first:.4f} | {final:.4f} |")
-        if not np.isfinite(results["numbaconv"][2]):
+                              args.seed)
+        print(f"\n| LeNet epoch (SGD), {args.samples} x 1 x {img} x {img}, batch {batch} "
+              "| seconds | images/s | mean training loss |")
+        print("|---|---:|---:|---:|")
+        for engine, (seconds, loss) in results.items():
+            print(f"| {engine} | {seconds:.3f} | {args.samples / seconds:,.0f} | {loss:.4f} |")
+        ratio = results["numbaconv"][0] / results["torch"][0]
+        print(f"\nnumbaconv's epoch takes {ratio:.2f}x PyTorch's (target <= 1)")
+        if not np.isfinite(results["numbaconv"][1]):
             failed.append("training loss is not finite")
     if failed:
         print(f"\nPARITY FAILURES (tolerance {tolerance:.0e}):\n" + "\n".join(failed))

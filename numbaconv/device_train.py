@@ -293,15 +293,12 @@ class _ConvStage(_Stage):
         self.g = self._buffer(rows_train, self.out_shape) if self.act else None
 
     def _geometry(self):
-        (sh, sw), ((pt, _), (pl, _)), (dh, dw) = self.stride, self.padding, self.dilation
-        return sh, sw, pt, pl, dh, dw
+        return self.stride, self.padding, self.dilation
 
     def forward(self, x, rows, training):
         y = self.y[:rows]
-        has_bias = self.bias is not None
-        bias = self.bias if has_bias else _ops._placeholder(self.dtype)
-        return [_bind(_conv._conv2d_forward_kernel, _grid(y.size), x, self.weight, bias, y,
-                      *self._geometry(), has_bias, _ops.activation_code(self.act))], y
+        launch = _conv.forward_launch(x, self.weight, self.bias, y, *self._geometry(), self.act)
+        return [lambda start: launch()], y
 
     def backward(self, gy, x, y, rows, need_input_grad):
         launches = []
@@ -316,16 +313,10 @@ class _ConvStage(_Stage):
         gx = None
         if need_input_grad:
             gx = self.gx[:rows]
-            launches.append(_bind(_conv._conv2d_grad_input_kernel, _grid(gx.size), g,
-                                  self.weight, gx, *self._geometry()))
-        _, cin_g, k_h, k_w = self.weight.shape
-        n_weight = c_out * cin_g * k_h * k_w
-        chunks, chunk = config.chunking(n_weight, rows * oh * ow)
-        partial = cuda.device_array((chunks, n_weight), dtype=self.dtype)
-        launches.append(_bind(_conv._conv2d_grad_weight_partial_kernel, _grid(partial.size), g,
-                              x, partial, *self._geometry(), k_h, k_w, chunk))
-        launches.append(_bind(_ops._sum_chunks_kernel, _grid(n_weight), partial,
-                              self.grad_weight.reshape(n_weight), self.dtype.type(1)))
+            grad_input = _conv.grad_input_launch(g, self.weight, gx, *self._geometry())
+            launches.append(lambda start: grad_input())
+        grad_weight = _conv.grad_weight_launch(g, x, self.grad_weight, *self._geometry())
+        launches.append(lambda start: grad_weight())
         return launches, gx
 
 

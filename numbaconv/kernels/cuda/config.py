@@ -30,6 +30,15 @@ THREADS_PER_BLOCK = _env_int("THREADS_PER_BLOCK", 16 if SIMULATOR else 256)
 MAX_BLOCKS = _env_int("MAX_BLOCKS", 2 if SIMULATOR else 8192)
 # Side of the square shared-memory tiles of the matrix product; its blocks are TILE x TILE.
 TILE = _env_int("TILE", 4 if SIMULATOR else 16)
+# Convolutions (implicit matrix products, conv.py): blocks of CONV_SIDE x CONV_SIDE threads,
+# each computing CONV_TM x CONV_TN outputs of a wide tile from CONV_BK-deep operand slices
+# (narrow products get smaller TM/TN, see conv.pick_tiles)...
+CONV_SIDE = _env_int("CONV_SIDE", 4 if SIMULATOR else 16)
+CONV_TM = _env_int("CONV_TM", 4)
+CONV_TN = _env_int("CONV_TN", 4)
+CONV_BK = _env_int("CONV_BK", 4 if SIMULATOR else 16)
+# ...and the weight gradient splits its reduction so that about this many blocks run.
+CONV_BLOCKS = _env_int("CONV_BLOCKS", 2 if SIMULATOR else 1024)
 # Two-pass reductions (weight and bias gradients, loss): the first pass splits the reduced
 # axis into chunks so that about this many partial sums are computed in parallel...
 REDUCE_PARALLELISM = _env_int("REDUCE_PARALLELISM", 64 if SIMULATOR else 1 << 18)
