@@ -67,6 +67,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "op: a per-operation benchmark (forward or backward)")
     config.addinivalue_line("markers",
                             "training: a training-step, epoch or evaluation benchmark")
+    config.addinivalue_line("markers", "startup: time to the first training step, empty and "
+                            "warm Numba cache (no PyTorch side)")
     config.stash[RATIOS_KEY] = {}
     config.stash[ITEMS_KEY] = {}
     config.stash[SCALES_KEY] = {}

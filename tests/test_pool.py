@@ -426,3 +426,42 @@ def test_ceil_mode_window_overhanging_a_small_input_matches_torch(nc, torch, F, 
                                rtol=1e-12)
     np.testing.assert_allclose(nc.avg_pool2d(x, kernel, stride, padding, ceil_mode=True), ta,
                                rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kernel, divisor", [
+    ((3, 2, 28, 28), 2, None),       # LeNet's pools
+    ((2, 3, 11, 9), (3, 2), None),   # windows that leave a last row and column out
+    ((2, 1, 8, 8), 4, 3),            # divisor_override
+])
+def test_avg_pool_tiling_windows_fast_path(nc, torch, F, dtype, shape, kernel, divisor):
+    """Windows that tile the input (stride = kernel, no padding) take a row-by-row path: the
+    same numbers as the reference and PyTorch, and bit for bit the generic plane loops'."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=shape).astype(dtype)
+    args = dict(kernel_size=kernel, divisor_override=divisor)
+    y = nc.avg_pool2d(x, **args)
+    assert_close(y, ref.avg_pool2d(x, **args), dtype, "avg_pool2d forward")
+    gy = rng.normal(size=y.shape).astype(dtype)
+    gx = nc.avg_pool2d_backward(gy, x.shape, **args)
+    assert_close(gx, ref.avg_pool2d_backward(gy, x.shape, **args), dtype, "avg grad_x")
+    xt, yt = torch_avg_pool(torch, F, x, kernel, None, 0, False, True, divisor)
+    yt.backward(torch.tensor(gy))
+    assert_close(y, yt.detach().numpy(), dtype, "avg_pool2d vs torch")
+    assert_close(gx, xt.grad.numpy(), dtype, "avg grad_x vs torch")
+    from numbaconv.kernels.cpu import pool as cpu_pool
+
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    out_h, out_w = y.shape[2:]
+    rows = cpu_pool._avg_windows(out_h, kh, kh, 0, shape[2])
+    cols = cpu_pool._avg_windows(out_w, kw, kw, 0, shape[3])
+    y_generic = np.empty_like(y)
+    gx_generic = np.zeros_like(gx)
+    for n in range(shape[0]):
+        for c in range(shape[1]):
+            cpu_pool._avg_forward_plane(x[n, c], y_generic[n, c], *rows, *cols, True,
+                                        divisor or 0)
+            cpu_pool._avg_backward_plane(gy[n, c], gx_generic[n, c], *rows, *cols, True,
+                                         divisor or 0)
+    np.testing.assert_array_equal(y, y_generic)
+    np.testing.assert_array_equal(gx, gx_generic)

@@ -66,7 +66,8 @@ class Sigmoid(Layer):
         if grad_y.shape != y.shape:
             raise ValueError(f"Sigmoid.backward: grad_y has shape {grad_y.shape}, the output's "
                              f"is {y.shape}")
-        return elementwise.sigmoid_backward(grad_y, y)  # PyTorch's grad * (1 - y) * y
+        # PyTorch's grad * (1 - y) * y, on flat views: one compiled kernel for every shape
+        return elementwise.sigmoid_backward(grad_y.reshape(-1), y.reshape(-1)).reshape(y.shape)
 
 
 class Tanh(Layer):

@@ -285,7 +285,7 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
             src = xflat[n, g * c_in_g:(g + 1) * c_in_g]
             for row0 in range(0, dense_h, rows):
                 n_rows = min(rows, dense_h - row0)
-                grads[:, :] = 0
+                grads.fill(0)
                 for m in range(c_out_g):
                     dst = grads[m]
                     for r in range(n_rows):
@@ -297,12 +297,15 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
                             dst[base + ow * stride_w] = grad_row[ow]
                 _shifted_matmul_abt_acc(grads, (n_rows - 1) * wp + dense_w, src, chan, offset,
                                         row0 * wp, partial[chunk, g])
-    total = partial[0].copy()
-    for chunk in range(1, n_chunks):
-        total += partial[chunk]
+    # Chunks summed in a fixed order (explicit loops compile faster than array expressions).
     grad_w = np.empty((c_out, k_size), dtype=xp.dtype)
     for co in range(c_out):
-        grad_w[co] = total[co // c_out_g, co % c_out_g]
+        g, m = co // c_out_g, co % c_out_g
+        for k in range(k_size):
+            total = partial[0, g, m, k]
+            for chunk in range(1, n_chunks):
+                total += partial[chunk, g, m, k]
+            grad_w[co, k] = total
     return grad_w.reshape(c_out, c_in_g, kh_size, kw_size)
 
 

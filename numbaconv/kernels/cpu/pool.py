@@ -97,6 +97,91 @@ def _avg_count(h0, h1, w0, w1, padded_h, padded_w, count_include_pad, divisor):
     return (h1 - h0) * (w1 - w0)
 
 
+@njit(inline="always")
+def _tiled(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w, height, width):
+    """Whether the windows tile the input: no padding, no overlap, none past the edge (e.g.
+    2x2 stride 2). Then every window is full, and each input takes part in one window at
+    most, so the passes can run row by row over whole rows instead of window by window."""
+    return (pad_h == 0 and pad_w == 0 and stride_h == kernel_h and stride_w == kernel_w
+            and out_h * kernel_h <= height and out_w * kernel_w <= width)
+
+
+# One function per plane, called from the parallel loop: compiled outside the loop's body,
+# plane loops got about 2x faster code (LeNet's pools, 1 thread).
+
+@njit(cache=True)
+def _avg_tiled_forward_plane(src, dst, kernel_h, kernel_w, count):
+    """dst (out_h, out_w) = window means of src: the generic loop's sums in its order (over
+    rows, then columns), a whole output row at a time."""
+    zero = np.zeros(1, dtype=src.dtype)[0]
+    out_h, out_w = dst.shape
+    for oh in range(out_h):
+        acc = dst[oh]
+        acc[:] = zero
+        for kh in range(kernel_h):
+            row = src[oh * kernel_h + kh]
+            for ow in range(out_w):
+                for kw in range(kernel_w):
+                    acc[ow] += row[ow * kernel_w + kw]
+        for ow in range(out_w):
+            acc[ow] = acc[ow] / count
+
+
+@njit(cache=True)
+def _avg_tiled_backward_plane(g, out, kernel_h, kernel_w, count):
+    """Each window of ``out`` (zeros) gets its share of g: one store per input, no
+    read-modify-write (windows do not overlap)."""
+    out_h, out_w = g.shape
+    for oh in range(out_h):
+        grad_row = g[oh]
+        for kh in range(kernel_h):
+            row = out[oh * kernel_h + kh]
+            for ow in range(out_w):
+                share = grad_row[ow] / count
+                for kw in range(kernel_w):
+                    row[ow * kernel_w + kw] = share
+
+
+@njit(cache=True)
+def _avg_forward_plane(src, dst, h_start, h_stop, h_padded, w_start, w_stop, w_padded,
+                       count_include_pad, divisor):
+    """dst (out_h, out_w) = window means of src, any windows."""
+    zero = np.zeros(1, dtype=src.dtype)[0]  # sum in the input's precision, as PyTorch does
+    out_h, out_w = dst.shape
+    for oh in range(out_h):
+        h0, h1 = h_start[oh], h_stop[oh]
+        for ow in range(out_w):
+            w0, w1 = w_start[ow], w_stop[ow]
+            total = zero
+            for ih in range(h0, h1):
+                row = src[ih]
+                for iw in range(w0, w1):
+                    total += row[iw]
+            count = _avg_count(h0, h1, w0, w1, h_padded[oh], w_padded[ow],
+                               count_include_pad, divisor)
+            # count >= 1: a window starts before the input's end (ceil_mode drops the
+            # others) and padding is at most half a window, so none is empty.
+            dst[oh, ow] = total / count
+
+
+@njit(cache=True)
+def _avg_backward_plane(g, out, h_start, h_stop, h_padded, w_start, w_stop, w_padded,
+                        count_include_pad, divisor):
+    """Adds each output gradient's share to its window of ``out``, any windows."""
+    out_h, out_w = g.shape
+    for oh in range(out_h):
+        h0, h1 = h_start[oh], h_stop[oh]
+        for ow in range(out_w):
+            w0, w1 = w_start[ow], w_stop[ow]
+            count = _avg_count(h0, h1, w0, w1, h_padded[oh], w_padded[ow],
+                               count_include_pad, divisor)
+            share = g[oh, ow] / count
+            for ih in range(h0, h1):
+                row = out[ih]
+                for iw in range(w0, w1):
+                    row[iw] += share
+
+
 @njit(parallel=True, cache=True)
 def avg_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w,
                        count_include_pad, divisor):
@@ -104,27 +189,18 @@ def avg_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, 
     n_batch, channels, height, width = x.shape
     h_start, h_stop, h_padded = _avg_windows(out_h, kernel_h, stride_h, pad_h, height)
     w_start, w_stop, w_padded = _avg_windows(out_w, kernel_w, stride_w, pad_w, width)
-    zero = np.zeros(1, dtype=x.dtype)[0]  # sum in the input's precision, as PyTorch does
     y = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
+    tiled = _tiled(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w,
+                   height, width)
+    full = divisor if divisor != 0 else kernel_h * kernel_w
     for plane in prange(n_batch * channels):
         n = plane // channels
         c = plane % channels
-        src = x[n, c]
-        dst = y[n, c]
-        for oh in range(out_h):
-            h0, h1 = h_start[oh], h_stop[oh]
-            for ow in range(out_w):
-                w0, w1 = w_start[ow], w_stop[ow]
-                total = zero
-                for ih in range(h0, h1):
-                    row = src[ih]
-                    for iw in range(w0, w1):
-                        total += row[iw]
-                count = _avg_count(h0, h1, w0, w1, h_padded[oh], w_padded[ow],
-                                   count_include_pad, divisor)
-                # count >= 1: a window starts before the input's end (ceil_mode drops the
-                # others) and padding is at most half a window, so none is empty.
-                dst[oh, ow] = total / count
+        if tiled:
+            _avg_tiled_forward_plane(x[n, c], y[n, c], kernel_h, kernel_w, full)
+        else:
+            _avg_forward_plane(x[n, c], y[n, c], h_start, h_stop, h_padded, w_start, w_stop,
+                               w_padded, count_include_pad, divisor)
     return y
 
 
@@ -136,20 +212,15 @@ def avg_pool2d_backward(grad_y, height, width, kernel_h, kernel_w, stride_h, str
     h_start, h_stop, h_padded = _avg_windows(out_h, kernel_h, stride_h, pad_h, height)
     w_start, w_stop, w_padded = _avg_windows(out_w, kernel_w, stride_w, pad_w, width)
     grad_x = np.zeros((n_batch, channels, height, width), dtype=grad_y.dtype)
+    tiled = _tiled(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w,
+                   height, width)
+    full = divisor if divisor != 0 else kernel_h * kernel_w
     for plane in prange(n_batch * channels):
         n = plane // channels
         c = plane % channels
-        out = grad_x[n, c]
-        g = grad_y[n, c]
-        for oh in range(out_h):
-            h0, h1 = h_start[oh], h_stop[oh]
-            for ow in range(out_w):
-                w0, w1 = w_start[ow], w_stop[ow]
-                count = _avg_count(h0, h1, w0, w1, h_padded[oh], w_padded[ow],
-                                   count_include_pad, divisor)
-                share = g[oh, ow] / count
-                for ih in range(h0, h1):
-                    row = out[ih]
-                    for iw in range(w0, w1):
-                        row[iw] += share
+        if tiled:
+            _avg_tiled_backward_plane(grad_y[n, c], grad_x[n, c], kernel_h, kernel_w, full)
+        else:
+            _avg_backward_plane(grad_y[n, c], grad_x[n, c], h_start, h_stop, h_padded,
+                                w_start, w_stop, w_padded, count_include_pad, divisor)
     return grad_x

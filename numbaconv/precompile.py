@@ -1,0 +1,163 @@
+"""Compile the CPU kernels a model needs before training, several processes at once.
+
+On an empty Numba cache a LeNet run spends about 35 s compiling its kernels one after the other
+in a single process, and a process compiles on one core. The kernels are independent, and
+``cache=True`` writes what one process compiles to the on-disk cache that another then loads in
+milliseconds. So :func:`precompile` splits the kernels that are not cached yet into one group
+per available core, compiles one group itself and the others in child processes (``python -m
+numbaconv.precompile``) at the same time, and waits for them. With a warm cache it only reads
+the cache's small index files and starts nothing.
+
+Each kernel is compiled for exactly the argument types the public functions pass it (NumPy
+scalars and Python ints are int64, flags bool, arrays C-contiguous), so the real calls find it;
+``tests/test_precompile.py`` checks the two agree. A child that fails costs nothing but time:
+the kernel then compiles on its first call, as without this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+
+import numpy as np
+
+__all__ = ["precompile", "kernels_for", "KERNELS"]
+
+#: kernel name -> rough compile seconds on an empty cache (measured on the reference machine),
+#: used only to balance the groups.
+KERNELS = {
+    "conv2d_forward": 10.0,
+    "conv2d_weight_grad": 11.0,
+    "bias_grad": 1.2,
+    "avg_pool2d_forward": 3.2,
+    "avg_pool2d_backward": 3.9,
+    "max_pool2d_forward": 1.8,
+    "max_pool2d_backward": 1.5,
+    "sigmoid_backward": 1.3,
+}
+
+
+def _dispatcher(name: str):
+    from .kernels.cpu import conv, elementwise, pool
+
+    for module in (conv, pool, elementwise):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise KeyError(name)
+
+
+def signature(name: str, dtype) -> tuple:
+    """The argument types the public functions call kernel ``name`` with, for ``dtype``."""
+    from numba import typeof, types
+
+    array = {d: typeof(np.empty((1,) * d, dtype=dtype)) for d in (1, 4)}
+    a1, a4 = array[1], array[4]
+    i64 = types.int64
+    return {
+        "conv2d_forward": (a4, a4, a1) + (i64,) * 7,
+        "conv2d_weight_grad": (a4, a4) + (i64,) * 7,
+        "bias_grad": (a4,),
+        "avg_pool2d_forward": (a4,) + (i64,) * 8 + (types.boolean, i64),
+        "avg_pool2d_backward": (a4,) + (i64,) * 8 + (types.boolean, i64),
+        "max_pool2d_forward": (a4,) + (i64,) * 10,
+        "max_pool2d_backward": (a4, typeof(np.empty((1,) * 4, dtype=np.int64)), i64, i64),
+        "sigmoid_backward": (a1, a1),
+    }[name]
+
+
+def kernels_for(model) -> list[str]:
+    """Names of the CPU kernels that training and evaluating ``model`` calls (see
+    :data:`KERNELS`); layers computed in NumPy need none."""
+    from .layers import AvgPool2d, Conv2d, MaxPool2d, Sigmoid
+
+    needs = {
+        Conv2d: ("conv2d_forward", "conv2d_weight_grad", "bias_grad"),
+        AvgPool2d: ("avg_pool2d_forward", "avg_pool2d_backward"),
+        MaxPool2d: ("max_pool2d_forward", "max_pool2d_backward"),
+        Sigmoid: ("sigmoid_backward",),
+    }
+    names: list[str] = []
+    for layer in model:
+        for cls, kernels in needs.items():
+            if isinstance(layer, cls):
+                names += [k for k in kernels if k not in names]
+    return names
+
+
+def _model_dtypes(model) -> list[str]:
+    dtypes = sorted({p.dtype.name for p in model.params().values()})
+    return dtypes or ["float32"]
+
+
+def is_cached(name: str, dtype) -> bool:
+    """Whether the on-disk cache holds kernel ``name`` for ``dtype``, without loading it.
+
+    Reads Numba's cache index (the private API of Numba's ``Dispatcher.compile``); with another
+    Numba whose internals differ it answers False, and the kernel is compiled again.
+    """
+    dispatcher = _dispatcher(name)
+    try:
+        cache = dispatcher._cache
+        key = cache._index_key(signature(name, dtype), dispatcher.targetctx.codegen())
+        return key in cache._cache_file._load_index()
+    except Exception:  # noqa: BLE001 - any change in Numba's internals means "unknown"
+        return False
+
+
+def compile_kernels(tasks: Iterable[tuple[str, str]]) -> None:
+    """Compile (or load from the cache) each ``(kernel name, dtype name)`` in this process."""
+    for name, dtype in tasks:
+        _dispatcher(name).compile(signature(name, np.dtype(dtype)))
+
+
+def _groups(tasks: list[tuple[str, str]], n_groups: int) -> list[list[tuple[str, str]]]:
+    """Longest first, each into the group with the least estimated work."""
+    groups: list[list[tuple[str, str]]] = [[] for _ in range(n_groups)]
+    load = [0.0] * n_groups
+    for task in sorted(tasks, key=lambda t: -KERNELS[t[0]]):
+        i = load.index(min(load))
+        groups[i].append(task)
+        load[i] += KERNELS[task[0]]
+    return [g for g in groups if g]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def precompile(model, processes: int | None = None) -> int:
+    """Make sure every CPU kernel ``model`` needs is compiled and cached; returns how many
+    were missing from the cache.
+
+    ``processes`` (default: the usable cores) caps the processes compiling at once, this one
+    included.
+    """
+    tasks = [(name, dtype) for dtype in _model_dtypes(model) for name in kernels_for(model)
+             if not is_cached(name, dtype)]
+    if not tasks:
+        return 0
+    groups = _groups(tasks, max(1, min(processes or _cores(), len(tasks))))
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)  # the children must see this very source tree (the cache's key)
+    env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in
+                                        env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    children = [subprocess.Popen([sys.executable, "-m", "numbaconv.precompile",
+                                  json.dumps(group)], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+                for group in groups[1:]]
+    try:
+        compile_kernels(groups[0])
+    finally:
+        for child in children:
+            child.wait()
+    return len(tasks)
+
+
+if __name__ == "__main__":  # a child of precompile(): compile the tasks given as JSON
+    compile_kernels(json.loads(sys.argv[1]))

@@ -1,0 +1,78 @@
+"""Compiling a model's kernels ahead of training (``numbaconv.precompile``).
+
+The signatures it compiles must be the ones real calls use (else a run would compile every
+kernel twice); a child process's compilation must reach the parent through the on-disk cache.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from support import REPO_ROOT
+
+from numbaconv import precompile as P
+from numbaconv.losses import softmax_cross_entropy
+from numbaconv.models import lenet
+
+
+@pytest.mark.parametrize("activation, pool", [("sigmoid", "avg"), ("relu", "max")])
+def test_kernels_for_lenet(activation, pool):
+    names = P.kernels_for(lenet(activation, pool, rng=0))
+    expected = ["conv2d_forward", "conv2d_weight_grad", "bias_grad",
+                f"{pool}_pool2d_forward", f"{pool}_pool2d_backward"]
+    if activation == "sigmoid":
+        expected.append("sigmoid_backward")
+    assert sorted(names) == sorted(expected)
+    assert set(names) <= set(P.KERNELS)
+
+
+@pytest.mark.parametrize("activation, pool", [("sigmoid", "avg"), ("relu", "max")])
+def test_signatures_are_those_of_real_calls(activation, pool):
+    model = lenet(activation, pool, rng=0)
+    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    loss, grad = softmax_cross_entropy(model.forward(x, training=True), np.arange(4))
+    model.backward(grad, need_input_grad=False)
+    model.backward(grad)  # with conv1's input gradient too
+    for name in P.kernels_for(model):
+        compiled = [tuple(sig) for sig in P._dispatcher(name).signatures]
+        assert P.signature(name, np.float32) in compiled, (name, compiled)
+
+
+def test_groups_balance_and_cover():
+    tasks = [(name, "float32") for name in P.KERNELS]
+    groups = P._groups(tasks, 2)
+    assert sorted(t for g in groups for t in g) == sorted(tasks)
+    loads = [sum(P.KERNELS[n] for n, _ in g) for g in groups]
+    assert max(loads) - min(loads) <= max(P.KERNELS.values())
+    assert P._groups(tasks[:1], 2) == [tasks[:1]]
+
+
+SCRIPT = textwrap.dedent("""
+    import numpy as np
+    from numbaconv import precompile as P
+    from numbaconv.layers import MaxPool2d, Sigmoid
+    from numbaconv.sequential import Sequential
+
+    model = Sequential([Sigmoid(), MaxPool2d(2)])
+    names = P.kernels_for(model)
+    assert not any(P.is_cached(n, np.float32) for n in names), "the cache is not empty"
+    print(P.precompile(model, processes=2))
+    assert all(P.is_cached(n, np.float32) for n in names)
+    print(P.precompile(model, processes=2))
+""")
+
+
+def test_precompile_in_two_processes_fills_an_empty_cache(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache),
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "0"]  # three kernels compiled, then all cached
