@@ -43,6 +43,8 @@ def parse_args(argv=None):
     parser.add_argument("--samples", type=int, default=None,
                         help="synthetic training images (default 60000, 8 with --tiny)")
     parser.add_argument("--skip-train", action="store_true", help="skip the training epoch")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time each launch of a LeNet training step")
     parser.add_argument("--sweep", action="store_true",
                         help="also time the 64-channel convolution's kernels for each tile shape")
     parser.add_argument("--ptx", action="store_true",
@@ -78,9 +80,11 @@ def _kernel_signatures(dt):
 
     i, b = types.int64, types.boolean
     table = types.Array(types.int32, 2, "C")
-    # the smallest, a middle and the widest tile shapes conv.pick_tiles chooses
-    conv_tiles = [conv.Tiles(tm, tn, config.CONV_BK).key()
-                  for tm, tn in ((1, 1), (2, 2), (config.CONV_TM, config.CONV_TN))]
+    # the narrowest tile shape conv.pick_tiles chooses and each pass's wide one
+    conv_tiles = sorted({conv.Tiles(1, 1, config.CONV_SIDE).key(),
+                         *(conv.Tiles(*wide).key() for wide in (
+                             config.CONV_FORWARD_TILES, config.CONV_GRAD_INPUT_TILES,
+                             config.CONV_GRAD_WEIGHT_TILES))})
     return [
         (ops._bias_act_forward_kernel, (arr(3), arr(1), arr(3), b, i)),
         (ops._act_backward_kernel, (arr(1), arr(1), arr(1), i)),
@@ -392,13 +396,14 @@ def lenet_pair(env, img, widths, seed):
 
 
 def train_epoch(env, img, widths, samples, batch, lr, seed):
-    """One epoch of D2L's LeNet (SGD) on synthetic data of Fashion-MNIST's size, on both
-    engines, from the same weights and in the same shuffled order.
+    """D2L's LeNet (SGD) on synthetic data of Fashion-MNIST's size on both engines, from the
+    same weights and in the same shuffled orders: epoch 1 untimed (JIT compilation, cuDNN
+    autotuning, the trainer's buffers), epoch 2 timed.
 
     numbaconv runs its training product, the DeviceTrainer behind `numbaconv run --device
-    cuda` (data on the device, one host transfer per epoch); PyTorch the usual loop over a
-    tensor already on the device. Both are warmed up first on a throw-away copy (JIT
-    compilation, cuDNN autotuning). Returns {engine: (train seconds, mean training loss)}.
+    cuda` (data on the device, one host transfer per epoch); PyTorch the usual loop over
+    tensors already on the device. Returns ({engine: (epoch 2's train seconds, its mean
+    training loss)}, the warm trainer).
     """
     np, torch = env.np, env.torch
     from types import SimpleNamespace
@@ -413,44 +418,83 @@ def train_epoch(env, img, widths, samples, batch, lr, seed):
     n_test = min(samples, 4 * batch)
     data = SimpleNamespace(train_x=images, train_y=labels, test_x=images[:n_test],
                            test_y=labels[:n_test], source="synthetic")
-    settings = Settings(epochs=1, batch_size=batch, lr=lr, seed=seed)
-
-    warm, _ = lenet_pair(env, img, widths, seed)
-    few = SimpleNamespace(train_x=images[:2 * batch], train_y=labels[:2 * batch],
-                          test_x=images[:batch], test_y=labels[:batch], source="synthetic")
-    DeviceTrainer(warm, settings, few).fit_epoch(1)
     ours, model = lenet_pair(env, img, widths, seed)
-    metrics = DeviceTrainer(ours, settings, data).fit_epoch(1)
+    trainer = DeviceTrainer(ours, Settings(epochs=2, batch_size=batch, lr=lr, seed=seed), data)
+    trainer.fit_epoch(1)
+    metrics = trainer.fit_epoch(2)
     results = {"numbaconv": (metrics.train_seconds, metrics.train_loss)}
 
-    order = torch.from_numpy(epoch_rng(seed, 1, 0).permutation(samples)).to(env.tdev)
     x_all = torch.from_numpy(images).to(env.tdev)
     t_all = torch.from_numpy(labels).to(env.tdev)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
 
-    def torch_epoch(net, steps):
-        optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    def torch_epoch(epoch):
+        order = torch.from_numpy(epoch_rng(seed, epoch, 0).permutation(samples)).to(env.tdev)
         total = torch.zeros((), device=env.tdev)
-        for start in range(0, min(samples, steps * batch), batch):
+        for start in range(0, samples, batch):
             rows = order[start:start + batch]
             optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(net(x_all[rows]), t_all[rows])
+            loss = torch.nn.functional.cross_entropy(model(x_all[rows]), t_all[rows])
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(rows)
         return total
 
-    torch_epoch(lenet_pair(env, img, widths, seed)[1], 3)
+    torch_epoch(1)
     env.sync()
     begin = time.perf_counter()
-    total = torch_epoch(model, samples)
+    total = torch_epoch(2)
     env.sync()
     results["torch"] = (time.perf_counter() - begin, float(total) / samples)
-    return results
+    return results, trainer
+
+
+def profile_step(env, trainer, repeats):
+    """Where a warm training step's time goes: each launch of the trainer's plan for a full
+    batch timed alone (launch, then synchronize; median of ``repeats``), and the host's time
+    to queue a whole step against the step's time with the GPU."""
+    rows = trainer.rows_train
+    plan = trainer._plan(rows, True)
+    launches = [(f"forward {i}: {label(launch)}", launch) for i, launch in enumerate(plan.forward)]
+    launches += [(f"backward {i}: {label(launch)}", launch)
+                 for i, launch in enumerate(plan.backward)]
+
+    def step():
+        trainer._gather(trainer._train_x, trainer._train_y, trainer._perm, 0, rows)
+        for launch in plan.forward + plan.backward:
+            launch(0)
+        trainer._optimizer_step()
+
+    print(f"\n| launch of a training step (batch {rows}) | ms, alone with a synchronize |")
+    print("|---|---:|")
+    for name, launch in launches:
+        print(f"| {name} | {env.median_ms(lambda launch=launch: launch(0), repeats, 1):.3f} |")
+    steps = 20
+    env.sync()
+    begin = time.perf_counter()
+    for _ in range(steps):
+        step()
+    queued = time.perf_counter()
+    env.sync()
+    done = time.perf_counter()
+    print(f"\nwhole step: {1e3 * (done - begin) / steps:.3f} ms; the host queues it in "
+          f"{1e3 * (queued - begin) / steps:.3f} ms")
+
+
+def label(launch):
+    """The kernel a trainer launch calls, from its closure (for the profile's table)."""
+    for cell in launch.__closure__ or ():
+        value = cell.cell_contents
+        if hasattr(value, "py_func"):
+            return value.py_func.__name__
+        if callable(value) and getattr(value, "__closure__", None):
+            return label(value)
+    return "?"
 
 
 def sweep_tiles(env, params, rng, repeats, warmup):
     """Time the convolution kernels of one layer for each tile shape (checked against the
-    default shape's results), to choose config.CONV_TM / CONV_TN / CONV_BK."""
+    default shapes' results), to choose config.CONV_*_TILES."""
     np, nk = env.np, env.nk
     from numbaconv.kernels.cuda import config, conv
 
@@ -529,15 +573,17 @@ def main(argv=None) -> int:
         sweep_tiles(env, layer_cases(args.tiny)[-2][2], rng, args.repeats, args.warmup)
     if not args.skip_train:
         img, batch = (12, 2) if args.tiny else (28, 256)
-        results = train_epoch(env, img, lenet_widths(args.tiny), args.samples, batch, 0.9,
-                              args.seed)
-        print(f"\n| LeNet epoch (SGD), {args.samples} x 1 x {img} x {img}, batch {batch} "
+        results, trainer = train_epoch(env, img, lenet_widths(args.tiny), args.samples,
+                                       batch, 0.9, args.seed)
+        print(f"\n| LeNet epoch 2 (SGD), {args.samples} x 1 x {img} x {img}, batch {batch} "
               "| seconds | images/s | mean training loss |")
         print("|---|---:|---:|---:|")
         for engine, (seconds, loss) in results.items():
             print(f"| {engine} | {seconds:.3f} | {args.samples / seconds:,.0f} | {loss:.4f} |")
         ratio = results["numbaconv"][0] / results["torch"][0]
         print(f"\nnumbaconv's epoch takes {ratio:.2f}x PyTorch's (target <= 1)")
+        if args.profile:
+            profile_step(env, trainer, args.repeats)
         if not np.isfinite(results["numbaconv"][1]):
             failed.append("training loss is not finite")
     if failed:

@@ -270,7 +270,7 @@ def test_gpu_check_script_runs_tiny():
     """bench/gpu_check.py end to end at tiny sizes on the simulator (or the GPU)."""
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "bench", "gpu_check.py"), "--tiny", "--repeats",
-         "1", "--warmup", "0", "--samples", "4"],
+         "1", "--warmup", "0", "--samples", "2", "--profile"],
         cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "all parity checks within" in proc.stdout

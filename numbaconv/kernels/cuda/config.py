@@ -24,20 +24,38 @@ def _env_int(name: str, default: int) -> int:
     return number
 
 
+def _env_ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    value = os.environ.get("NUMBACONV_CUDA_" + name)
+    if value is None:
+        return default
+    try:
+        numbers = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != len(default) or min(numbers) < 1:
+        raise ValueError(f"NUMBACONV_CUDA_{name} must be {len(default)} positive ints "
+                         f"separated by commas, got {value!r}")
+    return numbers
+
+
 # Threads per block of the one-dimensional (elementwise, gather) kernels.
 THREADS_PER_BLOCK = _env_int("THREADS_PER_BLOCK", 16 if SIMULATOR else 256)
 # Cap on the blocks of a one-dimensional launch; the grid-stride loop covers the rest.
 MAX_BLOCKS = _env_int("MAX_BLOCKS", 2 if SIMULATOR else 8192)
 # Side of the square shared-memory tiles of the matrix product; its blocks are TILE x TILE.
 TILE = _env_int("TILE", 4 if SIMULATOR else 16)
-# Convolutions (implicit matrix products, conv.py): blocks of CONV_SIDE x CONV_SIDE threads,
-# each computing CONV_TM x CONV_TN outputs of a wide tile from CONV_BK-deep operand slices
-# (narrow products get smaller TM/TN, see conv.pick_tiles)...
+# Convolutions (implicit matrix products, conv.py): blocks of CONV_SIDE x CONV_SIDE threads.
+# For each pass, the tile shape "TM,TN,BK" of wide products: each thread computes TM x TN
+# outputs from BK-deep operand slices (narrow products get smaller TM/TN and BK = CONV_SIDE,
+# see conv.pick_tiles). Defaults from `python bench/gpu_check.py --sweep` on an H100 (the
+# 64->64 3x3 convolution on 32x64x56x56; docs/performance.md).
 CONV_SIDE = _env_int("CONV_SIDE", 4 if SIMULATOR else 16)
-CONV_TM = _env_int("CONV_TM", 4)
-CONV_TN = _env_int("CONV_TN", 4)
-CONV_BK = _env_int("CONV_BK", 4 if SIMULATOR else 16)
-# ...and the weight gradient splits its reduction so that about this many blocks run.
+CONV_FORWARD_TILES = _env_ints("CONV_FORWARD_TILES", (2, 4, 4) if SIMULATOR else (4, 8, 8))
+CONV_GRAD_INPUT_TILES = _env_ints("CONV_GRAD_INPUT_TILES",
+                                  (2, 4, 4) if SIMULATOR else (4, 8, 8))
+CONV_GRAD_WEIGHT_TILES = _env_ints("CONV_GRAD_WEIGHT_TILES",
+                                   (2, 4, 4) if SIMULATOR else (4, 4, 8))
+# The weight gradient splits its reduction so that about this many blocks run.
 CONV_BLOCKS = _env_int("CONV_BLOCKS", 2 if SIMULATOR else 1024)
 # Two-pass reductions (weight and bias gradients, loss): the first pass splits the reduced
 # axis into chunks so that about this many partial sums are computed in parallel...

@@ -50,7 +50,8 @@ from .ops import (
 class Tiles:
     """A tile shape: SIDE x SIDE threads, each TM x TN outputs; BK-deep operand slices."""
 
-    def __init__(self, tm: int, tn: int, bk: int, side: int = config.CONV_SIDE):
+    def __init__(self, tm: int, tn: int, bk: int, side: int | None = None):
+        side = side or config.CONV_SIDE
         threads = side * side
         self.tm, self.tn, self.bk, self.side = tm, tn, bk, side
         self.bm, self.bn, self.threads = side * tm, side * tn, threads
@@ -67,13 +68,17 @@ class Tiles:
         return f"Tiles(tm={self.tm}, tn={self.tn}, bk={self.bk}, side={self.side})"
 
 
-def pick_tiles(rows: int, cols: int) -> Tiles:
-    """The tile shape for a (rows, cols) product: as few idle rows and columns as the
-    shapes allow, wide tiles once there are many columns."""
+def pick_tiles(rows: int, cols: int, wide: tuple[int, int, int]) -> Tiles:
+    """The tile shape for a (rows, cols) product: ``wide`` (TM, TN, BK) when both are large,
+    else as few idle rows and columns as the shapes allow."""
     side = config.CONV_SIDE
-    tm = next((t for t in (1, 2) if side * t >= rows), config.CONV_TM)
-    tn = next((t for t in (1, 2) if side * t >= cols), config.CONV_TN)
-    return Tiles(tm, tn, config.CONV_BK)
+    wide_tm, wide_tn, wide_bk = wide
+    tm = next((t for t in (1, 2) if side * t >= rows), wide_tm)
+    tn = next((t for t in (1, 2) if side * t >= cols), wide_tn)
+    try:
+        return Tiles(tm, tn, wide_bk)
+    except ValueError:  # a narrow tile with too few rows for BK-deep loads
+        return Tiles(tm, tn, side)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -436,7 +441,7 @@ def forward_launch(x, weight, bias, y, stride, padding, dilation, activation=Non
     groups = x.shape[1] // cin_g
     (sh, sw), ((pt, _), (pl, _)), (dh, dw) = stride, padding, dilation
     cols = y.shape[0] * y.shape[2] * y.shape[3]
-    tiles = tiles or pick_tiles(c_out // groups, cols)
+    tiles = tiles or pick_tiles(c_out // groups, cols, config.CONV_FORWARD_TILES)
     grid, block = _grid(tiles, c_out // groups, cols, groups)
     kernel = forward_kernel(np.dtype(x.dtype).name, tiles.key())
     table = tap_table(cin_g, k_h, k_w, dh, dw)
@@ -456,7 +461,7 @@ def grad_input_launch(g, weight, gx, stride, padding, dilation, tiles: Tiles | N
     groups = gx.shape[1] // cin_g
     (sh, sw), ((pt, _), (pl, _)), (dh, dw) = stride, padding, dilation
     cols = gx.shape[0] * gx.shape[2] * gx.shape[3]
-    tiles = tiles or pick_tiles(cin_g, cols)
+    tiles = tiles or pick_tiles(cin_g, cols, config.CONV_GRAD_INPUT_TILES)
     grid, block = _grid(tiles, cin_g, cols, groups)
     kernel = grad_input_kernel(np.dtype(gx.dtype).name, tiles.key())
     table = tap_table(c_out // groups, k_h, k_w, dh, dw)
@@ -484,7 +489,7 @@ def grad_weight_launch(g, x, grad_weight, stride, padding, dilation, tiles: Tile
     groups = x.shape[1] // cin_g
     (sh, sw), ((pt, _), (pl, _)), (dh, dw) = stride, padding, dilation
     k_total = cin_g * k_h * k_w
-    tiles = tiles or pick_tiles(c_out // groups, k_total)
+    tiles = tiles or pick_tiles(c_out // groups, k_total, config.CONV_GRAD_WEIGHT_TILES)
     (cols_blocks, rows_blocks, _), block = _grid(tiles, c_out // groups, k_total, 1)
     reduced = g.shape[0] * g.shape[2] * g.shape[3]
     splits, r_len = grad_weight_splits(reduced, cols_blocks * rows_blocks * groups, tiles.bk)
