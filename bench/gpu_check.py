@@ -469,7 +469,7 @@ def profile_step(env, trainer, repeats):
     print("|---|---:|")
     for name, launch in launches:
         print(f"| {name} | {env.median_ms(lambda launch=launch: launch(0), repeats, 1):.3f} |")
-    steps = 20
+    steps = 2 if env.sim else 20
     env.sync()
     begin = time.perf_counter()
     for _ in range(steps):
