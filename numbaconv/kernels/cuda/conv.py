@@ -102,12 +102,27 @@ def tap_table(channels: int, k_h: int, k_w: int, dh: int, dw: int):
 # Kernels (one compiled kernel per dtype and tile shape: shared arrays need literal shapes)
 # ---------------------------------------------------------------------------------------------
 
-def _multiply_slice(tiles: Tiles, elem):
-    """Device function: acc[i, j] += sum over k < BK of a_s[k, ty + i*SIDE] * b_s[k, tx + j*SIDE].
+def _tile_functions(tiles: Tiles, elem, depth_rows: bool):
+    """Device functions of one tile shape: ``clear(acc)``; ``multiply(a_s, b_s, acc, ty, tx)``,
+    acc[i, j] += sum over k < BK of a_s[k, ty + i*SIDE] * b_s[k, tx + j*SIDE]; and
+    ``store(a_s, b_s, a_reg, b_reg, tid)``, which puts the slices thread ``tid`` fetched into
+    shared memory: its fixed column of the B slice (and a fixed depth of the A slice) for the
+    forward and input gradient, its fixed depth row of both for the weight gradient
+    (``depth_rows``).
 
     Strided (not blocked) output ownership keeps shared reads conflict-free and output
     writes coalesced."""
-    tm, tn, bk, side = tiles.tm, tiles.tn, tiles.bk, tiles.side
+    tm, tn, bk, side, bm, bn = tiles.tm, tiles.tn, tiles.bk, tiles.side, tiles.bm, tiles.bn
+    a_step = tiles.threads // bk
+    a_loads = bm // a_step
+    b_step = tiles.threads // (bk if depth_rows else bn)
+    b_loads = bn // b_step if depth_rows else bk // b_step
+
+    @cuda.jit(device=True)
+    def clear(acc):
+        for i in range(tm):
+            for j in range(tn):
+                acc[i, j] = elem(0)
 
     @cuda.jit(device=True)
     def multiply(a_s, b_s, acc, ty, tx):
@@ -122,7 +137,20 @@ def _multiply_slice(tiles: Tiles, elem):
                 for j in range(tn):
                     acc[i, j] += a_frag[i] * b_frag[j]
 
-    return multiply
+    @cuda.jit(device=True)
+    def store(a_s, b_s, a_reg, b_reg, tid):
+        depth, lane = tid % bk, tid // bk
+        for j in range(a_loads):
+            a_s[depth, lane + j * a_step] = a_reg[j]
+        if depth_rows:
+            for j in range(b_loads):
+                b_s[depth, lane + j * b_step] = b_reg[j]
+        else:
+            column, row = tid % bn, tid // bn
+            for j in range(b_loads):
+                b_s[row + j * b_step, column] = b_reg[j]
+
+    return clear, multiply, store
 
 
 @functools.cache
@@ -133,7 +161,7 @@ def forward_kernel(dtype_name: str, shape: tuple):
     tm, tn, bk, side, bm, bn = tiles.tm, tiles.tn, tiles.bk, tiles.side, tiles.bm, tiles.bn
     a_loads, a_step = bm * bk // tiles.threads, tiles.threads // bk
     b_loads, b_step = bk * bn // tiles.threads, tiles.threads // bn
-    multiply = _multiply_slice(tiles, elem)
+    clear, multiply, store = _tile_functions(tiles, elem, depth_rows=False)
     a_width, b_width = bm + 1, bn + 1  # shared arrays need literal shapes; +1 avoids conflicts
 
     @cuda.jit
@@ -157,9 +185,7 @@ def forward_kernel(dtype_name: str, shape: tuple):
         acc = cuda.local.array((tm, tn), elem)
         a_reg = cuda.local.array(a_loads, elem)
         b_reg = cuda.local.array(b_loads, elem)
-        for i in range(tm):
-            for j in range(tn):
-                acc[i, j] = zero
+        clear(acc)
         # This thread loads w2[co0 + a_m + j*a_step, kk + a_k] and x~[kk + b_k + j*b_step, p].
         a_k, a_m = tid % bk, tid // bk
         b_col, b_k = tid % bn, tid // bn
@@ -193,10 +219,7 @@ def forward_kernel(dtype_name: str, shape: tuple):
                 multiply(a_s, b_s, acc, ty, tx)
             cuda.syncthreads()
             if t < n_slices:
-                for j in range(a_loads):
-                    a_s[a_k, a_m + j * a_step] = a_reg[j]
-                for j in range(b_loads):
-                    b_s[b_k + j * b_step, b_col] = b_reg[j]
+                store(a_s, b_s, a_reg, b_reg, tid)
             cuda.syncthreads()
         one = elem(1)
         for j in range(tn):
@@ -230,7 +253,7 @@ def grad_input_kernel(dtype_name: str, shape: tuple):
     tm, tn, bk, side, bm, bn = tiles.tm, tiles.tn, tiles.bk, tiles.side, tiles.bm, tiles.bn
     a_loads, a_step = bm * bk // tiles.threads, tiles.threads // bk
     b_loads, b_step = bk * bn // tiles.threads, tiles.threads // bn
-    multiply = _multiply_slice(tiles, elem)
+    clear, multiply, store = _tile_functions(tiles, elem, depth_rows=False)
     a_width, b_width = bm + 1, bn + 1  # shared arrays need literal shapes; +1 avoids conflicts
 
     @cuda.jit
@@ -255,9 +278,7 @@ def grad_input_kernel(dtype_name: str, shape: tuple):
         acc = cuda.local.array((tm, tn), elem)
         a_reg = cuda.local.array(a_loads, elem)
         b_reg = cuda.local.array(b_loads, elem)
-        for i in range(tm):
-            for j in range(tn):
-                acc[i, j] = zero
+        clear(acc)
         a_k, a_m = tid % bk, tid // bk
         b_col, b_k = tid % bn, tid // bn
         co_g0 = g * cout_g
@@ -301,10 +322,7 @@ def grad_input_kernel(dtype_name: str, shape: tuple):
                 multiply(a_s, b_s, acc, ty, tx)
             cuda.syncthreads()
             if t < n_slices:
-                for j in range(a_loads):
-                    a_s[a_k, a_m + j * a_step] = a_reg[j]
-                for j in range(b_loads):
-                    b_s[b_k + j * b_step, b_col] = b_reg[j]
+                store(a_s, b_s, a_reg, b_reg, tid)
             cuda.syncthreads()
         for j in range(tn):
             q = q0 + tx + j * side
@@ -330,7 +348,7 @@ def grad_weight_kernel(dtype_name: str, shape: tuple):
     tm, tn, bk, side, bm, bn = tiles.tm, tiles.tn, tiles.bk, tiles.side, tiles.bm, tiles.bn
     step = tiles.threads // bk
     a_loads, b_loads = bm // step, bn // step
-    multiply = _multiply_slice(tiles, elem)
+    clear, multiply, store = _tile_functions(tiles, elem, depth_rows=True)
     a_width, b_width = bm + 1, bn + 1  # shared arrays need literal shapes; +1 avoids conflicts
 
     @cuda.jit
@@ -358,9 +376,7 @@ def grad_weight_kernel(dtype_name: str, shape: tuple):
         acc = cuda.local.array((tm, tn), elem)
         a_reg = cuda.local.array(a_loads, elem)
         b_reg = cuda.local.array(b_loads, elem)
-        for i in range(tm):
-            for j in range(tn):
-                acc[i, j] = zero
+        clear(acc)
         # Each thread loads depth row r_l of both slices, for fixed rows m and columns k:
         # their table entries are read once, and r advances without dividing.
         r_l, lane = tid % bk, tid // bk
@@ -408,10 +424,7 @@ def grad_weight_kernel(dtype_name: str, shape: tuple):
                 multiply(a_s, b_s, acc, ty, tx)
             cuda.syncthreads()
             if t < n_slices:
-                for j in range(a_loads):
-                    a_s[r_l, lane + j * step] = a_reg[j]
-                for j in range(b_loads):
-                    b_s[r_l, lane + j * step] = b_reg[j]
+                store(a_s, b_s, a_reg, b_reg, tid)
             cuda.syncthreads()
         for i in range(tm):
             m = m0 + ty + i * side
