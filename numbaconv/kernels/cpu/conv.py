@@ -18,7 +18,7 @@ The products are register-blocked (4 output channels x 4 taps per pass) and vect
 the long pixel axis. No BLAS: they run inside ``prange`` loops, where a BLAS call would start
 its own threads on top of Numba's. (They live in this module because ``cache=True`` does not
 notice edits to other modules.) The gradient of the input is itself a convolution, of the
-gradient with the flipped, transposed kernel, and runs through :func:`conv2d_forward`.
+gradient with the flipped, transposed kernel, and runs through :func:`forward`.
 
 Parallel loops only ever write to memory that one iteration owns (a block of an output plane,
 or one batch chunk's partial weight gradient, summed afterwards in a fixed order), so results
@@ -32,6 +32,7 @@ _FAST = {"reassoc", "contract"}  # reorder sums so they vectorise; NaN and inf s
 OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L2-resident
 WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
 BLOCK = 4  # output channels per register block of the weight gradient (zero-padded)
+LANES = 16  # samples interleaved by the narrow-image kernels: one 512-bit float32 vector
 
 
 @njit(inline="always")
@@ -309,6 +310,66 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
     return grad_w.reshape(c_out, c_in_g, kh_size, kw_size)
 
 
+@njit(cache=True)
+def _interleave(xp, n0, c0, buf):
+    """buf[c, (h * Wp + w) * LANES + l] = xp[n0 + l, c0 + c, h, w] for the samples there are;
+    lanes past the batch's end stay as they were (zero)."""
+    lanes = min(LANES, xp.shape[0] - n0)
+    for c in range(buf.shape[0]):
+        for lane in range(lanes):
+            plane = xp[n0 + lane, c0 + c]
+            dst = buf[c]
+            i = lane
+            for h in range(plane.shape[0]):
+                for w in range(plane.shape[1]):
+                    dst[i] = plane[h, w]
+                    i += LANES
+
+
+@njit(cache=True, fastmath=_FAST)
+def _forward_lanes(xp, weights, b, chan, offset, stride_h, n0, g, y):
+    """y[n0:n0 + LANES, group g] for :func:`conv2d_forward_lanes`."""
+    c_out_g, k_size = weights.shape
+    c_in_g = xp.shape[1] // (y.shape[1] // c_out_g)
+    hp, wp = xp.shape[2], xp.shape[3]
+    out_h, out_w = y.shape[2], y.shape[3]
+    lanes = min(LANES, xp.shape[0] - n0)
+    buf = np.zeros((c_in_g, hp * wp * LANES), dtype=xp.dtype)
+    _interleave(xp, n0, g * c_in_g, buf)
+    out = np.empty((c_out_g, out_w * LANES), dtype=xp.dtype)
+    for oh in range(out_h):
+        for m in range(c_out_g):  # start from the bias: no add in the copy-out
+            out[m].fill(b[g * c_out_g + m])
+        _shifted_matmul_acc(weights, buf, chan, offset, oh * stride_h * wp * LANES, out)
+        for m in range(c_out_g):
+            src = out[m]
+            for lane in range(lanes):
+                dst = y[n0 + lane, g * c_out_g + m, oh]
+                for ow in range(out_w):
+                    dst[ow] = src[ow * LANES + lane]
+
+
+@njit(parallel=True, cache=True)
+def conv2d_forward_lanes(xp, w, b, stride_h, dilation_h, dilation_w, groups, out_h, out_w):
+    """:func:`conv2d_forward` (column stride 1) for narrow images, without scratch columns.
+
+    LANES samples are interleaved pixel by pixel, so that one output row of all of them,
+    ``out_w * LANES`` values, is contiguous and every kernel tap is again a shifted slice
+    (``LANES`` times the flat offset): the product runs over real outputs only.
+    """
+    n_batch, c_in, hp, wp = xp.shape
+    c_out, c_in_g, kh_size, kw_size = w.shape
+    weights = _grouped_weights(w, groups)
+    chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
+    offset *= LANES
+    n_blocks = (n_batch + LANES - 1) // LANES
+    y = np.empty((n_batch, c_out, out_h, out_w), dtype=xp.dtype)
+    for job in prange(n_blocks * groups):
+        g = job % groups
+        _forward_lanes(xp, weights[g], b, chan, offset, stride_h, job // groups * LANES, g, y)
+    return y
+
+
 @njit(parallel=True, cache=True)
 def conv2d_backward_direct(gy, xp, w, stride_h, stride_w, dilation_h, dilation_w, groups):
     """(grad_xp, grad_w) by plain loops over the real windows only.
@@ -367,6 +428,22 @@ def bias_grad(gy):
     return out
 
 
+def use_lanes(xp, w, stride_w, groups, out_w):
+    """Whether the interleaved-samples kernels pay: unit column stride, at least a fifth of
+    the padded-width grid's columns scratch, and one block's interleaved input (LANES
+    samples of one group) within 1 MiB, i.e. in L2."""
+    c_in_g, hp, wp = xp.shape[1] // groups, xp.shape[2], xp.shape[3]
+    return (stride_w == 1 and (wp - out_w) * 5 >= wp
+            and c_in_g * hp * wp * LANES * xp.itemsize <= 1 << 20)
+
+
+def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
+    """:func:`conv2d_forward` or, where :func:`use_lanes` says so, :func:`conv2d_forward_lanes`."""
+    if use_lanes(xp, w, stride[1], groups, out_w):
+        return conv2d_forward_lanes(xp, w, b, stride[0], *dilation, groups, out_h, out_w)
+    return conv2d_forward(xp, w, b, *stride, *dilation, groups, out_h, out_w)
+
+
 def transposed_weights(w, groups):
     """The kernel that maps an output gradient back to the input: per group, w with its two
     channel axes swapped and flipped in both spatial axes. Shape (C_in, C_out // groups, KH, KW).
@@ -390,9 +467,8 @@ def conv2d_input_grad(gy, w, padded_shape, stride, dilation, groups):
     span_h, span_w = (out_h - 1) * stride[0] + 1, (out_w - 1) * stride[1] + 1
     spread = np.zeros((n_batch, c_out, span_h + 2 * reach_h, span_w + 2 * reach_w), gy.dtype)
     spread[:, :, reach_h:reach_h + span_h:stride[0], reach_w:reach_w + span_w:stride[1]] = gy
-    grad = conv2d_forward(spread, transposed_weights(w, groups),
-                          np.zeros(padded_shape[1], dtype=gy.dtype), 1, 1, *dilation, groups,
-                          span_h + reach_h, span_w + reach_w)
+    grad = forward(spread, transposed_weights(w, groups), np.zeros(padded_shape[1], gy.dtype),
+                   (1, 1), dilation, groups, span_h + reach_h, span_w + reach_w)
     hp, wp = padded_shape[2], padded_shape[3]
     if grad.shape[2:] == (hp, wp):
         return grad
