@@ -32,6 +32,7 @@ KERNELS = {
     "conv2d_forward": 10.0,
     "conv2d_forward_lanes": 8.5,
     "conv2d_weight_grad": 11.0,
+    "conv2d_weight_grad_lanes": 9.0,
     "bias_grad": 1.2,
     "avg_pool2d_forward": 3.2,
     "avg_pool2d_backward": 3.9,
@@ -61,6 +62,7 @@ def signature(name: str, dtype) -> tuple:
         "conv2d_forward": (a4, a4, a1) + (i64,) * 7,
         "conv2d_forward_lanes": (a4, a4, a1) + (i64,) * 6,
         "conv2d_weight_grad": (a4, a4) + (i64,) * 7,
+        "conv2d_weight_grad_lanes": (a4, a4) + (i64,) * 6,
         "bias_grad": (a4,),
         "avg_pool2d_forward": (a4,) + (i64,) * 8 + (types.boolean, i64),
         "avg_pool2d_backward": (a4,) + (i64,) * 8 + (types.boolean, i64),
@@ -76,8 +78,9 @@ def kernels_for(model) -> list[str]:
     from .layers import AvgPool2d, Conv2d, MaxPool2d, Sigmoid
 
     needs = {
-        # which forward kernel a layer calls depends on its input's width: compile both
-        Conv2d: ("conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad", "bias_grad"),
+        # which kernels a layer calls depends on its input's width: compile both kinds
+        Conv2d: ("conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad",
+                 "conv2d_weight_grad_lanes", "bias_grad"),
         AvgPool2d: ("avg_pool2d_forward", "avg_pool2d_backward"),
         MaxPool2d: ("max_pool2d_forward", "max_pool2d_backward"),
         Sigmoid: ("sigmoid_backward",),

@@ -298,8 +298,16 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
                             dst[base + ow * stride_w] = grad_row[ow]
                 _shifted_matmul_abt_acc(grads, (n_rows - 1) * wp + dense_w, src, chan, offset,
                                         row0 * wp, partial[chunk, g])
-    # Chunks summed in a fixed order (explicit loops compile faster than array expressions).
-    grad_w = np.empty((c_out, k_size), dtype=xp.dtype)
+    return _sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size)
+
+
+@njit(cache=True)
+def _sum_chunks(partial, c_out):
+    """(C_out, K): the chunks' weight gradients (chunks, groups, >= C_out_g, K) summed in a
+    fixed order (explicit loops compile faster than array expressions)."""
+    n_chunks, groups, k_size = partial.shape[0], partial.shape[1], partial.shape[3]
+    c_out_g = c_out // groups
+    grad_w = np.empty((c_out, k_size), dtype=partial.dtype)
     for co in range(c_out):
         g, m = co // c_out_g, co % c_out_g
         for k in range(k_size):
@@ -307,7 +315,7 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
             for chunk in range(1, n_chunks):
                 total += partial[chunk, g, m, k]
             grad_w[co, k] = total
-    return grad_w.reshape(c_out, c_in_g, kh_size, kw_size)
+    return grad_w
 
 
 @njit(cache=True)
@@ -370,6 +378,47 @@ def conv2d_forward_lanes(xp, w, b, stride_h, dilation_h, dilation_w, groups, out
     return y
 
 
+@njit(cache=True, fastmath=_FAST)
+def _weight_grad_lanes(gy, xp, chan, offset, stride_h, n0, g, partial):
+    """partial (>= C_out_g, K) += the weight gradient of samples n0:n0 + LANES, group g."""
+    c_in_g = chan[-1] + 1
+    c_out_g = gy.shape[1] * c_in_g // xp.shape[1]
+    hp, wp = xp.shape[2], xp.shape[3]
+    out_h, out_w = gy.shape[2], gy.shape[3]
+    lanes = min(LANES, xp.shape[0] - n0)
+    buf = np.zeros((c_in_g, hp * wp * LANES), dtype=xp.dtype)
+    _interleave(xp, n0, g * c_in_g, buf)
+    grads = np.zeros((partial.shape[0], out_w * LANES), dtype=xp.dtype)  # padding rows stay 0
+    for oh in range(out_h):
+        for m in range(c_out_g):
+            dst = grads[m]
+            for lane in range(lanes):
+                src = gy[n0 + lane, g * c_out_g + m, oh]
+                for ow in range(out_w):
+                    dst[ow * LANES + lane] = src[ow]
+        _shifted_matmul_abt_acc(grads, out_w * LANES, buf, chan, offset,
+                                oh * stride_h * wp * LANES, partial)
+
+
+@njit(parallel=True, cache=True)
+def conv2d_weight_grad_lanes(gy, xp, kh_size, kw_size, stride_h, dilation_h, dilation_w,
+                             groups):
+    """:func:`conv2d_weight_grad` (column stride 1) on the interleaved layout of
+    :func:`conv2d_forward_lanes`; one partial sum per block of LANES samples."""
+    n_batch, c_in, hp, wp = xp.shape
+    c_out = gy.shape[1]
+    c_in_g = c_in // groups
+    m_padded = (c_out // groups + BLOCK - 1) // BLOCK * BLOCK
+    chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
+    offset *= LANES
+    n_blocks = (n_batch + LANES - 1) // LANES
+    partial = np.zeros((n_blocks, groups, m_padded, chan.shape[0]), dtype=xp.dtype)
+    for job in prange(n_blocks * groups):
+        blk, g = job // groups, job % groups
+        _weight_grad_lanes(gy, xp, chan, offset, stride_h, blk * LANES, g, partial[blk, g])
+    return _sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size)
+
+
 @njit(parallel=True, cache=True)
 def conv2d_backward_direct(gy, xp, w, stride_h, stride_w, dilation_h, dilation_w, groups):
     """(grad_xp, grad_w) by plain loops over the real windows only.
@@ -428,7 +477,7 @@ def bias_grad(gy):
     return out
 
 
-def use_lanes(xp, w, stride_w, groups, out_w):
+def use_lanes(xp, stride_w, groups, out_w):
     """Whether the interleaved-samples kernels pay: unit column stride, at least a fifth of
     the padded-width grid's columns scratch, and one block's interleaved input (LANES
     samples of one group) within 1 MiB, i.e. in L2."""
@@ -439,9 +488,17 @@ def use_lanes(xp, w, stride_w, groups, out_w):
 
 def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
     """:func:`conv2d_forward` or, where :func:`use_lanes` says so, :func:`conv2d_forward_lanes`."""
-    if use_lanes(xp, w, stride[1], groups, out_w):
+    if use_lanes(xp, stride[1], groups, out_w):
         return conv2d_forward_lanes(xp, w, b, stride[0], *dilation, groups, out_h, out_w)
     return conv2d_forward(xp, w, b, *stride, *dilation, groups, out_h, out_w)
+
+
+def weight_grad(gy, xp, kernel, stride, dilation, groups):
+    """:func:`conv2d_weight_grad` or, where :func:`use_lanes` says so,
+    :func:`conv2d_weight_grad_lanes`."""
+    if use_lanes(xp, stride[1], groups, gy.shape[3]):
+        return conv2d_weight_grad_lanes(gy, xp, *kernel, stride[0], *dilation, groups)
+    return conv2d_weight_grad(gy, xp, *kernel, *stride, *dilation, groups)
 
 
 def transposed_weights(w, groups):
