@@ -44,22 +44,21 @@ def _tap(src, chan, offset, base, k, length):
 
 
 @njit(inline="always", fastmath=_FAST)
-def _shifted_matmul_acc(a, src, chan, offset, base, c):
-    """c[m, p] += sum_k a[m, k] * src[chan[k], base + offset[k] + p].
+def _shifted_matmul_acc(a, src, chan, offset, base, c, cbase, p_size):
+    """c[m, cbase + p] += sum_k a[m, k] * src[chan[k], base + offset[k] + p], p < p_size.
 
-    a (M, K), src (C, L), c (M, P). Each pass over the contiguous pixel axis adds a 4x4 block
-    of ``a`` (16 scalars in registers) times four shifted rows of ``src`` into four rows of
-    ``c``: every load and store of ``c`` carries four multiply-adds. Rows past the last
+    a (M, K), src (C, L), c (M, >= cbase + p_size). Each pass over the contiguous pixel axis
+    adds a 4x4 block of ``a`` (16 scalars in registers) times four shifted rows of ``src`` into
+    four rows of ``c``: every load and store of ``c`` carries four multiply-adds. Rows past the last
     multiple of 4 take single-row passes (padding them would compute rows nobody wants).
     """
     m_size, k_size = a.shape
-    p_size = c.shape[1]
     k_main = k_size - k_size % 4
     for i in range(0, m_size - m_size % 4, 4):
-        c0 = c[i]
-        c1 = c[i + 1]
-        c2 = c[i + 2]
-        c3 = c[i + 3]
+        c0 = c[i, cbase:cbase + p_size]
+        c1 = c[i + 1, cbase:cbase + p_size]
+        c2 = c[i + 2, cbase:cbase + p_size]
+        c3 = c[i + 3, cbase:cbase + p_size]
         for k in range(0, k_main, 4):
             b0 = _tap(src, chan, offset, base, k, p_size)
             b1 = _tap(src, chan, offset, base, k + 1, p_size)
@@ -88,7 +87,7 @@ def _shifted_matmul_acc(a, src, chan, offset, base, c):
                 c2[p] += w2 * x0
                 c3[p] += w3 * x0
     for i in range(m_size - m_size % 4, m_size):  # leftover rows, one at a time
-        c0 = c[i]
+        c0 = c[i, cbase:cbase + p_size]
         for k in range(0, k_main, 4):
             b0 = _tap(src, chan, offset, base, k, p_size)
             b1 = _tap(src, chan, offset, base, k + 1, p_size)
@@ -238,7 +237,7 @@ def conv2d_forward(xp, w, b, stride_h, stride_w, dilation_h, dilation_w, groups,
         n_rows = min(rows, dense_h - row0)
         out = np.zeros((weights.shape[1], (n_rows - 1) * wp + dense_w), dtype=xp.dtype)
         _shifted_matmul_acc(weights[g], xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset,
-                            row0 * wp, out)
+                            row0 * wp, out, 0, out.shape[1])
         for m in range(c_out_g):
             co = g * c_out_g + m
             bias = b[co]
@@ -348,7 +347,8 @@ def _forward_lanes(xp, weights, b, chan, offset, stride_h, n0, g, y):
     for oh in range(out_h):
         for m in range(c_out_g):  # start from the bias: no add in the copy-out
             out[m].fill(b[g * c_out_g + m])
-        _shifted_matmul_acc(weights, buf, chan, offset, oh * stride_h * wp * LANES, out)
+        _shifted_matmul_acc(weights, buf, chan, offset, oh * stride_h * wp * LANES, out, 0,
+                            out.shape[1])
         for m in range(c_out_g):
             src = out[m]
             for lane in range(lanes):
@@ -419,6 +419,62 @@ def conv2d_weight_grad_lanes(gy, xp, kh_size, kw_size, stride_h, dilation_h, dil
     return _sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size)
 
 
+@njit(cache=True, fastmath=_FAST)
+def _input_grad_lanes(gy, wt, stride_h, dilation_h, dilation_w, n0, g, grad_xp):
+    """grad_xp[n0:n0 + LANES, group g] for :func:`conv2d_input_grad_lanes`."""
+    kh_size, kw_size, c_in_g, c_out_g = wt.shape
+    hp, wp = grad_xp.shape[2], grad_xp.shape[3]
+    out_h, out_w = gy.shape[2], gy.shape[3]
+    lanes = min(LANES, gy.shape[0] - n0)
+    grads = np.zeros((out_h, c_out_g, out_w * LANES), dtype=gy.dtype)
+    for m in range(c_out_g):
+        for lane in range(lanes):
+            plane = gy[n0 + lane, g * c_out_g + m]
+            for oh in range(out_h):
+                dst = grads[oh, m]
+                for ow in range(out_w):
+                    dst[ow * LANES + lane] = plane[oh, ow]
+    chan = np.arange(c_out_g)  # the rows of grads[oh], unshifted
+    offset = np.zeros(c_out_g, dtype=np.int64)
+    acc = np.zeros((c_in_g, hp * wp * LANES), dtype=gy.dtype)
+    for oh in range(out_h):
+        for kh in range(kh_size):
+            row = (oh * stride_h + kh * dilation_h) * wp
+            for kw in range(kw_size):
+                _shifted_matmul_acc(wt[kh, kw], grads[oh], chan, offset, 0, acc,
+                                    (row + kw * dilation_w) * LANES, out_w * LANES)
+    for ci in range(c_in_g):
+        src = acc[ci]
+        for lane in range(lanes):
+            plane = grad_xp[n0 + lane, g * c_in_g + ci]
+            i = lane
+            for h in range(hp):
+                for w in range(wp):
+                    plane[h, w] = src[i]
+                    i += LANES
+
+
+@njit(parallel=True, cache=True)
+def conv2d_input_grad_lanes(gy, wt, hp, wp, stride_h, dilation_h, dilation_w):
+    """Gradient of the padded input (N, C_in, hp, wp), column stride 1, for narrow images.
+
+    On the interleaved layout of :func:`conv2d_forward_lanes`, each row of gy is scattered
+    into the input rows it came from: per kernel tap, a product of the (C_in_g, C_out_g)
+    weight slice with the row, added at the tap's shift. Unlike a convolution of the padded
+    gradient, it multiplies no padding zeros. wt: the weight as (groups, KH, KW, C_in_g,
+    C_out_g), one contiguous matrix per group and tap.
+    """
+    n_batch = gy.shape[0]
+    groups, c_in_g = wt.shape[0], wt.shape[3]
+    n_blocks = (n_batch + LANES - 1) // LANES
+    grad_xp = np.empty((n_batch, c_in_g * groups, hp, wp), dtype=gy.dtype)
+    for job in prange(n_blocks * groups):
+        g = job % groups
+        _input_grad_lanes(gy, wt[g], stride_h, dilation_h, dilation_w, job // groups * LANES, g,
+                          grad_xp)
+    return grad_xp
+
+
 @njit(parallel=True, cache=True)
 def conv2d_backward_direct(gy, xp, w, stride_h, stride_w, dilation_h, dilation_w, groups):
     """(grad_xp, grad_w) by plain loops over the real windows only.
@@ -477,18 +533,18 @@ def bias_grad(gy):
     return out
 
 
-def use_lanes(xp, stride_w, groups, out_w):
+def use_lanes(padded_shape, itemsize, stride_w, groups, out_w):
     """Whether the interleaved-samples kernels pay: unit column stride, at least a fifth of
     the padded-width grid's columns scratch, and one block's interleaved input (LANES
     samples of one group) within 1 MiB, i.e. in L2."""
-    c_in_g, hp, wp = xp.shape[1] // groups, xp.shape[2], xp.shape[3]
+    c_in_g, hp, wp = padded_shape[1] // groups, padded_shape[2], padded_shape[3]
     return (stride_w == 1 and (wp - out_w) * 5 >= wp
-            and c_in_g * hp * wp * LANES * xp.itemsize <= 1 << 20)
+            and c_in_g * hp * wp * LANES * itemsize <= 1 << 20)
 
 
 def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
     """:func:`conv2d_forward` or, where :func:`use_lanes` says so, :func:`conv2d_forward_lanes`."""
-    if use_lanes(xp, stride[1], groups, out_w):
+    if use_lanes(xp.shape, xp.itemsize, stride[1], groups, out_w):
         return conv2d_forward_lanes(xp, w, b, stride[0], *dilation, groups, out_h, out_w)
     return conv2d_forward(xp, w, b, *stride, *dilation, groups, out_h, out_w)
 
@@ -496,7 +552,7 @@ def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
 def weight_grad(gy, xp, kernel, stride, dilation, groups):
     """:func:`conv2d_weight_grad` or, where :func:`use_lanes` says so,
     :func:`conv2d_weight_grad_lanes`."""
-    if use_lanes(xp, stride[1], groups, gy.shape[3]):
+    if use_lanes(xp.shape, xp.itemsize, stride[1], groups, gy.shape[3]):
         return conv2d_weight_grad_lanes(gy, xp, *kernel, stride[0], *dilation, groups)
     return conv2d_weight_grad(gy, xp, *kernel, *stride, *dilation, groups)
 
@@ -512,7 +568,8 @@ def transposed_weights(w, groups):
 
 
 def conv2d_input_grad(gy, w, padded_shape, stride, dilation, groups):
-    """Gradient of the padded input (N, C_in, Hp, Wp), as a stride-1 convolution of gy.
+    """Gradient of the padded input (N, C_in, Hp, Wp): by :func:`conv2d_input_grad_lanes`
+    where :func:`use_lanes` says so, else as a stride-1 convolution of gy.
 
     gy is spread onto the stride grid (zeros between), padded by the dilated kernel's reach
     on every side, and convolved with :func:`transposed_weights`. Rows and columns of the
@@ -520,6 +577,11 @@ def conv2d_input_grad(gy, w, padded_shape, stride, dilation, groups):
     """
     n_batch, c_out, out_h, out_w = gy.shape
     kh, kw = w.shape[2], w.shape[3]
+    if use_lanes(padded_shape, gy.itemsize, stride[1], groups, out_w):
+        c_out_g, c_in_g = c_out // groups, w.shape[1]
+        wt = w.reshape(groups, c_out_g, c_in_g, kh, kw).transpose(0, 3, 4, 2, 1)
+        return conv2d_input_grad_lanes(gy, np.ascontiguousarray(wt), padded_shape[2],
+                                       padded_shape[3], stride[0], *dilation)
     reach_h, reach_w = dilation[0] * (kh - 1), dilation[1] * (kw - 1)
     span_h, span_w = (out_h - 1) * stride[0] + 1, (out_w - 1) * stride[1] + 1
     spread = np.zeros((n_batch, c_out, span_h + 2 * reach_h, span_w + 2 * reach_w), gy.dtype)
