@@ -318,43 +318,47 @@ def _sum_chunks(partial, c_out):
 
 
 @njit(cache=True)
-def _interleave(xp, n0, c0, buf):
-    """buf[c, (h * Wp + w) * LANES + l] = xp[n0 + l, c0 + c, h, w] for the samples there are;
-    lanes past the batch's end stay as they were (zero)."""
-    lanes = min(LANES, xp.shape[0] - n0)
-    for c in range(buf.shape[0]):
+def _interleave(src, n0, c0, n_chan, buf):
+    """buf[c, p * LANES + l] = src[n0 + l, c0 + c] flattened at p, for c < n_chan and the
+    samples there are; other rows and lanes of buf stay as they were (zero)."""
+    lanes = min(LANES, src.shape[0] - n0)
+    for c in range(n_chan):
+        dst = buf[c]
         for lane in range(lanes):
-            plane = xp[n0 + lane, c0 + c]
-            dst = buf[c]
-            i = lane
-            for h in range(plane.shape[0]):
-                for w in range(plane.shape[1]):
-                    dst[i] = plane[h, w]
-                    i += LANES
+            plane = src[n0 + lane, c0 + c].reshape(-1)  # one flat loop: no short rows
+            for p in range(plane.shape[0]):
+                dst[p * LANES + lane] = plane[p]
+
+
+@njit(cache=True)
+def _deinterleave(buf, n0, c0, n_chan, dst):
+    """The inverse of :func:`_interleave`: dst[n0 + l, c0 + c] from buf's lanes."""
+    lanes = min(LANES, dst.shape[0] - n0)
+    for c in range(n_chan):
+        src = buf[c]
+        for lane in range(lanes):
+            plane = dst[n0 + lane, c0 + c].reshape(-1)
+            for p in range(plane.shape[0]):
+                plane[p] = src[p * LANES + lane]
 
 
 @njit(cache=True, fastmath=_FAST)
 def _forward_lanes(xp, weights, b, chan, offset, stride_h, n0, g, y):
     """y[n0:n0 + LANES, group g] for :func:`conv2d_forward_lanes`."""
     c_out_g, k_size = weights.shape
-    c_in_g = xp.shape[1] // (y.shape[1] // c_out_g)
+    c_in_g = chan[-1] + 1
     hp, wp = xp.shape[2], xp.shape[3]
     out_h, out_w = y.shape[2], y.shape[3]
-    lanes = min(LANES, xp.shape[0] - n0)
     buf = np.zeros((c_in_g, hp * wp * LANES), dtype=xp.dtype)
-    _interleave(xp, n0, g * c_in_g, buf)
-    out = np.empty((c_out_g, out_w * LANES), dtype=xp.dtype)
+    _interleave(xp, n0, g * c_in_g, c_in_g, buf)
+    out = np.empty((c_out_g, out_h * out_w * LANES), dtype=xp.dtype)
+    for m in range(c_out_g):  # start from the bias: no add in the copy-out
+        out[m].fill(b[g * c_out_g + m])
+    row = out_w * LANES
     for oh in range(out_h):
-        for m in range(c_out_g):  # start from the bias: no add in the copy-out
-            out[m].fill(b[g * c_out_g + m])
-        _shifted_matmul_acc(weights, buf, chan, offset, oh * stride_h * wp * LANES, out, 0,
-                            out.shape[1])
-        for m in range(c_out_g):
-            src = out[m]
-            for lane in range(lanes):
-                dst = y[n0 + lane, g * c_out_g + m, oh]
-                for ow in range(out_w):
-                    dst[ow] = src[ow * LANES + lane]
+        _shifted_matmul_acc(weights, buf, chan, offset, oh * stride_h * wp * LANES, out,
+                            oh * row, row)
+    _deinterleave(out, n0, g * c_out_g, c_out_g, y)
 
 
 @njit(parallel=True, cache=True)
@@ -385,18 +389,13 @@ def _weight_grad_lanes(gy, xp, chan, offset, stride_h, n0, g, partial):
     c_out_g = gy.shape[1] * c_in_g // xp.shape[1]
     hp, wp = xp.shape[2], xp.shape[3]
     out_h, out_w = gy.shape[2], gy.shape[3]
-    lanes = min(LANES, xp.shape[0] - n0)
     buf = np.zeros((c_in_g, hp * wp * LANES), dtype=xp.dtype)
-    _interleave(xp, n0, g * c_in_g, buf)
-    grads = np.zeros((partial.shape[0], out_w * LANES), dtype=xp.dtype)  # padding rows stay 0
+    _interleave(xp, n0, g * c_in_g, c_in_g, buf)
+    grads = np.zeros((partial.shape[0], out_h * out_w * LANES), dtype=xp.dtype)  # padding rows 0
+    _interleave(gy, n0, g * c_out_g, c_out_g, grads)
+    row = out_w * LANES
     for oh in range(out_h):
-        for m in range(c_out_g):
-            dst = grads[m]
-            for lane in range(lanes):
-                src = gy[n0 + lane, g * c_out_g + m, oh]
-                for ow in range(out_w):
-                    dst[ow * LANES + lane] = src[ow]
-        _shifted_matmul_abt_acc(grads, out_w * LANES, buf, chan, offset,
+        _shifted_matmul_abt_acc(grads[:, oh * row:(oh + 1) * row], row, buf, chan, offset,
                                 oh * stride_h * wp * LANES, partial)
 
 
@@ -425,33 +424,19 @@ def _input_grad_lanes(gy, wt, stride_h, dilation_h, dilation_w, n0, g, grad_xp):
     kh_size, kw_size, c_in_g, c_out_g = wt.shape
     hp, wp = grad_xp.shape[2], grad_xp.shape[3]
     out_h, out_w = gy.shape[2], gy.shape[3]
-    lanes = min(LANES, gy.shape[0] - n0)
-    grads = np.zeros((out_h, c_out_g, out_w * LANES), dtype=gy.dtype)
-    for m in range(c_out_g):
-        for lane in range(lanes):
-            plane = gy[n0 + lane, g * c_out_g + m]
-            for oh in range(out_h):
-                dst = grads[oh, m]
-                for ow in range(out_w):
-                    dst[ow * LANES + lane] = plane[oh, ow]
-    chan = np.arange(c_out_g)  # the rows of grads[oh], unshifted
+    grads = np.zeros((c_out_g, out_h * out_w * LANES), dtype=gy.dtype)
+    _interleave(gy, n0, g * c_out_g, c_out_g, grads)
+    chan = np.arange(c_out_g)  # the rows of grads, unshifted
     offset = np.zeros(c_out_g, dtype=np.int64)
     acc = np.zeros((c_in_g, hp * wp * LANES), dtype=gy.dtype)
+    row = out_w * LANES
     for oh in range(out_h):
         for kh in range(kh_size):
-            row = (oh * stride_h + kh * dilation_h) * wp
+            dst_row = (oh * stride_h + kh * dilation_h) * wp
             for kw in range(kw_size):
-                _shifted_matmul_acc(wt[kh, kw], grads[oh], chan, offset, 0, acc,
-                                    (row + kw * dilation_w) * LANES, out_w * LANES)
-    for ci in range(c_in_g):
-        src = acc[ci]
-        for lane in range(lanes):
-            plane = grad_xp[n0 + lane, g * c_in_g + ci]
-            i = lane
-            for h in range(hp):
-                for w in range(wp):
-                    plane[h, w] = src[i]
-                    i += LANES
+                _shifted_matmul_acc(wt[kh, kw], grads, chan, offset, oh * row, acc,
+                                    (dst_row + kw * dilation_w) * LANES, row)
+    _deinterleave(acc, n0, g * c_in_g, c_in_g, grad_xp)
 
 
 @njit(parallel=True, cache=True)
