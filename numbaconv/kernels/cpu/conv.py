@@ -50,7 +50,8 @@ def _shifted_matmul_acc(a, src, chan, offset, base, c, cbase, p_size):
     a (M, K), src (C, L), c (M, >= cbase + p_size). Each pass over the contiguous pixel axis
     adds a 4x4 block of ``a`` (16 scalars in registers) times four shifted rows of ``src`` into
     four rows of ``c``: every load and store of ``c`` carries four multiply-adds. Rows past the last
-    multiple of 4 take single-row passes (padding them would compute rows nobody wants).
+    multiple of 4 take a two-row pass and a single-row one (padding them would compute rows
+    nobody wants).
     """
     m_size, k_size = a.shape
     k_main = k_size - k_size % 4
@@ -86,7 +87,32 @@ def _shifted_matmul_acc(a, src, chan, offset, base, c, cbase, p_size):
                 c1[p] += w1 * x0
                 c2[p] += w2 * x0
                 c3[p] += w3 * x0
-    for i in range(m_size - m_size % 4, m_size):  # leftover rows, one at a time
+    if m_size % 4 >= 2:  # two leftover rows together: half the loads per multiply-add
+        i = m_size - m_size % 4
+        c0 = c[i, cbase:cbase + p_size]
+        c1 = c[i + 1, cbase:cbase + p_size]
+        for k in range(0, k_main, 4):
+            b0 = _tap(src, chan, offset, base, k, p_size)
+            b1 = _tap(src, chan, offset, base, k + 1, p_size)
+            b2 = _tap(src, chan, offset, base, k + 2, p_size)
+            b3 = _tap(src, chan, offset, base, k + 3, p_size)
+            w00, w01, w02, w03 = a[i, k], a[i, k + 1], a[i, k + 2], a[i, k + 3]
+            w10, w11, w12, w13 = a[i + 1, k], a[i + 1, k + 1], a[i + 1, k + 2], a[i + 1, k + 3]
+            for p in range(p_size):
+                x0 = b0[p]
+                x1 = b1[p]
+                x2 = b2[p]
+                x3 = b3[p]
+                c0[p] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+                c1[p] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+        for k in range(k_main, k_size):
+            b0 = _tap(src, chan, offset, base, k, p_size)
+            w0, w1 = a[i, k], a[i + 1, k]
+            for p in range(p_size):
+                x0 = b0[p]
+                c0[p] += w0 * x0
+                c1[p] += w1 * x0
+    for i in range(m_size - m_size % 4 % 2, m_size):  # a last leftover row
         c0 = c[i, cbase:cbase + p_size]
         for k in range(0, k_main, 4):
             b0 = _tap(src, chan, offset, base, k, p_size)
