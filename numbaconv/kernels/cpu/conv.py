@@ -20,8 +20,15 @@ its own threads on top of Numba's. (They live in this module because ``cache=Tru
 notice edits to other modules.) The gradient of the input is itself a convolution, of the
 gradient with the flipped, transposed kernel, and runs through :func:`forward`.
 
-Parallel loops only ever write to memory that one iteration owns (a block of an output plane,
-or one batch chunk's partial weight gradient, summed afterwards in a fixed order), so results
+Narrow images (where the scratch columns are a large share, e.g. LeNet's 14-wide conv2 input
+with 10 outputs per row) take the ``*_lanes`` kernels instead: LANES samples interleaved pixel
+by pixel, so that one output row of all of them is contiguous and holds real outputs only, and
+the input gradient is scattered from gy instead of convolving its zero-padded copy.
+:func:`use_lanes` chooses; :func:`forward` and :func:`weight_grad` dispatch.
+
+Parallel loops only ever write to memory that one iteration owns (a block of an output plane
+or of LANES samples, or one batch chunk's partial weight gradient, summed afterwards in a fixed
+order), so results
 do not depend on the number of threads.
 """
 
