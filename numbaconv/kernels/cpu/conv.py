@@ -553,10 +553,12 @@ def bias_grad(gy):
 
 def use_lanes(padded_shape, itemsize, stride_w, groups, out_w):
     """Whether the interleaved-samples kernels pay: unit column stride, at least a fifth of
-    the padded-width grid's columns scratch, and one block's interleaved input (LANES
-    samples of one group) within 1 MiB, i.e. in L2."""
-    c_in_g, hp, wp = padded_shape[1] // groups, padded_shape[2], padded_shape[3]
+    the padded-width grid's columns scratch, no more lanes computed (the last block's empty
+    ones included) than the padded-width grid would compute columns (small batches), and one
+    block's interleaved input (LANES samples of one group) within 1 MiB, i.e. in L2."""
+    n, c_in_g, hp, wp = padded_shape[0], padded_shape[1] // groups, padded_shape[2], padded_shape[3]
     return (stride_w == 1 and (wp - out_w) * 5 >= wp
+            and -(-n // LANES) * LANES * out_w <= n * wp
             and c_in_g * hp * wp * LANES * itemsize <= 1 << 20)
 
 
