@@ -42,11 +42,11 @@ SCRIPT = textwrap.dedent("""
         gyg = rng.normal(size=r["convg"].shape).astype(dtype)
         r["convg_gx"], r["convg_gw"], r["convg_gb"] = nc.conv2d_backward(gyg, x, wg, **args)
         # narrow images, more than one block of interleaved samples (the "lanes" kernels)
-        xn, wn = x[:, :, :7, :9].repeat(3, axis=0), w[:, :, :, :2]
-        r["convn"] = nc.conv2d(xn, wn, b, dilation=(1, 2))
+        xn, wn = x[:, :, :7, :9].repeat(5, axis=0), w[:, :, :, :2]
+        r["convn"] = nc.conv2d(xn, wn, b, dilation=(1, 4))
         gyn = rng.normal(size=r["convn"].shape).astype(dtype)
         r["convn_gx"], r["convn_gw"], r["convn_gb"] = nc.conv2d_backward(gyn, xn, wn,
-                                                                         dilation=(1, 2))
+                                                                         dilation=(1, 4))
         r["max"], r["max_idx"] = nc.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True,
                                                return_indices=True)
         gym = rng.normal(size=r["max"].shape).astype(dtype)
@@ -125,10 +125,10 @@ def test_threaded_results_match_reference(runs, prefix, dtype):
                               ref.conv2d_backward(r["gyg"], x, wg, **args),
                               ("convg_gx", "convg_gw", "convg_gb"), strict=True):
         check(got, exp, name)
-    xn, wn = x[:, :, :7, :9].repeat(3, axis=0), w[:, :, :, :2]
-    check(r["convn"], ref.conv2d(xn, wn, b, dilation=(1, 2)), "convn")
+    xn, wn = x[:, :, :7, :9].repeat(5, axis=0), w[:, :, :, :2]
+    check(r["convn"], ref.conv2d(xn, wn, b, dilation=(1, 4)), "convn")
     for got, exp, name in zip((r["convn_gx"], r["convn_gw"], r["convn_gb"]),
-                              ref.conv2d_backward(r["gyn"], xn, wn, dilation=(1, 2)),
+                              ref.conv2d_backward(r["gyn"], xn, wn, dilation=(1, 4)),
                               ("convn_gx", "convn_gw", "convn_gb"), strict=True):
         check(got, exp, name)
     ey, eidx = ref.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True, return_indices=True)

@@ -39,7 +39,7 @@ _FAST = {"reassoc", "contract"}  # reorder sums so they vectorise; NaN and inf s
 OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L2-resident
 WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
 BLOCK = 4  # output channels per register block of the weight gradient (zero-padded)
-LANES = 16  # samples interleaved by the narrow-image kernels: one 512-bit float32 vector
+LANES = 32  # samples interleaved by the narrow-image kernels (rows of 32 x OW values)
 
 
 @njit(inline="always")
