@@ -165,8 +165,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         return np.zeros(geo.output_shape, dtype=x.dtype)
     b = np.zeros(c_out, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
     out_h, out_w = geo.output_shape[2:]
-    return cpu_conv.conv2d_forward(geo.pad(x), np.ascontiguousarray(weight), b, *geo.stride,
-                                   *geo.dilation, geo.groups, out_h, out_w)
+    return cpu_conv.forward(geo.pad(x), np.ascontiguousarray(weight), b, geo.stride,
+                            geo.dilation, geo.groups, out_h, out_w)
 
 
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
@@ -201,8 +201,7 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
         grad_xp, grad_w = cpu_conv.conv2d_backward_direct(gy, xp, w, *geo.stride,
                                                           *geo.dilation, geo.groups)
         return geo.crop(grad_xp) if need_input_grad else None, grad_w, cpu_conv.bias_grad(gy)
-    grad_w = cpu_conv.conv2d_weight_grad(gy, xp, *geo.kernel, *geo.stride, *geo.dilation,
-                                         geo.groups)
+    grad_w = cpu_conv.weight_grad(gy, xp, geo.kernel, geo.stride, geo.dilation, geo.groups)
     grad_x = None
     if need_input_grad:
         grad_x = geo.crop(cpu_conv.conv2d_input_grad(gy, w, (x.shape[0], x.shape[1]) + geo.padded,

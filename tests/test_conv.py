@@ -214,6 +214,16 @@ def conv_args(case):
 
 @given(conv_cases())
 def test_conv2d_forward_backward_match_reference(nc, case):
+    check_conv_against_reference(nc, case)
+
+
+@given(conv_cases(max_hw=8), st.integers(16, 40))
+def test_conv2d_many_samples_match_reference(nc, case, n):
+    """Batches of several interleaved blocks, where narrow images take the lanes kernels."""
+    check_conv_against_reference(nc, dict(case, N=n))
+
+
+def check_conv_against_reference(nc, case):
     x, w, b, rng = make_conv_arrays(case)
     args = conv_args(case)
     dtype = case["dtype"]

@@ -23,7 +23,8 @@ from numbaconv.models import lenet
 @pytest.mark.parametrize("activation, pool", [("sigmoid", "avg"), ("relu", "max")])
 def test_kernels_for_lenet(activation, pool):
     names = P.kernels_for(lenet(activation, pool, rng=0))
-    expected = ["conv2d_forward", "conv2d_weight_grad", "bias_grad",
+    expected = ["conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad",
+                "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes", "bias_grad",
                 f"{pool}_pool2d_forward", f"{pool}_pool2d_backward"]
     if activation == "sigmoid":
         expected.append("sigmoid_backward")

@@ -41,6 +41,12 @@ SCRIPT = textwrap.dedent("""
         r["convg"] = nc.conv2d(x, wg, None, **args)
         gyg = rng.normal(size=r["convg"].shape).astype(dtype)
         r["convg_gx"], r["convg_gw"], r["convg_gb"] = nc.conv2d_backward(gyg, x, wg, **args)
+        # narrow images, more than one block of interleaved samples (the "lanes" kernels)
+        xn, wn = x[:, :, :7, :9].repeat(5, axis=0), w[:, :, :, :2]
+        r["convn"] = nc.conv2d(xn, wn, b, dilation=(1, 4))
+        gyn = rng.normal(size=r["convn"].shape).astype(dtype)
+        r["convn_gx"], r["convn_gw"], r["convn_gb"] = nc.conv2d_backward(gyn, xn, wn,
+                                                                         dilation=(1, 4))
         r["max"], r["max_idx"] = nc.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True,
                                                return_indices=True)
         gym = rng.normal(size=r["max"].shape).astype(dtype)
@@ -50,7 +56,7 @@ SCRIPT = textwrap.dedent("""
         gya = rng.normal(size=r["avg"].shape).astype(dtype)
         r["avg_gx"] = nc.avg_pool2d_backward(gya, x.shape, 3, stride=2, padding=1,
                                              ceil_mode=True, count_include_pad=False)
-        r["gy"], r["gyg"], r["gym"], r["gya"] = gy, gyg, gym, gya
+        r["gy"], r["gyg"], r["gym"], r["gya"], r["gyn"] = gy, gyg, gym, gya, gyn
         results.update({f"{name}_{k}": v for k, v in r.items()})
     np.savez(out_path, **results)
 """)
@@ -118,6 +124,12 @@ def test_threaded_results_match_reference(runs, prefix, dtype):
     for got, exp, name in zip((r["convg_gx"], r["convg_gw"], r["convg_gb"]),
                               ref.conv2d_backward(r["gyg"], x, wg, **args),
                               ("convg_gx", "convg_gw", "convg_gb"), strict=True):
+        check(got, exp, name)
+    xn, wn = x[:, :, :7, :9].repeat(5, axis=0), w[:, :, :, :2]
+    check(r["convn"], ref.conv2d(xn, wn, b, dilation=(1, 4)), "convn")
+    for got, exp, name in zip((r["convn_gx"], r["convn_gw"], r["convn_gb"]),
+                              ref.conv2d_backward(r["gyn"], xn, wn, dilation=(1, 4)),
+                              ("convn_gx", "convn_gw", "convn_gb"), strict=True):
         check(got, exp, name)
     ey, eidx = ref.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True, return_indices=True)
     check(r["max"], ey, "max")

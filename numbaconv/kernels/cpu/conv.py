@@ -18,10 +18,17 @@ The products are register-blocked (4 output channels x 4 taps per pass) and vect
 the long pixel axis. No BLAS: they run inside ``prange`` loops, where a BLAS call would start
 its own threads on top of Numba's. (They live in this module because ``cache=True`` does not
 notice edits to other modules.) The gradient of the input is itself a convolution, of the
-gradient with the flipped, transposed kernel, and runs through :func:`conv2d_forward`.
+gradient with the flipped, transposed kernel, and runs through :func:`forward`.
 
-Parallel loops only ever write to memory that one iteration owns (a block of an output plane,
-or one batch chunk's partial weight gradient, summed afterwards in a fixed order), so results
+Narrow images (where the scratch columns are a large share, e.g. LeNet's 14-wide conv2 input
+with 10 outputs per row) take the ``*_lanes`` kernels instead: LANES samples interleaved pixel
+by pixel, so that one output row of all of them is contiguous and holds real outputs only, and
+the input gradient is scattered from gy instead of convolving its zero-padded copy.
+:func:`use_lanes` chooses; :func:`forward` and :func:`weight_grad` dispatch.
+
+Parallel loops only ever write to memory that one iteration owns (a block of an output plane
+or of LANES samples, or one batch chunk's partial weight gradient, summed afterwards in a fixed
+order), so results
 do not depend on the number of threads.
 """
 
@@ -32,6 +39,7 @@ _FAST = {"reassoc", "contract"}  # reorder sums so they vectorise; NaN and inf s
 OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L2-resident
 WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
 BLOCK = 4  # output channels per register block of the weight gradient (zero-padded)
+LANES = 32  # samples interleaved by the narrow-image kernels (rows of 32 x OW values)
 
 
 @njit(inline="always")
@@ -43,22 +51,22 @@ def _tap(src, chan, offset, base, k, length):
 
 
 @njit(inline="always", fastmath=_FAST)
-def _shifted_matmul_acc(a, src, chan, offset, base, c):
-    """c[m, p] += sum_k a[m, k] * src[chan[k], base + offset[k] + p].
+def _shifted_matmul_acc(a, src, chan, offset, base, c, cbase, p_size):
+    """c[m, cbase + p] += sum_k a[m, k] * src[chan[k], base + offset[k] + p], p < p_size.
 
-    a (M, K), src (C, L), c (M, P). Each pass over the contiguous pixel axis adds a 4x4 block
-    of ``a`` (16 scalars in registers) times four shifted rows of ``src`` into four rows of
-    ``c``: every load and store of ``c`` carries four multiply-adds. Rows past the last
-    multiple of 4 take single-row passes (padding them would compute rows nobody wants).
+    a (M, K), src (C, L), c (M, >= cbase + p_size). Each pass over the contiguous pixel axis
+    adds a 4x4 block of ``a`` (16 scalars in registers) times four shifted rows of ``src`` into
+    four rows of ``c``: every load and store of ``c`` carries four multiply-adds. Rows past the last
+    multiple of 4 take a two-row pass and a single-row one (padding them would compute rows
+    nobody wants).
     """
     m_size, k_size = a.shape
-    p_size = c.shape[1]
     k_main = k_size - k_size % 4
     for i in range(0, m_size - m_size % 4, 4):
-        c0 = c[i]
-        c1 = c[i + 1]
-        c2 = c[i + 2]
-        c3 = c[i + 3]
+        c0 = c[i, cbase:cbase + p_size]
+        c1 = c[i + 1, cbase:cbase + p_size]
+        c2 = c[i + 2, cbase:cbase + p_size]
+        c3 = c[i + 3, cbase:cbase + p_size]
         for k in range(0, k_main, 4):
             b0 = _tap(src, chan, offset, base, k, p_size)
             b1 = _tap(src, chan, offset, base, k + 1, p_size)
@@ -86,8 +94,33 @@ def _shifted_matmul_acc(a, src, chan, offset, base, c):
                 c1[p] += w1 * x0
                 c2[p] += w2 * x0
                 c3[p] += w3 * x0
-    for i in range(m_size - m_size % 4, m_size):  # leftover rows, one at a time
-        c0 = c[i]
+    if m_size % 4 >= 2:  # two leftover rows together: half the loads per multiply-add
+        i = m_size - m_size % 4
+        c0 = c[i, cbase:cbase + p_size]
+        c1 = c[i + 1, cbase:cbase + p_size]
+        for k in range(0, k_main, 4):
+            b0 = _tap(src, chan, offset, base, k, p_size)
+            b1 = _tap(src, chan, offset, base, k + 1, p_size)
+            b2 = _tap(src, chan, offset, base, k + 2, p_size)
+            b3 = _tap(src, chan, offset, base, k + 3, p_size)
+            w00, w01, w02, w03 = a[i, k], a[i, k + 1], a[i, k + 2], a[i, k + 3]
+            w10, w11, w12, w13 = a[i + 1, k], a[i + 1, k + 1], a[i + 1, k + 2], a[i + 1, k + 3]
+            for p in range(p_size):
+                x0 = b0[p]
+                x1 = b1[p]
+                x2 = b2[p]
+                x3 = b3[p]
+                c0[p] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+                c1[p] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+        for k in range(k_main, k_size):
+            b0 = _tap(src, chan, offset, base, k, p_size)
+            w0, w1 = a[i, k], a[i + 1, k]
+            for p in range(p_size):
+                x0 = b0[p]
+                c0[p] += w0 * x0
+                c1[p] += w1 * x0
+    for i in range(m_size - m_size % 4 % 2, m_size):  # a last leftover row
+        c0 = c[i, cbase:cbase + p_size]
         for k in range(0, k_main, 4):
             b0 = _tap(src, chan, offset, base, k, p_size)
             b1 = _tap(src, chan, offset, base, k + 1, p_size)
@@ -237,7 +270,7 @@ def conv2d_forward(xp, w, b, stride_h, stride_w, dilation_h, dilation_w, groups,
         n_rows = min(rows, dense_h - row0)
         out = np.zeros((weights.shape[1], (n_rows - 1) * wp + dense_w), dtype=xp.dtype)
         _shifted_matmul_acc(weights[g], xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset,
-                            row0 * wp, out)
+                            row0 * wp, out, 0, out.shape[1])
         for m in range(c_out_g):
             co = g * c_out_g + m
             bias = b[co]
@@ -297,8 +330,16 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
                             dst[base + ow * stride_w] = grad_row[ow]
                 _shifted_matmul_abt_acc(grads, (n_rows - 1) * wp + dense_w, src, chan, offset,
                                         row0 * wp, partial[chunk, g])
-    # Chunks summed in a fixed order (explicit loops compile faster than array expressions).
-    grad_w = np.empty((c_out, k_size), dtype=xp.dtype)
+    return _sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size)
+
+
+@njit(cache=True)
+def _sum_chunks(partial, c_out):
+    """(C_out, K): the chunks' weight gradients (chunks, groups, >= C_out_g, K) summed in a
+    fixed order (explicit loops compile faster than array expressions)."""
+    n_chunks, groups, k_size = partial.shape[0], partial.shape[1], partial.shape[3]
+    c_out_g = c_out // groups
+    grad_w = np.empty((c_out, k_size), dtype=partial.dtype)
     for co in range(c_out):
         g, m = co // c_out_g, co % c_out_g
         for k in range(k_size):
@@ -306,7 +347,150 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
             for chunk in range(1, n_chunks):
                 total += partial[chunk, g, m, k]
             grad_w[co, k] = total
-    return grad_w.reshape(c_out, c_in_g, kh_size, kw_size)
+    return grad_w
+
+
+@njit(cache=True)
+def _interleave(src, n0, c0, n_chan, buf):
+    """buf[c, p * LANES + l] = src[n0 + l, c0 + c] flattened at p, for c < n_chan and the
+    samples there are; other rows and lanes of buf stay as they were (zero)."""
+    lanes = min(LANES, src.shape[0] - n0)
+    for c in range(n_chan):
+        dst = buf[c]
+        for lane in range(lanes):
+            plane = src[n0 + lane, c0 + c].reshape(-1)  # one flat loop: no short rows
+            for p in range(plane.shape[0]):
+                dst[p * LANES + lane] = plane[p]
+
+
+@njit(cache=True)
+def _deinterleave(buf, n0, c0, n_chan, dst):
+    """The inverse of :func:`_interleave`: dst[n0 + l, c0 + c] from buf's lanes."""
+    lanes = min(LANES, dst.shape[0] - n0)
+    for c in range(n_chan):
+        src = buf[c]
+        for lane in range(lanes):
+            plane = dst[n0 + lane, c0 + c].reshape(-1)
+            for p in range(plane.shape[0]):
+                plane[p] = src[p * LANES + lane]
+
+
+@njit(cache=True, fastmath=_FAST)
+def _forward_lanes(xp, weights, b, chan, offset, stride_h, n0, g, y):
+    """y[n0:n0 + LANES, group g] for :func:`conv2d_forward_lanes`."""
+    c_out_g, k_size = weights.shape
+    c_in_g = chan[-1] + 1
+    hp, wp = xp.shape[2], xp.shape[3]
+    out_h, out_w = y.shape[2], y.shape[3]
+    buf = np.zeros((c_in_g, hp * wp * LANES), dtype=xp.dtype)
+    _interleave(xp, n0, g * c_in_g, c_in_g, buf)
+    out = np.empty((c_out_g, out_h * out_w * LANES), dtype=xp.dtype)
+    for m in range(c_out_g):  # start from the bias: no add in the copy-out
+        out[m].fill(b[g * c_out_g + m])
+    row = out_w * LANES
+    for oh in range(out_h):
+        _shifted_matmul_acc(weights, buf, chan, offset, oh * stride_h * wp * LANES, out,
+                            oh * row, row)
+    _deinterleave(out, n0, g * c_out_g, c_out_g, y)
+
+
+@njit(parallel=True, cache=True)
+def conv2d_forward_lanes(xp, w, b, stride_h, dilation_h, dilation_w, groups, out_h, out_w):
+    """:func:`conv2d_forward` (column stride 1) for narrow images, without scratch columns.
+
+    LANES samples are interleaved pixel by pixel, so that one output row of all of them,
+    ``out_w * LANES`` values, is contiguous and every kernel tap is again a shifted slice
+    (``LANES`` times the flat offset): the product runs over real outputs only.
+    """
+    n_batch, c_in, hp, wp = xp.shape
+    c_out, c_in_g, kh_size, kw_size = w.shape
+    weights = _grouped_weights(w, groups)
+    chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
+    offset *= LANES
+    n_blocks = (n_batch + LANES - 1) // LANES
+    y = np.empty((n_batch, c_out, out_h, out_w), dtype=xp.dtype)
+    for job in prange(n_blocks * groups):
+        g = job % groups
+        _forward_lanes(xp, weights[g], b, chan, offset, stride_h, job // groups * LANES, g, y)
+    return y
+
+
+@njit(cache=True, fastmath=_FAST)
+def _weight_grad_lanes(gy, xp, chan, offset, stride_h, n0, g, partial):
+    """partial (>= C_out_g, K) += the weight gradient of samples n0:n0 + LANES, group g."""
+    c_in_g = chan[-1] + 1
+    c_out_g = gy.shape[1] * c_in_g // xp.shape[1]
+    hp, wp = xp.shape[2], xp.shape[3]
+    out_h, out_w = gy.shape[2], gy.shape[3]
+    buf = np.zeros((c_in_g, hp * wp * LANES), dtype=xp.dtype)
+    _interleave(xp, n0, g * c_in_g, c_in_g, buf)
+    grads = np.zeros((partial.shape[0], out_h * out_w * LANES), dtype=xp.dtype)  # padding rows 0
+    _interleave(gy, n0, g * c_out_g, c_out_g, grads)
+    row = out_w * LANES
+    for oh in range(out_h):
+        _shifted_matmul_abt_acc(grads[:, oh * row:(oh + 1) * row], row, buf, chan, offset,
+                                oh * stride_h * wp * LANES, partial)
+
+
+@njit(parallel=True, cache=True)
+def conv2d_weight_grad_lanes(gy, xp, kh_size, kw_size, stride_h, dilation_h, dilation_w,
+                             groups):
+    """:func:`conv2d_weight_grad` (column stride 1) on the interleaved layout of
+    :func:`conv2d_forward_lanes`; one partial sum per block of LANES samples."""
+    n_batch, c_in, hp, wp = xp.shape
+    c_out = gy.shape[1]
+    c_in_g = c_in // groups
+    m_padded = (c_out // groups + BLOCK - 1) // BLOCK * BLOCK
+    chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
+    offset *= LANES
+    n_blocks = (n_batch + LANES - 1) // LANES
+    partial = np.zeros((n_blocks, groups, m_padded, chan.shape[0]), dtype=xp.dtype)
+    for job in prange(n_blocks * groups):
+        blk, g = job // groups, job % groups
+        _weight_grad_lanes(gy, xp, chan, offset, stride_h, blk * LANES, g, partial[blk, g])
+    return _sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size)
+
+
+@njit(cache=True, fastmath=_FAST)
+def _input_grad_lanes(gy, wt, stride_h, dilation_h, dilation_w, n0, g, grad_xp):
+    """grad_xp[n0:n0 + LANES, group g] for :func:`conv2d_input_grad_lanes`."""
+    kh_size, kw_size, c_in_g, c_out_g = wt.shape
+    hp, wp = grad_xp.shape[2], grad_xp.shape[3]
+    out_h, out_w = gy.shape[2], gy.shape[3]
+    grads = np.zeros((c_out_g, out_h * out_w * LANES), dtype=gy.dtype)
+    _interleave(gy, n0, g * c_out_g, c_out_g, grads)
+    chan = np.arange(c_out_g)  # the rows of grads, unshifted
+    offset = np.zeros(c_out_g, dtype=np.int64)
+    acc = np.zeros((c_in_g, hp * wp * LANES), dtype=gy.dtype)
+    row = out_w * LANES
+    for oh in range(out_h):
+        for kh in range(kh_size):
+            dst_row = (oh * stride_h + kh * dilation_h) * wp
+            for kw in range(kw_size):
+                _shifted_matmul_acc(wt[kh, kw], grads, chan, offset, oh * row, acc,
+                                    (dst_row + kw * dilation_w) * LANES, row)
+    _deinterleave(acc, n0, g * c_in_g, c_in_g, grad_xp)
+
+
+@njit(parallel=True, cache=True)
+def conv2d_input_grad_lanes(gy, wt, hp, wp, stride_h, dilation_h, dilation_w):
+    """Gradient of the padded input (N, C_in, hp, wp), column stride 1, for narrow images.
+
+    On the interleaved layout of :func:`conv2d_forward_lanes`, each row of gy is scattered
+    into the input rows it came from: per kernel tap, a product of the (C_in_g, C_out_g)
+    weight slice with the row, added at the tap's shift. Unlike a convolution of the padded
+    gradient, it multiplies no padding zeros. wt: the weight as (groups, KH, KW, C_in_g,
+    C_out_g), one contiguous matrix per group and tap.
+    """
+    n_batch = gy.shape[0]
+    groups, c_in_g = wt.shape[0], wt.shape[3]
+    n_blocks = (n_batch + LANES - 1) // LANES
+    grad_xp = np.empty((n_batch, c_in_g * groups, hp, wp), dtype=gy.dtype)
+    for job in prange(n_blocks * groups):
+        g = job % groups
+        _input_grad_lanes(gy, wt[g], stride_h, dilation_h, dilation_w, job // groups * LANES, g,
+                          grad_xp)
+    return grad_xp
 
 
 @njit(parallel=True, cache=True)
@@ -367,6 +551,32 @@ def bias_grad(gy):
     return out
 
 
+def use_lanes(padded_shape, itemsize, stride_w, groups, out_w):
+    """Whether the interleaved-samples kernels pay: unit column stride, at least a fifth of
+    the padded-width grid's columns scratch, no more lanes computed (the last block's empty
+    ones included) than the padded-width grid would compute columns (small batches), and one
+    block's interleaved input (LANES samples of one group) within 1 MiB, i.e. in L2."""
+    n, c_in_g, hp, wp = padded_shape[0], padded_shape[1] // groups, padded_shape[2], padded_shape[3]
+    return (stride_w == 1 and (wp - out_w) * 5 >= wp
+            and -(-n // LANES) * LANES * out_w <= n * wp
+            and c_in_g * hp * wp * LANES * itemsize <= 1 << 20)
+
+
+def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
+    """:func:`conv2d_forward` or, where :func:`use_lanes` says so, :func:`conv2d_forward_lanes`."""
+    if use_lanes(xp.shape, xp.itemsize, stride[1], groups, out_w):
+        return conv2d_forward_lanes(xp, w, b, stride[0], *dilation, groups, out_h, out_w)
+    return conv2d_forward(xp, w, b, *stride, *dilation, groups, out_h, out_w)
+
+
+def weight_grad(gy, xp, kernel, stride, dilation, groups):
+    """:func:`conv2d_weight_grad` or, where :func:`use_lanes` says so,
+    :func:`conv2d_weight_grad_lanes`."""
+    if use_lanes(xp.shape, xp.itemsize, stride[1], groups, gy.shape[3]):
+        return conv2d_weight_grad_lanes(gy, xp, *kernel, stride[0], *dilation, groups)
+    return conv2d_weight_grad(gy, xp, *kernel, *stride, *dilation, groups)
+
+
 def transposed_weights(w, groups):
     """The kernel that maps an output gradient back to the input: per group, w with its two
     channel axes swapped and flipped in both spatial axes. Shape (C_in, C_out // groups, KH, KW).
@@ -378,7 +588,8 @@ def transposed_weights(w, groups):
 
 
 def conv2d_input_grad(gy, w, padded_shape, stride, dilation, groups):
-    """Gradient of the padded input (N, C_in, Hp, Wp), as a stride-1 convolution of gy.
+    """Gradient of the padded input (N, C_in, Hp, Wp): by :func:`conv2d_input_grad_lanes`
+    where :func:`use_lanes` says so, else as a stride-1 convolution of gy.
 
     gy is spread onto the stride grid (zeros between), padded by the dilated kernel's reach
     on every side, and convolved with :func:`transposed_weights`. Rows and columns of the
@@ -386,13 +597,17 @@ def conv2d_input_grad(gy, w, padded_shape, stride, dilation, groups):
     """
     n_batch, c_out, out_h, out_w = gy.shape
     kh, kw = w.shape[2], w.shape[3]
+    if use_lanes(padded_shape, gy.itemsize, stride[1], groups, out_w):
+        c_out_g, c_in_g = c_out // groups, w.shape[1]
+        wt = w.reshape(groups, c_out_g, c_in_g, kh, kw).transpose(0, 3, 4, 2, 1)
+        return conv2d_input_grad_lanes(gy, np.ascontiguousarray(wt), padded_shape[2],
+                                       padded_shape[3], stride[0], *dilation)
     reach_h, reach_w = dilation[0] * (kh - 1), dilation[1] * (kw - 1)
     span_h, span_w = (out_h - 1) * stride[0] + 1, (out_w - 1) * stride[1] + 1
     spread = np.zeros((n_batch, c_out, span_h + 2 * reach_h, span_w + 2 * reach_w), gy.dtype)
     spread[:, :, reach_h:reach_h + span_h:stride[0], reach_w:reach_w + span_w:stride[1]] = gy
-    grad = conv2d_forward(spread, transposed_weights(w, groups),
-                          np.zeros(padded_shape[1], dtype=gy.dtype), 1, 1, *dilation, groups,
-                          span_h + reach_h, span_w + reach_w)
+    grad = forward(spread, transposed_weights(w, groups), np.zeros(padded_shape[1], gy.dtype),
+                   (1, 1), dilation, groups, span_h + reach_h, span_w + reach_w)
     hp, wp = padded_shape[2], padded_shape[3]
     if grad.shape[2:] == (hp, wp):
         return grad
