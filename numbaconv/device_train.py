@@ -287,17 +287,15 @@ class _ConvStage(_Stage):
         self.stride, self.dilation = tuple(layer.stride), tuple(layer.dilation)
         self.padding = conv_padding(layer.padding, tuple(layer.kernel_size), self.stride,
                                     self.dilation)
+        self.geometry = (self.stride, self.padding, self.dilation)
 
     def allocate(self, rows_forward, rows_train, need_input_grad):
         super().allocate(rows_forward, rows_train, need_input_grad)
         self.g = self._buffer(rows_train, self.out_shape) if self.act else None
 
-    def _geometry(self):
-        return self.stride, self.padding, self.dilation
-
     def forward(self, x, rows, training):
         y = self.y[:rows]
-        launch = _conv.forward_launch(x, self.weight, self.bias, y, *self._geometry(), self.act)
+        launch = _conv.forward_launch(x, self.weight, self.bias, y, *self.geometry, self.act)
         return [lambda start: launch()], y
 
     def backward(self, gy, x, y, rows, need_input_grad):
@@ -313,9 +311,9 @@ class _ConvStage(_Stage):
         gx = None
         if need_input_grad:
             gx = self.gx[:rows]
-            grad_input = _conv.grad_input_launch(g, self.weight, gx, *self._geometry())
+            grad_input = _conv.grad_input_launch(g, self.weight, gx, *self.geometry)
             launches.append(lambda start: grad_input())
-        grad_weight = _conv.grad_weight_launch(g, x, self.grad_weight, *self._geometry())
+        grad_weight = _conv.grad_weight_launch(g, x, self.grad_weight, *self.geometry)
         launches.append(lambda start: grad_weight())
         return launches, gx
 

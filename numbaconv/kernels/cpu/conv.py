@@ -28,8 +28,7 @@ the input gradient is scattered from gy instead of convolving its zero-padded co
 
 Parallel loops only ever write to memory that one iteration owns (a block of an output plane
 or of LANES samples, or one batch chunk's partial weight gradient, summed afterwards in a fixed
-order), so results
-do not depend on the number of threads.
+order), so results do not depend on the number of threads.
 """
 
 import numpy as np

@@ -57,8 +57,9 @@ CONV_GRAD_WEIGHT_TILES = _env_ints("CONV_GRAD_WEIGHT_TILES",
                                    (2, 4, 4) if SIMULATOR else (4, 4, 8))
 # The weight gradient splits its reduction so that about this many blocks run.
 CONV_BLOCKS = _env_int("CONV_BLOCKS", 2 if SIMULATOR else 1024)
-# Two-pass reductions (weight and bias gradients, loss): the first pass splits the reduced
-# axis into chunks so that about this many partial sums are computed in parallel...
+# Two-pass reductions (bias gradients, the loss; the conv weight gradient uses CONV_BLOCKS
+# and MAX_CHUNKS): the first pass splits the reduced axis into chunks so that about this
+# many partial sums are computed in parallel...
 REDUCE_PARALLELISM = _env_int("REDUCE_PARALLELISM", 64 if SIMULATOR else 1 << 18)
 # ...but never more than this many chunks per output (the second pass sums them in order).
 MAX_CHUNKS = _env_int("MAX_CHUNKS", 8 if SIMULATOR else 512)

@@ -36,6 +36,7 @@ from numbaconv.shapes import output_size
 from . import config
 from .ops import (
     _activate,
+    _launch,
     _placeholder,
     _sum_chunks_kernel,
     activation_backward_into,
@@ -75,6 +76,8 @@ def pick_tiles(rows: int, cols: int, wide: tuple[int, int, int]) -> Tiles:
     wide_tm, wide_tn, wide_bk = wide
     tm = next((t for t in (1, 2) if side * t >= rows), wide_tm)
     tn = next((t for t in (1, 2) if side * t >= cols), wide_tn)
+    if (tm, tn) == (wide_tm, wide_tn):
+        return Tiles(*wide)  # a configured shape that does not fit raises here
     try:
         return Tiles(tm, tn, wide_bk)
     except ValueError:  # a narrow tile with too few rows for BK-deep loads
@@ -86,16 +89,12 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 @functools.cache
-def _device_table(rows: tuple) -> object:
-    return cuda.to_device(np.array(rows, dtype=np.int32).reshape(len(rows), 4))
-
-
 def tap_table(channels: int, k_h: int, k_w: int, dh: int, dw: int):
     """(channels * kH * kW, 4) int32 device array: for each flat k = (c, kh, kw), the row
-    (c, kh * dh, kw * dw, kh * kW + kw). Cached per geometry."""
-    rows = tuple((c, kh * dh, kw * dw, kh * k_w + kw)
-                 for c in range(channels) for kh in range(k_h) for kw in range(k_w))
-    return _device_table(rows)
+    (c, kh * dh, kw * dw, kh * kW + kw). One upload per geometry."""
+    rows = [(c, kh * dh, kw * dw, kh * k_w + kw)
+            for c in range(channels) for kh in range(k_h) for kw in range(k_w)]
+    return cuda.to_device(np.array(rows, dtype=np.int32).reshape(len(rows), 4))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,8 +486,9 @@ def grad_input_launch(g, weight, gx, stride, padding, dilation, tiles: Tiles | N
 
 def grad_weight_splits(reduced: int, blocks: int, bk: int) -> tuple[int, int]:
     """``(splits, r_len)``: split the reduction over ``reduced`` terms into ranges of r_len
-    (a multiple of bk) so that about config.CONV_BLOCKS blocks run; fixed by the shapes
-    alone, so the sums' order never depends on the hardware."""
+    (a multiple of bk) so that about config.CONV_BLOCKS blocks run. Fixed by the shapes and
+    the configuration (CONV_BLOCKS, MAX_CHUNKS; smaller under the simulator), never by the
+    hardware, so the sums' order is the same on every GPU."""
     want = max(1, min(config.MAX_CHUNKS, _ceil_div(config.CONV_BLOCKS, blocks),
                       _ceil_div(reduced, 4 * bk)))
     r_len = _ceil_div(_ceil_div(max(reduced, 1), want), bk) * bk
@@ -512,7 +512,6 @@ def grad_weight_launch(g, x, grad_weight, stride, padding, dilation, tiles: Tile
     n_weight = c_out * k_total
     flat = grad_weight.reshape(n_weight)
     one = np.dtype(x.dtype).type(1)
-    sum_blocks = config.blocks_for(n_weight)
     if reduced == 0:  # an empty output: the gradient is zero
         partial = cuda.to_device(np.zeros((1, n_weight), dtype=x.dtype))
     else:
@@ -521,8 +520,7 @@ def grad_weight_launch(g, x, grad_weight, stride, padding, dilation, tiles: Tile
     def launch():
         if reduced:
             kernel[grid, block](g, x, table, partial, cin_g, sh, sw, pt, pl, r_len)
-        # configured at each call: the simulator's kernel[...] reconfigures one shared object
-        _sum_chunks_kernel[sum_blocks, config.THREADS_PER_BLOCK](partial, flat, one)
+        _launch(_sum_chunks_kernel, n_weight, partial, flat, one)
     return launch
 
 
