@@ -39,14 +39,17 @@ KERNELS = {
     "avg_pool2d_backward": 3.9,
     "max_pool2d_forward": 1.8,
     "max_pool2d_backward": 1.5,
+    "act_pool_forward": 6.7,
+    "act_pool_backward": 5.9,
+    "sigmoid_forward": 0.8,
     "sigmoid_backward": 1.3,
 }
 
 
 def _dispatcher(name: str):
-    from .kernels.cpu import conv, elementwise, pool
+    from .kernels.cpu import conv, elementwise, fused, pool
 
-    for module in (conv, pool, elementwise):
+    for module in (conv, pool, fused, elementwise):
         if hasattr(module, name):
             return getattr(module, name)
     raise KeyError(name)
@@ -70,13 +73,16 @@ def signature(name: str, dtype) -> tuple:
         "avg_pool2d_backward": (a4,) + (i64,) * 8 + (types.boolean, i64),
         "max_pool2d_forward": (a4,) + (i64,) * 10,
         "max_pool2d_backward": (a4, typeof(np.empty((1,) * 4, dtype=np.int64)), i64, i64),
+        "act_pool_forward": (a4,) + (i64,) * 4,
+        "act_pool_backward": (a4, a4) + (i64,) * 4,
+        "sigmoid_forward": (a1,),
         "sigmoid_backward": (a1, a1),
     }[name]
 
 
 def kernels_for(model) -> list[str]:
-    """Names of the CPU kernels that training and evaluating ``model`` calls (see
-    :data:`KERNELS`); layers computed in NumPy need none."""
+    """Names of the CPU kernels that training and evaluating ``model`` (a ``Sequential``)
+    calls (see :data:`KERNELS`); layers computed in NumPy need none."""
     from .layers import AvgPool2d, Conv2d, MaxPool2d, Sigmoid
 
     needs = {
@@ -85,13 +91,17 @@ def kernels_for(model) -> list[str]:
                  "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes", "bias_grad"),
         AvgPool2d: ("avg_pool2d_forward", "avg_pool2d_backward"),
         MaxPool2d: ("max_pool2d_forward", "max_pool2d_backward"),
-        Sigmoid: ("sigmoid_backward",),
+        Sigmoid: ("sigmoid_forward", "sigmoid_backward"),
     }
     names: list[str] = []
-    for layer in model:
-        for cls, kernels in needs.items():
-            if isinstance(layer, cls):
-                names += [k for k in kernels if k not in names]
+    for stage in model.stages():
+        # a fused stage runs its convolution and the fused activation + pool kernels
+        layers = model.layers[stage.start:stage.stop][:1 if stage.fused else None]
+        kernels = [k for layer in layers for cls, ks in needs.items()
+                   if isinstance(layer, cls) for k in ks]
+        if stage.fused is not None:
+            kernels += ["act_pool_forward", "act_pool_backward"]
+        names += [k for k in kernels if k not in names]
     return names
 
 

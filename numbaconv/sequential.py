@@ -9,11 +9,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .fusion import ConvActPool, fusable
 from .init import as_generator
 from .layers import LAYER_TYPES, Layer, ShapeError
 from .shapes import receptive_fields
 
-__all__ = ["Sequential", "SummaryRow", "format_summary"]
+__all__ = ["Sequential", "Stage", "SummaryRow", "format_summary"]
 
 
 class SummaryRow(NamedTuple):
@@ -53,14 +54,26 @@ def _check_layer(layer, position) -> Layer:
     return layer
 
 
+class Stage(NamedTuple):
+    """One step of :meth:`Sequential.stages`: ``layers[start:stop]``, run by ``fused`` (a
+    :class:`~numbaconv.fusion.ConvActPool`) or, when it is ``None``, by the one layer."""
+
+    start: int
+    stop: int
+    fused: ConvActPool | None
+
+
 @contextlib.contextmanager
-def _noted(pass_name: str, index: int, layer):
-    """Add to an exception which pass of which layer raised it."""
+def _noted(pass_name: str, stage: Stage, layers):
+    """Add to an exception which pass of which layer(s) raised it."""
     try:
         yield
     except Exception as exc:
         if hasattr(exc, "add_note"):  # Python 3.11+
-            exc.add_note(f"in {pass_name} of layer {index} ({type(layer).__name__})")
+            names = ", ".join(type(layer).__name__ for layer in layers[stage.start:stage.stop])
+            where = (f"layer {stage.start} ({names})" if stage.fused is None else
+                     f"layers {stage.start}-{stage.stop - 1} ({names}; fused)")
+            exc.add_note(f"in {pass_name} of {where}")
         raise
 
 
@@ -72,13 +85,20 @@ class Sequential:
     iteration, ``append``). ``params()``/``grads()`` flatten the layers' dicts to
     ``{"<index>.<name>": array}`` holding the layers' own arrays, so an optimizer built on
     ``params()`` updates the model in place.
+
+    With ``fuse=True`` (the default) the passes run ``Conv2d → Sigmoid|ReLU → pool`` as one
+    fused stage where they can (see :mod:`numbaconv.fusion` and :meth:`stages`); the
+    results are the same as with ``fuse=False``, only faster.
     """
 
-    def __init__(self, *layers):
+    def __init__(self, *layers, fuse: bool = True):
         if len(layers) == 1 and not isinstance(layers[0], Layer) \
                 and isinstance(layers[0], Iterable):
             layers = tuple(layers[0])
         self.layers: list[Layer] = [_check_layer(layer, i) for i, layer in enumerate(layers)]
+        self.fuse = bool(fuse)
+        self._fused: dict[int, ConvActPool] = {}  # by start index; reused while layers match
+        self._last_stages: list[Stage] | None = None  # the stages of the last forward
 
     # list-like -------------------------------------------------------------------------
 
@@ -87,7 +107,7 @@ class Sequential:
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return Sequential(self.layers[index])
+            return Sequential(self.layers[index], fuse=self.fuse)
         return self.layers[index]
 
     def __iter__(self):
@@ -103,14 +123,36 @@ class Sequential:
 
     # passes ----------------------------------------------------------------------------
 
+    def stages(self) -> list[Stage]:
+        """How :meth:`forward` runs the layers: one :class:`Stage` per layer, or per fused
+        ``Conv2d → activation → pool`` triple when ``fuse`` is on."""
+        stages, i, layers = [], 0, self.layers
+        while i < len(layers):
+            if self.fuse and i + 3 <= len(layers) and fusable(*layers[i:i + 3]):
+                group = self._fused.get(i)
+                if group is None or group.layers != tuple(layers[i:i + 3]):
+                    group = self._fused[i] = ConvActPool(*layers[i:i + 3])
+                stages.append(Stage(i, i + 3, group))
+                i += 3
+            else:
+                stages.append(Stage(i, i + 1, None))
+                i += 1
+        return stages
+
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """Run every layer's forward in order (each keeps what its backward needs)."""
-        for i, layer in enumerate(self.layers):
-            with _noted("forward", i, layer):
+        """Run the layers' forward in order (each stage keeps what its backward needs)."""
+        stages = self.stages()
+        for stage in stages:
+            with _noted("forward", stage, self.layers):
+                if stage.fused is not None:
+                    x = stage.fused.forward(x, training=training)
+                    continue
+                layer = self.layers[stage.start]
                 if _accepts(layer, "forward", "training"):
                     x = layer.forward(x, training=training)
                 else:
                     x = layer.forward(x)
+        self._last_stages = stages
         return x
 
     __call__ = forward
@@ -122,10 +164,17 @@ class Sequential:
         ``need_input_grad=False`` (a training step), which lets the first layer skip computing
         it when its ``backward`` takes a ``need_input_grad`` keyword (``Conv2d``, ``Linear``).
         """
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            with _noted("backward", i, layer):
-                if i == 0 and not need_input_grad \
+        # the stages of the last forward (its fused stages hold the state); else the layers'
+        stages = self._last_stages if self._last_stages is not None else self.stages()
+        for stage in reversed(stages):
+            first = stage.start == 0
+            with _noted("backward", stage, self.layers):
+                if stage.fused is not None:
+                    grad_y = stage.fused.backward(grad_y, need_input_grad=need_input_grad
+                                                  or not first)
+                    continue
+                layer = self.layers[stage.start]
+                if first and not need_input_grad \
                         and _accepts(layer, "backward", "need_input_grad"):
                     grad_y = layer.backward(grad_y, need_input_grad=False)
                 else:

@@ -19,22 +19,30 @@ from numbaconv import precompile as P
 from numbaconv.losses import softmax_cross_entropy
 from numbaconv.models import lenet
 
+CONV_KERNELS = ["conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad",
+                "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes", "bias_grad"]
+
 
 @pytest.mark.parametrize("activation, pool", [("sigmoid", "avg"), ("relu", "max")])
-def test_kernels_for_lenet(activation, pool):
-    names = P.kernels_for(lenet(activation, pool, rng=0))
-    expected = ["conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad",
-                "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes", "bias_grad",
-                f"{pool}_pool2d_forward", f"{pool}_pool2d_backward"]
-    if activation == "sigmoid":
-        expected.append("sigmoid_backward")
+@pytest.mark.parametrize("fuse", [True, False])
+def test_kernels_for_lenet(activation, pool, fuse):
+    model = lenet(activation, pool, rng=0)
+    model.fuse = fuse
+    names = P.kernels_for(model)
+    # fused: the conv/act/pool stages call the fused kernels, not the pool's
+    expected = CONV_KERNELS + (["act_pool_forward", "act_pool_backward"] if fuse else
+                               [f"{pool}_pool2d_forward", f"{pool}_pool2d_backward"])
+    if activation == "sigmoid":  # the dense layers' sigmoids (and conv's when unfused)
+        expected += ["sigmoid_forward", "sigmoid_backward"]
     assert sorted(names) == sorted(expected)
     assert set(names) <= set(P.KERNELS)
 
 
 @pytest.mark.parametrize("activation, pool", [("sigmoid", "avg"), ("relu", "max")])
-def test_signatures_are_those_of_real_calls(activation, pool):
+@pytest.mark.parametrize("fuse", [True, False])
+def test_signatures_are_those_of_real_calls(activation, pool, fuse):
     model = lenet(activation, pool, rng=0)
+    model.fuse = fuse
     x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
     loss, grad = softmax_cross_entropy(model.forward(x, training=True), np.arange(4))
     model.backward(grad, need_input_grad=False)
@@ -76,4 +84,4 @@ def test_precompile_in_two_processes_fills_an_empty_cache(tmp_path):
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["3", "0"]  # three kernels compiled, then all cached
+    assert out.stdout.split() == ["4", "0"]  # four kernels compiled, then all cached

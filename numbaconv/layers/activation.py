@@ -1,8 +1,9 @@
 """Elementwise activations: ``ReLU``, ``Sigmoid`` (numerically stable) and ``Tanh``.
 
-Vectorised NumPy, plus a one-pass Numba kernel for the sigmoid's gradient; all keep the
-input's dtype: float32 stays float32. Each forward allocates
-its output and keeps it for the backward, which works from the output alone.
+ReLU and Tanh in NumPy; the sigmoid and its gradient as one-pass Numba kernels
+(:mod:`numbaconv.kernels.cpu.elementwise`). All keep the input's dtype: float32 stays float32.
+Each forward allocates its output and keeps it for the backward, which works from the output
+alone.
 """
 
 from __future__ import annotations
@@ -16,17 +17,14 @@ __all__ = ["ReLU", "Sigmoid", "Tanh", "sigmoid"]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """``1 / (1 + exp(-x))`` in four in-place NumPy passes (NumPy's ``exp`` is SIMD; Numba's
-    is scalar, which made a one-pass Numba kernel 4-5x slower). ``exp(-x)`` overflowing to inf
-    gives exactly 0, so large inputs of either sign are safe."""
+    """``1 / (1 + exp(-x))`` of an array of any shape, in one pass (float32 within 2.5 ulps
+    of the exact value, float64 with libm's ``exp``). ``exp(-x)`` overflowing gives
+    exactly 0, so large inputs of either sign are safe; NaN stays NaN."""
     x = np.asarray(x)
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"sigmoid needs float32 or float64, got {x.dtype}")
-    y = np.negative(x)
-    with np.errstate(over="ignore"):
-        np.exp(y, out=y)
-    y += 1
-    return np.reciprocal(y, out=y)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    return elementwise.sigmoid_forward(flat).reshape(x.shape)
 
 
 class ReLU(Layer):

@@ -1,0 +1,187 @@
+"""Fusion of conv -> activation -> pool in ``Sequential`` (``numbaconv.fusion``).
+
+The fused stage must give the unfused layers' results bit for bit (forward, input gradient,
+parameter gradients), fuse only what its kernel computes exactly, and its kernels must agree
+with a float64 NumPy reference, including ties, NaN and infinities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from numbaconv.fusion import ConvActPool, fusable
+from numbaconv.kernels.cpu import fused as K
+from numbaconv.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
+from numbaconv.sequential import Sequential
+
+ACTIVATIONS = {"sigmoid": Sigmoid, "relu": ReLU}
+POOLS = {"avg": AvgPool2d, "max": MaxPool2d}
+
+
+def _pair(activation, pool, dtype, kernel=2, size=(9, 11), padding=1, seed=0):
+    """Two equal networks (conv, act, pool, conv, act, pool, flatten, linear), fused and not."""
+    def build(fuse):
+        rng = np.random.default_rng(seed)
+        return Sequential([
+            Conv2d(2, 3, 3, padding=padding, rng=rng, dtype=dtype), ACTIVATIONS[activation](),
+            POOLS[pool](kernel),
+            Conv2d(3, 4, 2, rng=rng, dtype=dtype), ACTIVATIONS[activation](),
+            POOLS[pool](kernel, stride=kernel),
+            Flatten(), Linear(4 * _flat(size, kernel, padding), 5, rng=rng, dtype=dtype),
+        ], fuse=fuse)
+    x = np.random.default_rng(seed + 1).standard_normal((3, 2) + size).astype(dtype) * 2
+    return build(True), build(False), x
+
+
+def _flat(size, kernel, padding):
+    h, w = size
+    h, w = (h + 2 * padding - 2) // kernel, (w + 2 * padding - 2) // kernel  # conv 3, pool
+    return ((h - 1) // kernel) * ((w - 1) // kernel)  # conv 2, pool
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("pool", sorted(POOLS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel, size", [(2, (9, 11)), (2, (12, 12)), (3, (13, 17))])
+def test_fused_network_equals_unfused_bit_for_bit(activation, pool, dtype, kernel, size):
+    fused_net, plain_net, x = _pair(activation, pool, dtype, kernel, size)
+    assert [s.fused is not None for s in fused_net.stages()] == [True, True, False, False]
+    assert all(s.fused is None for s in plain_net.stages())
+    for training in (True, False):
+        y_fused = fused_net.forward(x, training=training)
+        y_plain = plain_net.forward(x, training=training)
+        np.testing.assert_array_equal(y_fused, y_plain)
+    assert y_fused.dtype == dtype
+    g = np.random.default_rng(5).standard_normal(y_plain.shape).astype(dtype)
+    np.testing.assert_array_equal(fused_net.backward(g), plain_net.backward(g))
+    for (name, a), b in zip(fused_net.grads().items(), plain_net.grads().values(), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert fused_net.backward(g, need_input_grad=False) is None  # first conv: no input grad
+    for (name, a), b in zip(fused_net.grads().items(), plain_net.grads().values(), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_fused_gradients_match_finite_differences():
+    net, _, x = _pair("sigmoid", "avg", np.float64, size=(6, 7))
+    c = np.random.default_rng(9).standard_normal(net.output_shape(x.shape))
+    net.forward(x, training=True)
+    grad_x = net.backward(c)
+    grad_w = net.grads()["0.weight"].copy()
+
+    def loss():
+        return float(np.sum(net.forward(x) * c))
+
+    eps = 1e-6
+    for index in [(0, 0, 1, 2), (2, 1, 5, 6), (1, 1, 0, 0)]:
+        old = x[index]
+        x[index] = old + eps
+        up = loss()
+        x[index] = old - eps
+        down = loss()
+        x[index] = old
+        assert grad_x[index] == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-9)
+    weight = net.params()["0.weight"]
+    for index in [(0, 0, 0, 0), (2, 1, 2, 1)]:
+        old = weight[index]
+        weight[index] = old + eps
+        up = loss()
+        weight[index] = old - eps
+        down = loss()
+        weight[index] = old
+        assert grad_w[index] == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-9)
+
+
+def _reference(z, activation, pool, k):
+    """float64 NumPy: pool(activation(z)) and the gradient at z for grad_y = g."""
+    z64 = z.astype(np.float64)
+    a = 1 / (1 + np.exp(-z64)) if activation == K.SIGMOID else np.maximum(z64, 0)
+    n, c, h, w = z.shape
+    oh, ow = h // k, w // k
+    windows = a[:, :, :oh * k, :ow * k].reshape(n, c, oh, k, ow, k).transpose(0, 1, 2, 4, 3, 5)
+    windows = windows.reshape(n, c, oh, ow, k * k)
+    if pool == K.AVG:
+        return windows.mean(axis=-1), windows
+    nan = np.isnan(windows)
+    # the first maximum wins; the last NaN wins over everything (the kernels' scan)
+    winner = np.where(nan.any(-1), k * k - 1 - np.argmax(nan[..., ::-1], axis=-1),
+                      np.argmax(np.where(nan, -np.inf, windows), axis=-1))
+    return np.take_along_axis(windows, winner[..., None], -1)[..., 0], winner
+
+
+@pytest.mark.parametrize("activation", [K.SIGMOID, K.RELU])
+@pytest.mark.parametrize("pool", [K.AVG, K.MAX])
+@pytest.mark.parametrize("k", [2, 3])
+def test_kernels_against_float64_reference_with_ties_nan_and_infinities(activation, pool, k):
+    rng = np.random.default_rng(3)
+    z = (rng.standard_normal((2, 3, 7, 8)) * 4).astype(np.float32)
+    z[0, 0, 0, :2] = 1.5  # a tie inside a window
+    z[0, 1, :2, :2] = -3.0  # ReLU ties at 0 across a window
+    z[1, 0, 1, 1] = np.nan
+    z[1, 0, 0, 0] = np.nan  # two NaNs in one 2x2 window
+    z[1, 1, 0, :3] = (np.inf, -np.inf, 1e4)
+    z[1, 2, 6, 7] = np.nan  # outside every window: its gradient is 0 * NaN
+    y = K.act_pool_forward(z, activation, pool, k, k)
+    want, winner = _reference(z, activation, pool, k)
+    np.testing.assert_allclose(y, want, rtol=3e-7, atol=1e-30, equal_nan=True)
+
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    grad = K.act_pool_backward(g, z, activation, pool, k, k).astype(np.float64)
+    z64 = z.astype(np.float64)
+    if activation == K.SIGMOID:
+        s = 1 / (1 + np.exp(-z64))
+        derivative = s * (1 - s)
+    else:
+        derivative = np.where(z64 <= 0, 0.0, 1.0)
+    n, c, oh, ow = y.shape
+    spread = np.zeros(z.shape)
+    for i in range(k * k):
+        dh, dw = divmod(i, k)
+        share = g / (k * k) if pool == K.AVG else np.where(winner == i, g, 0.0)
+        spread[:, :, dh:oh * k:k, dw:ow * k:k] = share
+    want = spread * derivative
+    # float32's 1 - s loses digits where the sigmoid saturates (as PyTorch's): scale the atol
+    np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-6 * np.nanmax(np.abs(want)),
+                               equal_nan=True)
+    # outside every window: 0 * the derivative, which is NaN for the sigmoid (1 for ReLU)
+    assert np.isnan(grad[1, 2, 6, 7]) == (activation == K.SIGMOID)
+
+
+def test_what_fuses():
+    conv, relu, pool = Conv2d(1, 2, 3), ReLU(), MaxPool2d(2)
+    assert fusable(conv, relu, pool) and fusable(conv, Sigmoid(), AvgPool2d((3, 2)))
+    assert not fusable(conv, Tanh(), pool)
+    assert not fusable(conv, relu, MaxPool2d(3, stride=2))  # overlapping windows
+    assert not fusable(conv, relu, MaxPool2d(2, padding=1))
+    assert not fusable(conv, relu, MaxPool2d(2, dilation=2))
+    assert not fusable(conv, relu, MaxPool2d(2, ceil_mode=True))
+    assert not fusable(conv, relu, AvgPool2d(2, divisor_override=3))
+    assert not fusable(relu, conv, pool)
+
+    class MyReLU(ReLU):  # a subclass may compute something else
+        pass
+
+    assert not fusable(conv, MyReLU(), pool)
+    with pytest.raises(ValueError, match="cannot fuse"):
+        ConvActPool(conv, Tanh(), pool)
+    # a triple that stops fitting is no longer fused; layers appended later are
+    model = Sequential(Conv2d(1, 2, 3), ReLU())
+    assert [s.fused for s in model.stages()] == [None, None]
+    model.append(MaxPool2d(2))
+    (stage,) = model.stages()
+    assert stage.fused.layers == tuple(model.layers) and model.stages()[0].fused is stage.fused
+    assert model[:].fuse and not Sequential(model.layers, fuse=False)[:].fuse
+
+
+def test_fused_stage_errors():
+    model = Sequential(Conv2d(1, 2, 3), Sigmoid(), AvgPool2d(2))
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        model.backward(np.ones((1, 2, 2, 2), np.float32))
+    x = np.ones((1, 1, 6, 6), np.float32)
+    model.forward(x)
+    with pytest.raises(ValueError, match=r"grad_y has shape \(1, 2, 3, 3\).*\(1, 2, 2, 2\)") \
+            as info:
+        model.backward(np.ones((1, 2, 3, 3), np.float32))
+    assert "layers 0-2 (Conv2d, Sigmoid, AvgPool2d; fused)" in info.value.__notes__[0]
+    with pytest.raises(ValueError, match="too small"):  # the pool's own message
+        model.forward(np.ones((1, 1, 3, 3), np.float32))
