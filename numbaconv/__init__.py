@@ -8,6 +8,10 @@
 
 __version__ = "0.1.0"
 
+from .vectors import prefer_wide_vectors  # noqa: E402
+
+prefer_wide_vectors()  # before the kernels below are defined: see numbaconv.vectors
+
 from . import functional, shapes  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402
 from .layers import Layer  # noqa: E402
