@@ -9,8 +9,10 @@ convolution's. Results equal the unfused layers' bit for bit (``tests/test_fusio
 
 The fused stage keeps the state for the backward itself: after a fused forward, the
 activation and pool layers hold none (their own ``backward`` raises until they run a forward
-of their own). Layer subclasses are never fused (they may change what the layer computes), nor
-is anything with another activation (``Tanh``), other pools or another window.
+of their own). When the layers did run their own forwards since (a loop calling
+``layer.forward`` one by one), :meth:`ConvActPool.current` is False and ``Sequential`` runs
+their own backwards instead. Layer subclasses are never fused (they may change what the layer
+computes), nor is anything with another activation (``Tanh``), other pools or another window.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class ConvActPool:
         self._pool = _POOLS[type(pool)]
         self._kernel = as_pair(pool.kernel_size, "kernel_size")
         self._z = None  # the convolution's output, which the backward activates again
+        self._x = None  # the input of the fused forward
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """x (N, C_in, H, W) -> (N, C_out, H_conv // kH, W_conv // kW)."""
@@ -60,8 +63,13 @@ class ConvActPool:
         z = conv.forward(x, training=training)
         pool.output_shape(z.shape)  # the pool's own error for a feature map below its window
         y = fused.act_pool_forward(z, self._activation, self._pool, *self._kernel)
-        self._z = z
+        self._z, self._x = z, x
         return y
+
+    def current(self) -> bool:
+        """Whether the last forward of the convolution was this stage's (so that
+        :meth:`backward` belongs to it), not one of its own or no forward at all."""
+        return self._z is not None and self.layers[0]._x is self._x
 
     def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """The gradient at the stage's input (``None`` without ``need_input_grad``); writes the

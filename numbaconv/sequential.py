@@ -167,18 +167,21 @@ class Sequential:
         # the stages of the last forward (its fused stages hold the state); else the layers'
         stages = self._last_stages if self._last_stages is not None else self.stages()
         for stage in reversed(stages):
-            first = stage.start == 0
-            with _noted("backward", stage, self.layers):
-                if stage.fused is not None:
-                    grad_y = stage.fused.backward(grad_y, need_input_grad=need_input_grad
-                                                  or not first)
-                    continue
-                layer = self.layers[stage.start]
-                if first and not need_input_grad \
-                        and _accepts(layer, "backward", "need_input_grad"):
-                    grad_y = layer.backward(grad_y, need_input_grad=False)
-                else:
-                    grad_y = layer.backward(grad_y)
+            if stage.fused is not None and stage.fused.current():
+                with _noted("backward", stage, self.layers):
+                    grad_y = stage.fused.backward(
+                        grad_y, need_input_grad=need_input_grad or stage.start > 0)
+                continue
+            # the layers' own backwards (also for a fused stage whose layers ran their own
+            # forwards since: see ConvActPool.current)
+            for i in range(stage.stop - 1, stage.start - 1, -1):
+                layer = self.layers[i]
+                with _noted("backward", Stage(i, i + 1, None), self.layers):
+                    if i == 0 and not need_input_grad \
+                            and _accepts(layer, "backward", "need_input_grad"):
+                        grad_y = layer.backward(grad_y, need_input_grad=False)
+                    else:
+                        grad_y = layer.backward(grad_y)
         return grad_y if need_input_grad else None
 
     # parameters ------------------------------------------------------------------------

@@ -62,6 +62,20 @@ def test_fused_network_equals_unfused_bit_for_bit(activation, pool, dtype, kerne
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+def test_layers_run_one_by_one_after_a_fused_forward_get_their_own_backward():
+    fused_net, plain_net, x = _pair("relu", "max", np.float32)
+    fused_net.forward(x * 3, training=True)  # fused state for another input
+    h = x
+    for layer in fused_net:  # a teaching loop: each layer's own forward
+        h = layer.forward(h, training=True)
+    g = np.ones_like(h)
+    plain_net.forward(x, training=True)
+    np.testing.assert_array_equal(fused_net.backward(g), plain_net.backward(g))
+    for (name, a), b in zip(fused_net.grads().items(), plain_net.grads().values(), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert not any(s.fused.current() for s in fused_net.stages() if s.fused)
+
+
 def test_fused_gradients_match_finite_differences():
     net, _, x = _pair("sigmoid", "avg", np.float64, size=(6, 7))
     c = np.random.default_rng(9).standard_normal(net.output_shape(x.shape))
