@@ -7,12 +7,12 @@ over the convolution's output (:mod:`numbaconv.kernels.cpu.fused`), so the activ
 feature map is never stored, and the backward needs one pass instead of two before the
 convolution's. Results equal the unfused layers' bit for bit (``tests/test_fusion.py``).
 
-The fused stage keeps the state for the backward itself: after a fused forward, the
-activation and pool layers hold none (their own ``backward`` raises until they run a forward
-of their own). When the layers did run their own forwards since (a loop calling
-``layer.forward`` one by one), :meth:`ConvActPool.current` is False and ``Sequential`` runs
-their own backwards instead. Layer subclasses are never fused (they may change what the layer
-computes), nor is anything with another activation (``Tanh``), other pools or another window.
+The fused stage keeps the state for the backward itself and clears the three layers' own
+(their ``backward`` raises until they run a forward of their own). When they did run their
+own forwards since (a loop calling ``layer.forward`` one by one), :meth:`ConvActPool.current`
+is False and ``Sequential`` runs their own backwards instead. Layer subclasses are never fused
+(they may change what the layer computes), nor is anything with another activation
+(``Tanh``), other pools or another window.
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ __all__ = ["ConvActPool", "fusable"]
 
 _ACTIVATIONS = {Sigmoid: fused.SIGMOID, ReLU: fused.RELU}
 _POOLS = {AvgPool2d: fused.AVG, MaxPool2d: fused.MAX}
+# what each fusable layer's own forward keeps for its backward (None before any forward)
+_SAVED = {Conv2d: ("_x",), Sigmoid: ("_y",), ReLU: ("_y",), AvgPool2d: ("_input_shape",),
+          MaxPool2d: ("_indices", "_input_shape")}
+
+
+def _clear(layer) -> None:
+    for name in _SAVED[type(layer)]:
+        setattr(layer, name, None)
+
+
+def _has_state(layer) -> bool:
+    return any(getattr(layer, name) is not None for name in _SAVED[type(layer)])
 
 
 def _tiles(pool) -> bool:
@@ -54,8 +66,8 @@ class ConvActPool:
         self._activation = _ACTIVATIONS[type(activation)]
         self._pool = _POOLS[type(pool)]
         self._kernel = as_pair(pool.kernel_size, "kernel_size")
-        self._z = None  # the convolution's output, which the backward activates again
         self._x = None  # the input of the fused forward
+        self._z = None  # the convolution's output, which the backward activates again
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """x (N, C_in, H, W) -> (N, C_out, H_conv // kH, W_conv // kW)."""
@@ -63,24 +75,36 @@ class ConvActPool:
         z = conv.forward(x, training=training)
         pool.output_shape(z.shape)  # the pool's own error for a feature map below its window
         y = fused.act_pool_forward(z, self._activation, self._pool, *self._kernel)
-        self._z, self._x = z, x
+        self._x, self._z = x, z
+        for layer in self.layers:  # from now on a layer's own state means its own forward
+            _clear(layer)
         return y
 
     def current(self) -> bool:
-        """Whether the last forward of the convolution was this stage's (so that
-        :meth:`backward` belongs to it), not one of its own or no forward at all."""
-        return self._z is not None and self.layers[0]._x is self._x
+        """Whether this stage's forward is the last one its layers saw (so that
+        :meth:`backward` belongs to it): False before it, and once any of the three layers
+        ran a forward of its own."""
+        return self._z is not None and not any(_has_state(layer) for layer in self.layers)
 
     def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """The gradient at the stage's input (``None`` without ``need_input_grad``); writes the
         convolution's ``grads``."""
-        conv, activation, _ = self.layers
-        z = activation._require_forward(self._z)
+        conv = self.layers[0]
+        if self._z is None:
+            raise RuntimeError("ConvActPool.backward called before forward")
+        z = self._z
+        grad_y = np.asarray(grad_y)
+        if grad_y.dtype != z.dtype:
+            raise TypeError(f"grad_y has dtype {grad_y.dtype} but the fused stage computes in "
+                            f"{z.dtype}; convert it with .astype()")
         expected = z.shape[:2] + (z.shape[2] // self._kernel[0], z.shape[3] // self._kernel[1])
-        grad_y = np.ascontiguousarray(grad_y, dtype=z.dtype)
         if grad_y.shape != expected:
             raise ValueError(f"grad_y has shape {grad_y.shape}, the fused stage's output "
                              f"has {expected}")
-        grad_z = fused.act_pool_backward(grad_y, z, self._activation, self._pool,
-                                         *self._kernel)
-        return conv.backward(grad_z, need_input_grad=need_input_grad)
+        grad_z = fused.act_pool_backward(np.ascontiguousarray(grad_y), z, self._activation,
+                                         self._pool, *self._kernel)
+        conv._x = self._x  # the convolution's backward reads its input from there
+        try:
+            return conv.backward(grad_z, need_input_grad=need_input_grad)
+        finally:
+            conv._x = None

@@ -81,9 +81,13 @@ def signature(name: str, dtype) -> tuple:
 
 
 def kernels_for(model) -> list[str]:
-    """Names of the CPU kernels that training and evaluating ``model`` (a ``Sequential``)
-    calls (see :data:`KERNELS`); layers computed in NumPy need none."""
+    """Names of the CPU kernels that training and evaluating ``model`` (a ``Sequential``, or
+    layers for one) calls (see :data:`KERNELS`); layers computed in NumPy need none."""
     from .layers import AvgPool2d, Conv2d, MaxPool2d, Sigmoid
+    from .sequential import Sequential
+
+    if not isinstance(model, Sequential):
+        model = Sequential(model)
 
     needs = {
         # which kernels a layer calls depends on its input's width: compile both kinds
@@ -163,6 +167,8 @@ def precompile(model, processes: int | None = None) -> int:
     groups = _groups(tasks, max(1, min(processes or _cores(), len(tasks))))
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)  # the children must see this very source tree (the cache's key)
+    if "NUMBA_CPU_FEATURES" not in env:  # this process kept Numba's default CPU features
+        env["NUMBACONV_WIDE_VECTORS"] = "0"  # (see numbaconv.vectors): so must the children
     env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in
                                         env.get("PYTHONPATH", "").split(os.pathsep) if p])
     children = [subprocess.Popen([sys.executable, "-m", "numbaconv.precompile",

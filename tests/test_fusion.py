@@ -76,6 +76,42 @@ def test_layers_run_one_by_one_after_a_fused_forward_get_their_own_backward():
     assert not any(s.fused.current() for s in fused_net.stages() if s.fused)
 
 
+def test_a_reused_input_buffer_run_layer_by_layer_gets_the_layers_backward():
+    fused_net, plain_net, x = _pair("sigmoid", "avg", np.float32)
+    buffer = x.copy()
+    fused_net.forward(buffer, training=True)
+    buffer[:] = x[::-1]  # the next batch, into the same array
+    h = buffer
+    for layer in fused_net:
+        h = layer.forward(h, training=True)
+    g = np.ones_like(h)
+    plain_net.forward(x[::-1].copy(), training=True)
+    np.testing.assert_array_equal(fused_net.backward(g), plain_net.backward(g))
+    for (name, a), b in zip(fused_net.grads().items(), plain_net.grads().values(), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_a_fused_forward_clears_the_layers_own_state():
+    model = Sequential(Conv2d(1, 2, 3), Sigmoid(), MaxPool2d(2))
+    h = np.ones((1, 1, 6, 6), np.float32)
+    for layer in model:  # each layer's own forward first
+        h = layer.forward(h)
+    model.forward(np.ones((1, 1, 6, 6), np.float32))
+    for layer in model:  # stale state would give a wrong gradient: raise instead
+        with pytest.raises(RuntimeError, match="before forward"):
+            layer.backward(np.ones((1, 2, 4, 4), np.float32))
+    assert model.stages()[0].fused.current()
+
+
+def test_relu_of_negative_zero_is_positive_zero_as_unfused():
+    z = np.full((1, 1, 2, 2), -0.0, np.float32)
+    z[0, 0, 0, 0] = -1.0
+    y = K.act_pool_forward(z, K.RELU, K.MAX, 2, 2)
+    unfused = MaxPool2d(2).forward(ReLU().forward(z))
+    np.testing.assert_array_equal(y.view(np.int32), unfused.view(np.int32))  # the sign too
+    assert not np.signbit(y).any()
+
+
 def test_fused_gradients_match_finite_differences():
     net, _, x = _pair("sigmoid", "avg", np.float64, size=(6, 7))
     c = np.random.default_rng(9).standard_normal(net.output_shape(x.shape))
@@ -197,5 +233,8 @@ def test_fused_stage_errors():
             as info:
         model.backward(np.ones((1, 2, 3, 3), np.float32))
     assert "layers 0-2 (Conv2d, Sigmoid, AvgPool2d; fused)" in info.value.__notes__[0]
+    with pytest.raises(TypeError, match="grad_y has dtype float64 but the fused stage computes "
+                                        "in float32"):
+        model.backward(np.ones((1, 2, 2, 2), np.float64))
     with pytest.raises(ValueError, match="too small"):  # the pool's own message
         model.forward(np.ones((1, 1, 3, 3), np.float32))

@@ -43,8 +43,9 @@ def test_kernels_for_lenet(activation, pool, fuse):
 def test_signatures_are_those_of_real_calls(activation, pool, fuse):
     model = lenet(activation, pool, rng=0)
     model.fuse = fuse
-    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
-    loss, grad = softmax_cross_entropy(model.forward(x, training=True), np.arange(4))
+    # a batch that fills the lanes (numbaconv.kernels.cpu.conv.use_lanes): conv2 takes them
+    x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
+    loss, grad = softmax_cross_entropy(model.forward(x, training=True), np.arange(64) % 10)
     model.backward(grad, need_input_grad=False)
     model.backward(grad)  # with conv1's input gradient too
     for name in P.kernels_for(model):
@@ -85,3 +86,37 @@ def test_precompile_in_two_processes_fills_an_empty_cache(tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["4", "0"]  # four kernels compiled, then all cached
+
+
+NUMBA_FIRST = textwrap.dedent("""
+    import numba
+    numba.njit(lambda x: x + 1)(1)  # the program used Numba before importing numbaconv
+    import numpy as np
+    from numbaconv import precompile as P
+    from numbaconv.layers import Sigmoid
+    from numbaconv.sequential import Sequential
+
+    model = Sequential(Sigmoid())
+    print(P.precompile(model, processes=2))
+    print(all(P.is_cached(n, np.float32) for n in P.kernels_for(model)))
+""")
+
+
+def test_children_compile_for_the_parents_cpu_features(tmp_path):
+    # numbaconv could not choose its 512-bit vectors here (Numba ran first); a child process
+    # that chose them would fill the cache under another key, useless to the parent
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_CPU_FEATURES", "NUMBACONV_WIDE_VECTORS")}
+    env.update(NUMBA_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", NUMBA_FIRST], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "True"]
+
+
+def test_kernels_for_a_list_of_layers():
+    from numbaconv.layers import Conv2d, MaxPool2d, ReLU
+
+    assert P.kernels_for([Conv2d(1, 2, 3), ReLU(), MaxPool2d(2)]) == CONV_KERNELS + [
+        "act_pool_forward", "act_pool_backward"]

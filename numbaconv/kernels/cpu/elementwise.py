@@ -26,7 +26,7 @@ _P0, _P1, _P2, _P3, _P4, _P5 = (np.float32(c) for c in (
     5.0000001201e-1))
 _ONE32 = np.float32(1.0)
 _HALF32 = np.float32(0.5)
-# exp(-87.3) is float32's smallest normal; exp(89) has k = 128, whose scale is inf
+# exp(-87.3) is float32's smallest normal, so sigmoid(87.3) is 1; exp(89) overflows to inf
 _T_MIN32 = np.float32(-87.3)
 _T_MAX32 = np.float32(89.0)
 
@@ -53,8 +53,12 @@ def _sigmoid_float32(x):
     p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
     exp_r = (p * r) * r + r + _ONE32
     k_int = np.int32(k if k == k else _ONE32)  # NaN is not converted: r carries it
-    scale = np.int32((k_int + 127) << 23).view(np.float32)  # 2**k from its exponent bits
-    return _ONE32 / (_ONE32 + exp_r * scale)
+    # 2**k as 2**half * 2**(k - half), each from its exponent bits: both normal for every k
+    # here (-126..128), so exp(88.5) is finite and sigmoid(-88.5) a tiny non-zero, as NumPy's
+    half = k_int >> 1
+    scale_1 = np.int32((half + 127) << 23).view(np.float32)
+    scale_2 = np.int32((k_int - half + 127) << 23).view(np.float32)
+    return _ONE32 / (_ONE32 + (exp_r * scale_1) * scale_2)
 
 
 def sigmoid_value(x):

@@ -28,7 +28,8 @@ PLANES = 8  # planes per parallel task, which share one scratch plane (allocatin
 
 @njit(cache=True, **VECTOR_LOOP)
 def _activate(z, y, activation):
-    """y = activation(z) for flat arrays. ReLU is NumPy's ``maximum(z, 0)``: NaN stays NaN."""
+    """y = activation(z) for flat arrays. ReLU is NumPy's ``maximum(z, 0)``: NaN stays NaN,
+    -0.0 gives +0.0."""
     if activation == SIGMOID:
         for i in range(z.size):
             y[i] = sigmoid_value(z[i])
@@ -36,7 +37,7 @@ def _activate(z, y, activation):
         zero = np.zeros(1, dtype=z.dtype)[0]
         for i in range(z.size):
             v = z[i]
-            y[i] = v if (v >= zero or v != v) else zero
+            y[i] = v if (v > zero or v != v) else zero
 
 
 @njit(cache=True, error_model="numpy")
