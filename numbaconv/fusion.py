@@ -1,9 +1,9 @@
 """Fusion in ``Sequential``: a convolution, its activation and a pooling run as one stage.
 
 ``Sequential`` runs ``Conv2d → Sigmoid|ReLU → AvgPool2d|MaxPool2d`` through :class:`ConvActPool`
-when the pool's windows tile its input (kernel == stride, no padding, no dilation, floor mode;
-D2L's ``pool(2)``): the convolution as usual, then the activation and the pool in one pass
-over the convolution's output (:mod:`numbaconv.kernels.cpu.fused`), so the activation's full
+when the pool has D2L's 2x2 windows (kernel 2, stride 2, no padding, no dilation, floor mode):
+the convolution as usual, then the activation and the pool in one pass over the
+convolution's output (:mod:`numbaconv.kernels.cpu.activation`), so the activation's full
 feature map is never stored, and the backward needs one pass instead of two before the
 convolution's. Results equal the unfused layers' bit for bit (``tests/test_fusion.py``).
 
@@ -12,21 +12,21 @@ The fused stage keeps the state for the backward itself and clears the three lay
 own forwards since (a loop calling ``layer.forward`` one by one), :meth:`ConvActPool.current`
 is False and ``Sequential`` runs their own backwards instead. Layer subclasses are never fused
 (they may change what the layer computes), nor is anything with another activation
-(``Tanh``), other pools or another window.
+(``Tanh``), other pools or other windows.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .kernels.cpu import fused
+from .kernels.cpu import activation as kernels
 from .layers import AvgPool2d, Conv2d, MaxPool2d, ReLU, Sigmoid
 from .shapes import as_pair
 
 __all__ = ["ConvActPool", "fusable"]
 
-_ACTIVATIONS = {Sigmoid: fused.SIGMOID, ReLU: fused.RELU}
-_POOLS = {AvgPool2d: fused.AVG, MaxPool2d: fused.MAX}
+_ACTIVATIONS = {Sigmoid: kernels.SIGMOID, ReLU: kernels.RELU}
+_POOLS = {AvgPool2d: kernels.AVG, MaxPool2d: kernels.MAX}
 # what each fusable layer's own forward keeps for its backward (None before any forward)
 _SAVED = {Conv2d: ("_x",), Sigmoid: ("_y",), ReLU: ("_y",), AvgPool2d: ("_input_shape",),
           MaxPool2d: ("_indices", "_input_shape")}
@@ -41,10 +41,11 @@ def _has_state(layer) -> bool:
     return any(getattr(layer, name) is not None for name in _SAVED[type(layer)])
 
 
-def _tiles(pool) -> bool:
-    """Whether the pool's windows tile its input (the only windows the fused kernel knows)."""
-    kernel = as_pair(pool.kernel_size, "kernel_size")
-    return (as_pair(pool.stride, "stride") == kernel and as_pair(pool.padding, "padding") == (0, 0)
+def _pools_2x2(pool) -> bool:
+    """Whether the pool's windows are the fused kernels' 2x2, stride 2, tiling its input."""
+    return (as_pair(pool.kernel_size, "kernel_size") == (2, 2)
+            and as_pair(pool.stride, "stride") == (2, 2)
+            and as_pair(pool.padding, "padding") == (0, 0)
             and as_pair(pool.dilation, "dilation") == (1, 1) and not pool.ceil_mode
             and getattr(pool, "divisor_override", None) is None)
 
@@ -52,7 +53,7 @@ def _tiles(pool) -> bool:
 def fusable(conv, activation, pool) -> bool:
     """Whether these three consecutive layers can run as one :class:`ConvActPool`."""
     return (type(conv) is Conv2d and type(activation) in _ACTIVATIONS
-            and type(pool) in _POOLS and _tiles(pool))
+            and type(pool) in _POOLS and _pools_2x2(pool))
 
 
 class ConvActPool:
@@ -65,16 +66,15 @@ class ConvActPool:
         self.layers = (conv, activation, pool)
         self._activation = _ACTIVATIONS[type(activation)]
         self._pool = _POOLS[type(pool)]
-        self._kernel = as_pair(pool.kernel_size, "kernel_size")
         self._x = None  # the input of the fused forward
         self._z = None  # the convolution's output, which the backward activates again
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """x (N, C_in, H, W) -> (N, C_out, H_conv // kH, W_conv // kW)."""
+        """x (N, C_in, H, W) -> (N, C_out, H_conv // 2, W_conv // 2)."""
         conv, _, pool = self.layers
         z = conv.forward(x, training=training)
         pool.output_shape(z.shape)  # the pool's own error for a feature map below its window
-        y = fused.act_pool_forward(z, self._activation, self._pool, *self._kernel)
+        y = kernels.act_pool_forward(z, self._activation, self._pool)
         self._x, self._z = x, z
         for layer in self.layers:  # from now on a layer's own state means its own forward
             _clear(layer)
@@ -97,12 +97,12 @@ class ConvActPool:
         if grad_y.dtype != z.dtype:
             raise TypeError(f"grad_y has dtype {grad_y.dtype} but the fused stage computes in "
                             f"{z.dtype}; convert it with .astype()")
-        expected = z.shape[:2] + (z.shape[2] // self._kernel[0], z.shape[3] // self._kernel[1])
+        expected = z.shape[:2] + (z.shape[2] // 2, z.shape[3] // 2)
         if grad_y.shape != expected:
             raise ValueError(f"grad_y has shape {grad_y.shape}, the fused stage's output "
                              f"has {expected}")
-        grad_z = fused.act_pool_backward(np.ascontiguousarray(grad_y), z, self._activation,
-                                         self._pool, *self._kernel)
+        grad_z = kernels.act_pool_backward(np.ascontiguousarray(grad_y), z, self._activation,
+                                           self._pool)
         conv._x = self._x  # the convolution's backward reads its input from there
         try:
             return conv.backward(grad_z, need_input_grad=need_input_grad)

@@ -39,17 +39,17 @@ KERNELS = {
     "avg_pool2d_backward": 3.9,
     "max_pool2d_forward": 1.8,
     "max_pool2d_backward": 1.5,
-    "act_pool_forward": 6.7,
-    "act_pool_backward": 5.9,
+    "act_pool_forward": 3.9,
+    "act_pool_backward": 4.4,
     "sigmoid_forward": 0.8,
     "sigmoid_backward": 1.3,
 }
 
 
 def _dispatcher(name: str):
-    from .kernels.cpu import conv, elementwise, fused, pool
+    from .kernels.cpu import activation, conv, pool
 
-    for module in (conv, pool, fused, elementwise):
+    for module in (conv, pool, activation):
         if hasattr(module, name):
             return getattr(module, name)
     raise KeyError(name)
@@ -73,8 +73,8 @@ def signature(name: str, dtype) -> tuple:
         "avg_pool2d_backward": (a4,) + (i64,) * 8 + (types.boolean, i64),
         "max_pool2d_forward": (a4,) + (i64,) * 10,
         "max_pool2d_backward": (a4, typeof(np.empty((1,) * 4, dtype=np.int64)), i64, i64),
-        "act_pool_forward": (a4,) + (i64,) * 4,
-        "act_pool_backward": (a4, a4) + (i64,) * 4,
+        "act_pool_forward": (a4, i64, i64),
+        "act_pool_backward": (a4, a4, i64, i64),
         "sigmoid_forward": (a1,),
         "sigmoid_backward": (a1, a1),
     }[name]

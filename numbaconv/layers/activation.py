@@ -1,7 +1,7 @@
 """Elementwise activations: ``ReLU``, ``Sigmoid`` (numerically stable) and ``Tanh``.
 
 ReLU and Tanh in NumPy; the sigmoid and its gradient as one-pass Numba kernels
-(:mod:`numbaconv.kernels.cpu.elementwise`). All keep the input's dtype: float32 stays float32.
+(:mod:`numbaconv.kernels.cpu.activation`). All keep the input's dtype: float32 stays float32.
 Each forward allocates its output and keeps it for the backward, which works from the output
 alone.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.cpu import elementwise
+from ..kernels.cpu import activation as kernels
 from .base import Layer
 
 __all__ = ["ReLU", "Sigmoid", "Tanh", "sigmoid"]
@@ -24,7 +24,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"sigmoid needs float32 or float64, got {x.dtype}")
     flat = np.ascontiguousarray(x).reshape(-1)
-    return elementwise.sigmoid_forward(flat).reshape(x.shape)
+    return kernels.sigmoid_forward(flat).reshape(x.shape)
 
 
 class ReLU(Layer):
@@ -65,7 +65,7 @@ class Sigmoid(Layer):
             raise ValueError(f"Sigmoid.backward: grad_y has shape {grad_y.shape}, the output's "
                              f"is {y.shape}")
         # PyTorch's grad * (1 - y) * y, on flat views: one compiled kernel for every shape
-        return elementwise.sigmoid_backward(grad_y.reshape(-1), y.reshape(-1)).reshape(y.shape)
+        return kernels.sigmoid_backward(grad_y.reshape(-1), y.reshape(-1)).reshape(y.shape)
 
 
 class Tanh(Layer):

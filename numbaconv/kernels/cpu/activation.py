@@ -1,0 +1,267 @@
+"""Numba CPU kernels for activations: the sigmoid, and an activation followed by a 2x2 pool
+fused into one pass.
+
+**The sigmoid** and its gradient take one pass each where NumPy needs three or four (and
+temporaries). Numba has no vector ``exp`` (without Intel's SVML it calls the scalar libm one
+per element), so the float32 sigmoid computes its own ``exp`` from arithmetic the compiler can
+vectorise; float64 calls libm's. The arrays are flat, C-contiguous vectors (callers pass
+``reshape(-1)`` views, so each kernel compiles once for every shape), processed in chunks,
+each chunk owned by one thread.
+
+**Activation + pool** (``Sequential``'s fused ``Conv2d -> Sigmoid|ReLU -> pool(2)`` stage,
+:mod:`numbaconv.fusion`). Unfused, LeNet's ``Sigmoid`` then ``AvgPool2d(2)`` read and write its
+first feature map (1.2 M values at batch 256, more than L2 holds) in four passes forward and
+four backward. Here each ``(n, c)`` plane is activated into a scratch plane that stays in L1
+and pooled from there: the forward reads ``z`` and writes only the pooled output; the
+backward reads ``z`` again (it recomputes the activation instead of storing it) and the pooled
+gradient, and writes the gradient at ``z``. The arithmetic is the unfused layers' own, in
+their order, so fused and unfused results agree bit for bit. Windows are 2x2 with stride 2,
+no padding, floor mode (a last odd row or column gets no window); callers check that.
+
+Both live in this module (and nothing here calls another module's kernels) because
+``cache=True`` does not notice edits to other modules.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+CHUNK = 16384  # elements per parallel task
+
+# exp(t) = 2**k * exp(r), k = round(t / ln 2), r = t - k ln 2 (Cody-Waite: ln 2 in two parts so
+# that k ln 2 is exact enough), exp(r) on [-ln2/2, ln2/2] by Cephes's expf polynomial.
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+_P0, _P1, _P2, _P3, _P4, _P5 = (np.float32(c) for c in (
+    1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+    5.0000001201e-1))
+_ONE32 = np.float32(1.0)
+_HALF32 = np.float32(0.5)
+# exp(-87.3) is float32's smallest normal, so sigmoid(87.3) is 1; exp(89) overflows to inf
+_T_MIN32 = np.float32(-87.3)
+_T_MAX32 = np.float32(89.0)
+
+
+# Loops over the sigmoid compile with these options: fused multiply-adds and approximate
+# reciprocals but no 'nnan'/'ninf' (NaN must propagate), and NumPy's error model (Python's
+# checks each division for zero, a branch that stops vectorisation). Numba drops a function's
+# fastmath flags when it inlines it, and a call that is not inlined stops vectorisation: so the
+# scalar functions are inlined and the loops that call them carry the options.
+VECTOR_LOOP = {"fastmath": {"contract", "arcp", "afn"}, "error_model": "numpy"}
+
+
+@njit(inline="always")
+def _sigmoid_float32(x):
+    """1 / (1 + exp(-x)) in float32, within 2.5 ulps (2.1 measured); branch-free so that
+    loops over it vectorise. exp(-x) overflowing gives exactly 0, NaN gives NaN."""
+    t = -x
+    if t < _T_MIN32:  # comparisons are False for NaN: it stays NaN
+        t = _T_MIN32
+    if t > _T_MAX32:
+        t = _T_MAX32
+    k = np.floor(t * _LOG2E + _HALF32)
+    r = (t - k * _LN2_HI) - k * _LN2_LO
+    p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+    exp_r = (p * r) * r + r + _ONE32
+    k_int = np.int32(k if k == k else _ONE32)  # NaN is not converted: r carries it
+    # 2**k as 2**half * 2**(k - half), each from its exponent bits: both normal for every k
+    # here (-126..128), so exp(88.5) is finite and sigmoid(-88.5) a tiny non-zero, as NumPy's
+    half = k_int >> 1
+    scale_1 = np.int32((half + 127) << 23).view(np.float32)
+    scale_2 = np.int32((k_int - half + 127) << 23).view(np.float32)
+    return _ONE32 / (_ONE32 + (exp_r * scale_1) * scale_2)
+
+
+def sigmoid_value(x):
+    """The sigmoid of one float32 or float64 in compiled code (float64: libm's ``exp``)."""
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@overload(sigmoid_value, inline="always")
+def _sigmoid_value_overload(x):
+    if x == types.float32:
+        return lambda x: _sigmoid_float32(x)
+    if x == types.float64:
+        return lambda x: 1.0 / (1.0 + math.exp(-x))  # math.exp(>709) is inf: gives 0
+    return None
+
+
+@njit(cache=True, **VECTOR_LOOP)
+def sigmoid_into(x, out):
+    """out[i] = sigmoid(x[i]) for flat (1-D) arrays of one dtype (serial; vectorised)."""
+    for i in range(x.size):
+        out[i] = sigmoid_value(x[i])
+
+
+@njit(parallel=True, cache=True)
+def sigmoid_forward(x):
+    """1 / (1 + exp(-x)) of a flat (1-D) array, in its dtype."""
+    out = np.empty_like(x)
+    for chunk in prange((x.size + CHUNK - 1) // CHUNK):
+        stop = min(x.size, (chunk + 1) * CHUNK)
+        sigmoid_into(x[chunk * CHUNK:stop], out[chunk * CHUNK:stop])
+    return out
+
+
+@njit(parallel=True, cache=True)
+def sigmoid_backward(grad_y, y):
+    """grad_y * y * (1 - y), as PyTorch computes it; flat (1-D) arrays."""
+    out = np.empty_like(y)
+    one = np.ones(1, dtype=y.dtype)[0]
+    for chunk in prange((y.size + CHUNK - 1) // CHUNK):
+        for i in range(chunk * CHUNK, min(y.size, (chunk + 1) * CHUNK)):
+            out[i] = grad_y[i] * ((one - y[i]) * y[i])
+    return out
+
+
+SIGMOID, RELU = 0, 1  # activation codes
+AVG, MAX = 0, 1  # pool codes
+PLANES = 8  # planes per parallel task, which share one scratch plane (allocating one per plane
+            # cost LeNet's first stage a third of its time)
+
+
+@njit(cache=True, **VECTOR_LOOP)
+def _activate(z, y, activation):
+    """y = activation(z) for flat arrays. ReLU is NumPy's ``maximum(z, 0)``: NaN stays NaN,
+    -0.0 gives +0.0."""
+    if activation == SIGMOID:
+        for i in range(z.size):
+            y[i] = sigmoid_value(z[i])
+    else:
+        zero = np.zeros(1, dtype=z.dtype)[0]
+        for i in range(z.size):
+            v = z[i]
+            y[i] = v if (v > zero or v != v) else zero
+
+
+@njit(cache=True, error_model="numpy")
+def _times_derivative(grad, y, activation):
+    """grad *= activation'(y) for flat arrays, as the activation layers' backward computes it
+    (the sigmoid's ``grad * ((1 - y) * y)``; ReLU's ``grad * (not y <= 0)``)."""
+    zero = np.zeros(1, dtype=y.dtype)[0]
+    one = np.ones(1, dtype=y.dtype)[0]
+    if activation == SIGMOID:
+        for i in range(y.size):
+            grad[i] = grad[i] * ((one - y[i]) * y[i])
+    else:
+        for i in range(y.size):
+            grad[i] = grad[i] * (zero if y[i] <= zero else one)
+
+
+# The pools' 2x2 windows, written out: with the window's size known the compiler unrolls them
+# (about 2x faster than loops over a kernel size). Dividing by 4 and multiplying by 0.25 both
+# round the same exact quotient: the average pool's results, bit for bit.
+
+@njit(cache=True)
+def _avg2x2_forward_plane(a, y):
+    """y = means of the 2x2 windows of a, summed in the average pool's order."""
+    zero = np.zeros(1, dtype=a.dtype)[0]
+    quarter = np.full(1, 0.25, dtype=a.dtype)[0]
+    for oh in range(y.shape[0]):
+        top, bottom, out = a[2 * oh], a[2 * oh + 1], y[oh]
+        for ow in range(y.shape[1]):
+            w = 2 * ow
+            out[ow] = ((((zero + top[w]) + top[w + 1]) + bottom[w]) + bottom[w + 1]) * quarter
+
+
+@njit(cache=True)
+def _avg2x2_backward_plane(g, grad):
+    """Each 2x2 window of grad gets a quarter of its output's gradient."""
+    quarter = np.full(1, 0.25, dtype=grad.dtype)[0]
+    for oh in range(g.shape[0]):
+        top, bottom, grad_row = grad[2 * oh], grad[2 * oh + 1], g[oh]
+        for ow in range(g.shape[1]):
+            share = grad_row[ow] * quarter
+            w = 2 * ow
+            top[w] = share
+            top[w + 1] = share
+            bottom[w] = share
+            bottom[w + 1] = share
+
+
+@njit(inline="always")
+def _max2x2_winner(top, bottom, w):
+    """The maximum of the window at columns w, w + 1 of two rows and its (row 0/1, column),
+    by the max pool's rule: the first maximum in row-major order wins a tie, a NaN always
+    wins."""
+    best, row, col = top[w], 0, w
+    for candidate_row, candidate_col, value in ((0, w + 1, top[w + 1]), (1, w, bottom[w]),
+                                                (1, w + 1, bottom[w + 1])):
+        if value > best or np.isnan(value):
+            best, row, col = value, candidate_row, candidate_col
+    return best, row, col
+
+
+@njit(cache=True)
+def _max2x2_forward_plane(a, y):
+    """y = maxima of the 2x2 windows of a."""
+    for oh in range(y.shape[0]):
+        top, bottom, out = a[2 * oh], a[2 * oh + 1], y[oh]
+        for ow in range(y.shape[1]):
+            out[ow] = _max2x2_winner(top, bottom, 2 * ow)[0]
+
+
+@njit(cache=True)
+def _max2x2_backward_plane(a, g, grad):
+    """Adds each g to the winner of its 2x2 window of a, in grad (zeros)."""
+    for oh in range(g.shape[0]):
+        top, bottom = a[2 * oh], a[2 * oh + 1]
+        for ow in range(g.shape[1]):
+            _, row, col = _max2x2_winner(top, bottom, 2 * ow)
+            grad[2 * oh + row, col] += g[oh, ow]
+
+
+@njit(cache=True)
+def _forward_plane(z, y, scratch, activation, pool):
+    """y (H // 2, W // 2) = pool(activation(z)) for one plane z (H, W); scratch is (H, W)."""
+    _activate(z.reshape(-1), scratch.reshape(-1), activation)
+    if pool == AVG:
+        _avg2x2_forward_plane(scratch, y)
+    else:
+        _max2x2_forward_plane(scratch, y)
+
+
+@njit(cache=True)
+def _backward_plane(g, z, grad_z, scratch, activation, pool):
+    """grad_z (H, W) from the pooled gradient g (H // 2, W // 2) of one plane: the pool's
+    backward (zeros where no window reaches), then times the activation's derivative."""
+    _activate(z.reshape(-1), scratch.reshape(-1), activation)
+    grad_z[:] = 0
+    if pool == AVG:
+        _avg2x2_backward_plane(g, grad_z)
+    else:
+        _max2x2_backward_plane(scratch, g, grad_z)
+    _times_derivative(grad_z.reshape(-1), scratch.reshape(-1), activation)
+
+
+@njit(parallel=True, cache=True)
+def act_pool_forward(z, activation, pool):
+    """y (N, C, H // 2, W // 2) = pool(activation(z)) for z (N, C, H, W), 2x2 windows."""
+    n_batch, channels, height, width = z.shape
+    y = np.empty((n_batch, channels, height // 2, width // 2), dtype=z.dtype)
+    planes = n_batch * channels
+    for task in prange((planes + PLANES - 1) // PLANES):
+        scratch = np.empty((height, width), dtype=z.dtype)
+        for plane in range(task * PLANES, min(planes, (task + 1) * PLANES)):
+            n = plane // channels
+            c = plane % channels
+            _forward_plane(z[n, c], y[n, c], scratch, activation, pool)
+    return y
+
+
+@njit(parallel=True, cache=True)
+def act_pool_backward(grad_y, z, activation, pool):
+    """The gradient at z (N, C, H, W) from grad_y (N, C, H // 2, W // 2), 2x2 windows."""
+    n_batch, channels, height, width = z.shape
+    grad_z = np.empty_like(z)
+    planes = n_batch * channels
+    for task in prange((planes + PLANES - 1) // PLANES):
+        scratch = np.empty((height, width), dtype=z.dtype)
+        for plane in range(task * PLANES, min(planes, (task + 1) * PLANES)):
+            n = plane // channels
+            c = plane % channels
+            _backward_plane(grad_y[n, c], z[n, c], grad_z[n, c], scratch, activation, pool)
+    return grad_z
