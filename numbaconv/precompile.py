@@ -29,20 +29,20 @@ __all__ = ["precompile", "kernels_for", "KERNELS"]
 #: kernel name -> rough compile seconds on an empty cache (measured on the reference machine),
 #: used only to balance the groups.
 KERNELS = {
-    "conv2d_forward": 10.0,
-    "conv2d_forward_lanes": 8.5,
-    "conv2d_weight_grad": 11.0,
-    "conv2d_weight_grad_lanes": 7.0,
-    "conv2d_input_grad_lanes": 9.5,
-    "bias_grad": 1.2,
+    "conv2d_forward": 8.1,
+    "conv2d_forward_lanes": 5.7,
+    "conv2d_weight_grad": 7.4,
+    "conv2d_weight_grad_lanes": 3.7,
+    "conv2d_input_grad_lanes": 5.9,
+    "bias_grad": 1.6,
     "avg_pool2d_forward": 3.2,
     "avg_pool2d_backward": 3.9,
     "max_pool2d_forward": 1.8,
     "max_pool2d_backward": 1.5,
-    "act_pool_forward": 3.9,
-    "act_pool_backward": 4.4,
+    "act_pool_forward": 4.5,
+    "act_pool_backward": 4.5,
     "sigmoid_forward": 0.8,
-    "sigmoid_backward": 1.3,
+    "sigmoid_backward": 1.0,
 }
 
 
