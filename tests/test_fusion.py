@@ -124,24 +124,23 @@ def test_fused_gradients_match_finite_differences():
     def loss():
         return float(np.sum(net.forward(x) * c))
 
-    eps = 1e-6
     for index in [(0, 0, 1, 2), (2, 1, 5, 6), (1, 1, 0, 0)]:
-        old = x[index]
-        x[index] = old + eps
-        up = loss()
-        x[index] = old - eps
-        down = loss()
-        x[index] = old
-        assert grad_x[index] == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-9)
+        assert grad_x[index] == pytest.approx(_central_difference(loss, x, index), rel=1e-6,
+                                              abs=1e-9)
     weight = net.params()["0.weight"]
     for index in [(0, 0, 0, 0), (2, 1, 2, 1)]:
-        old = weight[index]
-        weight[index] = old + eps
-        up = loss()
-        weight[index] = old - eps
-        down = loss()
-        weight[index] = old
-        assert grad_w[index] == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-9)
+        assert grad_w[index] == pytest.approx(_central_difference(loss, weight, index),
+                                              rel=1e-6, abs=1e-9)
+
+
+def _central_difference(loss, array, index, eps=1e-6):
+    old = array[index]
+    array[index] = old + eps
+    up = loss()
+    array[index] = old - eps
+    down = loss()
+    array[index] = old
+    return (up - down) / (2 * eps)
 
 
 def _reference(z, activation, pool, k):
