@@ -128,8 +128,7 @@ def _activate(z, y, activation):
     """y = activation(z) for flat arrays. ReLU is NumPy's ``maximum(z, 0)``: NaN stays NaN,
     -0.0 gives +0.0."""
     if activation == SIGMOID:
-        for i in range(z.size):
-            y[i] = sigmoid_value(z[i])
+        sigmoid_into(z, y)
     else:
         zero = np.zeros(1, dtype=z.dtype)[0]
         for i in range(z.size):
