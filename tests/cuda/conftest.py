@@ -9,7 +9,6 @@ that need neither (the PTX compilation check, which needs NVVM, and the lazy-imp
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -34,11 +33,6 @@ def _skip_reason():
 
 
 SKIP_REASON = _skip_reason()
-
-if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-    # The simulator's block manager busy-polls its threads for barriers while holding the
-    # GIL; a short switch interval hands the GIL back sooner (speed only, same results).
-    sys.setswitchinterval(1e-4)
 
 
 def pytest_report_header(config):
