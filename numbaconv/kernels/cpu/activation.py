@@ -110,7 +110,7 @@ def sigmoid_forward(x):
 def sigmoid_backward(grad_y, y):
     """grad_y * y * (1 - y), as PyTorch computes it; flat (1-D) arrays."""
     out = np.empty_like(y)
-    one = np.ones(1, dtype=y.dtype)[0]
+    one = y.dtype.type(1)
     for chunk in prange((y.size + CHUNK - 1) // CHUNK):
         for i in range(chunk * CHUNK, min(y.size, (chunk + 1) * CHUNK)):
             out[i] = grad_y[i] * ((one - y[i]) * y[i])
@@ -130,7 +130,7 @@ def _activate(z, y, activation):
     if activation == SIGMOID:
         sigmoid_into(z, y)
     else:
-        zero = np.zeros(1, dtype=z.dtype)[0]
+        zero = z.dtype.type(0)
         for i in range(z.size):
             v = z[i]
             y[i] = v if (v > zero or v != v) else zero
@@ -140,8 +140,8 @@ def _activate(z, y, activation):
 def _times_derivative(grad, y, activation):
     """grad *= activation'(y) for flat arrays, as the activation layers' backward computes it
     (the sigmoid's ``grad * ((1 - y) * y)``; ReLU's ``grad * (not y <= 0)``)."""
-    zero = np.zeros(1, dtype=y.dtype)[0]
-    one = np.ones(1, dtype=y.dtype)[0]
+    zero = y.dtype.type(0)
+    one = y.dtype.type(1)
     if activation == SIGMOID:
         for i in range(y.size):
             grad[i] = grad[i] * ((one - y[i]) * y[i])
@@ -157,8 +157,8 @@ def _times_derivative(grad, y, activation):
 @njit(cache=True)
 def _avg2x2_forward_plane(a, y):
     """y = means of the 2x2 windows of a, summed in the average pool's order."""
-    zero = np.zeros(1, dtype=a.dtype)[0]
-    quarter = np.full(1, 0.25, dtype=a.dtype)[0]
+    zero = a.dtype.type(0)
+    quarter = a.dtype.type(0.25)
     for oh in range(y.shape[0]):
         top, bottom, out = a[2 * oh], a[2 * oh + 1], y[oh]
         for ow in range(y.shape[1]):
@@ -169,7 +169,7 @@ def _avg2x2_forward_plane(a, y):
 @njit(cache=True)
 def _avg2x2_backward_plane(g, grad):
     """Each 2x2 window of grad gets a quarter of its output's gradient."""
-    quarter = np.full(1, 0.25, dtype=grad.dtype)[0]
+    quarter = grad.dtype.type(0.25)
     for oh in range(g.shape[0]):
         top, bottom, grad_row = grad[2 * oh], grad[2 * oh + 1], g[oh]
         for ow in range(g.shape[1]):
@@ -185,13 +185,13 @@ def _avg2x2_backward_plane(g, grad):
 def _max2x2_winner(top, bottom, w):
     """The maximum of the window at columns w, w + 1 of two rows and its (row 0/1, column),
     by the max pool's rule: the first maximum in row-major order wins a tie, a NaN always
-    wins."""
-    best, row, col = top[w], 0, w
-    for candidate_row, candidate_col, value in ((0, w + 1, top[w + 1]), (1, w, bottom[w]),
-                                                (1, w + 1, bottom[w + 1])):
-        if value > best or np.isnan(value):
-            best, row, col = value, candidate_row, candidate_col
-    return best, row, col
+    wins. Branch-free (selects): the winner of random data is unpredictable."""
+    best, pos = top[w], 0
+    for candidate, value in ((1, top[w + 1]), (2, bottom[w]), (3, bottom[w + 1])):
+        take = (value > best) | (value != value)
+        best = value if take else best
+        pos = candidate if take else pos
+    return best, pos >> 1, w + (pos & 1)
 
 
 @njit(cache=True)

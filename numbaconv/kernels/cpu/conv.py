@@ -146,7 +146,7 @@ def _shifted_matmul_abt_acc(a, p_size, src, chan, offset, base, c):
     m_size = a.shape[0]
     k_size = c.shape[1]
     k_main = k_size - k_size % 4
-    zero = np.zeros(1, dtype=c.dtype)[0]  # sums in c's precision (a literal 0.0 is float64)
+    zero = c.dtype.type(0)  # sums in c's precision (a literal 0.0 is float64)
     for i in range(0, m_size, 4):
         a0 = a[i]
         a1 = a[i + 1]
@@ -317,7 +317,8 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
             src = xflat[n, g * c_in_g:(g + 1) * c_in_g]
             for row0 in range(0, dense_h, rows):
                 n_rows = min(rows, dense_h - row0)
-                grads.fill(0)
+                if stride_h > 1 or stride_w > 1:  # else every position read is written
+                    grads.fill(0)
                 for m in range(c_out_g):
                     dst = grads[m]
                     for r in range(n_rows):
@@ -325,8 +326,12 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
                             continue
                         grad_row = gy[n, g * c_out_g + m, (row0 + r) // stride_h]
                         base = r * wp
-                        for ow in range(out_w):
-                            dst[base + ow * stride_w] = grad_row[ow]
+                        if stride_w == 1:  # a contiguous copy, vectorised
+                            for ow in range(out_w):
+                                dst[base + ow] = grad_row[ow]
+                        else:
+                            for ow in range(out_w):
+                                dst[base + ow * stride_w] = grad_row[ow]
                 _shifted_matmul_abt_acc(grads, (n_rows - 1) * wp + dense_w, src, chan, offset,
                                         row0 * wp, partial[chunk, g])
     return _sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size)
@@ -539,7 +544,7 @@ def bias_grad(gy):
     n_batch, channels = gy.shape[0], gy.shape[1]
     flat = gy.reshape(n_batch, channels, -1)
     out = np.empty(channels, dtype=gy.dtype)
-    zero = np.zeros(1, dtype=gy.dtype)[0]
+    zero = gy.dtype.type(0)
     for c in prange(channels):
         total = zero
         for n in range(n_batch):

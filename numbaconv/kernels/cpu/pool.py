@@ -113,7 +113,7 @@ def _tiled(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w, h
 def _avg_tiled_forward_plane(src, dst, kernel_h, kernel_w, count):
     """dst (out_h, out_w) = window means of src: the generic loop's sums in its order (over
     rows, then columns), a whole output row at a time."""
-    zero = np.zeros(1, dtype=src.dtype)[0]
+    zero = src.dtype.type(0)
     out_h, out_w = dst.shape
     for oh in range(out_h):
         acc = dst[oh]
@@ -146,7 +146,7 @@ def _avg_tiled_backward_plane(g, out, kernel_h, kernel_w, count):
 def _avg_forward_plane(src, dst, h_start, h_stop, h_padded, w_start, w_stop, w_padded,
                        count_include_pad, divisor):
     """dst (out_h, out_w) = window means of src, any windows."""
-    zero = np.zeros(1, dtype=src.dtype)[0]  # sum in the input's precision, as PyTorch does
+    zero = src.dtype.type(0)  # sum in the input's precision, as PyTorch does
     out_h, out_w = dst.shape
     for oh in range(out_h):
         h0, h1 = h_start[oh], h_stop[oh]
