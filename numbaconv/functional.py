@@ -204,8 +204,8 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     grad_w = cpu_conv.weight_grad(gy, xp, geo.kernel, geo.stride, geo.dilation, geo.groups)
     grad_x = None
     if need_input_grad:
-        grad_x = geo.crop(cpu_conv.conv2d_input_grad(gy, w, (x.shape[0], x.shape[1]) + geo.padded,
-                                                     geo.stride, geo.dilation, geo.groups))
+        grad_x = cpu_conv.conv2d_input_grad(gy, w, x.shape, geo.padding, geo.stride,
+                                            geo.dilation, geo.groups)
     return grad_x, grad_w, cpu_conv.bias_grad(gy)
 
 

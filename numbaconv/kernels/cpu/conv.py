@@ -591,30 +591,43 @@ def transposed_weights(w, groups):
     return np.ascontiguousarray(wt[..., ::-1, ::-1].reshape(groups * c_in_g, c_out_g, kh, kw))
 
 
-def conv2d_input_grad(gy, w, padded_shape, stride, dilation, groups):
-    """Gradient of the padded input (N, C_in, Hp, Wp): by :func:`conv2d_input_grad_lanes`
-    where :func:`use_lanes` says so, else as a stride-1 convolution of gy.
+def _placement(offset, stride, count, length):
+    """Where ``count`` values go when value ``o`` goes to ``offset + o * stride`` and only
+    positions in ``[0, length)`` are kept: (destination slice, source slice)."""
+    first = max(0, -(offset // stride))  # the first o with offset + o * stride >= 0
+    last = min(count, (length - 1 - offset) // stride + 1) if length > offset else 0
+    if last <= first:
+        return slice(0, 0), slice(0, 0)
+    return slice(offset + first * stride, offset + (last - 1) * stride + 1, stride), \
+        slice(first, last)
 
-    gy is spread onto the stride grid (zeros between), padded by the dilated kernel's reach
-    on every side, and convolved with :func:`transposed_weights`. Rows and columns of the
-    padded input that no window reached get zero.
+
+def conv2d_input_grad(gy, w, input_shape, padding, stride, dilation, groups):
+    """Gradient of the (unpadded) input, shape ``input_shape`` (N, C_in, H, W); padding
+    ``((top, bottom), (left, right))``.
+
+    By :func:`conv2d_input_grad_lanes` where :func:`use_lanes` says so (on the padded grid,
+    then cropped); else as a stride-1 convolution of gy with :func:`transposed_weights`: gy
+    spread onto the stride grid (zeros between) inside a frame of the dilated kernel's
+    reach, shifted by the padding and cut to the H + reach rows (W + reach columns) whose
+    windows cover the input, so that the convolution computes the input's rows and columns
+    only (none of the padding's).
     """
     n_batch, c_out, out_h, out_w = gy.shape
+    c_in, height, width = input_shape[1], input_shape[2], input_shape[3]
     kh, kw = w.shape[2], w.shape[3]
-    if use_lanes(padded_shape, gy.itemsize, stride[1], groups, out_w):
+    (top, bottom), (left, right) = padding
+    hp, wp = height + top + bottom, width + left + right
+    if use_lanes((n_batch, c_in, hp, wp), gy.itemsize, stride[1], groups, out_w):
         c_out_g, c_in_g = c_out // groups, w.shape[1]
         wt = w.reshape(groups, c_out_g, c_in_g, kh, kw).transpose(0, 3, 4, 2, 1)
-        return conv2d_input_grad_lanes(gy, np.ascontiguousarray(wt), padded_shape[2],
-                                       padded_shape[3], stride[0], *dilation)
+        grad_xp = conv2d_input_grad_lanes(gy, np.ascontiguousarray(wt), hp, wp, stride[0],
+                                          *dilation)
+        return np.ascontiguousarray(grad_xp[:, :, top:top + height, left:left + width])
     reach_h, reach_w = dilation[0] * (kh - 1), dilation[1] * (kw - 1)
-    span_h, span_w = (out_h - 1) * stride[0] + 1, (out_w - 1) * stride[1] + 1
-    spread = np.zeros((n_batch, c_out, span_h + 2 * reach_h, span_w + 2 * reach_w), gy.dtype)
-    spread[:, :, reach_h:reach_h + span_h:stride[0], reach_w:reach_w + span_w:stride[1]] = gy
-    grad = forward(spread, transposed_weights(w, groups), np.zeros(padded_shape[1], gy.dtype),
-                   (1, 1), dilation, groups, span_h + reach_h, span_w + reach_w)
-    hp, wp = padded_shape[2], padded_shape[3]
-    if grad.shape[2:] == (hp, wp):
-        return grad
-    full = np.zeros(padded_shape, dtype=gy.dtype)
-    full[:, :, :grad.shape[2], :grad.shape[3]] = grad
-    return full
+    dst_rows, src_rows = _placement(reach_h - top, stride[0], out_h, height + reach_h)
+    dst_cols, src_cols = _placement(reach_w - left, stride[1], out_w, width + reach_w)
+    spread = np.zeros((n_batch, c_out, height + reach_h, width + reach_w), gy.dtype)
+    spread[:, :, dst_rows, dst_cols] = gy[:, :, src_rows, src_cols]
+    return forward(spread, transposed_weights(w, groups), np.zeros(c_in, gy.dtype), (1, 1),
+                   dilation, groups, height, width)
