@@ -24,6 +24,12 @@ import statistics
 import sys
 import time
 
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    # as tests/cuda/conftest.py: the simulator busy-polls for barriers holding the GIL, and a
+    # short switch interval hands it back sooner (speed only; numbaconv.kernels.cuda.simulator
+    # fixes the simulator race the finer interleaving can expose)
+    sys.setswitchinterval(1e-4)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)

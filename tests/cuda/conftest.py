@@ -9,6 +9,7 @@ that need neither (the PTX compilation check, which needs NVVM, and the lazy-imp
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -33,6 +34,13 @@ def _skip_reason():
 
 
 SKIP_REASON = _skip_reason()
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    # The simulator's block manager busy-polls its threads for barriers while holding the
+    # GIL; a short switch interval hands the GIL back sooner (about 6x faster here). The finer
+    # interleaving once exposed a race in the simulator's shared arrays, which
+    # numbaconv.kernels.cuda.simulator fixes (tests/cuda/test_cuda_simulator.py).
+    sys.setswitchinterval(1e-4)
 
 
 def pytest_report_header(config):

@@ -18,6 +18,11 @@ from numba import cuda
 
 from . import config
 
+if config.SIMULATOR:
+    from .simulator import share_arrays_atomically
+
+    share_arrays_atomically()
+
 ACTIVATIONS = {None: 0, "identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
 
