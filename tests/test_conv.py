@@ -223,6 +223,23 @@ def test_conv2d_many_samples_match_reference(nc, case, n):
     check_conv_against_reference(nc, dict(case, N=n))
 
 
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [
+    ((1, 1), 1, 2, 1),                    # padding beyond a 1x1 kernel's reach (0)
+    ((3, 3), 4, (5, 5), 1),               # outputs whose windows see padding only
+    ((2, 3), (2, 3), ((3, 0), (0, 4)), 1),  # asymmetric, beyond the reach on one side
+    ((3, 2), (3, 1), (4, 3), (1, 2)),     # dilated, ragged strides
+])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_input_gradient_where_padding_exceeds_the_kernels_reach(nc, kernel, stride, padding,
+                                                                 dilation, dtype):
+    """The input gradient is computed for the input's rows and columns only: gy rows whose
+    windows lie in the padding are dropped, not misplaced."""
+    check_conv_against_reference(nc, dict(
+        N=3, C=2, H=7, W=9, F=3, kernel=kernel, stride=stride, padding=padding,
+        dilation=dilation, groups=1, bias=True, dtype=dtype, layouts=(LAYOUTS[0],) * 3,
+        seed=5))
+
+
 def check_conv_against_reference(nc, case):
     x, w, b, rng = make_conv_arrays(case)
     args = conv_args(case)

@@ -8,7 +8,8 @@ its own that the rest of the block never sees: its writes are lost and it reads
 uninitialised memory (a simulated LeNet training run once reported a loss of 2.2e27; forcing
 the switch makes every such launch wrong). ``dict.setdefault`` makes the step atomic under
 the GIL. Installed by :mod:`numbaconv.kernels.cuda.ops` when the simulator is on, and only
-over the implementation known to race (numba-cuda 0.30).
+over the implementation known to race (recognised by its source line: numba-cuda 0.20 to at
+least 0.30.4 have it).
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ _RACY_LOOKUP = "res = self._allocations.get(caller)"
 def share_arrays_atomically() -> bool:
     """Replace the simulator's ``FakeCUDAShared.array`` with an atomic one; True if done
     (False: not the racy implementation, e.g. a fixed numba-cuda, so left alone)."""
-    from numba.cuda import types
-    from numba.cuda.np import numpy_support
     from numba.cuda.simulator import kernelapi
 
+    types, numpy_support = kernelapi.types, kernelapi.numpy_support  # its own, in every version
     original = kernelapi.FakeCUDAShared.array
     if getattr(original, "_numbaconv_atomic", False):
         return True
