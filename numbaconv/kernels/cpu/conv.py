@@ -317,7 +317,9 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
             src = xflat[n, g * c_in_g:(g + 1) * c_in_g]
             for row0 in range(0, dense_h, rows):
                 n_rows = min(rows, dense_h - row0)
-                if stride_h > 1 or stride_w > 1:  # else every position read is written
+                # at stride 1 every position the product reads is rewritten below for each
+                # block or never written (scratch columns, padding rows): zero from the start
+                if stride_h > 1 or stride_w > 1:
                     grads.fill(0)
                 for m in range(c_out_g):
                     dst = grads[m]
