@@ -11,8 +11,9 @@ each chunk owned by one thread.
 **Activation + pool** (``Sequential``'s fused ``Conv2d -> Sigmoid|ReLU -> pool(2)`` stage,
 :mod:`numbaconv.fusion`). Unfused, LeNet's ``Sigmoid`` then ``AvgPool2d(2)`` read and write its
 first feature map (1.2 M values at batch 256, more than L2 holds) in four passes forward and
-four backward. Here each ``(n, c)`` plane is activated into a scratch plane that stays in L1
-and pooled from there: the forward reads ``z`` and writes only the pooled output; the
+four backward. Here each task takes a run of whole ``(n, c)`` planes (contiguous in ``z``,
+about 8K values), activates them in one pass into a scratch block that stays in L1 and pools
+them from there: the forward reads ``z`` and writes only the pooled output; the
 backward reads ``z`` again (it recomputes the activation instead of storing it) and the pooled
 gradient, and writes the gradient at ``z``. The arithmetic is the unfused layers' own, in
 their order, so fused and unfused results agree bit for bit. Windows are 2x2 with stride 2,
@@ -119,8 +120,9 @@ def sigmoid_backward(grad_y, y):
 
 SIGMOID, RELU = 0, 1  # activation codes
 AVG, MAX = 0, 1  # pool codes
-PLANES = 8  # planes per parallel task, which share one scratch plane (allocating one per plane
-            # cost LeNet's first stage a third of its time)
+TASK_ELEMENTS = 8192  # values of z per parallel task (32 KiB of float32): its activated copy
+                      # stays in L1. A task takes whole planes, at least one; LeNet's 10x10
+                      # planes cost a third of their time in per-plane calls when taken singly
 
 
 @njit(cache=True, **VECTOR_LOOP)
@@ -151,116 +153,142 @@ def _times_derivative(grad, y, activation):
 
 
 # The pools' 2x2 windows, written out: with the window's size known the compiler unrolls them
-# (about 2x faster than loops over a kernel size). Dividing by 4 and multiplying by 0.25 both
-# round the same exact quotient: the average pool's results, bit for bit.
+# (about 2x faster than loops over a kernel size). Each function takes a block of planes
+# (P, H, W) and its pooled (P, H // 2, W // 2), so that a task makes one call, not one per
+# plane. Dividing by 4 and multiplying by 0.25 both round the same exact quotient: the average
+# pool's results, bit for bit.
 
 @njit(cache=True)
-def _avg2x2_forward_plane(a, y):
+def _avg2x2_forward(a, y):
     """y = means of the 2x2 windows of a, summed in the average pool's order."""
     zero = a.dtype.type(0)
     quarter = a.dtype.type(0.25)
-    for oh in range(y.shape[0]):
-        top, bottom, out = a[2 * oh], a[2 * oh + 1], y[oh]
-        for ow in range(y.shape[1]):
-            w = 2 * ow
-            out[ow] = ((((zero + top[w]) + top[w + 1]) + bottom[w]) + bottom[w + 1]) * quarter
-
-
-@njit(cache=True)
-def _avg2x2_backward_plane(g, grad):
-    """Each 2x2 window of grad gets a quarter of its output's gradient."""
-    quarter = grad.dtype.type(0.25)
-    for oh in range(g.shape[0]):
-        top, bottom, grad_row = grad[2 * oh], grad[2 * oh + 1], g[oh]
-        for ow in range(g.shape[1]):
-            share = grad_row[ow] * quarter
-            w = 2 * ow
-            top[w] = share
-            top[w + 1] = share
-            bottom[w] = share
-            bottom[w + 1] = share
+    for plane in range(y.shape[0]):
+        for oh in range(y.shape[1]):
+            top, bottom, out = a[plane, 2 * oh], a[plane, 2 * oh + 1], y[plane, oh]
+            for ow in range(y.shape[2]):
+                w = 2 * ow
+                out[ow] = ((((zero + top[w]) + top[w + 1]) + bottom[w]) + bottom[w + 1]) * quarter
 
 
 @njit(inline="always")
 def _max2x2_winner(top, bottom, w):
-    """The maximum of the window at columns w, w + 1 of two rows and its (row 0/1, column),
-    by the max pool's rule: the first maximum in row-major order wins a tie, a NaN always
-    wins. Branch-free (selects): the winner of random data is unpredictable."""
+    """The maximum of the window at columns w, w + 1 of two rows and its position 0-3 in
+    row-major order, by the max pool's rule: the first maximum wins a tie, a NaN always wins.
+    Branch-free (selects): the winner of random data is unpredictable."""
     best, pos = top[w], 0
     for candidate, value in ((1, top[w + 1]), (2, bottom[w]), (3, bottom[w + 1])):
         take = (value > best) | (value != value)
         best = value if take else best
         pos = candidate if take else pos
-    return best, pos >> 1, w + (pos & 1)
+    return best, pos
 
 
 @njit(cache=True)
-def _max2x2_forward_plane(a, y):
+def _max2x2_forward(a, y):
     """y = maxima of the 2x2 windows of a."""
-    for oh in range(y.shape[0]):
-        top, bottom, out = a[2 * oh], a[2 * oh + 1], y[oh]
-        for ow in range(y.shape[1]):
-            out[ow] = _max2x2_winner(top, bottom, 2 * ow)[0]
+    for plane in range(y.shape[0]):
+        for oh in range(y.shape[1]):
+            top, bottom, out = a[plane, 2 * oh], a[plane, 2 * oh + 1], y[plane, oh]
+            for ow in range(y.shape[2]):
+                out[ow] = _max2x2_winner(top, bottom, 2 * ow)[0]
 
 
 @njit(cache=True)
-def _max2x2_backward_plane(a, g, grad):
-    """Adds each g to the winner of its 2x2 window of a, in grad (zeros)."""
-    for oh in range(g.shape[0]):
-        top, bottom = a[2 * oh], a[2 * oh + 1]
-        for ow in range(g.shape[1]):
-            _, row, col = _max2x2_winner(top, bottom, 2 * ow)
-            grad[2 * oh + row, col] += g[oh, ow]
+def _zero_unpooled(grad, out_h, out_w):
+    """Zeros in the last row and column of each plane of grad (P, H, W) where H or W is odd:
+    floor mode gives them no window, so no gradient."""
+    zero = grad.dtype.type(0)
+    for plane in range(grad.shape[0]):
+        for h in range(2 * out_h, grad.shape[1]):
+            grad[plane, h, :] = zero
+        for h in range(2 * out_h):
+            for w in range(2 * out_w, grad.shape[2]):
+                grad[plane, h, w] = zero
 
 
 @njit(cache=True)
-def _forward_plane(z, y, scratch, activation, pool):
-    """y (H // 2, W // 2) = pool(activation(z)) for one plane z (H, W); scratch is (H, W)."""
-    _activate(z.reshape(-1), scratch.reshape(-1), activation)
-    if pool == AVG:
-        _avg2x2_forward_plane(scratch, y)
-    else:
-        _max2x2_forward_plane(scratch, y)
+def _avg2x2_backward(g, grad):
+    """Each 2x2 window of grad gets a quarter of its output's gradient (every value of grad
+    is written)."""
+    quarter = grad.dtype.type(0.25)
+    for plane in range(g.shape[0]):
+        for oh in range(g.shape[1]):
+            top, bottom, grad_row = grad[plane, 2 * oh], grad[plane, 2 * oh + 1], g[plane, oh]
+            for ow in range(g.shape[2]):
+                share = grad_row[ow] * quarter
+                w = 2 * ow
+                top[w] = share
+                top[w + 1] = share
+                bottom[w] = share
+                bottom[w + 1] = share
+    _zero_unpooled(grad, g.shape[1], g.shape[2])
 
 
 @njit(cache=True)
-def _backward_plane(g, z, grad_z, scratch, activation, pool):
-    """grad_z (H, W) from the pooled gradient g (H // 2, W // 2) of one plane: the pool's
-    backward (zeros where no window reaches), then times the activation's derivative."""
-    _activate(z.reshape(-1), scratch.reshape(-1), activation)
-    grad_z[:] = 0
-    if pool == AVG:
-        _avg2x2_backward_plane(g, grad_z)
-    else:
-        _max2x2_backward_plane(scratch, g, grad_z)
-    _times_derivative(grad_z.reshape(-1), scratch.reshape(-1), activation)
+def _max2x2_backward(a, g, grad):
+    """Adds each window's gradient to the winner of its 2x2 window of a, in grad, which is
+    zeroed first (as the unfused backward's scatter into zeros: -0.0 becomes +0.0)."""
+    flat = grad.reshape(-1)
+    zero = grad.dtype.type(0)
+    for i in range(flat.size):  # one pass for the block: a vectorised fill
+        flat[i] = zero
+    for plane in range(g.shape[0]):
+        for oh in range(g.shape[1]):
+            top, bottom = a[plane, 2 * oh], a[plane, 2 * oh + 1]
+            for ow in range(g.shape[2]):
+                pos = _max2x2_winner(top, bottom, 2 * ow)[1]
+                grad[plane, 2 * oh + (pos >> 1), 2 * ow + (pos & 1)] += g[plane, oh, ow]
+
+
+@njit(cache=True)
+def _planes_per_task(plane_size):
+    return max(1, TASK_ELEMENTS // plane_size)
 
 
 @njit(parallel=True, cache=True)
 def act_pool_forward(z, activation, pool):
-    """y (N, C, H // 2, W // 2) = pool(activation(z)) for z (N, C, H, W), 2x2 windows."""
+    """y (N, C, H // 2, W // 2) = pool(activation(z)) for z (N, C, H, W), C-contiguous, 2x2
+    windows."""
     n_batch, channels, height, width = z.shape
     y = np.empty((n_batch, channels, height // 2, width // 2), dtype=z.dtype)
     planes = n_batch * channels
-    for task in prange((planes + PLANES - 1) // PLANES):
-        scratch = np.empty((height, width), dtype=z.dtype)
-        for plane in range(task * PLANES, min(planes, (task + 1) * PLANES)):
-            n = plane // channels
-            c = plane % channels
-            _forward_plane(z[n, c], y[n, c], scratch, activation, pool)
+    per_task = _planes_per_task(height * width)
+    z_planes = z.reshape(planes, height, width)
+    y_planes = y.reshape(planes, height // 2, width // 2)
+    for task in prange((planes + per_task - 1) // per_task):
+        first = task * per_task
+        last = min(planes, first + per_task)
+        activated = np.empty((last - first, height, width), dtype=z.dtype)
+        _activate(z_planes[first:last].reshape(-1), activated.reshape(-1), activation)
+        if pool == AVG:
+            _avg2x2_forward(activated, y_planes[first:last])
+        else:
+            _max2x2_forward(activated, y_planes[first:last])
     return y
 
 
 @njit(parallel=True, cache=True)
 def act_pool_backward(grad_y, z, activation, pool):
-    """The gradient at z (N, C, H, W) from grad_y (N, C, H // 2, W // 2), 2x2 windows."""
+    """The gradient at z (N, C, H, W) from grad_y (N, C, H // 2, W // 2), both C-contiguous,
+    2x2 windows: the pool's backward, then times the activation's derivative, which is
+    recomputed from z rather than stored by the forward."""
     n_batch, channels, height, width = z.shape
     grad_z = np.empty_like(z)
     planes = n_batch * channels
-    for task in prange((planes + PLANES - 1) // PLANES):
-        scratch = np.empty((height, width), dtype=z.dtype)
-        for plane in range(task * PLANES, min(planes, (task + 1) * PLANES)):
-            n = plane // channels
-            c = plane % channels
-            _backward_plane(grad_y[n, c], z[n, c], grad_z[n, c], scratch, activation, pool)
+    per_task = _planes_per_task(height * width)
+    z_planes = z.reshape(planes, height, width)
+    g_planes = grad_y.reshape(planes, height // 2, width // 2)
+    grad_planes = grad_z.reshape(planes, height, width)
+    for task in prange((planes + per_task - 1) // per_task):
+        first = task * per_task
+        last = min(planes, first + per_task)
+        activated = np.empty((last - first, height, width), dtype=z.dtype)
+        _activate(z_planes[first:last].reshape(-1), activated.reshape(-1), activation)
+        grad = grad_planes[first:last]
+        if pool == AVG:
+            _avg2x2_backward(g_planes[first:last], grad)
+        else:
+            _max2x2_backward(activated, g_planes[first:last], grad)
+        _times_derivative(grad.reshape(-1), activated.reshape(-1), activation)
     return grad_z
