@@ -3,9 +3,10 @@
 ``Sequential`` runs ``Conv2d → Sigmoid|ReLU → AvgPool2d|MaxPool2d`` through :class:`ConvActPool`
 when the pool has D2L's 2x2 windows (kernel 2, stride 2, no padding, no dilation, floor mode):
 the convolution as usual, then the activation and the pool in one pass over the
-convolution's output (:mod:`numbaconv.kernels.cpu.activation`), so the activation's full
-feature map is never stored, and the backward needs one pass instead of two before the
-convolution's. Results equal the unfused layers' bit for bit (``tests/test_fusion.py``).
+convolution's output (:mod:`numbaconv.kernels.cpu.activation`), which is activated in place (no
+second full feature map), and the backward needs one pass instead of two before the
+convolution's, with nothing to recompute. Results equal the unfused layers' bit for bit
+(``tests/test_fusion.py``).
 
 The fused stage keeps the state for the backward itself and clears the three layers' own
 (their ``backward`` raises until they run a forward of their own). When they did run their
@@ -67,15 +68,15 @@ class ConvActPool:
         self._activation = _ACTIVATIONS[type(activation)]
         self._pool = _POOLS[type(pool)]
         self._x = None  # the input of the fused forward
-        self._z = None  # the convolution's output, which the backward activates again
+        self._activated = None  # activation(conv output), which the backward differentiates
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """x (N, C_in, H, W) -> (N, C_out, H_conv // 2, W_conv // 2)."""
         conv, _, pool = self.layers
         z = conv.forward(x, training=training)
         pool.output_shape(z.shape)  # the pool's own error for a feature map below its window
-        y = kernels.act_pool_forward(z, self._activation, self._pool)
-        self._x, self._z = x, z
+        y = kernels.act_pool_forward(z, self._activation, self._pool)  # z := activation(z)
+        self._x, self._activated = x, z
         for layer in self.layers:  # from now on a layer's own state means its own forward
             _clear(layer)
         return y
@@ -84,25 +85,25 @@ class ConvActPool:
         """Whether this stage's forward is the last one its layers saw (so that
         :meth:`backward` belongs to it): False before it, and once any of the three layers
         ran a forward of its own."""
-        return self._z is not None and not any(_has_state(layer) for layer in self.layers)
+        return self._activated is not None and not any(_has_state(layer) for layer in self.layers)
 
     def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """The gradient at the stage's input (``None`` without ``need_input_grad``); writes the
         convolution's ``grads``."""
         conv = self.layers[0]
-        if self._z is None:
+        if self._activated is None:
             raise RuntimeError("ConvActPool.backward called before forward")
-        z = self._z
+        activated = self._activated
         grad_y = np.asarray(grad_y)
-        if grad_y.dtype != z.dtype:
+        if grad_y.dtype != activated.dtype:
             raise TypeError(f"grad_y has dtype {grad_y.dtype} but the fused stage computes in "
-                            f"{z.dtype}; convert it with .astype()")
-        expected = z.shape[:2] + (z.shape[2] // 2, z.shape[3] // 2)
+                            f"{activated.dtype}; convert it with .astype()")
+        expected = activated.shape[:2] + (activated.shape[2] // 2, activated.shape[3] // 2)
         if grad_y.shape != expected:
             raise ValueError(f"grad_y has shape {grad_y.shape}, the fused stage's output "
                              f"has {expected}")
-        grad_z = kernels.act_pool_backward(np.ascontiguousarray(grad_y), z, self._activation,
-                                           self._pool)
+        grad_z = kernels.act_pool_backward(np.ascontiguousarray(grad_y), activated,
+                                           self._activation, self._pool)
         conv._x = self._x  # the convolution's backward reads its input from there
         try:
             return conv.backward(grad_z, need_input_grad=need_input_grad)

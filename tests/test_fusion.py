@@ -108,7 +108,7 @@ def test_a_fused_forward_clears_the_layers_own_state():
 def test_relu_of_negative_zero_is_positive_zero_as_unfused():
     z = np.full((1, 1, 2, 2), -0.0, np.float32)
     z[0, 0, 0, 0] = -1.0
-    y = K.act_pool_forward(z, K.RELU, K.MAX)
+    y = K.act_pool_forward(z.copy(), K.RELU, K.MAX)
     unfused = MaxPool2d(2).forward(ReLU().forward(z))
     np.testing.assert_array_equal(y.view(np.int32), unfused.view(np.int32))  # the sign too
     assert not np.signbit(y).any()
@@ -175,12 +175,16 @@ def test_kernels_against_float64_reference_with_ties_nan_and_infinities(activati
     z[1, 0, 0, 0] = np.nan  # two NaNs in one 2x2 window
     z[1, 1, 0, :3] = (np.inf, -np.inf, 1e4)
     z[1, 2, -1, -1] = np.nan  # outside every window (H is odd): its gradient is 0 * NaN
-    y = K.act_pool_forward(z, activation, pool)
     want, winner = _reference(z, activation, pool, k)
+    activated = z.copy()
+    y = K.act_pool_forward(activated, activation, pool)  # activates its argument in place
     np.testing.assert_allclose(y, want, rtol=3e-7, atol=1e-30, equal_nan=True)
+    want_activated = 1 / (1 + np.exp(-z.astype(np.float64))) if activation == K.SIGMOID else \
+        np.maximum(z, 0)
+    np.testing.assert_allclose(activated, want_activated, rtol=3e-7, atol=1e-30, equal_nan=True)
 
     g = rng.standard_normal(y.shape).astype(np.float32)
-    grad = K.act_pool_backward(g, z, activation, pool).astype(np.float64)
+    grad = K.act_pool_backward(g, activated, activation, pool).astype(np.float64)
     z64 = z.astype(np.float64)
     if activation == K.SIGMOID:
         s = 1 / (1 + np.exp(-z64))

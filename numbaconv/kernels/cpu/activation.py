@@ -12,12 +12,14 @@ each chunk owned by one thread.
 :mod:`numbaconv.fusion`). Unfused, LeNet's ``Sigmoid`` then ``AvgPool2d(2)`` read and write its
 first feature map (1.2 M values at batch 256, more than L2 holds) in four passes forward and
 four backward. Here each task takes a run of whole ``(n, c)`` planes (contiguous in ``z``,
-about 8K values), activates them in one pass into a scratch block that stays in L1 and pools
-them from there: the forward reads ``z`` and writes only the pooled output; the
-backward reads ``z`` again (it recomputes the activation instead of storing it) and the pooled
-gradient, and writes the gradient at ``z``. The arithmetic is the unfused layers' own, in
-their order, so fused and unfused results agree bit for bit. Windows are 2x2 with stride 2,
-no padding, floor mode (a last odd row or column gets no window); callers check that.
+about 8K values), activates them in place in one pass and pools them while they are in L1: the
+forward reads and rewrites ``z`` (the convolution's output, which nothing else holds) and
+writes the pooled output; the backward reads the activated values and the pooled gradient and
+writes the gradient at ``z``, with no activation to recompute (the sigmoid's ``exp`` and
+division cost more than the pass over memory that keeps its values). The arithmetic is the
+unfused layers' own, in their order, so fused and unfused results agree bit for bit. Windows
+are 2x2 with stride 2, no padding, floor mode (a last odd row or column gets no window);
+callers check that.
 
 Both live in this module (and nothing here calls another module's kernels) because
 ``cache=True`` does not notice edits to other modules.
@@ -126,16 +128,18 @@ TASK_ELEMENTS = 8192  # values of z per parallel task (32 KiB of float32): its a
 
 
 @njit(cache=True, **VECTOR_LOOP)
-def _activate(z, y, activation):
-    """y = activation(z) for flat arrays. ReLU is NumPy's ``maximum(z, 0)``: NaN stays NaN,
-    -0.0 gives +0.0."""
+def _activate_in_place(z, activation):
+    """z = activation(z) for a flat array (one array, so the loop vectorises without a
+    run-time overlap check). ReLU is NumPy's ``maximum(z, 0)``: NaN stays NaN, -0.0 gives
+    +0.0."""
     if activation == SIGMOID:
-        sigmoid_into(z, y)
+        for i in range(z.size):
+            z[i] = sigmoid_value(z[i])
     else:
         zero = z.dtype.type(0)
         for i in range(z.size):
             v = z[i]
-            y[i] = v if (v > zero or v != v) else zero
+            z[i] = v if (v > zero or v != v) else zero
 
 
 @njit(cache=True, error_model="numpy")
@@ -249,7 +253,7 @@ def _planes_per_task(plane_size):
 @njit(parallel=True, cache=True)
 def act_pool_forward(z, activation, pool):
     """y (N, C, H // 2, W // 2) = pool(activation(z)) for z (N, C, H, W), C-contiguous, 2x2
-    windows."""
+    windows. Overwrites z with activation(z), which :func:`act_pool_backward` takes."""
     n_batch, channels, height, width = z.shape
     y = np.empty((n_batch, channels, height // 2, width // 2), dtype=z.dtype)
     planes = n_batch * channels
@@ -259,36 +263,35 @@ def act_pool_forward(z, activation, pool):
     for task in prange((planes + per_task - 1) // per_task):
         first = task * per_task
         last = min(planes, first + per_task)
-        activated = np.empty((last - first, height, width), dtype=z.dtype)
-        _activate(z_planes[first:last].reshape(-1), activated.reshape(-1), activation)
+        block = z_planes[first:last]
+        _activate_in_place(block.reshape(-1), activation)  # then pooled from L1
         if pool == AVG:
-            _avg2x2_forward(activated, y_planes[first:last])
+            _avg2x2_forward(block, y_planes[first:last])
         else:
-            _max2x2_forward(activated, y_planes[first:last])
+            _max2x2_forward(block, y_planes[first:last])
     return y
 
 
 @njit(parallel=True, cache=True)
-def act_pool_backward(grad_y, z, activation, pool):
-    """The gradient at z (N, C, H, W) from grad_y (N, C, H // 2, W // 2), both C-contiguous,
-    2x2 windows: the pool's backward, then times the activation's derivative, which is
-    recomputed from z rather than stored by the forward."""
-    n_batch, channels, height, width = z.shape
-    grad_z = np.empty_like(z)
+def act_pool_backward(grad_y, activated, activation, pool):
+    """The gradient at z (N, C, H, W) from grad_y (N, C, H // 2, W // 2) and ``activated``,
+    activation(z) as :func:`act_pool_forward` left it, both C-contiguous, 2x2 windows: the
+    pool's backward, then times the activation's derivative (both read from the activated
+    values, so nothing is recomputed)."""
+    n_batch, channels, height, width = activated.shape
+    grad_z = np.empty_like(activated)
     planes = n_batch * channels
     per_task = _planes_per_task(height * width)
-    z_planes = z.reshape(planes, height, width)
+    a_planes = activated.reshape(planes, height, width)
     g_planes = grad_y.reshape(planes, height // 2, width // 2)
     grad_planes = grad_z.reshape(planes, height, width)
     for task in prange((planes + per_task - 1) // per_task):
         first = task * per_task
         last = min(planes, first + per_task)
-        activated = np.empty((last - first, height, width), dtype=z.dtype)
-        _activate(z_planes[first:last].reshape(-1), activated.reshape(-1), activation)
         grad = grad_planes[first:last]
         if pool == AVG:
             _avg2x2_backward(g_planes[first:last], grad)
         else:
-            _max2x2_backward(activated, g_planes[first:last], grad)
-        _times_derivative(grad.reshape(-1), activated.reshape(-1), activation)
+            _max2x2_backward(a_planes[first:last], g_planes[first:last], grad)
+        _times_derivative(grad.reshape(-1), a_planes[first:last].reshape(-1), activation)
     return grad_z
