@@ -198,15 +198,16 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     gy = np.ascontiguousarray(grad_y)
     xp = geo.pad(x)
     if not (np.isfinite(x.sum()) and np.isfinite(w.sum())):  # rare: an exact, slow path
-        grad_xp, grad_w = cpu_conv.conv2d_backward_direct(gy, xp, w, *geo.stride,
-                                                          *geo.dilation, geo.groups)
-        return geo.crop(grad_xp) if need_input_grad else None, grad_w, cpu_conv.bias_grad(gy)
-    grad_w = cpu_conv.weight_grad(gy, xp, geo.kernel, geo.stride, geo.dilation, geo.groups)
+        grad_xp, grad_w, grad_b = cpu_conv.conv2d_backward_direct(gy, xp, w, *geo.stride,
+                                                                  *geo.dilation, geo.groups)
+        return geo.crop(grad_xp) if need_input_grad else None, grad_w, grad_b
+    grad_w, grad_b = cpu_conv.weight_grad(gy, xp, geo.kernel, geo.stride, geo.dilation,
+                                          geo.groups)
     grad_x = None
     if need_input_grad:
         grad_x = cpu_conv.conv2d_input_grad(gy, w, x.shape, geo.padding, geo.stride,
                                             geo.dilation, geo.groups)
-    return grad_x, grad_w, cpu_conv.bias_grad(gy)
+    return grad_x, grad_w, grad_b
 
 
 # --------------------------------------------------------------------------- pooling

@@ -34,7 +34,6 @@ KERNELS = {
     "conv2d_weight_grad": 7.4,
     "conv2d_weight_grad_lanes": 3.7,
     "conv2d_input_grad_lanes": 5.9,
-    "bias_grad": 1.6,
     "avg_pool2d_forward": 3.2,
     "avg_pool2d_backward": 3.9,
     "max_pool2d_forward": 1.8,
@@ -68,7 +67,6 @@ def signature(name: str, dtype) -> tuple:
         "conv2d_weight_grad": (a4, a4) + (i64,) * 7,
         "conv2d_weight_grad_lanes": (a4, a4) + (i64,) * 6,
         "conv2d_input_grad_lanes": (a4, a5) + (i64,) * 5,
-        "bias_grad": (a4,),
         "avg_pool2d_forward": (a4,) + (i64,) * 8 + (types.boolean, i64),
         "avg_pool2d_backward": (a4,) + (i64,) * 8 + (types.boolean, i64),
         "max_pool2d_forward": (a4,) + (i64,) * 10,
@@ -92,7 +90,7 @@ def kernels_for(model) -> list[str]:
     needs = {
         # which kernels a layer calls depends on its input's width: compile both kinds
         Conv2d: ("conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad",
-                 "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes", "bias_grad"),
+                 "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes"),
         AvgPool2d: ("avg_pool2d_forward", "avg_pool2d_backward"),
         MaxPool2d: ("max_pool2d_forward", "max_pool2d_backward"),
         Sigmoid: ("sigmoid_forward", "sigmoid_backward"),

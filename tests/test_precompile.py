@@ -20,7 +20,7 @@ from numbaconv.losses import softmax_cross_entropy
 from numbaconv.models import lenet
 
 CONV_KERNELS = ["conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad",
-                "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes", "bias_grad"]
+                "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes"]
 
 
 @pytest.mark.parametrize("activation, pool", [("sigmoid", "avg"), ("relu", "max")])

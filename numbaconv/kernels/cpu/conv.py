@@ -291,10 +291,12 @@ def conv2d_forward(xp, w, b, stride_h, stride_w, dilation_h, dilation_w, groups,
 @njit(parallel=True, cache=True, fastmath=_FAST)
 def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h, dilation_w,
                        groups):
-    """Gradient of the weight: (C_out, C_in // groups, kh_size, kw_size).
+    """Gradients of the weight, (C_out, C_in // groups, kh_size, kw_size), and of the bias,
+    (C_out,): ``(grad_w, grad_b)``.
 
     grad_w[co, k] = sum over samples and pixels p of gy[n, co, p] * plane[offset[k] + p], with
     gy laid out on the same flat stride-1 grid as the forward pass (zero where no output is).
+    grad_b is summed from the gy rows as they are copied there (no pass of its own).
     """
     n_batch, c_in, hp, wp = xp.shape
     c_out, out_h, out_w = gy.shape[1], gy.shape[2], gy.shape[3]
@@ -309,6 +311,8 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
     xflat = xp.reshape(n_batch, c_in, hp * wp)
     n_chunks = min(n_batch, WEIGHT_GRAD_CHUNKS)
     partial = np.zeros((n_chunks, groups, m_padded, k_size), dtype=xp.dtype)
+    partial_bias = np.zeros((n_chunks, 1, c_out, 1), dtype=xp.dtype)
+    zero = xp.dtype.type(0)
     for job in prange(n_chunks * groups):
         chunk = job // groups
         g = job % groups
@@ -323,6 +327,7 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
                     grads.fill(0)
                 for m in range(c_out_g):
                     dst = grads[m]
+                    total = zero
                     for r in range(n_rows):
                         if (row0 + r) % stride_h:
                             continue
@@ -330,19 +335,26 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
                         base = r * wp
                         if stride_w == 1:  # a contiguous copy, vectorised
                             for ow in range(out_w):
-                                dst[base + ow] = grad_row[ow]
+                                value = grad_row[ow]
+                                dst[base + ow] = value
+                                total += value
                         else:
                             for ow in range(out_w):
-                                dst[base + ow * stride_w] = grad_row[ow]
+                                value = grad_row[ow]
+                                dst[base + ow * stride_w] = value
+                                total += value
+                    partial_bias[chunk, 0, g * c_out_g + m, 0] += total
                 _shifted_matmul_abt_acc(grads, (n_rows - 1) * wp + dense_w, src, chan, offset,
                                         row0 * wp, partial[chunk, g])
-    return _sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size)
+    return (_sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size),
+            _sum_chunks(partial_bias, c_out).reshape(c_out))
 
 
 @njit(cache=True)
 def _sum_chunks(partial, c_out):
     """(C_out, K): the chunks' weight gradients (chunks, groups, >= C_out_g, K) summed in a
-    fixed order (explicit loops compile faster than array expressions)."""
+    fixed order (explicit loops compile faster than array expressions); bias gradients come
+    as (chunks, 1, C_out, 1)."""
     n_chunks, groups, k_size = partial.shape[0], partial.shape[1], partial.shape[3]
     c_out_g = c_out // groups
     grad_w = np.empty((c_out, k_size), dtype=partial.dtype)
@@ -422,8 +434,9 @@ def conv2d_forward_lanes(xp, w, b, stride_h, dilation_h, dilation_w, groups, out
 
 
 @njit(cache=True, fastmath=_FAST)
-def _weight_grad_lanes(gy, xp, chan, offset, stride_h, n0, g, partial):
-    """partial (>= C_out_g, K) += the weight gradient of samples n0:n0 + LANES, group g."""
+def _weight_grad_lanes(gy, xp, chan, offset, stride_h, n0, g, partial, partial_bias):
+    """partial (>= C_out_g, K) += the weight gradient of samples n0:n0 + LANES, group g;
+    partial_bias (C_out_g,) = their bias gradient."""
     c_in_g = chan[-1] + 1
     c_out_g = gy.shape[1] * c_in_g // xp.shape[1]
     hp, wp = xp.shape[2], xp.shape[3]
@@ -432,6 +445,12 @@ def _weight_grad_lanes(gy, xp, chan, offset, stride_h, n0, g, partial):
     _interleave(xp, n0, g * c_in_g, c_in_g, buf)
     grads = np.zeros((partial.shape[0], out_h * out_w * LANES), dtype=xp.dtype)  # padding rows 0
     _interleave(gy, n0, g * c_out_g, c_out_g, grads)
+    zero = gy.dtype.type(0)
+    for m in range(c_out_g):  # from the interleaved copy, in L2 (empty lanes are zeros)
+        total = zero
+        for p in range(grads.shape[1]):
+            total += grads[m, p]
+        partial_bias[m] = total
     row = out_w * LANES
     for oh in range(out_h):
         _shifted_matmul_abt_acc(grads[:, oh * row:(oh + 1) * row], row, buf, chan, offset,
@@ -442,7 +461,8 @@ def _weight_grad_lanes(gy, xp, chan, offset, stride_h, n0, g, partial):
 def conv2d_weight_grad_lanes(gy, xp, kh_size, kw_size, stride_h, dilation_h, dilation_w,
                              groups):
     """:func:`conv2d_weight_grad` (column stride 1) on the interleaved layout of
-    :func:`conv2d_forward_lanes`; one partial sum per block of LANES samples."""
+    :func:`conv2d_forward_lanes`, ``(grad_w, grad_b)``; one partial sum per block of LANES
+    samples."""
     n_batch, c_in, hp, wp = xp.shape
     c_out = gy.shape[1]
     c_in_g = c_in // groups
@@ -451,10 +471,14 @@ def conv2d_weight_grad_lanes(gy, xp, kh_size, kw_size, stride_h, dilation_h, dil
     offset *= LANES
     n_blocks = (n_batch + LANES - 1) // LANES
     partial = np.zeros((n_blocks, groups, m_padded, chan.shape[0]), dtype=xp.dtype)
+    partial_bias = np.zeros((n_blocks, 1, c_out, 1), dtype=xp.dtype)
+    c_out_g = c_out // groups
     for job in prange(n_blocks * groups):
         blk, g = job // groups, job % groups
-        _weight_grad_lanes(gy, xp, chan, offset, stride_h, blk * LANES, g, partial[blk, g])
-    return _sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size)
+        _weight_grad_lanes(gy, xp, chan, offset, stride_h, blk * LANES, g, partial[blk, g],
+                           partial_bias[blk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
+    return (_sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size),
+            _sum_chunks(partial_bias, c_out).reshape(c_out))
 
 
 @njit(cache=True, fastmath=_FAST)
@@ -501,7 +525,7 @@ def conv2d_input_grad_lanes(gy, wt, hp, wp, stride_h, dilation_h, dilation_w):
 
 @njit(parallel=True, cache=True)
 def conv2d_backward_direct(gy, xp, w, stride_h, stride_w, dilation_h, dilation_w, groups):
-    """(grad_xp, grad_w) by plain loops over the real windows only.
+    """(grad_xp, grad_w, grad_b) by plain loops over the real windows only.
 
     For inputs holding inf or NaN: the fast kernels multiply scratch zeros with every input
     value, and ``0 * inf`` would put NaN where PyTorch has none.
@@ -537,24 +561,13 @@ def conv2d_backward_direct(gy, xp, w, stride_h, stride_w, dilation_h, dilation_w
                         for ow in range(out_w):
                             grad_xp[n, cx, ih, ow * stride_w + kw * dilation_w] += \
                                 weight * gy[n, co, oh, ow]
-    return grad_xp, grad_w
-
-
-@njit(parallel=True, cache=True, fastmath=_FAST)
-def bias_grad(gy):
-    """Sum of gy (N, C, H, W) over N, H and W: shape (C,), summed in gy's precision."""
-    n_batch, channels = gy.shape[0], gy.shape[1]
-    flat = gy.reshape(n_batch, channels, -1)
-    out = np.empty(channels, dtype=gy.dtype)
-    zero = gy.dtype.type(0)
-    for c in prange(channels):
-        total = zero
+    grad_b = np.zeros(c_out, dtype=gy.dtype)
+    for co in prange(c_out):
         for n in range(n_batch):
-            plane = flat[n, c]
-            for p in range(plane.shape[0]):
-                total += plane[p]
-        out[c] = total
-    return out
+            for oh in range(out_h):
+                for ow in range(out_w):
+                    grad_b[co] += gy[n, co, oh, ow]
+    return grad_xp, grad_w, grad_b
 
 
 def use_lanes(padded_shape, itemsize, stride_w, groups, out_w):
@@ -576,7 +589,7 @@ def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
 
 
 def weight_grad(gy, xp, kernel, stride, dilation, groups):
-    """:func:`conv2d_weight_grad` or, where :func:`use_lanes` says so,
+    """``(grad_w, grad_b)`` by :func:`conv2d_weight_grad` or, where :func:`use_lanes` says so,
     :func:`conv2d_weight_grad_lanes`."""
     if use_lanes(xp.shape, xp.itemsize, stride[1], groups, gy.shape[3]):
         return conv2d_weight_grad_lanes(gy, xp, *kernel, stride[0], *dilation, groups)
