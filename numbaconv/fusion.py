@@ -65,8 +65,8 @@ class ConvActPool:
         if not fusable(conv, activation, pool):
             raise ValueError(f"cannot fuse {conv!r}, {activation!r}, {pool!r}")
         self.layers = (conv, activation, pool)
-        self._activation = _ACTIVATIONS[type(activation)]
-        self._pool = _POOLS[type(pool)]
+        self.activation_code = _ACTIVATIONS[type(activation)]  # the fused kernels' codes
+        self.pool_code = _POOLS[type(pool)]
         self._x = None  # the input of the fused forward
         self._activated = None  # activation(conv output), which the backward differentiates
 
@@ -75,7 +75,8 @@ class ConvActPool:
         conv, _, pool = self.layers
         z = conv.forward(x, training=training)
         pool.output_shape(z.shape)  # the pool's own error for a feature map below its window
-        y = kernels.act_pool_forward(z, self._activation, self._pool)  # z := activation(z)
+        # z becomes activation(z), which the backward differentiates
+        y = kernels.act_pool_forward(z, self.activation_code, self.pool_code)
         self._x, self._activated = x, z
         for layer in self.layers:  # from now on a layer's own state means its own forward
             _clear(layer)
@@ -103,7 +104,7 @@ class ConvActPool:
             raise ValueError(f"grad_y has shape {grad_y.shape}, the fused stage's output "
                              f"has {expected}")
         grad_z = kernels.act_pool_backward(np.ascontiguousarray(grad_y), activated,
-                                           self._activation, self._pool)
+                                           self.activation_code, self.pool_code)
         conv._x = self._x  # the convolution's backward reads its input from there
         try:
             return conv.backward(grad_z, need_input_grad=need_input_grad)

@@ -38,11 +38,21 @@ KERNELS = {
     "avg_pool2d_backward": 3.9,
     "max_pool2d_forward": 1.8,
     "max_pool2d_backward": 1.5,
-    "act_pool_forward": 4.5,
-    "act_pool_backward": 4.5,
+    # the fused activation + pool kernels, a pair per activation and pool (fused_kernel_names)
+    **{f"{activation}_{pool}_pool_{direction}": seconds
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")
+       for direction, seconds in (("forward", 2.7), ("backward", 2.5))},
     "sigmoid_forward": 0.8,
     "sigmoid_backward": 1.0,
 }
+
+
+def fused_kernel_names(activation: int, pool: int) -> list[str]:
+    """The names of the fused kernels for activation and pool codes (see
+    :mod:`numbaconv.kernels.cpu.activation`), forward first."""
+    from .kernels.cpu.activation import FUSED
+
+    return [kernel.py_func.__name__ for kernel in FUSED[activation, pool]]
 
 
 def _dispatcher(name: str):
@@ -51,6 +61,10 @@ def _dispatcher(name: str):
     for module in (conv, pool, activation):
         if hasattr(module, name):
             return getattr(module, name)
+    for kernels in activation.FUSED.values():
+        for kernel in kernels:
+            if kernel.py_func.__name__ == name:
+                return kernel
     raise KeyError(name)
 
 
@@ -71,11 +85,12 @@ def signature(name: str, dtype) -> tuple:
         "avg_pool2d_backward": (a4,) + (i64,) * 8 + (types.boolean, i64),
         "max_pool2d_forward": (a4,) + (i64,) * 10,
         "max_pool2d_backward": (a4, typeof(np.empty((1,) * 4, dtype=np.int64)), i64, i64),
-        "act_pool_forward": (a4, i64, i64),
-        "act_pool_backward": (a4, a4, i64, i64),
         "sigmoid_forward": (a1,),
         "sigmoid_backward": (a1, a1),
-    }[name]
+        "fused_forward": (a4,),
+        "fused_backward": (a4, a4),
+    }[name if not name.endswith(("_pool_forward", "_pool_backward")) else
+      "fused_" + name.rsplit("_", 1)[1]]
 
 
 def kernels_for(model) -> list[str]:
@@ -102,7 +117,7 @@ def kernels_for(model) -> list[str]:
         kernels = [k for layer in layers for cls, ks in needs.items()
                    if isinstance(layer, cls) for k in ks]
         if stage.fused is not None:
-            kernels += ["act_pool_forward", "act_pool_backward"]
+            kernels += fused_kernel_names(stage.fused.activation_code, stage.fused.pool_code)
         names += [k for k in kernels if k not in names]
     return names
 

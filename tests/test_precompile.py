@@ -30,7 +30,8 @@ def test_kernels_for_lenet(activation, pool, fuse):
     model.fuse = fuse
     names = P.kernels_for(model)
     # fused: the conv/act/pool stages call the fused kernels, not the pool's
-    expected = CONV_KERNELS + (["act_pool_forward", "act_pool_backward"] if fuse else
+    expected = CONV_KERNELS + ([f"{activation}_{pool}_pool_forward",
+                                f"{activation}_{pool}_pool_backward"] if fuse else
                                [f"{pool}_pool2d_forward", f"{pool}_pool2d_backward"])
     if activation == "sigmoid":  # the dense layers' sigmoids (and conv's when unfused)
         expected += ["sigmoid_forward", "sigmoid_backward"]
@@ -119,4 +120,4 @@ def test_kernels_for_a_list_of_layers():
     from numbaconv.layers import Conv2d, MaxPool2d, ReLU
 
     assert P.kernels_for([Conv2d(1, 2, 3), ReLU(), MaxPool2d(2)]) == CONV_KERNELS + [
-        "act_pool_forward", "act_pool_backward"]
+        "relu_max_pool_forward", "relu_max_pool_backward"]

@@ -122,38 +122,49 @@ def sigmoid_backward(grad_y, y):
 
 SIGMOID, RELU = 0, 1  # activation codes
 AVG, MAX = 0, 1  # pool codes
+ACTIVATION_NAMES = {SIGMOID: "sigmoid", RELU: "relu"}
+POOL_NAMES = {AVG: "avg", MAX: "max"}
 TASK_ELEMENTS = 8192  # values of z per parallel task (32 KiB of float32): its activated copy
                       # stays in L1. A task takes whole planes, at least one; LeNet's 10x10
                       # planes cost a third of their time in per-plane calls when taken singly
 
 
+# In place (one array), so that the loops vectorise without a run-time overlap check.
+
 @njit(cache=True, **VECTOR_LOOP)
-def _activate_in_place(z, activation):
-    """z = activation(z) for a flat array (one array, so the loop vectorises without a
-    run-time overlap check). ReLU is NumPy's ``maximum(z, 0)``: NaN stays NaN, -0.0 gives
+def _sigmoid_in_place(z):
+    """z = sigmoid(z) for a flat array."""
+    for i in range(z.size):
+        z[i] = sigmoid_value(z[i])
+
+
+@njit(cache=True, **VECTOR_LOOP)
+def _relu_in_place(z):
+    """z = max(z, 0) for a flat array, as NumPy's ``maximum``: NaN stays NaN, -0.0 gives
     +0.0."""
-    if activation == SIGMOID:
-        for i in range(z.size):
-            z[i] = sigmoid_value(z[i])
-    else:
-        zero = z.dtype.type(0)
-        for i in range(z.size):
-            v = z[i]
-            z[i] = v if (v > zero or v != v) else zero
+    zero = z.dtype.type(0)
+    for i in range(z.size):
+        v = z[i]
+        z[i] = v if (v > zero or v != v) else zero
+
+
+# grad *= activation'(y) for flat arrays, as the activation layers' backward computes it.
+
+@njit(cache=True, error_model="numpy")
+def _times_sigmoid_derivative(grad, y):
+    """The sigmoid layer's ``grad * ((1 - y) * y)``."""
+    one = y.dtype.type(1)
+    for i in range(y.size):
+        grad[i] = grad[i] * ((one - y[i]) * y[i])
 
 
 @njit(cache=True, error_model="numpy")
-def _times_derivative(grad, y, activation):
-    """grad *= activation'(y) for flat arrays, as the activation layers' backward computes it
-    (the sigmoid's ``grad * ((1 - y) * y)``; ReLU's ``grad * (not y <= 0)``)."""
+def _times_relu_derivative(grad, y):
+    """The ReLU layer's ``grad * (not y <= 0)``."""
     zero = y.dtype.type(0)
     one = y.dtype.type(1)
-    if activation == SIGMOID:
-        for i in range(y.size):
-            grad[i] = grad[i] * ((one - y[i]) * y[i])
-    else:
-        for i in range(y.size):
-            grad[i] = grad[i] * (zero if y[i] <= zero else one)
+    for i in range(y.size):
+        grad[i] = grad[i] * (zero if y[i] <= zero else one)
 
 
 # The pools' 2x2 windows, written out: with the window's size known the compiler unrolls them
@@ -204,10 +215,8 @@ def _zero_unpooled(grad, out_h, out_w):
     floor mode gives them no window, so no gradient."""
     zero = grad.dtype.type(0)
     for plane in range(grad.shape[0]):
-        for h in range(2 * out_h, grad.shape[1]):
-            grad[plane, h, :] = zero
-        for h in range(2 * out_h):
-            for w in range(2 * out_w, grad.shape[2]):
+        for h in range(grad.shape[1]):
+            for w in range(0 if h >= 2 * out_h else 2 * out_w, grad.shape[2]):
                 grad[plane, h, w] = zero
 
 
@@ -250,48 +259,78 @@ def _planes_per_task(plane_size):
     return max(1, TASK_ELEMENTS // plane_size)
 
 
-@njit(parallel=True, cache=True)
+def _fused_kernels(activation, pool):
+    """The forward and backward kernels of one activation and pool pair.
+
+    The codes are constants to Numba (closure variables), which compiles the pair's own
+    branches only: a cold start compiles the pair a model uses, not all four. Each kernel gets
+    its own name (and so its own cache index), e.g. ``sigmoid_avg_pool_forward``.
+    """
+    def forward(z):
+        n_batch, channels, height, width = z.shape
+        y = np.empty((n_batch, channels, height // 2, width // 2), dtype=z.dtype)
+        planes = n_batch * channels
+        per_task = _planes_per_task(height * width)
+        z_planes = z.reshape(planes, height, width)
+        y_planes = y.reshape(planes, height // 2, width // 2)
+        for task in prange((planes + per_task - 1) // per_task):
+            first = task * per_task
+            last = min(planes, first + per_task)
+            block = z_planes[first:last]  # activated in place, then pooled from L1
+            if activation == SIGMOID:
+                _sigmoid_in_place(block.reshape(-1))
+            else:
+                _relu_in_place(block.reshape(-1))
+            if pool == AVG:
+                _avg2x2_forward(block, y_planes[first:last])
+            else:
+                _max2x2_forward(block, y_planes[first:last])
+        return y
+
+    def backward(grad_y, activated):
+        n_batch, channels, height, width = activated.shape
+        grad_z = np.empty_like(activated)
+        planes = n_batch * channels
+        per_task = _planes_per_task(height * width)
+        a_planes = activated.reshape(planes, height, width)
+        g_planes = grad_y.reshape(planes, height // 2, width // 2)
+        grad_planes = grad_z.reshape(planes, height, width)
+        for task in prange((planes + per_task - 1) // per_task):
+            first = task * per_task
+            last = min(planes, first + per_task)
+            grad = grad_planes[first:last]
+            if pool == AVG:
+                _avg2x2_backward(g_planes[first:last], grad)
+            else:
+                _max2x2_backward(a_planes[first:last], g_planes[first:last], grad)
+            if activation == SIGMOID:
+                _times_sigmoid_derivative(grad.reshape(-1), a_planes[first:last].reshape(-1))
+            else:
+                _times_relu_derivative(grad.reshape(-1), a_planes[first:last].reshape(-1))
+        return grad_z
+
+    name = f"{ACTIVATION_NAMES[activation]}_{POOL_NAMES[pool]}_pool"
+    kernels = []
+    for function, suffix in ((forward, "forward"), (backward, "backward")):
+        function.__name__ = function.__qualname__ = f"{name}_{suffix}"
+        kernels.append(njit(parallel=True, cache=True)(function))
+    return tuple(kernels)
+
+
+#: (activation, pool) -> (forward, backward) kernels
+FUSED = {(activation, pool): _fused_kernels(activation, pool)
+         for activation in ACTIVATION_NAMES for pool in POOL_NAMES}
+
+
 def act_pool_forward(z, activation, pool):
     """y (N, C, H // 2, W // 2) = pool(activation(z)) for z (N, C, H, W), C-contiguous, 2x2
     windows. Overwrites z with activation(z), which :func:`act_pool_backward` takes."""
-    n_batch, channels, height, width = z.shape
-    y = np.empty((n_batch, channels, height // 2, width // 2), dtype=z.dtype)
-    planes = n_batch * channels
-    per_task = _planes_per_task(height * width)
-    z_planes = z.reshape(planes, height, width)
-    y_planes = y.reshape(planes, height // 2, width // 2)
-    for task in prange((planes + per_task - 1) // per_task):
-        first = task * per_task
-        last = min(planes, first + per_task)
-        block = z_planes[first:last]
-        _activate_in_place(block.reshape(-1), activation)  # then pooled from L1
-        if pool == AVG:
-            _avg2x2_forward(block, y_planes[first:last])
-        else:
-            _max2x2_forward(block, y_planes[first:last])
-    return y
+    return FUSED[activation, pool][0](z)
 
 
-@njit(parallel=True, cache=True)
 def act_pool_backward(grad_y, activated, activation, pool):
     """The gradient at z (N, C, H, W) from grad_y (N, C, H // 2, W // 2) and ``activated``,
     activation(z) as :func:`act_pool_forward` left it, both C-contiguous, 2x2 windows: the
     pool's backward, then times the activation's derivative (both read from the activated
     values, so nothing is recomputed)."""
-    n_batch, channels, height, width = activated.shape
-    grad_z = np.empty_like(activated)
-    planes = n_batch * channels
-    per_task = _planes_per_task(height * width)
-    a_planes = activated.reshape(planes, height, width)
-    g_planes = grad_y.reshape(planes, height // 2, width // 2)
-    grad_planes = grad_z.reshape(planes, height, width)
-    for task in prange((planes + per_task - 1) // per_task):
-        first = task * per_task
-        last = min(planes, first + per_task)
-        grad = grad_planes[first:last]
-        if pool == AVG:
-            _avg2x2_backward(g_planes[first:last], grad)
-        else:
-            _max2x2_backward(a_planes[first:last], g_planes[first:last], grad)
-        _times_derivative(grad.reshape(-1), a_planes[first:last].reshape(-1), activation)
-    return grad_z
+    return FUSED[activation, pool][1](grad_y, activated)

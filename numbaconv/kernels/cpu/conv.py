@@ -248,12 +248,41 @@ def _block_rows(m_padded, dense_h, wp):
     return max(1, min(dense_h, OUT_BUFFER // (m_padded * wp)))
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
+@njit(cache=True, fastmath=_FAST)
+def _forward_block(xflat, weights, b, chan, offset, stride_h, stride_w, wp, n, g, row0, n_rows,
+                   dense_w, y):
+    """The outputs of sample n, group g, from stride-1 rows row0:row0 + n_rows, for
+    :func:`conv2d_forward`."""
+    c_out_g, c_in_g = weights.shape[0], chan[-1] + 1
+    out_w = y.shape[3]
+    out = np.zeros((c_out_g, (n_rows - 1) * wp + dense_w), dtype=xflat.dtype)
+    _shifted_matmul_acc(weights, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset,
+                        row0 * wp, out, 0, out.shape[1])
+    for m in range(c_out_g):
+        co = g * c_out_g + m
+        bias = b[co]
+        src = out[m]
+        for r in range(n_rows):
+            if (row0 + r) % stride_h:
+                continue
+            dst = y[n, co, (row0 + r) // stride_h]
+            base = r * wp
+            if stride_w == 1:  # a contiguous copy, vectorised
+                for ow in range(out_w):
+                    dst[ow] = src[base + ow] + bias
+            else:
+                for ow in range(out_w):
+                    dst[ow] = src[base + ow * stride_w] + bias
+
+
+# The parallel kernels below call one function per job: a prange body is compiled through
+# Numba's parfor passes, which cost seconds more on a large inlined body than on a call.
+
+@njit(parallel=True, cache=True)
 def conv2d_forward(xp, w, b, stride_h, stride_w, dilation_h, dilation_w, groups, out_h, out_w):
     """Convolution of a padded input; returns y of shape (N, C_out, out_h, out_w)."""
     n_batch, c_in, hp, wp = xp.shape
     c_out, c_in_g, kh_size, kw_size = w.shape
-    c_out_g = c_out // groups
     weights = _grouped_weights(w, groups)
     chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
     dense_h = (out_h - 1) * stride_h + 1  # stride-1 rows spanned by the outputs
@@ -266,29 +295,54 @@ def conv2d_forward(xp, w, b, stride_h, stride_w, dilation_h, dilation_w, groups,
         n = job // (groups * n_blocks)
         g = job // n_blocks % groups
         row0 = job % n_blocks * rows
-        n_rows = min(rows, dense_h - row0)
-        out = np.zeros((weights.shape[1], (n_rows - 1) * wp + dense_w), dtype=xp.dtype)
-        _shifted_matmul_acc(weights[g], xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset,
-                            row0 * wp, out, 0, out.shape[1])
-        for m in range(c_out_g):
-            co = g * c_out_g + m
-            bias = b[co]
-            src = out[m]
-            for r in range(n_rows):
-                if (row0 + r) % stride_h:
-                    continue
-                dst = y[n, co, (row0 + r) // stride_h]
-                base = r * wp
-                if stride_w == 1:  # a contiguous copy, vectorised
-                    for ow in range(out_w):
-                        dst[ow] = src[base + ow] + bias
-                else:
-                    for ow in range(out_w):
-                        dst[ow] = src[base + ow * stride_w] + bias
+        _forward_block(xflat, weights[g], b, chan, offset, stride_h, stride_w, wp, n, g, row0,
+                       min(rows, dense_h - row0), dense_w, y)
     return y
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
+@njit(cache=True, fastmath=_FAST)
+def _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp, n_start, n_stop, g,
+                       rows, dense_h, dense_w, partial, partial_bias):
+    """partial (>= C_out_g, K) += the weight gradient of samples n_start:n_stop, group g, and
+    partial_bias (C_out_g,) += their bias gradient, for :func:`conv2d_weight_grad`."""
+    m_padded = partial.shape[0]
+    c_out_g = partial_bias.shape[0]
+    c_in_g = chan[-1] + 1
+    out_w = gy.shape[3]
+    zero = xflat.dtype.type(0)
+    grads = np.zeros((m_padded, rows * wp), dtype=xflat.dtype)
+    for n in range(n_start, n_stop):
+        src = xflat[n, g * c_in_g:(g + 1) * c_in_g]
+        for row0 in range(0, dense_h, rows):
+            n_rows = min(rows, dense_h - row0)
+            # at stride 1 every position the product reads is rewritten below for each block
+            # or never written (scratch columns, padding rows): zero from the start
+            if stride_h > 1 or stride_w > 1:
+                grads.fill(0)
+            for m in range(c_out_g):
+                dst = grads[m]
+                total = zero
+                for r in range(n_rows):
+                    if (row0 + r) % stride_h:
+                        continue
+                    grad_row = gy[n, g * c_out_g + m, (row0 + r) // stride_h]
+                    base = r * wp
+                    if stride_w == 1:  # a contiguous copy, vectorised
+                        for ow in range(out_w):
+                            value = grad_row[ow]
+                            dst[base + ow] = value
+                            total += value
+                    else:
+                        for ow in range(out_w):
+                            value = grad_row[ow]
+                            dst[base + ow * stride_w] = value
+                            total += value
+                partial_bias[m] += total
+            _shifted_matmul_abt_acc(grads, (n_rows - 1) * wp + dense_w, src, chan, offset,
+                                    row0 * wp, partial)
+
+
+@njit(parallel=True, cache=True)
 def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h, dilation_w,
                        groups):
     """Gradients of the weight, (C_out, C_in // groups, kh_size, kw_size), and of the bias,
@@ -302,7 +356,6 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
     c_out, out_h, out_w = gy.shape[1], gy.shape[2], gy.shape[3]
     c_in_g = c_in // groups
     c_out_g = c_out // groups
-    k_size = c_in_g * kh_size * kw_size
     m_padded = (c_out_g + BLOCK - 1) // BLOCK * BLOCK
     chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
     dense_h = (out_h - 1) * stride_h + 1
@@ -310,42 +363,14 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
     rows = _block_rows(m_padded, dense_h, wp)
     xflat = xp.reshape(n_batch, c_in, hp * wp)
     n_chunks = min(n_batch, WEIGHT_GRAD_CHUNKS)
-    partial = np.zeros((n_chunks, groups, m_padded, k_size), dtype=xp.dtype)
+    partial = np.zeros((n_chunks, groups, m_padded, chan.shape[0]), dtype=xp.dtype)
     partial_bias = np.zeros((n_chunks, 1, c_out, 1), dtype=xp.dtype)
-    zero = xp.dtype.type(0)
     for job in prange(n_chunks * groups):
-        chunk = job // groups
-        g = job % groups
-        grads = np.zeros((m_padded, rows * wp), dtype=xp.dtype)
-        for n in range(chunk * n_batch // n_chunks, (chunk + 1) * n_batch // n_chunks):
-            src = xflat[n, g * c_in_g:(g + 1) * c_in_g]
-            for row0 in range(0, dense_h, rows):
-                n_rows = min(rows, dense_h - row0)
-                # at stride 1 every position the product reads is rewritten below for each
-                # block or never written (scratch columns, padding rows): zero from the start
-                if stride_h > 1 or stride_w > 1:
-                    grads.fill(0)
-                for m in range(c_out_g):
-                    dst = grads[m]
-                    total = zero
-                    for r in range(n_rows):
-                        if (row0 + r) % stride_h:
-                            continue
-                        grad_row = gy[n, g * c_out_g + m, (row0 + r) // stride_h]
-                        base = r * wp
-                        if stride_w == 1:  # a contiguous copy, vectorised
-                            for ow in range(out_w):
-                                value = grad_row[ow]
-                                dst[base + ow] = value
-                                total += value
-                        else:
-                            for ow in range(out_w):
-                                value = grad_row[ow]
-                                dst[base + ow * stride_w] = value
-                                total += value
-                    partial_bias[chunk, 0, g * c_out_g + m, 0] += total
-                _shifted_matmul_abt_acc(grads, (n_rows - 1) * wp + dense_w, src, chan, offset,
-                                        row0 * wp, partial[chunk, g])
+        chunk, g = job // groups, job % groups
+        _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp,
+                           chunk * n_batch // n_chunks, (chunk + 1) * n_batch // n_chunks, g,
+                           rows, dense_h, dense_w, partial[chunk, g],
+                           partial_bias[chunk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
     return (_sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size),
             _sum_chunks(partial_bias, c_out).reshape(c_out))
 
