@@ -3,9 +3,11 @@
 On an empty Numba cache a LeNet run spends about 35 s compiling its kernels one after the other
 in a single process, and a process compiles on one core. The kernels are independent, and
 ``cache=True`` writes what one process compiles to the on-disk cache that another then loads in
-milliseconds. So :func:`precompile` splits the kernels that are not cached yet into one group
-per available core, compiles one group itself and the others in child processes (``python -m
-numbaconv.precompile``) at the same time, and waits for them. With a warm cache it only reads
+milliseconds. So :func:`precompile` lists the kernels that are not cached yet, longest first,
+and works through the list in this process and in one child process (``python -m
+numbaconv.precompile``) per further available core at the same time: each process claims the
+next unclaimed kernel (a file created exclusively in a shared folder) and compiles it, so the
+processes finish together whatever the real compile times are. With a warm cache it only reads
 the cache's small index files and starts nothing.
 
 Each kernel is compiled for exactly the argument types the public functions pass it (NumPy
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable
 
 import numpy as np
@@ -27,13 +31,13 @@ import numpy as np
 __all__ = ["precompile", "kernels_for", "KERNELS"]
 
 #: kernel name -> rough compile seconds on an empty cache (measured on the reference machine),
-#: used only to balance the groups.
+#: used only to order the work, longest first.
 KERNELS = {
-    "conv2d_forward": 8.1,
-    "conv2d_forward_lanes": 5.7,
-    "conv2d_weight_grad": 7.4,
-    "conv2d_weight_grad_lanes": 3.7,
-    "conv2d_input_grad_lanes": 5.9,
+    "conv2d_forward": 5.6,
+    "conv2d_forward_lanes": 5.5,
+    "conv2d_weight_grad": 6.8,
+    "conv2d_weight_grad_lanes": 5.2,
+    "conv2d_input_grad_lanes": 6.0,
     "avg_pool2d_forward": 3.2,
     "avg_pool2d_backward": 3.9,
     "max_pool2d_forward": 1.8,
@@ -41,7 +45,7 @@ KERNELS = {
     # the fused activation + pool kernels, a pair per activation and pool (fused_kernel_names)
     **{f"{activation}_{pool}_pool_{direction}": seconds
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")
-       for direction, seconds in (("forward", 2.7), ("backward", 2.5))},
+       for direction, seconds in (("forward", 2.6), ("backward", 1.8))},
     "sigmoid_forward": 0.8,
     "sigmoid_backward": 1.0,
 }
@@ -142,21 +146,22 @@ def is_cached(name: str, dtype) -> bool:
         return False
 
 
-def compile_kernels(tasks: Iterable[tuple[str, str]]) -> None:
-    """Compile (or load from the cache) each ``(kernel name, dtype name)`` in this process."""
+def compile_kernels(tasks: Iterable[tuple[str, str]], claims: str | None = None) -> None:
+    """Compile (or load from the cache) each ``(kernel name, dtype name)`` in this process;
+    with a ``claims`` folder, only those this process claims there first."""
     for name, dtype in tasks:
-        _dispatcher(name).compile(signature(name, np.dtype(dtype)))
+        if claims is None or _claim(claims, name, dtype):
+            _dispatcher(name).compile(signature(name, np.dtype(dtype)))
 
 
-def _groups(tasks: list[tuple[str, str]], n_groups: int) -> list[list[tuple[str, str]]]:
-    """Longest first, each into the group with the least estimated work."""
-    groups: list[list[tuple[str, str]]] = [[] for _ in range(n_groups)]
-    load = [0.0] * n_groups
-    for task in sorted(tasks, key=lambda t: -KERNELS[t[0]]):
-        i = load.index(min(load))
-        groups[i].append(task)
-        load[i] += KERNELS[task[0]]
-    return [g for g in groups if g]
+def _claim(claims: str, name: str, dtype: str) -> bool:
+    """Whether this process is the first to claim ``(name, dtype)`` in folder ``claims``."""
+    try:
+        os.close(os.open(os.path.join(claims, f"{name}-{dtype}"),
+                         os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def _cores() -> int:
@@ -177,24 +182,29 @@ def precompile(model, processes: int | None = None) -> int:
              if not is_cached(name, dtype)]
     if not tasks:
         return 0
-    groups = _groups(tasks, max(1, min(processes or _cores(), len(tasks))))
+    tasks.sort(key=lambda task: -KERNELS[task[0]])  # the longest first: the ends even out
+    n_children = max(1, min(processes or _cores(), len(tasks))) - 1
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)  # the children must see this very source tree (the cache's key)
     if "NUMBA_CPU_FEATURES" not in env:  # this process kept Numba's default CPU features
         env["NUMBACONV_WIDE_VECTORS"] = "0"  # (see numbaconv.vectors): so must the children
     env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in
                                         env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    children = [subprocess.Popen([sys.executable, "-m", "numbaconv.precompile",
-                                  json.dumps(group)], env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-                for group in groups[1:]]
+    claims = tempfile.mkdtemp(prefix="numbaconv-precompile-")
     try:
-        compile_kernels(groups[0])
+        children = [subprocess.Popen([sys.executable, "-m", "numbaconv.precompile",
+                                      json.dumps(tasks), claims], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    for _ in range(n_children)]
+        try:
+            compile_kernels(tasks, claims)
+        finally:
+            for child in children:
+                child.wait()
     finally:
-        for child in children:
-            child.wait()
+        shutil.rmtree(claims, ignore_errors=True)
     return len(tasks)
 
 
-if __name__ == "__main__":  # a child of precompile(): compile the tasks given as JSON
-    compile_kernels(json.loads(sys.argv[1]))
+if __name__ == "__main__":  # a child of precompile(): its share of the tasks given as JSON
+    compile_kernels([tuple(task) for task in json.loads(sys.argv[1])], sys.argv[2])

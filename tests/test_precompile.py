@@ -54,13 +54,20 @@ def test_signatures_are_those_of_real_calls(activation, pool, fuse):
         assert P.signature(name, np.float32) in compiled, (name, compiled)
 
 
-def test_groups_balance_and_cover():
-    tasks = [(name, "float32") for name in P.KERNELS]
-    groups = P._groups(tasks, 2)
-    assert sorted(t for g in groups for t in g) == sorted(tasks)
-    loads = [sum(P.KERNELS[n] for n, _ in g) for g in groups]
-    assert max(loads) - min(loads) <= max(P.KERNELS.values())
-    assert P._groups(tasks[:1], 2) == [tasks[:1]]
+def test_each_task_is_claimed_once(tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(P, "_dispatcher", lambda name: type(
+        "Fake", (), {"compile": staticmethod(lambda sig: compiled.append(name))}))
+    tasks = [("conv2d_forward", "float32"), ("sigmoid_forward", "float32"),
+             ("sigmoid_forward", "float64")]
+    P.compile_kernels(tasks[1:2], str(tmp_path))  # another process took this one
+    compiled.clear()
+    P.compile_kernels(tasks, str(tmp_path))
+    assert compiled == ["conv2d_forward", "sigmoid_forward"]  # the float64 one is unclaimed
+    P.compile_kernels(tasks, str(tmp_path))
+    assert compiled == ["conv2d_forward", "sigmoid_forward"]  # nothing left
+    P.compile_kernels(tasks)  # without a claims folder: everything
+    assert len(compiled) == 5
 
 
 SCRIPT = textwrap.dedent("""
