@@ -18,8 +18,8 @@ flags):
 * ``--ratio-report``: at the end, a table of numbaconv/torch median-time ratios per case
   against the project's targets, PASS/FAIL per case and per target;
 * ``--ratio-strict``: also exit with status 1 when a target FAILs (implies the report);
-* ``--bench-threads N``: threads for Numba, NumPy's BLAS and PyTorch (default: Numba's
-  thread count, the cores);
+* ``--bench-threads N``: threads for Numba and PyTorch (default: Numba's thread count, the
+  cores); NumPy's BLAS gets one;
 * ``--bench-size full|quick``: ``quick`` times 1/30 of an epoch instead of 1/10;
 * ``--bench-rounds R``: rounds of the epoch and evaluation cases (default 5).
 """
@@ -30,12 +30,11 @@ import os
 
 import pytest
 
-if "NUMBA_THREADING_LAYER" not in os.environ:  # as the numbaconv command does (cli.main)
-    import numba
+from numbaconv.threads import prefer_sleeping_openmp
 
-    numba.config.THREADING_LAYER = "workqueue"
+prefer_sleeping_openmp()  # as the numbaconv command does (cli.main)
 
-from numbaconv import bench as B
+from numbaconv import bench as B  # noqa: E402
 
 RATIOS_KEY = pytest.StashKey[dict]()
 ITEMS_KEY = pytest.StashKey[dict]()

@@ -502,7 +502,8 @@ def as_arrays(result) -> list[np.ndarray]:
 
 
 def set_threads(threads: int | None, torch: Any = None) -> int:
-    """Give numbaconv (Numba and NumPy's BLAS) and PyTorch the same thread count.
+    """Give numbaconv's kernels (Numba) and PyTorch the same thread count; NumPy's BLAS, which
+    numbaconv's ``Linear`` uses, gets one (:func:`numbaconv.threads.set_threads`).
 
     ``None`` means all of Numba's threads (``NUMBA_NUM_THREADS``, the cores by default).
     Returns the count used.

@@ -38,10 +38,9 @@ def cli():
 # --------------------------------------------------------------------------- run
 
 def _set_threads(threads: int | None) -> None:
-    if threads is not None:
-        from .threads import set_threads
+    from .threads import set_threads
 
-        set_threads(threads)
+    set_threads(threads)
 
 
 def _prepare_output(option: str, path) -> None:
@@ -293,19 +292,10 @@ def _load_plugin_commands() -> None:
     pm.hook.register_commands(cli=cli)
 
 
-def _use_workqueue_threads() -> None:
-    # Numba's OpenMP layer spin-waits between parallel regions; on a busy machine (or beside
-    # OpenBLAS's own spinning threads) that made kernels 5-20x slower than on one thread. The
-    # workqueue layer has no such cliff, and the command line never calls kernels from two
-    # threads at once (workqueue's limit). A user's NUMBA_THREADING_LAYER still wins.
-    if "NUMBA_THREADING_LAYER" not in os.environ:
-        import numba
-
-        numba.config.THREADING_LAYER = "workqueue"
-
-
 def main() -> None:  # pragma: no cover - console entry
-    _use_workqueue_threads()
+    from .threads import prefer_sleeping_openmp
+
+    prefer_sleeping_openmp()
     _load_plugin_commands()
     cli()
 

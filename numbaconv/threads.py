@@ -1,11 +1,33 @@
-"""One thread count for Numba's kernels and NumPy's BLAS (the Linear layers)."""
+"""Threads for the command line: Numba's kernels on every core (or ``--threads``), NumPy's BLAS
+on one, and OpenMP threads that sleep between parallel regions."""
 
 from __future__ import annotations
 
+import os
+
+
+def prefer_sleeping_openmp() -> None:
+    """Ask OpenMP (Numba's default threading layer here, and PyTorch's) to put idle threads to
+    sleep at once (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a policy. Spinning threads
+    make every parallel region wait a scheduler slice when another process holds a core (a
+    kernel measured 5-20x slower). Must run before OpenMP starts, i.e. before the first
+    parallel kernel.
+
+    Numba's ``workqueue`` layer, which the command used before, hands every region to worker
+    threads while the calling thread waits: on one thread LeNet's epoch took 1.3-1.6x as long
+    as on OpenMP, whose calling thread does the work itself.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def set_threads(threads: int | None = None) -> int:
-    """Use ``threads`` threads in Numba and in NumPy's BLAS; ``None`` means all of Numba's
-    (``NUMBA_NUM_THREADS``, the cores by default). Returns the count used."""
+    """Use ``threads`` threads in Numba (``None``: all of ``NUMBA_NUM_THREADS``, the cores by
+    default) and one in NumPy's BLAS; returns Numba's count.
+
+    One BLAS thread because the Linear layers' products are small (256x400 by 400x120 for
+    LeNet) and OpenBLAS's threads spin after each call, taking the cores from the kernels that
+    follow: LeNet's epoch on 2 Numba threads took 1.5x as long with 2 BLAS threads as with 1.
+    """
     import numba
     from threadpoolctl import threadpool_limits
 
@@ -16,5 +38,5 @@ def set_threads(threads: int | None = None) -> int:
         raise ValueError(f"--threads must be between 1 and {maximum} (NUMBA_NUM_THREADS), "
                          f"got {threads}")
     numba.set_num_threads(threads)
-    threadpool_limits(threads)
+    threadpool_limits(1, user_api="blas")
     return threads
