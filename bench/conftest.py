@@ -30,11 +30,7 @@ import os
 
 import pytest
 
-from numbaconv.threads import prefer_sleeping_openmp
-
-prefer_sleeping_openmp()  # as the numbaconv command does (cli.main)
-
-from numbaconv import bench as B  # noqa: E402
+from numbaconv import bench as B
 
 RATIOS_KEY = pytest.StashKey[dict]()
 ITEMS_KEY = pytest.StashKey[dict]()

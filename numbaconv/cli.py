@@ -38,8 +38,9 @@ def cli():
 # --------------------------------------------------------------------------- run
 
 def _set_threads(threads: int | None) -> None:
-    from .threads import set_threads
+    from .threads import prefer_sleeping_openmp, set_threads
 
+    prefer_sleeping_openmp()  # before Numba starts OpenMP, which set_threads does
     set_threads(threads)
 
 
@@ -90,7 +91,8 @@ def _write_metrics(path: str, history: list) -> None:
 @click.option("--data", "data_dir", type=click.Path(file_okay=False),
               help="Directory with the Fashion-MNIST IDX files.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--threads", type=int, help="CPU threads (default: all cores).")
+@click.option("--threads", type=int,
+              help="CPU threads for the kernels (default: all cores; NumPy's BLAS gets one).")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A model option, e.g. -o activation=relu -o pool=max. Repeatable.")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False),
@@ -223,7 +225,8 @@ def _run_epoch(model, opt, data, settings, epoch, trainer=None):
 @click.argument("checkpoint_path", metavar="CHECKPOINT")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False),
               help="Directory with the Fashion-MNIST IDX files.")
-@click.option("--threads", type=int, help="CPU threads (default: all cores).")
+@click.option("--threads", type=int,
+              help="CPU threads for the kernels (default: all cores; NumPy's BLAS gets one).")
 @user_errors
 def evaluate(checkpoint_path, data_dir, threads):
     """Print the test accuracy of a saved CHECKPOINT as 'test_acc 0.xxxx'."""
@@ -293,9 +296,6 @@ def _load_plugin_commands() -> None:
 
 
 def main() -> None:  # pragma: no cover - console entry
-    from .threads import prefer_sleeping_openmp
-
-    prefer_sleeping_openmp()
     _load_plugin_commands()
     cli()
 

@@ -159,7 +159,7 @@ def _claim(claims: str, name: str, dtype: str) -> bool:
     try:
         os.close(os.open(os.path.join(claims, f"{name}-{dtype}"),
                          os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
+    except OSError:  # claimed already, or the folder is gone (the parent stopped)
         return False
     return True
 

@@ -1,5 +1,7 @@
-"""Threads for the command line: Numba's kernels on every core (or ``--threads``), NumPy's BLAS
-on one, and OpenMP threads that sleep between parallel regions."""
+"""Threads for ``numbaconv run`` and ``evaluate``: Numba's kernels on every core (or
+``--threads``), NumPy's BLAS on one, and OpenMP threads that sleep between parallel regions.
+(``numbaconv bench`` leaves the wait policy alone: PyTorch's OpenMP reads it too, and its
+side of the comparison keeps its defaults.)"""
 
 from __future__ import annotations
 
@@ -7,11 +9,11 @@ import os
 
 
 def prefer_sleeping_openmp() -> None:
-    """Ask OpenMP (Numba's default threading layer here, and PyTorch's) to put idle threads to
-    sleep at once (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a policy. Spinning threads
-    make every parallel region wait a scheduler slice when another process holds a core (a
-    kernel measured 5-20x slower). Must run before OpenMP starts, i.e. before the first
-    parallel kernel.
+    """Ask OpenMP (Numba's default threading layer here) to put idle threads to sleep at once
+    (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a policy. Spinning threads make every
+    parallel region wait a scheduler slice when another process holds a core (a kernel
+    measured 5-20x slower). OpenMP reads the variable when its library loads: call this
+    before the first parallel kernel, ``numba.set_num_threads`` and ``import torch``.
 
     Numba's ``workqueue`` layer, which the command used before, hands every region to worker
     threads while the calling thread waits: on one thread LeNet's epoch took 1.3-1.6x as long

@@ -124,9 +124,10 @@ SIGMOID, RELU = 0, 1  # activation codes
 AVG, MAX = 0, 1  # pool codes
 ACTIVATION_NAMES = {SIGMOID: "sigmoid", RELU: "relu"}
 POOL_NAMES = {AVG: "avg", MAX: "max"}
-TASK_ELEMENTS = 8192  # values of z per parallel task (32 KiB of float32): its activated copy
-                      # stays in L1. A task takes whole planes, at least one; LeNet's 10x10
-                      # planes cost a third of their time in per-plane calls when taken singly
+TASK_ELEMENTS = 8192  # values of z per parallel task (32 KiB of float32), activated in place
+                      # and pooled while in L1 (or L2 for float64). A task takes whole planes,
+                      # at least one; LeNet's 10x10 planes cost a third of their time in
+                      # per-plane calls when taken singly
 
 
 # In place (one array), so that the loops vectorise without a run-time overlap check.
