@@ -57,13 +57,16 @@ def max_pool2d_backward(grad_y, indices, height, width):
     """
     n_batch, channels = grad_y.shape[0], grad_y.shape[1]
     plane_size = height * width
-    grad_x = np.zeros((n_batch, channels, height * width), dtype=grad_y.dtype)
+    grad_x = np.empty((n_batch, channels, height * width), dtype=grad_y.dtype)
+    zero = grad_y.dtype.type(0)
     for plane in prange(n_batch * channels):
         n = plane // channels
         c = plane % channels
         g = grad_y[n, c]
         idx = indices[n, c]
         out = grad_x[n, c]
+        for i in range(plane_size):  # zeroed here, in parallel and just before the scatter
+            out[i] = zero
         for oh in range(g.shape[0]):
             for ow in range(g.shape[1]):
                 i = idx[oh, ow]
@@ -211,13 +214,17 @@ def avg_pool2d_backward(grad_y, height, width, kernel_h, kernel_w, stride_h, str
     n_batch, channels, out_h, out_w = grad_y.shape
     h_start, h_stop, h_padded = _avg_windows(out_h, kernel_h, stride_h, pad_h, height)
     w_start, w_stop, w_padded = _avg_windows(out_w, kernel_w, stride_w, pad_w, width)
-    grad_x = np.zeros((n_batch, channels, height, width), dtype=grad_y.dtype)
+    grad_x = np.empty((n_batch, channels, height, width), dtype=grad_y.dtype)
     tiled = _tiled(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w,
                    height, width)
     full = divisor if divisor != 0 else kernel_h * kernel_w
+    zero = grad_y.dtype.type(0)
+    flat = grad_x.reshape(n_batch * channels, height * width)
     for plane in prange(n_batch * channels):
         n = plane // channels
         c = plane % channels
+        for i in range(height * width):  # zeroed here, in parallel and just before use
+            flat[plane, i] = zero
         if tiled:
             _avg_tiled_backward_plane(grad_y[n, c], grad_x[n, c], kernel_h, kernel_w, full)
         else:
