@@ -115,16 +115,6 @@ class _ConvGeometry:
                              shapes.output_size(width, kw, self.stride[1], self.padding[1],
                                                 self.dilation[1]))
 
-    def pad(self, x):
-        """``x`` zero-padded and C-contiguous, shape (N, C, Hp, Wp)."""
-        (top, bottom), (left, right) = self.padding
-        if top == bottom == left == right == 0:
-            return np.ascontiguousarray(x)
-        n, c, height, width = x.shape
-        xp = np.zeros((n, c) + self.padded, dtype=x.dtype)
-        xp[:, :, top:top + height, left:left + width] = x
-        return xp
-
     def crop(self, grad_xp):
         """The part of a padded-input gradient that belongs to the real input."""
         (top, bottom), (left, right) = self.padding
@@ -165,8 +155,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         return np.zeros(geo.output_shape, dtype=x.dtype)
     b = np.zeros(c_out, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
     out_h, out_w = geo.output_shape[2:]
-    return cpu_conv.forward(geo.pad(x), np.ascontiguousarray(weight), b, geo.stride,
-                            geo.dilation, geo.groups, out_h, out_w)
+    xp, _ = cpu_conv.pad(x, geo.padding)
+    return cpu_conv.forward(xp, np.ascontiguousarray(weight), b, geo.stride, geo.dilation,
+                            geo.groups, out_h, out_w)
 
 
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
@@ -196,8 +187,8 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
                 np.zeros(weight.shape[0], dtype=x.dtype))
     w = np.ascontiguousarray(weight)
     gy = np.ascontiguousarray(grad_y)
-    xp = geo.pad(x)
-    if not (np.isfinite(x.sum()) and np.isfinite(w.sum())):  # rare: an exact, slow path
+    xp, finite = cpu_conv.pad(x, geo.padding, check_finite=True)
+    if not (finite and np.isfinite(w.sum())):  # rare: an exact, slow path
         grad_xp, grad_w, grad_b = cpu_conv.conv2d_backward_direct(gy, xp, w, *geo.stride,
                                                                   *geo.dilation, geo.groups)
         return geo.crop(grad_xp) if need_input_grad else None, grad_w, grad_b

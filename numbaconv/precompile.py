@@ -107,7 +107,9 @@ def kernels_for(model) -> list[str]:
         model = Sequential(model)
 
     needs = {
-        # which kernels a layer calls depends on its input's width: compile both kinds
+        # which kernels a layer calls depends on its input's width: compile both kinds (the
+        # parallel padding, conv._place_planes, serves inputs of a million values and more
+        # only, and compiles on first use)
         Conv2d: ("conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad",
                  "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes"),
         AvgPool2d: ("avg_pool2d_forward", "avg_pool2d_backward"),

@@ -416,6 +416,47 @@ NONFINITE_CASES = [
 ]
 
 
+@pytest.fixture
+def parallel_placement(monkeypatch):
+    """Padding and the input gradient's spread through the parallel kernel at any size."""
+    from numbaconv.kernels.cpu import conv as cpu_conv
+
+    monkeypatch.setattr(cpu_conv, "PLACE_IN_PARALLEL", 0)
+    return cpu_conv
+
+
+def test_parallel_placement_equals_numpys(parallel_placement):
+    rng = np.random.default_rng(8)
+    for trial in range(100):
+        n, c, height, width = rng.integers(1, 4), rng.integers(1, 4), *rng.integers(1, 9, 2)
+        src = rng.normal(size=(n, c, height, width)).astype(np.float32)
+        if trial % 4 == 0:
+            src[rng.integers(n), rng.integers(c), rng.integers(height), rng.integers(width)] = \
+                (np.inf, -np.inf, np.nan)[trial % 3]
+        out_h, out_w = rng.integers(1, 14, 2)
+        rows = parallel_placement._placement(int(rng.integers(-3, 4)), int(rng.integers(1, 4)),
+                                             height, out_h)
+        cols = parallel_placement._placement(int(rng.integers(-3, 4)), int(rng.integers(1, 4)),
+                                             width, out_w)
+        got, finite = parallel_placement.place(src, out_h, out_w, rows, cols, True)
+        want = np.zeros((n, c, out_h, out_w), np.float32)
+        placed = src[:, :, rows[1], cols[1]]
+        want[:, :, rows[0], cols[0]] = placed
+        np.testing.assert_array_equal(got, want)
+        assert finite == bool(np.isfinite(placed).all())
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, groups", [
+    ((3, 3), 1, 1, 1, 1), ((5, 5), 1, 2, 1, 2), ((2, 3), (2, 3), ((3, 0), (0, 4)), 1, 1),
+    ((3, 2), (3, 1), (4, 3), (1, 2), 1)])
+def test_conv2d_with_parallel_placement_matches_reference(nc, parallel_placement, kernel,
+                                                          stride, padding, dilation, groups):
+    check_conv_against_reference(nc, dict(
+        N=3, C=2 * groups, H=9, W=8, F=2 * groups, kernel=kernel, stride=stride,
+        padding=padding, dilation=dilation, groups=groups, bias=True, dtype=np.float32,
+        layouts=(LAYOUTS[0],) * 3, seed=6))
+
+
 def _nonfinite_arrays(where, value, position):
     rng = np.random.default_rng(12)
     x = rng.normal(size=(2, 2, 5, 6))
@@ -432,9 +473,15 @@ def _nonfinite_grad(rng, shape, where, value, position):
     return gy
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["numpy-pad", "parallel-pad"])
 @pytest.mark.parametrize("where, value, position, args", NONFINITE_CASES,
                          ids=[f"{c[0]}={c[1]}@{c[2]}-{c[3]}" for c in NONFINITE_CASES])
-def test_conv2d_non_finite_values_propagate_like_reference(nc, where, value, position, args):
+def test_conv2d_non_finite_values_propagate_like_reference(nc, monkeypatch, where, value,
+                                                           position, args, parallel):
+    from numbaconv.kernels.cpu import conv as cpu_conv
+
+    if parallel:  # the parallel pad also tells the backward that x holds inf or NaN
+        monkeypatch.setattr(cpu_conv, "PLACE_IN_PARALLEL", 0)
     x, w, rng = _nonfinite_arrays(where, value, position)
     with np.errstate(invalid="ignore"):
         expected = ref.conv2d(x, w, **args)

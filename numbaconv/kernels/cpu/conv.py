@@ -595,6 +595,77 @@ def conv2d_backward_direct(gy, xp, w, stride_h, stride_w, dilation_h, dilation_w
     return grad_xp, grad_w, grad_b
 
 
+@njit(parallel=True, cache=True)
+def _place_planes(src, out_h, out_w, src_r0, n_rows, dst_r0, row_step, src_c0, n_cols, dst_c0,
+                  col_step):
+    """(out, finite) for :func:`place`: one plane per parallel task, zeroed and filled while
+    it is in cache, and whether the placed values are all finite."""
+    n_batch, channels = src.shape[0], src.shape[1]
+    out = np.empty((n_batch, channels, out_h, out_w), dtype=src.dtype)
+    flat = out.reshape(n_batch * channels, out_h * out_w)
+    bad = np.zeros(n_batch * channels, dtype=np.bool_)
+    zero = src.dtype.type(0)
+    for plane in prange(n_batch * channels):
+        n, c = plane // channels, plane % channels
+        dst = flat[plane]
+        for p in range(out_h * out_w):
+            dst[p] = zero
+        not_finite = False
+        for i in range(n_rows):
+            row = src[n, c, src_r0 + i, src_c0:src_c0 + n_cols]
+            base = (dst_r0 + i * row_step) * out_w + dst_c0
+            if col_step == 1:  # a contiguous copy, vectorised
+                dst_row = dst[base:base + n_cols]
+                for j in range(n_cols):
+                    value = row[j]
+                    dst_row[j] = value
+                    not_finite |= (value - value) != (value - value)  # inf and NaN: NaN
+            else:
+                for j in range(n_cols):
+                    value = row[j]
+                    dst[base + j * col_step] = value
+                    not_finite |= (value - value) != (value - value)
+        bad[plane] = not_finite
+    return out, not bad.any()
+
+
+PLACE_IN_PARALLEL = 1 << 20  # output values from which place() runs _place_planes; below, NumPy
+
+
+def place(src, out_h, out_w, rows, cols, check_finite=False):
+    """An (N, C, out_h, out_w) array of zeros with ``src[:, :, rows[1], cols[1]]`` at
+    ``[:, :, rows[0], cols[0]]`` (destination and source slices as :func:`_placement` gives
+    them; the padded input, or grad_y spread onto a stride grid), and, with ``check_finite``,
+    whether those values are all finite (else None).
+
+    Large arrays take one parallel pass (a serial zero-fill and copy of the 64-channel
+    layer's 27 MB input cost about 6 ms); small ones NumPy's."""
+    (dst_rows, src_rows), (dst_cols, src_cols) = rows, cols
+    n_rows = max(0, src_rows.stop - src_rows.start)
+    n_cols = max(0, src_cols.stop - src_cols.start)
+    if src.shape[0] * src.shape[1] * out_h * out_w >= PLACE_IN_PARALLEL:
+        return _place_planes(np.ascontiguousarray(src), out_h, out_w, src_rows.start, n_rows,
+                             dst_rows.start, dst_rows.step or 1, src_cols.start, n_cols,
+                             dst_cols.start, dst_cols.step or 1)
+    out = np.zeros(src.shape[:2] + (out_h, out_w), dtype=src.dtype)
+    values = src[:, :, src_rows, src_cols]
+    out[:, :, dst_rows, dst_cols] = values
+    return out, bool(np.isfinite(values.sum())) if check_finite else None
+
+
+def pad(x, padding, check_finite=False):
+    """(xp, finite): ``x`` zero-padded by ``((top, bottom), (left, right))``, C-contiguous,
+    and with ``check_finite`` whether x is all finite (else None)."""
+    (top, bottom), (left, right) = padding
+    if top == bottom == left == right == 0:
+        xp = np.ascontiguousarray(x)
+        return xp, bool(np.isfinite(xp.sum())) if check_finite else None
+    height, width = x.shape[2], x.shape[3]
+    return place(x, height + top + bottom, width + left + right,
+                 (slice(top, top + height, 1), slice(0, height)),
+                 (slice(left, left + width, 1), slice(0, width)), check_finite)
+
+
 def use_lanes(padded_shape, itemsize, stride_w, groups, out_w):
     """Whether the interleaved-samples kernels pay: unit column stride, at least a fifth of
     the padded-width grid's columns scratch, no more lanes computed (the last block's empty
@@ -667,7 +738,7 @@ def conv2d_input_grad(gy, w, input_shape, padding, stride, dilation, groups):
     reach_h, reach_w = dilation[0] * (kh - 1), dilation[1] * (kw - 1)
     dst_rows, src_rows = _placement(reach_h - top, stride[0], out_h, height + reach_h)
     dst_cols, src_cols = _placement(reach_w - left, stride[1], out_w, width + reach_w)
-    spread = np.zeros((n_batch, c_out, height + reach_h, width + reach_w), gy.dtype)
-    spread[:, :, dst_rows, dst_cols] = gy[:, :, src_rows, src_cols]
+    spread, _ = place(gy, height + reach_h, width + reach_w, (dst_rows, src_rows),
+                      (dst_cols, src_cols))
     return forward(spread, transposed_weights(w, groups), np.zeros(c_in, gy.dtype), (1, 1),
                    dilation, groups, height, width)
