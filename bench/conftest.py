@@ -19,7 +19,7 @@ flags):
   against the project's targets, PASS/FAIL per case and per target;
 * ``--ratio-strict``: also exit with status 1 when a target FAILs (implies the report);
 * ``--bench-threads N``: threads for Numba and PyTorch (default: Numba's thread count, the
-  cores); NumPy's BLAS gets one;
+  cores);
 * ``--bench-size full|quick``: ``quick`` times 1/30 of an epoch instead of 1/10;
 * ``--bench-rounds R``: rounds of the epoch and evaluation cases (default 5).
 """

@@ -92,7 +92,7 @@ def _write_metrics(path: str, history: list) -> None:
               help="Directory with the Fashion-MNIST IDX files.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--threads", type=int,
-              help="CPU threads for the kernels (default: all cores; NumPy's BLAS gets one).")
+              help="CPU threads (default: all cores).")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A model option, e.g. -o activation=relu -o pool=max. Repeatable.")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False),
@@ -226,7 +226,7 @@ def _run_epoch(model, opt, data, settings, epoch, trainer=None):
 @click.option("--data", "data_dir", type=click.Path(file_okay=False),
               help="Directory with the Fashion-MNIST IDX files.")
 @click.option("--threads", type=int,
-              help="CPU threads for the kernels (default: all cores; NumPy's BLAS gets one).")
+              help="CPU threads (default: all cores).")
 @user_errors
 def evaluate(checkpoint_path, data_dir, threads):
     """Print the test accuracy of a saved CHECKPOINT as 'test_acc 0.xxxx'."""

@@ -18,8 +18,8 @@ from .cli_errors import user_errors
 @click.option("--quick", is_flag=True,
               help="3 repeats and 1/30 of an epoch instead of 7 and 1/10 (about a minute).")
 @click.option("--threads", type=int,
-              help="Threads for numbaconv's kernels (Numba; its BLAS gets one) and PyTorch "
-                   "alike (default: all of Numba's threads, i.e. the cores).")
+              help="Threads for numbaconv (Numba) and PyTorch alike (default: all of Numba's "
+                   "threads, i.e. the cores).")
 @click.option("--repeat", type=click.IntRange(min=1),
               help="Timed samples per case and side (default 7; 3 with --quick).")
 @click.option("--case", "patterns", multiple=True, metavar="TEXT",

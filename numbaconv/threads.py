@@ -1,5 +1,6 @@
 """Threads for ``numbaconv run`` and ``evaluate``: Numba's kernels on every core (or
-``--threads``), NumPy's BLAS on one, and OpenMP threads that sleep between parallel regions.
+``--threads``) and OpenMP threads that sleep between parallel regions (``Linear`` runs its BLAS
+products on one thread itself).
 (``numbaconv bench`` leaves the wait policy alone: PyTorch's OpenMP reads it too, and its
 side of the comparison keeps its defaults.)"""
 
@@ -24,14 +25,8 @@ def prefer_sleeping_openmp() -> None:
 
 def set_threads(threads: int | None = None) -> int:
     """Use ``threads`` threads in Numba (``None``: all of ``NUMBA_NUM_THREADS``, the cores by
-    default) and one in NumPy's BLAS; returns Numba's count.
-
-    One BLAS thread because the Linear layers' products are small (256x400 by 400x120 for
-    LeNet) and OpenBLAS's threads spin after each call, taking the cores from the kernels that
-    follow: LeNet's epoch on 2 Numba threads took 1.5x as long with 2 BLAS threads as with 1.
-    """
+    default); returns the count."""
     import numba
-    from threadpoolctl import threadpool_limits
 
     maximum = numba.config.NUMBA_NUM_THREADS
     if threads is None:
@@ -40,5 +35,4 @@ def set_threads(threads: int | None = None) -> int:
         raise ValueError(f"--threads must be between 1 and {maximum} (NUMBA_NUM_THREADS), "
                          f"got {threads}")
     numba.set_num_threads(threads)
-    threadpool_limits(1, user_api="blas")
     return threads

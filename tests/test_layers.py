@@ -244,6 +244,31 @@ def finite_difference(f, array, eps=1e-6):
     return grad
 
 
+def test_linear_runs_blas_on_one_thread_and_leaves_the_setting_alone(monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from numbaconv.layers import linear
+
+    seen = []
+    real = linear._one_blas_thread
+
+    def recording():
+        context = real()
+        seen.append([lib["num_threads"] for lib in threadpool_info()
+                     if lib["user_api"] == "blas"])
+        return context
+
+    monkeypatch.setattr(linear, "_one_blas_thread", recording)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        layer = Linear(5, 3, rng=0)
+        layer.forward(randn((4, 5), seed=1))
+        layer.backward(randn((4, 3), seed=2))
+        after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert seen and all(threads == [1] * len(threads) for threads in seen)
+    assert after == before
+
+
 def test_linear_backward_finite_difference():
     layer = Linear(5, 3, rng=12, dtype=np.float64)
     x = randn((4, 5), seed=13, dtype=np.float64)
