@@ -168,11 +168,15 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
         model.load_state_dict(saved.params)
         opt.load_state_dict(saved.optimizer)
         click.echo(f"resumed {resume_path} after epoch {saved.epoch}")
-    if device == "cpu":  # on an empty Numba cache, compile on every core at once
+    if device == "cpu":
+        # on an empty Numba cache, compile on every core at once, reading the data meanwhile
         from .precompile import precompile
 
-        precompile(model)
-    data = _load_training_data(data_dir)
+        loaded = []
+        precompile(model, meanwhile=lambda: loaded.append(_load_training_data(data_dir)))
+        data = loaded[0]
+    else:
+        data = _load_training_data(data_dir)
     trainer = None
     if device == "cuda":  # data, weights and optimizer state stay on the GPU from here on
         from .device_train import DeviceTrainer

@@ -173,16 +173,21 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def precompile(model, processes: int | None = None) -> int:
+def precompile(model, processes: int | None = None, meanwhile=None) -> int:
     """Make sure every CPU kernel ``model`` needs is compiled and cached; returns how many
     were missing from the cache.
 
     ``processes`` (default: the usable cores) caps the processes compiling at once, this one
-    included.
+    included. ``meanwhile``, a function of no arguments, runs in this process once the child
+    processes compile (at once when nothing needs compiling) and before this process takes its
+    share: work to overlap with the compiling, such as reading the data. If it raises, the
+    children are stopped and the exception propagates.
     """
     tasks = [(name, dtype) for dtype in _model_dtypes(model) for name in kernels_for(model)
              if not is_cached(name, dtype)]
     if not tasks:
+        if meanwhile is not None:
+            meanwhile()
         return 0
     tasks.sort(key=lambda task: -KERNELS[task[0]])  # the longest first: the ends even out
     n_children = max(1, min(processes or _cores(), len(tasks))) - 1
@@ -193,17 +198,22 @@ def precompile(model, processes: int | None = None) -> int:
     env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in
                                         env.get("PYTHONPATH", "").split(os.pathsep) if p])
     claims = tempfile.mkdtemp(prefix="numbaconv-precompile-")
+    children = []
     try:
         children = [subprocess.Popen([sys.executable, "-m", "numbaconv.precompile",
                                       json.dumps(tasks), claims], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     for _ in range(n_children)]
-        try:
-            compile_kernels(tasks, claims)
-        finally:
-            for child in children:
-                child.wait()
+        if meanwhile is not None:
+            meanwhile()
+        compile_kernels(tasks, claims)
+    except BaseException:
+        for child in children:  # what they would compile is not needed now
+            child.kill()
+        raise
     finally:
+        for child in children:
+            child.wait()
         shutil.rmtree(claims, ignore_errors=True)
     return len(tasks)
 

@@ -70,6 +70,51 @@ def test_each_task_is_claimed_once(tmp_path, monkeypatch):
     assert len(compiled) == 5
 
 
+class _FakeChild:
+    def __init__(self, events):
+        self.events = events
+        events.append("start child")
+
+    def kill(self):
+        self.events.append("kill child")
+
+    def wait(self):
+        self.events.append("wait child")
+
+
+def _fake_processes(monkeypatch, cached):
+    events = []
+    monkeypatch.setattr(P, "is_cached", lambda name, dtype: cached)
+    monkeypatch.setattr(P.subprocess, "Popen", lambda *args, **kwargs: _FakeChild(events))
+    monkeypatch.setattr(P, "compile_kernels", lambda tasks, claims=None: events.append("compile"))
+    return events
+
+
+def test_meanwhile_runs_while_the_children_compile(monkeypatch):
+    events = _fake_processes(monkeypatch, cached=False)
+    model = lenet("sigmoid", "avg", rng=0)
+    assert P.precompile(model, processes=2, meanwhile=lambda: events.append("meanwhile")) > 0
+    assert events == ["start child", "meanwhile", "compile", "wait child"]
+
+
+def test_meanwhile_runs_when_everything_is_cached(monkeypatch):
+    events = _fake_processes(monkeypatch, cached=True)
+    model = lenet("sigmoid", "avg", rng=0)
+    assert P.precompile(model, processes=2, meanwhile=lambda: events.append("meanwhile")) == 0
+    assert events == ["meanwhile"]
+
+
+def test_a_failing_meanwhile_stops_the_children(monkeypatch):
+    events = _fake_processes(monkeypatch, cached=False)
+
+    def fail():
+        raise ValueError("no data here")
+
+    with pytest.raises(ValueError, match="no data here"):
+        P.precompile(lenet("sigmoid", "avg", rng=0), processes=2, meanwhile=fail)
+    assert events == ["start child", "kill child", "wait child"]
+
+
 SCRIPT = textwrap.dedent("""
     import numpy as np
     from numbaconv import precompile as P
