@@ -200,20 +200,22 @@ def precompile(model, processes: int | None = None, meanwhile=None) -> int:
     claims = tempfile.mkdtemp(prefix="numbaconv-precompile-")
     children = []
     try:
-        children = [subprocess.Popen([sys.executable, "-m", "numbaconv.precompile",
-                                      json.dumps(tasks), claims], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    for _ in range(n_children)]
+        for _ in range(n_children):
+            children.append(subprocess.Popen([sys.executable, "-m", "numbaconv.precompile",
+                                              json.dumps(tasks), claims], env=env,
+                                             stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL))
         if meanwhile is not None:
             meanwhile()
         compile_kernels(tasks, claims)
+        for child in children:
+            child.wait()
     except BaseException:
         for child in children:  # what they would compile is not needed now
             child.kill()
+            child.wait()
         raise
     finally:
-        for child in children:
-            child.wait()
         shutil.rmtree(claims, ignore_errors=True)
     return len(tasks)
 

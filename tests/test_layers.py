@@ -244,29 +244,30 @@ def finite_difference(f, array, eps=1e-6):
     return grad
 
 
-def test_linear_runs_blas_on_one_thread_and_leaves_the_setting_alone(monkeypatch):
+def test_linear_runs_blas_on_one_thread_and_leaves_the_setting_alone():
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from numbaconv.layers import linear
 
-    seen = []
-    real = linear._one_blas_thread
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
 
-    def recording():
-        context = real()
-        seen.append([lib["num_threads"] for lib in threadpool_info()
-                     if lib["user_api"] == "blas"])
-        return context
-
-    monkeypatch.setattr(linear, "_one_blas_thread", recording)
+    if not blas_threads():
+        pytest.skip("threadpoolctl finds no BLAS library")
     with threadpool_limits(limits=2, user_api="blas"):
-        before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        before = blas_threads()
+        first, second = linear._one_blas_thread(), linear._one_blas_thread()
+        first.__enter__()
+        second.__enter__()  # two threads inside at once (the setting is per process)
+        assert blas_threads() == [1] * len(before)
+        first.__exit__(None, None, None)
+        assert blas_threads() == [1] * len(before)  # the second one still runs
+        second.__exit__(None, None, None)
+        assert blas_threads() == before
         layer = Linear(5, 3, rng=0)
         layer.forward(randn((4, 5), seed=1))
         layer.backward(randn((4, 3), seed=2))
-        after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-    assert seen and all(threads == [1] * len(threads) for threads in seen)
-    assert after == before
+        assert blas_threads() == before
 
 
 def test_linear_backward_finite_difference():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
@@ -12,20 +15,37 @@ from .base import Layer, prod
 __all__ = ["Linear"]
 
 _blas = None  # threadpoolctl's view of the BLAS libraries loaded, made at the first product
+_blas_lock = threading.Lock()
+_blas_users = 0  # Linear products running now, in any thread
+_blas_limit = None  # the limiter of the first of them, which restores the setting
 
 
+@contextlib.contextmanager
 def _one_blas_thread():
     """A context in which NumPy's BLAS runs on one thread (about 9 us to enter and leave).
 
     The products of a network this engine targets are small (LeNet's largest: 256x400 by
     400x120), and OpenBLAS's threads spin after each call, taking the cores from the Numba
     kernels that run next: a LeNet training step took 1.45x as long with BLAS on its default
-    2 threads as on 1 with Numba on one thread, and 4.8x with Numba on two.
+    2 threads as on 1 with Numba on one thread, and 4.8x with Numba on two. The setting is
+    global to the process: with several threads in here at once, the first to enter limits it
+    and the last to leave restores it.
     """
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController().select(user_api="blas")
-    return _blas.limit(limits=1)
+    global _blas, _blas_users, _blas_limit
+    with _blas_lock:
+        if _blas is None:
+            _blas = ThreadpoolController().select(user_api="blas")
+        if _blas_users == 0:
+            _blas_limit = _blas.limit(limits=1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None
 
 
 class Linear(Layer):

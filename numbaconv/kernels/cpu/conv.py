@@ -644,13 +644,15 @@ def place(src, out_h, out_w, rows, cols, check_finite=False):
     n_rows = max(0, src_rows.stop - src_rows.start)
     n_cols = max(0, src_cols.stop - src_cols.start)
     if src.shape[0] * src.shape[1] * out_h * out_w >= PLACE_IN_PARALLEL:
-        return _place_planes(np.ascontiguousarray(src), out_h, out_w, src_rows.start, n_rows,
-                             dst_rows.start, dst_rows.step or 1, src_cols.start, n_cols,
-                             dst_cols.start, dst_cols.step or 1)
+        out, finite = _place_planes(np.ascontiguousarray(src), out_h, out_w, src_rows.start,
+                                    n_rows, dst_rows.start, dst_rows.step or 1,
+                                    src_cols.start, n_cols, dst_cols.start,
+                                    dst_cols.step or 1)
+        return out, finite if check_finite else None
     out = np.zeros(src.shape[:2] + (out_h, out_w), dtype=src.dtype)
     values = src[:, :, src_rows, src_cols]
     out[:, :, dst_rows, dst_cols] = values
-    return out, bool(np.isfinite(values.sum())) if check_finite else None
+    return out, bool(np.isfinite(values).all()) if check_finite else None
 
 
 def pad(x, padding, check_finite=False):
@@ -659,7 +661,7 @@ def pad(x, padding, check_finite=False):
     (top, bottom), (left, right) = padding
     if top == bottom == left == right == 0:
         xp = np.ascontiguousarray(x)
-        return xp, bool(np.isfinite(xp.sum())) if check_finite else None
+        return xp, bool(np.isfinite(xp).all()) if check_finite else None
     height, width = x.shape[2], x.shape[3]
     return place(x, height + top + bottom, width + left + right,
                  (slice(top, top + height, 1), slice(0, height)),
