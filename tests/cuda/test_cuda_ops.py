@@ -9,6 +9,7 @@ import functools
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -40,6 +41,25 @@ def test_device_helpers(rng):
     assert nk.to_host(nk.zeros_like(dev)).dtype == np.float32
     assert not nk.to_host(nk.zeros((2, 2), np.float64)).any()
     nk.synchronize()
+
+
+def test_a_numba_cuda_that_cannot_compile_is_reported_in_one_line(monkeypatch):
+    from numba import cuda
+
+    from numbaconv.kernels.cuda import device
+
+    def broken_jit(*args, **kwargs):
+        raise AttributeError("module 'numpy' has no attribute 'row_stack'\nmore detail")
+
+    # as on a GPU machine whose numba-cuda is older than its NumPy
+    monkeypatch.setattr(device, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "get_current_device", lambda: types.SimpleNamespace(name=b"GPU"))
+    monkeypatch.setattr(cuda, "jit", broken_jit)
+    ok, reason = nk.cuda_available()
+    assert not ok
+    assert reason == ("numba-cuda cannot compile or launch a kernel on GPU "
+                      "(AttributeError: module 'numpy' has no attribute 'row_stack')")
 
 
 def test_importing_the_backend_does_not_import_numba_cuda():

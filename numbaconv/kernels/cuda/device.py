@@ -45,7 +45,26 @@ def cuda_available() -> tuple[bool, str]:
         return False, f"CUDA initialisation failed ({type(exc).__name__}: {exc})"
     if isinstance(name, bytes):
         name = name.decode()
+    try:
+        _compile_and_launch_probe(cuda)
+    except Exception as exc:
+        first_line = (str(exc).splitlines() or [""])[0]
+        return False, (f"numba-cuda cannot compile or launch a kernel on {name} "
+                       f"({type(exc).__name__}: {first_line})")
     return True, f"CUDA device {name}"
+
+
+def _compile_and_launch_probe(cuda) -> None:
+    """Compile and run a one-thread kernel, so that a numba-cuda which imports but cannot
+    compile (seen: numba-cuda 0.30.4 beside NumPy 2.5, which dropped ``np.row_stack``) is
+    reported here, in one line, rather than as a traceback in the middle of a run."""
+    def write_one(out):
+        out[0] = 1.0
+
+    out = cuda.device_array(1, dtype=np.float32)
+    cuda.jit(write_one)[1, 1](out)
+    if out.copy_to_host()[0] != 1.0:
+        raise RuntimeError("a probe kernel ran but did not write its output")
 
 
 def device_name() -> str:
