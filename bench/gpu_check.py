@@ -424,11 +424,26 @@ def train_epoch(env, img, widths, samples, batch, lr, seed):
     n_test = min(samples, 4 * batch)
     data = SimpleNamespace(train_x=images, train_y=labels, test_x=images[:n_test],
                            test_y=labels[:n_test], source="synthetic")
-    ours, model = lenet_pair(env, img, widths, seed)
-    trainer = DeviceTrainer(ours, Settings(epochs=2, batch_size=batch, lr=lr, seed=seed), data)
-    trainer.fit_epoch(1)
-    metrics = trainer.fit_epoch(2)
-    results = {"numbaconv": (metrics.train_seconds, metrics.train_loss)}
+    from numbaconv.kernels.cuda import config
+
+    def ours_epochs(prepared):
+        """Epoch 2's metrics and the trainer, its launches prepared or through the dispatcher."""
+        saved, config.PREPARED_LAUNCHES = config.PREPARED_LAUNCHES, prepared
+        try:
+            ours, model = lenet_pair(env, img, widths, seed)
+            trainer = DeviceTrainer(ours, Settings(epochs=2, batch_size=batch, lr=lr,
+                                                   seed=seed), data)
+            trainer.fit_epoch(1)
+            return trainer.fit_epoch(2), trainer, model
+        finally:
+            config.PREPARED_LAUNCHES = saved
+
+    results = {}
+    slow, _, _ = ours_epochs(False)
+    results["numbaconv, launches through the dispatcher"] = (slow.train_seconds,
+                                                             slow.train_loss)
+    metrics, trainer, model = ours_epochs(True)
+    results["numbaconv"] = (metrics.train_seconds, metrics.train_loss)
 
     x_all = torch.from_numpy(images).to(env.tdev)
     t_all = torch.from_numpy(labels).to(env.tdev)
@@ -466,7 +481,6 @@ def profile_step(env, trainer, repeats):
                  for i, launch in enumerate(plan.backward)]
 
     def step():
-        trainer._gather(trainer._train_x, trainer._train_y, trainer._perm, 0, rows)
         for launch in plan.forward + plan.backward:
             launch(0)
         trainer._optimizer_step()
@@ -488,12 +502,14 @@ def profile_step(env, trainer, repeats):
 
 
 def label(launch):
-    """The kernel a trainer launch calls, from its closure (for the profile's table)."""
-    for cell in launch.__closure__ or ():
+    """The kernel a trainer launch calls (for the profile's table)."""
+    if hasattr(launch, "name"):  # a prepared launch
+        return launch.name
+    for cell in getattr(launch, "__closure__", None) or ():
         value = cell.cell_contents
         if hasattr(value, "py_func"):
             return value.py_func.__name__
-        if callable(value) and getattr(value, "__closure__", None):
+        if hasattr(value, "name") or (callable(value) and getattr(value, "__closure__", None)):
             return label(value)
     return "?"
 
@@ -592,6 +608,8 @@ def main(argv=None) -> int:
             profile_step(env, trainer, args.repeats)
         if not np.isfinite(results["numbaconv"][1]):
             failed.append("training loss is not finite")
+        if results["numbaconv"][1] != results["numbaconv, launches through the dispatcher"][1]:
+            failed.append("prepared and dispatcher launches trained to different losses")
     if failed:
         print(f"\nPARITY FAILURES (tolerance {tolerance:.0e}):\n" + "\n".join(failed))
         return 1

@@ -51,6 +51,7 @@ from .kernels.cuda import config
 from .kernels.cuda import conv as _conv
 from .kernels.cuda import ops as _ops
 from .kernels.cuda import pool as _pool
+from .kernels.cuda.launch import prepare
 from .kernels.cuda.ops import _activate_grad, _first_argmax, _softmax_xent_row
 from .kernels.cuda.pool import _planes
 from .layers import AvgPool2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
@@ -200,20 +201,12 @@ def _grid(total: int) -> tuple[int, int]:
 
 def _bind(kernel, dims, *args):
     """A launch as a callable of the batch's ``start`` (ignored: the arguments are fixed)."""
-    blocks, threads = dims
-
-    def launch(start):
-        kernel[blocks, threads](*args)
-    return launch
+    return prepare(kernel, *dims, *args)
 
 
 def _bind_start(kernel, dims, *args):
     """A launch whose last argument is the batch's ``start`` (its rows' epoch position)."""
-    blocks, threads = dims
-
-    def launch(start):
-        kernel[blocks, threads](*args, start)
-    return launch
+    return prepare(kernel, *dims, *args, with_start=True)
 
 
 def _gemm(a, b, bias, c, trans_a, trans_b, act):
@@ -222,11 +215,8 @@ def _gemm(a, b, bias, c, trans_a, trans_b, act):
     kernel = _ops._gemm_kernel(np.dtype(c.dtype).name)
     has_bias = bias is not None
     bias = bias if has_bias else _ops._placeholder(c.dtype)
-    act = _ops.activation_code(act)
-
-    def launch(start):
-        kernel[blocks, threads](a, b, bias, c, trans_a, trans_b, has_bias, act)
-    return launch
+    return prepare(kernel, blocks, threads, a, b, bias, c, trans_a, trans_b, has_bias,
+                   _ops.activation_code(act))
 
 
 def _bias_grad(gy3, y3, g3, act, grad_bias):
@@ -295,8 +285,7 @@ class _ConvStage(_Stage):
 
     def forward(self, x, rows, training):
         y = self.y[:rows]
-        launch = _conv.forward_launch(x, self.weight, self.bias, y, *self.geometry, self.act)
-        return [lambda start: launch()], y
+        return [_conv.forward_launch(x, self.weight, self.bias, y, *self.geometry, self.act)], y
 
     def backward(self, gy, x, y, rows, need_input_grad):
         launches = []
@@ -311,10 +300,8 @@ class _ConvStage(_Stage):
         gx = None
         if need_input_grad:
             gx = self.gx[:rows]
-            grad_input = _conv.grad_input_launch(g, self.weight, gx, *self.geometry)
-            launches.append(lambda start: grad_input())
-        grad_weight = _conv.grad_weight_launch(g, x, self.grad_weight, *self.geometry)
-        launches.append(lambda start: grad_weight())
+            launches.append(_conv.grad_input_launch(g, self.weight, gx, *self.geometry))
+        launches.append(_conv.grad_weight_launch(g, x, self.grad_weight, *self.geometry))
         return launches, gx
 
 
@@ -534,6 +521,7 @@ class DeviceTrainer:
         self._build_stages(tuple(int(s) for s in data.train_x.shape[1:]))
         self._upload(params, data)
         self._plans: dict[tuple[int, bool], _Plan] = {}
+        self._sgd = None  # (hyperparameters, prepared SGD launch)
 
     # setup -----------------------------------------------------------------------------
 
@@ -675,8 +663,13 @@ class DeviceTrainer:
         plan = self._plans.get(key)
         if plan is not None:
             return plan
-        forward, backward, saved = [], [], []
         x = self._x_in[:rows]
+        source = (self._train_x, self._train_y, self._perm) if training \
+            else (self._test_x, self._test_y, self._test_order)
+        # the batch's rows, gathered from the data set through the epoch's order
+        forward = [_bind_start(_gather_kernel, _grid(x.size), *source,
+                               x.reshape(rows, x.size // rows), self._y_in[:rows])]
+        backward, saved = [], []
         for stage in self.stages:
             launches, y = stage.forward(x, rows, training)
             forward += launches
@@ -698,17 +691,15 @@ class DeviceTrainer:
         plan = self._plans[key] = _Plan(forward, backward)
         return plan
 
-    def _gather(self, src_x, src_y, order, start, rows):
-        dst = self._x_in[:rows]
-        dst2 = dst.reshape(rows, dst.size // rows)
-        _gather_kernel[_grid(dst.size)](src_x, src_y, order, dst2, self._y_in[:rows], start)
-
     def _optimizer_step(self):
         opt, t = self.optimizer, self.step_count + 1
         params, grads = self._flat[0], self._grads
         if isinstance(opt, SGD):
-            _ops.sgd_step(params, grads, self._flat[1] if self._buffers else None, opt.lr,
-                          opt.momentum, opt.weight_decay, opt.nesterov)
+            hyper = (opt.lr, opt.momentum, opt.weight_decay, opt.nesterov)
+            if self._sgd is None or self._sgd[0] != hyper:  # prepared once, unless they change
+                self._sgd = hyper, _ops.sgd_launch(
+                    params, grads, self._flat[1] if self._buffers else None, *hyper)
+            self._sgd[1]()
         else:
             _ops.adam_step(params, grads, self._flat[1], self._flat[2], t, opt.lr, opt.beta1,
                            opt.beta2, opt.eps, opt.weight_decay)
@@ -727,7 +718,6 @@ class DeviceTrainer:
         for start in range(0, self.n_train, batch):
             rows = min(batch, self.n_train - start)
             plan = self._plan(rows, True)
-            self._gather(self._train_x, self._train_y, self._perm, start, rows)
             for launch in plan.forward:
                 launch(start)
             for launch in plan.backward:
@@ -740,7 +730,6 @@ class DeviceTrainer:
         for start in range(0, self.n_test, self.rows_forward):
             rows = min(self.rows_forward, self.n_test - start)
             plan = self._plan(rows, False)
-            self._gather(self._test_x, self._test_y, self._test_order, start, rows)
             for launch in plan.forward:
                 launch(start)
 

@@ -64,6 +64,11 @@ REDUCE_PARALLELISM = _env_int("REDUCE_PARALLELISM", 64 if SIMULATOR else 1 << 18
 # ...but never more than this many chunks per output (the second pass sums them in order).
 MAX_CHUNKS = _env_int("MAX_CHUNKS", 8 if SIMULATOR else 512)
 
+# Launch through prepared launches (launch.py: the overload found and the arguments marshalled
+# once, not at every call); "0" sends every launch through numba-cuda's dispatcher instead,
+# to compare the two or to rule the prepared path out. Read at each prepare().
+PREPARED_LAUNCHES = os.environ.get("NUMBACONV_CUDA_PREPARED_LAUNCHES", "1") != "0"
+
 
 def blocks_for(total: int, threads: int = THREADS_PER_BLOCK) -> int:
     """Blocks of a one-dimensional grid-stride launch over ``total`` work items (at least 1)."""

@@ -34,9 +34,9 @@ from numba import cuda
 from numbaconv.shapes import output_size
 
 from . import config
+from .launch import prepare
 from .ops import (
     _activate,
-    _launch,
     _placeholder,
     _sum_chunks_kernel,
     activation_backward_into,
@@ -460,11 +460,8 @@ def forward_launch(x, weight, bias, y, stride, padding, dilation, activation=Non
     w2 = weight.reshape(c_out, cin_g * k_h * k_w)
     has_bias = bias is not None
     bias = bias if has_bias else _placeholder(x.dtype)
-    act = activation_code(activation)
-
-    def launch():
-        kernel[grid, block](x, w2, bias, table, y, cin_g, sh, sw, pt, pl, has_bias, act)
-    return launch
+    return prepare(kernel, grid, block, x, w2, bias, table, y, cin_g, sh, sw, pt, pl, has_bias,
+                   activation_code(activation))
 
 
 def grad_input_launch(g, weight, gx, stride, padding, dilation, tiles: Tiles | None = None):
@@ -478,10 +475,7 @@ def grad_input_launch(g, weight, gx, stride, padding, dilation, tiles: Tiles | N
     kernel = grad_input_kernel(np.dtype(gx.dtype).name, tiles.key())
     table = tap_table(c_out // groups, k_h, k_w, dh, dw)
     w3 = weight.reshape(c_out, cin_g, k_h * k_w)
-
-    def launch():
-        kernel[grid, block](g, w3, table, gx, sh, sw, pt, pl)
-    return launch
+    return prepare(kernel, grid, block, g, w3, table, gx, sh, sw, pt, pl)
 
 
 def grad_weight_splits(reduced: int, blocks: int, bk: int) -> tuple[int, int]:
@@ -516,11 +510,14 @@ def grad_weight_launch(g, x, grad_weight, stride, padding, dilation, tiles: Tile
         partial = cuda.to_device(np.zeros((1, n_weight), dtype=x.dtype))
     else:
         partial = cuda.device_array((splits, n_weight), dtype=x.dtype)
+    products = prepare(kernel, grid, block, g, x, table, partial, cin_g, sh, sw, pt, pl, r_len)
+    total = prepare(_sum_chunks_kernel, config.blocks_for(n_weight), config.THREADS_PER_BLOCK,
+                    partial, flat, one)
 
-    def launch():
+    def launch(start=0):
         if reduced:
-            kernel[grid, block](g, x, table, partial, cin_g, sh, sw, pt, pl, r_len)
-        _launch(_sum_chunks_kernel, n_weight, partial, flat, one)
+            products()
+        total()
     return launch
 
 

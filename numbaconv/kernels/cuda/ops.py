@@ -17,6 +17,7 @@ import numpy as np
 from numba import cuda
 
 from . import config
+from .launch import prepare
 
 if config.SIMULATOR:
     from .simulator import share_arrays_atomically
@@ -499,13 +500,19 @@ def sgd_step(param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov
     ``velocity`` (the momentum buffer, same shape, zero before the first step) is updated in
     place; it may be None when ``momentum`` is 0.
     """
+    sgd_launch(param, grad, velocity, lr, momentum, weight_decay, nesterov)()
+
+
+def sgd_launch(param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    """:func:`sgd_step` as a prepared launch, for a loop that repeats it on the same arrays."""
     dt = np.dtype(param.dtype).type
     has_momentum = momentum != 0
     if has_momentum and velocity is None:
         raise ValueError("sgd_step with momentum needs a velocity buffer")
     buf = _flat(velocity) if has_momentum else _placeholder(param.dtype)
-    _launch(_sgd_kernel, param.size, _flat(param), _flat(grad), buf, dt(lr), dt(momentum),
-            dt(weight_decay), has_momentum, bool(nesterov))
+    return prepare(_sgd_kernel, config.blocks_for(param.size), config.THREADS_PER_BLOCK,
+                   _flat(param), _flat(grad), buf, dt(lr), dt(momentum), dt(weight_decay),
+                   has_momentum, bool(nesterov))
 
 
 def adam_step(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
