@@ -611,7 +611,7 @@ def main(argv=None) -> int:
         if results["numbaconv"][1] != results["numbaconv, launches through the dispatcher"][1]:
             failed.append("prepared and dispatcher launches trained to different losses")
     if failed:
-        print(f"\nPARITY FAILURES (tolerance {tolerance:.0e}):\n" + "\n".join(failed))
+        print(f"\nFAILURES (parity tolerance {tolerance:.0e}):\n" + "\n".join(failed))
         return 1
     print(f"\nall parity checks within {tolerance:.0e}")
     return 0

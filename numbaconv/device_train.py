@@ -40,7 +40,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-import warnings
 from collections.abc import Mapping
 
 import numba
@@ -51,6 +50,7 @@ from .kernels.cuda import config
 from .kernels.cuda import conv as _conv
 from .kernels.cuda import ops as _ops
 from .kernels.cuda import pool as _pool
+from .kernels.cuda.device import small_grids_allowed
 from .kernels.cuda.launch import prepare
 from .kernels.cuda.ops import _activate_grad, _first_argmax, _softmax_xent_row
 from .kernels.cuda.pool import _planes
@@ -61,10 +61,6 @@ from .train import EVAL_BATCH, Diverged, EpochMetrics, epoch_rng, make_optimizer
 
 __all__ = ["DeviceTrainer", "run_on_device", "SUPPORTED_LAYERS", "check_supported"]
 
-try:  # numba-cuda warns on small grids (bias sums of a few channels): expected here
-    from numba.core.errors import NumbaPerformanceWarning
-except ImportError:  # pragma: no cover - every numba has it
-    NumbaPerformanceWarning = Warning
 
 _ACTIVATIONS = {ReLU: "relu", Sigmoid: "sigmoid", Tanh: "tanh"}
 #: The layer classes the device trainer runs (exact classes: a subclass may change the maths).
@@ -746,8 +742,7 @@ class DeviceTrainer:
         ``on_batch(rows)`` is called as each batch is queued (the GPU runs asynchronously).
         Raises :class:`~numbaconv.train.Diverged` after an epoch whose loss is not finite.
         """
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NumbaPerformanceWarning)
+        with small_grids_allowed():
             started = time.perf_counter()
             self._train_pass(epoch, on_batch)
             cuda.synchronize()
@@ -770,8 +765,7 @@ class DeviceTrainer:
         """Test accuracy of the device weights (one host transfer)."""
         if not self.n_test:
             return math.nan
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NumbaPerformanceWarning)
+        with small_grids_allowed():
             self._eval_pass()
             _, _, test_hits = self._fetch_sums()
         return float(test_hits) / self.n_test

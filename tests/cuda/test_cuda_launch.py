@@ -6,6 +6,8 @@ the simulator, or with ``config.PREPARED_LAUNCHES`` off, the dispatcher is calle
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -52,3 +54,34 @@ def test_prepared_launch_refuses_host_arrays(rng):
     out = cuda.device_array(8, np.float32)
     with pytest.raises(TypeError, match="device arrays only"):
         prepare(_scaled_sum_kernel, 1, 32, x, x, np.float32(1), True, out, 0)
+
+
+@cuda.jit(debug=True, opt=False)
+def _debug_copy_kernel(x, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = x[i]
+
+
+def test_a_debug_kernel_goes_through_the_dispatcher(rng):
+    # a debug kernel (NUMBA_CUDA_DEBUGINFO=1 makes every kernel one) checks an error flag
+    # after each launch, which only the dispatcher does
+    x = rng.standard_normal(5).astype(np.float32)
+    out = cuda.device_array(5, np.float32)
+    launch = prepare(_debug_copy_kernel, 1, 32, cuda.to_device(x), out)
+    assert not launch.fast
+    launch()
+    np.testing.assert_array_equal(out.copy_to_host(), x)
+
+
+def test_a_prepared_launch_keeps_its_arrays_alive(rng):
+    # views made only for the launch: their memory must not be freed and reused
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    out = cuda.device_array(32, np.float32)
+    launch = prepare(_scaled_sum_kernel, 1, 32, cuda.to_device(x).reshape(32),
+                     cuda.to_device(np.zeros(32, np.float32)), np.float32(2), True, out, 0)
+    gc.collect()
+    scratch = [cuda.to_device(np.full(32, 99.0, np.float32)) for _ in range(8)]
+    launch()
+    np.testing.assert_array_equal(out.copy_to_host(), 2 * x.reshape(32))
+    assert all(array.copy_to_host()[0] == 99.0 for array in scratch)

@@ -303,3 +303,25 @@ def test_device_train_kernels_compile_to_ptx():
         pytest.skip(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "float32 kernels with float64 arithmetic: none" in proc.stdout, proc.stdout
+
+
+def test_every_launch_of_a_step_is_prepared_on_a_gpu(data):
+    """On a GPU each launch of the trainer's plans skips numba-cuda's dispatcher, so a
+    numba-cuda upgrade that changes its internals cannot turn the fast path off unnoticed."""
+    from numbaconv.kernels.cuda.device import simulator_enabled
+    from numbaconv.kernels.cuda.launch import PreparedLaunch
+
+    def prepared(launch):  # a prepared launch, or a closure over several (the weight gradient)
+        if isinstance(launch, PreparedLaunch):
+            return [launch]
+        return [cell.cell_contents for cell in launch.__closure__ or ()
+                if isinstance(cell.cell_contents, PreparedLaunch)]
+
+    trainer = DeviceTrainer(small_cnn(), Settings(epochs=1, batch_size=4, lr=0.5), data)
+    trainer.fit_epoch(1)
+    launches = [p for plan in trainer._plans.values() for launch in plan.forward + plan.backward
+                for p in prepared(launch)]
+    assert len(launches) >= 10 and trainer._sgd is not None
+    fast = not simulator_enabled()
+    assert [(p.name, p.fast) for p in launches + [trainer._sgd[1]]] == \
+        [(p.name, fast) for p in launches + [trainer._sgd[1]]]

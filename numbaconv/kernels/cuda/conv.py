@@ -510,7 +510,8 @@ def grad_weight_launch(g, x, grad_weight, stride, padding, dilation, tiles: Tile
         partial = cuda.to_device(np.zeros((1, n_weight), dtype=x.dtype))
     else:
         partial = cuda.device_array((splits, n_weight), dtype=x.dtype)
-    products = prepare(kernel, grid, block, g, x, table, partial, cin_g, sh, sw, pt, pl, r_len)
+    products = prepare(kernel, grid, block, g, x, table, partial, cin_g, sh, sw, pt, pl,
+                       r_len) if reduced else None
     total = prepare(_sum_chunks_kernel, config.blocks_for(n_weight), config.THREADS_PER_BLOCK,
                     partial, flat, one)
 

@@ -8,8 +8,9 @@ most of LeNet's kernels take on the GPU, so a training step was bound by the hos
 buffers every step, so :func:`prepare` does that work once and each call is one driver launch.
 
 The fast path reuses numba-cuda's own overload resolution and argument marshalling (written
-against numba-cuda 0.30). Under the simulator, in debug mode, or where numba-cuda lacks those
-internals, :func:`prepare` returns the plain dispatcher call instead: slower, same results.
+against numba-cuda 0.30). Under the simulator, for debug or cooperative kernels, where
+numba-cuda lacks those internals, or with ``config.PREPARED_LAUNCHES`` off, a prepared launch
+calls the dispatcher instead: slower, same results.
 """
 
 from __future__ import annotations
@@ -52,27 +53,31 @@ class PreparedLaunch:
         self.name = kernel.py_func.__name__
         self._args = tuple(args)
         internals = _internals()
-        self.fast = internals is not None
-        if self.fast:
-            self._call = self._driver_call(internals, kernel, griddim, blockdim, with_start)
-        else:
-            # configured at each call: the simulator's kernel[...] sets the grid on the
-            # kernel itself, so a configuration kept for later is overwritten by the next one
-            fixed = self._args
-            self._call = (lambda start: kernel[griddim, blockdim](*fixed, start)) if with_start \
-                else (lambda start: kernel[griddim, blockdim](*fixed))
+        call = internals and self._driver_call(internals, kernel, griddim, blockdim, with_start)
+        self.fast = call is not None
+        self._call = call or self._dispatcher_call(kernel, griddim, blockdim, with_start)
 
     def __call__(self, start: int = 0) -> None:
         self._call(start)
 
+    def _dispatcher_call(self, kernel, griddim, blockdim, with_start):
+        # configured at each call: the simulator's kernel[...] sets the grid on the kernel
+        # itself, so a configuration kept for later is overwritten by the next one
+        fixed = self._args
+        if with_start:
+            return lambda start: kernel[griddim, blockdim](*fixed, start)
+        return lambda start: kernel[griddim, blockdim](*fixed)
+
     def _driver_call(self, internals, kernel, griddim, blockdim, with_start):
+        """The driver-only launch, or None for a kernel the dispatcher must launch (debug
+        kernels, e.g. under NUMBA_CUDA_DEBUGINFO=1, check an error flag after each launch;
+        cooperative ones need another launch call)."""
         nb_dispatcher, driver = internals
         griddim, blockdim = nb_dispatcher.normalize_kernel_dimensions(griddim, blockdim)
         typed = self._args + ((0,) if with_start else ())  # start is typed as an int64
         overload = kernel.compile(tuple(kernel.typeof_pyval(a) for a in typed))
         if overload.debug or overload.cooperative:
-            raise ValueError(f"{self.name}: debug and cooperative kernels "
-                             "cannot be prepared")
+            return None
         stream = driver._to_core_stream(0)
         marshalled, write_backs = [], []
         for arg_type, value in zip(overload.argument_types, self._args):
@@ -80,8 +85,6 @@ class PreparedLaunch:
         if write_backs:
             raise TypeError(f"{self.name}: a prepared launch takes device "
                             "arrays only (a host array would be copied once, then go stale)")
-        if with_start and str(overload.argument_types[-1]) != "int64":
-            raise TypeError(f"{self.name}: start must be an int64 argument")
         cooperative = ("is_cooperative" if nb_dispatcher.CUDA_CORE_GE_1_0
                        else "cooperative_launch")
         launch_config = nb_dispatcher.LaunchConfig(grid=griddim, block=blockdim, shmem_size=0,

@@ -500,19 +500,25 @@ def sgd_step(param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov
     ``velocity`` (the momentum buffer, same shape, zero before the first step) is updated in
     place; it may be None when ``momentum`` is 0.
     """
-    sgd_launch(param, grad, velocity, lr, momentum, weight_decay, nesterov)()
+    _launch(_sgd_kernel, param.size,
+            *_sgd_arguments(param, grad, velocity, lr, momentum, weight_decay, nesterov))
 
 
 def sgd_launch(param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
-    """:func:`sgd_step` as a prepared launch, for a loop that repeats it on the same arrays."""
+    """:func:`sgd_step` as a prepared launch (device arrays only), for a loop that repeats it
+    on the same arrays."""
+    return prepare(_sgd_kernel, config.blocks_for(param.size), config.THREADS_PER_BLOCK,
+                   *_sgd_arguments(param, grad, velocity, lr, momentum, weight_decay, nesterov))
+
+
+def _sgd_arguments(param, grad, velocity, lr, momentum, weight_decay, nesterov):
     dt = np.dtype(param.dtype).type
     has_momentum = momentum != 0
     if has_momentum and velocity is None:
         raise ValueError("sgd_step with momentum needs a velocity buffer")
     buf = _flat(velocity) if has_momentum else _placeholder(param.dtype)
-    return prepare(_sgd_kernel, config.blocks_for(param.size), config.THREADS_PER_BLOCK,
-                   _flat(param), _flat(grad), buf, dt(lr), dt(momentum), dt(weight_decay),
-                   has_momentum, bool(nesterov))
+    return (_flat(param), _flat(grad), buf, dt(lr), dt(momentum), dt(weight_decay),
+            has_momentum, bool(nesterov))
 
 
 def adam_step(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
