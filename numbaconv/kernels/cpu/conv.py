@@ -34,6 +34,8 @@ order), so results do not depend on the number of threads.
 import numpy as np
 from numba import njit, prange
 
+from . import simd
+
 _FAST = {"reassoc", "contract"}  # reorder sums so they vectorise; NaN and inf still propagate
 OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L2-resident
 WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
@@ -49,90 +51,147 @@ def _tap(src, chan, offset, base, k, length):
     return src[chan[k], start:start + length]
 
 
-@njit(inline="always", fastmath=_FAST)
+@njit(inline="always")
+def _tile4(a, src, chan, offset, q, c, i, p, n0, n1, n2, n3):
+    """c[i:i + 4, p:p + 4W] += a[i:i + 4] times the taps' rows at ``q`` (W = simd.width); only
+    the first n0, n1, n2, n3 values of the four vectors are read and written.
+
+    The 16 sums stay in vector registers across all K taps: per tap, four vector loads and
+    four broadcast weights feed 16 multiply-adds, and ``c`` is read and written once."""
+    w = simd.width(c[0])
+    c0, c1, c2, c3 = c[i], c[i + 1], c[i + 2], c[i + 3]
+    a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+    s00 = simd.load_first(c0, p, n0)
+    s01 = simd.load_first(c0, p + w, n1)
+    s02 = simd.load_first(c0, p + 2 * w, n2)
+    s03 = simd.load_first(c0, p + 3 * w, n3)
+    s10 = simd.load_first(c1, p, n0)
+    s11 = simd.load_first(c1, p + w, n1)
+    s12 = simd.load_first(c1, p + 2 * w, n2)
+    s13 = simd.load_first(c1, p + 3 * w, n3)
+    s20 = simd.load_first(c2, p, n0)
+    s21 = simd.load_first(c2, p + w, n1)
+    s22 = simd.load_first(c2, p + 2 * w, n2)
+    s23 = simd.load_first(c2, p + 3 * w, n3)
+    s30 = simd.load_first(c3, p, n0)
+    s31 = simd.load_first(c3, p + w, n1)
+    s32 = simd.load_first(c3, p + 2 * w, n2)
+    s33 = simd.load_first(c3, p + 3 * w, n3)
+    for k in range(a.shape[1]):
+        row = src[chan[k]]
+        start = q + offset[k]
+        x0 = simd.load_first(row, start, n0)
+        x1 = simd.load_first(row, start + w, n1)
+        x2 = simd.load_first(row, start + 2 * w, n2)
+        x3 = simd.load_first(row, start + 3 * w, n3)
+        v = simd.splat(c0, a0[k])
+        s00 = simd.fma(v, x0, s00)
+        s01 = simd.fma(v, x1, s01)
+        s02 = simd.fma(v, x2, s02)
+        s03 = simd.fma(v, x3, s03)
+        v = simd.splat(c0, a1[k])
+        s10 = simd.fma(v, x0, s10)
+        s11 = simd.fma(v, x1, s11)
+        s12 = simd.fma(v, x2, s12)
+        s13 = simd.fma(v, x3, s13)
+        v = simd.splat(c0, a2[k])
+        s20 = simd.fma(v, x0, s20)
+        s21 = simd.fma(v, x1, s21)
+        s22 = simd.fma(v, x2, s22)
+        s23 = simd.fma(v, x3, s23)
+        v = simd.splat(c0, a3[k])
+        s30 = simd.fma(v, x0, s30)
+        s31 = simd.fma(v, x1, s31)
+        s32 = simd.fma(v, x2, s32)
+        s33 = simd.fma(v, x3, s33)
+    simd.store_first(c0, p, s00, n0)
+    simd.store_first(c0, p + w, s01, n1)
+    simd.store_first(c0, p + 2 * w, s02, n2)
+    simd.store_first(c0, p + 3 * w, s03, n3)
+    simd.store_first(c1, p, s10, n0)
+    simd.store_first(c1, p + w, s11, n1)
+    simd.store_first(c1, p + 2 * w, s12, n2)
+    simd.store_first(c1, p + 3 * w, s13, n3)
+    simd.store_first(c2, p, s20, n0)
+    simd.store_first(c2, p + w, s21, n1)
+    simd.store_first(c2, p + 2 * w, s22, n2)
+    simd.store_first(c2, p + 3 * w, s23, n3)
+    simd.store_first(c3, p, s30, n0)
+    simd.store_first(c3, p + w, s31, n1)
+    simd.store_first(c3, p + 2 * w, s32, n2)
+    simd.store_first(c3, p + 3 * w, s33, n3)
+
+
+@njit(inline="always")
+def _tile2(a, src, chan, offset, q, c, i, i1, p, n0, n1, n2, n3):
+    """:func:`_tile4` for the two rows i and i1 (i1 == i: one row, computed and stored
+    twice with the same values)."""
+    w = simd.width(c[0])
+    c0, c1 = c[i], c[i1]
+    a0, a1 = a[i], a[i1]
+    s00 = simd.load_first(c0, p, n0)
+    s01 = simd.load_first(c0, p + w, n1)
+    s02 = simd.load_first(c0, p + 2 * w, n2)
+    s03 = simd.load_first(c0, p + 3 * w, n3)
+    s10 = simd.load_first(c1, p, n0)
+    s11 = simd.load_first(c1, p + w, n1)
+    s12 = simd.load_first(c1, p + 2 * w, n2)
+    s13 = simd.load_first(c1, p + 3 * w, n3)
+    for k in range(a.shape[1]):
+        row = src[chan[k]]
+        start = q + offset[k]
+        x0 = simd.load_first(row, start, n0)
+        x1 = simd.load_first(row, start + w, n1)
+        x2 = simd.load_first(row, start + 2 * w, n2)
+        x3 = simd.load_first(row, start + 3 * w, n3)
+        v = simd.splat(c0, a0[k])
+        s00 = simd.fma(v, x0, s00)
+        s01 = simd.fma(v, x1, s01)
+        s02 = simd.fma(v, x2, s02)
+        s03 = simd.fma(v, x3, s03)
+        v = simd.splat(c0, a1[k])
+        s10 = simd.fma(v, x0, s10)
+        s11 = simd.fma(v, x1, s11)
+        s12 = simd.fma(v, x2, s12)
+        s13 = simd.fma(v, x3, s13)
+    simd.store_first(c0, p, s00, n0)
+    simd.store_first(c0, p + w, s01, n1)
+    simd.store_first(c0, p + 2 * w, s02, n2)
+    simd.store_first(c0, p + 3 * w, s03, n3)
+    simd.store_first(c1, p, s10, n0)
+    simd.store_first(c1, p + w, s11, n1)
+    simd.store_first(c1, p + 2 * w, s12, n2)
+    simd.store_first(c1, p + 3 * w, s13, n3)
+
+
+@njit(inline="always")
 def _shifted_matmul_acc(a, src, chan, offset, base, c, cbase, p_size):
     """c[m, cbase + p] += sum_k a[m, k] * src[chan[k], base + offset[k] + p], p < p_size.
 
-    a (M, K), src (C, L), c (M, >= cbase + p_size). Each pass over the contiguous pixel axis
-    adds a 4x4 block of ``a`` (16 scalars in registers) times four shifted rows of ``src`` into
-    four rows of ``c``: every load and store of ``c`` carries four multiply-adds. Rows past the last
-    multiple of 4 take a two-row pass and a single-row one (padding them would compute rows
-    nobody wants).
+    a (M, K), src (C, L), c (M, >= cbase + p_size), all C-contiguous. Tiles of 4 rows x 4
+    vectors (:func:`_tile4`) keep their sums in registers across all K taps; the pixels past
+    the last whole tile take one masked tile, and the rows past the last multiple of 4
+    two-row tiles (:func:`_tile2`; a lone last row computed twice rather than a third
+    variant compiled).
     """
-    m_size, k_size = a.shape
-    k_main = k_size - k_size % 4
-    for i in range(0, m_size - m_size % 4, 4):
-        c0 = c[i, cbase:cbase + p_size]
-        c1 = c[i + 1, cbase:cbase + p_size]
-        c2 = c[i + 2, cbase:cbase + p_size]
-        c3 = c[i + 3, cbase:cbase + p_size]
-        for k in range(0, k_main, 4):
-            b0 = _tap(src, chan, offset, base, k, p_size)
-            b1 = _tap(src, chan, offset, base, k + 1, p_size)
-            b2 = _tap(src, chan, offset, base, k + 2, p_size)
-            b3 = _tap(src, chan, offset, base, k + 3, p_size)
-            w00, w01, w02, w03 = a[i, k], a[i, k + 1], a[i, k + 2], a[i, k + 3]
-            w10, w11, w12, w13 = a[i + 1, k], a[i + 1, k + 1], a[i + 1, k + 2], a[i + 1, k + 3]
-            w20, w21, w22, w23 = a[i + 2, k], a[i + 2, k + 1], a[i + 2, k + 2], a[i + 2, k + 3]
-            w30, w31, w32, w33 = a[i + 3, k], a[i + 3, k + 1], a[i + 3, k + 2], a[i + 3, k + 3]
-            for p in range(p_size):
-                x0 = b0[p]
-                x1 = b1[p]
-                x2 = b2[p]
-                x3 = b3[p]
-                c0[p] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
-                c1[p] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
-                c2[p] += w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
-                c3[p] += w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
-        for k in range(k_main, k_size):
-            b0 = _tap(src, chan, offset, base, k, p_size)
-            w0, w1, w2, w3 = a[i, k], a[i + 1, k], a[i + 2, k], a[i + 3, k]
-            for p in range(p_size):
-                x0 = b0[p]
-                c0[p] += w0 * x0
-                c1[p] += w1 * x0
-                c2[p] += w2 * x0
-                c3[p] += w3 * x0
-    if m_size % 4 >= 2:  # two leftover rows together: half the loads per multiply-add
-        i = m_size - m_size % 4
-        c0 = c[i, cbase:cbase + p_size]
-        c1 = c[i + 1, cbase:cbase + p_size]
-        for k in range(0, k_main, 4):
-            b0 = _tap(src, chan, offset, base, k, p_size)
-            b1 = _tap(src, chan, offset, base, k + 1, p_size)
-            b2 = _tap(src, chan, offset, base, k + 2, p_size)
-            b3 = _tap(src, chan, offset, base, k + 3, p_size)
-            w00, w01, w02, w03 = a[i, k], a[i, k + 1], a[i, k + 2], a[i, k + 3]
-            w10, w11, w12, w13 = a[i + 1, k], a[i + 1, k + 1], a[i + 1, k + 2], a[i + 1, k + 3]
-            for p in range(p_size):
-                x0 = b0[p]
-                x1 = b1[p]
-                x2 = b2[p]
-                x3 = b3[p]
-                c0[p] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
-                c1[p] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
-        for k in range(k_main, k_size):
-            b0 = _tap(src, chan, offset, base, k, p_size)
-            w0, w1 = a[i, k], a[i + 1, k]
-            for p in range(p_size):
-                x0 = b0[p]
-                c0[p] += w0 * x0
-                c1[p] += w1 * x0
-    for i in range(m_size - m_size % 4 % 2, m_size):  # a last leftover row
-        c0 = c[i, cbase:cbase + p_size]
-        for k in range(0, k_main, 4):
-            b0 = _tap(src, chan, offset, base, k, p_size)
-            b1 = _tap(src, chan, offset, base, k + 1, p_size)
-            b2 = _tap(src, chan, offset, base, k + 2, p_size)
-            b3 = _tap(src, chan, offset, base, k + 3, p_size)
-            w0, w1, w2, w3 = a[i, k], a[i, k + 1], a[i, k + 2], a[i, k + 3]
-            for p in range(p_size):
-                c0[p] += w0 * b0[p] + w1 * b1[p] + w2 * b2[p] + w3 * b3[p]
-        for k in range(k_main, k_size):
-            b0 = _tap(src, chan, offset, base, k, p_size)
-            w0 = a[i, k]
-            for p in range(p_size):
-                c0[p] += w0 * b0[p]
+    m_size = a.shape[0]
+    w = simd.width(c[0])
+    tile = 4 * w
+    p_main = p_size - p_size % tile
+    rest = p_size - p_main
+    for i in range(0, m_size - 3, 4):
+        for p in range(0, p_main, tile):
+            _tile4(a, src, chan, offset, base + p, c, i, cbase + p, w, w, w, w)
+        if rest:
+            _tile4(a, src, chan, offset, base + p_main, c, i, cbase + p_main, rest, rest - w,
+                   rest - 2 * w, rest - 3 * w)
+    for i in range(m_size - m_size % 4, m_size, 2):
+        i1 = min(i + 1, m_size - 1)
+        for p in range(0, p_main, tile):
+            _tile2(a, src, chan, offset, base + p, c, i, i1, cbase + p, w, w, w, w)
+        if rest:
+            _tile2(a, src, chan, offset, base + p_main, c, i, i1, cbase + p_main, rest,
+                   rest - w, rest - 2 * w, rest - 3 * w)
 
 
 @njit(inline="always", fastmath=_FAST)

@@ -1,0 +1,186 @@
+"""SIMD vectors in Numba kernels: a vector type and its loads, stores and multiply-adds.
+
+Numba has no vector types, and LLVM keeps no array element in a register across a loop that
+may write to the same memory: a matrix product written with loops over arrays loads and
+stores its sums at every step. With values of type ``Vector`` (an LLVM ``<W x float>``), a
+kernel can hold a tile of sums in registers across a whole reduction and write it once.
+
+A vector is 64 bytes: one AVX-512 register (16 float32 or 8 float64 values), two AVX2 ones
+where the CPU has no AVX-512 (LLVM splits the operations). Every function takes a 1-D
+C-contiguous float array (a row view) that gives the element type; indexes are in elements
+and unchecked, like Numba's own array accesses.
+
+    width(row)                  W, the values per vector for row's dtype (a constant)
+    load(row, i)                row[i:i + W]
+    load_first(row, i, n)       row[i:i + n] and zeros after (n <= 0: nothing read)
+    store(row, i, v)            row[i:i + W] = v
+    store_first(row, i, v, n)   row[i:i + n] = v[:n] (n <= 0: nothing written)
+    splat(row, x)               W copies of x
+    fma(a, b, c)                a * b + c, rounded once
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic, models, register_model
+
+__all__ = ["VECTOR_BYTES", "Vector", "fma", "load", "load_first", "splat", "store",
+           "store_first", "width"]
+
+VECTOR_BYTES = 64
+
+
+class Vector(types.Type):
+    """W values of a float dtype, held in (and computed on as) one LLVM vector."""
+
+    def __init__(self, dtype, width):
+        self.dtype, self.width = dtype, width
+        super().__init__(name=f"Vector({dtype}, {width})")
+
+
+@register_model(Vector)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.width))
+
+
+def _vector_for(row) -> Vector:
+    if not (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"
+            and isinstance(row.dtype, types.Float)):
+        raise TypingError(f"SIMD access needs a 1-D C-contiguous float array, got {row}")
+    return Vector(row.dtype, VECTOR_BYTES // (row.dtype.bitwidth // 8))
+
+
+def _address(context, builder, row_type, row, index, index_type):
+    data = context.make_array(row_type)(context, builder, row).data
+    return builder.gep(data, [context.cast(builder, index, index_type, types.intp)])
+
+
+def _first_lanes(context, builder, vector_type, count, count_type):
+    """The mask of lanes below ``count``."""
+    count = context.cast(builder, count, count_type, types.int32)
+    lanes = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.width),
+                        list(range(vector_type.width)))
+    return builder.icmp_signed("<", lanes, _splat(builder, count, vector_type.width))
+
+
+def _splat(builder, scalar, n):
+    vector = builder.insert_element(ir.Constant(ir.VectorType(scalar.type, n), ir.Undefined),
+                                    scalar, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(vector, vector,
+                                  ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
+
+
+def _masked(builder, what, vector_type, vector_llvm, pointer):
+    """LLVM's masked load or store of ``vector_type`` (lanes the mask leaves out are not
+    touched in memory)."""
+    name = f"llvm.masked.{what}.v{vector_type.width}f{vector_type.dtype.bitwidth}.p0"
+    mask = ir.VectorType(ir.IntType(1), vector_llvm.count)
+    align = ir.IntType(32)
+    if what == "load":
+        signature = ir.FunctionType(vector_llvm, [pointer.type, align, mask, vector_llvm])
+    else:
+        signature = ir.FunctionType(ir.VoidType(), [vector_llvm, pointer.type, align, mask])
+    return cgutils.get_or_insert_function(builder.module, signature, name)
+
+
+@intrinsic
+def width(typingctx, row):
+    vector_type = _vector_for(row)
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, vector_type.width)
+
+    return types.intp(row), codegen
+
+
+@intrinsic
+def load(typingctx, row, index):
+    vector_type = _vector_for(row)
+
+    def codegen(context, builder, sig, args):
+        address = _address(context, builder, row, args[0], args[1], index)
+        pointer = builder.bitcast(address, context.get_value_type(vector_type).as_pointer())
+        return builder.load(pointer, align=row.dtype.bitwidth // 8)
+
+    return vector_type(row, index), codegen
+
+
+@intrinsic
+def load_first(typingctx, row, index, count):
+    vector_type = _vector_for(row)
+
+    def codegen(context, builder, sig, args):
+        vector_llvm = context.get_value_type(vector_type)
+        address = _address(context, builder, row, args[0], args[1], index)
+        pointer = builder.bitcast(address, vector_llvm.as_pointer())
+        mask = _first_lanes(context, builder, vector_type, args[2], count)
+        return builder.call(_masked(builder, "load", vector_type, vector_llvm, pointer),
+                            [pointer, ir.Constant(ir.IntType(32), row.dtype.bitwidth // 8),
+                             mask, ir.Constant(vector_llvm, None)])
+
+    return vector_type(row, index, count), codegen
+
+
+@intrinsic
+def store(typingctx, row, index, value):
+    vector_type = _vector_for(row)
+    if value != vector_type:
+        raise TypingError(f"cannot store a {value} into a {row}")
+
+    def codegen(context, builder, sig, args):
+        address = _address(context, builder, row, args[0], args[1], index)
+        pointer = builder.bitcast(address, context.get_value_type(vector_type).as_pointer())
+        builder.store(args[2], pointer, align=row.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(row, index, value), codegen
+
+
+@intrinsic
+def store_first(typingctx, row, index, value, count):
+    vector_type = _vector_for(row)
+    if value != vector_type:
+        raise TypingError(f"cannot store a {value} into a {row}")
+
+    def codegen(context, builder, sig, args):
+        vector_llvm = context.get_value_type(vector_type)
+        address = _address(context, builder, row, args[0], args[1], index)
+        pointer = builder.bitcast(address, vector_llvm.as_pointer())
+        mask = _first_lanes(context, builder, vector_type, args[3], count)
+        builder.call(_masked(builder, "store", vector_type, vector_llvm, pointer),
+                     [args[2], pointer, ir.Constant(ir.IntType(32), row.dtype.bitwidth // 8),
+                      mask])
+        return context.get_dummy_value()
+
+    return types.none(row, index, value, count), codegen
+
+
+@intrinsic
+def splat(typingctx, row, value):
+    vector_type = _vector_for(row)
+    if not isinstance(value, (types.Float, types.Integer)):
+        raise TypingError(f"cannot splat a {value}")
+
+    def codegen(context, builder, sig, args):
+        scalar = context.cast(builder, args[1], value, vector_type.dtype)
+        return _splat(builder, scalar, vector_type.width)
+
+    return vector_type(row, value), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    if not (isinstance(a, Vector) and a == b == c):
+        raise TypingError(f"fma needs three vectors of one type, got {a}, {b}, {c}")
+
+    def codegen(context, builder, sig, args):
+        vector_llvm = context.get_value_type(a)
+        name = f"llvm.fma.v{a.width}f{a.dtype.bitwidth}"
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector_llvm, [vector_llvm] * 3), name)
+        return builder.call(function, args)
+
+    return a(a, b, c), codegen
