@@ -33,11 +33,11 @@ __all__ = ["precompile", "kernels_for", "KERNELS"]
 #: kernel name -> rough compile seconds on an empty cache (measured on the reference machine),
 #: used only to order the work, longest first.
 KERNELS = {
-    "conv2d_forward": 5.6,
-    "conv2d_forward_lanes": 5.5,
+    "conv2d_forward": 4.7,
+    "conv2d_forward_lanes": 3.9,
     "conv2d_weight_grad": 6.8,
     "conv2d_weight_grad_lanes": 5.2,
-    "conv2d_input_grad_lanes": 6.0,
+    "conv2d_input_grad_lanes": 3.7,
     "avg_pool2d_forward": 3.2,
     "avg_pool2d_backward": 3.9,
     "max_pool2d_forward": 1.8,
@@ -48,6 +48,7 @@ KERNELS = {
        for direction, seconds in (("forward", 2.6), ("backward", 1.8))},
     "sigmoid_forward": 0.8,
     "sigmoid_backward": 1.0,
+    "matmul_acc": 5.4,
 }
 
 
@@ -60,9 +61,9 @@ def fused_kernel_names(activation: int, pool: int) -> list[str]:
 
 
 def _dispatcher(name: str):
-    from .kernels.cpu import activation, conv, pool
+    from .kernels.cpu import activation, conv, dense, pool
 
-    for module in (conv, pool, activation):
+    for module in (conv, pool, activation, dense):
         if hasattr(module, name):
             return getattr(module, name)
     for kernels in activation.FUSED.values():
@@ -76,8 +77,8 @@ def signature(name: str, dtype) -> tuple:
     """The argument types the public functions call kernel ``name`` with, for ``dtype``."""
     from numba import typeof, types
 
-    array = {d: typeof(np.empty((1,) * d, dtype=dtype)) for d in (1, 4, 5)}
-    a1, a4, a5 = array[1], array[4], array[5]
+    array = {d: typeof(np.empty((1,) * d, dtype=dtype)) for d in (1, 2, 4, 5)}
+    a1, a2, a4, a5 = array[1], array[2], array[4], array[5]
     i64 = types.int64
     return {
         "conv2d_forward": (a4, a4, a1) + (i64,) * 7,
@@ -91,6 +92,7 @@ def signature(name: str, dtype) -> tuple:
         "max_pool2d_backward": (a4, typeof(np.empty((1,) * 4, dtype=np.int64)), i64, i64),
         "sigmoid_forward": (a1,),
         "sigmoid_backward": (a1, a1),
+        "matmul_acc": (a2, a2, a2),
         "fused_forward": (a4,),
         "fused_backward": (a4, a4),
     }[name if not name.endswith(("_pool_forward", "_pool_backward")) else
@@ -100,7 +102,7 @@ def signature(name: str, dtype) -> tuple:
 def kernels_for(model) -> list[str]:
     """Names of the CPU kernels that training and evaluating ``model`` (a ``Sequential``, or
     layers for one) calls (see :data:`KERNELS`); layers computed in NumPy need none."""
-    from .layers import AvgPool2d, Conv2d, MaxPool2d, Sigmoid
+    from .layers import AvgPool2d, Conv2d, Linear, MaxPool2d, Sigmoid
     from .sequential import Sequential
 
     if not isinstance(model, Sequential):
@@ -115,6 +117,7 @@ def kernels_for(model) -> list[str]:
         AvgPool2d: ("avg_pool2d_forward", "avg_pool2d_backward"),
         MaxPool2d: ("max_pool2d_forward", "max_pool2d_backward"),
         Sigmoid: ("sigmoid_forward", "sigmoid_backward"),
+        Linear: ("matmul_acc",),
     }
     names: list[str] = []
     for stage in model.stages():

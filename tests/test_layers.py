@@ -244,30 +244,32 @@ def finite_difference(f, array, eps=1e-6):
     return grad
 
 
-def test_linear_runs_blas_on_one_thread_and_leaves_the_setting_alone():
-    from threadpoolctl import threadpool_info, threadpool_limits
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sizes", [(256, 400, 120), (37, 9, 5), (3, 1, 70), (65, 130, 1)])
+def test_matmul_kernel_matches_float64(dtype, sizes):
+    """c += a @ b by register tiles: whole tiles, masked pixel tails, 4-row tiles with the
+    last row repeated (M = 37, 3, 65), against a float64 product."""
+    from numbaconv.kernels.cpu.dense import matmul_acc
 
-    from numbaconv.layers import linear
+    m, k, p = sizes
+    a, b = randn((m, k), seed=1, dtype=dtype), randn((k, p), seed=2, dtype=dtype)
+    c = randn((m, p), seed=3, dtype=dtype)
+    expected = c.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
+    matmul_acc(a, b, c)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * np.sqrt(k) * 4)
 
-    def blas_threads():
-        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
 
-    if not blas_threads():
-        pytest.skip("threadpoolctl finds no BLAS library")
-    with threadpool_limits(limits=2, user_api="blas"):
-        before = blas_threads()
-        first, second = linear._one_blas_thread(), linear._one_blas_thread()
-        first.__enter__()
-        second.__enter__()  # two threads inside at once (the setting is per process)
-        assert blas_threads() == [1] * len(before)
-        first.__exit__(None, None, None)
-        assert blas_threads() == [1] * len(before)  # the second one still runs
-        second.__exit__(None, None, None)
-        assert blas_threads() == before
-        layer = Linear(5, 3, rng=0)
-        layer.forward(randn((4, 5), seed=1))
-        layer.backward(randn((4, 3), seed=2))
-        assert blas_threads() == before
+def test_linear_takes_non_contiguous_input_and_checks_grad_y():
+    layer = Linear(6, 5, rng=0)
+    x = randn((6, 9), seed=1).T  # (9, 6), Fortran order
+    y = layer.forward(x)
+    np.testing.assert_allclose(y, x @ layer.params["weight"].T + layer.params["bias"],
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"grad_y.*\(9, 5\)"):
+        layer.backward(np.zeros((9, 4), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        layer.backward(np.zeros((9, 5), np.float64))
 
 
 def test_linear_backward_finite_difference():

@@ -33,6 +33,7 @@ def test_kernels_for_lenet(activation, pool, fuse):
     expected = CONV_KERNELS + ([f"{activation}_{pool}_pool_forward",
                                 f"{activation}_{pool}_pool_backward"] if fuse else
                                [f"{pool}_pool2d_forward", f"{pool}_pool2d_backward"])
+    expected += ["matmul_acc"]  # the dense layers' products
     if activation == "sigmoid":  # the dense layers' sigmoids (and conv's when unfused)
         expected += ["sigmoid_forward", "sigmoid_backward"]
     assert sorted(names) == sorted(expected)

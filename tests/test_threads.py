@@ -1,8 +1,9 @@
 """Results must not depend on the number of Numba threads.
 
-The same fixed, seeded batch goes through conv2d forward and backward and both pools (forward
-and backward) in two fresh interpreters, one with ``NUMBA_NUM_THREADS=1`` and one with
-``NUMBA_NUM_THREADS=2``; the saved results must agree bit for bit, and with the reference.
+The same fixed, seeded batch goes through conv2d forward and backward, both pools (forward
+and backward) and the dense layers' product in two fresh interpreters, one with
+``NUMBA_NUM_THREADS=1`` and one with ``NUMBA_NUM_THREADS=2``; the saved results must agree bit
+for bit, and with the reference.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ SCRIPT = textwrap.dedent("""
     import numba
     import numpy as np
     import numbaconv.functional as nc
+    from numbaconv.kernels.cpu.dense import matmul_acc
 
     out_path = sys.argv[1]
     rng = np.random.default_rng(1234)
@@ -56,6 +58,9 @@ SCRIPT = textwrap.dedent("""
         gya = rng.normal(size=r["avg"].shape).astype(dtype)
         r["avg_gx"] = nc.avg_pool2d_backward(gya, x.shape, 3, stride=2, padding=1,
                                              ceil_mode=True, count_include_pad=False)
+        r["dense"] = np.zeros((70, 50), dtype=dtype)  # 16-row tasks, a masked pixel tail
+        matmul_acc(x.reshape(8, -1)[:, :60].repeat(9, axis=0)[:70], wn.reshape(-1)[:50]
+                   * x.reshape(-1)[:3000].reshape(60, 50), r["dense"])
         r["gy"], r["gyg"], r["gym"], r["gya"], r["gyn"] = gy, gyg, gym, gya, gyn
         results.update({f"{name}_{k}": v for k, v in r.items()})
     np.savez(out_path, **results)
@@ -138,3 +143,7 @@ def test_threaded_results_match_reference(runs, prefix, dtype):
     aargs = dict(stride=2, padding=1, ceil_mode=True, count_include_pad=False)
     check(r["avg"], ref.avg_pool2d(x, 3, **aargs), "avg")
     check(r["avg_gx"], ref.avg_pool2d_backward(r["gya"], x.shape, 3, **aargs), "avg_gx")
+    wn = w[:, :, :, :2]
+    dense = x.reshape(8, -1)[:, :60].repeat(9, axis=0)[:70] @ (
+        wn.reshape(-1)[:50] * x.reshape(-1)[:3000].reshape(60, 50))
+    check(r["dense"], dense, "dense")

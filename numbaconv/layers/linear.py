@@ -1,51 +1,16 @@
-"""Fully connected layer (``torch.nn.Linear``): ``y = x @ W.T + b`` with NumPy's BLAS."""
+"""Fully connected layer (``torch.nn.Linear``): ``y = x @ W.T + b``, its products in Numba
+(:mod:`numbaconv.kernels.cpu.dense`)."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from ..init import as_generator, kaiming_uniform_default
+from ..kernels.cpu.dense import matmul_acc
 from ..shapes import as_int
 from .base import Layer, prod
 
 __all__ = ["Linear"]
-
-_blas = None  # threadpoolctl's view of the BLAS libraries loaded, made at the first product
-_blas_lock = threading.Lock()
-_blas_users = 0  # Linear products running now, in any thread
-_blas_limit = None  # the limiter of the first of them, which restores the setting
-
-
-@contextlib.contextmanager
-def _one_blas_thread():
-    """A context in which NumPy's BLAS runs on one thread (about 9 us to enter and leave).
-
-    The products of a network this engine targets are small (LeNet's largest: 256x400 by
-    400x120), and OpenBLAS's threads spin after each call, taking the cores from the Numba
-    kernels that run next: a LeNet training step took 1.45x as long with BLAS on its default
-    2 threads as on 1 with Numba on one thread, and 4.8x with Numba on two. The setting is
-    global to the process: with several threads in here at once, the first to enter limits it
-    and the last to leave restores it.
-    """
-    global _blas, _blas_users, _blas_limit
-    with _blas_lock:
-        if _blas is None:
-            _blas = ThreadpoolController().select(user_api="blas")
-        if _blas_users == 0:
-            _blas_limit = _blas.limit(limits=1)
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                _blas_limit.restore_original_limits()
-                _blas_limit = None
 
 
 class Linear(Layer):
@@ -84,25 +49,37 @@ class Linear(Layer):
         if x.dtype != self.dtype:
             raise TypeError(f"{self!r}: input dtype {x.dtype} does not match the parameters' "
                             f"dtype {self.dtype}")
-        with _one_blas_thread():
-            y = x @ self.params["weight"].T
-        if self.bias:
-            y += self.params["bias"]
+        rows = x.reshape(-1, self.in_features)
+        y = np.empty((rows.shape[0], self.out_features), dtype=self.dtype)
+        y[:] = self.params["bias"] if self.bias else 0  # the product adds to it
+        matmul_acc(np.ascontiguousarray(rows), np.ascontiguousarray(self.params["weight"].T), y)
         self._x = x
-        return y
+        return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """Parameter gradients into ``grads``; returns ``grad_x`` (``None`` when
         ``need_input_grad`` is False)."""
         x = self._require_forward(self._x)
-        gy = grad_y.reshape(-1, self.out_features)
-        x2 = x.reshape(-1, self.in_features)
-        with _one_blas_thread():
-            np.matmul(gy.T, x2, out=self.grads["weight"])
-            grad_x = grad_y @ self.params["weight"] if need_input_grad else None
+        grad_y = np.asarray(grad_y)
+        expected = x.shape[:-1] + (self.out_features,)
+        if grad_y.shape != expected:
+            raise ValueError(f"{self!r}: grad_y has shape {grad_y.shape}, the output had "
+                             f"{expected}")
+        if grad_y.dtype != self.dtype:
+            raise TypeError(f"{self!r}: grad_y dtype {grad_y.dtype} does not match the "
+                            f"parameters' dtype {self.dtype}")
+        gy = np.ascontiguousarray(grad_y.reshape(-1, self.out_features))
+        rows = np.ascontiguousarray(x.reshape(-1, self.in_features))
+        grad_w = self.grads["weight"]
+        grad_w[:] = 0
+        matmul_acc(np.ascontiguousarray(gy.T), rows, grad_w)
         if self.bias:
             np.sum(gy, axis=0, out=self.grads["bias"])
-        return grad_x
+        if not need_input_grad:
+            return None
+        grad_x = np.zeros(rows.shape, dtype=self.dtype)
+        matmul_acc(gy, np.ascontiguousarray(self.params["weight"]), grad_x)
+        return grad_x.reshape(x.shape)
 
     def output_shape(self, input_shape) -> tuple:
         shape = tuple(int(s) for s in input_shape)
