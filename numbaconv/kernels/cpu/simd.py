@@ -73,10 +73,20 @@ def _splat(builder, scalar, n):
                                   ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
 
 
-def _masked(builder, what, vector_type, vector_llvm, pointer):
-    """LLVM's masked load or store of ``vector_type`` (lanes the mask leaves out are not
-    touched in memory)."""
-    name = f"llvm.masked.{what}.v{vector_type.width}f{vector_type.dtype.bitwidth}.p0"
+def _vector_suffix(vector_llvm) -> str:
+    """The name suffix of an LLVM intrinsic's vector type, e.g. ``v16f32``."""
+    return f"v{vector_llvm.count}{vector_llvm.element.intrinsic_name}"
+
+
+def _masked(builder, what, vector_llvm, pointer):
+    """LLVM's masked load or store of ``vector_llvm`` values (lanes the mask leaves out are
+    not touched in memory). LLVM 17 and later have opaque pointers only (``.p0``); before,
+    the pointer's suffix names the pointee."""
+    import llvmlite.binding as llvm
+
+    suffix = _vector_suffix(vector_llvm)
+    pointer_suffix = "p0" if llvm.llvm_version_info[0] >= 17 else f"p0{suffix}"
+    name = f"llvm.masked.{what}.{suffix}.{pointer_suffix}"
     mask = ir.VectorType(ir.IntType(1), vector_llvm.count)
     align = ir.IntType(32)
     if what == "load":
@@ -117,7 +127,7 @@ def load_first(typingctx, row, index, count):
         address = _address(context, builder, row, args[0], args[1], index)
         pointer = builder.bitcast(address, vector_llvm.as_pointer())
         mask = _first_lanes(context, builder, vector_type, args[2], count)
-        return builder.call(_masked(builder, "load", vector_type, vector_llvm, pointer),
+        return builder.call(_masked(builder, "load", vector_llvm, pointer),
                             [pointer, ir.Constant(ir.IntType(32), row.dtype.bitwidth // 8),
                              mask, ir.Constant(vector_llvm, None)])
 
@@ -150,7 +160,7 @@ def store_first(typingctx, row, index, value, count):
         address = _address(context, builder, row, args[0], args[1], index)
         pointer = builder.bitcast(address, vector_llvm.as_pointer())
         mask = _first_lanes(context, builder, vector_type, args[3], count)
-        builder.call(_masked(builder, "store", vector_type, vector_llvm, pointer),
+        builder.call(_masked(builder, "store", vector_llvm, pointer),
                      [args[2], pointer, ir.Constant(ir.IntType(32), row.dtype.bitwidth // 8),
                       mask])
         return context.get_dummy_value()
@@ -178,7 +188,7 @@ def fma(typingctx, a, b, c):
 
     def codegen(context, builder, sig, args):
         vector_llvm = context.get_value_type(a)
-        name = f"llvm.fma.v{a.width}f{a.dtype.bitwidth}"
+        name = f"llvm.fma.{_vector_suffix(vector_llvm)}"
         function = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vector_llvm, [vector_llvm] * 3), name)
         return builder.call(function, args)

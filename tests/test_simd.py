@@ -1,0 +1,71 @@
+"""The SIMD vector intrinsics (numbaconv/kernels/cpu/simd.py) the register-tiled products use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+from numba.core.errors import TypingError
+
+from numbaconv.kernels.cpu import simd
+
+
+@njit
+def _width(row):
+    return simd.width(row)
+
+
+@njit
+def _fma_rows(a, b, c, out, start, count):
+    """out[start:start + count] = a * b + c there (one masked vector), the rest untouched."""
+    w = simd.width(out)
+    for i in range(start, start + count, w):
+        n = start + count - i
+        x = simd.load_first(a, i, n)
+        y = simd.load_first(b, i, n)
+        z = simd.load_first(c, i, n)
+        simd.store_first(out, i, simd.fma(x, y, z), n)
+
+
+@njit
+def _splat_add(row, value, out):
+    """out[:W] = value * row[:W] + row[:W] through whole-vector loads and stores."""
+    v = simd.load(row, 0)
+    simd.store(out, 0, simd.fma(simd.splat(row, value), v, v))
+
+
+@pytest.mark.parametrize("dtype, width", [(np.float32, 16), (np.float64, 8)])
+def test_width_is_64_bytes(dtype, width):
+    assert _width(np.zeros(3, dtype)) == width == simd.VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("start, count", [(0, 40), (3, 17), (5, 1), (7, 0), (0, 16)])
+def test_masked_fma_touches_exactly_its_lanes(dtype, start, count):
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.standard_normal(64).astype(dtype) for _ in range(3))
+    out = np.full(64, -7.0, dtype)
+    _fma_rows(a, b, c, out, start, count)
+    expected = np.full(64, -7.0, dtype)
+    part = slice(start, start + count)
+    expected[part] = (a[part].astype(np.float64) * b[part] + c[part]).astype(dtype)
+    np.testing.assert_allclose(out, expected, rtol=1e-6 if dtype == np.float32 else 1e-12,
+                               atol=1e-14)  # one rounding (fma) against two
+    assert (out[start + count:] == -7).all() and (out[:start] == -7).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_whole_vector_load_store_and_splat(dtype):
+    row = np.arange(1, 21, dtype=dtype)
+    out = np.zeros(20, dtype)
+    _splat_add(row, 2, out)
+    w = 64 // np.dtype(dtype).itemsize
+    np.testing.assert_array_equal(out[:w], 3 * row[:w])
+    assert (out[w:] == 0).all()
+
+
+def test_non_contiguous_or_integer_rows_are_typing_errors():
+    with pytest.raises(TypingError, match="C-contiguous float"):
+        _width(np.zeros(8, np.float32)[::2])
+    with pytest.raises(TypingError, match="C-contiguous float"):
+        _width(np.zeros(8, np.int64))
