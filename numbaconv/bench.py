@@ -502,8 +502,7 @@ def as_arrays(result) -> list[np.ndarray]:
 
 
 def set_threads(threads: int | None, torch: Any = None) -> int:
-    """Give numbaconv's kernels (Numba) and PyTorch the same thread count (numbaconv's
-    ``Linear`` runs its BLAS products on one thread).
+    """Give numbaconv's kernels (Numba) and PyTorch the same thread count.
 
     ``None`` means all of Numba's threads (``NUMBA_NUM_THREADS``, the cores by default).
     Returns the count used.

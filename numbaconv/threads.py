@@ -1,6 +1,5 @@
 """Threads for ``numbaconv run`` and ``evaluate``: Numba's kernels on every core (or
-``--threads``) and OpenMP threads that sleep between parallel regions (``Linear`` runs its BLAS
-products on one thread itself).
+``--threads``) and OpenMP threads that sleep between parallel regions.
 (``numbaconv bench`` leaves the wait policy alone: PyTorch's OpenMP reads it too, and its
 side of the comparison keeps its defaults.)"""
 
