@@ -41,6 +41,7 @@ OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L
 WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
 BLOCK = 4  # output channels per register block of the weight gradient (zero-padded)
 LANES = 32  # samples interleaved by the narrow-image kernels (rows of 32 x OW values)
+TASKS = 64  # parallel tasks of the forward (each with its scratch block): a few per thread
 
 
 @njit(inline="always")
@@ -309,29 +310,29 @@ def _block_rows(m_padded, dense_h, wp):
 
 @njit(cache=True, fastmath=_FAST)
 def _forward_block(xflat, weights, b, chan, offset, stride_h, stride_w, wp, n, g, row0, n_rows,
-                   dense_w, y):
+                   dense_w, y, out):
     """The outputs of sample n, group g, from stride-1 rows row0:row0 + n_rows, for
-    :func:`conv2d_forward`."""
+    :func:`conv2d_forward`; ``out`` (C_out_g, >= the rows' flat length) is scratch."""
     c_out_g, c_in_g = weights.shape[0], chan[-1] + 1
     out_w = y.shape[3]
-    out = np.zeros((c_out_g, (n_rows - 1) * wp + dense_w), dtype=xflat.dtype)
+    length = (n_rows - 1) * wp + dense_w
+    for m in range(c_out_g):  # start from the bias: no add in the copy-out
+        out[m, :length] = b[g * c_out_g + m]
     _shifted_matmul_acc(weights, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset,
-                        row0 * wp, out, 0, out.shape[1])
+                        row0 * wp, out, 0, length)
     for m in range(c_out_g):
-        co = g * c_out_g + m
-        bias = b[co]
         src = out[m]
         for r in range(n_rows):
             if (row0 + r) % stride_h:
                 continue
-            dst = y[n, co, (row0 + r) // stride_h]
+            dst = y[n, g * c_out_g + m, (row0 + r) // stride_h]
             base = r * wp
             if stride_w == 1:  # a contiguous copy, vectorised
                 for ow in range(out_w):
-                    dst[ow] = src[base + ow] + bias
+                    dst[ow] = src[base + ow]
             else:
                 for ow in range(out_w):
-                    dst[ow] = src[base + ow * stride_w] + bias
+                    dst[ow] = src[base + ow * stride_w]
 
 
 # The parallel kernels below call one function per job: a prange body is compiled through
@@ -350,12 +351,16 @@ def conv2d_forward(xp, w, b, stride_h, stride_w, dilation_h, dilation_w, groups,
     n_blocks = (dense_h + rows - 1) // rows
     xflat = xp.reshape(n_batch, c_in, hp * wp)
     y = np.empty((n_batch, c_out, out_h, out_w), dtype=xp.dtype)
-    for job in prange(n_batch * groups * n_blocks):
-        n = job // (groups * n_blocks)
-        g = job // n_blocks % groups
-        row0 = job % n_blocks * rows
-        _forward_block(xflat, weights[g], b, chan, offset, stride_h, stride_w, wp, n, g, row0,
-                       min(rows, dense_h - row0), dense_w, y)
+    n_jobs = n_batch * groups * n_blocks
+    n_tasks = min(n_jobs, TASKS)
+    for task in prange(n_tasks):  # one scratch block per task, not per job
+        out = np.empty((c_out // groups, rows * wp), dtype=xp.dtype)
+        for job in range(task * n_jobs // n_tasks, (task + 1) * n_jobs // n_tasks):
+            n = job // (groups * n_blocks)
+            g = job // n_blocks % groups
+            row0 = job % n_blocks * rows
+            _forward_block(xflat, weights[g], b, chan, offset, stride_h, stride_w, wp, n, g,
+                           row0, min(rows, dense_h - row0), dense_w, y, out)
     return y
 
 
