@@ -38,9 +38,12 @@ def cli():
 # --------------------------------------------------------------------------- run
 
 def _set_threads(threads: int | None) -> None:
-    from .threads import prefer_sleeping_openmp, set_threads
+    import numba
 
-    prefer_sleeping_openmp()  # before Numba starts OpenMP, which set_threads does
+    from .threads import choose_wait_policy, set_threads
+
+    # before Numba starts OpenMP, which set_threads does
+    choose_wait_policy(threads or numba.config.NUMBA_NUM_THREADS)
     set_threads(threads)
 
 
