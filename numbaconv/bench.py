@@ -552,11 +552,11 @@ def busy_warning(threads: int) -> str | None:
     parallel region waits for its slowest thread, and PyTorch runs many small regions per
     step. The ratios of such a run mostly measure the neighbours.
     """
-    if not hasattr(os, "getloadavg"):
+    from .threads import load_leaves_too_few
+
+    if not load_leaves_too_few(threads):
         return None
     load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-    if load <= cpus - threads + 0.5:
-        return None
     return (f"warning: load average {load:.2f} on {cpus} CPUs before the run leaves fewer "
             f"than {threads} idle; timings with {threads} thread(s) will be noisy "
             "(PyTorch's especially). Use a quiet machine, or fewer --threads.")

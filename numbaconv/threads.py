@@ -17,24 +17,29 @@ def _cpu_jiffies() -> tuple[int, int]:
     return sum(values), values[3] + values[4]
 
 
+def load_leaves_too_few(threads: int) -> bool:
+    """Whether the 1-minute load average leaves fewer idle CPUs than ``threads`` (False
+    where the system has no load average)."""
+    if not hasattr(os, "getloadavg"):
+        return False
+    return os.getloadavg()[0] > (os.cpu_count() or 1) - threads + 0.5
+
+
 def busy(threads: int, interval: float = 0.1) -> bool:
     """Whether other processes keep the cores busy: in ``interval`` seconds during which
     this process sleeps, fewer CPUs than ``threads`` were idle (a VM's stolen time counts as
-    busy). Where /proc/stat is missing, the 1-minute load average decides; without either,
-    False. (The load average alone would count this user's last command for a minute.)"""
-    cpus = os.cpu_count() or 1
+    busy). Where /proc/stat is missing, :func:`load_leaves_too_few` decides. (The load
+    average alone would count this user's last command for a minute.)"""
     try:
         total_before, idle_before = _cpu_jiffies()
         time.sleep(interval)
         total_after, idle_after = _cpu_jiffies()
     except (OSError, ValueError, IndexError):
-        if not hasattr(os, "getloadavg"):
-            return False
-        return os.getloadavg()[0] > cpus - threads + 0.5
+        return load_leaves_too_few(threads)
     total = total_after - total_before
     if total <= 0:
         return False
-    idle_cpus = cpus * (idle_after - idle_before) / total
+    idle_cpus = (os.cpu_count() or 1) * (idle_after - idle_before) / total
     return idle_cpus < threads - 0.5
 
 

@@ -29,9 +29,10 @@ def _fma_rows(a, b, c, out, start, count):
 
 @njit
 def _splat_add(row, value, out):
-    """out[:W] = value * row[:W] + row[:W] through whole-vector loads and stores."""
-    v = simd.load(row, 0)
-    simd.store(out, 0, simd.fma(simd.splat(row, value), v, v))
+    """out[:W] = value * row[:W] + row[:W] through whole vectors (a full mask)."""
+    w = simd.width(row)
+    v = simd.load_first(row, 0, w)
+    simd.store_first(out, 0, simd.fma(simd.splat(row, value), v, v), w)
 
 
 @pytest.mark.parametrize("dtype, width", [(np.float32, 16), (np.float64, 8)])

@@ -11,12 +11,13 @@ C-contiguous float array (a row view) that gives the element type; indexes are i
 and unchecked, like Numba's own array accesses.
 
     width(row)                  W, the values per vector for row's dtype (a constant)
-    load(row, i)                row[i:i + W]
     load_first(row, i, n)       row[i:i + n] and zeros after (n <= 0: nothing read)
-    store(row, i, v)            row[i:i + W] = v
     store_first(row, i, v, n)   row[i:i + n] = v[:n] (n <= 0: nothing written)
     splat(row, x)               W copies of x
     fma(a, b, c)                a * b + c, rounded once
+
+With n >= W every lane is in: LLVM turns a mask known to be full into a plain load or
+store, so a kernel's whole tiles (n = width(row)) cost no masking.
 """
 
 from llvmlite import ir
@@ -25,8 +26,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["VECTOR_BYTES", "Vector", "fma", "load", "load_first", "splat", "store",
-           "store_first", "width"]
+__all__ = ["VECTOR_BYTES", "Vector", "fma", "load_first", "splat", "store_first", "width"]
 
 VECTOR_BYTES = 64
 
@@ -107,18 +107,6 @@ def width(typingctx, row):
 
 
 @intrinsic
-def load(typingctx, row, index):
-    vector_type = _vector_for(row)
-
-    def codegen(context, builder, sig, args):
-        address = _address(context, builder, row, args[0], args[1], index)
-        pointer = builder.bitcast(address, context.get_value_type(vector_type).as_pointer())
-        return builder.load(pointer, align=row.dtype.bitwidth // 8)
-
-    return vector_type(row, index), codegen
-
-
-@intrinsic
 def load_first(typingctx, row, index, count):
     vector_type = _vector_for(row)
 
@@ -132,21 +120,6 @@ def load_first(typingctx, row, index, count):
                              mask, ir.Constant(vector_llvm, None)])
 
     return vector_type(row, index, count), codegen
-
-
-@intrinsic
-def store(typingctx, row, index, value):
-    vector_type = _vector_for(row)
-    if value != vector_type:
-        raise TypingError(f"cannot store a {value} into a {row}")
-
-    def codegen(context, builder, sig, args):
-        address = _address(context, builder, row, args[0], args[1], index)
-        pointer = builder.bitcast(address, context.get_value_type(vector_type).as_pointer())
-        builder.store(args[2], pointer, align=row.dtype.bitwidth // 8)
-        return context.get_dummy_value()
-
-    return types.none(row, index, value), codegen
 
 
 @intrinsic
