@@ -53,7 +53,7 @@ def choose_wait_policy(threads: int) -> str | None:
     On a busy machine spinning threads make every parallel region wait a scheduler slice
     when another process holds a core (a kernel measured 5-20x slower). On a quiet one,
     sleeping threads make every region wait for a wake-up: a LeNet epoch of ``numbaconv run``
-    on 2 threads took 2.1-2.4 s with PASSIVE and 1.2-1.5 s with the default.
+    on 2 threads took 1.7-2.4 s with PASSIVE and 1.1-1.6 s with the default.
 
     Numba's ``workqueue`` layer, which the command used before, hands every region to worker
     threads while the calling thread waits: on one thread LeNet's epoch took 1.3-1.6x as long
