@@ -240,6 +240,27 @@ def test_input_gradient_where_padding_exceeds_the_kernels_reach(nc, kernel, stri
         seed=5))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation, groups", [
+    # (N, C_in, H, W, C_out): which weight-gradient path each takes
+    ((3, 2, 9, 23, 5), (3, 4), 1, 1, 1, 1),  # gy's rows, lane sums kept (5 x 24 <= 256)
+    ((3, 2, 9, 23, 5), (3, 4), (2, 1), 1, (1, 2), 1),  # the same, row stride 2
+    ((3, 5, 9, 23, 7), (3, 3), 1, 1, 1, 1),  # copied onto the flat grid (7 x 45 > 256)
+    ((2, 10, 7, 21, 18), (2, 3), 1, (0, 2), 1, 2),  # the same, 2 groups of 9 x 30
+    ((3, 5, 9, 23, 7), (3, 3), (1, 2), 1, 1, 1),  # column stride 2: the flat grid
+    ((64, 3, 10, 10, 6), (3, 3), 1, 0, 1, 1),  # narrow: interleaved samples (lanes)
+])
+def test_weight_gradient_paths_match_reference(nc, dtype, shape, kernel, stride, padding,
+                                               dilation, groups):
+    """Each of the weight gradient's kernel paths, with rows and taps that fill no whole
+    4 x 4 tile and rows that fill no whole vector."""
+    n, c_in, h, w, c_out = shape
+    check_conv_against_reference(nc, dict(
+        N=n, C=c_in, H=h, W=w, F=c_out, kernel=kernel, stride=stride, padding=padding,
+        dilation=dilation, groups=groups, bias=True, dtype=dtype, layouts=("C", "C", "C"),
+        seed=7))
+
+
 def check_conv_against_reference(nc, case):
     x, w, b, rng = make_conv_arrays(case)
     args = conv_args(case)

@@ -35,6 +35,23 @@ def _splat_add(row, value, out):
     simd.store_first(out, 0, simd.fma(simd.splat(row, value), v, v), w)
 
 
+@njit
+def _total(row, count):
+    return simd.total(simd.load_first(row, 0, count))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("count", [1, 5, 8, 16])
+def test_total_sums_the_lanes(dtype, count):
+    row = np.arange(1, 17, dtype=dtype) * 0.5  # sums exact in either dtype
+    assert _total(row, count) == row[:min(count, _width(row))].sum()
+
+
+def test_total_of_a_non_vector_is_a_typing_error():
+    with pytest.raises(TypingError, match="total needs a vector"):
+        njit(lambda x: simd.total(x))(1.0)
+
+
 @pytest.mark.parametrize("dtype, width", [(np.float32, 16), (np.float64, 8)])
 def test_width_is_64_bytes(dtype, width):
     assert _width(np.zeros(3, dtype)) == width == simd.VECTOR_BYTES // np.dtype(dtype).itemsize

@@ -39,7 +39,8 @@ from . import simd
 _FAST = {"reassoc", "contract"}  # reorder sums so they vectorise; NaN and inf still propagate
 OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L2-resident
 WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
-BLOCK = 4  # output channels per register block of the weight gradient (zero-padded)
+WEIGHT_GRAD_ROWS = 5  # output rows of LANES samples per pass of the weight gradient's tiles
+ROWS_ACC_BYTES = 16384  # the most lane sums (bytes) for which the weight gradient reads gy's rows
 LANES = 32  # samples interleaved by the narrow-image kernels (rows of 32 x OW values)
 TASKS = 64  # parallel tasks of the forward (each with its scratch block): a few per thread
 
@@ -196,86 +197,146 @@ def _shifted_matmul_acc(a, src, chan, offset, base, c, cbase, p_size):
                    rest - w, rest - 2 * w, rest - 3 * w)
 
 
-@njit(inline="always", fastmath=_FAST)
-def _shifted_matmul_abt_acc(a, p_size, src, chan, offset, base, c):
-    """c[m, k] += sum_{p < p_size} a[m, p] * src[chan[k], base + offset[k] + p].
+# The weight gradient's product, c[m, k] = sum_p a[m, p] * tap_k[p], is a sum over pixels
+# (the rows of a and of the taps are the long axis): tiles of 4 rows x 4 taps keep 16 vectors
+# of partial sums in registers across many pixels. Their lanes are summed either once per
+# tile (:func:`_abt_acc`, where the tile covers a long run of pixels) or only after all
+# samples, from W partial sums per (m, k) kept in memory (:func:`_abt_lanes_acc`, where that
+# memory stays in cache and the tiles cover only a few pixels each).
 
-    a (M, >= p_size) with M a multiple of BLOCK, c (M, K). Each 4x4 block of ``c`` is 16 dot
-    products along the contiguous pixel axis, computed together so that every loaded value
-    feeds four multiply-adds; LLVM keeps the 16 sums in vector registers.
-    """
-    m_size = a.shape[0]
-    k_size = c.shape[1]
-    k_main = k_size - k_size % 4
-    zero = c.dtype.type(0)  # sums in c's precision (a literal 0.0 is float64)
-    for i in range(0, m_size, 4):
-        a0 = a[i]
-        a1 = a[i + 1]
-        a2 = a[i + 2]
-        a3 = a[i + 3]
-        for j in range(0, k_main, 4):
-            b0 = _tap(src, chan, offset, base, j, p_size)
-            b1 = _tap(src, chan, offset, base, j + 1, p_size)
-            b2 = _tap(src, chan, offset, base, j + 2, p_size)
-            b3 = _tap(src, chan, offset, base, j + 3, p_size)
-            s00 = s01 = s02 = s03 = zero
-            s10 = s11 = s12 = s13 = zero
-            s20 = s21 = s22 = s23 = zero
-            s30 = s31 = s32 = s33 = zero
-            for p in range(p_size):
-                x0 = b0[p]
-                x1 = b1[p]
-                x2 = b2[p]
-                x3 = b3[p]
-                g = a0[p]
-                s00 += g * x0
-                s01 += g * x1
-                s02 += g * x2
-                s03 += g * x3
-                g = a1[p]
-                s10 += g * x0
-                s11 += g * x1
-                s12 += g * x2
-                s13 += g * x3
-                g = a2[p]
-                s20 += g * x0
-                s21 += g * x1
-                s22 += g * x2
-                s23 += g * x3
-                g = a3[p]
-                s30 += g * x0
-                s31 += g * x1
-                s32 += g * x2
-                s33 += g * x3
-            c[i, j] += s00
-            c[i, j + 1] += s01
-            c[i, j + 2] += s02
-            c[i, j + 3] += s03
-            c[i + 1, j] += s10
-            c[i + 1, j + 1] += s11
-            c[i + 1, j + 2] += s12
-            c[i + 1, j + 3] += s13
-            c[i + 2, j] += s20
-            c[i + 2, j + 1] += s21
-            c[i + 2, j + 2] += s22
-            c[i + 2, j + 3] += s23
-            c[i + 3, j] += s30
-            c[i + 3, j + 1] += s31
-            c[i + 3, j + 2] += s32
-            c[i + 3, j + 3] += s33
-        for j in range(k_main, k_size):
-            b0 = _tap(src, chan, offset, base, j, p_size)
-            s0 = s1 = s2 = s3 = zero
-            for p in range(p_size):
-                x0 = b0[p]
-                s0 += a0[p] * x0
-                s1 += a1[p] * x0
-                s2 += a2[p] * x0
-                s3 += a3[p] * x0
-            c[i, j] += s0
-            c[i + 1, j] += s1
-            c[i + 2, j] += s2
-            c[i + 3, j] += s3
+@njit(inline="always")
+def _abt_step(x0, x1, x2, x3, a0, a1, a2, a3, px, pa, n, s):
+    """The 16 sums ``s`` of :func:`_abt_tile` plus one vector of pixels: the taps' rows x_j
+    (already shifted by their offsets) at px times the a rows at pa, the first n lanes."""
+    v0 = simd.load_first(x0, px, n)
+    v1 = simd.load_first(x1, px, n)
+    v2 = simd.load_first(x2, px, n)
+    v3 = simd.load_first(x3, px, n)
+    g0 = simd.load_first(a0, pa, n)
+    g1 = simd.load_first(a1, pa, n)
+    g2 = simd.load_first(a2, pa, n)
+    g3 = simd.load_first(a3, pa, n)
+    return (simd.fma(g0, v0, s[0]), simd.fma(g0, v1, s[1]), simd.fma(g0, v2, s[2]),
+            simd.fma(g0, v3, s[3]), simd.fma(g1, v0, s[4]), simd.fma(g1, v1, s[5]),
+            simd.fma(g1, v2, s[6]), simd.fma(g1, v3, s[7]), simd.fma(g2, v0, s[8]),
+            simd.fma(g2, v1, s[9]), simd.fma(g2, v2, s[10]), simd.fma(g2, v3, s[11]),
+            simd.fma(g3, v0, s[12]), simd.fma(g3, v1, s[13]), simd.fma(g3, v2, s[14]),
+            simd.fma(g3, v3, s[15]))
+
+
+@njit(inline="always")
+def _abt_tile(a, src, chan, offset, i, m_last, j, k_last, a_base, src_base, n_rows, a_step,
+              src_step, length, s):
+    """``s`` (16 vectors: row-major 4 x 4) plus the lane-wise products, over rows r < n_rows
+    and pixels p < length, of a[i + di, a_base + r * a_step + p] and
+    src[chan[j + dj], src_base + r * src_step + offset[j + dj] + p]. Rows past m_last and taps
+    past k_last repeat the last one (their sums are duplicates).
+
+    Per W pixels (W = simd.width), eight vector loads feed 16 multiply-adds; the last pixels
+    of a row take one masked vector (lanes past the row are zeros)."""
+    w = simd.width(a[0])
+    a0, a1 = a[i], a[min(i + 1, m_last)]
+    a2, a3 = a[min(i + 2, m_last)], a[min(i + 3, m_last)]
+    j1, j2, j3 = min(j + 1, k_last), min(j + 2, k_last), min(j + 3, k_last)
+    x0, x1 = src[chan[j], offset[j]:], src[chan[j1], offset[j1]:]
+    x2, x3 = src[chan[j2], offset[j2]:], src[chan[j3], offset[j3]:]
+    main = length - length % w
+    for r in range(n_rows):
+        pa = a_base + r * a_step
+        px = src_base + r * src_step
+        for p in range(0, main, w):
+            s = _abt_step(x0, x1, x2, x3, a0, a1, a2, a3, px + p, pa + p, w, s)
+        if main < length:
+            s = _abt_step(x0, x1, x2, x3, a0, a1, a2, a3, px + main, pa + main,
+                          length - main, s)
+    return s
+
+
+@njit(inline="always")
+def _add_totals(c_row, j, k_last, s0, s1, s2, s3):
+    """c_row[j + dj] += the total of s_dj, for the taps j + dj <= k_last (not duplicates)."""
+    c_row[j] += simd.total(s0)
+    if j + 1 <= k_last:
+        c_row[j + 1] += simd.total(s1)
+    if j + 2 <= k_last:
+        c_row[j + 2] += simd.total(s2)
+    if j + 3 <= k_last:
+        c_row[j + 3] += simd.total(s3)
+
+
+@njit(inline="always")
+def _abt_acc(a, src, chan, offset, c, a_base, src_base, n_rows, a_step, src_step, length):
+    """c[m, k] += sum over rows r < n_rows and pixels p < length of
+    a[m, a_base + r * a_step + p] * src[chan[k], src_base + r * src_step + offset[k] + p].
+
+    a (M, ...), src (C, ...), c (M, K), all C-contiguous; :func:`_abt_tile` tiles, their
+    lanes summed at the end of each."""
+    m_last, k_last = a.shape[0] - 1, c.shape[1] - 1
+    zero = simd.splat(a[0], 0)
+    for i in range(0, m_last + 1, 4):
+        for j in range(0, k_last + 1, 4):
+            s = _abt_tile(a, src, chan, offset, i, m_last, j, k_last, a_base, src_base, n_rows,
+                          a_step, src_step, length,
+                          (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero,
+                           zero, zero, zero, zero))
+            _add_totals(c[i], j, k_last, s[0], s[1], s[2], s[3])
+            if i + 1 <= m_last:
+                _add_totals(c[i + 1], j, k_last, s[4], s[5], s[6], s[7])
+            if i + 2 <= m_last:
+                _add_totals(c[i + 2], j, k_last, s[8], s[9], s[10], s[11])
+            if i + 3 <= m_last:
+                _add_totals(c[i + 3], j, k_last, s[12], s[13], s[14], s[15])
+
+
+@njit(inline="always")
+def _abt_lanes_acc(a, src, chan, offset, acc, a_base, src_base, n_rows, a_step, src_step,
+                   length):
+    """:func:`_abt_acc` without the lanes' sums: acc[m, k * W:(k + 1) * W] += the W lane
+    sums of c[m, k] (acc (M, K * W); :func:`_add_lane_sums` finishes them). A tile's sums are
+    read from acc and written back (duplicates write the same values twice)."""
+    w = simd.width(acc[0])
+    m_last, k_last = a.shape[0] - 1, acc.shape[1] // w - 1
+    for i in range(0, m_last + 1, 4):
+        r0, r1 = acc[i], acc[min(i + 1, m_last)]
+        r2, r3 = acc[min(i + 2, m_last)], acc[min(i + 3, m_last)]
+        for j in range(0, k_last + 1, 4):
+            q0, q1 = j * w, min(j + 1, k_last) * w
+            q2, q3 = min(j + 2, k_last) * w, min(j + 3, k_last) * w
+            s = _abt_tile(a, src, chan, offset, i, m_last, j, k_last, a_base, src_base, n_rows,
+                          a_step, src_step, length,
+                          (simd.load_first(r0, q0, w), simd.load_first(r0, q1, w),
+                           simd.load_first(r0, q2, w), simd.load_first(r0, q3, w),
+                           simd.load_first(r1, q0, w), simd.load_first(r1, q1, w),
+                           simd.load_first(r1, q2, w), simd.load_first(r1, q3, w),
+                           simd.load_first(r2, q0, w), simd.load_first(r2, q1, w),
+                           simd.load_first(r2, q2, w), simd.load_first(r2, q3, w),
+                           simd.load_first(r3, q0, w), simd.load_first(r3, q1, w),
+                           simd.load_first(r3, q2, w), simd.load_first(r3, q3, w)))
+            simd.store_first(r0, q0, s[0], w)
+            simd.store_first(r0, q1, s[1], w)
+            simd.store_first(r0, q2, s[2], w)
+            simd.store_first(r0, q3, s[3], w)
+            simd.store_first(r1, q0, s[4], w)
+            simd.store_first(r1, q1, s[5], w)
+            simd.store_first(r1, q2, s[6], w)
+            simd.store_first(r1, q3, s[7], w)
+            simd.store_first(r2, q0, s[8], w)
+            simd.store_first(r2, q1, s[9], w)
+            simd.store_first(r2, q2, s[10], w)
+            simd.store_first(r2, q3, s[11], w)
+            simd.store_first(r3, q0, s[12], w)
+            simd.store_first(r3, q1, s[13], w)
+            simd.store_first(r3, q2, s[14], w)
+            simd.store_first(r3, q3, s[15], w)
+
+
+@njit(inline="always")
+def _add_lane_sums(acc, partial):
+    """partial[m, k] += the total of acc[m, k * W:(k + 1) * W], acc from :func:`_abt_lanes_acc`."""
+    w = simd.width(acc[0])
+    for m in range(partial.shape[0]):
+        for k in range(partial.shape[1]):
+            partial[m, k] += simd.total(simd.load_first(acc[m], k * w, w))
 
 
 @njit(cache=True)
@@ -304,9 +365,9 @@ def _grouped_weights(w, groups):
 
 
 @njit(cache=True)
-def _block_rows(m_padded, dense_h, wp):
-    """Rows of the flat stride-1 grid per block: m_padded such rows fit OUT_BUFFER."""
-    return max(1, min(dense_h, OUT_BUFFER // (m_padded * wp)))
+def _block_rows(m_size, dense_h, wp):
+    """Rows of the flat stride-1 grid per block: m_size such rows fit OUT_BUFFER."""
+    return max(1, min(dense_h, OUT_BUFFER // (m_size * wp)))
 
 
 @njit(cache=True, fastmath=_FAST)
@@ -368,14 +429,13 @@ def conv2d_forward(xp, w, b, stride_h, stride_w, dilation_h, dilation_w, groups,
 @njit(cache=True, fastmath=_FAST)
 def _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp, n_start, n_stop, g,
                        rows, dense_h, dense_w, partial, partial_bias):
-    """partial (>= C_out_g, K) += the weight gradient of samples n_start:n_stop, group g, and
+    """partial (C_out_g, K) += the weight gradient of samples n_start:n_stop, group g, and
     partial_bias (C_out_g,) += their bias gradient, for :func:`conv2d_weight_grad`."""
-    m_padded = partial.shape[0]
     c_out_g = partial_bias.shape[0]
     c_in_g = chan[-1] + 1
     out_w = gy.shape[3]
     zero = xflat.dtype.type(0)
-    grads = np.zeros((m_padded, rows * wp), dtype=xflat.dtype)
+    grads = np.zeros((c_out_g, rows * wp), dtype=xflat.dtype)
     for n in range(n_start, n_stop):
         src = xflat[n, g * c_in_g:(g + 1) * c_in_g]
         for row0 in range(0, dense_h, rows):
@@ -403,8 +463,30 @@ def _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp, n_start,
                             dst[base + ow * stride_w] = value
                             total += value
                 partial_bias[m] += total
-            _shifted_matmul_abt_acc(grads, (n_rows - 1) * wp + dense_w, src, chan, offset,
-                                    row0 * wp, partial)
+            _abt_acc(grads, src, chan, offset, partial, 0, row0 * wp, 1, 0, 0,
+                     (n_rows - 1) * wp + dense_w)
+
+
+@njit(cache=True, fastmath=_FAST)
+def _weight_grad_rows(gy, xflat, chan, offset, stride_h, wp, n_start, n_stop, g, partial,
+                      partial_bias):
+    """:func:`_weight_grad_chunk` at column stride 1 straight from gy's rows (no copy onto the
+    flat grid); the lanes' sums of all the chunk's samples kept in an L1-sized buffer."""
+    c_out_g = partial_bias.shape[0]
+    c_in_g = chan[-1] + 1
+    out_h, out_w = gy.shape[2], gy.shape[3]
+    acc = np.zeros((c_out_g, chan.shape[0] * simd.width(xflat[0, 0])), dtype=xflat.dtype)
+    zero = xflat.dtype.type(0)
+    for n in range(n_start, n_stop):
+        a = gy[n, g * c_out_g:(g + 1) * c_out_g].reshape(c_out_g, out_h * out_w)
+        for m in range(c_out_g):
+            total = zero
+            for p in range(out_h * out_w):
+                total += a[m, p]
+            partial_bias[m] += total
+        _abt_lanes_acc(a, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, acc, 0, 0, out_h,
+                       out_w, stride_h * wp, out_w)
+    _add_lane_sums(acc, partial)
 
 
 @njit(parallel=True, cache=True)
@@ -421,28 +503,33 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
     c_out, out_h, out_w = gy.shape[1], gy.shape[2], gy.shape[3]
     c_in_g = c_in // groups
     c_out_g = c_out // groups
-    m_padded = (c_out_g + BLOCK - 1) // BLOCK * BLOCK
     chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
     dense_h = (out_h - 1) * stride_h + 1
     dense_w = (out_w - 1) * stride_w + 1
-    rows = _block_rows(m_padded, dense_h, wp)
+    rows = _block_rows(c_out_g, dense_h, wp)
     xflat = xp.reshape(n_batch, c_in, hp * wp)
     n_chunks = min(n_batch, WEIGHT_GRAD_CHUNKS)
-    partial = np.zeros((n_chunks, groups, m_padded, chan.shape[0]), dtype=xp.dtype)
+    partial = np.zeros((n_chunks, groups, c_out_g, chan.shape[0]), dtype=xp.dtype)
     partial_bias = np.zeros((n_chunks, 1, c_out, 1), dtype=xp.dtype)
+    # gy's rows as they are where their partial sums stay in L1, else copied onto the flat grid
+    from_rows = stride_w == 1 and c_out_g * chan.shape[0] * simd.VECTOR_BYTES <= ROWS_ACC_BYTES
     for job in prange(n_chunks * groups):
         chunk, g = job // groups, job % groups
-        _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp,
-                           chunk * n_batch // n_chunks, (chunk + 1) * n_batch // n_chunks, g,
-                           rows, dense_h, dense_w, partial[chunk, g],
-                           partial_bias[chunk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
+        n_start, n_stop = chunk * n_batch // n_chunks, (chunk + 1) * n_batch // n_chunks
+        bias = partial_bias[chunk, 0, g * c_out_g:(g + 1) * c_out_g, 0]
+        if from_rows:
+            _weight_grad_rows(gy, xflat, chan, offset, stride_h, wp, n_start, n_stop, g,
+                              partial[chunk, g], bias)
+        else:
+            _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp, n_start, n_stop,
+                               g, rows, dense_h, dense_w, partial[chunk, g], bias)
     return (_sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size),
             _sum_chunks(partial_bias, c_out).reshape(c_out))
 
 
 @njit(cache=True)
 def _sum_chunks(partial, c_out):
-    """(C_out, K): the chunks' weight gradients (chunks, groups, >= C_out_g, K) summed in a
+    """(C_out, K): the chunks' weight gradients (chunks, groups, C_out_g, K) summed in a
     fixed order (explicit loops compile faster than array expressions); bias gradients come
     as (chunks, 1, C_out, 1)."""
     n_chunks, groups, k_size = partial.shape[0], partial.shape[1], partial.shape[3]
@@ -525,7 +612,7 @@ def conv2d_forward_lanes(xp, w, b, stride_h, dilation_h, dilation_w, groups, out
 
 @njit(cache=True, fastmath=_FAST)
 def _weight_grad_lanes(gy, xp, chan, offset, stride_h, n0, g, partial, partial_bias):
-    """partial (>= C_out_g, K) += the weight gradient of samples n0:n0 + LANES, group g;
+    """partial (C_out_g, K) += the weight gradient of samples n0:n0 + LANES, group g;
     partial_bias (C_out_g,) = their bias gradient."""
     c_in_g = chan[-1] + 1
     c_out_g = gy.shape[1] * c_in_g // xp.shape[1]
@@ -533,7 +620,7 @@ def _weight_grad_lanes(gy, xp, chan, offset, stride_h, n0, g, partial, partial_b
     out_h, out_w = gy.shape[2], gy.shape[3]
     buf = np.zeros((c_in_g, hp * wp * LANES), dtype=xp.dtype)
     _interleave(xp, n0, g * c_in_g, c_in_g, buf)
-    grads = np.zeros((partial.shape[0], out_h * out_w * LANES), dtype=xp.dtype)  # padding rows 0
+    grads = np.zeros((c_out_g, out_h * out_w * LANES), dtype=xp.dtype)
     _interleave(gy, n0, g * c_out_g, c_out_g, grads)
     zero = gy.dtype.type(0)
     for m in range(c_out_g):  # from the interleaved copy, in L2 (empty lanes are zeros)
@@ -541,10 +628,12 @@ def _weight_grad_lanes(gy, xp, chan, offset, stride_h, n0, g, partial, partial_b
         for p in range(grads.shape[1]):
             total += grads[m, p]
         partial_bias[m] = total
+    acc = np.zeros((c_out_g, chan.shape[0] * simd.width(grads[0])), dtype=xp.dtype)
     row = out_w * LANES
-    for oh in range(out_h):
-        _shifted_matmul_abt_acc(grads[:, oh * row:(oh + 1) * row], row, buf, chan, offset,
-                                oh * stride_h * wp * LANES, partial)
+    for oh in range(0, out_h, WEIGHT_GRAD_ROWS):  # rows of a and the taps' rows in L1
+        _abt_lanes_acc(grads, buf, chan, offset, acc, oh * row, oh * stride_h * wp * LANES,
+                       min(WEIGHT_GRAD_ROWS, out_h - oh), row, stride_h * wp * LANES, row)
+    _add_lane_sums(acc, partial)
 
 
 @njit(parallel=True, cache=True)
@@ -556,13 +645,12 @@ def conv2d_weight_grad_lanes(gy, xp, kh_size, kw_size, stride_h, dilation_h, dil
     n_batch, c_in, hp, wp = xp.shape
     c_out = gy.shape[1]
     c_in_g = c_in // groups
-    m_padded = (c_out // groups + BLOCK - 1) // BLOCK * BLOCK
+    c_out_g = c_out // groups
     chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
     offset *= LANES
     n_blocks = (n_batch + LANES - 1) // LANES
-    partial = np.zeros((n_blocks, groups, m_padded, chan.shape[0]), dtype=xp.dtype)
+    partial = np.zeros((n_blocks, groups, c_out_g, chan.shape[0]), dtype=xp.dtype)
     partial_bias = np.zeros((n_blocks, 1, c_out, 1), dtype=xp.dtype)
-    c_out_g = c_out // groups
     for job in prange(n_blocks * groups):
         blk, g = job // groups, job % groups
         _weight_grad_lanes(gy, xp, chan, offset, stride_h, blk * LANES, g, partial[blk, g],

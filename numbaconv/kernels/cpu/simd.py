@@ -15,6 +15,8 @@ and unchecked, like Numba's own array accesses.
     store_first(row, i, v, n)   row[i:i + n] = v[:n] (n <= 0: nothing written)
     splat(row, x)               W copies of x
     fma(a, b, c)                a * b + c, rounded once
+    total(v)                    the sum of v's W values (pairwise: halves added, then
+                                their halves, ...)
 
 With n >= W every lane is in: LLVM turns a mask known to be full into a plain load or
 store, so a kernel's whole tiles (n = width(row)) cost no masking.
@@ -26,7 +28,8 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["VECTOR_BYTES", "Vector", "fma", "load_first", "splat", "store_first", "width"]
+__all__ = ["VECTOR_BYTES", "Vector", "fma", "load_first", "splat", "store_first", "total",
+           "width"]
 
 VECTOR_BYTES = 64
 
@@ -167,3 +170,22 @@ def fma(typingctx, a, b, c):
         return builder.call(function, args)
 
     return a(a, b, c), codegen
+
+
+@intrinsic
+def total(typingctx, v):
+    if not isinstance(v, Vector):
+        raise TypingError(f"total needs a vector, got {v}")
+
+    def codegen(context, builder, sig, args):
+        value, count = args[0], v.width
+        while count > 1:  # a fixed tree of shuffles and adds: no ordered reduction
+            count //= 2
+            low = builder.shuffle_vector(value, value, ir.Constant(
+                ir.VectorType(ir.IntType(32), count), list(range(count))))
+            high = builder.shuffle_vector(value, value, ir.Constant(
+                ir.VectorType(ir.IntType(32), count), list(range(count, 2 * count))))
+            value = builder.fadd(low, high)
+        return builder.extract_element(value, ir.Constant(ir.IntType(32), 0))
+
+    return v.dtype(v), codegen
