@@ -52,6 +52,20 @@ def test_total_of_a_non_vector_is_a_typing_error():
         njit(lambda x: simd.total(x))(1.0)
 
 
+@njit
+def _transpose(block):
+    simd.transpose(block)
+
+
+@pytest.mark.parametrize("dtype, width", [(np.float32, 16), (np.float64, 8)])
+def test_transpose_transposes_the_leading_square_in_place(dtype, width):
+    block = np.arange(width * width + 3, dtype=dtype)
+    _transpose(block)
+    expected = np.arange(width * width, dtype=dtype).reshape(width, width).T.reshape(-1)
+    np.testing.assert_array_equal(block[:width * width], expected)
+    np.testing.assert_array_equal(block[width * width:], np.arange(3) + width * width)
+
+
 @pytest.mark.parametrize("dtype, width", [(np.float32, 16), (np.float64, 8)])
 def test_width_is_64_bytes(dtype, width):
     assert _width(np.zeros(3, dtype)) == width == simd.VECTOR_BYTES // np.dtype(dtype).itemsize

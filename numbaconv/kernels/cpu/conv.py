@@ -545,29 +545,55 @@ def _sum_chunks(partial, c_out):
     return grad_w
 
 
-@njit(cache=True)
+@njit(inline="always")
 def _interleave(src, n0, c0, n_chan, buf):
-    """buf[c, p * LANES + l] = src[n0 + l, c0 + c] flattened at p, for c < n_chan and the
-    samples there are; other rows and lanes of buf stay as they were (zero)."""
-    lanes = min(LANES, src.shape[0] - n0)
+    """buf[c, p * LANES + l] = src[n0 + l, c0 + c] flattened at p, for c < n_chan (lanes past
+    the batch get zeros).
+
+    By squares of W samples x W pixels (W = simd.width), transposed in registers: rows of a
+    sample's plane in, runs of W lanes out, every access a vector."""
+    w = simd.width(buf[0])
+    size = src.shape[2] * src.shape[3]
+    planes = src.reshape(src.shape[0], src.shape[1], size)
+    block = np.empty(w * w, dtype=buf.dtype)
     for c in range(n_chan):
         dst = buf[c]
-        for lane in range(lanes):
-            plane = src[n0 + lane, c0 + c].reshape(-1)  # one flat loop: no short rows
-            for p in range(plane.shape[0]):
-                dst[p * LANES + lane] = plane[p]
+        for lane0 in range(0, LANES, w):
+            for p0 in range(0, size, w):
+                count = min(w, size - p0)
+                for lane in range(w):
+                    n = n0 + lane0 + lane
+                    if n < src.shape[0]:
+                        values = simd.load_first(planes[n, c0 + c], p0, count)
+                    else:
+                        values = simd.load_first(block, 0, 0)  # zeros
+                    simd.store_first(block, lane * w, values, w)
+                simd.transpose(block)
+                for q in range(count):
+                    simd.store_first(dst, (p0 + q) * LANES + lane0,
+                                     simd.load_first(block, q * w, w), w)
 
 
-@njit(cache=True)
+@njit(inline="always")
 def _deinterleave(buf, n0, c0, n_chan, dst):
     """The inverse of :func:`_interleave`: dst[n0 + l, c0 + c] from buf's lanes."""
-    lanes = min(LANES, dst.shape[0] - n0)
+    w = simd.width(buf[0])
+    size = dst.shape[2] * dst.shape[3]
+    planes = dst.reshape(dst.shape[0], dst.shape[1], size)
+    block = np.empty(w * w, dtype=buf.dtype)
     for c in range(n_chan):
         src = buf[c]
-        for lane in range(lanes):
-            plane = dst[n0 + lane, c0 + c].reshape(-1)
-            for p in range(plane.shape[0]):
-                plane[p] = src[p * LANES + lane]
+        for lane0 in range(0, min(LANES, dst.shape[0] - n0), w):
+            for p0 in range(0, size, w):
+                count = min(w, size - p0)
+                for q in range(w):
+                    simd.store_first(block, q * w,
+                                     simd.load_first(src, (p0 + q) * LANES + lane0,
+                                                     w if q < count else 0), w)
+                simd.transpose(block)
+                for lane in range(min(w, dst.shape[0] - n0 - lane0)):
+                    simd.store_first(planes[n0 + lane0 + lane, c0 + c], p0,
+                                     simd.load_first(block, lane * w, w), count)
 
 
 @njit(cache=True, fastmath=_FAST)

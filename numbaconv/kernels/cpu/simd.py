@@ -17,6 +17,8 @@ and unchecked, like Numba's own array accesses.
     fma(a, b, c)                a * b + c, rounded once
     total(v)                    the sum of v's W values (pairwise: halves added, then
                                 their halves, ...)
+    transpose(block)            block[:W * W] as a W x W matrix (row-major), transposed in
+                                place through registers (log2(W) rounds of shuffles)
 
 With n >= W every lane is in: LLVM turns a mask known to be full into a plain load or
 store, so a kernel's whole tiles (n = width(row)) cost no masking.
@@ -29,7 +31,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, register_model
 
 __all__ = ["VECTOR_BYTES", "Vector", "fma", "load_first", "splat", "store_first", "total",
-           "width"]
+           "transpose", "width"]
 
 VECTOR_BYTES = 64
 
@@ -189,3 +191,47 @@ def total(typingctx, v):
         return builder.extract_element(value, ir.Constant(ir.IntType(32), 0))
 
     return v.dtype(v), codegen
+
+
+def _transposed(builder, rows, width):
+    """The columns of the W x W matrix whose rows are the W vectors ``rows``. Round d (W/2,
+    W/4, ..., 1) swaps the off-diagonal d x d blocks of every 2d x 2d block: row i and row
+    i + d exchange the second d lanes of each 2d lanes with the first d."""
+    rows = list(rows)
+    index_type = ir.VectorType(ir.IntType(32), width)
+    d = width // 2
+    while d >= 1:
+        first = ir.Constant(index_type, [i for g in range(0, width, 2 * d)
+                                         for i in (*range(g, g + d),
+                                                   *range(width + g, width + g + d))])
+        second = ir.Constant(index_type, [i for g in range(0, width, 2 * d)
+                                          for i in (*range(g + d, g + 2 * d),
+                                                    *range(width + g + d, width + g + 2 * d))])
+        for i in range(width):
+            if i & d:
+                continue
+            top, bottom = rows[i], rows[i + d]
+            rows[i] = builder.shuffle_vector(top, bottom, first)
+            rows[i + d] = builder.shuffle_vector(top, bottom, second)
+        d //= 2
+    return rows
+
+
+@intrinsic
+def transpose(typingctx, block):
+    vector_type = _vector_for(block)
+
+    def codegen(context, builder, sig, args):
+        vector_llvm = context.get_value_type(vector_type)
+        width = vector_type.width
+        align = block.dtype.bitwidth // 8
+        pointers = [builder.bitcast(_address(context, builder, block, args[0],
+                                             context.get_constant(types.intp, r * width),
+                                             types.intp),
+                                    vector_llvm.as_pointer()) for r in range(width)]
+        rows = [builder.load(pointer, align=align) for pointer in pointers]
+        for pointer, column in zip(pointers, _transposed(builder, rows, width), strict=True):
+            builder.store(column, pointer, align=align)
+        return context.get_dummy_value()
+
+    return types.none(block), codegen
