@@ -173,10 +173,12 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
         click.echo(f"resumed {resume_path} after epoch {saved.epoch}")
     if device == "cpu":
         # on an empty Numba cache, compile on every core at once, reading the data meanwhile
+        from .network import INPUT_SHAPE
         from .precompile import precompile
 
         loaded = []
-        precompile(model, meanwhile=lambda: loaded.append(_load_training_data(data_dir)))
+        precompile(model, meanwhile=lambda: loaded.append(_load_training_data(data_dir)),
+                   input_shape=(settings.batch_size,) + INPUT_SHAPE)
         data = loaded[0]
     else:
         data = _load_training_data(data_dir)

@@ -36,6 +36,7 @@ KERNELS = {
     "conv2d_forward": 4.7,
     "conv2d_forward_lanes": 3.9,
     "conv2d_weight_grad": 6.8,
+    "conv2d_weight_grad_rows": 4.0,
     "conv2d_weight_grad_lanes": 5.2,
     "conv2d_input_grad_lanes": 3.7,
     "avg_pool2d_forward": 3.2,
@@ -84,6 +85,7 @@ def signature(name: str, dtype) -> tuple:
         "conv2d_forward": (a4, a4, a1) + (i64,) * 7,
         "conv2d_forward_lanes": (a4, a4, a1) + (i64,) * 6,
         "conv2d_weight_grad": (a4, a4) + (i64,) * 7,
+        "conv2d_weight_grad_rows": (a4, a4) + (i64,) * 6,
         "conv2d_weight_grad_lanes": (a4, a4) + (i64,) * 6,
         "conv2d_input_grad_lanes": (a4, a5) + (i64,) * 5,
         "avg_pool2d_forward": (a4,) + (i64,) * 8 + (types.boolean, i64),
@@ -99,9 +101,46 @@ def signature(name: str, dtype) -> tuple:
       "fused_" + name.rsplit("_", 1)[1]]
 
 
-def kernels_for(model) -> list[str]:
+def _conv_kernels(layer, input_shape, first: bool) -> list[str]:
+    """The kernels a ``Conv2d`` calls in training and evaluation: for inputs of
+    ``input_shape`` (its input gradient only when not ``first``) the ones
+    :mod:`numbaconv.kernels.cpu.conv` chooses for that shape; for ``None`` every one its
+    inputs' widths could choose."""
+    from .kernels.cpu import conv
+    from .shapes import as_pair, conv_padding
+
+    weight = layer.params["weight"]
+    stride, dilation = as_pair(layer.stride, "stride"), as_pair(layer.dilation, "dilation")
+    weight_grad = ("conv2d_weight_grad_rows"
+                   if conv.weight_grad_from_rows(weight.shape, stride[1], layer.groups)
+                   else "conv2d_weight_grad")
+    if input_shape is None:
+        return ["conv2d_forward", "conv2d_forward_lanes", weight_grad,
+                "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes"]
+    kernel = tuple(weight.shape[2:])
+    (top, bottom), (left, right) = conv_padding(layer.padding, kernel, stride, dilation)
+    n, c_in, height, width = input_shape
+    padded = (n, c_in, height + top + bottom, width + left + right)
+    out_w = layer.output_shape(input_shape)[3]
+    if conv.use_lanes(padded, weight.itemsize, stride[1], layer.groups, out_w):
+        return ["conv2d_forward_lanes", "conv2d_weight_grad_lanes"] + (
+            [] if first else ["conv2d_input_grad_lanes"])
+    names = ["conv2d_forward", weight_grad]
+    if not first:  # a convolution of gy spread onto the input's grid plus the kernel's reach
+        reach = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
+        spread = (n, weight.shape[0], height + reach[0], width + reach[1])
+        names.append("conv2d_forward_lanes" if conv.use_lanes(spread, weight.itemsize, 1,
+                                                              layer.groups, width)
+                     else "conv2d_forward")
+    return names
+
+
+def kernels_for(model, input_shape=None) -> list[str]:
     """Names of the CPU kernels that training and evaluating ``model`` (a ``Sequential``, or
-    layers for one) calls (see :data:`KERNELS`); layers computed in NumPy need none."""
+    layers for one) calls (see :data:`KERNELS`); layers computed in NumPy need none.
+
+    With ``input_shape`` (N, C, H, W), those that batches of that shape call; without it,
+    every kernel that inputs of any width could call."""
     from .layers import AvgPool2d, Conv2d, Linear, MaxPool2d, Sigmoid
     from .sequential import Sequential
 
@@ -109,22 +148,26 @@ def kernels_for(model) -> list[str]:
         model = Sequential(model)
 
     needs = {
-        # which kernels a layer calls depends on its input's width: compile both kinds (the
-        # parallel padding, conv._place_planes, serves inputs of a million values and more
-        # only, and compiles on first use)
-        Conv2d: ("conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad",
-                 "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes"),
+        # (the parallel padding, conv._place_planes, serves inputs of a million values and
+        # more only, and compiles on first use)
         AvgPool2d: ("avg_pool2d_forward", "avg_pool2d_backward"),
         MaxPool2d: ("max_pool2d_forward", "max_pool2d_backward"),
         Sigmoid: ("sigmoid_forward", "sigmoid_backward"),
         Linear: ("matmul_acc",),
     }
+    shape = None if input_shape is None else tuple(int(s) for s in input_shape)
     names: list[str] = []
     for stage in model.stages():
         # a fused stage runs its convolution and the fused activation + pool kernels
-        layers = model.layers[stage.start:stage.stop][:1 if stage.fused else None]
-        kernels = [k for layer in layers for cls, ks in needs.items()
-                   if isinstance(layer, cls) for k in ks]
+        kernels = []
+        for index in range(stage.start, stage.stop):
+            layer = model.layers[index]
+            if isinstance(layer, Conv2d):
+                kernels += _conv_kernels(layer, shape, first=index == 0)
+            elif stage.fused is None:
+                kernels += [k for cls, ks in needs.items() if isinstance(layer, cls) for k in ks]
+            if shape is not None:
+                shape = tuple(int(s) for s in layer.output_shape(shape))
         if stage.fused is not None:
             kernels += fused_kernel_names(stage.fused.activation_code, stage.fused.pool_code)
         names += [k for k in kernels if k not in names]
@@ -176,9 +219,10 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def precompile(model, processes: int | None = None, meanwhile=None) -> int:
-    """Make sure every CPU kernel ``model`` needs is compiled and cached; returns how many
-    were missing from the cache.
+def precompile(model, processes: int | None = None, meanwhile=None, input_shape=None) -> int:
+    """Make sure every CPU kernel ``model`` needs (for batches of ``input_shape``, if given:
+    see :func:`kernels_for`) is compiled and cached; returns how many were missing from the
+    cache.
 
     ``processes`` (default: the usable cores) caps the processes compiling at once, this one
     included. ``meanwhile``, a function of no arguments, runs in this process once the child
@@ -186,8 +230,8 @@ def precompile(model, processes: int | None = None, meanwhile=None) -> int:
     share: work to overlap with the compiling, such as reading the data. If it raises, the
     children are stopped and the exception propagates.
     """
-    tasks = [(name, dtype) for dtype in _model_dtypes(model) for name in kernels_for(model)
-             if not is_cached(name, dtype)]
+    tasks = [(name, dtype) for dtype in _model_dtypes(model)
+             for name in kernels_for(model, input_shape) if not is_cached(name, dtype)]
     if not tasks:
         if meanwhile is not None:
             meanwhile()

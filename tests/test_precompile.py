@@ -19,7 +19,8 @@ from numbaconv import precompile as P
 from numbaconv.losses import softmax_cross_entropy
 from numbaconv.models import lenet
 
-CONV_KERNELS = ["conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad",
+# a convolution with few weights (LeNet's first, 6 x 25) takes conv2d_weight_grad_rows
+CONV_KERNELS = ["conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad_rows",
                 "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes"]
 
 
@@ -30,7 +31,8 @@ def test_kernels_for_lenet(activation, pool, fuse):
     model.fuse = fuse
     names = P.kernels_for(model)
     # fused: the conv/act/pool stages call the fused kernels, not the pool's
-    expected = CONV_KERNELS + ([f"{activation}_{pool}_pool_forward",
+    expected = CONV_KERNELS + ["conv2d_weight_grad"]  # conv2's, 16 x 150 weights
+    expected += ([f"{activation}_{pool}_pool_forward",
                                 f"{activation}_{pool}_pool_backward"] if fuse else
                                [f"{pool}_pool2d_forward", f"{pool}_pool2d_backward"])
     expected += ["matmul_acc"]  # the dense layers' products
@@ -49,8 +51,7 @@ def test_signatures_are_those_of_real_calls(activation, pool, fuse):
     x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
     loss, grad = softmax_cross_entropy(model.forward(x, training=True), np.arange(64) % 10)
     model.backward(grad, need_input_grad=False)
-    model.backward(grad)  # with conv1's input gradient too
-    for name in P.kernels_for(model):
+    for name in P.kernels_for(model, x.shape):  # what this shape calls, with these types
         compiled = [tuple(sig) for sig in P._dispatcher(name).signatures]
         assert P.signature(name, np.float32) in compiled, (name, compiled)
 
@@ -167,6 +168,21 @@ def test_children_compile_for_the_parents_cpu_features(tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2", "True"]
+
+
+def test_kernels_for_an_input_shape_are_those_its_layers_choose():
+    model = lenet("sigmoid", "avg", rng=0)
+    # at batch 256, conv1 (32-wide padded rows, 28 outputs) takes the padded-width kernels,
+    # conv2 (14 wide, 10 outputs) the interleaved-samples ones; conv1 needs no input gradient
+    assert P.kernels_for(model, (256, 1, 28, 28)) == [
+        "conv2d_forward", "conv2d_weight_grad_rows", "sigmoid_avg_pool_forward",
+        "sigmoid_avg_pool_backward", "conv2d_forward_lanes", "conv2d_weight_grad_lanes",
+        "conv2d_input_grad_lanes", "matmul_acc", "sigmoid_forward", "sigmoid_backward"]
+    # one sample fills too few lanes: conv2 takes the padded-width kernels, its input
+    # gradient a convolution of the spread gy (14 + 4 wide, for 14 outputs: padded-width)
+    assert P.kernels_for(model, (1, 1, 28, 28))[:6] == [
+        "conv2d_forward", "conv2d_weight_grad_rows", "sigmoid_avg_pool_forward",
+        "sigmoid_avg_pool_backward", "conv2d_weight_grad", "matmul_acc"]
 
 
 def test_kernels_for_a_list_of_layers():

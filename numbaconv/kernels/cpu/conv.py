@@ -14,10 +14,13 @@ So the "im2col" matrix's row ``k`` is simply ``plane[offset[k]:]``, a contiguous
 are computed on that flat grid, ``Wp`` wide (the ``Wp - OW`` extra columns per row are scratch),
 at stride 1; a strided convolution keeps every stride-th row and column of it.
 
-The products are register-blocked (4 output channels x 4 taps per pass) and vectorised along
-the long pixel axis. No BLAS: they run inside ``prange`` loops, where a BLAS call would start
-its own threads on top of Numba's. (They live in this module because ``cache=True`` does not
-notice edits to other modules.) The gradient of the input is itself a convolution, of the
+The products are register tiles of SIMD vectors (:mod:`.simd`) along the long pixel axis: 4
+output rows x 4 vectors of pixels summed over all taps (forward), 4 output channels x 4 taps
+summed over pixels (weight gradient, which either copies gy onto the flat grid or, for layers
+with few weights, reads gy's rows where they are: :func:`weight_grad_from_rows`). No BLAS:
+they run inside ``prange`` loops, where a BLAS call would start its own threads on top of
+Numba's. (They live in this module because ``cache=True`` does not notice edits to other
+modules.) The gradient of the input is itself a convolution, of the
 gradient with the flipped, transposed kernel, and runs through :func:`forward`.
 
 Narrow images (where the scratch columns are a large share, e.g. LeNet's 14-wide conv2 input
@@ -511,18 +514,34 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
     n_chunks = min(n_batch, WEIGHT_GRAD_CHUNKS)
     partial = np.zeros((n_chunks, groups, c_out_g, chan.shape[0]), dtype=xp.dtype)
     partial_bias = np.zeros((n_chunks, 1, c_out, 1), dtype=xp.dtype)
-    # gy's rows as they are where their partial sums stay in L1, else copied onto the flat grid
-    from_rows = stride_w == 1 and c_out_g * chan.shape[0] * simd.VECTOR_BYTES <= ROWS_ACC_BYTES
     for job in prange(n_chunks * groups):
         chunk, g = job // groups, job % groups
-        n_start, n_stop = chunk * n_batch // n_chunks, (chunk + 1) * n_batch // n_chunks
-        bias = partial_bias[chunk, 0, g * c_out_g:(g + 1) * c_out_g, 0]
-        if from_rows:
-            _weight_grad_rows(gy, xflat, chan, offset, stride_h, wp, n_start, n_stop, g,
-                              partial[chunk, g], bias)
-        else:
-            _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp, n_start, n_stop,
-                               g, rows, dense_h, dense_w, partial[chunk, g], bias)
+        _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp,
+                           chunk * n_batch // n_chunks, (chunk + 1) * n_batch // n_chunks, g,
+                           rows, dense_h, dense_w, partial[chunk, g],
+                           partial_bias[chunk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
+    return (_sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size),
+            _sum_chunks(partial_bias, c_out).reshape(c_out))
+
+
+@njit(parallel=True, cache=True)
+def conv2d_weight_grad_rows(gy, xp, kh_size, kw_size, stride_h, dilation_h, dilation_w, groups):
+    """:func:`conv2d_weight_grad` (column stride 1) for layers with few weights (where
+    :func:`weight_grad_from_rows` says so): the products read gy's rows where they are."""
+    n_batch, c_in, hp, wp = xp.shape
+    c_out = gy.shape[1]
+    c_in_g = c_in // groups
+    c_out_g = c_out // groups
+    chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
+    xflat = xp.reshape(n_batch, c_in, hp * wp)
+    n_chunks = min(n_batch, WEIGHT_GRAD_CHUNKS)
+    partial = np.zeros((n_chunks, groups, c_out_g, chan.shape[0]), dtype=xp.dtype)
+    partial_bias = np.zeros((n_chunks, 1, c_out, 1), dtype=xp.dtype)
+    for job in prange(n_chunks * groups):
+        chunk, g = job // groups, job % groups
+        _weight_grad_rows(gy, xflat, chan, offset, stride_h, wp, chunk * n_batch // n_chunks,
+                          (chunk + 1) * n_batch // n_chunks, g, partial[chunk, g],
+                          partial_bias[chunk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
     return (_sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size),
             _sum_chunks(partial_bias, c_out).reshape(c_out))
 
@@ -865,11 +884,24 @@ def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
     return conv2d_forward(xp, w, b, *stride, *dilation, groups, out_h, out_w)
 
 
+def weight_grad_from_rows(weight_shape, stride_w, groups):
+    """Whether a layer's weight gradient takes :func:`conv2d_weight_grad_rows` (outside the
+    narrow-image kernels): unit column stride and few enough weights per group that their
+    lane sums (W per weight) stay in L1 (LeNet's first layer: 6 x 25)."""
+    c_out, c_in_g, kh, kw = weight_shape
+    return stride_w == 1 and c_out // groups * c_in_g * kh * kw * simd.VECTOR_BYTES <= \
+        ROWS_ACC_BYTES
+
+
 def weight_grad(gy, xp, kernel, stride, dilation, groups):
-    """``(grad_w, grad_b)`` by :func:`conv2d_weight_grad` or, where :func:`use_lanes` says so,
-    :func:`conv2d_weight_grad_lanes`."""
+    """``(grad_w, grad_b)`` by :func:`conv2d_weight_grad_lanes` where :func:`use_lanes` says
+    so, else by :func:`conv2d_weight_grad_rows` where :func:`weight_grad_from_rows` does, else
+    by :func:`conv2d_weight_grad`."""
     if use_lanes(xp.shape, xp.itemsize, stride[1], groups, gy.shape[3]):
         return conv2d_weight_grad_lanes(gy, xp, *kernel, stride[0], *dilation, groups)
+    weight_shape = (gy.shape[1], xp.shape[1] // groups) + tuple(kernel)
+    if weight_grad_from_rows(weight_shape, stride[1], groups):
+        return conv2d_weight_grad_rows(gy, xp, *kernel, stride[0], *dilation, groups)
     return conv2d_weight_grad(gy, xp, *kernel, *stride, *dilation, groups)
 
 
