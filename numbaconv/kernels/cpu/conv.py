@@ -512,16 +512,14 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
     rows = _block_rows(c_out_g, dense_h, wp)
     xflat = xp.reshape(n_batch, c_in, hp * wp)
     n_chunks = min(n_batch, WEIGHT_GRAD_CHUNKS)
-    partial = np.zeros((n_chunks, groups, c_out_g, chan.shape[0]), dtype=xp.dtype)
-    partial_bias = np.zeros((n_chunks, 1, c_out, 1), dtype=xp.dtype)
+    partial, partial_bias = _zero_partials(n_chunks, groups, c_out, chan.shape[0], xp)
     for job in prange(n_chunks * groups):
         chunk, g = job // groups, job % groups
         _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp,
                            chunk * n_batch // n_chunks, (chunk + 1) * n_batch // n_chunks, g,
                            rows, dense_h, dense_w, partial[chunk, g],
                            partial_bias[chunk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
-    return (_sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size),
-            _sum_chunks(partial_bias, c_out).reshape(c_out))
+    return _sum_partials(partial, partial_bias, c_in_g, kh_size, kw_size)
 
 
 @njit(parallel=True, cache=True)
@@ -535,13 +533,27 @@ def conv2d_weight_grad_rows(gy, xp, kh_size, kw_size, stride_h, dilation_h, dila
     chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
     xflat = xp.reshape(n_batch, c_in, hp * wp)
     n_chunks = min(n_batch, WEIGHT_GRAD_CHUNKS)
-    partial = np.zeros((n_chunks, groups, c_out_g, chan.shape[0]), dtype=xp.dtype)
-    partial_bias = np.zeros((n_chunks, 1, c_out, 1), dtype=xp.dtype)
+    partial, partial_bias = _zero_partials(n_chunks, groups, c_out, chan.shape[0], xp)
     for job in prange(n_chunks * groups):
         chunk, g = job // groups, job % groups
         _weight_grad_rows(gy, xflat, chan, offset, stride_h, wp, chunk * n_batch // n_chunks,
                           (chunk + 1) * n_batch // n_chunks, g, partial[chunk, g],
                           partial_bias[chunk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
+    return _sum_partials(partial, partial_bias, c_in_g, kh_size, kw_size)
+
+
+@njit(cache=True)
+def _zero_partials(n_parts, groups, c_out, k_size, like):
+    """Zeroed partial sums, in ``like``'s dtype, of n_parts weight gradients (parts, groups,
+    C_out_g, K) and bias gradients (parts, 1, C_out, 1)."""
+    return (np.zeros((n_parts, groups, c_out // groups, k_size), dtype=like.dtype),
+            np.zeros((n_parts, 1, c_out, 1), dtype=like.dtype))
+
+
+@njit(cache=True)
+def _sum_partials(partial, partial_bias, c_in_g, kh_size, kw_size):
+    """``(grad_w, grad_b)`` from the partial sums of :func:`_zero_partials`."""
+    c_out = partial_bias.shape[2]
     return (_sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size),
             _sum_chunks(partial_bias, c_out).reshape(c_out))
 
@@ -694,14 +706,12 @@ def conv2d_weight_grad_lanes(gy, xp, kh_size, kw_size, stride_h, dilation_h, dil
     chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
     offset *= LANES
     n_blocks = (n_batch + LANES - 1) // LANES
-    partial = np.zeros((n_blocks, groups, c_out_g, chan.shape[0]), dtype=xp.dtype)
-    partial_bias = np.zeros((n_blocks, 1, c_out, 1), dtype=xp.dtype)
+    partial, partial_bias = _zero_partials(n_blocks, groups, c_out, chan.shape[0], xp)
     for job in prange(n_blocks * groups):
         blk, g = job // groups, job % groups
         _weight_grad_lanes(gy, xp, chan, offset, stride_h, blk * LANES, g, partial[blk, g],
                            partial_bias[blk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
-    return (_sum_chunks(partial, c_out).reshape(c_out, c_in_g, kh_size, kw_size),
-            _sum_chunks(partial_bias, c_out).reshape(c_out))
+    return _sum_partials(partial, partial_bias, c_in_g, kh_size, kw_size)
 
 
 @njit(cache=True, fastmath=_FAST)
