@@ -17,6 +17,7 @@ import numpy as np
 
 from . import shapes
 from .kernels.cpu import conv as cpu_conv
+from .kernels.cpu import conv_act_pool
 from .kernels.cpu import pool as cpu_pool
 from .kernels.cuda.device import is_device_array as _is_device_array
 
@@ -141,6 +142,20 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     y : ndarray (N, C_out, H_out, W_out), the dtype of ``x``
     """
     geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
+    _check_bias(bias, x, weight)
+    if _check_device(x, {"weight": weight, "bias": bias}):
+        return _cuda_backend().conv2d_forward(x, weight, bias, geo.stride, geo.padding,
+                                              geo.dilation, geo.groups)
+    if 0 in geo.output_shape:
+        return np.zeros(geo.output_shape, dtype=x.dtype)
+    b = np.zeros(weight.shape[0], dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
+    out_h, out_w = geo.output_shape[2:]
+    xp, _ = cpu_conv.pad(x, geo.padding)
+    return cpu_conv.forward(xp, np.ascontiguousarray(weight), b, geo.stride, geo.dilation,
+                            geo.groups, out_h, out_w)
+
+
+def _check_bias(bias, x, weight):
     c_out = weight.shape[0]
     if bias is not None:
         _check_array(bias, "bias", 1, f"(C_out,) = ({c_out},)")
@@ -148,16 +163,28 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         if bias.shape[0] != c_out:
             raise ValueError(f"bias must have C_out={c_out} entries (weight shape "
                              f"{tuple(weight.shape)}), got shape {tuple(bias.shape)}")
-    if _check_device(x, {"weight": weight, "bias": bias}):
-        return _cuda_backend().conv2d_forward(x, weight, bias, geo.stride, geo.padding,
-                                              geo.dilation, geo.groups)
-    if 0 in geo.output_shape:
-        return np.zeros(geo.output_shape, dtype=x.dtype)
-    b = np.zeros(c_out, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
+
+
+def _conv2d_act_pool(x, weight, bias, stride, padding, dilation, groups, activation, pool):
+    """``(z, y)``: z = activation(conv2d(x, ...)) and y its 2x2 pool (stride 2, floor mode),
+    by one fused CPU kernel (:mod:`numbaconv.kernels.cpu.conv_act_pool`; activation and pool
+    codes as in :mod:`numbaconv.kernels.cpu.activation`), or None where that kernel does not
+    serve the convolution (device arrays, a stride, narrow images): for
+    :mod:`numbaconv.fusion`, which then runs the two passes."""
+    if not (isinstance(x, np.ndarray) and isinstance(weight, np.ndarray)):
+        return None
+    geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
+    _check_bias(bias, x, weight)
     out_h, out_w = geo.output_shape[2:]
+    padded_shape = (x.shape[0], x.shape[1]) + geo.padded
+    if 0 in geo.output_shape or not (conv_act_pool.applies(padded_shape, x.itemsize, geo.stride,
+                                                           geo.groups, out_w)):
+        return None
+    b = np.zeros(weight.shape[0], dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
     xp, _ = cpu_conv.pad(x, geo.padding)
-    return cpu_conv.forward(xp, np.ascontiguousarray(weight), b, geo.stride, geo.dilation,
-                            geo.groups, out_h, out_w)
+    return conv_act_pool.conv_act_pool_forward(xp, np.ascontiguousarray(weight), b,
+                                               geo.dilation, geo.groups, out_h, out_w,
+                                               activation, pool)
 
 
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,

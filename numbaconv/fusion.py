@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import functional as F
 from .kernels.cpu import activation as kernels
 from .layers import AvgPool2d, Conv2d, MaxPool2d, ReLU, Sigmoid
 from .shapes import as_pair
@@ -73,10 +74,16 @@ class ConvActPool:
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """x (N, C_in, H, W) -> (N, C_out, H_conv // 2, W_conv // 2)."""
         conv, _, pool = self.layers
-        z = conv.forward(x, training=training)
-        pool.output_shape(z.shape)  # the pool's own error for a feature map below its window
-        # z becomes activation(z), which the backward differentiates
-        y = kernels.act_pool_forward(z, self.activation_code, self.pool_code)
+        # the layers' own errors first (the pool's for a feature map below its window)
+        pool.output_shape(conv.output_shape(np.shape(x)))
+        fused = F._conv2d_act_pool(x, conv.params["weight"], conv.params.get("bias"),
+                                   conv.stride, conv.padding, conv.dilation, conv.groups,
+                                   self.activation_code, self.pool_code)
+        if fused is not None:  # all three in one pass
+            z, y = fused
+        else:  # z becomes activation(z), which the backward differentiates
+            z = conv.forward(x, training=training)
+            y = kernels.act_pool_forward(z, self.activation_code, self.pool_code)
         self._x, self._activated = x, z
         for layer in self.layers:  # from now on a layer's own state means its own forward
             _clear(layer)

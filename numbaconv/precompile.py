@@ -47,6 +47,9 @@ KERNELS = {
     **{f"{activation}_{pool}_pool_{direction}": seconds
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")
        for direction, seconds in (("forward", 2.6), ("backward", 1.8))},
+    # the one-pass convolution + activation + pool forwards (one_pass_kernel_name)
+    **{f"conv2d_{activation}_{pool}_pool_forward": 5.0
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     "sigmoid_forward": 0.8,
     "sigmoid_backward": 1.0,
     "matmul_acc": 5.4,
@@ -61,13 +64,21 @@ def fused_kernel_names(activation: int, pool: int) -> list[str]:
     return [kernel.py_func.__name__ for kernel in FUSED[activation, pool]]
 
 
+def one_pass_kernel_name(activation: int, pool: int) -> str:
+    """The name of the one-pass convolution + activation + pool forward kernel (see
+    :mod:`numbaconv.kernels.cpu.conv_act_pool`) for activation and pool codes."""
+    from .kernels.cpu.conv_act_pool import FUSED
+
+    return FUSED[activation, pool].py_func.__name__
+
+
 def _dispatcher(name: str):
-    from .kernels.cpu import activation, conv, dense, pool
+    from .kernels.cpu import activation, conv, conv_act_pool, dense, pool
 
     for module in (conv, pool, activation, dense):
         if hasattr(module, name):
             return getattr(module, name)
-    for kernels in activation.FUSED.values():
+    for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values()):
         for kernel in kernels:
             if kernel.py_func.__name__ == name:
                 return kernel
@@ -97,13 +108,15 @@ def signature(name: str, dtype) -> tuple:
         "matmul_acc": (a2, a2, a2),
         "fused_forward": (a4,),
         "fused_backward": (a4, a4),
-    }[name if not name.endswith(("_pool_forward", "_pool_backward")) else
+        "one_pass": (a4, a4, a1) + (i64,) * 5,
+    }["one_pass" if name.startswith("conv2d_") and name.endswith("_pool_forward") else
+      name if not name.endswith(("_pool_forward", "_pool_backward")) else
       "fused_" + name.rsplit("_", 1)[1]]
 
 
 def _conv_kernels(layer, input_shape, first: bool) -> list[str]:
-    """The kernels a ``Conv2d`` calls in training and evaluation: for inputs of
-    ``input_shape`` (its input gradient only when not ``first``) the ones
+    """The kernels a ``Conv2d`` calls in training and evaluation, its forward's first: for
+    inputs of ``input_shape`` (its input gradient only when not ``first``) the ones
     :mod:`numbaconv.kernels.cpu.conv` chooses for that shape; for ``None`` every one its
     inputs' widths could choose."""
     from .kernels.cpu import conv
@@ -158,20 +171,35 @@ def kernels_for(model, input_shape=None) -> list[str]:
     shape = None if input_shape is None else tuple(int(s) for s in input_shape)
     names: list[str] = []
     for stage in model.stages():
-        # a fused stage runs its convolution and the fused activation + pool kernels
         kernels = []
-        for index in range(stage.start, stage.stop):
-            layer = model.layers[index]
+        if stage.fused is None:
+            layer = model.layers[stage.start]
             if isinstance(layer, Conv2d):
-                kernels += _conv_kernels(layer, shape, first=index == 0)
-            elif stage.fused is None:
-                kernels += [k for cls, ks in needs.items() if isinstance(layer, cls) for k in ks]
+                kernels = _conv_kernels(layer, shape, first=stage.start == 0)
+            else:
+                kernels = [k for cls, ks in needs.items() if isinstance(layer, cls) for k in ks]
+        else:  # the convolution's kernels and the fused activation + pool ones, or for its
+            # forward the one-pass kernel where that serves (a unit stride, wide images)
+            codes = (stage.fused.activation_code, stage.fused.pool_code)
+            kernels = _conv_kernels(stage.fused.layers[0], shape, first=stage.start == 0)
+            act_pool_forward, act_pool_backward = fused_kernel_names(*codes)
+            if shape is None:
+                kernels += [one_pass_kernel_name(*codes), act_pool_forward, act_pool_backward]
+            elif kernels[0] == "conv2d_forward" and _stride(stage.fused.layers[0]) == (1, 1):
+                kernels = [one_pass_kernel_name(*codes)] + kernels[1:] + [act_pool_backward]
+            else:
+                kernels += [act_pool_forward, act_pool_backward]
+        for layer in model.layers[stage.start:stage.stop]:
             if shape is not None:
                 shape = tuple(int(s) for s in layer.output_shape(shape))
-        if stage.fused is not None:
-            kernels += fused_kernel_names(stage.fused.activation_code, stage.fused.pool_code)
         names += [k for k in kernels if k not in names]
     return names
+
+
+def _stride(layer) -> tuple:
+    from .shapes import as_pair
+
+    return as_pair(layer.stride, "stride")
 
 
 def _model_dtypes(model) -> list[str]:

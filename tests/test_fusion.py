@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from numbaconv import functional as F
 from numbaconv.fusion import ConvActPool, fusable
 from numbaconv.kernels.cpu import activation as K
 from numbaconv.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
@@ -62,6 +63,33 @@ def test_fused_network_equals_unfused_bit_for_bit(activation, pool, dtype, kerne
     assert fused_net.backward(g, need_input_grad=False) is None  # first conv: no input grad
     for (name, a), b in zip(fused_net.grads().items(), plain_net.grads().values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("pool", sorted(POOLS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_pass_convolution_activation_pool_equals_the_layers(activation, pool, dtype):
+    """The stage's one-pass kernel (kernels/cpu/conv_act_pool.py) over several blocks of
+    rows, the last one odd (31 rows: blocks of 26 and 5), groups, a dilation, no bias."""
+    rng = np.random.default_rng(4)
+
+    def build(fuse):
+        layers = [Conv2d(4, 64, 3, padding=(1, 2), dilation=(1, 2), groups=2, bias=False,
+                         rng=np.random.default_rng(1), dtype=dtype),
+                  ACTIVATIONS[activation](), POOLS[pool](2)]
+        return Sequential(layers, fuse=fuse)
+
+    fused_net, plain_net = build(True), build(False)
+    x = rng.standard_normal((2, 4, 31, 70)).astype(dtype)
+    conv = fused_net[0]
+    assert F._conv2d_act_pool(x, conv.params["weight"], None, conv.stride, conv.padding,
+                              conv.dilation, conv.groups, 0, 0) is not None  # it applies
+    for training in (True, False):
+        np.testing.assert_array_equal(fused_net.forward(x, training=training),
+                                      plain_net.forward(x, training=training))
+    g = rng.standard_normal((2, 64, 15, 35)).astype(dtype)
+    np.testing.assert_array_equal(fused_net.backward(g), plain_net.backward(g))
+    np.testing.assert_array_equal(fused_net.grads()["0.weight"], plain_net.grads()["0.weight"])
 
 
 def test_layers_run_one_by_one_after_a_fused_forward_get_their_own_backward():

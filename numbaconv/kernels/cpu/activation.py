@@ -174,17 +174,23 @@ def _times_relu_derivative(grad, y):
 # plane. Dividing by 4 and multiplying by 0.25 both round the same exact quotient: the average
 # pool's results, bit for bit.
 
+@njit(inline="always")
+def avg2x2_row(top, bottom, out):
+    """out = means of the 2x2 windows of rows top and bottom (columns < 2 * len(out)), summed
+    in the average pool's order."""
+    zero = out.dtype.type(0)
+    quarter = out.dtype.type(0.25)
+    for ow in range(out.shape[0]):
+        w = 2 * ow
+        out[ow] = ((((zero + top[w]) + top[w + 1]) + bottom[w]) + bottom[w + 1]) * quarter
+
+
 @njit(cache=True)
 def _avg2x2_forward(a, y):
     """y = means of the 2x2 windows of a, summed in the average pool's order."""
-    zero = a.dtype.type(0)
-    quarter = a.dtype.type(0.25)
     for plane in range(y.shape[0]):
         for oh in range(y.shape[1]):
-            top, bottom, out = a[plane, 2 * oh], a[plane, 2 * oh + 1], y[plane, oh]
-            for ow in range(y.shape[2]):
-                w = 2 * ow
-                out[ow] = ((((zero + top[w]) + top[w + 1]) + bottom[w]) + bottom[w + 1]) * quarter
+            avg2x2_row(a[plane, 2 * oh], a[plane, 2 * oh + 1], y[plane, oh])
 
 
 @njit(inline="always")
@@ -200,14 +206,19 @@ def _max2x2_winner(top, bottom, w):
     return best, pos
 
 
+@njit(inline="always")
+def max2x2_row(top, bottom, out):
+    """out = maxima of the 2x2 windows of rows top and bottom (columns < 2 * len(out))."""
+    for ow in range(out.shape[0]):
+        out[ow] = _max2x2_winner(top, bottom, 2 * ow)[0]
+
+
 @njit(cache=True)
 def _max2x2_forward(a, y):
     """y = maxima of the 2x2 windows of a."""
     for plane in range(y.shape[0]):
         for oh in range(y.shape[1]):
-            top, bottom, out = a[plane, 2 * oh], a[plane, 2 * oh + 1], y[plane, oh]
-            for ow in range(y.shape[2]):
-                out[ow] = _max2x2_winner(top, bottom, 2 * ow)[0]
+            max2x2_row(a[plane, 2 * oh], a[plane, 2 * oh + 1], y[plane, oh])
 
 
 @njit(cache=True)

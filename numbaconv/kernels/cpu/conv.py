@@ -373,18 +373,27 @@ def _block_rows(m_size, dense_h, wp):
     return max(1, min(dense_h, OUT_BUFFER // (m_size * wp)))
 
 
+@njit(inline="always")
+def block_sums(xflat, weights, b, chan, offset, base, length, n, g, out):
+    """out[m, :length] = the bias plus the sums of the flat stride-1 grid from position
+    ``base`` of sample n, group g (xflat (N, C_in, Hp * Wp), weights (C_out_g, K)): the
+    convolution's outputs of a block of rows, ``Wp`` per row."""
+    c_out_g, c_in_g = weights.shape[0], chan[-1] + 1
+    for m in range(c_out_g):  # start from the bias: no add afterwards
+        out[m, :length] = b[g * c_out_g + m]
+    _shifted_matmul_acc(weights, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, base, out,
+                        0, length)
+
+
 @njit(cache=True, fastmath=_FAST)
 def _forward_block(xflat, weights, b, chan, offset, stride_h, stride_w, wp, n, g, row0, n_rows,
                    dense_w, y, out):
     """The outputs of sample n, group g, from stride-1 rows row0:row0 + n_rows, for
     :func:`conv2d_forward`; ``out`` (C_out_g, >= the rows' flat length) is scratch."""
-    c_out_g, c_in_g = weights.shape[0], chan[-1] + 1
+    c_out_g = weights.shape[0]
     out_w = y.shape[3]
-    length = (n_rows - 1) * wp + dense_w
-    for m in range(c_out_g):  # start from the bias: no add in the copy-out
-        out[m, :length] = b[g * c_out_g + m]
-    _shifted_matmul_acc(weights, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset,
-                        row0 * wp, out, 0, length)
+    block_sums(xflat, weights, b, chan, offset, row0 * wp, (n_rows - 1) * wp + dense_w, n, g,
+               out)
     for m in range(c_out_g):
         src = out[m]
         for r in range(n_rows):

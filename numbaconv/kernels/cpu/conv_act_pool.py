@@ -1,0 +1,114 @@
+"""Numba CPU kernels: a stride-1 convolution, its activation and a 2x2 pool in one pass.
+
+For the fused ``Conv2d -> Sigmoid|ReLU -> 2x2 pool`` stages of :mod:`numbaconv.fusion` whose
+convolution has unit stride and takes the padded-width kernels (where
+:func:`numbaconv.kernels.cpu.conv.use_lanes` says no, e.g. LeNet's first layer). Unfused, the
+convolution copies its outputs from its scratch block to ``z``, and the activation + pool pass
+then reads ``z`` back and rewrites it: at LeNet's first layer, batch 256, that is 1.2 M values
+(4.8 MB) written, read and written again, more than L2 holds. Here each parallel task computes
+a block of output rows of one sample into its scratch (the convolution's own product,
+:func:`numbaconv.kernels.cpu.conv.block_sums`), activates them there, writes them to ``z``
+once (the backward differentiates them) and pools them while they are in cache.
+
+Results equal ``conv.forward`` followed by ``activation.act_pool_forward`` bit for bit: the
+same sums in the same order, then the same activation and pool functions
+(``tests/test_fusion.py``).
+
+Numba's cache notices edits to this module only: after changing ``conv.py``,
+``activation.py`` or ``simd.py``, clear the cache (``__pycache__``) before measuring this one.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from . import activation as act
+from .conv import TASKS, _block_rows, _grouped_weights, _taps, block_sums
+
+
+@njit(inline="always")
+def _rows_per_block(c_out_g, out_h, wp):
+    """Output rows per block: as many as the convolution's scratch holds, an even number
+    (whole pooling windows) unless one block takes them all."""
+    rows = _block_rows(c_out_g, out_h, wp)
+    return rows if rows >= out_h else max(2, rows - rows % 2)
+
+
+def _fused_kernel(activation, pool):
+    """The forward kernel of one activation and pool pair (codes as in
+    :mod:`numbaconv.kernels.cpu.activation`; closure constants, so each pair compiles its own
+    branches only), named e.g. ``conv2d_sigmoid_avg_pool_forward``."""
+    def block(xflat, weights, b, chan, offset, wp, n, g, row0, n_rows, out, z, y):
+        """Rows row0:row0 + n_rows of sample n, group g: summed into ``out`` (C_out_g,
+        rows * wp), activated there, copied to z and pooled into y."""
+        c_out_g = weights.shape[0]
+        out_w = z.shape[3]
+        block_sums(xflat, weights, b, chan, offset, row0 * wp, (n_rows - 1) * wp + out_w, n,
+                   g, out)
+        if activation == act.SIGMOID:  # one pass over the block, scratch columns included
+            act._sigmoid_in_place(out.reshape(out.size))
+        else:
+            act._relu_in_place(out.reshape(out.size))
+        for m in range(c_out_g):
+            co = g * c_out_g + m
+            for r in range(n_rows):
+                src = out[m, r * wp:r * wp + out_w]
+                dst = z[n, co, row0 + r]
+                for ow in range(out_w):
+                    dst[ow] = src[ow]
+            for r in range(0, n_rows - 1, 2):  # pooled while in cache
+                top = out[m, r * wp:r * wp + out_w]
+                bottom = out[m, (r + 1) * wp:(r + 1) * wp + out_w]
+                if pool == act.AVG:
+                    act.avg2x2_row(top, bottom, y[n, co, (row0 + r) // 2])
+                else:
+                    act.max2x2_row(top, bottom, y[n, co, (row0 + r) // 2])
+
+    def forward(xp, w, b, dilation_h, dilation_w, groups, out_h, out_w):
+        n_batch, c_in, hp, wp = xp.shape
+        c_out, c_in_g, kh_size, kw_size = w.shape
+        c_out_g = c_out // groups
+        weights = _grouped_weights(w, groups)
+        chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
+        rows = _rows_per_block(c_out_g, out_h, wp)
+        n_blocks = (out_h + rows - 1) // rows
+        xflat = xp.reshape(n_batch, c_in, hp * wp)
+        z = np.empty((n_batch, c_out, out_h, out_w), dtype=xp.dtype)
+        y = np.empty((n_batch, c_out, out_h // 2, out_w // 2), dtype=xp.dtype)
+        n_jobs = n_batch * groups * n_blocks
+        n_tasks = min(n_jobs, TASKS)
+        # one call per job: parfor passes over a large inlined body cost seconds (conv.py)
+        for task in prange(n_tasks):  # one scratch block per task, as conv2d_forward
+            # zeros: the activation passes over whole rows, the last one's tail included
+            out = np.zeros((c_out_g, rows * wp), dtype=xp.dtype)
+            for job in range(task * n_jobs // n_tasks, (task + 1) * n_jobs // n_tasks):
+                row0 = job % n_blocks * rows
+                g = job // n_blocks % groups
+                block_kernel(xflat, weights[g], b, chan, offset, wp, job // (groups * n_blocks),
+                             g, row0, min(rows, out_h - row0), out, z, y)
+        return z, y
+
+    name = f"conv2d_{act.ACTIVATION_NAMES[activation]}_{act.POOL_NAMES[pool]}_pool"
+    block.__name__ = block.__qualname__ = f"_{name}_block"
+    block_kernel = njit(cache=True)(block)  # no reassociation: the pools sum in order
+    forward.__name__ = forward.__qualname__ = f"{name}_forward"
+    return njit(parallel=True, cache=True)(forward)
+
+
+#: (activation, pool) -> the fused convolution + activation + pool forward kernel
+FUSED = {(activation, pool): _fused_kernel(activation, pool)
+         for activation in act.ACTIVATION_NAMES for pool in act.POOL_NAMES}
+
+
+def applies(padded_shape, itemsize, stride, groups, out_w) -> bool:
+    """Whether :func:`conv_act_pool_forward` serves a convolution: unit stride, and the
+    padded-width kernels (not the narrow images' interleaved ones)."""
+    from .conv import use_lanes
+
+    return tuple(stride) == (1, 1) and not use_lanes(padded_shape, itemsize, 1, groups, out_w)
+
+
+def conv_act_pool_forward(xp, w, b, dilation, groups, out_h, out_w, activation, pool):
+    """(z, y): z (N, C_out, out_h, out_w) = activation(conv2d(xp, w, b)) at stride 1, and
+    y (N, C_out, out_h // 2, out_w // 2) its 2x2 pool; xp padded, all C-contiguous, where
+    :func:`applies` says so."""
+    return FUSED[activation, pool](xp, w, b, *dilation, groups, out_h, out_w)
