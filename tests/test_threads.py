@@ -1,9 +1,9 @@
 """Results must not depend on the number of Numba threads.
 
-The same fixed, seeded batch goes through conv2d forward and backward, both pools (forward
-and backward) and the dense layers' product in two fresh interpreters, one with
-``NUMBA_NUM_THREADS=1`` and one with ``NUMBA_NUM_THREADS=2``; the saved results must agree bit
-for bit, and with the reference.
+The same fixed, seeded batch goes through conv2d forward and backward (each kernel path), a
+fused stage's one-pass forward, both pools (forward and backward) and the dense layers'
+product in two fresh interpreters, one with ``NUMBA_NUM_THREADS=1`` and one with
+``NUMBA_NUM_THREADS=2``; the saved results must agree bit for bit, and with the reference.
 """
 
 from __future__ import annotations
@@ -61,6 +61,12 @@ SCRIPT = textwrap.dedent("""
         r["dense"] = np.zeros((70, 50), dtype=dtype)  # 16-row tasks, a masked pixel tail
         matmul_acc(x.reshape(8, -1)[:, :60].repeat(9, axis=0)[:70], wn.reshape(-1)[:50]
                    * x.reshape(-1)[:3000].reshape(60, 50), r["dense"])
+        # many weights (24 x 27): the weight gradient copies gy onto the flat grid
+        wb = rng.normal(size=(24, 3, 3, 3)).astype(dtype)
+        gyb = rng.normal(size=(8, 24, 16, 16)).astype(dtype)
+        r["convb_gx"], r["convb_gw"], r["convb_gb"] = nc.conv2d_backward(gyb, x, wb, padding=1)
+        # a fused stage's convolution, sigmoid (code 0) and average pool (0) in one pass
+        r["cap_z"], r["cap_y"] = nc._conv2d_act_pool(x, w, b, 1, 1, 1, 1, 0, 0)
         r["gy"], r["gyg"], r["gym"], r["gya"], r["gyn"] = gy, gyg, gym, gya, gyn
         results.update({f"{name}_{k}": v for k, v in r.items()})
     np.savez(out_path, **results)
