@@ -5,7 +5,10 @@ when the pool has D2L's 2x2 windows (kernel 2, stride 2, no padding, no dilation
 the convolution as usual, then the activation and the pool in one pass over the
 convolution's output (:mod:`numbaconv.kernels.cpu.activation`), which is activated in place (no
 second full feature map), and the backward needs one pass instead of two before the
-convolution's, with nothing to recompute. Results equal the unfused layers' bit for bit
+convolution's, with nothing to recompute. Where the convolution has unit stride and wide
+images (LeNet's first), the forward is a single pass: each block of rows is activated and
+pooled while the convolution's product leaves it in cache
+(:mod:`numbaconv.kernels.cpu.conv_act_pool`). Results equal the unfused layers' bit for bit
 (``tests/test_fusion.py``).
 
 The fused stage keeps the state for the backward itself and clears the three layers' own

@@ -143,6 +143,31 @@ def test_precompile_in_two_processes_fills_an_empty_cache(tmp_path):
     assert out.stdout.split() == ["4", "0"]  # four kernels compiled, then all cached
 
 
+CACHE_KEYS = textwrap.dedent("""
+    import numpy as np
+    from numbaconv import precompile as P
+
+    for name in sorted(P.KERNELS):
+        dispatcher = P._dispatcher(name)
+        key = dispatcher._cache._index_key(P.signature(name, np.float32),
+                                           dispatcher.targetctx.codegen())
+        print(name, key[-1])
+""")
+
+
+def test_every_kernels_cache_key_is_the_same_in_every_process():
+    """Numba's cache finds a kernel by a key that hashes its closure's pickled contents: a
+    kernel whose closure held a dispatcher (a new random id per process) would compile again
+    in every run. Two interpreters must agree on every key."""
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    runs = [subprocess.run([sys.executable, "-c", CACHE_KEYS], env=env, capture_output=True,
+                           text=True, timeout=300) for _ in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
+    assert len(runs[0].stdout.splitlines()) == len(P.KERNELS)
+    assert runs[0].stdout == runs[1].stdout
+
+
 NUMBA_FIRST = textwrap.dedent("""
     import numba
     numba.njit(lambda x: x + 1)(1)  # the program used Numba before importing numbaconv

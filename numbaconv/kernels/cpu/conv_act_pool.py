@@ -18,6 +18,8 @@ Numba's cache notices edits to this module only: after changing ``conv.py``,
 ``activation.py`` or ``simd.py``, clear the cache (``__pycache__``) before measuring this one.
 """
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
@@ -83,14 +85,19 @@ def _fused_kernel(activation, pool):
             for job in range(task * n_jobs // n_tasks, (task + 1) * n_jobs // n_tasks):
                 row0 = job % n_blocks * rows
                 g = job // n_blocks % groups
-                block_kernel(xflat, weights[g], b, chan, offset, wp, job // (groups * n_blocks),
-                             g, row0, min(rows, out_h - row0), out, z, y)
+                _block(xflat, weights[g], b, chan, offset, wp,  # noqa: F821 - see below
+                       job // (groups * n_blocks), g, row0, min(rows, out_h - row0), out, z, y)
         return z, y
 
     name = f"conv2d_{act.ACTIVATION_NAMES[activation]}_{act.POOL_NAMES[pool]}_pool"
     block.__name__ = block.__qualname__ = f"_{name}_block"
-    block_kernel = njit(cache=True)(block)  # no reassociation: the pools sum in order
-    forward.__name__ = forward.__qualname__ = f"{name}_forward"
+    # The kernel reaches its block function as a global, not a closure variable: Numba's
+    # cache keys a function by its closure's pickled contents, and a pickled dispatcher holds
+    # a new random id in every process (the kernel would never load from the cache).
+    forward = types.FunctionType(forward.__code__,
+                                 {**globals(), "_block": njit(cache=True)(block)},
+                                 f"{name}_forward", forward.__defaults__, forward.__closure__)
+    forward.__qualname__ = forward.__name__
     return njit(parallel=True, cache=True)(forward)
 
 
