@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import activation as act
-from .conv import TASKS, _block_rows, _grouped_weights, _taps, block_sums
+from .conv import TASKS, _block_rows, _grouped_weights, _taps, block_sums, use_lanes
 
 
 @njit(inline="always")
@@ -109,8 +109,6 @@ FUSED = {(activation, pool): _fused_kernel(activation, pool)
 def applies(padded_shape, itemsize, stride, groups, out_w) -> bool:
     """Whether :func:`conv_act_pool_forward` serves a convolution: unit stride, and the
     padded-width kernels (not the narrow images' interleaved ones)."""
-    from .conv import use_lanes
-
     return tuple(stride) == (1, 1) and not use_lanes(padded_shape, itemsize, 1, groups, out_w)
 
 
