@@ -42,18 +42,10 @@ from . import simd
 _FAST = {"reassoc", "contract"}  # reorder sums so they vectorise; NaN and inf still propagate
 OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L2-resident
 WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
-WEIGHT_GRAD_ROWS = 5  # output rows of LANES samples per pass of the weight gradient's tiles
+WEIGHT_GRAD_ROWS = 5  # rows of LANES samples per pass of the weight-gradient tiles (1, 2, 10 slow)
 ROWS_ACC_BYTES = 16384  # the most lane sums (bytes) for which the weight gradient reads gy's rows
 LANES = 32  # samples interleaved by the narrow-image kernels (rows of 32 x OW values)
 TASKS = 64  # parallel tasks of the forward (each with its scratch block): a few per thread
-
-
-@njit(inline="always")
-def _tap(src, chan, offset, base, k, length):
-    """Row ``k`` of the implicit im2col matrix: ``src``'s plane ``chan[k]`` shifted by
-    ``base + offset[k]``, ``length`` values long."""
-    start = base + offset[k]
-    return src[chan[k], start:start + length]
 
 
 @njit(inline="always")
