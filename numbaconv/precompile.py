@@ -52,7 +52,7 @@ KERNELS = {
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     "sigmoid_forward": 0.8,
     "sigmoid_backward": 1.0,
-    "matmul_acc": 5.4,
+    "matmul_acc": 2.5,
 }
 
 

@@ -19,6 +19,13 @@ from .conv import _shifted_matmul_acc
 ROWS_PER_TASK = 16  # rows of c per parallel task: LeNet's 256-row products make 16 tasks
 
 
+@njit(cache=True)
+def _rows_acc(a, b, c, chan, offset):
+    """c += a @ b for one task's rows (a function of its own: Numba's parfor passes cost
+    seconds more on the product inlined in the ``prange`` body than on a call)."""
+    _shifted_matmul_acc(a, b, chan, offset, 0, c, 0, b.shape[1])
+
+
 @njit(parallel=True, cache=True)
 def matmul_acc(a, b, c):
     """c (M, P) += a (M, K) @ b (K, P); all C-contiguous, of one float dtype."""
@@ -28,4 +35,4 @@ def matmul_acc(a, b, c):
     for task in prange((m_size + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         first = task * ROWS_PER_TASK
         last = min(m_size, first + ROWS_PER_TASK)
-        _shifted_matmul_acc(a[first:last], b, chan, offset, 0, c[first:last], 0, b.shape[1])
+        _rows_acc(a[first:last], b, c[first:last], chan, offset)
