@@ -114,27 +114,38 @@ def signature(name: str, dtype) -> tuple:
       "fused_" + name.rsplit("_", 1)[1]]
 
 
+def _conv_geometry(layer, input_shape) -> tuple:
+    """(stride, dilation, padded input shape, output width) of a ``Conv2d`` for inputs of
+    ``input_shape``: what :mod:`numbaconv.kernels.cpu.conv` chooses its kernels by."""
+    from .shapes import as_pair, conv_padding
+
+    stride, dilation = as_pair(layer.stride, "stride"), as_pair(layer.dilation, "dilation")
+    kernel = tuple(layer.params["weight"].shape[2:])
+    (top, bottom), (left, right) = conv_padding(layer.padding, kernel, stride, dilation)
+    n, c_in, height, width = input_shape
+    padded = (n, c_in, height + top + bottom, width + left + right)
+    return stride, dilation, padded, layer.output_shape(input_shape)[3]
+
+
 def _conv_kernels(layer, input_shape, first: bool) -> list[str]:
     """The kernels a ``Conv2d`` calls in training and evaluation, its forward's first: for
     inputs of ``input_shape`` (its input gradient only when not ``first``) the ones
     :mod:`numbaconv.kernels.cpu.conv` chooses for that shape; for ``None`` every one its
     inputs' widths could choose."""
     from .kernels.cpu import conv
-    from .shapes import as_pair, conv_padding
+    from .shapes import as_pair
 
     weight = layer.params["weight"]
-    stride, dilation = as_pair(layer.stride, "stride"), as_pair(layer.dilation, "dilation")
     weight_grad = ("conv2d_weight_grad_rows"
-                   if conv.weight_grad_from_rows(weight.shape, stride[1], layer.groups)
+                   if conv.weight_grad_from_rows(weight.shape, as_pair(layer.stride, "stride")[1],
+                                                 layer.groups)
                    else "conv2d_weight_grad")
     if input_shape is None:
         return ["conv2d_forward", "conv2d_forward_lanes", weight_grad,
                 "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes"]
+    stride, dilation, padded, out_w = _conv_geometry(layer, input_shape)
+    n, height, width = input_shape[0], input_shape[2], input_shape[3]
     kernel = tuple(weight.shape[2:])
-    (top, bottom), (left, right) = conv_padding(layer.padding, kernel, stride, dilation)
-    n, c_in, height, width = input_shape
-    padded = (n, c_in, height + top + bottom, width + left + right)
-    out_w = layer.output_shape(input_shape)[3]
     if conv.use_lanes(padded, weight.itemsize, stride[1], layer.groups, out_w):
         return ["conv2d_forward_lanes", "conv2d_weight_grad_lanes"] + (
             [] if first else ["conv2d_input_grad_lanes"])
@@ -180,12 +191,13 @@ def kernels_for(model, input_shape=None) -> list[str]:
                 kernels = [k for cls, ks in needs.items() if isinstance(layer, cls) for k in ks]
         else:  # the convolution's kernels and the fused activation + pool ones, or for its
             # forward the one-pass kernel where that serves (a unit stride, wide images)
+            conv = stage.fused.layers[0]
             codes = (stage.fused.activation_code, stage.fused.pool_code)
-            kernels = _conv_kernels(stage.fused.layers[0], shape, first=stage.start == 0)
+            kernels = _conv_kernels(conv, shape, first=stage.start == 0)
             act_pool_forward, act_pool_backward = fused_kernel_names(*codes)
             if shape is None:
                 kernels += [one_pass_kernel_name(*codes), act_pool_forward, act_pool_backward]
-            elif kernels[0] == "conv2d_forward" and _stride(stage.fused.layers[0]) == (1, 1):
+            elif _one_pass_applies(conv, shape):
                 kernels = [one_pass_kernel_name(*codes)] + kernels[1:] + [act_pool_backward]
             else:
                 kernels += [act_pool_forward, act_pool_backward]
@@ -196,10 +208,15 @@ def kernels_for(model, input_shape=None) -> list[str]:
     return names
 
 
-def _stride(layer) -> tuple:
-    from .shapes import as_pair
+def _one_pass_applies(conv, input_shape) -> bool:
+    """Whether a fused stage's forward takes the one-pass kernel for inputs of
+    ``input_shape``: the test ``functional._conv2d_act_pool`` makes at run time,
+    :func:`numbaconv.kernels.cpu.conv_act_pool.applies`."""
+    from .kernels.cpu import conv_act_pool
 
-    return as_pair(layer.stride, "stride")
+    stride, _, padded, out_w = _conv_geometry(conv, input_shape)
+    return conv_act_pool.applies(padded, conv.params["weight"].itemsize, stride, conv.groups,
+                                 out_w)
 
 
 def _model_dtypes(model) -> list[str]:
