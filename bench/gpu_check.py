@@ -379,8 +379,7 @@ def lenet_pair(env, img, widths, seed):
     names) agree."""
     torch = env.torch
     from numbaconv.init import xavier_uniform_weights_
-    from numbaconv.layers import AvgPool2d, Conv2d, Flatten, Linear, Sigmoid
-    from numbaconv.sequential import Sequential
+    from numbaconv.layers import AvgPool2d, Conv2d, Flatten, Linear, Sequential, Sigmoid
 
     flat = 16 * ((img // 2 - 4) // 2) ** 2
     rng = env.np.random.default_rng(seed)
@@ -397,7 +396,7 @@ def lenet_pair(env, img, widths, seed):
         torch.nn.Linear(widths[0], widths[1]), torch.nn.Sigmoid(),
         torch.nn.Linear(widths[1], 10))
     theirs.load_state_dict({name: torch.from_numpy(value.copy())
-                            for name, value in ours.params().items()})
+                            for name, value in ours.named_params().items()})
     return ours, theirs.to(env.tdev)
 
 

@@ -14,11 +14,15 @@ prefer_wide_vectors()  # before the kernels below are defined: see numbaconv.vec
 
 from . import functional, shapes  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402
-from .layers import Layer  # noqa: E402
+from .layers import (  # noqa: E402
+    Concat,
+    Layer,  # noqa: E402
+    Residual,
+    Sequential,
+)
 from .plugins import build_model, get_layers, get_models  # noqa: E402
-from .sequential import Sequential  # noqa: E402
 
 __all__ = [
-    "__version__", "functional", "shapes", "hookimpl", "Layer", "Sequential",
+    "__version__", "functional", "shapes", "hookimpl", "Layer", "Sequential", "Residual", "Concat",
     "build_model", "get_layers", "get_models",
 ]

@@ -303,7 +303,7 @@ def _lenets(torch, activation, pool, seed=0):
     if torch is None:
         return model, None
     net = torch_lenet(torch, activation, pool)
-    state = {name: torch.from_numpy(p.copy()) for name, p in model.params().items()}
+    state = {name: torch.from_numpy(p.copy()) for name, p in model.named_params().items()}
     net.load_state_dict(state, strict=True)
     return model, net
 
@@ -329,13 +329,13 @@ def _step_build(activation: str, pool: str, optimizer: str, lr: float):
         batch = 8 if size == "tiny" else 256
         x, y = _images(np.random.default_rng(2), batch)
         model, net = _lenets(torch, activation, pool)
-        opt = make_optimizer(optimizer, model.params(), lr)
+        opt = make_optimizer(optimizer, model.named_params(), lr)
 
         def nc():  # the body of numbaconv.train.train_epoch's loop, without the metrics
             logits = model.forward(x, training=True)
             loss, grad = softmax_cross_entropy(logits, y)
             model.backward(grad, need_input_grad=False)
-            opt.step(model.grads())
+            opt.step(model.named_grads())
             return loss
 
         prepared = Prepared(nc, None, items=batch,
@@ -368,7 +368,7 @@ def _epoch_build(activation: str, pool: str, optimizer: str, lr: float):
         n, batch = (48, 16) if fraction is None else (round(FASHION_MNIST_TRAIN * fraction), 256)
         images, labels = _images(np.random.default_rng(3), n)
         model, net = _lenets(torch, activation, pool)
-        opt = make_optimizer(optimizer, model.params(), lr)
+        opt = make_optimizer(optimizer, model.named_params(), lr)
         settings = Settings(epochs=1, batch_size=batch, lr=lr, optimizer=optimizer, seed=0)
 
         def nc():

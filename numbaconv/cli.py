@@ -122,7 +122,8 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
       ]
     """
     from . import checkpoint as ckpt
-    from .network import build, parse_options
+    from .layers import layer_spec
+    from .network import build, from_spec, parse_options
     from .train import Settings, make_optimizer
 
     if device == "cuda":
@@ -146,7 +147,7 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
     history, start = [], 1
     if resume_path:
         saved = ckpt.load(resume_path)
-        if saved.spec != model.config():
+        if layer_spec(from_spec(saved.spec)) != layer_spec(model):
             raise ckpt.CheckpointError(
                 f"checkpoint {resume_path} holds {ckpt.describe(saved.model, saved.options)}, "
                 f"another architecture than {ckpt.describe(network.name, network.options)}")
@@ -166,7 +167,7 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
     if start > settings.epochs:
         raise UserError(f"{resume_path} is already at epoch {start - 1}; ask for more with "
                         f"--epochs (now {settings.epochs})")
-    opt = make_optimizer(settings.optimizer, model.params(), settings.lr)
+    opt = make_optimizer(settings.optimizer, model.named_params(), settings.lr)
     if resume_path:
         model.load_state_dict(saved.params)
         opt.load_state_dict(saved.optimizer)
@@ -202,7 +203,7 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
                 trainer.sync_to_host()  # weights and optimizer state back into model and opt
             train = {k: v for k, v in settings.__dict__.items() if k != "epochs"}
             ckpt.save(save_path, ckpt.Checkpoint(
-                spec=model.config(), params=model.state_dict(), epoch=epoch,
+                spec=layer_spec(model), params=model.state_dict(), epoch=epoch,
                 model=network.name, options=network.options, optimizer=opt.state_dict(),
                 train=train, history=history))
         if metrics_path:
@@ -289,11 +290,11 @@ def plugins():
 @user_errors
 def summary(target, options):
     """Per layer of MODEL or SPEC.toml: output shape, parameters, receptive field, FLOPs."""
+    from .layers.containers import format_summary, summary
     from .network import INPUT_SHAPE, build, parse_options
-    from .sequential import format_summary
 
     network = build(target, parse_options(options), seed=0)
-    click.echo(format_summary(network.model.summary((1,) + INPUT_SHAPE)))
+    click.echo(format_summary(summary(network.model, (1,) + INPUT_SHAPE)))
 
 
 def _load_plugin_commands() -> None:

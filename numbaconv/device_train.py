@@ -1,6 +1,6 @@
 """Training on the GPU: the CPU training loop of :mod:`numbaconv.train`, run on the device.
 
-:class:`DeviceTrainer` takes a CPU :class:`~numbaconv.sequential.Sequential` of built-in layers
+:class:`DeviceTrainer` takes a CPU :class:`~numbaconv.layers.Sequential` of built-in layers
 (``Conv2d``, ``MaxPool2d``, ``AvgPool2d``, ``Linear``, ``ReLU``, ``Sigmoid``, ``Tanh``,
 ``Flatten``, ``Dropout``; anything else, a plugin's layer included, is a ``ValueError``) and
 trains it with the CUDA kernels of :mod:`numbaconv.kernels.cuda`:
@@ -494,9 +494,9 @@ class DeviceTrainer:
     ``settings`` is a :class:`numbaconv.train.Settings`; ``data`` has ``train_x`` (N, C, H, W)
     in the parameters' dtype, ``train_y`` (N,) ints in [0, classes), ``test_x``, ``test_y``.
     The optimizer is ``optimizer`` (a :class:`numbaconv.optim.SGD` or ``Adam`` over
-    ``model.params()``: its hyperparameters and state are used, and :meth:`sync_to_host`
+    ``model.named_params()``: its hyperparameters and state are used, and :meth:`sync_to_host`
     writes the device's state back into it), else a fresh ``make_optimizer(settings.optimizer,
-    model.params(), settings.lr)`` loaded with ``optimizer_state`` (a ``state_dict()``) if
+    model.named_params(), settings.lr)`` loaded with ``optimizer_state`` (a ``state_dict()``) if
     given. The model's arrays are only read here and written by :meth:`sync_to_host`.
     """
 
@@ -504,7 +504,7 @@ class DeviceTrainer:
                  optimizer: Optimizer | None = None):
         check_supported(model)
         self.model, self.settings = model, settings
-        params = model.params()
+        params = model.named_params()
         if not params:
             raise ValueError("the model has no parameters to train")
         dtypes = {p.dtype for p in params.values()}
@@ -556,7 +556,7 @@ class DeviceTrainer:
 
     def _build_stages(self, sample_shape):
         layers = list(self.model)
-        params, views, grads = self.model.params(), {}, {}
+        params, views, grads = self.model.named_params(), {}, {}
         self._offsets, offset = {}, 0
         for name, p in params.items():
             self._offsets[name] = (offset, p.size, p.shape)
@@ -777,7 +777,7 @@ class DeviceTrainer:
         optimizer state into ``self.optimizer`` (so ``optimizer.state_dict()`` is current);
         one transfer."""
         host = self._state.copy_to_host().reshape(len(self._flat), self.n_params)
-        params = self.model.params()
+        params = self.model.named_params()
         opt = self.optimizer
         for name, (start, size, shape) in self._offsets.items():
             np.copyto(params[name], host[0, start:start + size].reshape(shape))

@@ -26,6 +26,7 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
     "corr2d", "convolve2d",
+    "add", "concat_channels", "split_channels",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -170,7 +171,7 @@ def _conv2d_act_pool(x, weight, bias, stride, padding, dilation, groups, activat
     by one fused CPU kernel (:mod:`numbaconv.kernels.cpu.conv_act_pool`; activation and pool
     codes as in :mod:`numbaconv.kernels.cpu.activation`), or None where that kernel does not
     serve the convolution (device arrays, a stride, narrow images): for
-    :mod:`numbaconv.fusion`, which then runs the two passes."""
+    :mod:`numbaconv.layers.fusion`, which then runs the two passes."""
     if not (isinstance(x, np.ndarray) and isinstance(weight, np.ndarray)):
         return None
     geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
@@ -419,3 +420,47 @@ def convolve2d(X, K):
     """
     _check_matrix(K, "K")
     return corr2d(X, K[::-1, ::-1])
+
+
+# --------------------------------------------------------------------------- joining branches
+
+def add(a, b):
+    """``a + b`` of two arrays of the same shape and dtype (a residual connection's sum, and
+    the sum of the gradients of an input that two branches read)."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"add: shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
+    _check_same_dtype(a, "a", b, "b")
+    if _check_device(a, {"b": b}):
+        return _cuda_backend().ops.add(a, b)
+    return np.add(a, b)
+
+
+def concat_channels(arrays):
+    """The arrays (N, C_i, ...) joined along axis 1 into (N, sum C_i, ...): ``torch.cat(...,
+    dim=1)``; every other axis and the dtype must agree."""
+    arrays = list(arrays)
+    if not arrays:
+        raise ValueError("concat_channels needs at least one array")
+    first = arrays[0]
+    for i, array in enumerate(arrays[1:], start=1):
+        if array.ndim != first.ndim or tuple(array.shape[:1]) + tuple(array.shape[2:]) != \
+                tuple(first.shape[:1]) + tuple(first.shape[2:]):
+            raise ValueError(f"concat_channels: array {i} has shape {tuple(array.shape)}, "
+                             f"which does not fit {tuple(first.shape)} beside axis 1")
+        _check_same_dtype(first, "array 0", array, f"array {i}")
+    if _check_device(first, {f"array {i}": a for i, a in enumerate(arrays[1:], start=1)}):
+        return _cuda_backend().ops.concat_channels(arrays)
+    return np.concatenate(arrays, axis=1)
+
+
+def split_channels(array, sizes):
+    """The inverse of :func:`concat_channels`: ``array`` (N, sum(sizes), ...) cut along axis 1
+    into arrays of ``sizes[i]`` channels (views on the CPU)."""
+    sizes = [int(s) for s in sizes]
+    if array.ndim < 2 or sum(sizes) != array.shape[1]:
+        raise ValueError(f"split_channels: {sizes} channels do not add up to the "
+                         f"{tuple(array.shape)} array's axis 1")
+    if _is_device_array(array):
+        return _cuda_backend().ops.split_channels(array, sizes)
+    bounds = np.cumsum([0] + sizes)
+    return [array[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .layers import ShapeError
+from .layers import Layer, ShapeError, build_layer
 from .plugins import build_model, get_layers, get_model
-from .sequential import Sequential
 
 try:
     import tomllib
@@ -29,7 +28,7 @@ class SpecError(ValueError):
 class Network:
     """A built model and where it came from (recorded in checkpoints)."""
 
-    model: Sequential
+    model: Layer
     name: str | None  # registry name, None for a TOML spec
     options: dict = field(default_factory=dict)
     train_defaults: dict = field(default_factory=dict)
@@ -75,8 +74,9 @@ def build(target: str, options: dict, seed: int) -> Network:
     return network
 
 
-def load_spec(path: str, rng=None) -> Sequential:
-    """A ``Sequential`` from a TOML file ``layers = [{type = "Conv2d", ...}, ...]``."""
+def load_spec(path: str, rng=None) -> Layer:
+    """The network of a TOML file ``layers = [{type = "Conv2d", ...}, ...]``: a
+    ``Sequential`` of them (containers nest, see :mod:`numbaconv.layers.containers`)."""
     try:
         with open(path, "rb") as handle:
             spec = tomllib.load(handle)
@@ -92,27 +92,22 @@ def load_spec(path: str, rng=None) -> Sequential:
     return from_spec(layers, rng, path)
 
 
-def from_spec(layers: list, rng=None, source: str = "spec") -> Sequential:
-    """A ``Sequential`` from a list of ``{"type": registry name, **arguments}``."""
+def from_spec(layers, rng=None, source: str = "spec") -> Layer:
+    """The layer tree of a spec: a list of ``{"type": registry name, **arguments}`` (a
+    ``Sequential``) or one such table (:func:`numbaconv.layers.build_layer`)."""
     known = get_layers()
-    for position, item in enumerate(layers):
-        if item.get("type") not in known:
-            raise SpecError(f"{source}: layer {position} has unknown type {item.get('type')!r}; "
-                            f"known layers: {', '.join(sorted(known))}")
     try:
-        return Sequential.from_config(layers, layer_types=known, rng=rng)
+        return build_layer(layers, layer_types=known, rng=rng)
     except (TypeError, ValueError) as error:
         raise SpecError(f"{source}: {error}") from error
 
 
-def check_shapes(model: Sequential, source: str) -> None:
+def check_shapes(model: Layer, source: str) -> None:
     """Fail before training when the layers do not fit a 1x28x28 input and 10 classes."""
-    for position, layer in enumerate(model):
-        for name, value in layer.params.items():
-            if value.dtype != np.float32:
-                raise SpecError(f"{source}: layer {position} ({type(layer).__name__}) has "
-                                f"{name} of dtype {value.dtype}; numbaconv run trains in "
-                                "float32")
+    for name, value in model.named_params().items():
+        if value.dtype != np.float32:
+            raise SpecError(f"{source}: parameter {name} has dtype {value.dtype}; numbaconv "
+                            "run trains in float32")
     try:
         shape = model.output_shape((1,) + INPUT_SHAPE)
     except ShapeError as error:
@@ -123,7 +118,7 @@ def check_shapes(model: Sequential, source: str) -> None:
                         f"(N, {NUM_CLASSES})")
 
 
-def load_model(path) -> tuple[Sequential, object]:
+def load_model(path) -> tuple[Layer, object]:
     """The model saved in checkpoint ``path``, weights loaded, and the checkpoint itself."""
     from .checkpoint import CheckpointError, load
 

@@ -1,8 +1,8 @@
 """SGD and Adam with PyTorch's update formulas, updating NumPy parameters in place.
 
 An optimizer holds a ``dict[str, numpy.ndarray]`` of parameters (e.g.
-``Sequential.params()``: the model's own arrays) and ``step(grads)`` takes a dict of
-gradients with the same keys and shapes (e.g. ``Sequential.grads()`` after a backward).
+``Sequential.named_params()``: the model's own arrays) and ``step(grads)`` takes a dict of
+gradients with the same keys and shapes (e.g. ``Sequential.named_grads()`` after a backward).
 There is no ``zero_grad``: layers overwrite their gradients on every backward.
 
 Updates run in place in the parameters' dtype: float32 stays float32, and the temporaries
@@ -34,7 +34,8 @@ class Optimizer:
 
     def __init__(self, params: Mapping[str, np.ndarray]):
         if not isinstance(params, Mapping):
-            raise TypeError("params must be a dict of name -> numpy array (e.g. model.params()), "
+            raise TypeError("params must be a dict of name -> numpy array (e.g. "
+                            "model.named_params()), "
                             f"got {type(params).__name__}")
         if not params:
             raise ValueError("optimizer got an empty parameter dict")

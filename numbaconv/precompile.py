@@ -165,8 +165,7 @@ def kernels_for(model, input_shape=None) -> list[str]:
 
     With ``input_shape`` (N, C, H, W), those that batches of that shape call; without it,
     every kernel that inputs of any width could call."""
-    from .layers import AvgPool2d, Conv2d, Linear, MaxPool2d, Sigmoid
-    from .sequential import Sequential
+    from .layers import AvgPool2d, Conv2d, Linear, MaxPool2d, Sequential, Sigmoid
 
     if not isinstance(model, Sequential):
         model = Sequential(model)
@@ -220,7 +219,7 @@ def _one_pass_applies(conv, input_shape) -> bool:
 
 
 def _model_dtypes(model) -> list[str]:
-    dtypes = sorted({p.dtype.name for p in model.params().values()})
+    dtypes = sorted({p.dtype.name for p in model.named_params().values()})
     return dtypes or ["float32"]
 
 

@@ -123,7 +123,7 @@ def train_epoch(model, optimizer, images, labels, settings: Settings, epoch: int
         if not np.isfinite(loss):
             raise Diverged(epoch, batch, settings.lr)
         model.backward(grad, need_input_grad=False)  # nobody needs the image gradient
-        optimizer.step(model.grads())
+        optimizer.step(model.named_grads())
         total_loss += loss * len(index)
         correct += int((logits.argmax(axis=1) == y).sum())
         if on_batch is not None:

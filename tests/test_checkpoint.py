@@ -12,10 +12,10 @@ from numbaconv.optim import Adam
 
 def _checkpoint(epoch=1):
     model = numbaconv.build_model("lenet", rng=0)
-    opt = Adam(model.params(), lr=0.01)
+    opt = Adam(model.named_params(), lr=0.01)
     model.forward(np.ones((2, 1, 28, 28), np.float32), training=True)
     model.backward(np.ones((2, 10), np.float32))
-    opt.step(model.grads())
+    opt.step(model.named_grads())
     return model, ckpt.Checkpoint(spec=model.config(), params=model.state_dict(), epoch=epoch,
                                   model="lenet", options={"pool": "avg"},
                                   optimizer=opt.state_dict(), train={"lr": 0.01},
@@ -32,7 +32,7 @@ def test_round_trip(tmp_path):
     assert loaded.history == saved.history and loaded.train == {"lr": 0.01}
     for name, value in saved.params.items():
         np.testing.assert_array_equal(loaded.params[name], value)
-    opt = Adam(model.params(), lr=0.5)
+    opt = Adam(model.named_params(), lr=0.5)
     opt.load_state_dict(loaded.optimizer)
     assert opt.step_count == 1 and opt.lr == 0.01
 

@@ -1,4 +1,4 @@
-"""Fusion of conv -> activation -> pool in ``Sequential`` (``numbaconv.fusion``).
+"""Fusion of conv -> activation -> pool in ``Sequential`` (``numbaconv.layers.fusion``).
 
 The fused stage must give the unfused layers' results bit for bit (forward, input gradient,
 parameter gradients), fuse only what its kernel computes exactly, and its kernels must agree
@@ -11,10 +11,19 @@ import numpy as np
 import pytest
 
 from numbaconv import functional as F
-from numbaconv.fusion import ConvActPool, fusable
 from numbaconv.kernels.cpu import activation as K
-from numbaconv.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
-from numbaconv.sequential import Sequential
+from numbaconv.layers import (
+    AvgPool2d,
+    Conv2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Tanh,
+)
+from numbaconv.layers.fusion import ConvActPool, fusable
 
 ACTIVATIONS = {"sigmoid": Sigmoid, "relu": ReLU}
 POOLS = {"avg": AvgPool2d, "max": MaxPool2d}
@@ -58,10 +67,10 @@ def test_fused_network_equals_unfused_bit_for_bit(activation, pool, dtype, kerne
     assert y_fused.dtype == dtype
     g = np.random.default_rng(5).standard_normal(y_plain.shape).astype(dtype)
     np.testing.assert_array_equal(fused_net.backward(g), plain_net.backward(g))
-    for (name, a), b in zip(fused_net.grads().items(), plain_net.grads().values(), strict=True):
+    for (name, a), b in zip(fused_net.named_grads().items(), plain_net.named_grads().values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
     assert fused_net.backward(g, need_input_grad=False) is None  # first conv: no input grad
-    for (name, a), b in zip(fused_net.grads().items(), plain_net.grads().values(), strict=True):
+    for (name, a), b in zip(fused_net.named_grads().items(), plain_net.named_grads().values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
@@ -89,7 +98,7 @@ def test_one_pass_convolution_activation_pool_equals_the_layers(activation, pool
                                       plain_net.forward(x, training=training))
     g = rng.standard_normal((2, 64, 15, 35)).astype(dtype)
     np.testing.assert_array_equal(fused_net.backward(g), plain_net.backward(g))
-    np.testing.assert_array_equal(fused_net.grads()["0.weight"], plain_net.grads()["0.weight"])
+    np.testing.assert_array_equal(fused_net.named_grads()["0.weight"], plain_net.named_grads()["0.weight"])
 
 
 def test_layers_run_one_by_one_after_a_fused_forward_get_their_own_backward():
@@ -101,7 +110,7 @@ def test_layers_run_one_by_one_after_a_fused_forward_get_their_own_backward():
     g = np.ones_like(h)
     plain_net.forward(x, training=True)
     np.testing.assert_array_equal(fused_net.backward(g), plain_net.backward(g))
-    for (name, a), b in zip(fused_net.grads().items(), plain_net.grads().values(), strict=True):
+    for (name, a), b in zip(fused_net.named_grads().items(), plain_net.named_grads().values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
     assert not any(s.fused.current() for s in fused_net.stages() if s.fused)
 
@@ -117,7 +126,7 @@ def test_a_reused_input_buffer_run_layer_by_layer_gets_the_layers_backward():
     g = np.ones_like(h)
     plain_net.forward(x[::-1].copy(), training=True)
     np.testing.assert_array_equal(fused_net.backward(g), plain_net.backward(g))
-    for (name, a), b in zip(fused_net.grads().items(), plain_net.grads().values(), strict=True):
+    for (name, a), b in zip(fused_net.named_grads().items(), plain_net.named_grads().values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
@@ -147,7 +156,7 @@ def test_fused_gradients_match_finite_differences():
     c = np.random.default_rng(9).standard_normal(net.output_shape(x.shape))
     net.forward(x, training=True)
     grad_x = net.backward(c)
-    grad_w = net.grads()["0.weight"].copy()
+    grad_w = net.named_grads()["0.weight"].copy()
 
     def loss():
         return float(np.sum(net.forward(x) * c))
@@ -155,7 +164,7 @@ def test_fused_gradients_match_finite_differences():
     for index in [(0, 0, 1, 2), (2, 1, 5, 6), (1, 1, 0, 0)]:
         assert grad_x[index] == pytest.approx(_central_difference(loss, x, index), rel=1e-6,
                                               abs=1e-9)
-    weight = net.params()["0.weight"]
+    weight = net.named_params()["0.weight"]
     for index in [(0, 0, 0, 0), (2, 1, 2, 1)]:
         assert grad_w[index] == pytest.approx(_central_difference(loss, weight, index),
                                               rel=1e-6, abs=1e-9)

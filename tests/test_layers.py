@@ -19,12 +19,13 @@ from numbaconv.layers import (
     Linear,
     MaxPool2d,
     ReLU,
+    Sequential,
     ShapeError,
     Sigmoid,
     Tanh,
 )
+from numbaconv.layers.containers import SummaryRow, format_summary, summary
 from numbaconv.losses import softmax_cross_entropy
-from numbaconv.sequential import Sequential, SummaryRow, format_summary
 
 RTOL = 1e-5
 
@@ -588,7 +589,7 @@ def test_sequential_matches_torch_sequential(torch, build):
         net, tnet, x_shape, k = relu_net(0), torch_relu_net(torch), (6, 3, 16, 16), 5
     tnet.eval()  # dropout off on both sides
     tnet.load_state_dict({name: torch.from_numpy(p.copy()) for name, p in
-                          net.params().items()})
+                          net.named_params().items()})
     x = randn(x_shape, seed=27)
     labels = rng(28).integers(0, k, x_shape[0])
 
@@ -604,7 +605,7 @@ def test_sequential_matches_torch_sequential(torch, build):
     assert_close(logits, tlogits.detach().numpy(), what="logits")
     assert loss == pytest.approx(tloss.item(), rel=RTOL)
     tgrads = {name: p.grad.numpy() for name, p in tnet.named_parameters()}
-    grads = net.grads()
+    grads = net.named_grads()
     assert set(grads) == set(tgrads)
     for name, g in grads.items():
         assert g.dtype == np.float32
@@ -613,8 +614,11 @@ def test_sequential_matches_torch_sequential(torch, build):
 
 def test_lenet_summary_receptive_fields_params_and_flops():
     net = lenet()
-    rows = net.summary((1, 1, 28, 28))
+    root, *rows = summary(net, (1, 1, 28, 28))
     assert all(isinstance(r, SummaryRow) for r in rows)
+    assert (root.path, root.name, root.output_shape, root.n_params) == \
+        ("", "Sequential", (1, 10), 61706)
+    assert [r.path for r in rows] == [str(i) for i in range(12)]
     assert [r.name for r in rows] == ["Conv2d", "Sigmoid", "AvgPool2d", "Conv2d", "Sigmoid",
                                       "AvgPool2d", "Flatten", "Linear", "Sigmoid", "Linear",
                                       "Sigmoid", "Linear"]
@@ -631,14 +635,15 @@ def test_lenet_summary_receptive_fields_params_and_flops():
     assert rows[0].flops == 2 * 6 * 28 * 28 * 25
     assert rows[3].flops == 2 * 16 * 10 * 10 * 6 * 25
     assert rows[7].flops == 2 * 400 * 120
-    table = format_summary(rows)
+    assert root.flops == sum(r.flops for r in rows)
+    table = format_summary([root, *rows])
     assert "61,706" in table and "14x14" in table and "AvgPool2d" in table
 
 
 def test_summary_of_non_image_input_has_no_receptive_field():
-    rows = Sequential(Linear(784, 10), ReLU()).summary((3, 784))
-    assert [r.receptive_field for r in rows] == [None, None]
-    assert rows[0].flops == 2 * 3 * 784 * 10
+    rows = summary(Sequential(Linear(784, 10), ReLU()), (3, 784))
+    assert [r.receptive_field for r in rows] == [None, None, None]
+    assert rows[1].flops == 2 * 3 * 784 * 10
 
 
 def test_output_shape_error_names_position_and_type():
@@ -657,7 +662,7 @@ def test_output_shape_error_names_position_and_type():
         Sequential(Conv2d(1, 16, 1), MaxPool2d(2), MaxPool2d(2), MaxPool2d(2), Flatten(),
                    Linear(400, 120)).output_shape((1, 1, 32, 32))
     with pytest.raises(ValueError, match=r"^layer 2 \(Linear\)"):
-        Sequential(Flatten(), ReLU(), Linear(10, 2)).summary((1, 3, 2, 2))
+        summary(Sequential(Flatten(), ReLU(), Linear(10, 2)), (1, 3, 2, 2))
 
 
 def test_sequential_is_list_like_and_params_are_the_layers_arrays():
@@ -667,11 +672,11 @@ def test_sequential_is_list_like_and_params_are_the_layers_arrays():
     assert [type(layer) for layer in net] == [type(layer) for layer in net.layers]
     head = net[:3]
     assert isinstance(head, Sequential) and len(head) == 3 and head[0] is net[0]
-    params = net.params()
+    params = net.named_params()
     assert list(params) == ["0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias",
                             "9.weight", "9.bias", "11.weight", "11.bias"]
     assert params["0.weight"] is net[0].params["weight"]
-    assert net.grads()["11.bias"] is net[11].grads["bias"]
+    assert net.named_grads()["11.bias"] is net[11].grads["bias"]
     assert repr(net).startswith("Sequential(\n  (0): Conv2d(1, 6, kernel_size=(5, 5)")
     with pytest.raises(TypeError, match="not a numbaconv.layers.Layer"):
         Sequential([Linear(2, 2), "relu"])
@@ -701,11 +706,11 @@ def test_state_dict_round_trip(tmp_path):
     other = lenet(seed=2)
     x = randn((2, 1, 28, 28), seed=29)
     assert not np.allclose(other.forward(x), net.forward(x))
-    held = other.params()
+    held = other.named_params()
     with np.load(tmp_path / "lenet.npz") as loaded:
         other.load_state_dict(loaded)
     np.testing.assert_array_equal(other.forward(x), net.forward(x))
-    for name, p in other.params().items():
+    for name, p in other.named_params().items():
         assert p is held[name] and p.dtype == np.float32  # loaded in place
 
 
@@ -721,14 +726,14 @@ def test_load_state_dict_errors_name_keys_and_change_nothing():
     message = str(info.value)
     assert "3.bias" in message and "12.weight" in message
     assert "'7.weight'" in message and "(120, 256)" in message and "(120, 400)" in message
-    for name, p in net.params().items():
+    for name, p in net.named_params().items():
         np.testing.assert_array_equal(p, before[name])
 
 
 def test_config_round_trip_rebuilds_the_network():
     net = relu_net()
     config = net.config()
-    assert config[0] == {"type": "Conv2d", "in_channels": 3, "out_channels": 8,
+    assert config["layers"][0] == {"type": "Conv2d", "in_channels": 3, "out_channels": 8,
                          "kernel_size": [3, 3], "stride": [1, 1], "padding": [1, 1],
                          "dilation": [1, 1], "groups": 1, "bias": True}
     assert json.loads(json.dumps(config)) == config
@@ -744,16 +749,16 @@ def test_config_round_trip_rebuilds_the_network():
 
 
 class Square(Layer):
-    """A plugin written the short way: no super().__init__(), forward without training."""
+    """A plugin written the short way: no super().__init__()."""
 
     def __init__(self):
         self.x = None
 
-    def forward(self, x):
+    def forward(self, x, training=False):
         self.x = x
         return x * x
 
-    def backward(self, grad_y):
+    def backward(self, grad_y, need_input_grad=True):
         return 2 * self.x * grad_y
 
 
@@ -771,13 +776,13 @@ def test_parameter_free_plugin_layer_in_sequential():
     assert_close(y, expected)
     c = randn(y.shape, seed=32)
     gx = net.backward(c)
-    assert list(net.params()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert list(net.named_params()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     h = x @ net[0].params["weight"].T + net[0].params["bias"]
     gh = (c @ net[2].params["weight"]) * 2 * h
-    assert_close(net.grads()["0.weight"], gh.T @ x)
+    assert_close(net.named_grads()["0.weight"], gh.T @ x)
     assert_close(gx, gh @ net[0].params["weight"])
     assert net.output_shape((5, 3)) == (5, 2)
-    rows = net.summary((5, 3))
+    rows = summary(net, (5, 3))[1:]
     assert rows[1].name == "Square" and rows[1].n_params == 0
     assert Sequential.from_config(net.config(), layer_types={"Square": Square})[1].__class__ \
         is Square
@@ -791,10 +796,10 @@ def test_backward_without_input_grad_gives_the_same_parameter_grads():
         gy = randn((3, 3), seed=34)
         net.forward(x)
         assert net.backward(gy) is not None
-        full = {k: g.copy() for k, g in net.grads().items()}
+        full = {k: g.copy() for k, g in net.named_grads().items()}
         net.forward(x)
         assert net.backward(gy, need_input_grad=False) is None
-        for k, g in net.grads().items():
+        for k, g in net.named_grads().items():
             np.testing.assert_array_equal(g, full[k], err_msg=k)
     layer = Linear(4, 2, rng=0)
     layer.forward(randn((3, 4)))

@@ -7,10 +7,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from numbaconv.layers import Linear
+from numbaconv.layers import Linear, Sequential
 from numbaconv.losses import accuracy, softmax_cross_entropy
 from numbaconv.optim import SGD, Adam
-from numbaconv.sequential import Sequential
 
 STEPS = 5
 TOL = dict(rtol=1e-6, atol=1e-6)
@@ -215,12 +214,12 @@ def test_training_a_softmax_classifier_reduces_the_loss(make_opt):
     labels = g.integers(0, 3, 300)
     x = (centers[labels] + g.standard_normal((300, 5))).astype(np.float32)
     net = Sequential(Linear(5, 3, rng=1))
-    opt = make_opt(net.params())
+    opt = make_opt(net.named_params())
     first = None
     for _ in range(60):
         loss, grad = softmax_cross_entropy(net.forward(x, training=True), labels)
         first = loss if first is None else first
         net.backward(grad)
-        opt.step(net.grads())
+        opt.step(net.named_grads())
     assert loss < 0.5 * first
     assert accuracy(net.forward(x), labels) > 0.9

@@ -121,7 +121,7 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     from numbaconv import precompile as P
     from numbaconv.layers import MaxPool2d, Sigmoid
-    from numbaconv.sequential import Sequential
+    from numbaconv.layers import Sequential
 
     model = Sequential([Sigmoid(), MaxPool2d(2)])
     names = P.kernels_for(model)
@@ -174,7 +174,7 @@ NUMBA_FIRST = textwrap.dedent("""
     import numpy as np
     from numbaconv import precompile as P
     from numbaconv.layers import Sigmoid
-    from numbaconv.sequential import Sequential
+    from numbaconv.layers import Sequential
 
     model = Sequential(Sigmoid())
     print(P.precompile(model, processes=2))

@@ -17,7 +17,7 @@ class Twice(Layer):
     def forward(self, x, training=False):
         return 2 * x
 
-    def backward(self, grad_y):
+    def backward(self, grad_y, need_input_grad=True):
         return 2 * grad_y
 
 

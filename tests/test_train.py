@@ -26,7 +26,7 @@ def data(tmp_path_factory):
 def _run(data, settings, epochs, model=None, optimizer=None, start=1):
     model = model or numbaconv.build_model("lenet", activation="relu", pool="max",
                                            rng=settings.seed)
-    optimizer = optimizer or make_optimizer(settings.optimizer, model.params(), settings.lr)
+    optimizer = optimizer or make_optimizer(settings.optimizer, model.named_params(), settings.lr)
     history = [fit_epoch(model, optimizer, data, settings, epoch).as_dict()
                for epoch in range(start, epochs + 1)]
     return model, optimizer, history
@@ -41,8 +41,8 @@ def test_same_seed_same_metrics(data):
     model_a, _, first = _run(data, settings, 2)
     model_b, _, second = _run(data, settings, 2)
     assert _without_times(first) == _without_times(second)
-    for name, value in model_a.params().items():
-        np.testing.assert_array_equal(value, model_b.params()[name])
+    for name, value in model_a.named_params().items():
+        np.testing.assert_array_equal(value, model_b.named_params()[name])
 
 
 def test_different_seed_differs(data):
@@ -65,13 +65,13 @@ def test_resume_ends_where_an_uninterrupted_run_does(data):
     half, optimizer, first = _run(data, settings, 1)
     resumed = numbaconv.build_model("lenet", activation="relu", pool="max", rng=99)
     resumed.load_state_dict(half.state_dict())
-    opt = make_optimizer("adam", resumed.params(), settings.lr)
+    opt = make_optimizer("adam", resumed.named_params(), settings.lr)
     opt.load_state_dict(optimizer.state_dict())
     _, _, second = _run(data, settings, 2, resumed, opt, start=2)
 
     assert _without_times(first + second) == _without_times(history)
-    for name, value in straight.params().items():
-        np.testing.assert_array_equal(value, resumed.params()[name])
+    for name, value in straight.named_params().items():
+        np.testing.assert_array_equal(value, resumed.named_params()[name])
 
 
 def test_nan_loss_stops_with_epoch_and_batch(data):

@@ -2,16 +2,18 @@
 
 from .activation import ReLU, Sigmoid, Tanh
 from .base import Layer, ShapeError
+from .containers import CONTAINER_TYPES, Concat, Residual, Sequential, build_layer, layer_spec
 from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Linear
 from .pool import AvgPool2d, MaxPool2d
 from .shape import Flatten
 
-#: The built-in layer classes by name, as ``Sequential.config()`` writes them.
+#: The built-in layer classes by name, as specs write them (containers included).
 LAYER_TYPES: dict[str, type[Layer]] = {
-    cls.__name__: cls
-    for cls in (Conv2d, MaxPool2d, AvgPool2d, Linear, ReLU, Sigmoid, Tanh, Flatten, Dropout)
+    **{cls.__name__: cls
+       for cls in (Conv2d, MaxPool2d, AvgPool2d, Linear, ReLU, Sigmoid, Tanh, Flatten, Dropout)},
+    **CONTAINER_TYPES,
 }
 
 __all__ = [
@@ -26,5 +28,10 @@ __all__ = [
     "Tanh",
     "Flatten",
     "Dropout",
+    "Sequential",
+    "Residual",
+    "Concat",
+    "build_layer",
+    "layer_spec",
     "LAYER_TYPES",
 ]

@@ -39,8 +39,8 @@ class ReLU(Layer):
         self._y = y
         return y
 
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        y = self._require_forward(self._y)
+    def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
+        y = self.require_forward(self._y)
         # ~(y <= 0), not y > 0: where the output is NaN the gradient passes, as in PyTorch.
         grad_x = np.multiply(grad_y, ~(y <= 0), dtype=np.result_type(grad_y, y))
         return grad_x
@@ -58,8 +58,8 @@ class Sigmoid(Layer):
         self._y = y
         return y
 
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        y = self._require_forward(self._y)
+    def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
+        y = self.require_forward(self._y)
         grad_y = np.ascontiguousarray(grad_y, dtype=y.dtype)
         if grad_y.shape != y.shape:
             raise ValueError(f"Sigmoid.backward: grad_y has shape {grad_y.shape}, the output's "
@@ -80,8 +80,8 @@ class Tanh(Layer):
         self._y = y
         return y
 
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        y = self._require_forward(self._y)
+    def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
+        y = self.require_forward(self._y)
         grad_x = np.multiply(y, y)
         np.subtract(1, grad_x, out=grad_x)
         return np.multiply(grad_y, grad_x, out=grad_x)

@@ -3,16 +3,17 @@
 A layer is a small object with explicit forward and backward passes (no autograd):
 
 ``forward(x, training=False) -> y``
-    Computes the output of a NumPy array ``x`` and **always** keeps whatever its backward
+    Computes the output of an array ``x`` and **always** keeps whatever its backward
     needs (the input, a mask, pooling indices...), so ``backward`` may follow any forward.
-    ``training`` only changes behaviour for layers that differ between training and
-    evaluation (``Dropout``). A plugin may also define ``forward(self, x)`` without it;
-    ``Sequential`` then calls it without the keyword.
-``backward(grad_y) -> grad_x``
+    Containers always pass ``training``; it only changes behaviour for layers that differ
+    between training and evaluation (``Dropout``, batch norm).
+``backward(grad_y, need_input_grad=True) -> grad_x``
     Returns the gradient with respect to the input of the last forward and **overwrites**
     (does not accumulate) the gradient of each parameter in ``grads``: one backward per
-    batch, then an optimizer step. Built-in layers write into the same ``grads`` arrays
-    every time, so a dict of them taken once stays current.
+    batch, then an optimizer step. Containers always pass ``need_input_grad``; when it is
+    False (the network's first layer) nobody reads the result, so a layer may skip computing
+    it and return ``None``. Built-in layers write into the same ``grads`` arrays every time,
+    so a dict of them taken once stays current.
 ``params`` / ``grads``
     ``dict[str, numpy.ndarray]`` with the same keys and shapes; both empty for a layer
     without parameters (the base class supplies the empty dicts, so a parameter-free plugin
@@ -35,6 +36,16 @@ A layer is a small object with explicit forward and backward passes (no autograd
 ``config() -> dict``
     The constructor arguments as plain JSON/TOML-able values, so that
     ``type(layer)(**layer.config())`` builds an equivalent (freshly initialised) layer.
+``children() -> [(name, layer), ...]``
+    The layers a container is made of (``Sequential``, ``Residual``, ``Concat``); empty for a
+    leaf. :meth:`Layer.named_params`, :meth:`Layer.state_dict` and friends walk the tree and
+    key every array by its path, as PyTorch's ``state_dict`` does (``"3.body.0.weight"``).
+
+Helpers for layer authors: :meth:`Layer.add_param` registers a parameter with its gradient,
+:meth:`Layer.set_grad` overwrites a gradient in place, :meth:`Layer.shape_error` builds the
+error ``output_shape`` raises, :meth:`Layer.require_forward` guards a backward that ran before
+any forward. :func:`numbaconv.testing.check_layer` checks a layer the way numbaconv's own tests
+do.
 
 Parameters are float32 unless a layer is built with another ``dtype``; layers never cast
 their inputs (the functional kernels raise on a dtype mismatch).
@@ -43,6 +54,7 @@ their inputs (the functional kernels raise on a dtype mismatch).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -116,7 +128,7 @@ class Layer:
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
 
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+    def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         raise NotImplementedError(f"{type(self).__name__} does not define backward")
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
@@ -132,10 +144,6 @@ class Layer:
     def flops(self, input_shape) -> int:
         return 0
 
-    def num_params(self) -> int:
-        """Number of scalar parameters."""
-        return int(sum(p.size for p in self.params.values()))
-
     def config(self) -> dict:
         return {}
 
@@ -146,22 +154,91 @@ class Layer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 
+    # the tree -------------------------------------------------------------------------
+
+    def children(self) -> list[tuple[str, Layer]]:
+        """``[(name, layer), ...]``: the layers this one is made of (containers); ``[]`` for a
+        leaf. Names are path components: ``"0"``, ``"body"``..."""
+        return []
+
+    def named_layers(self, prefix: str = ""):
+        """Every layer of the tree, depth first, as ``(path, layer)``; this one's path is
+        ``prefix`` (``""`` at the root)."""
+        yield prefix, self
+        for name, child in self.children():
+            yield from child.named_layers(f"{prefix}{name}." if prefix else f"{name}.")
+
+    def _named(self, attribute: str) -> dict[str, np.ndarray]:
+        return {f"{path}{name}": array for path, layer in self.named_layers()
+                for name, array in getattr(layer, attribute).items()}
+
+    def named_params(self) -> dict[str, np.ndarray]:
+        """``{path: array}`` of every parameter in the tree, as PyTorch's ``state_dict`` keys
+        them (``"0.weight"``, ``"3.body.0.bias"``): the layers' own arrays, so an optimizer
+        built on it updates the model in place."""
+        return self._named("params")
+
+    def named_grads(self) -> dict[str, np.ndarray]:
+        """Like :meth:`named_params` for the gradients of the last backward."""
+        return self._named("grads")
+
+    def named_buffers(self) -> dict[str, np.ndarray]:
+        """Like :meth:`named_params` for the non-trainable state (running statistics)."""
+        return self._named("buffers")
+
+    def num_params(self) -> int:
+        """Number of scalar parameters in the tree (``sum(p.numel() ...)`` in PyTorch)."""
+        return int(sum(p.size for p in self.named_params().values()))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer, keyed like :meth:`named_params`
+        (``np.savez``-able)."""
+        return {name: np.array(p, copy=True)
+                for name, p in {**self.named_params(), **self.named_buffers()}.items()}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Copy ``state`` into the parameters and buffers in place (arrays keep their identity
+        and dtype).
+
+        Keys and shapes must match exactly; otherwise ``ValueError`` names every missing,
+        unexpected and mis-shaped key, and nothing is changed.
+        """
+        targets = {**self.named_params(), **self.named_buffers()}
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets]
+        problems = []
+        if missing:
+            problems.append(f"missing keys {missing}")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        for name, p in targets.items():
+            if name in state and np.shape(state[name]) != p.shape:
+                problems.append(f"{name!r} has shape {tuple(np.shape(state[name]))}, "
+                                f"the model's is {p.shape}")
+        if problems:
+            raise ValueError("load_state_dict: " + "; ".join(problems))
+        for name, p in targets.items():
+            np.copyto(p, np.asarray(state[name]), casting="same_kind")
+
     # helpers for subclasses -------------------------------------------------------------
 
-    def _shape_error(self, detail: str) -> ShapeError:
+    def shape_error(self, detail: str) -> ShapeError:
+        """A :class:`ShapeError` for ``output_shape`` to raise: ``"<repr>: <detail>"``."""
         return ShapeError(f"{self!r}: {detail}", detail=detail)
 
-    def _require_forward(self, value):
-        if value is None:
+    def require_forward(self, saved):
+        """``saved`` (what ``forward`` kept for the backward), or ``RuntimeError`` when it is
+        ``None``: ``backward`` called before any ``forward``."""
+        if saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        return value
+        return saved
 
-    def _new_param(self, name: str, array: np.ndarray) -> None:
+    def add_param(self, name: str, array: np.ndarray) -> None:
         """Register a parameter and its gradient buffer (zeros, same shape and dtype)."""
         self.params[name] = array
         self.grads[name] = np.zeros_like(array)
 
-    def _set_grad(self, name: str, value: np.ndarray) -> None:
+    def set_grad(self, name: str, value: np.ndarray) -> None:
         """Overwrite the gradient of ``name`` in place (keeps the array object)."""
         grad = self.grads[name]
         if grad.shape != value.shape:
@@ -173,7 +250,7 @@ class Layer:
 def check_ndim(layer: Layer, input_shape, ndim: int, what: str) -> tuple:
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != ndim:
-        raise layer._shape_error(f"expects a {ndim}-D {what} input, got shape {shape}")
+        raise layer.shape_error(f"expects a {ndim}-D {what} input, got shape {shape}")
     return shape
 
 

@@ -52,9 +52,9 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         fan_in = self.in_channels // self.groups * kh * kw
         w_shape = (self.out_channels, self.in_channels // self.groups, kh, kw)
-        self._new_param("weight", kaiming_uniform_default(w_shape, fan_in, rng, self.dtype))
+        self.add_param("weight", kaiming_uniform_default(w_shape, fan_in, rng, self.dtype))
         if bias:
-            self._new_param("bias", kaiming_uniform_default((self.out_channels,), fan_in, rng,
+            self.add_param("bias", kaiming_uniform_default((self.out_channels,), fan_in, rng,
                                                             self.dtype))
         self._x = None
 
@@ -72,24 +72,24 @@ class Conv2d(Layer):
     def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """Parameter gradients into ``grads``; returns ``grad_x`` (``None`` when
         ``need_input_grad`` is False, which skips its computation: a network's first layer)."""
-        x = self._require_forward(self._x)
+        x = self.require_forward(self._x)
         grad_x, grad_w, grad_b = F.conv2d_backward(grad_y, x, self.params["weight"],
                                                    self.stride, self.padding, self.dilation,
                                                    self.groups, need_input_grad=need_input_grad)
-        self._set_grad("weight", grad_w)
+        self.set_grad("weight", grad_w)
         if self.bias:
-            self._set_grad("bias", grad_b)
+            self.set_grad("bias", grad_b)
         return grad_x
 
     def output_shape(self, input_shape) -> tuple:
         shape = check_ndim(self, input_shape, 4, "(N, C, H, W)")
         if shape[1] != self.in_channels:
-            raise self._shape_error(f"expects {self.in_channels} input channels, got "
+            raise self.shape_error(f"expects {self.in_channels} input channels, got "
                                     f"{shape[1]} from shape {shape}")
         out = conv2d_output_shape(shape, self.out_channels, self.kernel_size, self.stride,
                                   self.padding, self.dilation)
         if out[2] < 1 or out[3] < 1:
-            raise self._shape_error(
+            raise self.shape_error(
                 f"input of spatial size {shape[2:]} is too small for a kernel of "
                 f"{self.kernel_size} with dilation {self.dilation} and padding "
                 f"{self.padding}: output would be {out[2:]}")

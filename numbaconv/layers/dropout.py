@@ -45,7 +45,7 @@ class Dropout(Layer):
         self._mask = mask
         return x * mask
 
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+    def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         if not self._forwarded:
             raise RuntimeError("Dropout.backward called before forward")
         if self._mask is None:

@@ -32,10 +32,10 @@ class Linear(Layer):
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
         rng = as_generator(rng)
         fan_in = self.in_features
-        self._new_param("weight", kaiming_uniform_default(
+        self.add_param("weight", kaiming_uniform_default(
             (self.out_features, self.in_features), fan_in, rng, self.dtype))
         if bias:
-            self._new_param("bias", kaiming_uniform_default((self.out_features,), fan_in, rng,
+            self.add_param("bias", kaiming_uniform_default((self.out_features,), fan_in, rng,
                                                             self.dtype))
         self._x = None
 
@@ -59,7 +59,7 @@ class Linear(Layer):
     def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """Parameter gradients into ``grads``; returns ``grad_x`` (``None`` when
         ``need_input_grad`` is False)."""
-        x = self._require_forward(self._x)
+        x = self.require_forward(self._x)
         grad_y = np.asarray(grad_y)
         expected = x.shape[:-1] + (self.out_features,)
         if grad_y.shape != expected:
@@ -85,7 +85,7 @@ class Linear(Layer):
         shape = tuple(int(s) for s in input_shape)
         if len(shape) < 1 or shape[-1] != self.in_features:
             got = shape[-1] if shape else "none"
-            raise self._shape_error(f"expects {self.in_features} input features, got {got} "
+            raise self.shape_error(f"expects {self.in_features} input features, got {got} "
                                     f"from shape {shape}")
         return shape[:-1] + (self.out_features,)
 

@@ -35,7 +35,7 @@ class _Pool2d(Layer):
         out = pool2d_output_shape(shape, self.kernel_size, self.stride, self.padding,
                                   self.dilation, self.ceil_mode)
         if out[2] < 1 or out[3] < 1:
-            raise self._shape_error(
+            raise self.shape_error(
                 f"input of spatial size {shape[2:]} is too small for a window of "
                 f"{self.kernel_size} with padding {self.padding}: output would be {out[2:]}")
         return out
@@ -63,8 +63,8 @@ class MaxPool2d(_Pool2d):
         self._input_shape = tuple(x.shape)
         return y
 
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        indices = self._require_forward(self._indices)
+    def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
+        indices = self.require_forward(self._indices)
         return F.max_pool2d_backward(grad_y, indices, self._input_shape)
 
     def config(self) -> dict:
@@ -96,8 +96,8 @@ class AvgPool2d(_Pool2d):
         self._input_shape = tuple(x.shape)
         return y
 
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        input_shape = self._require_forward(self._input_shape)
+    def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
+        input_shape = self.require_forward(self._input_shape)
         return F.avg_pool2d_backward(grad_y, input_shape, self.kernel_size, self.stride,
                                      self.padding, self.ceil_mode, self.count_include_pad,
                                      self.divisor_override)

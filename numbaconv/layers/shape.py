@@ -28,7 +28,7 @@ class Flatten(Layer):
         start = self.start_dim + ndim if self.start_dim < 0 else self.start_dim
         end = self.end_dim + ndim if self.end_dim < 0 else self.end_dim
         if not (0 <= start < ndim and 0 <= end < ndim) or start > end:
-            raise self._shape_error(f"cannot flatten dims {self.start_dim}..{self.end_dim} of "
+            raise self.shape_error(f"cannot flatten dims {self.start_dim}..{self.end_dim} of "
                                     f"a {ndim}-D input of shape {shape}")
         return start, end
 
@@ -43,8 +43,8 @@ class Flatten(Layer):
         self._input_shape = x.shape
         return x.reshape(out)
 
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        shape = self._require_forward(self._input_shape)
+    def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
+        shape = self.require_forward(self._input_shape)
         return np.reshape(grad_y, shape)
 
     def config(self) -> dict:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ..init import as_generator, xavier_uniform_weights_
-from ..layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
-from ..sequential import Sequential
+from ..layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential, Sigmoid, Tanh
 
 ACTIVATIONS = {"sigmoid": Sigmoid, "relu": ReLU, "tanh": Tanh}
 POOLS = {"avg": AvgPool2d, "max": MaxPool2d}

@@ -32,11 +32,11 @@ from numbaconv.layers import (  # noqa: E402
     Linear,
     MaxPool2d,
     ReLU,
+    Sequential,  # noqa: E402
     Sigmoid,
     Tanh,
 )
 from numbaconv.optim import SGD, Adam  # noqa: E402
-from numbaconv.sequential import Sequential  # noqa: E402
 from numbaconv.train import Diverged, Settings, fit_epoch, make_optimizer  # noqa: E402
 
 CLASSES = 3
@@ -86,8 +86,8 @@ def assert_metrics_match(device, host):
 
 
 def assert_params_match(device_model, host_model):
-    host = host_model.params()
-    for name, p in device_model.params().items():
+    host = host_model.named_params()
+    for name, p in device_model.named_params().items():
         np.testing.assert_allclose(p, host[name], err_msg=name, **WEIGHT_TOL)
 
 
@@ -105,8 +105,8 @@ def test_sgd_relu_max_matches_cpu_loop_with_one_transfer_per_epoch(data, transfe
     settings = Settings(epochs=2, batch_size=4, lr=0.5, optimizer="sgd", seed=11)
     host_model = small_cnn()
     device_model = copy.deepcopy(host_model)
-    host_opt = make_optimizer("sgd", host_model.params(), settings.lr)
-    before = {k: p.copy() for k, p in device_model.params().items()}
+    host_opt = make_optimizer("sgd", host_model.named_params(), settings.lr)
+    before = {k: p.copy() for k, p in device_model.named_params().items()}
 
     trainer = DeviceTrainer(device_model, settings, data)
     for epoch in (1, 2):
@@ -116,14 +116,14 @@ def test_sgd_relu_max_matches_cpu_loop_with_one_transfer_per_epoch(data, transfe
         assert transfers.n == 1
         assert_metrics_match(metrics, fit_epoch(host_model, host_opt, data, settings, epoch))
     # the model's arrays stay untouched until sync_to_host
-    for name, p in device_model.params().items():
+    for name, p in device_model.named_params().items():
         np.testing.assert_array_equal(p, before[name])
     transfers.n = 0
     assert trainer.evaluate() == metrics.test_acc and transfers.n == 1
 
-    arrays = {k: id(p) for k, p in device_model.params().items()}
+    arrays = {k: id(p) for k, p in device_model.named_params().items()}
     trainer.sync_to_host()
-    assert {k: id(p) for k, p in device_model.params().items()} == arrays  # in place
+    assert {k: id(p) for k, p in device_model.named_params().items()} == arrays  # in place
     assert_params_match(device_model, host_model)
     state = trainer.optimizer_state_dict()
     assert_state_match(state, host_opt.state_dict())
@@ -133,7 +133,7 @@ def test_sgd_relu_max_matches_cpu_loop_with_one_transfer_per_epoch(data, transfe
 def test_adam_sigmoid_avg_resumes_from_cpu_state_and_round_trips(data):
     settings = Settings(epochs=2, batch_size=4, lr=0.05, optimizer="adam", seed=2)
     host_model = small_cnn(Sigmoid, AvgPool2d, seed=5)
-    host_opt = make_optimizer("adam", host_model.params(), settings.lr)
+    host_opt = make_optimizer("adam", host_model.named_params(), settings.lr)
     fit_epoch(host_model, host_opt, data, settings, 1)  # epoch 1 on the CPU, as a checkpoint
     saved_params, saved_opt = host_model.state_dict(), host_opt.state_dict()
 
@@ -150,7 +150,7 @@ def test_adam_sigmoid_avg_resumes_from_cpu_state_and_round_trips(data):
     assert_params_match(device_model, host_model)
 
     # and back into a CPU optimizer, as a checkpoint written on the GPU is resumed on the CPU
-    restored = Adam(device_model.params(), lr=1.0)
+    restored = Adam(device_model.named_params(), lr=1.0)
     restored.load_state_dict(state)
     assert restored.lr == settings.lr and restored.step_count == 4
     for key in ("exp_avg", "exp_avg_sq"):
@@ -170,8 +170,8 @@ def test_dropout_mlp_and_momentum_optimizer_match_cpu(data):
                           Linear(2, 4, rng=rng), ReLU(), Linear(4, CLASSES, rng=rng))
 
     host_model, device_model = build(), build()
-    host_opt = SGD(host_model.params(), lr=0.2, momentum=0.9, nesterov=True, weight_decay=0.01)
-    device_opt = SGD(device_model.params(), lr=0.2, momentum=0.9, nesterov=True,
+    host_opt = SGD(host_model.named_params(), lr=0.2, momentum=0.9, nesterov=True, weight_decay=0.01)
+    device_opt = SGD(device_model.named_params(), lr=0.2, momentum=0.9, nesterov=True,
                      weight_decay=0.01)
     expected = fit_epoch(host_model, host_opt, data, settings, 1)
 
@@ -191,7 +191,7 @@ class Scale(Layer):
     def forward(self, x, training=False):
         return 2 * x
 
-    def backward(self, grad_y):
+    def backward(self, grad_y, need_input_grad=True):
         return 2 * grad_y
 
 
@@ -226,7 +226,7 @@ def test_bad_inputs_are_value_errors(data):
     model = small_cnn()
     with pytest.raises(ValueError, match="dampening"):
         DeviceTrainer(model, settings, data,
-                      optimizer=SGD(model.params(), lr=0.1, momentum=0.5, dampening=0.1))
+                      optimizer=SGD(model.named_params(), lr=0.1, momentum=0.5, dampening=0.1))
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -235,7 +235,7 @@ def test_non_finite_loss_raises_diverged(data):
     model = small_cnn()
     model[0].params["bias"][0] = np.inf
     with pytest.raises(Diverged) as cpu:
-        fit_epoch(copy.deepcopy(model), make_optimizer("sgd", model.params(), 0.1), data,
+        fit_epoch(copy.deepcopy(model), make_optimizer("sgd", model.named_params(), 0.1), data,
                   settings, 1)
     with pytest.raises(Diverged) as device:
         DeviceTrainer(model, settings, data).fit_epoch(1)

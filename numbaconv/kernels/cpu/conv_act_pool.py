@@ -1,6 +1,6 @@
 """Numba CPU kernels: a stride-1 convolution, its activation and a 2x2 pool in one pass.
 
-For the fused ``Conv2d -> Sigmoid|ReLU -> 2x2 pool`` stages of :mod:`numbaconv.fusion` whose
+For the fused ``Conv2d -> Sigmoid|ReLU -> 2x2 pool`` stages of :mod:`numbaconv.layers.fusion` whose
 convolution has unit stride and takes the padded-width kernels (where
 :func:`numbaconv.kernels.cpu.conv.use_lanes` says no, e.g. LeNet's first layer). Unfused, the
 convolution copies its outputs from its scratch block to ``z``, and the activation + pool pass

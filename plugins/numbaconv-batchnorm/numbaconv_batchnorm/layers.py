@@ -56,8 +56,8 @@ class _BatchNorm(Layer):
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
         c = self.num_features
         if self.affine:
-            self._new_param("weight", np.ones(c, dtype=self.dtype))
-            self._new_param("bias", np.zeros(c, dtype=self.dtype))
+            self.add_param("weight", np.ones(c, dtype=self.dtype))
+            self.add_param("bias", np.zeros(c, dtype=self.dtype))
         #: Non-trainable state (see the module docstring); updated in place.
         self.buffers: dict[str, np.ndarray] = {}
         if self.track_running_stats:
@@ -108,21 +108,21 @@ class _BatchNorm(Layer):
         self._saved = (x, mean, invstd, batch_stats)
         return y
 
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        x, mean, invstd, batch_stats = self._require_forward(self._saved)
+    def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
+        x, mean, invstd, batch_stats = self.require_forward(self._saved)
         grad_x, grad_weight, grad_bias = batch_norm_backward(
             grad_y, x, mean, invstd, self.params.get("weight"), batch_stats=batch_stats)
         if self.affine:
-            self._set_grad("weight", grad_weight)
-            self._set_grad("bias", grad_bias)
+            self.set_grad("weight", grad_weight)
+            self.set_grad("bias", grad_bias)
         return grad_x
 
     def output_shape(self, input_shape) -> tuple:
         shape = tuple(int(s) for s in input_shape)
         if len(shape) not in self._ndims:
-            raise self._shape_error(f"expects a {self._layout} input, got shape {shape}")
+            raise self.shape_error(f"expects a {self._layout} input, got shape {shape}")
         if shape[1] != self.num_features:
-            raise self._shape_error(f"expects {self.num_features} channels on axis 1, got "
+            raise self.shape_error(f"expects {self.num_features} channels on axis 1, got "
                                     f"{shape[1]} from shape {shape}")
         return shape
 

@@ -21,6 +21,7 @@ import numbaconv.plugins as plugins
 import numpy as np
 import pytest
 from numbaconv.layers import Layer, ShapeError
+from numbaconv.layers.containers import summary
 from numbaconv.losses import softmax_cross_entropy
 from numbaconv.optim import SGD
 
@@ -292,7 +293,7 @@ def test_config_round_trip_and_summary():
     model = numbaconv.build_model("lenet-bn", rng=0)
     rebuilt = numbaconv.Sequential.from_config(model.config(), layer_types=numbaconv.get_layers())
     assert rebuilt.config() == model.config()
-    rows = model.summary((2, 1, 28, 28))
+    rows = summary(model, (2, 1, 28, 28))[1:]
     assert [r.output_shape for r in rows][:2] == [(2, 6, 24, 24), (2, 6, 24, 24)]
     assert rows[1].n_params == 12 and rows[1].flops == 2 * 2 * 6 * 24 * 24
 
@@ -365,7 +366,7 @@ def test_lenet_bn_matches_torch(torch):
         nn.AvgPool2d(kernel_size=2, stride=2), nn.Flatten(),
         nn.Linear(256, 120), nn.BatchNorm1d(120), nn.Sigmoid(),
         nn.Linear(120, 84), nn.BatchNorm1d(84), nn.Sigmoid(), nn.Linear(84, 10))
-    ours = model.params()
+    ours = model.named_params()
     for key, value in reference.state_dict().items():
         index, name = key.split(".")
         source = ours.get(key)
@@ -387,8 +388,8 @@ def test_lenet_bn_matches_torch(torch):
         np.testing.assert_allclose(logits, to_np(t_logits), rtol=1e-4, atol=1e-5)
         assert loss == pytest.approx(t_loss.item(), rel=1e-5)
         t_grads = {k: to_np(p.grad) for k, p in reference.named_parameters()}
-        assert t_grads.keys() == model.grads().keys()
-        for key, g in model.grads().items():
+        assert t_grads.keys() == model.named_grads().keys()
+        for key, g in model.named_grads().items():
             np.testing.assert_allclose(g, t_grads[key], rtol=1e-3, atol=1e-5, err_msg=key)
         for index, name in (("1", "running_mean"), ("10", "running_var")):
             np.testing.assert_allclose(model[int(index)].buffers[name],
@@ -401,13 +402,13 @@ def test_sgd_steps_on_lenet_bn_lower_the_loss():
     model = numbaconv.build_model("lenet-bn", rng=8)
     x = rng.normal(size=(32, 1, 28, 28)).astype(np.float32)
     labels = rng.integers(0, 10, size=32)
-    optimizer = SGD(model.params(), lr=plugins.model_entries()["lenet-bn"].train_defaults["lr"])
+    optimizer = SGD(model.named_params(), lr=plugins.model_entries()["lenet-bn"].train_defaults["lr"])
     losses = []
     for _ in range(8):
         loss, grad = softmax_cross_entropy(model.forward(x, training=True), labels)
         losses.append(loss)
         model.backward(grad)
-        optimizer.step(model.grads())
+        optimizer.step(model.named_grads())
     assert np.all(np.isfinite(losses))
     assert losses[-1] < 0.9 * losses[0], losses
     # training moved the running statistics of every batch-norm layer

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import functional as F
-from .kernels.cpu import activation as kernels
-from .layers import AvgPool2d, Conv2d, MaxPool2d, ReLU, Sigmoid
-from .shapes import as_pair
+from .. import functional as F
+from ..kernels.cpu import activation as kernels
+from ..shapes import as_pair
+from .activation import ReLU, Sigmoid
+from .conv import Conv2d
+from .pool import AvgPool2d, MaxPool2d
 
 __all__ = ["ConvActPool", "fusable"]
 
