@@ -67,10 +67,12 @@ def test_fused_network_equals_unfused_bit_for_bit(activation, pool, dtype, kerne
     assert y_fused.dtype == dtype
     g = np.random.default_rng(5).standard_normal(y_plain.shape).astype(dtype)
     np.testing.assert_array_equal(fused_net.backward(g), plain_net.backward(g))
-    for (name, a), b in zip(fused_net.named_grads().items(), plain_net.named_grads().values(), strict=True):
+    for (name, a), b in zip(fused_net.named_grads().items(),
+                            plain_net.named_grads().values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
     assert fused_net.backward(g, need_input_grad=False) is None  # first conv: no input grad
-    for (name, a), b in zip(fused_net.named_grads().items(), plain_net.named_grads().values(), strict=True):
+    for (name, a), b in zip(fused_net.named_grads().items(),
+                            plain_net.named_grads().values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
@@ -98,7 +100,8 @@ def test_one_pass_convolution_activation_pool_equals_the_layers(activation, pool
                                       plain_net.forward(x, training=training))
     g = rng.standard_normal((2, 64, 15, 35)).astype(dtype)
     np.testing.assert_array_equal(fused_net.backward(g), plain_net.backward(g))
-    np.testing.assert_array_equal(fused_net.named_grads()["0.weight"], plain_net.named_grads()["0.weight"])
+    np.testing.assert_array_equal(fused_net.named_grads()["0.weight"],
+                                  plain_net.named_grads()["0.weight"])
 
 
 def test_layers_run_one_by_one_after_a_fused_forward_get_their_own_backward():
@@ -110,7 +113,8 @@ def test_layers_run_one_by_one_after_a_fused_forward_get_their_own_backward():
     g = np.ones_like(h)
     plain_net.forward(x, training=True)
     np.testing.assert_array_equal(fused_net.backward(g), plain_net.backward(g))
-    for (name, a), b in zip(fused_net.named_grads().items(), plain_net.named_grads().values(), strict=True):
+    for (name, a), b in zip(fused_net.named_grads().items(),
+                            plain_net.named_grads().values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
     assert not any(s.fused.current() for s in fused_net.stages() if s.fused)
 
@@ -126,7 +130,8 @@ def test_a_reused_input_buffer_run_layer_by_layer_gets_the_layers_backward():
     g = np.ones_like(h)
     plain_net.forward(x[::-1].copy(), training=True)
     np.testing.assert_array_equal(fused_net.backward(g), plain_net.backward(g))
-    for (name, a), b in zip(fused_net.named_grads().items(), plain_net.named_grads().values(), strict=True):
+    for (name, a), b in zip(fused_net.named_grads().items(),
+                            plain_net.named_grads().values(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 

@@ -170,7 +170,8 @@ def test_dropout_mlp_and_momentum_optimizer_match_cpu(data):
                           Linear(2, 4, rng=rng), ReLU(), Linear(4, CLASSES, rng=rng))
 
     host_model, device_model = build(), build()
-    host_opt = SGD(host_model.named_params(), lr=0.2, momentum=0.9, nesterov=True, weight_decay=0.01)
+    host_opt = SGD(host_model.named_params(), lr=0.2, momentum=0.9, nesterov=True,
+                   weight_decay=0.01)
     device_opt = SGD(device_model.named_params(), lr=0.2, momentum=0.9, nesterov=True,
                      weight_decay=0.01)
     expected = fit_epoch(host_model, host_opt, data, settings, 1)

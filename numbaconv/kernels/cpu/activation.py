@@ -9,8 +9,8 @@ vectorise; float64 calls libm's. The arrays are flat, C-contiguous vectors (call
 each chunk owned by one thread.
 
 **Activation + pool** (``Sequential``'s fused ``Conv2d -> Sigmoid|ReLU -> pool(2)`` stage,
-:mod:`numbaconv.layers.fusion`). Unfused, LeNet's ``Sigmoid`` then ``AvgPool2d(2)`` read and
-write its first feature map (1.2 M values at batch 256, more than L2 holds) in four passes forward and
+:mod:`~.layers.fusion`). Unfused, LeNet's ``Sigmoid`` then ``AvgPool2d(2)`` read and write its
+first feature map (1.2 M values at batch 256, more than L2 holds) in four passes forward and
 four backward. Here each task takes a run of whole ``(n, c)`` planes (contiguous in ``z``,
 about 8K values), activates them in place in one pass and pools them while they are in L1: the
 forward reads and rewrites ``z`` (the convolution's output, which nothing else holds) and

@@ -402,7 +402,8 @@ def test_sgd_steps_on_lenet_bn_lower_the_loss():
     model = numbaconv.build_model("lenet-bn", rng=8)
     x = rng.normal(size=(32, 1, 28, 28)).astype(np.float32)
     labels = rng.integers(0, 10, size=32)
-    optimizer = SGD(model.named_params(), lr=plugins.model_entries()["lenet-bn"].train_defaults["lr"])
+    optimizer = SGD(model.named_params(),
+                    lr=plugins.model_entries()["lenet-bn"].train_defaults["lr"])
     losses = []
     for _ in range(8):
         loss, grad = softmax_cross_entropy(model.forward(x, training=True), labels)
