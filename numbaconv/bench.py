@@ -19,10 +19,10 @@ What the PyTorch side runs:
   numbaconv model (the same Xavier-uniform weights and PyTorch-default biases, so the same
   init scheme and the same numbers), ``torch.optim.SGD``/``Adam`` with the same learning rate
   and ``F.cross_entropy``; an epoch visits the batches in the order numbaconv's
-  :func:`numbaconv.train.train_epoch` uses;
+  :meth:`numbaconv.training.Loop.train_epoch` uses;
 * evaluation: ``net.eval()`` under ``torch.inference_mode()`` in batches of
-  :data:`numbaconv.train.EVAL_BATCH`, the arg-max compared with the labels, as
-  :func:`numbaconv.train.evaluate` does.
+  :data:`numbaconv.training.EVAL_BATCH`, the arg-max compared with the labels, as
+  :func:`numbaconv.training.evaluate` does.
 
 Timing (:func:`time_case`): one warm-up call per side (Numba compiles, PyTorch allocates)
 outside the timed region, then ``repeat`` samples per side with ``time.perf_counter``, the two
@@ -323,18 +323,18 @@ def _images(rng: np.random.Generator, n: int):
 
 def _step_build(activation: str, pool: str, optimizer: str, lr: float):
     def build(size, torch):
-        from .losses import softmax_cross_entropy
-        from .train import make_optimizer
+        from . import functional as F
+        from .training import make_optimizer
 
         batch = 8 if size == "tiny" else 256
         x, y = _images(np.random.default_rng(2), batch)
         model, net = _lenets(torch, activation, pool)
         opt = make_optimizer(optimizer, model.named_params(), lr)
 
-        def nc():  # the body of numbaconv.train.train_epoch's loop, without the metrics
+        def nc():  # the body of numbaconv.training.Loop.train_epoch, without the metrics
             logits = model.forward(x, training=True)
-            loss, grad = softmax_cross_entropy(logits, y)
-            model.backward(grad, need_input_grad=False)
+            loss = F.cross_entropy(logits, y)
+            model.backward(F.cross_entropy_backward(logits, y), need_input_grad=False)
             opt.step(model.named_grads())
             return loss
 
@@ -362,7 +362,9 @@ def _step_build(activation: str, pool: str, optimizer: str, lr: float):
 
 def _epoch_build(activation: str, pool: str, optimizer: str, lr: float):
     def build(size, torch):
-        from .train import Settings, epoch_rng, make_optimizer, train_epoch
+        from types import SimpleNamespace
+
+        from .training import Loop, Settings, epoch_rng, make_optimizer
 
         fraction = EPOCH_FRACTION[size]
         n, batch = (48, 16) if fraction is None else (round(FASHION_MNIST_TRAIN * fraction), 256)
@@ -370,9 +372,12 @@ def _epoch_build(activation: str, pool: str, optimizer: str, lr: float):
         model, net = _lenets(torch, activation, pool)
         opt = make_optimizer(optimizer, model.named_params(), lr)
         settings = Settings(epochs=1, batch_size=batch, lr=lr, optimizer=optimizer, seed=0)
+        data = SimpleNamespace(train_x=images, train_y=labels, test_x=images[:1],
+                               test_y=labels[:1])
+        loop = Loop(model, opt, data, settings)
 
         def nc():
-            return train_epoch(model, opt, images, labels, settings, epoch=1)
+            return loop.train_epoch(epoch=1)
 
         scale = FASHION_MNIST_TRAIN / n
         prepared = Prepared(nc, None, items=n, scale=scale,
@@ -406,7 +411,7 @@ def _epoch_build(activation: str, pool: str, optimizer: str, lr: float):
 
 
 def _eval_build(size, torch):
-    from .train import EVAL_BATCH, evaluate
+    from .training import EVAL_BATCH, evaluate
 
     n = 64 if size == "tiny" else FASHION_MNIST_TEST
     images, labels = _images(np.random.default_rng(4), n)

@@ -6,7 +6,6 @@ Errors a user can cause end in one ``Error: ...`` line and exit status 1, never 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -47,18 +46,30 @@ def _set_threads(threads: int | None) -> None:
     set_threads(threads)
 
 
-def _prepare_output(option: str, path) -> None:
-    """Fail before training, not after an epoch, when an output's folder cannot exist."""
-    if not path:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"{option} {path}: cannot create the folder {folder}: "
-                        f"{error.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"{option} {path}: the folder {folder} is not writable")
+def _prepare_outputs(outputs: dict, data_dir) -> None:
+    """Fail before training, not after an epoch, when an output cannot be written: its folder
+    cannot exist or is not writable, two outputs name the same file, or an output would
+    overwrite the data."""
+    from .atomic import check_writable, same_file
+
+    named = [(option, path) for option, path in outputs.items() if path]
+    for i, (option, path) in enumerate(named):
+        for other, other_path in named[:i]:
+            if same_file(path, other_path):
+                raise UserError(f"{other} and {option} both name {path}: give each its own file")
+        for data_file in _data_files(data_dir):
+            if same_file(path, data_file):
+                raise UserError(f"{option} {path} would overwrite the data file {data_file}")
+        check_writable(path, option)
+
+
+def _data_files(data_dir) -> list:
+    """The data files a run may read: those in every folder Fashion-MNIST is looked up in."""
+    from .data.fashion_mnist import DATA_ENV, SYSTEM_DIR, cache_dir, find_files
+
+    folders = [data_dir, os.environ.get(DATA_ENV), cache_dir(), SYSTEM_DIR]
+    return [path for folder in folders if folder
+            for path in (find_files(folder) or {}).values()]
 
 
 def _load_training_data(data_dir):
@@ -76,11 +87,15 @@ def _load_training_data(data_dir):
                            test_y=dataset.test_labels, source=dataset.source)
 
 
-def _write_metrics(path: str, history: list) -> None:
-    from .atomic import atomic_file
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends the run as Ctrl-C does: through every ``finally`` (precompile's child
+    processes are stopped, temporary files removed)."""
+    import signal
 
-    with atomic_file(path) as out:
-        out.write("".join(json.dumps(m) + "\n" for m in history).encode())
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 @cli.command()
@@ -93,7 +108,8 @@ def _write_metrics(path: str, history: list) -> None:
               "(default 0).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False),
               help="Directory with the Fashion-MNIST IDX files.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda needs the cuda extra: pip install 'numbaconv[cuda]'.")
 @click.option("--threads", type=int,
               help="CPU threads (default: all cores).")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
@@ -101,7 +117,8 @@ def _write_metrics(path: str, history: list) -> None:
 @click.option("--save", "save_path", type=click.Path(dir_okay=False),
               help="Write a checkpoint here after every epoch.")
 @click.option("--resume", "resume_path", type=click.Path(dir_okay=False),
-              help="Continue the run saved in this checkpoint.")
+              help="Continue the run saved in this checkpoint, saving to it after every "
+              "epoch (unless --save names another file).")
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False),
               help="Write per-epoch metrics here, one JSON object per line.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
@@ -111,20 +128,26 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
         save_path, resume_path, metrics_path, plot_path):
     """Train MODEL (a registered name) or the network in SPEC.toml on Fashion-MNIST.
 
-    Prints, per epoch, the training loss and accuracy, the test accuracy and the speed.
+    Prints, per epoch, the training loss and accuracy, the test accuracy and the speed, and
+    at the end which files it wrote.
 
     \b
-    A spec lists registry layers (plugins' too); shapes are checked before training:
+    A spec lists registry layers (plugins' too), and may carry its own training settings;
+    shapes are checked before training:
       layers = [
         {type = "Conv2d", in_channels = 1, out_channels = 6, kernel_size = 5, padding = 2},
         {type = "ReLU"}, {type = "MaxPool2d", kernel_size = 2},
         {type = "Flatten"}, {type = "Linear", in_features = 1176, out_features = 10},
       ]
+      [train]
+      optimizer = "adam"
+      lr = 0.001
     """
     from . import checkpoint as ckpt
     from .layers import layer_spec
-    from .network import build, from_spec, parse_options
-    from .train import Settings, make_optimizer
+    from .network import INPUT_SHAPE, NUM_CLASSES, build, check_memory, from_spec, parse_options
+    from .training import Loop, Settings, make_optimizer
+    from .training import callbacks as cb
 
     if device == "cuda":
         from .kernels.cuda.device import cuda_available
@@ -134,12 +157,13 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
             raise UserError(f"--device cuda: {reason}")
     _set_threads(threads)
     if plot_path:
-        from .plotting import require_matplotlib
+        from .lessons.plotting import require_matplotlib
 
         require_matplotlib()
-    for option, path in (("--save", save_path), ("--metrics", metrics_path),
-                         ("--plot", plot_path)):
-        _prepare_output(option, path)
+    if resume_path and not save_path:
+        save_path = resume_path  # a resumed run goes on saving where it was saved
+    _prepare_outputs({"--save": save_path, "--metrics": metrics_path, "--plot": plot_path},
+                     data_dir)
     network = build(target, parse_options(options), 0 if seed is None else seed)
     model = network.model
     given = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed}
@@ -164,6 +188,7 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
     if epochs is not None:
         settings_from["epochs"] = epochs
     settings = Settings(**settings_from)
+    check_memory(model, settings.batch_size)
     if start > settings.epochs:
         raise UserError(f"{resume_path} is already at epoch {start - 1}; ask for more with "
                         f"--epochs (now {settings.epochs})")
@@ -172,9 +197,9 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
         model.load_state_dict(saved.params)
         opt.load_state_dict(saved.optimizer)
         click.echo(f"resumed {resume_path} after epoch {saved.epoch}")
+    _stop_on_sigterm()
     if device == "cpu":
         # on an empty Numba cache, compile on every core at once, reading the data meanwhile
-        from .network import INPUT_SHAPE
         from .precompile import precompile
 
         loaded = []
@@ -183,50 +208,31 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
         data = loaded[0]
     else:
         data = _load_training_data(data_dir)
-    trainer = None
-    if device == "cuda":  # data, weights and optimizer state stay on the GPU from here on
-        from .device_train import DeviceTrainer
 
-        trainer = DeviceTrainer(model, settings, data, optimizer=opt)
+    def make_checkpoint(loop, epoch):
+        train = {k: v for k, v in settings.__dict__.items() if k != "epochs"}
+        return ckpt.Checkpoint(spec=layer_spec(model), params=model.state_dict(), epoch=epoch,
+                               model=network.name, options=network.options,
+                               optimizer=opt.state_dict(), train=train, history=loop.history)
+
+    def echo(line):
+        click.echo(line)
+
+    callbacks = [cb.ProgressBar()] if sys.stderr.isatty() else []
+    callbacks += [cb.EpochPrinter(echo),
+                  cb.ChanceWatch(NUM_CLASSES, lambda line: click.echo(f"Warning: {line}",
+                                                                      err=True))]
+    if save_path:
+        callbacks.append(cb.Checkpointing(save_path, make_checkpoint, echo))
+    if metrics_path:
+        callbacks.append(cb.MetricsWriter(metrics_path, echo))
+    if plot_path:
+        callbacks.append(cb.PlotWriter(plot_path, network.source, echo))
+    loop = Loop(model, opt, data, settings, device=device, callbacks=callbacks, history=history)
     click.echo(f"training {network.source} on {len(data.train_x)} images from {data.source}: "
                f"{settings.optimizer} lr {settings.lr:g}, batch {settings.batch_size}, "
                f"{settings.epochs} epochs, {model.num_params()} parameters")
-    for epoch in range(start, settings.epochs + 1):
-        metrics = _run_epoch(model, opt, data, settings, epoch, trainer)
-        history.append(metrics.as_dict())
-        click.echo(f"epoch {epoch}/{settings.epochs}  loss {metrics.train_loss:.4f}  "
-                   f"train_acc {metrics.train_acc:.4f}  test_acc {metrics.test_acc:.4f}  "
-                   f"{metrics.examples_per_sec:,.0f} examples/s  "
-                   f"({metrics.train_seconds:.1f} s)")
-        if save_path:
-            if trainer is not None:
-                trainer.sync_to_host()  # weights and optimizer state back into model and opt
-            train = {k: v for k, v in settings.__dict__.items() if k != "epochs"}
-            ckpt.save(save_path, ckpt.Checkpoint(
-                spec=layer_spec(model), params=model.state_dict(), epoch=epoch,
-                model=network.name, options=network.options, optimizer=opt.state_dict(),
-                train=train, history=history))
-        if metrics_path:
-            _write_metrics(metrics_path, history)
-        if plot_path:
-            from .plotting import plot_curves
-
-            plot_curves(history, plot_path, title=network.source)
-
-
-def _run_epoch(model, opt, data, settings, epoch, trainer=None):
-    from .train import fit_epoch
-
-    def fit(on_batch=None):
-        if trainer is not None:
-            return trainer.fit_epoch(epoch, on_batch=on_batch)
-        return fit_epoch(model, opt, data, settings, epoch, on_batch=on_batch)
-
-    if not sys.stderr.isatty():  # plain lines only, for logs and pipes
-        return fit()
-    with click.progressbar(length=len(data.train_x), label=f"epoch {epoch}/{settings.epochs}",
-                           file=sys.stderr, show_pos=True) as bar:
-        return fit(bar.update)
+    loop.run(start)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -241,7 +247,7 @@ def _run_epoch(model, opt, data, settings, epoch, trainer=None):
 def evaluate(checkpoint_path, data_dir, threads):
     """Print the test accuracy of a saved CHECKPOINT as 'test_acc 0.xxxx'."""
     from .network import load_model
-    from .train import evaluate as accuracy
+    from .training import evaluate as accuracy
 
     _set_threads(threads)
     model, _ = load_model(checkpoint_path)

@@ -19,7 +19,7 @@ def user_errors(command):
         from .checkpoint import CheckpointError
         from .data import DataError
         from .plugins import RegistryError, UnknownNameError
-        from .train import Diverged
+        from .training import Diverged
 
         try:
             return command(*args, **kwargs)

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from .memory import array_bytes, check_fits
+
 __all__ = [
     "as_generator",
     "calculate_fan_in_and_fan_out",
@@ -145,8 +147,10 @@ def kaiming_uniform_default(shape: Sequence[int], fan_in: int, rng=None,
     Used for both weight (``kaiming_uniform_(w, a=sqrt(5))`` reduces to this bound) and bias.
     A ``fan_in`` of 0 gives zeros, as PyTorch's bias init does.
     """
+    shape = tuple(int(s) for s in shape)
+    check_fits(array_bytes(shape, np.dtype(dtype).itemsize), f"a parameter of shape {shape}")
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    out = np.empty(tuple(int(s) for s in shape), dtype=dtype)
+    out = np.empty(shape, dtype=dtype)
     return uniform_(out, -bound, bound, rng)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .layers import Layer, ShapeError, build_layer
+from .layers import CONTAINER_TYPES, Layer, ShapeError, build_layer
 from .plugins import build_model, get_layers, get_model
 
 try:
@@ -62,7 +62,8 @@ def build(target: str, options: dict, seed: int) -> Network:
         if options:
             raise SpecError("-o/--option sets a registered model's options; a TOML spec "
                             "holds its own settings")
-        network = Network(load_spec(target, rng), None, {}, {}, target)
+        model, train = load_spec(target, rng)
+        network = Network(model, None, {}, train, target)
     else:
         entry = get_model(target)
         kwargs = dict(options)
@@ -74,22 +75,43 @@ def build(target: str, options: dict, seed: int) -> Network:
     return network
 
 
-def load_spec(path: str, rng=None) -> Layer:
-    """The network of a TOML file ``layers = [{type = "Conv2d", ...}, ...]``: a
-    ``Sequential`` of them (containers nest, see :mod:`numbaconv.layers.containers`)."""
+#: What a spec's ``[train]`` table may set (the defaults of ``numbaconv run``'s options).
+TRAIN_KEYS = ("optimizer", "lr", "batch_size", "epochs")
+
+
+def load_spec(path: str, rng=None) -> tuple[Layer, dict]:
+    """The network of a TOML file and its training settings.
+
+    ``layers = [{type = "Conv2d", ...}, ...]`` (or ``[[layers]]`` tables) is a ``Sequential``
+    of them; containers nest (see :mod:`numbaconv.layers.containers`). An optional ``[train]``
+    table sets :data:`TRAIN_KEYS`, which ``numbaconv run``'s options still override.
+    """
     try:
         with open(path, "rb") as handle:
             spec = tomllib.load(handle)
     except FileNotFoundError:
         raise SpecError(f"spec file {path} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as error:
+    except RecursionError:
+        raise SpecError(f"cannot read spec {path}: it nests too deeply") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise SpecError(f"cannot read spec {path}: {error}") from error
+    unknown = sorted(set(spec) - {"layers", "train"})
+    if unknown:
+        raise SpecError(f"spec {path}: unknown key {unknown[0]!r}; a spec holds 'layers' and "
+                        "an optional [train] table")
     layers = spec.get("layers")
     if not isinstance(layers, list) or not layers or \
             not all(isinstance(item, dict) for item in layers):
         raise SpecError(f"spec {path} needs a non-empty array of tables "
                         "'layers = [{type = \"Conv2d\", ...}, ...]'")
-    return from_spec(layers, rng, path)
+    train = spec.get("train", {})
+    if not isinstance(train, dict):
+        raise SpecError(f"spec {path}: 'train' must be a table [train]")
+    for key in train:
+        if key not in TRAIN_KEYS:
+            raise SpecError(f"spec {path}: [train] has unknown key {key!r}; it may set "
+                            f"{', '.join(TRAIN_KEYS)}")
+    return from_spec(layers, rng, path), dict(train)
 
 
 def from_spec(layers, rng=None, source: str = "spec") -> Layer:
@@ -98,6 +120,8 @@ def from_spec(layers, rng=None, source: str = "spec") -> Layer:
     known = get_layers()
     try:
         return build_layer(layers, layer_types=known, rng=rng)
+    except RecursionError:
+        raise SpecError(f"{source}: the layers nest too deeply") from None
     except (TypeError, ValueError) as error:
         raise SpecError(f"{source}: {error}") from error
 
@@ -129,3 +153,17 @@ def load_model(path) -> tuple[Layer, object]:
     except ValueError as error:
         raise CheckpointError(f"{path} does not hold a usable model: {error}") from error
     return model, saved
+
+
+def check_memory(model: Layer, batch_size: int) -> None:
+    """Fail before training when a batch's activations and their gradients (for every layer
+    of the tree), the weights, their gradients and the optimizer's state would not fit in this
+    machine's memory."""
+    from .layers.containers import summary
+    from .memory import array_bytes, check_fits
+
+    leaves = [row for row in summary(model, (1,) + INPUT_SHAPE) if row.name not in CONTAINER_TYPES]
+    activations = sum(array_bytes(row.output_shape, 4) for row in leaves)
+    weights = array_bytes((model.num_params(),), 4)
+    check_fits(2 * batch_size * activations + 4 * weights,
+               f"training this network with batches of {batch_size}")

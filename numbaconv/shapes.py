@@ -15,6 +15,10 @@ Padding2d = tuple[Pair, Pair]  # ((top, bottom), (left, right))
 
 PADDING_WORDS = ("valid", "same")
 
+#: The largest size, index or step an argument may hold: the kernels index with 32-bit ints
+#: on the GPU, and nothing real comes near it.
+MAX_INT = 2 ** 31 - 1
+
 
 def _is_int(value) -> bool:
     # bool is an int subclass but never a meaningful size; numpy integers are welcome.
@@ -22,12 +26,19 @@ def _is_int(value) -> bool:
 
 
 def as_int(value, name: str, minimum: int | None = None) -> int:
-    """``value`` as an int (NumPy integers welcome, bools not), checked against ``minimum``."""
+    """``value`` as an int (NumPy integers welcome, bools not), checked against ``minimum``
+    and, in size, against :data:`MAX_INT`."""
     if not _is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    _check_size(int(value), name)
     return int(value)
+
+
+def _check_size(value: int, name: str) -> None:
+    if abs(value) > MAX_INT:
+        raise ValueError(f"{name} must be at most {MAX_INT} in size, got {value}")
 
 
 def as_divisor(divisor_override) -> int:
@@ -52,6 +63,8 @@ def as_pair(value, name: str, minimum: int | None = None) -> Pair:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if minimum is not None and min(pair) < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
+    for v in pair:
+        _check_size(v, name)
     return pair
 
 

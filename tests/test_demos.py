@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from numbaconv import demos, shapes
+from numbaconv import shapes
 from numbaconv.data import CLASS_NAMES
 from numbaconv.data.fashion_mnist import SAMPLE_DIR, load_dir
+from numbaconv.lessons import demos
 
 MISSING = "Error: matplotlib is not installed: pip install 'numbaconv[plot]'"
 
@@ -76,7 +77,7 @@ def check_png(path, size) -> np.ndarray:
 
 
 def pixels_of(size_in) -> tuple[int, int]:
-    from numbaconv.plotting import DPI
+    from numbaconv.lessons.plotting import DPI
 
     return (round(size_in[0] * DPI), round(size_in[1] * DPI))
 
@@ -228,7 +229,7 @@ def test_apply_kernels_is_a_same_padded_correlation(sample):
 
 
 def test_demo_kernels_writes_one_titled_grid(app, mpl, sample, tmp_path):
-    from numbaconv.plotting import kernels_grid_size
+    from numbaconv.lessons.plotting import kernels_grid_size
 
     out = tmp_path / "pics" / "kernels.png"
     result = invoke(app, "demo", "kernels", "--image", 5, "--data", SAMPLE_DIR, "--out", out)
@@ -368,7 +369,7 @@ HISTORY = [
 
 
 def test_plot_curves(mpl, tmp_path):
-    from numbaconv.plotting import CURVES_SIZE, PlotError, plot_curves
+    from numbaconv.lessons.plotting import CURVES_SIZE, PlotError, plot_curves
 
     picture = plot_curves(HISTORY, tmp_path / "curves.png", title="lenet")
     assert (picture.width, picture.height) == pixels_of(CURVES_SIZE) == (700, 450)
@@ -386,7 +387,7 @@ def test_plot_curves(mpl, tmp_path):
 def test_a_failed_drawing_keeps_the_previous_file(mpl, tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from numbaconv.plotting import plot_curves
+    from numbaconv.lessons.plotting import plot_curves
 
     path = tmp_path / "curves.png"
     plot_curves(HISTORY, path)
@@ -404,7 +405,7 @@ def test_a_failed_drawing_keeps_the_previous_file(mpl, tmp_path, monkeypatch):
 
 
 def test_unwritable_target_is_a_plot_error(mpl, tmp_path):
-    from numbaconv.plotting import PlotError, plot_curves
+    from numbaconv.lessons.plotting import PlotError, plot_curves
 
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -413,7 +414,7 @@ def test_unwritable_target_is_a_plot_error(mpl, tmp_path):
 
 
 def test_plot_first_layer_kernels_and_feature_maps(mpl, tmp_path):
-    from numbaconv.plotting import (
+    from numbaconv.lessons.plotting import (
         feature_maps_size,
         first_layer_kernels_size,
         plot_feature_maps,
@@ -466,7 +467,7 @@ def test_feature_maps_are_the_layers_outputs(lenet_checkpoint, sample):
 
 
 def test_show_writes_kernels_and_one_picture_per_layer(app, mpl, lenet_checkpoint, tmp_path):
-    from numbaconv.plotting import feature_maps_size, first_layer_kernels_size
+    from numbaconv.lessons.plotting import feature_maps_size, first_layer_kernels_size
 
     path, _ = lenet_checkpoint
     out = tmp_path / "show"
@@ -511,7 +512,7 @@ def no_matplotlib(monkeypatch):
 
 
 def test_require_matplotlib_says_how_to_install(no_matplotlib):
-    from numbaconv.plotting import PlotError, plot_curves, require_matplotlib
+    from numbaconv.lessons.plotting import PlotError, plot_curves, require_matplotlib
 
     assert issubclass(PlotError, ValueError)
     with pytest.raises(PlotError) as info:
@@ -540,7 +541,7 @@ def test_picture_commands_without_matplotlib(app, no_matplotlib, lenet_checkpoin
 def test_run_plot_draws_the_curves_after_every_epoch(app, mpl, sample, tmp_path):
     from numbaconv.data.fashion_mnist import FILES
     from numbaconv.data.idx import write_idx
-    from numbaconv.plotting import CURVES_SIZE
+    from numbaconv.lessons.plotting import CURVES_SIZE
 
     data = tmp_path / "tiny"
     data.mkdir()

@@ -7,7 +7,7 @@ from tiny_data import write_tiny_dataset
 import numbaconv
 from numbaconv.data import as_float_batch
 from numbaconv.data.fashion_mnist import load_dir
-from numbaconv.train import Diverged, Settings, fit_epoch, make_optimizer
+from numbaconv.training import Diverged, Loop, Settings, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,8 @@ def _run(data, settings, epochs, model=None, optimizer=None, start=1):
     model = model or numbaconv.build_model("lenet", activation="relu", pool="max",
                                            rng=settings.seed)
     optimizer = optimizer or make_optimizer(settings.optimizer, model.named_params(), settings.lr)
-    history = [fit_epoch(model, optimizer, data, settings, epoch).as_dict()
-               for epoch in range(start, epochs + 1)]
+    settings = Settings(**{**settings.__dict__, "epochs": epochs})
+    history = Loop(model, optimizer, data, settings).run(start)
     return model, optimizer, history
 
 
@@ -80,8 +80,58 @@ def test_nan_loss_stops_with_epoch_and_batch(data):
         _run(data, settings, 1)
 
 
+class Blowup:
+    """An optimizer whose update leaves one weight infinite (a diverged last step)."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def step(self, grads):
+        next(iter(self.params.values())).flat[0] = np.inf
+
+
+def test_non_finite_weights_after_the_last_step_are_divergence(data):
+    settings = Settings(epochs=1, batch_size=512, lr=0.1)  # one step, whose loss is finite
+    model = numbaconv.build_model("lenet", rng=0)
+    saved = []
+
+    class Saver(numbaconv.training.Callback):
+        def on_epoch_end(self, loop, metrics):
+            saved.append(metrics)
+
+    loop = Loop(model, Blowup(model.named_params()), data, settings, callbacks=[Saver()])
+    with pytest.raises(Diverged, match=r"the weights became NaN or infinite at epoch 1;"):
+        loop.run()
+    assert saved == []  # no callback (no checkpoint) saw the broken weights
+
+
+def test_callbacks_hear_each_batch_and_the_end(data):
+    events = []
+
+    class Recorder(numbaconv.training.Callback):
+        def on_epoch_begin(self, loop, epoch):
+            events.append(("begin", epoch))
+
+        def on_batch_end(self, loop, rows):
+            events.append(("batch", rows))
+
+        def on_epoch_end(self, loop, metrics):
+            events.append(("end", metrics.epoch))
+
+        def on_train_end(self, loop, error):
+            events.append(("done", error))
+
+    model = numbaconv.build_model("lenet", rng=0)
+    settings = Settings(epochs=1, batch_size=256, lr=0.1)
+    Loop(model, make_optimizer("sgd", model.named_params(), 0.1), data, settings,
+         callbacks=[Recorder()]).run()
+    assert events == [("begin", 1), ("batch", 256), ("batch", 128), ("end", 1), ("done", None)]
+
+
 @pytest.mark.parametrize("field, value", [("lr", 0.0), ("lr", -1.0), ("lr", float("nan")),
+                                          ("lr", 1e300), ("lr", 1e-300),
                                           ("epochs", 0), ("batch_size", 0),
+                                          ("batch_size", 10 ** 20), ("epochs", 2.5),
                                           ("optimizer", "rmsprop")])
 def test_settings_reject_bad_values(field, value):
     with pytest.raises(ValueError, match=field):

@@ -97,7 +97,7 @@ def _figure(size_in: tuple[float, float]):
 
 def _save(fig, path) -> Picture:
     """Write ``fig`` to ``path`` as a PNG, atomically; make the parent directory if needed."""
-    from .atomic import atomic_file
+    from ..atomic import atomic_file
 
     target = Path(path)
     width, height = _pixels(tuple(fig.get_size_inches()))

@@ -1,8 +1,8 @@
 """The source text's lessons as computations: pure functions that return data.
 
 ``numbaconv demo ...``, ``numbaconv shape`` and ``numbaconv show`` print and draw what these
-return (see :mod:`numbaconv.cli_demos` and :mod:`numbaconv.plotting`); nothing here prints,
-draws or touches files.
+return (see :mod:`numbaconv.cli_demos` and :mod:`numbaconv.lessons.plotting`); nothing here
+prints, draws or touches files.
 
 * :func:`corr2d_example` -- section 2: the 3x3 input, the 2x2 kernel, ``[[19, 25], [37, 43]]``,
   and the true convolution of the same pair.
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import functional as F
-from . import shapes
+from .. import functional as F
+from .. import shapes
 
 __all__ = [
     "NAMED_KERNELS",
@@ -144,7 +144,7 @@ def learn_edge_kernel(seed: int = 0, steps: int = 10, lr: float = 3e-2) -> EdgeL
     ``l = (Y_hat - Y) ** 2`` summed, its gradient ``2 (Y_hat - Y)`` through the layer's
     backward, then ``weight -= lr * grad``. All float32, as in the text.
     """
-    from .layers import Conv2d
+    from ..layers import Conv2d
 
     conv = Conv2d(1, 1, kernel_size=(1, 2), bias=False, rng=seed)
     X = edge_image()
@@ -260,7 +260,7 @@ class LayerMaps:
 def is_map_layer(layer) -> bool:
     """Convolutions and poolings (built-in or a plugin's ``...Pool2d``): layers whose output
     is a stack of feature maps worth drawing."""
-    from .layers import AvgPool2d, Conv2d, MaxPool2d
+    from ..layers import AvgPool2d, Conv2d, MaxPool2d
 
     return isinstance(layer, (Conv2d, MaxPool2d, AvgPool2d)) \
         or type(layer).__name__.endswith("Pool2d")
@@ -289,7 +289,7 @@ def feature_maps(model, image: np.ndarray):
 
 def first_layer_kernels(model) -> tuple[int, np.ndarray]:
     """``(index, weight)`` of the first convolution in ``model``: weight (C_out, C_in, kh, kw)."""
-    from .layers import Conv2d
+    from ..layers import Conv2d
 
     for index, layer in enumerate(model):
         if isinstance(layer, Conv2d):
