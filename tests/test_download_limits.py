@@ -148,7 +148,7 @@ def test_slow_body_hits_the_files_deadline(mirror, tmp_path):
     assert "not done within the 1 s limit for one file" in str(error)
     assert f"of {len(PAYLOAD)} bytes arrived" in str(error)
     assert one_line_naming(error, url)
-    assert 1 <= took < 1 + 4 * DRIP_S
+    assert 1 <= took < 3  # the deadline, long before the drip would end
     assert os.listdir(tmp_path / "dest") == []
 
 
@@ -164,7 +164,7 @@ def test_slow_headers_hit_the_files_deadline(mirror, tmp_path):
     assert isinstance(error, download_mod.DownloadError)
     assert "not done within the 1 s limit for one file (0 of 1024 bytes arrived)" in str(error)
     assert one_line_naming(error, url)
-    assert 1 <= took < 1 + 4 * DRIP_S
+    assert 1 <= took < 3  # the deadline, long before the drip would end
     assert os.listdir(tmp_path / "dest") == []
 
 
