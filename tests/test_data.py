@@ -91,10 +91,12 @@ def server(tmp_path):
 
 
 def serve_set(root: Path, monkeypatch) -> dict[str, np.ndarray]:
-    """Put a fake set in ``root`` and make the downloader expect exactly its SHA-256s."""
+    """Put a fake set in ``root`` and make the downloader expect exactly its sizes and SHA-256s."""
     arrays = make_set(root)
     digests = {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in GZ_NAMES}
     monkeypatch.setattr(download_mod, "SHA256", digests)
+    sizes = {name: (root / name).stat().st_size for name in GZ_NAMES}
+    monkeypatch.setattr(download_mod, "SIZES", sizes)
     return arrays
 
 
@@ -371,7 +373,7 @@ def test_download_cut_short_is_a_download_error(tmp_path, monkeypatch):
     class Short(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200)
-            self.send_header("Content-Length", "1000")
+            self.send_header("Content-Length", str(download_mod.SIZES[self.path.lstrip("/")]))
             self.end_headers()
             self.wfile.write(b"x" * 10)
             self.close_connection = True
@@ -383,7 +385,7 @@ def test_download_cut_short_is_a_download_error(tmp_path, monkeypatch):
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        with pytest.raises(download_mod.DownloadError, match="10 of 1000 bytes"):
+        with pytest.raises(download_mod.DownloadError, match="10 of 26421880 bytes"):
             download_mod.download_fashion_mnist(
                 tmp_path / "dest", f"http://127.0.0.1:{httpd.server_address[1]}", progress=False
             )

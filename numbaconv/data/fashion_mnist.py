@@ -146,13 +146,15 @@ def load_fashion_mnist(
     3. the user cache, :func:`cache_dir`;
     4. ``system_dir`` (Debian's ``dataset-fashion-mnist``; None skips it);
     5. if ``download``: fetch from ``mirror`` (default ``$NUMBACONV_MIRROR``, else the
-       public mirror) into the cache, SHA-256 checked, with a progress bar on stderr
-       when ``progress``;
+       public mirror) into the cache, size and SHA-256 checked and within the time limits
+       of :func:`~numbaconv.data.download.download_fashion_mnist`, with a progress bar on
+       stderr when ``progress``;
     6. if ``allow_sample`` and the download was impossible or not allowed: the shipped
        sample (``source == "sample"``; show :data:`SAMPLE_NOTICE` to the user).
 
-    A downloaded file with a wrong checksum raises :class:`DataError` (it does not fall
-    back to the sample), as does a corrupt file in any of the directories.
+    A downloaded file with a wrong size or checksum raises :class:`DataError` (it does not
+    fall back to the sample), as does a corrupt or oversized file in any of the directories
+    (see :func:`~numbaconv.data.idx.read_idx` for the size limit).
     """
     explicit = data_dir if data_dir is not None else os.environ.get(DATA_ENV) or None
     if explicit is not None:
