@@ -68,7 +68,7 @@ def load(path) -> Checkpoint:
                               if k.startswith(_OPTIM)})
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{path} is not a numbaconv checkpoint ({error})") from error
-    if meta.get("format") != FORMAT or not isinstance(meta.get("spec"), list):
+    if meta.get("format") != FORMAT or not isinstance(meta.get("spec"), (list, dict)):
         raise CheckpointError(f"{path} is not a numbaconv checkpoint of format {FORMAT}")
     return Checkpoint(spec=meta["spec"], params=params, epoch=int(meta.get("epoch", 0)),
                       model=meta.get("model"), options=meta.get("options") or {},

@@ -100,7 +100,7 @@ def test_spec_file_trains(data_dir, tmp_path):
 
 @pytest.mark.parametrize("layers, pattern", [
     ('[{type = "Conv3d", in_channels = 1, out_channels = 2, kernel_size = 3}]',
-     r"layer 0 has unknown type 'Conv3d'.*Conv2d"),
+     r"layer 0: unknown layer type 'Conv3d'.*Conv2d"),
     ('[{type = "Conv2d", in_channels = 1, out_channels = 2, kernel_size = 3}, '
      '{type = "Flatten"}, {type = "Linear", in_features = 100, out_features = 10}]',
      r"layer 2 \(Linear\): expects 100 input features"),
