@@ -13,10 +13,10 @@ import sys
 import click
 
 from . import __version__
-from .cli_errors import UserError, user_errors
+from .cli_errors import CommandGroup, UserError, user_errors
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="numbaconv")
 def cli():
     """numbaconv: convolutional networks on Numba, the way "Dive into Deep Learning" teaches them.
@@ -254,11 +254,11 @@ def evaluate(checkpoint_path, data_dir, threads):
 @user_errors
 def layers():
     """List the registered layers and the plugin that gave each."""
+    from .plain_text import first_line
     from .plugins import layer_entries
 
     for name, (layer_class, plugin) in sorted(layer_entries().items()):
-        doc = (layer_class.__doc__ or "").strip().split("\n")[0]
-        click.echo(f"{name:<16} {plugin:<26} {doc}")
+        click.echo(f"{name:<16} {plugin:<26} {first_line(layer_class)}")
 
 
 @cli.command()

@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 import pluggy
 
 from . import hookspecs
+from .plain_text import first_line, plain_text
 
 ENTRY_POINT_GROUP = "numbaconv"
 DEFAULT_PLUGINS = ("numbaconv.builtin_plugin",)
@@ -39,7 +40,8 @@ class UnknownNameError(KeyError):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: ``factory(**options)`` builds a ``Sequential``."""
+    """A registered model: ``factory(**options)`` builds a ``Sequential``; ``description`` is one
+    line of plain text (reST markup stripped)."""
 
     name: str
     factory: object
@@ -127,7 +129,7 @@ def model_entries() -> dict[str, ModelEntry]:
                 raise RegistryError(f"plugin {plugin!r} registered model {name!r} with a "
                                     f"factory that is not callable: {factory!r}")
             _claim("model", registry, name, plugin, owners)
-            doc = description or (factory.__doc__ or "").strip().split("\n")[0]
+            doc = plain_text(description) if description else first_line(factory)
             registry[name] = ModelEntry(name, factory, plugin, doc, dict(train_defaults or {}))
         return register
 
