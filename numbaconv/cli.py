@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 
 import click
 
 from . import __version__
-from .cli_errors import CommandGroup, UserError, user_errors
+from .cli_errors import CommandGroup, Interrupted, UserError, user_errors
 
 
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -298,16 +299,33 @@ def summary(target, options):
 
 def _load_plugin_commands() -> None:
     # Last, so plugins can add commands (and a broken plugin only warns).
-    from .plugins import load_plugins, pm
+    from .plugins import add_commands
 
-    load_plugins()
-    pm.hook.register_commands(cli=cli)
+    add_commands(cli)
 
 
-def main() -> None:  # pragma: no cover - console entry
-    _load_plugin_commands()
-    cli()
+def main() -> None:
+    """The console entry (``numbaconv``, ``python -m numbaconv``): plugins' commands, then the
+    command line; a failing plugin is one ``Warning: ...`` line on stderr."""
+    from .plugins import PluginWarning
 
+    show_warning = warnings.showwarning
+
+    def show_plugin_warning(message, category, *args, **kwargs):
+        if issubclass(category, PluginWarning):
+            click.echo(f"Warning: {message}", err=True)
+        else:
+            show_warning(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", PluginWarning)  # shown once each, whatever -W says
+        warnings.showwarning = show_plugin_warning
+        try:
+            _load_plugin_commands()  # imports plugins: Ctrl-C may come here, before Click
+        except KeyboardInterrupt:
+            Interrupted().show()
+            sys.exit(Interrupted.exit_code)
+        cli()
 
 
 # --------------------------------------------------------------------------- demos, shape, show
