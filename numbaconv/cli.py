@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import click
 
 from . import __version__
-from .cli_errors import UserError, user_errors
+from .cli_errors import CommandGroup, Interrupted, UserError, user_errors
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="numbaconv")
 def cli():
     """numbaconv: convolutional networks on Numba, the way "Dive into Deep Learning" teaches them.
@@ -261,11 +262,11 @@ def evaluate(checkpoint_path, data_dir, threads):
 @user_errors
 def layers():
     """List the registered layers and the plugin that gave each."""
+    from .plain_text import first_line
     from .plugins import layer_entries
 
     for name, (layer_class, plugin) in sorted(layer_entries().items()):
-        doc = (layer_class.__doc__ or "").strip().split("\n")[0]
-        click.echo(f"{name:<16} {plugin:<26} {doc}")
+        click.echo(f"{name:<16} {plugin:<26} {first_line(layer_class)}")
 
 
 @cli.command()
@@ -305,16 +306,33 @@ def summary(target, options):
 
 def _load_plugin_commands() -> None:
     # Last, so plugins can add commands (and a broken plugin only warns).
-    from .plugins import load_plugins, pm
+    from .plugins import add_commands
 
-    load_plugins()
-    pm.hook.register_commands(cli=cli)
+    add_commands(cli)
 
 
-def main() -> None:  # pragma: no cover - console entry
-    _load_plugin_commands()
-    cli()
+def main() -> None:
+    """The console entry (``numbaconv``, ``python -m numbaconv``): plugins' commands, then the
+    command line; a failing plugin is one ``Warning: ...`` line on stderr."""
+    from .plugins import PluginWarning
 
+    show_warning = warnings.showwarning
+
+    def show_plugin_warning(message, category, *args, **kwargs):
+        if issubclass(category, PluginWarning):
+            click.echo(f"Warning: {message}", err=True)
+        else:
+            show_warning(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", PluginWarning)  # shown once each, whatever -W says
+        warnings.showwarning = show_plugin_warning
+        try:
+            _load_plugin_commands()  # imports plugins: Ctrl-C may come here, before Click
+        except KeyboardInterrupt:
+            Interrupted().show()
+            sys.exit(Interrupted.exit_code)
+        cli()
 
 
 # --------------------------------------------------------------------------- demos, shape, show

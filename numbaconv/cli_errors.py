@@ -1,14 +1,110 @@
-"""How the command line reports a user's mistake: one ``Error: ...`` line, exit status 1."""
+"""How the command line ends: one line on stderr for every failure, and an exit status by cause.
+
+Exit statuses (all commands, plugins' too):
+
+* 0: done (``--help`` and ``--version`` included);
+* 1: a user error, e.g. a missing data folder or an unknown model: ``Error: ...``;
+* 2: a usage error, e.g. an unknown option or a value of the wrong type: ``Error: ...`` with
+  Click's message and where to find ``--help``;
+* 130: interrupted (Ctrl-C), as shells report a process that SIGINT ended.
+
+None of them prints a traceback. :class:`CommandGroup` gives its commands and subcommands the
+one-line usage errors and 130; :func:`user_errors` turns a command's engine errors into 1.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import click
 
+from .plain_text import plain_text
+
+# Click >= 8.2 raises it for a group called without a command: it shows the help, as it should.
+_HELP_FOR_NO_ARGUMENTS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
 
 class UserError(click.ClickException):
     """One clear line for the user; exit status 1."""
+
+
+class UsageLineError(click.UsageError):
+    """Click's usage error in one line, ``Error: <Click's message> Try '... --help' for help.``,
+    instead of Click's usage block; exit status 2."""
+
+    def __init__(self, error: click.UsageError):
+        super().__init__(" ".join(error.format_message().split()), error.ctx)
+
+    def show(self, file=None) -> None:
+        hint = ""
+        if self.ctx is not None and self.ctx.command.get_help_option(self.ctx) is not None:
+            option = max(self.ctx.command.get_help_option_names(self.ctx), key=len)
+            stop = "" if self.message.endswith((".", "?", "!", ")")) else "."
+            hint = f"{stop} Try '{self.ctx.command_path} {option}' for help."
+        click.echo(f"Error: {self.message}{hint}", err=True)
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C: one line and exit status 130, rather than Click's 'Aborted!' and 1 (which is a
+    user error here)."""
+
+    exit_code = 130
+
+    def __init__(self):
+        super().__init__("interrupted")
+
+    def show(self, file=None) -> None:
+        click.echo("Interrupted.", err=True)
+
+
+class CommandGroup(click.Group):
+    """The ``numbaconv`` group: one-line usage errors (exit 2) and exit 130 on Ctrl-C for every
+    command below it, and help texts without the docstrings' reST markup.
+
+    Usage errors are raised while a context is made (the group's own options) or while the
+    group invokes a command (the command's options and arguments, subcommands, plugins'
+    commands): both pass through here.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _plain_help(self)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _plain_help(cmd)
+        super().add_command(cmd, name)
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context):
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors():
+    try:
+        yield
+    except (UsageLineError, _HELP_FOR_NO_ARGUMENTS):
+        raise
+    except click.UsageError as error:
+        raise UsageLineError(error) from None
+    except KeyboardInterrupt:
+        raise Interrupted() from None
+
+
+def _plain_help(command: click.Command) -> None:
+    """Strip reST markup from the help texts of ``command``, its options and subcommands."""
+    for holder in (command, *command.params):
+        for attribute in ("help", "short_help", "epilog"):
+            text = getattr(holder, attribute, None)
+            if text:
+                setattr(holder, attribute, plain_text(text))
+    for subcommand in getattr(command, "commands", {}).values():
+        _plain_help(subcommand)
 
 
 def user_errors(command):

@@ -6,6 +6,9 @@ third-party package makes itself known under the entry-point group ``numbaconv``
 
     [project.entry-points.numbaconv]
     my_plugin = "my_package.plugin"
+
+A plugin that implements a hook not declared here, or whose hook raises, is disabled as a whole
+with a warning naming it; numbaconv goes on without it.
 """
 
 import pluggy
@@ -26,4 +29,8 @@ def register_models(register):
 
 @hookspec
 def register_commands(cli):
-    """Add commands to the ``numbaconv`` Click group ``cli``."""
+    """Add commands to the ``numbaconv`` Click group ``cli``.
+
+    A command may not replace or remove numbaconv's own commands (``run``, ``evaluate``, ...)
+    or another plugin's: such a change is undone, with a warning naming the plugin.
+    """

@@ -3,6 +3,11 @@
 Built-ins are plugins too: :data:`DEFAULT_PLUGINS` are registered exactly like third-party
 packages found under the entry-point group ``numbaconv``. ``$NUMBACONV_LOAD_PLUGINS`` (a comma
 separated list of entry-point names, possibly empty) limits which third-party plugins load.
+
+A plugin never takes numbaconv down: one that fails to import, implements an unknown hook or
+whose hook raises is skipped or disabled with one :class:`PluginWarning` naming it and the
+cause, and the rest goes on. Two plugins claiming one layer or model name are an error
+(:class:`RegistryError`) for the user to resolve.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from importlib.metadata import entry_points
 import pluggy
 
 from . import hookspecs
+from .plain_text import first_line, plain_text
 
 ENTRY_POINT_GROUP = "numbaconv"
 DEFAULT_PLUGINS = ("numbaconv.builtin_plugin",)
@@ -24,6 +30,7 @@ pm = pluggy.PluginManager("numbaconv")
 pm.add_hookspecs(hookspecs)
 _loaded = False
 _distributions: dict = {}  # entry-point name -> importlib.metadata.Distribution
+_command_owners: dict = {}  # command name -> the plugin that added it to the numbaconv group
 
 
 class RegistryError(ValueError):
@@ -39,7 +46,8 @@ class UnknownNameError(KeyError):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: ``factory(**options)`` builds a ``Sequential``."""
+    """A registered model: ``factory(**options)`` builds a ``Sequential``; ``description`` is one
+    line of plain text (reST markup stripped)."""
 
     name: str
     factory: object
@@ -48,10 +56,15 @@ class ModelEntry:
     train_defaults: dict = field(default_factory=dict)
 
 
+class PluginWarning(UserWarning):
+    """A plugin failed and was skipped or disabled; the message names it and the cause."""
+
+
 def load_plugins() -> None:
     """Register the built-in plugins and every installed entry-point plugin (once).
 
-    A plugin that fails to import is reported with a warning naming it; the rest still load.
+    A plugin that fails to import (``sys.exit()`` included) or implements a hook that does not
+    exist is skipped with a :class:`PluginWarning` naming it and the cause; the rest load.
     """
     global _loaded
     if _loaded:
@@ -67,21 +80,103 @@ def load_plugins() -> None:
             continue
         if pm.get_plugin(entry_point.name) is not None:
             continue
+        dist = getattr(entry_point, "dist", None)
         try:
             pm.register(entry_point.load(), name=entry_point.name)
-            _distributions[entry_point.name] = entry_point.dist
-        except Exception as error:  # a broken plugin must not take numbaconv down with it
-            warnings.warn(f"numbaconv plugin {entry_point.name!r} ({entry_point.value}) failed "
-                          f"to load and is skipped: {type(error).__name__}: {error}",
-                          stacklevel=2)
-    pm.check_pending()
+        except (Exception, SystemExit) as error:  # a broken plugin must not take us down
+            _warn(f"numbaconv plugin {_describe(entry_point.name, dist)} failed to load from "
+                  f"{entry_point.value} and is skipped: {_cause(error)}")
+            continue
+        _distributions[entry_point.name] = dist
+    for name, plugin in pm.list_name_plugin():
+        unknown = _unknown_hooks(plugin)
+        if unknown:  # pluggy's check_pending would fail every command for this one plugin
+            known = ", ".join(sorted(n for n, caller in vars(pm.hook).items()
+                                     if caller.has_spec()))
+            _disable(name, f"it implements the unknown hook {', '.join(map(repr, unknown))} "
+                           f"(the hooks are {known})")
 
 
-def _collect(hook_name: str, make_register):
-    """Call every implementation of ``hook_name`` with a ``register`` that knows its plugin."""
+def _unknown_hooks(plugin) -> list[str]:
+    """The hooks ``plugin`` implements that no hookspec declares (optional ones aside)."""
+    return sorted(caller.name for caller in pm.get_hookcallers(plugin) or []
+                  if not caller.has_spec()
+                  and any(impl.plugin is plugin and not impl.optionalhook
+                          for impl in caller.get_hookimpls()))
+
+
+def _cause(error: BaseException) -> str:
+    """``error`` in one line: its type and the first line of its message."""
+    if isinstance(error, SystemExit):
+        return f"it called sys.exit({'' if error.code is None else repr(error.code)})"
+    message = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _describe(plugin_name: str, dist=None) -> str:
+    """``'name'`` and, for an installed package, ``(distribution version)``."""
+    dist = dist or _distributions.get(plugin_name)
+    return f"{plugin_name!r} ({dist.metadata['Name']} {dist.version})" if dist \
+        else repr(plugin_name)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, PluginWarning, stacklevel=3)
+
+
+def _disable(plugin_name: str, cause: str) -> None:
+    """Unregister a plugin that failed, and say which and why."""
+    _warn(f"numbaconv plugin {_describe(plugin_name)} is disabled: {cause}")
+    pm.unregister(name=plugin_name)
+
+
+def _collect(hook_name: str, registry: dict, owners: dict, make_register) -> None:
+    """Call every implementation of ``hook_name`` with a ``register`` that knows its plugin.
+
+    A conflict (:class:`RegistryError`) is the user's to resolve and propagates; any other
+    exception disables the plugin that raised it and drops what it registered.
+    """
     load_plugins()
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
-        impl.function(register=make_register(impl.plugin_name))
+        try:
+            impl.function(register=make_register(impl.plugin_name))
+        except RegistryError:
+            raise
+        except (Exception, SystemExit) as error:
+            for name in [n for n, plugin in owners.items() if plugin == impl.plugin_name]:
+                del registry[name], owners[name]
+            _disable(impl.plugin_name, f"its {hook_name} hook raised {_cause(error)}")
+
+
+def add_commands(group) -> None:
+    """Let every plugin's ``register_commands`` add commands to the Click ``group``.
+
+    A plugin may not replace or remove a command it did not add (numbaconv's own, or another
+    plugin's): that command stays, and the plugin is named in a warning. A hook that raises
+    disables its plugin and takes back the commands it added.
+    """
+    load_plugins()
+    for impl in pm.hook.register_commands.get_hookimpls():
+        plugin = impl.plugin_name
+        before = dict(group.commands)
+        try:
+            impl.function(cli=group)
+        except (Exception, SystemExit) as error:
+            group.commands.clear()
+            group.commands.update(before)
+            _disable(plugin, f"its register_commands hook raised {_cause(error)}")
+            continue
+        for name in sorted(before.keys() | group.commands.keys()):
+            if group.commands.get(name) is before.get(name):
+                continue
+            owner = _command_owners.get(name) if name in before else plugin  # None: ours
+            if owner == plugin:
+                _command_owners[name] = plugin
+                continue
+            group.commands[name] = before[name]
+            whose = "numbaconv's own" if owner is None else f"plugin {owner!r}'s"
+            _warn(f"numbaconv plugin {_describe(plugin)} tried to replace or remove {whose} "
+                  f"command {name!r}; that command stays and the plugin's is skipped")
 
 
 def _claim(kind: str, registry: dict, name: str, plugin: str, owners: dict) -> None:
@@ -112,7 +207,7 @@ def layer_entries() -> dict[str, tuple[type, str]]:
             registry[name] = (layer_class, plugin)
         return register
 
-    _collect("register_layers", make_register)
+    _collect("register_layers", registry, owners, make_register)
     return registry
 
 
@@ -127,11 +222,11 @@ def model_entries() -> dict[str, ModelEntry]:
                 raise RegistryError(f"plugin {plugin!r} registered model {name!r} with a "
                                     f"factory that is not callable: {factory!r}")
             _claim("model", registry, name, plugin, owners)
-            doc = description or (factory.__doc__ or "").strip().split("\n")[0]
+            doc = plain_text(description) if description else first_line(factory)
             registry[name] = ModelEntry(name, factory, plugin, doc, dict(train_defaults or {}))
         return register
 
-    _collect("register_models", make_register)
+    _collect("register_models", registry, owners, make_register)
     return registry
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import warnings
 
@@ -32,16 +33,22 @@ def is_device_array(obj) -> bool:
         or hasattr(obj, "__cuda_array_interface__")
 
 
+INSTALL_HINT = "install it with: pip install 'numbaconv[cuda]'"
+
+
 def cuda_available() -> tuple[bool, str]:
     """``(usable, reason)``: whether the CUDA backend can run here, and why (not)."""
     try:
         from numba import cuda
     except Exception as exc:  # numba-cuda missing or broken
-        return False, f"numba-cuda is not importable ({type(exc).__name__}: {exc})"
+        return False, (f"numba-cuda is not importable ({type(exc).__name__}: {exc}); "
+                       f"{INSTALL_HINT}")
     if simulator_enabled():
         return True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
     try:
         if not cuda.is_available():
+            if importlib.util.find_spec("numba_cuda") is None:  # Numba's own, older cuda
+                return False, f"numba-cuda is not installed; {INSTALL_HINT}"
             return False, "numba-cuda found no usable CUDA GPU or driver"
         name = cuda.get_current_device().name
     except Exception as exc:
