@@ -199,10 +199,19 @@ def test_resume_takes_its_settings_from_the_checkpoint(data_dir, tmp_path):
                      "--resume", saved)
     assert resumed.exit_code == 0, resumed.output
     assert "adam lr 0.003, batch 64" in resumed.output and "epoch 2/2" in resumed.output
+    # without --save, the resumed run went on saving to the checkpoint it resumed
+    assert f"wrote {saved} (checkpoint after epoch 2)" in resumed.output
     assert_user_error(invoke("run", "lenet", "--data", data_dir, "--epochs", "3", "--lr", "0.5",
                              "--resume", saved), r"--lr would change them")
-    assert_user_error(invoke("run", "lenet", "--data", data_dir, "--epochs", "1",
-                             "--resume", saved), r"already at epoch 1; ask for more")
+    assert_user_error(invoke("run", "lenet", "--data", data_dir, "--epochs", "2",
+                             "--resume", saved), r"already at epoch 2; ask for more")
+    elsewhere = tmp_path / "branch.npz"
+    branched = invoke("run", "lenet", "--data", data_dir, "--threads", "1", "--epochs", "3",
+                      "--resume", saved, "--save", elsewhere)
+    assert branched.exit_code == 0, branched.output
+    from numbaconv.checkpoint import load
+
+    assert load(saved).epoch == 2 and load(elsewhere).epoch == 3
 
 
 def test_output_folders_are_made_or_refused_before_training(data_dir, tmp_path):
@@ -225,4 +234,79 @@ def test_a_float64_spec_is_refused_before_training(tmp_path):
     spec.write_text('layers = [{type = "Flatten"}, '
                     '{type = "Linear", in_features = 784, out_features = 10, dtype = "float64"}]\n')
     assert_user_error(invoke("run", spec, "--data", "/nonexistent"),
-                      r"layer 1 \(Linear\) has weight of dtype float64")
+                      r"parameter 1.weight has dtype float64")
+
+
+def test_run_says_what_it_wrote(data_dir, tmp_path):
+    saved, metrics = tmp_path / "a.npz", tmp_path / "m.jsonl"
+    result = invoke("run", "lenet", "--data", data_dir, *FAST, "--save", saved,
+                    "--metrics", metrics)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {saved} (checkpoint after epoch 1)" in result.output
+    assert f"wrote {metrics} (metrics after epoch 1)" in result.output
+
+
+@pytest.mark.parametrize("extra, pattern", [
+    (["--save", "{d}/x.npz", "--metrics", "{d}/x.npz"], r"--save and --metrics both name"),
+    (["--metrics", "{d}/sub/../x.png", "--plot", "{d}/x.png"], r"--metrics and --plot both"),
+    (["--save", "{data}/train-images-idx3-ubyte"], r"would overwrite the data file"),
+    (["--save", "/proc/x.npz"], r"^Error: --save /proc/x.npz: cannot write there"),
+])
+def test_outputs_that_cannot_work_are_refused_before_training(data_dir, tmp_path, extra,
+                                                              pattern):
+    args = [a.format(d=tmp_path, data=data_dir) for a in extra]
+    result = invoke("run", "lenet", "--data", data_dir, *FAST, *args)
+    assert_user_error(result, pattern)
+    assert "epoch 1" not in result.output and not (tmp_path / "x.npz").exists()
+
+
+def test_a_diverged_last_step_is_an_error_and_saves_nothing(data_dir, tmp_path):
+    saved = tmp_path / "bad.npz"
+    # one step, whose loss is finite, and an update that leaves the weights infinite
+    result = invoke("run", "lenet", "--data", data_dir, "--epochs", "1", "--batch-size", "512",
+                    "--optimizer", "adam", "--lr", "3e38", "--threads", "1", "--save", saved)
+    assert_user_error(result, r"became NaN or infinite at epoch 1")
+    assert not saved.exists()
+    assert_user_error(invoke("run", "lenet", "--data", data_dir, *FAST, "--lr", "1e300"),
+                      r"lr 1e\+300 is outside what float32 weights can use")
+
+
+def test_a_spec_carries_its_training_settings_and_a_stuck_run_says_so(data_dir, tmp_path):
+    spec = tmp_path / "net.toml"
+    spec.write_text('layers = [{type = "Flatten"}, '
+                    '{type = "Linear", in_features = 784, out_features = 10}]\n'
+                    '[train]\noptimizer = "adam"\nlr = 0.002\nbatch_size = 32\nepochs = 1\n')
+    result = invoke("run", spec, "--data", data_dir, "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert "adam lr 0.002, batch 32, 1 epochs" in result.output
+    stuck = invoke("run", spec, "--data", data_dir, "--threads", "1", "--optimizer", "sgd",
+                   "--lr", "1e-30")
+    assert stuck.exit_code == 0, stuck.output
+    assert "has not moved from chance" in stuck.output
+
+
+@pytest.mark.parametrize("layers, pattern", [
+    ('{type = "Flatten"}, {type = "Linear", in_features = 784, out_features = 1000000000}',
+     r"a parameter of shape \(1000000000, 784\) would take 2.9 TiB, more than this machine"),
+    ('{type = "Conv2d", in_channels = 1, out_channels = 1, kernel_size = 3, '
+     'stride = 100000000000000000000}', r"stride must be at most 2147483647"),
+    ('{type = "Conv2d", in_channels = 1, out_channels = 60000, kernel_size = 1}, '
+     '{type = "AvgPool2d", kernel_size = 28}, {type = "Flatten"}, '
+     '{type = "Linear", in_features = 60000, out_features = 10}',
+     r"training this network with batches of 256 would take"),
+])
+def test_absurd_sizes_are_one_line_errors_before_allocating(tmp_path, layers, pattern):
+    spec = tmp_path / "big.toml"
+    spec.write_text(f"layers = [{layers}]\n")
+    assert_user_error(invoke("run", spec, "--data", "/nonexistent"), pattern)
+    assert_user_error(invoke("run", "lenet", "-o", f"num_classes={10 ** 12}",
+                             "--data", "/nonexistent"), r"must be at most 2147483647")
+
+
+def test_progress_eta_comes_from_the_steady_batches():
+    from numbaconv.training.callbacks import eta_seconds
+
+    # the first batch of 256 took 20 s (compiling), the next 9 took 1 s
+    assert eta_seconds(2560, 60000, 256, first_done_at=20.0, now=21.0) == \
+        pytest.approx((60000 - 2560) * 1.0 / (2560 - 256))
+    assert eta_seconds(256, 60000, 256, first_done_at=20.0, now=20.0) is None

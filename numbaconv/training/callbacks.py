@@ -152,7 +152,7 @@ class PlotWriter(_Writer):
 
 class ChanceWatch(Callback):
     """Says so when, after the first epoch of a run, the loss has not moved from chance
-    (``ln K`` for K classes within 2%) and the test accuracy is near ``1/K``: the network
+    (``ln K`` for K classes within 2%) and the test accuracy is below ``2/K``: the network
     does not learn with these settings."""
 
     def __init__(self, num_classes: int, warn: Callable[[str], None]):
@@ -167,7 +167,7 @@ class ChanceWatch(Callback):
         if metrics.epoch != self.first_epoch:
             return
         chance = math.log(self.num_classes)
-        if metrics.train_loss >= 0.98 * chance and metrics.test_acc < 1.5 / self.num_classes:
+        if metrics.train_loss >= 0.98 * chance and metrics.test_acc < 2 / self.num_classes:
             self.warn(f"the loss ({metrics.train_loss:.4f}) has not moved from chance "
                       f"(ln {self.num_classes} = {chance:.4f}) after an epoch: the network is "
                       f"not learning with {loop.settings.optimizer} lr "

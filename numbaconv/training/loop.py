@@ -157,13 +157,9 @@ class Loop:
         """Epochs ``start_epoch..settings.epochs``; returns the history (one dict per epoch)."""
         error = None
         try:
-            for epoch in range(start_epoch, self.settings.epochs + 1):
-                for callback in self.callbacks:
-                    callback.on_epoch_begin(self, epoch)
-                metrics = self.fit_epoch(epoch)
-                self.history.append(metrics.as_dict())
-                for callback in self.callbacks:
-                    callback.on_epoch_end(self, metrics)
+            # overflow and NaN are watched for (Diverged), not warned about by NumPy
+            with np.errstate(over="ignore", invalid="ignore"):
+                self._epochs(start_epoch)
         except BaseException as exc:
             error = exc
             raise
@@ -171,6 +167,15 @@ class Loop:
             for callback in self.callbacks:
                 callback.on_train_end(self, error)
         return self.history
+
+    def _epochs(self, start_epoch: int) -> None:
+        for epoch in range(start_epoch, self.settings.epochs + 1):
+            for callback in self.callbacks:
+                callback.on_epoch_begin(self, epoch)
+            metrics = self.fit_epoch(epoch)
+            self.history.append(metrics.as_dict())
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, metrics)
 
     def fit_epoch(self, epoch: int) -> EpochMetrics:
         """Train one epoch, check the weights, measure test accuracy."""
