@@ -305,7 +305,7 @@ def _meta_problem(meta: dict) -> str | None:
 
 
 def _train_problem(train: dict) -> str | None:
-    from .train import OPTIMIZERS
+    from .training import OPTIMIZERS
 
     expected = {"batch_size": (lambda v: _is_int(v, 1), "a whole number >= 1"),
                 "lr": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
