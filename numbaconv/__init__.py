@@ -13,14 +13,8 @@ from .vectors import prefer_wide_vectors  # noqa: E402
 prefer_wide_vectors()  # before the kernels below are defined: see numbaconv.vectors
 
 from . import functional, shapes  # noqa: E402
-from .hookspecs import hookimpl  # noqa: E402
-from .layers import (  # noqa: E402
-    Concat,
-    Layer,  # noqa: E402
-    Residual,
-    Sequential,
-)
-from .plugins import build_model, get_layers, get_models  # noqa: E402
+from .layers import Concat, Layer, Residual, Sequential  # noqa: E402
+from .registry import build_model, get_layers, get_models, hookimpl  # noqa: E402
 
 __all__ = [
     "__version__", "functional", "shapes", "hookimpl", "Layer", "Sequential", "Residual", "Concat",

@@ -1,6 +1,6 @@
 """Benchmark cases: numbaconv against PyTorch on the CPU, defined once for two front ends.
 
-``numbaconv bench`` (:mod:`numbaconv.cli_bench`) and the pytest-benchmark suite in ``bench/``
+``numbaconv bench`` (:mod:`numbaconv.cli.bench`) and the pytest-benchmark suite in ``bench/``
 both take their cases from :data:`CASES`. A :class:`Case` is a small object whose
 :meth:`Case.setup` builds the inputs once and returns a :class:`Prepared` holding two
 zero-argument callables, one for numbaconv and one for PyTorch, that compute the same thing

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .layers import CONTAINER_TYPES, Layer, ShapeError, build_layer
-from .plugins import build_model, get_layers, get_model
+from .registry import build_model, get_layers, get_model
 
 try:
     import tomllib

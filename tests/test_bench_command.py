@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from threadpoolctl import threadpool_limits
 
 from numbaconv import bench as B
-from numbaconv.cli_bench import bench
+from numbaconv.cli.bench import bench
 
 
 @pytest.fixture(autouse=True)

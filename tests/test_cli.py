@@ -163,7 +163,7 @@ def test_corrupt_checkpoint_is_one_line(tmp_path):
 def test_registry_listings():
     assert "Conv2d" in invoke("layers").output
     assert "lenet" in invoke("models").output
-    assert "numbaconv.builtin_plugin" in invoke("plugins").output
+    assert "numbaconv.registry.builtin" in invoke("plugins").output
     summary = invoke("summary", "lenet").output
     assert "61,706" in summary and "16x16" in summary
 

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from numbaconv import shapes
 from numbaconv.data import CLASS_NAMES
 from numbaconv.data.fashion_mnist import SAMPLE_DIR, load_dir
+from numbaconv.layers import layer_spec
 from numbaconv.lessons import demos
 
 MISSING = "Error: matplotlib is not installed: pip install 'numbaconv[plot]'"
@@ -32,7 +33,7 @@ MISSING = "Error: matplotlib is not installed: pip install 'numbaconv[plot]'"
 def app():
     """The real ``numbaconv`` group with this issue's commands added, as cli.py will."""
     from numbaconv.cli import cli
-    from numbaconv.cli_demos import demo, shape, show
+    from numbaconv.cli.demos import demo, shape, show
 
     group = click.Group("numbaconv", commands=dict(cli.commands))
     for command in (demo, shape, show):
@@ -444,7 +445,7 @@ def lenet_checkpoint(tmp_path_factory):
 
     model = numbaconv.build_model("lenet", rng=0)
     path = tmp_path_factory.mktemp("ckpt") / "lenet.npz"
-    save(path, Checkpoint(spec=model.config(), params=model.state_dict(), model="lenet"))
+    save(path, Checkpoint(spec=layer_spec(model), params=model.state_dict(), model="lenet"))
     return path, model
 
 

@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 import numbaconv
-from numbaconv import plugins
-from numbaconv.cli import _load_plugin_commands, cli
-from numbaconv.hookspecs import hookimpl
+from numbaconv.cli.main import _load_plugin_commands, cli
 from numbaconv.plain_text import plain_text
+from numbaconv.registry import manager as plugins
+from numbaconv.registry.hookspecs import hookimpl
 
 REST_MARKUP = re.compile(r"`|:(?:[\w.+-]+:)+(?=\w)")  # a backtick, or a role like :class:
 

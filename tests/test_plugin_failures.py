@@ -12,8 +12,8 @@ import textwrap
 
 import pytest
 
-from numbaconv import plugins
 from numbaconv.cli import cli, main
+from numbaconv.registry import manager as plugins
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -209,7 +209,7 @@ def register_layers(register):
     status, out, err = run_main(monkeypatch, capsys, "layers")
     assert status == 1 and out == ""
     assert err.splitlines() == [
-        "Error: layer 'Conv2d' is registered by both plugin 'numbaconv.builtin_plugin' and "
+        "Error: layer 'Conv2d' is registered by both plugin 'numbaconv.registry.builtin' and "
         "plugin 'clash'; uninstall or disable one of them (NUMBACONV_LOAD_PLUGINS limits "
         "which plugins load)"]
     assert run_main(monkeypatch, capsys, "--help")[0] == 0

@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 import numbaconv
-from numbaconv import plugins
-from numbaconv.hookspecs import hookimpl
 from numbaconv.layers import Layer
+from numbaconv.registry import manager as plugins
+from numbaconv.registry.hookspecs import hookimpl
 
 
 class Twice(Layer):
@@ -46,10 +46,10 @@ def test_builtins_are_registered_through_the_hooks():
     layers = plugins.layer_entries()
     assert {"Conv2d", "MaxPool2d", "AvgPool2d", "Linear", "ReLU", "Sigmoid", "Tanh", "Flatten",
             "Dropout"} <= set(layers)
-    assert layers["Conv2d"][1] == "numbaconv.builtin_plugin"
+    assert layers["Conv2d"][1] == "numbaconv.registry.builtin"
     assert numbaconv.get_models()["lenet"] is plugins.get_model("lenet").factory
     info = {i["name"]: i for i in plugins.plugin_info()}
-    assert info["numbaconv.builtin_plugin"]["hooks"] == ["register_layers", "register_models"]
+    assert info["numbaconv.registry.builtin"]["hooks"] == ["register_layers", "register_models"]
 
 
 def test_build_model_options():
@@ -87,7 +87,7 @@ def test_a_plugin_adds_layers_models_and_commands(registered):
     assert plugins.get_model("undo-net").train_defaults == {"lr": 0.1}
     assert len(numbaconv.build_model("undo-net")) == 1
 
-    from numbaconv.cli import _load_plugin_commands, cli
+    from numbaconv.cli.main import _load_plugin_commands, cli
     _load_plugin_commands()
     try:
         result = CliRunner().invoke(cli, ["undo-hello"])
@@ -108,7 +108,7 @@ def test_two_plugins_with_one_name_are_an_error_naming_both(registered):
 def test_a_model_name_clash_is_an_error(registered):
     registered("undo-c", _plugin(
         register_models=lambda register: register("lenet", lambda: None)))
-    with pytest.raises(plugins.RegistryError, match="'lenet'.*numbaconv.builtin_plugin"):
+    with pytest.raises(plugins.RegistryError, match="'lenet'.*numbaconv.registry.builtin"):
         numbaconv.get_models()
 
 

@@ -286,8 +286,9 @@ class Residual(Layer):
 
 
 class Concat(Layer):
-    """The branches' outputs joined along the channels: ``torch.cat([b(x) for b in
-    branches], dim=1)`` (GoogLeNet's Inception block; DenseNet with an ``Identity`` branch).
+    """The branches' outputs joined along the channels, as ``torch.cat(outputs, dim=1)``.
+
+    GoogLeNet's Inception block; DenseNet with an ``Identity`` branch.
 
     Each branch is a layer or a list of layers (made a ``Sequential``); their outputs must
     agree on every axis but the channels. Children: ``"0"``, ``"1"``...

@@ -1,7 +1,7 @@
 """The source text's lessons as computations: pure functions that return data.
 
 ``numbaconv demo ...``, ``numbaconv shape`` and ``numbaconv show`` print and draw what these
-return (see :mod:`numbaconv.cli_demos` and :mod:`numbaconv.lessons.plotting`); nothing here
+return (see :mod:`numbaconv.cli.demos` and :mod:`numbaconv.lessons.plotting`); nothing here
 prints, draws or touches files.
 
 * :func:`corr2d_example` -- section 2: the 3x3 input, the 2x2 kernel, ``[[19, 25], [37, 43]]``,

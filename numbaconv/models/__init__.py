@@ -1,4 +1,4 @@
-"""Built-in models, registered through :mod:`numbaconv.builtin_plugin`."""
+"""Built-in models, registered through :mod:`numbaconv.registry.builtin`."""
 
 from .lenet import lenet
 

@@ -17,7 +17,7 @@ import sys
 import textwrap
 
 import numbaconv
-import numbaconv.plugins as plugins
+import numbaconv.registry as plugins
 import numpy as np
 import pytest
 from numbaconv.layers import Layer, ShapeError

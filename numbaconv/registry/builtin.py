@@ -1,8 +1,8 @@
 """numbaconv's own layers and models, registered through the same hooks as any plugin."""
 
+from ..layers import LAYER_TYPES
+from ..models.lenet import TRAIN_DEFAULTS, lenet
 from .hookspecs import hookimpl
-from .layers import LAYER_TYPES
-from .models.lenet import TRAIN_DEFAULTS, lenet
 
 
 @hookimpl

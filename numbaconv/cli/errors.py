@@ -19,7 +19,7 @@ import functools
 
 import click
 
-from .plain_text import plain_text
+from ..plain_text import plain_text
 
 # Click >= 8.2 raises it for a group called without a command: it shows the help, as it should.
 _HELP_FOR_NO_ARGUMENTS = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -112,10 +112,10 @@ def user_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from .checkpoint import CheckpointError
-        from .data import DataError
-        from .plugins import RegistryError, UnknownNameError
-        from .training import Diverged
+        from ..checkpoint import CheckpointError
+        from ..data import DataError
+        from ..registry import RegistryError, UnknownNameError
+        from ..training import Diverged
 
         try:
             return command(*args, **kwargs)

@@ -12,8 +12,8 @@ import warnings
 
 import click
 
-from . import __version__
-from .cli_errors import CommandGroup, Interrupted, UserError, user_errors
+from .. import __version__
+from .errors import CommandGroup, Interrupted, UserError, user_errors
 
 
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,7 +40,7 @@ def cli():
 def _set_threads(threads: int | None) -> None:
     import numba
 
-    from .threads import choose_wait_policy, set_threads
+    from ..threads import choose_wait_policy, set_threads
 
     # before Numba starts OpenMP, which set_threads does
     choose_wait_policy(threads or numba.config.NUMBA_NUM_THREADS)
@@ -51,7 +51,7 @@ def _prepare_outputs(outputs: dict, data_dir) -> None:
     """Fail before training, not after an epoch, when an output cannot be written: its folder
     cannot exist or is not writable, two outputs name the same file, or an output would
     overwrite the data."""
-    from .atomic import check_writable, same_file
+    from ..atomic import check_writable, same_file
 
     named = [(option, path) for option, path in outputs.items() if path]
     for i, (option, path) in enumerate(named):
@@ -66,7 +66,7 @@ def _prepare_outputs(outputs: dict, data_dir) -> None:
 
 def _data_files(data_dir) -> list:
     """The data files a run may read: those in every folder Fashion-MNIST is looked up in."""
-    from .data.fashion_mnist import DATA_ENV, SYSTEM_DIR, cache_dir, find_files
+    from ..data.fashion_mnist import DATA_ENV, SYSTEM_DIR, cache_dir, find_files
 
     folders = [data_dir, os.environ.get(DATA_ENV), cache_dir(), SYSTEM_DIR]
     return [path for folder in folders if folder
@@ -77,7 +77,7 @@ def _load_training_data(data_dir):
     """Fashion-MNIST as float32 (N, 1, 28, 28) images and int64 labels, plus its source."""
     from types import SimpleNamespace
 
-    from .data import SAMPLE_NOTICE, as_float_batch, load_fashion_mnist
+    from ..data import SAMPLE_NOTICE, as_float_batch, load_fashion_mnist
 
     dataset = load_fashion_mnist(data_dir, progress=True)
     if dataset.is_sample:
@@ -144,21 +144,21 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
       optimizer = "adam"
       lr = 0.001
     """
-    from . import checkpoint as ckpt
-    from .layers import layer_spec
-    from .network import INPUT_SHAPE, NUM_CLASSES, build, check_memory, from_spec, parse_options
-    from .training import Loop, Settings, make_optimizer
-    from .training import callbacks as cb
+    from .. import checkpoint as ckpt
+    from ..layers import layer_spec
+    from ..network import INPUT_SHAPE, NUM_CLASSES, build, check_memory, from_spec, parse_options
+    from ..training import Loop, Settings, make_optimizer
+    from ..training import callbacks as cb
 
     if device == "cuda":
-        from .kernels.cuda.device import cuda_available
+        from ..kernels.cuda.device import cuda_available
 
         available, reason = cuda_available()
         if not available:
             raise UserError(f"--device cuda: {reason}")
     _set_threads(threads)
     if plot_path:
-        from .lessons.plotting import require_matplotlib
+        from ..lessons.plotting import require_matplotlib
 
         require_matplotlib()
     if resume_path and not save_path:
@@ -201,7 +201,7 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
     _stop_on_sigterm()
     if device == "cpu":
         # on an empty Numba cache, compile on every core at once, reading the data meanwhile
-        from .precompile import precompile
+        from ..precompile import precompile
 
         loaded = []
         precompile(model, meanwhile=lambda: loaded.append(_load_training_data(data_dir)),
@@ -247,8 +247,8 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
 @user_errors
 def evaluate(checkpoint_path, data_dir, threads):
     """Print the test accuracy of a saved CHECKPOINT as 'test_acc 0.xxxx'."""
-    from .network import load_model
-    from .training import evaluate as accuracy
+    from ..network import load_model
+    from ..training import evaluate as accuracy
 
     _set_threads(threads)
     model, _ = load_model(checkpoint_path)
@@ -262,8 +262,8 @@ def evaluate(checkpoint_path, data_dir, threads):
 @user_errors
 def layers():
     """List the registered layers and the plugin that gave each."""
-    from .plain_text import first_line
-    from .plugins import layer_entries
+    from ..plain_text import first_line
+    from ..registry import layer_entries
 
     for name, (layer_class, plugin) in sorted(layer_entries().items()):
         click.echo(f"{name:<16} {plugin:<26} {first_line(layer_class)}")
@@ -273,7 +273,7 @@ def layers():
 @user_errors
 def models():
     """List the registered models and the plugin that gave each."""
-    from .plugins import model_entries
+    from ..registry import model_entries
 
     for name, entry in sorted(model_entries().items()):
         click.echo(f"{name:<16} {entry.plugin:<26} {entry.description}")
@@ -283,7 +283,7 @@ def models():
 @user_errors
 def plugins():
     """List the loaded plugins (built-ins included) with their versions and hooks."""
-    from .plugins import plugin_info
+    from ..registry import plugin_info
 
     for info in plugin_info():
         click.echo(f"{info['name']:<26} {info['package']} {info['version']}  "
@@ -297,8 +297,8 @@ def plugins():
 @user_errors
 def summary(target, options):
     """Per layer of MODEL or SPEC.toml: output shape, parameters, receptive field, FLOPs."""
-    from .layers.containers import format_summary, summary
-    from .network import INPUT_SHAPE, build, parse_options
+    from ..layers.containers import format_summary, summary
+    from ..network import INPUT_SHAPE, build, parse_options
 
     network = build(target, parse_options(options), seed=0)
     click.echo(format_summary(summary(network.model, (1,) + INPUT_SHAPE)))
@@ -306,7 +306,7 @@ def summary(target, options):
 
 def _load_plugin_commands() -> None:
     # Last, so plugins can add commands (and a broken plugin only warns).
-    from .plugins import add_commands
+    from ..registry import add_commands
 
     add_commands(cli)
 
@@ -314,7 +314,7 @@ def _load_plugin_commands() -> None:
 def main() -> None:
     """The console entry (``numbaconv``, ``python -m numbaconv``): plugins' commands, then the
     command line; a failing plugin is one ``Warning: ...`` line on stderr."""
-    from .plugins import PluginWarning
+    from ..registry import PluginWarning
 
     show_warning = warnings.showwarning
 
@@ -337,12 +337,12 @@ def main() -> None:
 
 # --------------------------------------------------------------------------- demos, shape, show
 
-from .cli_demos import demo, shape, show  # noqa: E402
+from .demos import demo, shape, show  # noqa: E402
 
 cli.add_command(demo)
 cli.add_command(shape)
 cli.add_command(show)
 
-from .cli_bench import bench  # noqa: E402
+from .bench import bench  # noqa: E402
 
 cli.add_command(bench)

@@ -2,7 +2,7 @@
 
 The cases and the timing method live in :mod:`numbaconv.bench` (shared with the pytest
 benchmark suite in ``bench/``). Registered on the main group by ``numbaconv.cli``; also
-runnable alone as ``python -m numbaconv.cli_bench``.
+runnable alone as ``python -m numbaconv.cli.bench``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 
 import click
 
-from .cli_errors import user_errors
+from .errors import user_errors
 
 
 @click.command()
@@ -39,7 +39,7 @@ def bench(quick, threads, repeat, patterns, no_torch, tiny):
     numbaconv is faster), the ratio of the best times, and the project's target. Without
     PyTorch installed it prints numbaconv's times alone.
     """
-    from . import bench as B
+    from .. import bench as B
 
     cases = B.select(patterns)
     if tiny:

@@ -20,11 +20,11 @@ from importlib.metadata import entry_points
 
 import pluggy
 
+from ..plain_text import first_line, plain_text
 from . import hookspecs
-from .plain_text import first_line, plain_text
 
 ENTRY_POINT_GROUP = "numbaconv"
-DEFAULT_PLUGINS = ("numbaconv.builtin_plugin",)
+DEFAULT_PLUGINS = ("numbaconv.registry.builtin",)
 
 pm = pluggy.PluginManager("numbaconv")
 pm.add_hookspecs(hookspecs)
@@ -192,7 +192,7 @@ def _claim(kind: str, registry: dict, name: str, plugin: str, owners: dict) -> N
 
 def layer_entries() -> dict[str, tuple[type, str]]:
     """``{name: (layer class, plugin name)}`` of every registered layer."""
-    from .layers import Layer
+    from ..layers import Layer
 
     registry: dict[str, tuple[type, str]] = {}
     owners: dict[str, str] = {}
@@ -285,5 +285,5 @@ def plugin_info() -> list[dict]:
 
 
 def _own_version() -> str:
-    from . import __version__
+    from .. import __version__
     return __version__

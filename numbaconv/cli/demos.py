@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from .cli_errors import UserError, user_errors
+from .errors import UserError, user_errors
 
 # --------------------------------------------------------------------------- helpers
 
@@ -40,7 +40,7 @@ def _side_by_side(blocks: list[list[str]], gap: int = 6) -> list[str]:
 
 def _load_test_image(data_dir, index: int):
     """``(image uint8 (28, 28), class name, source)`` of Fashion-MNIST test image ``index``."""
-    from .data import CLASS_NAMES, SAMPLE_NOTICE, load_fashion_mnist
+    from ..data import CLASS_NAMES, SAMPLE_NOTICE, load_fashion_mnist
 
     dataset = load_fashion_mnist(data_dir, progress=True)
     if dataset.is_sample:
@@ -78,7 +78,7 @@ def demo():
 def corr2d_command():
     """Section 2: the cross-correlation of the 3x3 input with the 2x2 kernel, beside the
     true convolution of the same pair (the kernel flipped both ways)."""
-    from .lessons.demos import corr2d_example
+    from ..lessons.demos import corr2d_example
 
     ex = corr2d_example()
     X, K = ex.X, ex.K
@@ -111,7 +111,7 @@ def edges_command(seed):
     marks its edges. Ten steps of gradient descent (lr 3e-2) on the summed squared loss, as
     in the text; prints the loss every second step and then the learned kernel.
     """
-    from .lessons.demos import learn_edge_kernel
+    from ..lessons.demos import learn_edge_kernel
 
     result = learn_edge_kernel(seed=seed)
     click.echo("X (white 1, black 0):")
@@ -139,8 +139,8 @@ def kernels_command(image_index, data_dir, out_path):
     Applies each kernel with conv2d (padding 'same') to a Fashion-MNIST test image and draws
     the input and every response into one PNG (needs matplotlib).
     """
-    from .lessons.demos import NAMED_KERNELS, apply_kernels
-    from .lessons.plotting import plot_kernels_grid, require_matplotlib
+    from ..lessons.demos import NAMED_KERNELS, apply_kernels
+    from ..lessons.plotting import plot_kernels_grid, require_matplotlib
 
     require_matplotlib()
     image, class_name, _ = _load_test_image(data_dir, image_index)
@@ -232,7 +232,7 @@ def shape(input_size, input_width, kernel, kernel_width, padding, padding_width,
       numbaconv shape --input 8 --kernel 3,5 --padding 0,1 --stride 3,4  # 2x2
       numbaconv shape --input 4 --kernel 3 --padding 1 --stride 2 --pool
     """
-    from .lessons.demos import conv_output_shape
+    from ..lessons.demos import conv_output_shape
 
     if ceil_mode and not pool:
         raise UserError("--ceil-mode is a pooling option; add --pool")
@@ -283,16 +283,16 @@ def show(checkpoint_path, out_dir, image_index, data_dir):
 
     import numpy as np
 
-    from .checkpoint import describe
-    from .data import CLASS_NAMES
-    from .lessons.demos import feature_maps, first_layer_kernels
-    from .lessons.plotting import (
+    from ..checkpoint import describe
+    from ..data import CLASS_NAMES
+    from ..lessons.demos import feature_maps, first_layer_kernels
+    from ..lessons.plotting import (
         _ensure_dir,
         plot_feature_maps,
         plot_first_layer_kernels,
         require_matplotlib,
     )
-    from .network import load_model
+    from ..network import load_model
 
     require_matplotlib()
     model, saved = load_model(checkpoint_path)
