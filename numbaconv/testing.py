@@ -66,8 +66,9 @@ def check_layer(layer: Layer, input_shape, *, training: bool = False,
     * the layer in its own dtype (float32) agrees with that float64 copy (``rtol``/``atol``,
       forward and every gradient), and ``backward(..., need_input_grad=False)`` gives the same
       parameter gradients;
-    * its spec (``{"type": ..., **config()}``) rebuilds an equal layer (``layer_types`` names
-      classes beyond the built-ins, e.g. ``numbaconv.get_layers()``), and ``state_dict`` /
+    * its spec (``{"type": ..., **config()}``) rebuilds an equal layer (the tree's own classes
+      are known; ``layer_types`` may name more, e.g. ``numbaconv.get_layers()``), and
+      ``state_dict`` /
       ``load_state_dict`` carry its state: the rebuilt layer computes the same output;
     * with ``threads``, the results are bit for bit the same on 1 thread and on all;
     * ``reference(x, **params)`` (optional, e.g. a PyTorch function on NumPy arrays) gives the
@@ -133,7 +134,8 @@ def check_layer(layer: Layer, input_shape, *, training: bool = False,
 
     # spec and state round trips
     spec = layer_spec(layer)
-    rebuilt = build_layer(spec, layer_types)
+    types = {type(node).__name__: type(node) for _, node in layer.named_layers()}
+    rebuilt = build_layer(spec, {**types, **(layer_types or {})})
     assert layer_spec(rebuilt) == spec, (
         f"{layer!r}: its spec {spec} rebuilds {layer_spec(rebuilt)}")
     rebuilt.load_state_dict(layer.state_dict())

@@ -169,6 +169,7 @@ class ChanceWatch(Callback):
         chance = math.log(self.num_classes)
         if metrics.train_loss >= 0.98 * chance and metrics.test_acc < 2 / self.num_classes:
             self.warn(f"the loss ({metrics.train_loss:.4f}) has not moved from chance "
-                      f"(ln {self.num_classes} = {chance:.4f}) after an epoch: the network is "
-                      f"not learning with {loop.settings.optimizer} lr "
-                      f"{loop.settings.lr:g}; try another --lr or --optimizer adam")
+                      f"(ln {self.num_classes} = {chance:.4f}) after epoch {metrics.epoch}: if "
+                      f"it stays there, the network does not learn with "
+                      f"{loop.settings.optimizer} lr {loop.settings.lr:g}; try another --lr "
+                      "or --optimizer adam")
