@@ -310,3 +310,38 @@ def test_progress_eta_comes_from_the_steady_batches():
     assert eta_seconds(2560, 60000, 256, first_done_at=20.0, now=21.0) == \
         pytest.approx((60000 - 2560) * 1.0 / (2560 - 256))
     assert eta_seconds(256, 60000, 256, first_done_at=20.0, now=20.0) is None
+
+
+def _readme_toml_blocks():
+    import re
+
+    from support import REPO_ROOT
+
+    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as handle:
+        return re.findall(r"```toml\n(.*?)```", handle.read(), re.S)
+
+
+def test_the_readme_resnet_spec_trains_from_the_cli(data_dir, tmp_path):
+    spec = tmp_path / "resnet.toml"
+    spec.write_text(next(b for b in _readme_toml_blocks() if "Residual" in b))
+    result = invoke("run", spec, "--data", data_dir, "--epochs", "1", "--batch-size", "64",
+                    "--optimizer", "adam", "--lr", "0.003", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1" in result.output
+    summary = invoke("summary", spec)
+    assert summary.exit_code == 0 and "2.body.0" in summary.output, summary.output
+
+
+FULL_SET = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not os.path.isdir(FULL_SET) and not os.environ.get("CI"),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_the_readme_spec_learns_with_its_own_settings(tmp_path):
+    spec = tmp_path / "my-net.toml"
+    spec.write_text(next(b for b in _readme_toml_blocks() if "[train]" in b))
+    metrics = tmp_path / "m.jsonl"
+    result = invoke("run", spec, "--data", FULL_SET, "--metrics", metrics)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert len(rows) == 2 and rows[-1]["test_acc"] >= 0.80, rows
