@@ -24,7 +24,9 @@ import numpy as np
 from numba import njit, prange
 
 from . import activation as act
-from .conv import TASKS, _block_rows, _grouped_weights, _taps, block_sums, use_lanes
+from .conv.common import _grouped_weights, _taps
+from .conv.flat import TASKS, _block_rows, block_sums
+from .conv.lanes import use_lanes
 
 
 @njit(inline="always")
@@ -78,7 +80,7 @@ def _fused_kernel(activation, pool):
         y = np.empty((n_batch, c_out, out_h // 2, out_w // 2), dtype=xp.dtype)
         n_jobs = n_batch * groups * n_blocks
         n_tasks = min(n_jobs, TASKS)
-        # one call per job: parfor passes over a large inlined body cost seconds (conv.py)
+        # one call per job: parfor passes over a large inlined body cost seconds (conv/flat.py)
         for task in prange(n_tasks):  # one scratch block per task, as conv2d_forward
             # zeros: the activation passes over whole rows, the last one's tail included
             out = np.zeros((c_out_g, rows * wp), dtype=xp.dtype)
