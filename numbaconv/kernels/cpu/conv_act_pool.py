@@ -13,9 +13,6 @@ once (the backward differentiates them) and pools them while they are in cache.
 Results equal ``conv.forward`` followed by ``activation.act_pool_forward`` bit for bit: the
 same sums in the same order, then the same activation and pool functions
 (``tests/test_fusion.py``).
-
-Numba's cache notices edits to this module only: after changing ``conv.py``,
-``activation.py`` or ``simd.py``, clear the cache (``__pycache__``) before measuring this one.
 """
 
 import types
