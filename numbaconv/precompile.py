@@ -4,11 +4,17 @@ On an empty Numba cache a LeNet run spends about 35 s compiling its kernels one 
 in a single process, and a process compiles on one core. The kernels are independent, and
 ``cache=True`` writes what one process compiles to the on-disk cache that another then loads in
 milliseconds. So :func:`precompile` lists the kernels that are not cached yet, longest first,
-and works through the list in this process and in one child process (``python -m
-numbaconv.precompile``) per further available core at the same time: each process claims the
-next unclaimed kernel (a file created exclusively in a shared folder) and compiles it, so the
-processes finish together whatever the real compile times are. With a warm cache it only reads
-the cache's small index files and starts nothing.
+and works through the list in this process and in one child process per further available
+core at the same time: each process claims the next unclaimed kernel (a file created
+exclusively in a shared folder) and compiles it, so the processes finish together whatever the
+real compile times are. With a warm cache it only reads the cache's small index files and
+starts nothing.
+
+The children must compile this very copy of numbaconv: Numba's cache is kept per source file,
+so what a child compiled from another copy (``python -m`` puts the current folder first on the
+module path, and from a checkout that holds one) would be of no use here, and this process
+would compile everything again. A child therefore puts this copy's folder first on its path
+and checks that it imported this copy before it compiles anything.
 
 Each kernel is compiled for exactly the argument types the public functions pass it (NumPy
 scalars and Python ints are int64, flags bool, arrays C-contiguous), so the real calls find it;
@@ -28,7 +34,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["precompile", "kernels_for", "KERNELS"]
+__all__ = ["precompile", "kernels_for", "compile_message", "KERNELS"]
 
 #: kernel name -> rough compile seconds on an empty cache (measured on the reference machine),
 #: used only to order the work, longest first.
@@ -54,6 +60,9 @@ KERNELS = {
     "sigmoid_backward": 1.0,
     "matmul_acc": 2.5,
 }
+#: seconds a child process takes to start (Python, NumPy, Numba) before it compiles, for the
+#: announced estimate
+STARTUP_SECONDS = 1.0
 
 
 def fused_kernel_names(activation: int, pool: int) -> list[str]:
@@ -263,7 +272,16 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def precompile(model, processes: int | None = None, meanwhile=None, input_shape=None) -> int:
+def compile_message(tasks: list[tuple[str, str]], processes: int) -> str:
+    """The line :func:`precompile` announces before compiling ``tasks`` ((kernel name, dtype
+    name) pairs) on ``processes`` processes, with about the time it takes."""
+    seconds = sum(KERNELS[name] for name, _ in tasks) / processes + STARTUP_SECONDS
+    return (f"compiling {len(tasks)} kernels for this model (first run only, about "
+            f"{seconds:.0f} s)...")
+
+
+def precompile(model, processes: int | None = None, meanwhile=None, input_shape=None,
+               announce=None) -> int:
     """Make sure every CPU kernel ``model`` needs (for batches of ``input_shape``, if given:
     see :func:`kernels_for`) is compiled and cached; returns how many were missing from the
     cache.
@@ -272,7 +290,9 @@ def precompile(model, processes: int | None = None, meanwhile=None, input_shape=
     included. ``meanwhile``, a function of no arguments, runs in this process once the child
     processes compile (at once when nothing needs compiling) and before this process takes its
     share: work to overlap with the compiling, such as reading the data. If it raises, the
-    children are stopped and the exception propagates.
+    children are stopped and the exception propagates. ``announce``, a function of one
+    string, is called with :func:`compile_message` before anything is compiled (not at all
+    with a warm cache): for a command to tell its user why its first run waits.
     """
     tasks = [(name, dtype) for dtype in _model_dtypes(model)
              for name in kernels_for(model, input_shape) if not is_cached(name, dtype)]
@@ -281,19 +301,17 @@ def precompile(model, processes: int | None = None, meanwhile=None, input_shape=
             meanwhile()
         return 0
     tasks.sort(key=lambda task: -KERNELS[task[0]])  # the longest first: the ends even out
-    n_children = max(1, min(processes or _cores(), len(tasks))) - 1
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)  # the children must see this very source tree (the cache's key)
+    n_processes = max(1, min(processes or _cores(), len(tasks)))
+    if announce is not None:
+        announce(compile_message(tasks, n_processes))
+    env = dict(os.environ)
     if "NUMBA_CPU_FEATURES" not in env:  # this process kept Numba's default CPU features
         env["NUMBACONV_WIDE_VECTORS"] = "0"  # (see numbaconv.vectors): so must the children
-    env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in
-                                        env.get("PYTHONPATH", "").split(os.pathsep) if p])
     claims = tempfile.mkdtemp(prefix="numbaconv-precompile-")
     children = []
     try:
-        for _ in range(n_children):
-            children.append(subprocess.Popen([sys.executable, "-m", "numbaconv.precompile",
-                                              json.dumps(tasks), claims], env=env,
+        for _ in range(n_processes - 1):
+            children.append(subprocess.Popen(_child_command(json.dumps(tasks), claims), env=env,
                                              stdout=subprocess.DEVNULL,
                                              stderr=subprocess.DEVNULL))
         if meanwhile is not None:
@@ -311,5 +329,26 @@ def precompile(model, processes: int | None = None, meanwhile=None, input_shape=
     return len(tasks)
 
 
-if __name__ == "__main__":  # a child of precompile(): its share of the tasks given as JSON
-    compile_kernels([tuple(task) for task in json.loads(sys.argv[1])], sys.argv[2])
+def _package_root() -> str:
+    """The folder this copy of numbaconv is imported from."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _child_command(tasks_json: str, claims: str) -> list[str]:
+    """The command line of a child process of :func:`precompile`: ``-c`` rather than ``-m``
+    (which would put the current folder, maybe another checkout, first on the module path),
+    with this copy's folder put first before anything is imported."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from numbaconv.precompile import _child_main; _child_main(sys.argv[2:])")
+    return [sys.executable, "-c", code, _package_root(), os.path.abspath(__file__), tasks_json,
+            claims]
+
+
+def _child_main(argv: list[str]) -> None:
+    """A child of :func:`precompile`: its share of the tasks given as JSON, if it imported the
+    parent's copy of numbaconv (``argv``: that copy's ``precompile.py``, the tasks, the claims
+    folder); else it exits with an error at once, leaving every task to the parent."""
+    parent_file, tasks_json, claims = argv
+    if os.path.abspath(__file__) != parent_file:
+        sys.exit(f"numbaconv.precompile: imported {__file__}, not the parent's {parent_file}")
+    compile_kernels([tuple(task) for task in json.loads(tasks_json)], claims)

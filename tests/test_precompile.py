@@ -7,6 +7,7 @@ kernel twice); a child process's compilation must reach the parent through the o
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -141,6 +142,71 @@ def test_precompile_in_two_processes_fills_an_empty_cache(tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["4", "0"]  # four kernels compiled, then all cached
+
+
+FROM_A_CHECKOUT = textwrap.dedent("""
+    import glob, os, tempfile, time
+    import numpy as np
+    from numbaconv import precompile as P
+    from numbaconv.layers import MaxPool2d, Sigmoid
+    from numbaconv.sequential import Sequential
+
+    def until_the_child_claims():  # so that the child compiles some of the kernels
+        claims = os.path.join(tempfile.gettempdir(), "numbaconv-precompile-*", "*")
+        deadline = time.monotonic() + 120
+        while not glob.glob(claims) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    model = Sequential([Sigmoid(), MaxPool2d(2)])
+    print(P.precompile(model, processes=2, meanwhile=until_the_child_claims))
+    print(all(P.is_cached(n, np.float32) for n in P.kernels_for(model)))
+""")
+
+
+def test_children_compile_the_parents_copy_from_a_checkout(tmp_path):
+    # From a checkout's root the current folder holds another copy of numbaconv (where the
+    # README's Quick start leaves a user); the parent imports the installed one. Numba keeps
+    # its cache per source file: kernels the children compiled from the checkout's copy would
+    # be of no use to the parent, which would compile them all again.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(os.path.join(REPO_ROOT, "numbaconv"), checkout / "numbaconv",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    script = tmp_path / "script.py"
+    script.write_text(FROM_A_CHECKOUT)
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), TMPDIR=str(tmp_path / "tmp"),
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, str(script)], cwd=checkout, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["4", "True"]
+
+
+def test_a_child_that_imported_another_copy_compiles_nothing(tmp_path):
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    with pytest.raises(SystemExit, match="not the parent's"):
+        P._child_main([str(tmp_path / "precompile.py"), '[["sigmoid_forward", "float32"]]',
+                       str(claims)])
+    assert not os.listdir(claims)
+
+
+def test_the_announcement_says_how_long(monkeypatch):
+    _fake_processes(monkeypatch, cached=False)
+    lines = []
+    model = lenet("sigmoid", "avg", rng=0)
+    P.precompile(model, processes=2, input_shape=(256, 1, 28, 28), announce=lines.append)
+    assert len(lines) == 1
+    seconds = sum(P.KERNELS[name] for name in P.kernels_for(model, (256, 1, 28, 28))) / 2
+    assert lines[0] == (f"compiling 10 kernels for this model (first run only, about "
+                        f"{seconds + P.STARTUP_SECONDS:.0f} s)...")
+
+
+def test_nothing_is_announced_with_a_warm_cache(monkeypatch):
+    _fake_processes(monkeypatch, cached=True)
+    lines = []
+    P.precompile(lenet("sigmoid", "avg", rng=0), announce=lines.append)
+    assert lines == []
 
 
 CACHE_KEYS = textwrap.dedent("""

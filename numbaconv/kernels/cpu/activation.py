@@ -20,9 +20,6 @@ division cost more than the pass over memory that keeps its values). The arithme
 unfused layers' own, in their order, so fused and unfused results agree bit for bit. Windows
 are 2x2 with stride 2, no padding, floor mode (a last odd row or column gets no window);
 callers check that.
-
-Both live in this module (and nothing here calls another module's kernels) because
-``cache=True`` does not notice edits to other modules.
 """
 
 import math

@@ -13,9 +13,6 @@ once (the backward differentiates them) and pools them while they are in cache.
 Results equal ``conv.forward`` followed by ``activation.act_pool_forward`` bit for bit: the
 same sums in the same order, then the same activation and pool functions
 (``tests/test_fusion.py``).
-
-Numba's cache notices edits to this module only: after changing ``conv.py``,
-``activation.py`` or ``simd.py``, clear the cache (``__pycache__``) before measuring this one.
 """
 
 import types
@@ -24,7 +21,9 @@ import numpy as np
 from numba import njit, prange
 
 from . import activation as act
-from .conv import TASKS, _block_rows, _grouped_weights, _taps, block_sums, use_lanes
+from .conv.common import _grouped_weights, _taps
+from .conv.flat import TASKS, _block_rows, block_sums
+from .conv.lanes import use_lanes
 
 
 @njit(inline="always")
@@ -78,7 +77,7 @@ def _fused_kernel(activation, pool):
         y = np.empty((n_batch, c_out, out_h // 2, out_w // 2), dtype=xp.dtype)
         n_jobs = n_batch * groups * n_blocks
         n_tasks = min(n_jobs, TASKS)
-        # one call per job: parfor passes over a large inlined body cost seconds (conv.py)
+        # one call per job: parfor passes over a large inlined body cost seconds (conv/flat.py)
         for task in prange(n_tasks):  # one scratch block per task, as conv2d_forward
             # zeros: the activation passes over whole rows, the last one's tail included
             out = np.zeros((c_out_g, rows * wp), dtype=xp.dtype)

@@ -2,19 +2,17 @@
 
 The rows of ``c`` are split among parallel tasks, each of which owns its rows (no shared
 writes, so results do not depend on the number of threads) and runs the register-tiled
-product of :mod:`numbaconv.kernels.cpu.conv` with every tap unshifted: row ``k`` of ``b`` is
-tap ``k``. No BLAS: NumPy's would run single-threaded beside Numba's threads (OpenBLAS's own
-threads spin after each call and take the cores from the next kernel), and at LeNet's sizes
-(256x400 by 400x120) this product is faster than OpenBLAS's on one thread as well.
-
-Numba's cache notices edits to this module only: after changing the microkernels in
-``conv.py`` or ``simd.py``, clear the cache (``__pycache__``) before measuring this one.
+product of :mod:`numbaconv.kernels.cpu.conv.tiles` with every tap unshifted: row ``k`` of
+``b`` is tap ``k``. No BLAS: NumPy's would run single-threaded beside Numba's threads
+(OpenBLAS's own threads spin after each call and take the cores from the next kernel), and at
+LeNet's sizes (256x400 by 400x120) this product is faster than OpenBLAS's on one thread as
+well.
 """
 
 import numpy as np
 from numba import njit, prange
 
-from .conv import _shifted_matmul_acc
+from .conv.tiles import _shifted_matmul_acc
 
 ROWS_PER_TASK = 16  # rows of c per parallel task: LeNet's 256-row products make 16 tasks
 

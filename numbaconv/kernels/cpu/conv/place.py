@@ -1,0 +1,38 @@
+"""Zero-padding, and spreading gy onto a stride grid, in one parallel pass for large arrays."""
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def _place_planes(src, out_h, out_w, src_r0, n_rows, dst_r0, row_step, src_c0, n_cols, dst_c0,
+                  col_step):
+    """(out, finite) for :func:`place`: one plane per parallel task, zeroed and filled while
+    it is in cache, and whether the placed values are all finite."""
+    n_batch, channels = src.shape[0], src.shape[1]
+    out = np.empty((n_batch, channels, out_h, out_w), dtype=src.dtype)
+    flat = out.reshape(n_batch * channels, out_h * out_w)
+    bad = np.zeros(n_batch * channels, dtype=np.bool_)
+    zero = src.dtype.type(0)
+    for plane in prange(n_batch * channels):
+        n, c = plane // channels, plane % channels
+        dst = flat[plane]
+        for p in range(out_h * out_w):
+            dst[p] = zero
+        not_finite = False
+        for i in range(n_rows):
+            row = src[n, c, src_r0 + i, src_c0:src_c0 + n_cols]
+            base = (dst_r0 + i * row_step) * out_w + dst_c0
+            if col_step == 1:  # a contiguous copy, vectorised
+                dst_row = dst[base:base + n_cols]
+                for j in range(n_cols):
+                    value = row[j]
+                    dst_row[j] = value
+                    not_finite |= (value - value) != (value - value)  # inf and NaN: NaN
+            else:
+                for j in range(n_cols):
+                    value = row[j]
+                    dst[base + j * col_step] = value
+                    not_finite |= (value - value) != (value - value)
+        bad[plane] = not_finite
+    return out, not bad.any()
