@@ -63,7 +63,7 @@ _IMAGE_OPTION = click.option("--image", "image_index", type=int, default=0, show
 
 @click.group()
 def demo():
-    """The text's lessons as runnable demos (sections 2 to 2.2).
+    """The text's lessons as runnable demos (its sections 2 to 2.2; D2L 6.2).
 
     \b
     Examples:
@@ -221,8 +221,8 @@ def shape(input_size, input_width, kernel, kernel_width, padding, padding_width,
           stride_width, dilation, dilation_width, pool, ceil_mode):
     """Output size of a convolution or pooling, by the text's formula with the numbers in.
 
-    floor((n - k + p + s) / s) per axis, with p the padding of both sides together (text,
-    sections 3.1 and 3.2); a dilated kernel spans d*(k-1)+1.
+    floor((n - k + p + s) / s) per axis, with p the padding of both sides together (the
+    text's sections 3.1 and 3.2; D2L 6.3); a dilated kernel spans d*(k-1)+1.
 
     \b
     The text's examples:

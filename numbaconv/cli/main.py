@@ -205,7 +205,8 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
 
         loaded = []
         precompile(model, meanwhile=lambda: loaded.append(_load_training_data(data_dir)),
-                   input_shape=(settings.batch_size,) + INPUT_SHAPE)
+                   input_shape=(settings.batch_size,) + INPUT_SHAPE,
+                   announce=lambda line: click.echo(line, err=True))
         data = loaded[0]
     else:
         data = _load_training_data(data_dir)
