@@ -149,7 +149,7 @@ FROM_A_CHECKOUT = textwrap.dedent("""
     import numpy as np
     from numbaconv import precompile as P
     from numbaconv.layers import MaxPool2d, Sigmoid
-    from numbaconv.sequential import Sequential
+    from numbaconv.layers import Sequential
 
     def until_the_child_claims():  # so that the child compiles some of the kernels
         claims = os.path.join(tempfile.gettempdir(), "numbaconv-precompile-*", "*")

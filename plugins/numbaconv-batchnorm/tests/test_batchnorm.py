@@ -17,7 +17,7 @@ import sys
 import textwrap
 
 import numbaconv
-import numbaconv.registry as plugins
+from numbaconv.registry import manager as plugins
 import numpy as np
 import pytest
 from numbaconv.layers import Layer, ShapeError
