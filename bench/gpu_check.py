@@ -12,17 +12,25 @@ It prints markdown tables headed by the card's name, and exits 1 if a parity che
 
 ``--tiny`` shrinks everything so that the whole script runs under the CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``, PyTorch then on the CPU). ``--ptx`` compiles every kernel for
-float32 and float64 with the real CUDA compiler (NVVM; no GPU needed) and checks that the
-float32 kernels do no float64 arithmetic; it exits 3 when no compiler is found.
+float32 and float64 with the real CUDA compiler (NVVM; no GPU needed) for sm_80 and sm_90
+(``--cc``), checks that the float32 kernels do no float64 arithmetic, and prints for each
+kernel the registers, spilled bytes, stack frame and shared memory ``ptxas -v`` reports
+(ptxas from ``numba-cuda[cu12]``'s nvidia-cuda-nvcc-cu12 wheel, ``$CUDA_HOME`` or the
+PATH); it exits 1 when a kernel spills registers, 3 when no compiler is found.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     # as tests/cuda/conftest.py: the simulator busy-polls for barriers holding the GIL, and a
@@ -54,9 +62,14 @@ def parse_args(argv=None):
     parser.add_argument("--sweep", action="store_true",
                         help="also time the 64-channel convolution's kernels for each tile shape")
     parser.add_argument("--ptx", action="store_true",
-                        help="only compile every kernel to PTX (no GPU needed) and exit")
-    parser.add_argument("--cc", default="8.0",
-                        help="compute capability for --ptx, e.g. 8.0 or 9.0 (default 8.0)")
+                        help="only compile every kernel to PTX (no GPU needed), print each "
+                             "one's registers, spills and shared memory (ptxas) and exit")
+    parser.add_argument("--cc", default="8.0,9.0",
+                        help="compute capabilities for --ptx, comma-separated "
+                             "(default 8.0,9.0)")
+    parser.add_argument("--max-registers", type=int, default=None,
+                        help="--ptx: assemble with ptxas --maxrregcount N, to see which "
+                             "kernels would spill under that limit")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.repeats is None:
@@ -73,7 +86,8 @@ def parse_args(argv=None):
 # ============================================================================== PTX compilation
 
 def _kernel_signatures(dt):
-    """(kernel dispatcher, argument types) of every kernel of the backend for float type dt."""
+    """(label, kernel dispatcher, argument types) of every kernel of the backend for float
+    type dt; a convolution kernel's label names its tile shape (TM x TN x BK)."""
     from numba import types
 
     from numbaconv.kernels.cuda import config, conv, ops, pool
@@ -91,7 +105,12 @@ def _kernel_signatures(dt):
                          *(conv.Tiles(*wide).key() for wide in (
                              config.CONV_FORWARD_TILES, config.CONV_GRAD_INPUT_TILES,
                              config.CONV_GRAD_WEIGHT_TILES))})
-    return [
+    conv_kernels = [
+        (conv.forward_kernel, (arr(4), arr(2), arr(1), table, arr(4)) + (i,) * 5 + (b, i)),
+        (conv.grad_input_kernel, (arr(4), arr(3), table, arr(4)) + (i,) * 4),
+        (conv.grad_weight_kernel, (arr(4), arr(4), table, arr(2)) + (i,) * 6),
+    ]
+    kernels = [
         (ops._bias_act_forward_kernel, (arr(3), arr(1), arr(3), b, i)),
         (ops._act_backward_kernel, (arr(1), arr(1), arr(1), i)),
         (ops._channel_partial_kernel, (arr(3), arr(2), i)),
@@ -103,65 +122,175 @@ def _kernel_signatures(dt):
         (ops._sgd_kernel, (arr(1), arr(1), arr(1), dt, dt, dt, b, b)),
         (ops._adam_kernel, (arr(1),) * 4 + (dt,) * 8 + (b,)),
         (ops._gemm_kernel(str(dt)), (arr(2), arr(2), arr(1), arr(2), b, b, b, i)),
-        *[(conv.forward_kernel(str(dt), tiles),
-           (arr(4), arr(2), arr(1), table, arr(4)) + (i,) * 5 + (b, i)) for tiles in conv_tiles],
-        *[(conv.grad_input_kernel(str(dt), tiles), (arr(4), arr(3), table, arr(4)) + (i,) * 4)
-          for tiles in conv_tiles],
-        *[(conv.grad_weight_kernel(str(dt), tiles), (arr(4), arr(4), table, arr(2)) + (i,) * 6)
-          for tiles in conv_tiles],
         (pool._max_pool_forward_kernel, (arr(3), arr(3), ints(3)) + (i,) * 8),
         (pool._max_pool_backward_gather_kernel, (arr(3), ints(3), arr(3)) + (i,) * 8),
         (pool._max_pool_backward_plane_kernel, (arr(2), ints(2), arr(2))),
         (pool._avg_pool_forward_kernel, (arr(3), arr(3)) + (i,) * 6 + (b, i)),
         (pool._avg_pool_backward_kernel, (arr(3), arr(3)) + (i,) * 6 + (b, i)),
     ]
+    labelled = [(kernel.py_func.__name__, kernel, signature) for kernel, signature in kernels]
+    for make, signature in conv_kernels:
+        for tm, tn, bk, side in conv_tiles:
+            kernel = make(str(dt), (tm, tn, bk, side))
+            labelled.append((f"{kernel.py_func.__name__} {tm}x{tn}x{bk}", kernel, signature))
+    return labelled
 
 
-def ptx_check(cc_text: str) -> int:
-    """Compile every kernel to PTX; 0 ok, 1 a kernel failed, 3 no compiler (or simulator)."""
+@dataclass
+class Resources:
+    """What ptxas reports for one function: registers per thread, bytes of registers
+    spilled to local memory (stores and loads), bytes of stack frame (local arrays and
+    spills) and bytes of static shared memory."""
+
+    registers: int = 0
+    spill_stores: int = 0
+    spill_loads: int = 0
+    stack: int = 0
+    smem: int = 0
+
+    @property
+    def spills(self) -> bool:
+        return self.spill_stores > 0 or self.spill_loads > 0
+
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)'")
+_PROPERTIES = re.compile(r"Function properties for (\S+)")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def parse_ptxas_report(report: str) -> dict[str, Resources]:
+    """``ptxas -v``'s report (its stderr) as {function's mangled name: Resources}: every
+    function with a "Function properties" block (kernels and device functions it kept), and
+    for each kernel ("entry function") its registers and shared memory."""
+    functions: dict[str, Resources] = {}
+    entry = current = None
+    for line in report.splitlines():
+        if match := _ENTRY.search(line):
+            entry = match.group(1)
+            functions.setdefault(entry, Resources())
+        elif match := _PROPERTIES.search(line):
+            current = match.group(1)
+            functions.setdefault(current, Resources())
+        elif (match := _FRAME.search(line)) and current is not None:
+            stack, stores, loads = (int(group) for group in match.groups())
+            resources = functions[current]
+            resources.stack, resources.spill_stores, resources.spill_loads = stack, stores, loads
+        elif (match := _USED.search(line)) and entry is not None:
+            functions[entry].registers = int(match.group(1))
+            if smem := _SMEM.search(line):
+                functions[entry].smem = int(smem.group(1))
+    return functions
+
+
+def find_ptxas() -> str | None:
+    """ptxas from NVIDIA's wheels (numba-cuda[cu12] brings nvidia-cuda-nvcc-cu12), else
+    $CUDA_HOME/bin or the PATH; None if there is none."""
+    try:
+        from cuda.pathfinder import find_nvidia_binary_utility
+
+        found = find_nvidia_binary_utility("ptxas")
+    except (ImportError, RuntimeError):
+        found = None
+    if found:
+        return found
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if cuda_home and os.access(os.path.join(cuda_home, "bin", "ptxas"), os.X_OK):
+        return os.path.join(cuda_home, "bin", "ptxas")
+    return shutil.which("ptxas")
+
+
+def ptxas_resources(ptx: str, cc: tuple[int, int], ptxas: str,
+                    options: tuple[str, ...] = ()) -> dict[str, Resources]:
+    """Assemble ``ptx`` for sm_<cc> with ``ptxas -v`` (and ``options``, e.g.
+    ``--maxrregcount``); its report parsed by :func:`parse_ptxas_report`."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "kernel.ptx")
+        with open(source, "w") as file:
+            file.write(ptx)
+        proc = subprocess.run([ptxas, "-v", f"-arch=sm_{cc[0]}{cc[1]}", *options, "-o",
+                               os.path.join(folder, "kernel.cubin"), source],
+                              capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ptxas failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return parse_ptxas_report(proc.stderr)
+
+
+def _pretend_device(cc: tuple[int, int]) -> None:
+    """Device functions called from a kernel are compiled for the current device's compute
+    capability; without a GPU, name one (this touches only this checking process)."""
+    import types as pytypes
+
+    import numba.cuda.dispatcher as dispatcher
+
+    dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=cc)
+
+
+def ptx_check(cc_text: str, max_registers: int | None = None,
+              signatures=_kernel_signatures) -> int:
+    """Compile every kernel (of ``signatures(float type)``: (label, kernel, argument types))
+    to PTX for each compute capability in ``cc_text`` ("8.0,9.0") and, with ptxas (limited
+    to ``max_registers`` per thread if given), report each kernel's registers, spills, stack
+    and shared memory; 0 ok, 1 a kernel failed, does float64 arithmetic in float32 or spills,
+    3 no compiler (or the simulator)."""
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         print("--ptx needs the real numba-cuda compiler: unset NUMBA_ENABLE_CUDASIM")
         return 3
-    import types as pytypes
-
     from numba import cuda
     from numba import types as nbtypes
 
-    cc = tuple(int(part) for part in cc_text.split("."))
+    ccs = [tuple(int(part) for part in cc.split(".")) for cc in cc_text.split(",")]
 
     def probe(a):
         a[0] = 1.0
 
     try:
-        cuda.compile_ptx(probe, (nbtypes.float32[::1],), cc=cc)
+        cuda.compile_ptx(probe, (nbtypes.float32[::1],), cc=ccs[0])
     except Exception as exc:
-        print(f"no CUDA compiler (NVVM/NVRTC) found, e.g. pip install nvidia-nvvm "
-              f"nvidia-cuda-nvrtc: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        print(f"no CUDA compiler (NVVM/NVRTC) found, e.g. pip install 'numba-cuda[cu12]': "
+              f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         return 3
-    if not cuda.is_available():
-        # Device functions called from a kernel are compiled for the current device's compute
-        # capability; without a GPU, name one (this touches only this checking process).
-        import numba.cuda.dispatcher as dispatcher
-
-        dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=cc)
-    failures, wide = [], []
-    for dt in (nbtypes.float32, nbtypes.float64):
-        for kernel, signature in _kernel_signatures(dt):
-            name = f"{kernel.py_func.__name__}{signature}"
-            try:
-                ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=cc)
-            except Exception as exc:
-                failures.append(name)
-                print(f"FAIL {name}\n{exc}")
-                continue
-            f64 = sum(1 for line in ptx.splitlines()
-                      if ".f64" in line and not line.strip().startswith("//"))
-            if dt == nbtypes.float32 and f64 and "int64" not in str(signature[0]):
-                wide.append(f"{kernel.py_func.__name__} ({f64} lines)")
-            print(f"ok   {kernel.py_func.__name__} [{dt}] ({len(ptx)} chars of PTX)")
-    print(f"compiled for sm_{cc[0]}{cc[1]}: {len(failures)} failures")
+    ptxas = find_ptxas()
+    if ptxas is None:
+        print("ptxas not found (pip install 'numba-cuda[cu12]' brings it): registers, "
+              "spills and shared memory are not reported")
+    options = ("--maxrregcount", str(max_registers)) if max_registers else ()
+    failures, wide, spilled = [], [], []
+    for cc in ccs:
+        arch = f"sm_{cc[0]}{cc[1]}"
+        if not cuda.is_available():
+            _pretend_device(cc)
+        for dt in (nbtypes.float32, nbtypes.float64):
+            for kernel_name, kernel, signature in signatures(dt):
+                name = f"{kernel_name}{signature}"
+                try:
+                    ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=cc)
+                    functions = ptxas_resources(ptx, cc, ptxas, options) if ptxas else {}
+                except Exception as exc:
+                    failures.append(f"{name} for {arch}")
+                    print(f"FAIL {name} for {arch}\n{exc}")
+                    continue
+                f64 = sum(1 for line in ptx.splitlines()
+                          if ".f64" in line and not line.strip().startswith("//"))
+                if dt == nbtypes.float32 and f64 and "int64" not in str(signature[0]):
+                    wide.append(f"{kernel_name} for {arch} ({f64} lines)")
+                report = ""
+                if functions:  # the kernel, and any device function ptxas kept apart
+                    kernel_resources = max(functions.values(), key=lambda r: r.registers)
+                    stores = sum(r.spill_stores for r in functions.values())
+                    loads = sum(r.spill_loads for r in functions.values())
+                    report = (f": {kernel_resources.registers} registers, spills {stores}/"
+                              f"{loads} bytes (stores/loads), stack {kernel_resources.stack} "
+                              f"bytes, smem {kernel_resources.smem} bytes")
+                    if stores or loads:
+                        spilled.append(f"{kernel_name} [{dt}] {arch} ({stores}/{loads} bytes)")
+                print(f"ok   {kernel_name} [{dt}] {arch}{report} ({len(ptx)} chars of PTX)")
+        print(f"compiled for {arch}: {sum(f.endswith(arch) for f in failures)} failures")
     print("float32 kernels with float64 arithmetic: " + (", ".join(wide) or "none"))
-    return 1 if failures or wide else 0
+    if ptxas:
+        print("kernels that spill registers: " + (", ".join(spilled) or "none"))
+    return 1 if failures or wide or spilled else 0
 
 
 # ============================================================================== helpers
@@ -565,7 +694,7 @@ def sweep_tiles(env, params, rng, repeats, warmup):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.ptx:
-        return ptx_check(args.cc)
+        return ptx_check(args.cc, args.max_registers)
     env = Env(args.tiny)
     np = env.np
     rng = np.random.default_rng(args.seed)

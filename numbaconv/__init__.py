@@ -8,9 +8,11 @@
 
 __version__ = "0.1.0"
 
+from .threading_layer import prefer_tbb  # noqa: E402
 from .vectors import prefer_wide_vectors  # noqa: E402
 
 prefer_wide_vectors()  # before the kernels below are defined: see numbaconv.vectors
+prefer_tbb()  # before the first parallel kernel runs: see numbaconv.threading_layer
 
 from . import functional, shapes  # noqa: E402
 from .layers import Concat, Layer, Residual, Sequential  # noqa: E402

@@ -1,6 +1,8 @@
 """Threads for ``numbaconv run`` and ``evaluate``: Numba's kernels on every core (or
-``--threads``), and OpenMP threads that sleep between parallel regions when other processes
-keep the cores busy.
+``--threads``), and, where Numba's threading layer is OpenMP, OpenMP threads that sleep
+between parallel regions when other processes keep the cores busy. (``import numbaconv``
+selects TBB, whose threads sleep when out of work by themselves: see
+:mod:`numbaconv.threading_layer`.)
 (``numbaconv bench`` leaves the wait policy alone: PyTorch's OpenMP reads it too, and its
 side of the comparison keeps its defaults.)"""
 
@@ -44,11 +46,13 @@ def busy(threads: int, interval: float = 0.1) -> bool:
 
 
 def choose_wait_policy(threads: int) -> str | None:
-    """Ask OpenMP (Numba's default threading layer here) to put idle threads to sleep at once
-    (``OMP_WAIT_POLICY=PASSIVE``) when the machine is :func:`busy`, unless the user chose a
-    policy; returns the policy set (None: OpenMP's default, spin a little, then sleep).
-    OpenMP reads the variable when its library loads: call this before the first parallel
-    kernel, ``numba.set_num_threads`` and ``import torch``.
+    """Ask OpenMP to put idle threads to sleep at once (``OMP_WAIT_POLICY=PASSIVE``) when
+    Numba's threading layer may be OpenMP (the user chose it, or Numba's default stands where
+    TBB cannot load: :func:`numbaconv.threading_layer.may_use_openmp`) and the machine is
+    :func:`busy`, unless the user chose a policy; returns the policy set (None: OpenMP's
+    default, spin a little, then sleep, or a layer without OpenMP). OpenMP reads the variable
+    when its library loads: call this before the first parallel kernel,
+    ``numba.set_num_threads`` and ``import torch``.
 
     On a busy machine spinning threads make every parallel region wait a scheduler slice
     when another process holds a core (a kernel measured 5-20x slower). On a quiet one,
@@ -59,7 +63,10 @@ def choose_wait_policy(threads: int) -> str | None:
     threads while the calling thread waits: on one thread LeNet's epoch took 1.3-1.6x as long
     as on OpenMP, whose calling thread does the work itself.
     """
-    if "OMP_WAIT_POLICY" in os.environ or threads < 2 or not busy(threads):  # 0.1 s
+    from .threading_layer import may_use_openmp
+
+    if "OMP_WAIT_POLICY" in os.environ or threads < 2 or not may_use_openmp() \
+            or not busy(threads):  # 0.1 s
         return None
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return "PASSIVE"

@@ -1,14 +1,22 @@
-"""Results must not depend on the number of Numba threads.
+"""Numba's threads: results that do not depend on their number, and a threading layer that
+survives ``fork()`` and Python threads.
 
 The same fixed, seeded batch goes through conv2d forward and backward (each kernel path), a
 fused stage's one-pass forward, both pools (forward and backward) and the dense layers'
 product in two fresh interpreters, one with ``NUMBA_NUM_THREADS=1`` and one with
 ``NUMBA_NUM_THREADS=2``; the saved results must agree bit for bit, and with the reference.
+
+The threading layer (numbaconv.threading_layer): in fresh interpreters, each with a time
+limit so that a hang fails, a ``multiprocessing`` fork pool whose workers run kernels after
+the parent did, and two Python threads running kernels at once.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import platform
+import signal
 import subprocess
 import sys
 import textwrap
@@ -153,3 +161,165 @@ def test_threaded_results_match_reference(runs, prefix, dtype):
     dense = x.reshape(8, -1)[:, :60].repeat(9, axis=0)[:70] @ (
         wn.reshape(-1)[:50] * x.reshape(-1)[:3000].reshape(60, 50))
     check(r["dense"], dense, "dense")
+
+
+# ------------------------------------------------------------------------- threading layer
+
+#: Where ``pip install numbaconv`` brings TBB (pyproject.toml's marker on ``tbb``).
+TBB_PLATFORM = (sys.platform, platform.machine()) in {("linux", "x86_64"), ("win32", "AMD64")}
+needs_tbb = pytest.mark.skipif(not TBB_PLATFORM, reason="no TBB wheel for this platform")
+
+#: Numba's default layer where GNU OpenMP is missing (a slim image without libgomp1) is
+#: ``workqueue``; the script simulates that machine by making Numba's OpenMP layer
+#: unimportable before anything loads it.
+WITHOUT_OPENMP = 'sys.modules["numba.np.ufunc.omppool"] = None'
+
+KERNELS = textwrap.dedent("""
+    import sys
+    {machine}
+    import numba
+    import numpy as np
+    import numbaconv.functional as nc
+
+    def kernels(seed):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(4, 3, 12, 12))
+        w = rng.normal(size=(5, 3, 3, 3))
+        y = nc.conv2d(x, w, None, padding=1)
+        gx, gw, gb = nc.conv2d_backward(np.ones_like(y), x, w, padding=1)
+        return y, gx, gw, gb, nc.max_pool2d(y, 2)
+
+    def same(a, b):
+        return all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+
+    expected = [kernels(seed) for seed in range(4)]  # the parent's parallel kernels first
+""")
+
+FORK_POOL = KERNELS + textwrap.dedent("""
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = pool.map(kernels, range(4))
+    assert all(same(g, e) for g, e in zip(got, expected, strict=True)), "wrong results"
+    print(numba.threading_layer())
+""")
+
+TWO_THREADS = KERNELS + textwrap.dedent("""
+    import threading
+    start, failures = threading.Barrier(2), []
+
+    def run(first):
+        start.wait()
+        for i in range(40):
+            seed = (first + i) % 4
+            if not same(kernels(seed), expected[seed]):
+                failures.append(seed)
+
+    threads = [threading.Thread(target=run, args=(first,)) for first in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, f"wrong results for seeds {failures}"
+    print(numba.threading_layer())
+""")
+
+
+def _run_script(script, machine="", timeout=300, **env_changes):
+    """Run ``script`` in a fresh interpreter (in its own process group, so that a pool's
+    workers go too when it hangs); (return code, stdout, stderr), return code None on a
+    hang."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY")}
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["NUMBA_NUM_THREADS"] = "2"
+    env.update(env_changes)
+    proc = subprocess.Popen([sys.executable, "-c", script.replace("{machine}", machine)], env=env,
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        return None, stdout, stderr
+    return proc.returncode, stdout, stderr
+
+
+def _survived(what, result):
+    code, stdout, stderr = result
+    assert code is not None, f"{what} hung (killed after its time limit):\n{stderr[-3000:]}"
+    assert code == 0, f"{what} failed with exit status {code}:\n{stderr[-3000:]}"
+    return stdout.strip().splitlines()[-1]
+
+
+MACHINES = pytest.mark.parametrize("machine", ["", WITHOUT_OPENMP],
+                                   ids=["this-machine", "without-openmp"])
+
+
+@needs_tbb
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+@MACHINES
+def test_fork_pool_runs_kernels_after_the_parent_did(machine):
+    """GNU OpenMP's child killed itself with SIGTERM and the pool waited forever."""
+    layer = _survived("the fork pool", _run_script(FORK_POOL, machine))
+    assert layer == "tbb"
+
+
+@needs_tbb
+@MACHINES
+def test_two_threads_run_kernels_at_once(machine):
+    """Numba's workqueue layer aborted the process ("Concurrent access has been detected")."""
+    layer = _survived("two threads", _run_script(TWO_THREADS, machine))
+    assert layer == "tbb"
+
+
+@pytest.mark.parametrize("layer", ["omp", "workqueue"])
+def test_the_users_threading_layer_wins(layer):
+    if layer == "omp":
+        pytest.importorskip("numba.np.ufunc.omppool", reason="no OpenMP runtime here")
+    script = "import numbaconv.functional as nc, numba, numpy as np\n" \
+             "nc.conv2d(np.ones((2, 1, 8, 8)), np.ones((2, 1, 3, 3)))\n" \
+             "print(numba.threading_layer())"
+    assert _survived(layer, _run_script(script, NUMBA_THREADING_LAYER=layer)) == layer
+
+
+@pytest.fixture
+def fresh_layer(monkeypatch):
+    """Numba's threading layer not started, nothing chosen: what ``import numbaconv`` meets."""
+    import numba
+
+    from numbaconv import threading_layer
+
+    for name in ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(threading_layer, "_layer_started", lambda: False)
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "default")
+    return threading_layer
+
+
+@needs_tbb
+def test_prefer_tbb_selects_tbb(fresh_layer):
+    import numba
+
+    assert fresh_layer.prefer_tbb()
+    assert numba.config.THREADING_LAYER == "tbb"
+
+
+@pytest.mark.parametrize("variable, value", [("NUMBA_THREADING_LAYER", "omp"),
+                                             ("NUMBA_THREADING_LAYER", "tbb"),
+                                             ("NUMBA_THREADING_LAYER_PRIORITY",
+                                              "omp tbb workqueue")])
+def test_prefer_tbb_leaves_the_users_choice(fresh_layer, monkeypatch, variable, value):
+    import numba
+
+    monkeypatch.setenv(variable, value)
+    assert not fresh_layer.prefer_tbb()
+    assert numba.config.THREADING_LAYER == "default"
+
+
+def test_prefer_tbb_leaves_a_started_layer(fresh_layer, monkeypatch):
+    import numba
+
+    monkeypatch.setattr(fresh_layer, "_layer_started", lambda: True)
+    assert not fresh_layer.prefer_tbb()
+    assert numba.config.THREADING_LAYER == "default"

@@ -1,19 +1,24 @@
-"""numbaconv run's OpenMP wait policy: threads sleep at once only on a busy machine."""
+"""numbaconv run's OpenMP wait policy: threads sleep at once only on a busy machine, and
+only where Numba's threading layer may be OpenMP."""
 
 from __future__ import annotations
 
 import os
 
+import numba
 import pytest
 
-from numbaconv import threads
+from numbaconv import threading_layer, threads
 
 
 @pytest.fixture
 def machine(monkeypatch):
     """A 2-CPU machine whose other processes keep ``load`` CPUs busy during the sample (and
-    whose load average says the same where /proc/stat is missing); no policy chosen yet."""
+    whose load average says the same where /proc/stat is missing); no policy chosen yet, and
+    Numba's threading layer not started and set to OpenMP."""
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(threading_layer, "_layer_started", lambda: False)
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "omp")
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(threads.time, "sleep", lambda seconds: None)
 
@@ -53,3 +58,18 @@ def test_the_users_policy_wins(machine, monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert threads.choose_wait_policy(2) is None
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+@pytest.mark.parametrize("layer, tbb_usable, policy", [
+    ("tbb", True, None),
+    ("workqueue", True, None),
+    ("default", True, None),  # Numba's default order picks TBB first
+    ("default", False, "PASSIVE"),  # ... and OpenMP where TBB cannot load
+])
+def test_a_policy_only_where_the_layer_may_be_openmp(machine, monkeypatch, layer, tbb_usable,
+                                                     policy):
+    machine(2.0)
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", layer)
+    monkeypatch.setattr(threading_layer, "_tbb_usable", lambda: tbb_usable)
+    assert threads.choose_wait_policy(2) == policy
+    assert os.environ.get("OMP_WAIT_POLICY") == policy
