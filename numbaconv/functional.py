@@ -1,30 +1,49 @@
-"""Convolution and pooling as plain functions, forward and backward, with PyTorch's semantics.
+"""The one door from layers to kernels: convolution, pooling, dense products, activations,
+dropout and the loss as plain functions, forward and backward, with PyTorch's semantics.
 
-Every function takes NumPy arrays in NCHW layout (float32 or float64; the result has the
-input's dtype) and checks its arguments, so a mistake surfaces as a ``ValueError`` or
-``TypeError`` that names the argument and the shapes involved. Numba CUDA device arrays are
-accepted too: the same call then runs on the GPU and returns device arrays (needs the
-``numbaconv[cuda]`` extra).
+Every function checks its arguments, so a mistake surfaces as a ``ValueError`` or
+``TypeError`` that names the argument and the shapes involved, then dispatches by the type of
+its arrays: NumPy arrays run on the CPU (:mod:`numbaconv.kernels.cpu`), Numba CUDA device
+arrays on the GPU (:mod:`numbaconv.kernels.cuda`, needs the ``numbaconv[cuda]`` extra), and
+the result lives where the inputs do. All arrays of one call must live on one device. A layer
+that computes only through these functions runs on both devices unchanged
+(:meth:`numbaconv.layers.Layer.to`, :mod:`numbaconv.devices`).
 
+Arrays are float32 or float64 (the result has the input's dtype), in NCHW layout for images.
 Shapes: ``x`` (N, C_in, H, W); ``weight`` (C_out, C_in // groups, kH, kW); ``bias`` (C_out,);
 outputs (N, C_out, H_out, W_out) with ``H_out = floor((H + pad_top + pad_bottom
 - dilation*(kH-1) - 1) / stride) + 1`` (see :mod:`numbaconv.shapes`).
+
+On a GPU, arrays computed during a training step come from the step's buffers
+(:func:`numbaconv.devices.Device.take` starts a step): the same step of the next batch
+writes them again, so a layer keeps nothing across steps but in its ``params``, ``grads``
+and ``buffers``.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from . import shapes
+from .kernels.cpu import activation as cpu_activation
 from .kernels.cpu import conv as cpu_conv
 from .kernels.cpu import conv_act_pool
 from .kernels.cpu import pool as cpu_pool
+from .kernels.cpu.dense import matmul_acc
 from .kernels.cuda.device import is_device_array as _is_device_array
+from .losses import check_labels, check_logits, log_softmax
 
 __all__ = [
     "conv2d", "conv2d_backward",
+    "conv2d_act_pool", "conv2d_act_pool_backward",
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
+    "linear", "linear_backward",
+    "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+    "dropout", "dropout_backward",
+    "cross_entropy", "cross_entropy_backward", "correct",
     "corr2d", "convolve2d",
     "add", "concat_channels", "split_channels",
     "cross_entropy", "cross_entropy_backward", "correct", "count_nonfinite",
@@ -35,23 +54,35 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # --------------------------------------------------------------------------- argument checks
 
-def _cuda_backend():
-    from .kernels import cuda
-    return cuda
+def _cuda(module: str = "ops"):
+    """A module of the CUDA backend (imported on first use: numbaconv never imports
+    numba-cuda unless device arrays reach it)."""
+    return importlib.import_module(f"{__package__}.kernels.cuda.{module}")
 
 
-def _check_array(array, name: str, ndim: int, layout: str):
-    """``array`` as a C-contiguous float ndarray of ``ndim`` dimensions, else an error."""
+def _check_array(array, name: str, ndim: int | None, layout: str):
+    """``array``, a float ndarray or device array of ``ndim`` dimensions (any number when
+    None), else an error."""
     if not isinstance(array, np.ndarray) and not _is_device_array(array):
         raise TypeError(f"{name} must be a numpy.ndarray of shape {layout}, "
                         f"got {type(array).__name__}")
     if np.dtype(array.dtype) not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got dtype {array.dtype} "
                         f"(shape {tuple(array.shape)})")
-    if array.ndim != ndim:
+    if ndim is not None and array.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions {layout}, "
                          f"got shape {tuple(array.shape)}")
     return array
+
+
+def _check_like(array, name: str, reference, reference_name: str):
+    """``array`` must have the shape and dtype of ``reference`` and live on its device."""
+    _check_array(array, name, None, f"{tuple(reference.shape)}")
+    if tuple(array.shape) != tuple(reference.shape):
+        raise ValueError(f"{name} must have {reference_name}'s shape {tuple(reference.shape)}, "
+                         f"got {tuple(array.shape)}")
+    _check_same_dtype(reference, reference_name, array, name)
+    _check_device(reference, {name: array})
 
 
 def _check_same_dtype(reference, reference_name: str, other, other_name: str) -> None:
@@ -146,8 +177,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
     _check_bias(bias, x, weight)
     if _check_device(x, {"weight": weight, "bias": bias}):
-        return _cuda_backend().conv2d_forward(x, weight, bias, geo.stride, geo.padding,
+        return _cuda("conv").conv2d_forward(x, weight, bias, geo.stride, geo.padding,
                                               geo.dilation, geo.groups)
+    return _conv2d_cpu(x, weight, bias, geo)
+
+
+def _conv2d_cpu(x, weight, bias, geo):
     if 0 in geo.output_shape:
         return np.zeros(geo.output_shape, dtype=x.dtype)
     b = np.zeros(weight.shape[0], dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
@@ -168,15 +203,18 @@ def _check_bias(bias, x, weight):
 
 
 def _conv2d_act_pool(x, weight, bias, stride, padding, dilation, groups, activation, pool):
-    """``(z, y)``: z = activation(conv2d(x, ...)) and y its 2x2 pool (stride 2, floor mode),
-    by one fused CPU kernel (:mod:`numbaconv.kernels.cpu.conv_act_pool`; activation and pool
-    codes as in :mod:`numbaconv.kernels.cpu.activation`), or None where that kernel does not
-    serve the convolution (device arrays, a stride, narrow images): for
-    :mod:`numbaconv.layers.fusion`, which then runs the two passes."""
+    """``(z, y)`` of :func:`conv2d_act_pool` by one fused CPU pass
+    (:mod:`numbaconv.kernels.cpu.conv_act_pool`; activation and pool codes as in
+    :mod:`numbaconv.kernels.cpu.activation`), or None where that kernel does not serve the
+    convolution (device arrays, a stride, narrow images), which then runs in two passes."""
     if not (isinstance(x, np.ndarray) and isinstance(weight, np.ndarray)):
         return None
     geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
     _check_bias(bias, x, weight)
+    return _one_pass(x, weight, bias, geo, activation, pool)
+
+
+def _one_pass(x, weight, bias, geo, activation, pool):
     out_h, out_w = geo.output_shape[2:]
     padded_shape = (x.shape[0], x.shape[1]) + geo.padded
     if 0 in geo.output_shape or not (conv_act_pool.applies(padded_shape, x.itemsize, geo.stride,
@@ -190,7 +228,8 @@ def _conv2d_act_pool(x, weight, bias, stride, padding, dilation, groups, activat
 
 
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
-                    need_input_grad=True):
+                    need_input_grad=True, need_bias_grad=True, *, grad_weight=None,
+                    grad_bias=None):
     """Gradients of :func:`conv2d` with respect to its input, weight and bias.
 
     Parameters
@@ -199,6 +238,9 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     x, weight, stride, padding, dilation, groups : as given to :func:`conv2d`
     need_input_grad : bool, default True. False skips grad_x (a network's first layer needs
         none) and returns None in its place.
+    need_bias_grad : bool, default True. False returns None for grad_bias (no bias).
+    grad_weight, grad_bias : arrays of the gradients' shapes and dtype on x's device, or None.
+        Given, the gradients are written into them (a layer's ``grads``) and they are returned.
 
     Returns
     -------
@@ -207,27 +249,132 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     """
     geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
     _check_grad(grad_y, geo.output_shape, x, "x")
-    if _check_device(x, {"weight": weight, "grad_y": grad_y}):
-        return _cuda_backend().conv2d_backward(grad_y, x, weight, geo.stride, geo.padding,
-                                               geo.dilation, geo.groups,
-                                               need_input_grad=need_input_grad)
+    on_device = _check_device(x, {"weight": weight, "grad_y": grad_y})
+    _check_outputs(x, grad_weight=(grad_weight, weight.shape),
+                   grad_bias=(grad_bias, (weight.shape[0],)))
+    if on_device:
+        return _cuda("conv").conv2d_backward(
+            grad_y, x, weight, geo.stride, geo.padding, geo.dilation, geo.groups,
+            with_bias=need_bias_grad, need_input_grad=need_input_grad,
+            grad_weight=grad_weight, grad_bias=grad_bias)
     if 0 in geo.output_shape:
-        return (np.zeros_like(x) if need_input_grad else None, np.zeros_like(weight),
-                np.zeros(weight.shape[0], dtype=x.dtype))
-    w = np.ascontiguousarray(weight)
-    gy = np.ascontiguousarray(grad_y)
-    xp, finite = cpu_conv.pad(x, geo.padding, check_finite=True)
-    if not (finite and np.isfinite(w.sum())):  # rare: an exact, slow path
-        grad_xp, grad_w, grad_b = cpu_conv.conv2d_backward_direct(gy, xp, w, *geo.stride,
-                                                                  *geo.dilation, geo.groups)
-        return geo.crop(grad_xp) if need_input_grad else None, grad_w, grad_b
-    grad_w, grad_b = cpu_conv.weight_grad(gy, xp, geo.kernel, geo.stride, geo.dilation,
-                                          geo.groups)
-    grad_x = None
-    if need_input_grad:
-        grad_x = cpu_conv.conv2d_input_grad(gy, w, x.shape, geo.padding, geo.stride,
-                                            geo.dilation, geo.groups)
-    return grad_x, grad_w, grad_b
+        grad_x = np.zeros_like(x) if need_input_grad else None
+        grad_w, grad_b = np.zeros_like(weight), np.zeros(weight.shape[0], dtype=x.dtype)
+    else:
+        w = np.ascontiguousarray(weight)
+        gy = np.ascontiguousarray(grad_y)
+        xp, finite = cpu_conv.pad(x, geo.padding, check_finite=True)
+        if not (finite and np.isfinite(w.sum())):  # rare: an exact, slow path
+            grad_xp, grad_w, grad_b = cpu_conv.conv2d_backward_direct(
+                gy, xp, w, *geo.stride, *geo.dilation, geo.groups)
+            grad_x = geo.crop(grad_xp) if need_input_grad else None
+        else:
+            grad_w, grad_b = cpu_conv.weight_grad(gy, xp, geo.kernel, geo.stride, geo.dilation,
+                                                  geo.groups)
+            grad_x = None
+            if need_input_grad:
+                grad_x = cpu_conv.conv2d_input_grad(gy, w, x.shape, geo.padding, geo.stride,
+                                                    geo.dilation, geo.groups)
+    return grad_x, _into(grad_weight, grad_w), _into(grad_bias, grad_b) if need_bias_grad \
+        else None
+
+
+def _check_outputs(x, **outputs):
+    """Each ``name=(array or None, shape)``: an array given to write a result into must have
+    that shape, x's dtype, live on x's device and be C-contiguous."""
+    for name, (array, shape) in outputs.items():
+        if array is None:
+            continue
+        _check_array(array, name, len(shape), f"{tuple(shape)}")
+        if tuple(array.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(array.shape)}")
+        _check_same_dtype(x, "x", array, name)
+        _check_device(x, {name: array})
+        if isinstance(array, np.ndarray) and not array.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous to be written into")
+
+
+def _into(out, value):
+    """``value``, copied into ``out`` when given (then ``out`` is returned)."""
+    if out is None:
+        return value
+    np.copyto(out, value)
+    return out
+
+
+# --------------------------------------------------------------------------- fused stage
+
+#: The fused stage's activations and pools, by name, with the CPU kernels' codes.
+FUSED_ACTIVATIONS = {"sigmoid": cpu_activation.SIGMOID, "relu": cpu_activation.RELU}
+FUSED_POOLS = {"avg": cpu_activation.AVG, "max": cpu_activation.MAX}
+
+
+def _fused_codes(activation, pool):
+    if activation not in FUSED_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(FUSED_ACTIVATIONS)}, got "
+                         f"{activation!r}")
+    if pool not in FUSED_POOLS:
+        raise ValueError(f"pool must be one of {sorted(FUSED_POOLS)}, got {pool!r}")
+    return FUSED_ACTIVATIONS[activation], FUSED_POOLS[pool]
+
+
+def conv2d_act_pool(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                    activation="relu", pool="max"):
+    """``pool(activation(conv2d(x, ...)))`` with a 2x2 pool (stride 2, no padding, floor mode):
+    a Conv2d, activation, pool stage in fewer passes over memory, with the unfused functions'
+    results bit for bit on the CPU.
+
+    Parameters
+    ----------
+    x, weight, bias, stride, padding, dilation, groups : as for :func:`conv2d`
+    activation : 'sigmoid' or 'relu'
+    pool : 'avg' or 'max'
+
+    Returns
+    -------
+    (z, y) : z (N, C_out, H_out, W_out) the activated convolution, which
+        :func:`conv2d_act_pool_backward` takes, and y (N, C_out, H_out // 2, W_out // 2)
+    """
+    codes = _fused_codes(activation, pool)
+    geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
+    _check_bias(bias, x, weight)
+    if min(geo.output_shape[2:]) < 2:
+        raise ValueError(f"the 2x2 pool needs a convolution output of at least 2x2, got "
+                         f"{geo.output_shape[2:]} from x shape {tuple(x.shape)}")
+    if _check_device(x, {"weight": weight, "bias": bias}):
+        z = _cuda("conv").conv2d_forward(x, weight, bias, geo.stride, geo.padding,
+                                         geo.dilation, geo.groups, activation=activation)
+        return z, _cuda().pool2x2_forward(z, pool)
+    fused = _one_pass(x, weight, bias, geo, *codes)
+    if fused is not None:  # all three in one pass
+        return fused
+    z = _conv2d_cpu(x, weight, bias, geo)
+    return z, cpu_activation.act_pool_forward(z, *codes)  # activates z in place
+
+
+def conv2d_act_pool_backward(grad_y, x, z, weight, stride=1, padding=0, dilation=1, groups=1,
+                             activation="relu", pool="max", need_input_grad=True,
+                             need_bias_grad=True, *, grad_weight=None, grad_bias=None):
+    """Gradients of :func:`conv2d_act_pool` from grad_y (N, C_out, H_out // 2, W_out // 2), its
+    input ``x`` and activated convolution ``z``: ``(grad_x, grad_weight, grad_bias)`` as
+    :func:`conv2d_backward` returns them (with the same options and outputs)."""
+    codes = _fused_codes(activation, pool)
+    _check_array(z, "z", 4, "(N, C_out, H_out, W_out)")
+    _check_array(grad_y, "grad_y", 4, "(N, C_out, H_out // 2, W_out // 2)")
+    if grad_y.dtype != z.dtype:
+        raise TypeError(f"grad_y has dtype {grad_y.dtype} but the fused stage computes in "
+                        f"{z.dtype}; convert it with .astype()")
+    expected = tuple(z.shape[:2]) + (z.shape[2] // 2, z.shape[3] // 2)
+    if tuple(grad_y.shape) != expected:
+        raise ValueError(f"grad_y has shape {tuple(grad_y.shape)}, the fused stage's output "
+                         f"has {expected}")
+    if _check_device(z, {"grad_y": grad_y}):
+        grad_z = _cuda().act_pool2x2_backward(grad_y, z, activation, pool)
+    else:
+        grad_z = cpu_activation.act_pool_backward(np.ascontiguousarray(grad_y), z, *codes)
+    return conv2d_backward(grad_z, x, weight, stride, padding, dilation, groups,
+                           need_input_grad, need_bias_grad, grad_weight=grad_weight,
+                           grad_bias=grad_bias)
 
 
 # --------------------------------------------------------------------------- pooling
@@ -288,7 +435,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     geo = _PoolGeometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     out_h, out_w = geo.output_shape[2:]
     if _is_device_array(x):
-        y, indices = _cuda_backend().max_pool2d_forward(
+        y, indices = _cuda("pool").max_pool2d_forward(
             x, geo.kernel, geo.stride, geo.padding, geo.dilation, (out_h, out_w))
     else:
         y, indices = cpu_pool.max_pool2d_forward(np.ascontiguousarray(x), *geo.args(),
@@ -296,7 +443,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return (y, indices) if return_indices else y
 
 
-def max_pool2d_backward(grad_y, indices, input_shape):
+def max_pool2d_backward(grad_y, indices, input_shape, kernel_size=None, stride=None,
+                        padding=0, dilation=1):
     """Gradient of :func:`max_pool2d` with respect to its input.
 
     Parameters
@@ -304,6 +452,8 @@ def max_pool2d_backward(grad_y, indices, input_shape):
     grad_y : ndarray (N, C, H_out, W_out)
     indices : int64 ndarray (N, C, H_out, W_out), as returned by ``max_pool2d``
     input_shape : (N, C, H, W) of the pooled input
+    kernel_size, stride, padding, dilation : optionally, the forward's window. The result is
+        the same; on a GPU it is then a gather over the windows, many threads per plane.
 
     Returns
     -------
@@ -323,7 +473,11 @@ def max_pool2d_backward(grad_y, indices, input_shape):
                          f"{input_shape} in N and C")
     height, width = input_shape[2:]
     if on_device:
-        return _cuda_backend().max_pool2d_backward(grad_y, indices, input_shape)
+        if kernel_size is None:
+            return _cuda("pool").max_pool2d_backward(grad_y, indices, input_shape)
+        geo = _PoolGeometry(input_shape, kernel_size, stride, padding, dilation, False)
+        return _cuda("pool").max_pool2d_backward(grad_y, indices, input_shape, geo.kernel,
+                                                 geo.stride, geo.padding, geo.dilation)
     return cpu_pool.max_pool2d_backward(np.ascontiguousarray(grad_y),
                                         np.ascontiguousarray(indices), height, width)
 
@@ -350,7 +504,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     divisor = shapes.as_divisor(divisor_override)
     out_h, out_w = geo.output_shape[2:]
     if _is_device_array(x):
-        return _cuda_backend().avg_pool2d_forward(
+        return _cuda("pool").avg_pool2d_forward(
             x, geo.kernel, geo.stride, geo.padding, (out_h, out_w), bool(count_include_pad),
             divisor)
     return cpu_pool.avg_pool2d_forward(np.ascontiguousarray(x), *geo.args(), out_h, out_w,
@@ -380,11 +534,301 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
         raise ValueError(f"grad_y must have the forward output's shape {geo.output_shape}, "
                          f"got {tuple(grad_y.shape)}")
     if _is_device_array(grad_y):
-        return _cuda_backend().avg_pool2d_backward(
+        return _cuda("pool").avg_pool2d_backward(
             grad_y, input_shape, geo.kernel, geo.stride, geo.padding, bool(count_include_pad),
             divisor)
     return cpu_pool.avg_pool2d_backward(np.ascontiguousarray(grad_y), *input_shape[2:],
                                         *geo.args(), bool(count_include_pad), divisor)
+
+
+# --------------------------------------------------------------------------- dense
+
+def linear(x, weight, bias=None):
+    """``x @ weight.T + bias`` over the last axis of x, as ``torch.nn.functional.linear``.
+
+    Parameters
+    ----------
+    x : ndarray (*, in_features), float32 or float64
+    weight : ndarray (out_features, in_features), the dtype of ``x``
+    bias : ndarray (out_features,) or None
+
+    Returns
+    -------
+    y : ndarray (*, out_features)
+    """
+    rows = _check_linear(x, weight, bias)
+    out_features = weight.shape[0]
+    shape = tuple(x.shape[:-1]) + (out_features,)
+    if _check_device(x, {"weight": weight, "bias": bias}):
+        return _cuda().linear_forward(x.reshape(rows, x.shape[-1]), weight, bias).reshape(shape)
+    y = np.empty((rows, out_features), dtype=x.dtype)
+    y[:] = 0 if bias is None else bias  # the product adds to it
+    matmul_acc(np.ascontiguousarray(x.reshape(rows, -1)), np.ascontiguousarray(weight.T), y)
+    return y.reshape(shape)
+
+
+def _check_linear(x, weight, bias) -> int:
+    """The rows of x's (rows, in_features) view, after checking the arguments."""
+    _check_array(x, "x", None, "(*, in_features)")
+    _check_array(weight, "weight", 2, "(out_features, in_features)")
+    _check_same_dtype(weight, "weight", x, "x")
+    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x must have in_features={weight.shape[1]} on its last axis "
+                         f"(weight shape {tuple(weight.shape)}), got shape {tuple(x.shape)}")
+    if bias is not None:
+        _check_array(bias, "bias", 1, f"(out_features,) = ({weight.shape[0]},)")
+        _check_same_dtype(weight, "weight", bias, "bias")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must have out_features={weight.shape[0]} entries (weight "
+                             f"shape {tuple(weight.shape)}), got shape {tuple(bias.shape)}")
+    return int(np.prod(x.shape[:-1], dtype=np.int64))
+
+
+def linear_backward(grad_y, x, weight, need_input_grad=True, need_bias_grad=True, *,
+                    grad_weight=None, grad_bias=None):
+    """Gradients of :func:`linear` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    grad_y : ndarray (*, out_features), the gradient at linear's output
+    x, weight : as given to :func:`linear`
+    need_input_grad : bool, default True. False returns None for grad_x (a first layer).
+    need_bias_grad : bool, default True. False returns None for grad_bias (no bias).
+    grad_weight, grad_bias : arrays to write the gradients into (a layer's ``grads``), or None
+        for new ones; as :func:`conv2d_backward`'s.
+
+    Returns
+    -------
+    (grad_x, grad_weight, grad_bias) : shapes (*, in_features), (out_features, in_features)
+        and (out_features,)
+    """
+    rows = _check_linear(x, weight, None)
+    out_features, in_features = weight.shape
+    _check_array(grad_y, "grad_y", None, "(*, out_features)")
+    expected = tuple(x.shape[:-1]) + (out_features,)
+    if tuple(grad_y.shape) != expected:
+        raise ValueError(f"grad_y must have the forward output's shape {expected}, got "
+                         f"{tuple(grad_y.shape)}")
+    _check_same_dtype(x, "x", grad_y, "grad_y")
+    on_device = _check_device(x, {"weight": weight, "grad_y": grad_y})
+    _check_outputs(x, grad_weight=(grad_weight, weight.shape),
+                   grad_bias=(grad_bias, (out_features,)))
+    if on_device:
+        grad_x, grad_w, grad_b = _cuda().linear_backward(
+            grad_y.reshape(rows, out_features), x.reshape(rows, in_features), weight,
+            with_bias=need_bias_grad, need_input_grad=need_input_grad,
+            grad_weight=grad_weight, grad_bias=grad_bias)
+        return (None if grad_x is None else grad_x.reshape(x.shape)), grad_w, grad_b
+    gy = np.ascontiguousarray(grad_y.reshape(rows, out_features))
+    x_rows = np.ascontiguousarray(x.reshape(rows, in_features))
+    grad_w = np.empty(weight.shape, dtype=x.dtype) if grad_weight is None else grad_weight
+    grad_w[:] = 0  # the product adds to it
+    matmul_acc(np.ascontiguousarray(gy.T), x_rows, grad_w)
+    grad_b = None
+    if need_bias_grad:
+        grad_b = np.sum(gy, axis=0, out=grad_bias)
+    grad_x = None
+    if need_input_grad:
+        grad_x = np.zeros((rows, in_features), dtype=x.dtype)
+        matmul_acc(gy, np.ascontiguousarray(weight), grad_x)
+        grad_x = grad_x.reshape(x.shape)
+    return grad_x, grad_w, grad_b
+
+
+# --------------------------------------------------------------------------- activations
+#
+# Each backward takes the forward's *output* y (as PyTorch's threshold_backward,
+# sigmoid_backward and tanh_backward do), so a layer keeps only its output.
+
+def relu(x):
+    """``max(x, 0)`` elementwise (NaN stays NaN), any shape."""
+    _check_array(x, "x", None, "(*)")
+    if _is_device_array(x):
+        return _cuda().relu_forward(x)
+    return np.maximum(x, 0)
+
+
+def relu_backward(grad_y, y):
+    """The gradient at ReLU's input from ``grad_y`` and its output ``y``: 0 where y <= 0
+    (where y is NaN the gradient passes, as in PyTorch)."""
+    _check_activation_grad(grad_y, y)
+    if _is_device_array(y):
+        return _cuda().relu_backward(grad_y, y)
+    return np.multiply(grad_y, ~(y <= 0), dtype=y.dtype)
+
+
+def sigmoid(x):
+    """``1 / (1 + exp(-x))`` elementwise, computed without overflow: large inputs of either
+    sign give exactly 0 or 1, NaN stays NaN. On the CPU in one pass (float32 within 2.5 ulps
+    of the exact value, float64 with libm's ``exp``)."""
+    _check_array(x, "x", None, "(*)")
+    if _is_device_array(x):
+        return _cuda().sigmoid_forward(x)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    return cpu_activation.sigmoid_forward(flat).reshape(x.shape)
+
+
+def sigmoid_backward(grad_y, y):
+    """The gradient at the sigmoid's input, ``grad_y * (1 - y) * y`` (PyTorch's order), from
+    its output ``y``."""
+    _check_activation_grad(grad_y, y)
+    if _is_device_array(y):
+        return _cuda().sigmoid_backward(grad_y, y)
+    # flat views: one compiled kernel for every shape
+    return cpu_activation.sigmoid_backward(np.ascontiguousarray(grad_y).reshape(-1),
+                                           np.ascontiguousarray(y).reshape(-1)).reshape(y.shape)
+
+
+def tanh(x):
+    """``tanh(x)`` elementwise, any shape."""
+    _check_array(x, "x", None, "(*)")
+    if _is_device_array(x):
+        return _cuda().tanh_forward(x)
+    return np.tanh(x)
+
+
+def tanh_backward(grad_y, y):
+    """The gradient at tanh's input, ``grad_y * (1 - y**2)``, from its output ``y``."""
+    _check_activation_grad(grad_y, y)
+    if _is_device_array(y):
+        return _cuda().tanh_backward(grad_y, y)
+    grad_x = np.multiply(y, y)
+    np.subtract(1, grad_x, out=grad_x)
+    return np.multiply(grad_y, grad_x, out=grad_x)
+
+
+def _check_activation_grad(grad_y, y):
+    _check_array(y, "y", None, "(*)")
+    _check_like(grad_y, "grad_y", y, "the output y")
+
+
+# --------------------------------------------------------------------------- dropout
+
+def dropout(x, p=0.5, training=True, *, rng=None, return_mask=False):
+    """Inverted dropout, as ``torch.nn.functional.dropout``: each element zeroed with
+    probability ``p``, the rest scaled by ``1 / (1 - p)``; the identity (``x`` itself) when
+    not ``training`` or ``p`` is 0.
+
+    The keep mask is drawn on the host from ``rng`` (a ``numpy.random.Generator``) as
+    ``rng.random(x.shape, dtype=float32) >= p``, on either device: the same generator gives
+    the same masks on the CPU and on a GPU (where the mask is uploaded, one host-to-device
+    copy per call).
+
+    Returns
+    -------
+    y, and with ``return_mask`` also the scaled mask (0 or ``1 / (1 - p)``, x's dtype and
+    device; None for the identity), which :func:`dropout_backward` takes.
+    """
+    if isinstance(p, bool) or not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
+    p = float(p)
+    on_device = _is_device_array(x)
+    if not on_device and not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy.ndarray or a CUDA device array, got "
+                        f"{type(x).__name__}")
+    if not training or p == 0.0:
+        return (x, None) if return_mask else x
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if on_device:
+        _check_array(x, "x", None, "(*)")
+        keep = np.zeros(tuple(x.shape), dtype=np.bool_) if p == 1.0 else \
+            rng.random(tuple(x.shape), dtype=np.float32) >= p
+        y, mask = _cuda().dropout_forward(x, keep, 0.0 if p == 1.0 else 1.0 / (1.0 - p))
+        return (y, mask) if return_mask else y
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float64)
+    if p == 1.0:
+        mask = np.zeros(x.shape, dtype=dtype)
+    else:
+        # keep where u >= p with u ~ U[0, 1), so P(keep) = 1 - p
+        mask = (rng.random(x.shape, dtype=np.float32) >= p).astype(dtype)
+        mask *= 1.0 / (1.0 - p)
+    y = x * mask
+    return (y, mask) if return_mask else y
+
+
+def dropout_backward(grad_y, mask):
+    """The gradient at dropout's input: ``grad_y * mask`` with the forward's scaled mask
+    (``grad_y`` itself when the mask is None: the forward was the identity)."""
+    if mask is None:
+        return grad_y
+    if _check_device(mask, {"grad_y": grad_y}):
+        _check_like(grad_y, "grad_y", mask, "the mask")
+        return _cuda().multiply(grad_y, mask)
+    if np.shape(grad_y) != mask.shape:
+        raise ValueError(f"grad_y must have the mask's shape {mask.shape}, got "
+                         f"{np.shape(grad_y)}")
+    return grad_y * mask
+
+
+# --------------------------------------------------------------------------- the loss
+
+def _loss_arguments(logits, labels, what: str):
+    """``(logits, labels, on_device)`` checked. A range check of device labels would cost a
+    transfer: there a label outside [0, K) gives a NaN loss and gradient row instead."""
+    if not _is_device_array(logits):
+        logits = check_logits(logits)
+        labels = check_labels(labels, logits)
+        on_device = False
+    else:
+        _check_array(logits, "logits", 2, "(N, K)")
+        _check_device(logits, {"labels": labels})
+        if tuple(labels.shape) != (logits.shape[0],):
+            raise ValueError(f"labels must have shape ({logits.shape[0]},) to match logits "
+                             f"{tuple(logits.shape)}, got shape {tuple(labels.shape)}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"labels must be integers (class indices), got dtype "
+                            f"{labels.dtype}")
+        on_device = True
+    if what and logits.shape[0] == 0:
+        raise ValueError(f"{what} needs at least one example")
+    return logits, labels, on_device
+
+
+def cross_entropy(logits, labels):
+    """The batch mean of softmax cross-entropy, as ``torch.nn.functional.cross_entropy``
+    (mean reduction), stable for huge logits (log-sum-exp).
+
+    Parameters
+    ----------
+    logits : ndarray (N, K), N >= 1
+    labels : int ndarray (N,), class indices in [0, K)
+
+    Returns
+    -------
+    loss : 0-d float64 array on the logits' device (per-row losses in the logits' dtype,
+        summed in float64): ``float(loss)`` on the CPU, or accumulated on the GPU without a
+        transfer (:meth:`numbaconv.devices.Device.totals`)
+    """
+    logits, labels, on_device = _loss_arguments(logits, labels, "cross_entropy")
+    if on_device:
+        return _cuda().cross_entropy(logits, labels)
+    n = logits.shape[0]
+    logp = log_softmax(logits)
+    return np.array(-float(logp[np.arange(n), labels].sum(dtype=np.float64)) / n)
+
+
+def cross_entropy_backward(logits, labels):
+    """The gradient of :func:`cross_entropy` with respect to the logits:
+    ``(softmax(logits) - one_hot(labels)) / N``, the logits' shape and dtype."""
+    logits, labels, on_device = _loss_arguments(logits, labels, "cross_entropy_backward")
+    if on_device:
+        return _cuda().cross_entropy_backward(logits, labels)
+    n = logits.shape[0]
+    logp = log_softmax(logits)
+    grad = np.exp(logp, out=logp)
+    grad[np.arange(n), labels] -= 1
+    grad /= n
+    return grad
+
+
+def correct(logits, labels):
+    """0-d int64 array on the logits' device: how many rows of logits (N, K) have their
+    first maximum (NumPy's ``argmax``; a NaN counts as the largest) at the label."""
+    logits, labels, on_device = _loss_arguments(logits, labels, "")
+    if on_device:
+        return _cuda().correct(logits, labels)
+    return np.array((logits.argmax(axis=1) == labels).sum(), dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- the text's 2-D forms
@@ -432,7 +876,7 @@ def add(a, b):
         raise ValueError(f"add: shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
     _check_same_dtype(a, "a", b, "b")
     if _check_device(a, {"b": b}):
-        return _cuda_backend().ops.add(a, b)
+        return _cuda().add(a, b)
     return np.add(a, b)
 
 
@@ -450,7 +894,7 @@ def concat_channels(arrays):
                              f"which does not fit {tuple(first.shape)} beside axis 1")
         _check_same_dtype(first, "array 0", array, f"array {i}")
     if _check_device(first, {f"array {i}": a for i, a in enumerate(arrays[1:], start=1)}):
-        return _cuda_backend().ops.concat_channels(arrays)
+        return _cuda().concat_channels(arrays)
     return np.concatenate(arrays, axis=1)
 
 
@@ -462,7 +906,7 @@ def split_channels(array, sizes):
         raise ValueError(f"split_channels: {sizes} channels do not add up to the "
                          f"{tuple(array.shape)} array's axis 1")
     if _is_device_array(array):
-        return _cuda_backend().ops.split_channels(array, sizes)
+        return _cuda().split_channels(array, sizes)
     bounds = np.cumsum([0] + sizes)
     return [array[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
 

@@ -1,13 +1,17 @@
-"""Softmax cross-entropy (``torch.nn.functional.cross_entropy``, mean reduction) and accuracy."""
+"""Softmax cross-entropy (``torch.nn.functional.cross_entropy``, mean reduction) and accuracy
+on NumPy arrays, and the argument checks :func:`numbaconv.functional.cross_entropy` shares
+(which also runs on a GPU)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["log_softmax", "softmax", "softmax_cross_entropy", "accuracy"]
+__all__ = ["log_softmax", "softmax", "softmax_cross_entropy", "accuracy", "check_logits",
+           "check_labels"]
 
 
-def _check_logits(logits) -> np.ndarray:
+def check_logits(logits) -> np.ndarray:
+    """``logits`` as a floating (N, K) array, else a ValueError/TypeError naming the shape."""
     logits = np.asarray(logits)
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (N, K), got shape {logits.shape}")
@@ -16,7 +20,9 @@ def _check_logits(logits) -> np.ndarray:
     return logits
 
 
-def _check_labels(labels, logits: np.ndarray) -> np.ndarray:
+def check_labels(labels, logits: np.ndarray) -> np.ndarray:
+    """``labels`` as an int (N,) array of classes in [0, K) for ``logits`` (N, K), else an
+    error naming the shapes or the values."""
     labels = np.asarray(labels)
     n, k = logits.shape
     if labels.shape != (n,):
@@ -55,8 +61,8 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
     ``(loss, grad_logits)``: ``loss`` a Python float, ``grad_logits = (softmax - onehot) / N``
     with the logits' shape and dtype. Stable for huge logits (log-sum-exp).
     """
-    logits = _check_logits(logits)
-    labels = _check_labels(labels, logits)
+    logits = check_logits(logits)
+    labels = check_labels(labels, logits)
     n = logits.shape[0]
     if n == 0:
         raise ValueError("softmax_cross_entropy needs at least one example")
@@ -71,8 +77,8 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of rows whose arg-max logit is the label (D2L's ``accuracy`` divided by N)."""
-    logits = _check_logits(logits)
-    labels = _check_labels(labels, logits)
+    logits = check_logits(logits)
+    labels = check_labels(labels, logits)
     if logits.shape[0] == 0:
         raise ValueError("accuracy needs at least one example")
     return float(np.mean(logits.argmax(axis=1) == labels))

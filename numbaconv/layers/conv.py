@@ -56,7 +56,9 @@ class Conv2d(Layer):
         if bias:
             self.add_param("bias", kaiming_uniform_default((self.out_channels,), fan_in, rng,
                                                             self.dtype))
-        self._x = None
+        #: the input of the last forward, which the backward needs (None before any forward,
+        #: and after a fused stage computed this layer in its place: layers.fusion)
+        self.saved = None
 
     @property
     def bias(self) -> bool:
@@ -66,19 +68,18 @@ class Conv2d(Layer):
         self.output_shape(np.shape(x))
         y = F.conv2d(x, self.params["weight"], self.params.get("bias"), self.stride,
                      self.padding, self.dilation, self.groups)
-        self._x = x
+        self.saved = x
         return y
 
     def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """Parameter gradients into ``grads``; returns ``grad_x`` (``None`` when
         ``need_input_grad`` is False, which skips its computation: a network's first layer)."""
-        x = self.require_forward(self._x)
-        grad_x, grad_w, grad_b = F.conv2d_backward(grad_y, x, self.params["weight"],
-                                                   self.stride, self.padding, self.dilation,
-                                                   self.groups, need_input_grad=need_input_grad)
-        self.set_grad("weight", grad_w)
-        if self.bias:
-            self.set_grad("bias", grad_b)
+        x = self.require_forward(self.saved)
+        grad_x, _, _ = F.conv2d_backward(grad_y, x, self.params["weight"], self.stride,
+                                         self.padding, self.dilation, self.groups,
+                                         need_input_grad, self.bias,
+                                         grad_weight=self.grads["weight"],
+                                         grad_bias=self.grads.get("bias"))
         return grad_x
 
     def output_shape(self, input_shape) -> tuple:

@@ -1,9 +1,10 @@
-"""Inverted dropout (``torch.nn.Dropout``)."""
+"""Inverted dropout (``torch.nn.Dropout``), computed by ``numbaconv.functional``."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import functional as F
 from ..init import as_generator
 from .base import Layer
 
@@ -17,7 +18,8 @@ class Dropout(Layer):
     itself is returned, and backward passes the gradient through). The kept-and-scaled mask
     of the last training forward is stored and reused by backward, so the gradient flows
     through exactly the elements that were kept. ``rng`` (a Generator or seed) makes the
-    masks reproducible.
+    masks reproducible; they are drawn on the host, so a model on a GPU draws the same masks
+    as on the CPU (:func:`numbaconv.functional.dropout`).
     """
 
     def __init__(self, p=0.5, *, rng=None):
@@ -31,26 +33,13 @@ class Dropout(Layer):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._forwarded = True
-        x = np.asarray(x)
-        if not training or self.p == 0.0:
-            self._mask = None
-            return x
-        dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float64)
-        if self.p == 1.0:
-            mask = np.zeros(x.shape, dtype=dtype)
-        else:
-            # keep where u >= p with u ~ U[0, 1), so P(keep) = 1 - p
-            mask = (self.rng.random(x.shape, dtype=np.float32) >= self.p).astype(dtype)
-            mask *= 1.0 / (1.0 - self.p)
-        self._mask = mask
-        return x * mask
+        y, self._mask = F.dropout(x, self.p, training, rng=self.rng, return_mask=True)
+        return y
 
     def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         if not self._forwarded:
             raise RuntimeError("Dropout.backward called before forward")
-        if self._mask is None:
-            return grad_y
-        return grad_y * self._mask
+        return F.dropout_backward(grad_y, self._mask)
 
     @property
     def mask(self) -> np.ndarray | None:

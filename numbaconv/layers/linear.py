@@ -1,12 +1,12 @@
-"""Fully connected layer (``torch.nn.Linear``): ``y = x @ W.T + b``, its products in Numba
-(:mod:`numbaconv.kernels.cpu.dense`)."""
+"""Fully connected layer (``torch.nn.Linear``): ``y = x @ W.T + b``, computed by
+``numbaconv.functional``."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import functional as F
 from ..init import as_generator, kaiming_uniform_default
-from ..kernels.cpu.dense import matmul_acc
 from ..shapes import as_int
 from .base import Layer, prod
 
@@ -37,49 +37,26 @@ class Linear(Layer):
         if bias:
             self.add_param("bias", kaiming_uniform_default((self.out_features,), fan_in, rng,
                                                             self.dtype))
-        self._x = None
+        self.saved = None  #: the input of the last forward (None before any)
 
     @property
     def bias(self) -> bool:
         return "bias" in self.params
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        x = np.asarray(x)
-        self.output_shape(x.shape)
-        if x.dtype != self.dtype:
-            raise TypeError(f"{self!r}: input dtype {x.dtype} does not match the parameters' "
-                            f"dtype {self.dtype}")
-        rows = x.reshape(-1, self.in_features)
-        y = np.empty((rows.shape[0], self.out_features), dtype=self.dtype)
-        y[:] = self.params["bias"] if self.bias else 0  # the product adds to it
-        matmul_acc(np.ascontiguousarray(rows), np.ascontiguousarray(self.params["weight"].T), y)
-        self._x = x
-        return y.reshape(x.shape[:-1] + (self.out_features,))
+        self.output_shape(np.shape(x))
+        y = F.linear(x, self.params["weight"], self.params.get("bias"))
+        self.saved = x
+        return y
 
     def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """Parameter gradients into ``grads``; returns ``grad_x`` (``None`` when
         ``need_input_grad`` is False)."""
-        x = self.require_forward(self._x)
-        grad_y = np.asarray(grad_y)
-        expected = x.shape[:-1] + (self.out_features,)
-        if grad_y.shape != expected:
-            raise ValueError(f"{self!r}: grad_y has shape {grad_y.shape}, the output had "
-                             f"{expected}")
-        if grad_y.dtype != self.dtype:
-            raise TypeError(f"{self!r}: grad_y dtype {grad_y.dtype} does not match the "
-                            f"parameters' dtype {self.dtype}")
-        gy = np.ascontiguousarray(grad_y.reshape(-1, self.out_features))
-        rows = np.ascontiguousarray(x.reshape(-1, self.in_features))
-        grad_w = self.grads["weight"]
-        grad_w[:] = 0
-        matmul_acc(np.ascontiguousarray(gy.T), rows, grad_w)
-        if self.bias:
-            np.sum(gy, axis=0, out=self.grads["bias"])
-        if not need_input_grad:
-            return None
-        grad_x = np.zeros(rows.shape, dtype=self.dtype)
-        matmul_acc(gy, np.ascontiguousarray(self.params["weight"]), grad_x)
-        return grad_x.reshape(x.shape)
+        x = self.require_forward(self.saved)
+        grad_x, _, _ = F.linear_backward(grad_y, x, self.params["weight"], need_input_grad,
+                                         self.bias, grad_weight=self.grads["weight"],
+                                         grad_bias=self.grads.get("bias"))
+        return grad_x
 
     def output_shape(self, input_shape) -> tuple:
         shape = tuple(int(s) for s in input_shape)

@@ -52,20 +52,22 @@ class MaxPool2d(_Pool2d):
         super().__init__()
         self._init_window(kernel_size, stride, padding, dilation)
         self.ceil_mode = bool(ceil_mode)
-        self._indices = None
-        self._input_shape = None
+        #: (indices of the maxima, input shape) of the last forward, which the backward needs
+        #: (None before any forward, and after a fused stage computed this layer in its
+        #: place: layers.fusion)
+        self.saved = None
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self.output_shape(np.shape(x))
         y, indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding,
                                   self.dilation, self.ceil_mode, return_indices=True)
-        self._indices = indices
-        self._input_shape = tuple(x.shape)
+        self.saved = indices, tuple(int(s) for s in x.shape)
         return y
 
     def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
-        indices = self.require_forward(self._indices)
-        return F.max_pool2d_backward(grad_y, indices, self._input_shape)
+        indices, input_shape = self.require_forward(self.saved)
+        return F.max_pool2d_backward(grad_y, indices, input_shape, self.kernel_size,
+                                     self.stride, self.padding, self.dilation)
 
     def config(self) -> dict:
         return {"kernel_size": plain(self.kernel_size), "stride": plain(self.stride),
@@ -87,17 +89,19 @@ class AvgPool2d(_Pool2d):
         self.ceil_mode = bool(ceil_mode)
         self.count_include_pad = bool(count_include_pad)
         self.divisor_override = as_divisor(divisor_override) or None
-        self._input_shape = None
+        #: the input shape of the last forward, which the backward needs (None before any
+        #: forward, and after a fused stage computed this layer in its place: layers.fusion)
+        self.saved = None
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self.output_shape(np.shape(x))
         y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                          self.count_include_pad, self.divisor_override)
-        self._input_shape = tuple(x.shape)
+        self.saved = tuple(int(s) for s in x.shape)
         return y
 
     def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
-        input_shape = self.require_forward(self._input_shape)
+        input_shape = self.require_forward(self.saved)
         return F.avg_pool2d_backward(grad_y, input_shape, self.kernel_size, self.stride,
                                      self.padding, self.ceil_mode, self.count_include_pad,
                                      self.divisor_override)

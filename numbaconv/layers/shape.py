@@ -14,14 +14,14 @@ class Flatten(Layer):
     """Reshape ``(N, C, H, W)`` to ``(N, C*H*W)`` (by default); backward reshapes back.
 
     Negative dims count from the end, as in PyTorch. The output is a view when the input is
-    contiguous.
+    contiguous (a device array must be).
     """
 
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
         self.start_dim = as_int(start_dim, "start_dim")
         self.end_dim = as_int(end_dim, "end_dim")
-        self._input_shape = None
+        self.saved = None  #: the input shape of the last forward (None before any)
 
     def _dims(self, shape: tuple) -> tuple[int, int]:
         ndim = len(shape)
@@ -38,14 +38,13 @@ class Flatten(Layer):
         return shape[:start] + (prod(shape[start:end + 1]),) + shape[end + 1:]
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        x = np.asarray(x)
-        out = self.output_shape(x.shape)
-        self._input_shape = x.shape
-        return x.reshape(out)
+        shape = tuple(int(s) for s in x.shape)
+        out = self.output_shape(shape)
+        self.saved = shape
+        return x.reshape(out)  # a NumPy or device array's own reshape: it stays where it is
 
     def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
-        shape = self.require_forward(self._input_shape)
-        return np.reshape(grad_y, shape)
+        return grad_y.reshape(self.require_forward(self.saved))
 
     def config(self) -> dict:
         return {"start_dim": self.start_dim, "end_dim": self.end_dim}
