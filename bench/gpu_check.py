@@ -542,8 +542,9 @@ def train_epoch(env, img, widths, samples, batch, lr, seed):
     np, torch = env.np, env.torch
     from types import SimpleNamespace
 
-    from numbaconv.device_train import DeviceTrainer
     from numbaconv.train import Settings, epoch_rng
+
+    from numbaconv.device_train import DeviceTrainer
 
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((samples, 1, img, img)).astype(np.float32)

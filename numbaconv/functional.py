@@ -45,8 +45,7 @@ __all__ = [
     "dropout", "dropout_backward",
     "cross_entropy", "cross_entropy_backward", "correct",
     "corr2d", "convolve2d",
-    "add", "concat_channels", "split_channels",
-    "cross_entropy", "cross_entropy_backward", "correct", "count_nonfinite",
+    "add", "concat_channels", "split_channels", "count_nonfinite",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -911,37 +910,7 @@ def split_channels(array, sizes):
     return [array[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
-# --------------------------------------------------------------------------- loss and metrics
-
-def cross_entropy(logits, labels):
-    """The batch mean of ``-log softmax(logits)[label]`` (``torch.nn.functional.
-    cross_entropy``): logits (N, K) float, labels (N,) ints in [0, K); a 0-d array."""
-    from .losses import _check_labels, _check_logits, log_softmax
-
-    logits = _check_logits(logits)
-    labels = _check_labels(labels, logits)
-    logp = log_softmax(logits)
-    return np.asarray(-logp[np.arange(len(labels)), labels].sum(dtype=np.float64)
-                      / len(labels))
-
-
-def cross_entropy_backward(logits, labels):
-    """d :func:`cross_entropy` / d logits: ``(softmax(logits) - onehot(labels)) / N``, with
-    the logits' shape (N, K) and dtype."""
-    from .losses import _check_labels, _check_logits, log_softmax
-
-    logits = _check_logits(logits)
-    labels = _check_labels(labels, logits)
-    grad = np.exp(log_softmax(logits))  # as the loss computes it, to the last bit
-    grad[np.arange(len(labels)), labels] -= 1
-    grad /= len(labels)
-    return grad
-
-
-def correct(logits, labels):
-    """How many rows of logits (N, K) have their first arg-max at the label (N,): 0-d."""
-    return np.count_nonzero(np.argmax(logits, axis=1) == labels)
-
+# --------------------------------------------------------------------------- divergence
 
 def count_nonfinite(array):
     """How many elements of ``array`` are NaN or infinite: 0-d (a divergence check)."""

@@ -17,13 +17,13 @@ import sys
 import textwrap
 
 import numbaconv
-from numbaconv.registry import manager as plugins
 import numpy as np
 import pytest
 from numbaconv.layers import Layer, ShapeError
 from numbaconv.layers.containers import summary
 from numbaconv.losses import softmax_cross_entropy
 from numbaconv.optim import SGD
+from numbaconv.registry import manager as plugins
 
 import numbaconv_batchnorm
 from numbaconv_batchnorm import BatchNorm1d, BatchNorm2d, batch_norm, batch_norm_backward
