@@ -542,9 +542,8 @@ def train_epoch(env, img, widths, samples, batch, lr, seed):
     np, torch = env.np, env.torch
     from types import SimpleNamespace
 
-    from numbaconv.train import Settings, epoch_rng
-
     from numbaconv.device_train import DeviceTrainer
+    from numbaconv.training import Settings, epoch_rng
 
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((samples, 1, img, img)).astype(np.float32)

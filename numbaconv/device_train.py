@@ -57,9 +57,9 @@ from .kernels.cuda.pool import _planes
 from .layers import AvgPool2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
 from .optim import SGD, Adam, Optimizer
 from .shapes import as_pair, conv_padding
-from .train import EVAL_BATCH, Diverged, EpochMetrics, epoch_rng, make_optimizer
+from .training import EVAL_BATCH, Diverged, EpochMetrics, Loop, epoch_rng, make_optimizer
 
-__all__ = ["DeviceTrainer", "run_on_device", "SUPPORTED_LAYERS", "check_supported"]
+__all__ = ["DeviceTrainer", "DeviceLoop", "run_on_device", "SUPPORTED_LAYERS", "check_supported"]
 
 
 _ACTIVATIONS = {ReLU: "relu", Sigmoid: "sigmoid", Tanh: "tanh"}
@@ -753,7 +753,7 @@ class DeviceTrainer:
         if not math.isfinite(loss_sum):
             bad = np.flatnonzero(~np.isfinite(self._row_loss.copy_to_host()))
             position = int(bad[0]) if bad.size else self.n_train - 1
-            raise Diverged(epoch, position // self.rows_train + 1, self.settings.lr)
+            raise Diverged(epoch, self.settings.lr, position // self.rows_train + 1)
         train_seconds = trained - started
         return EpochMetrics(epoch=epoch, train_loss=float(loss_sum) / self.n_train,
                             train_acc=float(train_hits) / self.n_train,
@@ -813,3 +813,24 @@ def run_on_device(model, settings, data, start_epoch: int = 1, *, optimizer=None
             on_epoch(metrics, trainer)
     trainer.sync_to_host()
     return history
+
+
+class DeviceLoop(Loop):
+    """The training loop with its epochs run by a :class:`DeviceTrainer`: the same settings,
+    callbacks and checks as on the CPU. After each epoch the weights and optimizer state come
+    back to the host (one more transfer per epoch), where the weight check and the callbacks
+    (checkpoints) read them."""
+
+    def __init__(self, model, optimizer, data, settings, callbacks=(), history=None):
+        super().__init__(model, optimizer, data, settings, callbacks=callbacks, history=history)
+        self.trainer = DeviceTrainer(model, settings, data, optimizer=optimizer)
+
+    def fit_epoch(self, epoch: int) -> EpochMetrics:
+        def on_batch(rows):
+            for callback in self.callbacks:
+                callback.on_batch_end(self, rows)
+
+        metrics = self.trainer.fit_epoch(epoch, on_batch=on_batch)
+        self.trainer.sync_to_host()
+        self._check_weights(epoch)
+        return metrics

@@ -230,7 +230,12 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
         callbacks.append(cb.MetricsWriter(metrics_path, echo))
     if plot_path:
         callbacks.append(cb.PlotWriter(plot_path, network.source, echo))
-    loop = Loop(model, opt, data, settings, device=device, callbacks=callbacks, history=history)
+    if device == "cuda":  # data, weights and optimizer state stay on the GPU between epochs
+        from ..device_train import DeviceLoop
+
+        loop = DeviceLoop(model, opt, data, settings, callbacks=callbacks, history=history)
+    else:
+        loop = Loop(model, opt, data, settings, callbacks=callbacks, history=history)
     click.echo(f"training {network.source} on {len(data.train_x)} images from {data.source}: "
                f"{settings.optimizer} lr {settings.lr:g}, batch {settings.batch_size}, "
                f"{settings.epochs} epochs, {model.num_params()} parameters")

@@ -2,8 +2,8 @@
 
 Tiny models on 6x6 images with 3 classes and a handful of examples, so that the simulator
 (whose barriers make the tiled matrix product slow) gets through in seconds: per-epoch loss
-and accuracies and the final weights and optimizer state must match numbaconv.train.fit_epoch
-on a copy of the same model, up to float32 rounding.
+and accuracies and the final weights and optimizer state must match
+numbaconv.training.Loop.fit_epoch on a copy of the same model, up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -37,7 +37,12 @@ from numbaconv.layers import (  # noqa: E402
     Tanh,
 )
 from numbaconv.optim import SGD, Adam  # noqa: E402
-from numbaconv.train import Diverged, Settings, fit_epoch, make_optimizer  # noqa: E402
+from numbaconv.training import Diverged, Loop, Settings, make_optimizer  # noqa: E402
+
+
+def fit_epoch(model, optimizer, data, settings, epoch):
+    """One epoch of the CPU training loop (numbaconv.training.Loop)."""
+    return Loop(model, optimizer, data, settings).fit_epoch(epoch)
 
 CLASSES = 3
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
