@@ -18,7 +18,7 @@ import numpy as np
 
 from .layers import Layer, build_layer, layer_spec
 
-__all__ = ["check_layer", "finite_difference", "as_float64"]
+__all__ = ["check_layer", "finite_difference", "numeric_gradient", "as_float64"]
 
 
 def as_float64(layer: Layer) -> Layer:
@@ -42,6 +42,15 @@ def finite_difference(f: Callable[[], float], array: np.ndarray, index, eps: flo
     minus = f()
     array[index] = saved
     return (plus - minus) / (2 * eps)
+
+
+def numeric_gradient(f: Callable[[], float], array: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences of ``f()`` in every element of ``array`` (changed in place,
+    restored): the whole gradient, for small arrays."""
+    grad = np.zeros(array.shape, dtype=np.float64)
+    for index in np.ndindex(array.shape):
+        grad[index] = finite_difference(f, array, index, eps)
+    return grad
 
 
 def _sample(shape, count: int, rng) -> list[tuple]:

@@ -24,6 +24,7 @@ from numbaconv.layers import (
     Tanh,
 )
 from numbaconv.layers.fusion import ConvActPool, fusable
+from numbaconv.testing import finite_difference
 
 ACTIVATIONS = {"sigmoid": Sigmoid, "relu": ReLU}
 POOLS = {"avg": AvgPool2d, "max": MaxPool2d}
@@ -167,22 +168,12 @@ def test_fused_gradients_match_finite_differences():
         return float(np.sum(net.forward(x) * c))
 
     for index in [(0, 0, 1, 2), (2, 1, 5, 6), (1, 1, 0, 0)]:
-        assert grad_x[index] == pytest.approx(_central_difference(loss, x, index), rel=1e-6,
+        assert grad_x[index] == pytest.approx(finite_difference(loss, x, index, 1e-6), rel=1e-6,
                                               abs=1e-9)
     weight = net.named_params()["0.weight"]
     for index in [(0, 0, 0, 0), (2, 1, 2, 1)]:
-        assert grad_w[index] == pytest.approx(_central_difference(loss, weight, index),
+        assert grad_w[index] == pytest.approx(finite_difference(loss, weight, index, 1e-6),
                                               rel=1e-6, abs=1e-9)
-
-
-def _central_difference(loss, array, index, eps=1e-6):
-    old = array[index]
-    array[index] = old + eps
-    up = loss()
-    array[index] = old - eps
-    down = loss()
-    array[index] = old
-    return (up - down) / (2 * eps)
 
 
 def _reference(z, activation, pool, k):

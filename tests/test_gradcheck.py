@@ -15,22 +15,15 @@ import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from numbaconv.testing import numeric_gradient
+
 EPS = 1e-6
 TOL = dict(rtol=1e-6, atol=1e-6)
 
 
 def numeric_grad(loss, arr, eps=EPS):
-    """Central-difference gradient of ``loss()`` with respect to ``arr`` (perturbed in place)."""
-    grad = np.zeros_like(arr)
-    for index in np.ndindex(arr.shape):
-        old = arr[index]
-        arr[index] = old + eps
-        up = loss()
-        arr[index] = old - eps
-        down = loss()
-        arr[index] = old
-        grad[index] = (up - down) / (2 * eps)
-    return grad
+    """The gradient of ``loss()`` w.r.t. ``arr`` by central differences."""
+    return numeric_gradient(loss, arr, eps).astype(arr.dtype)
 
 
 def distinct_values(rng, shape):

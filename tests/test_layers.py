@@ -26,6 +26,7 @@ from numbaconv.layers import (
 )
 from numbaconv.layers.containers import SummaryRow, format_summary, summary
 from numbaconv.losses import softmax_cross_entropy
+from numbaconv.testing import numeric_gradient
 
 RTOL = 1e-5
 
@@ -231,18 +232,8 @@ def test_linear_default_init_and_dtype_check():
 
 
 def finite_difference(f, array, eps=1e-6):
-    """Central differences of scalar ``f()`` w.r.t. every element of ``array`` (in place)."""
-    grad = np.zeros_like(array)
-    flat, gflat = array.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
+    """The gradient of scalar ``f()`` w.r.t. ``array`` by central differences."""
+    return numeric_gradient(f, array, eps).astype(array.dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
