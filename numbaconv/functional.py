@@ -559,7 +559,8 @@ def linear(x, weight, bias=None):
     out_features = weight.shape[0]
     shape = tuple(x.shape[:-1]) + (out_features,)
     if _check_device(x, {"weight": weight, "bias": bias}):
-        return _cuda().linear_forward(x.reshape(rows, x.shape[-1]), weight, bias).reshape(shape)
+        return _cuda().linear_forward(x.reshape(rows, weight.shape[1]), weight,
+                                      bias).reshape(shape)
     y = np.empty((rows, out_features), dtype=x.dtype)
     y[:] = 0 if bias is None else bias  # the product adds to it
     matmul_acc(np.ascontiguousarray(x.reshape(rows, -1)), np.ascontiguousarray(weight.T), y)
@@ -571,7 +572,7 @@ def _check_linear(x, weight, bias) -> int:
     _check_array(x, "x", None, "(*, in_features)")
     _check_array(weight, "weight", 2, "(out_features, in_features)")
     _check_same_dtype(weight, "weight", x, "x")
-    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+    if x.ndim < 1 or tuple(x.shape)[-1] != weight.shape[1]:
         raise ValueError(f"x must have in_features={weight.shape[1]} on its last axis "
                          f"(weight shape {tuple(weight.shape)}), got shape {tuple(x.shape)}")
     if bias is not None:
