@@ -141,7 +141,7 @@ class Device:
             raise TypeError(f"take: order must be int64, got {order.dtype}")
         from .kernels.cuda import ops, steps
 
-        steps.begin((id(images), stop - start))
+        steps.begin((id(images), stop - start), owner=images)
         return ops.take_rows(images, labels, order, start, stop)
 
     def totals(self, n: int) -> Totals:

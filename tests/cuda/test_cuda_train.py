@@ -11,6 +11,7 @@ numbaconv.train.fit_epoch's metrics exactly.
 from __future__ import annotations
 
 import copy
+import gc
 from types import SimpleNamespace
 
 import numpy as np
@@ -267,6 +268,19 @@ def test_a_replayed_step_allocates_nothing_and_launches_prepared_launches(data, 
     assert len(launches) >= 15
     fast = not simulator_enabled()  # on a GPU each launch is one driver call
     assert [(p.name, p.fast) for p in launches] == [(p.name, fast) for p in launches]
+
+
+def test_a_data_sets_step_records_go_with_it(data):
+    device = get_device("cuda")
+    images, labels = device.put(data.train_x), device.put(data.train_y)
+    order = device.put(np.arange(7, dtype=np.int64))
+    x, y = device.take(images, labels, order, 0, 4)
+    np.testing.assert_array_equal(device.get(x), data.train_x[:4])
+    key = (id(images), 4)
+    assert [p.name for p in steps.launches(key)] == ["_gather_rows_kernel"]
+    del images
+    gc.collect()
+    assert steps.launches(key) == []  # its buffers freed with it
 
 
 def test_results_outside_a_step_are_plain_allocations(data):

@@ -19,11 +19,13 @@ So a step's buffers are written again by the same step of the next batch: result
 are valid until then (a layer keeps state across steps in its ``params``, ``grads`` and
 ``buffers``, never in a step's arrays). The key says which steps repeat each other (the
 data set and batch size of :meth:`numbaconv.devices.Device.take`): a training batch, the
-last smaller one and evaluation batches each replay their own. Outside a step both functions
-are plain numba-cuda calls.
+last smaller one and evaluation batches each replay their own, and a data set's records go
+with it. Outside a step both functions are plain numba-cuda calls.
 """
 
 from __future__ import annotations
+
+import weakref
 
 from numba import cuda
 
@@ -48,12 +50,16 @@ _n_buffers = 0
 _n_launches = 0
 
 
-def begin(key) -> None:
-    """Start a step that replays the last step of the same ``key`` (any hashable)."""
+def begin(key, owner=None) -> None:
+    """Start a step that replays the last step of the same ``key`` (any hashable). The
+    record of a new key lives as long as ``owner`` does, when given (the data set: the
+    records hold no reference to what their launches read, only their own buffers)."""
     global _active, _n_buffers, _n_launches
     _active = _steps.get(key)
     if _active is None:
         _active = _steps[key] = _Step()
+        if owner is not None:
+            weakref.finalize(owner, _steps.pop, key, None)
     _n_buffers = _n_launches = 0
 
 
@@ -116,15 +122,17 @@ def launch(kernel, griddim, blockdim, *args, start=None) -> None:
         old_kernel, old_grid, old_block, old_fingerprint, prepared = recorded[n]
         if old_kernel is kernel and old_grid == griddim and old_block == blockdim \
                 and old_fingerprint == fingerprint:
-            prepared(0 if start is None else start)
+            prepared(0 if start is None else start, args)
             return
-    prepared = PreparedLaunch(kernel, griddim, blockdim, args, with_start=start is not None)
+    # not held: the fingerprint says the arrays passed at each call are the prepared ones
+    prepared = PreparedLaunch(kernel, griddim, blockdim, args, with_start=start is not None,
+                              hold=False)
     entry = (kernel, griddim, blockdim, fingerprint, prepared)
     if n < len(recorded):
         recorded[n] = entry
     else:
         recorded.append(entry)
-    prepared(0 if start is None else start)
+    prepared(0 if start is None else start, args)
 
 
 def launches(key) -> list[PreparedLaunch]:
