@@ -425,8 +425,8 @@ def train_epoch(env, img, widths, samples, batch, lr, seed):
     device, each batch gathered there by Device.take, the layers computing through
     numbaconv.functional, the step's buffers and launches captured once and replayed, one
     host transfer per epoch; PyTorch the usual loop over tensors already on the device.
-    Returns ({engine: (epoch 2's train seconds, its mean training loss)}, a warm step of ours
-    for profile_step).
+    Returns ({engine: (epoch 2's train seconds, its mean training loss)}, a function running
+    one more training step of ours, for profile_step).
     """
     np, torch = env.np, env.torch
     from numbaconv import functional as F
@@ -442,7 +442,7 @@ def train_epoch(env, img, widths, samples, batch, lr, seed):
     device = get_device("cuda")
 
     def ours_epochs(prepared):
-        """(epoch 2's seconds, its mean loss, a warm step, the torch twin), the launches
+        """(epoch 2's seconds, its mean loss, one more step, the torch twin), the launches
         prepared or through the dispatcher."""
         saved, config.PREPARED_LAUNCHES = config.PREPARED_LAUNCHES, prepared
         try:
@@ -470,14 +470,13 @@ def train_epoch(env, img, widths, samples, batch, lr, seed):
             begin = time.perf_counter()
             loss = epoch(2)
             seconds = time.perf_counter() - begin
-            order = device.put(np.arange(samples, dtype=np.int64))
-            warm = (lambda: step(order, 0, device.totals(1)), (id(x_all), batch), x_all)
-            return seconds, loss, warm, model
+            order, totals = device.put(np.arange(samples, dtype=np.int64)), device.totals(1)
+            return seconds, loss, lambda: step(order, 0, totals), model
         finally:
             config.PREPARED_LAUNCHES = saved
 
     results = {}
-    slow_seconds, slow_loss, slow_warm, _ = ours_epochs(False)
+    slow_seconds, slow_loss, _, _ = ours_epochs(False)
     results["numbaconv, launches through the dispatcher"] = (slow_seconds, slow_loss)
     seconds, loss, warm, model = ours_epochs(True)
     results["numbaconv"] = (seconds, loss)
@@ -508,20 +507,39 @@ def train_epoch(env, img, widths, samples, batch, lr, seed):
 
 
 def profile_step(env, warm, repeats):
-    """Where a warm training step's time goes: each prepared launch of the captured step
-    for a full batch timed alone (launch, then synchronize; median of ``repeats``), and the
-    host's time to queue a whole step against the step's time with the GPU."""
+    """Where a warm training step's time goes: each launch of the replayed step for a full
+    batch timed alone (synchronized before and after; median over ``repeats`` steps), and
+    the host's time to queue a whole step against the step's time with the GPU."""
+    np = env.np
     from numbaconv.kernels.cuda import steps as captured
 
-    step, key, _ = warm
-    step()  # replays the step once more, so that its launches are the recorded ones
-    launches = captured.launches(key)
-    print(f"\n| launch of a training step ({len(launches)} launches) | ms, alone with a "
+    step = warm
+    replay = captured.launch
+    times: dict[tuple[int, str], list[float]] = {}
+    position = [0]
+
+    def timed(kernel, griddim, blockdim, *args, start=None):
+        env.sync()
+        begin = time.perf_counter()
+        replay(kernel, griddim, blockdim, *args, start=start)
+        env.sync()
+        key = (position[0], kernel.py_func.__name__)
+        times.setdefault(key, []).append(1e3 * (time.perf_counter() - begin))
+        position[0] += 1
+
+    step()  # once more, so that every launch below replays a recorded one
+    captured.launch = timed
+    try:
+        for _ in range(max(1, repeats)):
+            position[0] = 0
+            step()
+    finally:
+        captured.launch = replay
+    print(f"\n| launch of a training step ({len(times)} launches) | ms, alone with a "
           "synchronize |")
     print("|---|---:|")
-    for i, launch in enumerate(launches):
-        print(f"| {i}: {launch.name} | "
-              f"{env.median_ms(lambda launch=launch: launch(0), repeats, 1):.3f} |")
+    for (index, name), values in times.items():
+        print(f"| {index}: {name} | {np.median(values):.3f} |")
     count = 2 if env.sim else 20
     env.sync()
     begin = time.perf_counter()
