@@ -118,9 +118,16 @@ def small_cnn(act=ReLU, pool=MaxPool2d, seed=3):
                       Linear(2 * 3 * 3, CLASSES, rng=rng))
 
 
-def assert_runs_match(device_run, host_run, epochs=(1, 2)):
+def assert_runs_match(device_run, host_run, epochs=(1, 2), transfers=None):
+    """The runs' epochs, weights and optimizer states agree; with ``transfers``, each device
+    epoch copies one array to the host."""
     for epoch in epochs:
-        got, want = device_run.epoch(epoch), host_run.epoch(epoch)
+        if transfers is not None:
+            transfers.n = 0
+        got = device_run.epoch(epoch)
+        if transfers is not None:
+            assert transfers.n == 1, f"{transfers.n} device-to-host copies in epoch {epoch}"
+        want = host_run.epoch(epoch)
         np.testing.assert_allclose(got[0], want[0], **LOSS_TOL)
         assert got[1:] == want[1:], epoch
     host = host_run.model.state_dict()
@@ -167,7 +174,7 @@ def test_sgd_relu_max_matches_the_cpu_with_one_transfer_per_epoch(data, transfer
     assert device_run.optimizer.state_dict()["step"] == 4  # 2 batches per epoch
 
 
-def test_adam_sigmoid_avg_resumes_from_cpu_state(data):
+def test_adam_sigmoid_avg_resumes_from_cpu_state(data, transfers):
     """A checkpoint written on the CPU resumes on the GPU (model and optimizer state), and
     the GPU's state reads back as host arrays."""
     host_run = Run("cpu", small_cnn(Sigmoid, AvgPool2d, seed=5), lambda p: Adam(p, lr=0.05),
@@ -180,10 +187,10 @@ def test_adam_sigmoid_avg_resumes_from_cpu_state(data):
     device_run.optimizer.load_state_dict(saved_opt)
     assert device_run.optimizer.lr == 0.05 and device_run.optimizer.step_count == 2
     assert all(is_device_array(a) for a in device_run.optimizer.state["exp_avg"].values())
-    assert_runs_match(device_run, host_run, epochs=(2,))
+    assert_runs_match(device_run, host_run, epochs=(2,), transfers=transfers)
 
 
-def test_dropout_tanh_and_momentum_variants_match_the_cpu(data):
+def test_dropout_tanh_and_momentum_variants_match_the_cpu(data, transfers):
     """Dropout's masks (drawn on the host from the same generators), a standalone Tanh,
     layers without bias, a strided convolution and a stride-1 pool; Nesterov SGD with weight
     decay, then SGD with dampening."""
@@ -194,12 +201,13 @@ def test_dropout_tanh_and_momentum_variants_match_the_cpu(data):
                           Linear(2, 4, rng=rng), ReLU(), Linear(4, CLASSES, bias=False, rng=rng))
 
     assert_runs_match(*pair(build, lambda p: SGD(p, lr=0.2, momentum=0.9, nesterov=True,
-                                                 weight_decay=0.01), data), epochs=(1,))
+                                                 weight_decay=0.01), data), epochs=(1,),
+                      transfers=transfers)
     assert_runs_match(*pair(build, lambda p: SGD(p, lr=0.2, momentum=0.5, dampening=0.3),
                             data), epochs=(1,))
 
 
-def test_residual_and_concat_networks_match_the_cpu(data):
+def test_residual_and_concat_networks_match_the_cpu(data, transfers):
     def build():
         rng = np.random.default_rng(4)
         return Sequential(
@@ -210,7 +218,7 @@ def test_residual_and_concat_networks_match_the_cpu(data):
             Concat([Conv2d(3, 1, 1, rng=rng)], [Conv2d(3, 2, 3, padding=1, rng=rng), Sigmoid()]),
             ReLU(), AvgPool2d(6), Flatten(), Linear(3, CLASSES, rng=rng))
 
-    assert_runs_match(*pair(build, lambda p: SGD(p, lr=0.3), data))
+    assert_runs_match(*pair(build, lambda p: SGD(p, lr=0.3), data), transfers=transfers)
 
 
 class TanhLinear(Layer):
@@ -237,12 +245,12 @@ class TanhLinear(Layer):
         return grad_x
 
 
-def test_a_plugin_layer_computing_through_functional_trains_on_cuda_unchanged(data):
+def test_a_plugin_layer_computing_through_functional_trains_on_cuda_unchanged(data, transfers):
     def build():
         rng = np.random.default_rng(6)
         return Sequential(Flatten(), TanhLinear(36, 5, rng=rng), Linear(5, CLASSES, rng=rng))
 
-    assert_runs_match(*pair(build, lambda p: Adam(p, lr=0.01), data))
+    assert_runs_match(*pair(build, lambda p: Adam(p, lr=0.01), data), transfers=transfers)
 
 
 # ------------------------------------------------------------------------------------ the step
