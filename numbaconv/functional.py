@@ -274,8 +274,8 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
             if need_input_grad:
                 grad_x = cpu_conv.conv2d_input_grad(gy, w, x.shape, geo.padding, geo.stride,
                                                     geo.dilation, geo.groups)
-    return grad_x, _into(grad_weight, grad_w), _into(grad_bias, grad_b) if need_bias_grad \
-        else None
+    grad_b = _into(grad_bias, grad_b) if need_bias_grad else None
+    return grad_x, _into(grad_weight, grad_w), grad_b
 
 
 def _check_outputs(x, **outputs):
