@@ -98,7 +98,11 @@ def _kernel_signatures(dt):
     def ints(ndim):
         return types.Array(types.int64, ndim, "C")
 
+    def f64(ndim):
+        return types.Array(types.float64, ndim, "C")
+
     i, b = types.int64, types.boolean
+    cross_entropy_mean, correct_count, nonfinite_count = ops._row_sums_kernels()
     table = types.Array(types.int32, 2, "C")
     # the narrowest tile shape conv.pick_tiles chooses and each pass's wide one
     conv_tiles = sorted({conv.Tiles(1, 1, config.CONV_SIDE).key(),
@@ -114,13 +118,20 @@ def _kernel_signatures(dt):
         (ops._bias_act_forward_kernel, (arr(3), arr(1), arr(3), b, i)),
         (ops._act_backward_kernel, (arr(1), arr(1), arr(1), i)),
         (ops._channel_partial_kernel, (arr(3), arr(2), i)),
-        (ops._channel_partial_kernel, (ints(3), ints(2), i)),
         (ops._sum_chunks_kernel, (arr(2), arr(1), dt)),
-        (ops._sum_chunks_kernel, (ints(2), ints(1), types.int64)),
-        (ops._softmax_xent_rows_kernel, (arr(2), ints(1), arr(2), arr(1), dt)),
-        (ops._argmax_match_kernel, (arr(2), ints(1), ints(2))),
-        (ops._sgd_kernel, (arr(1), arr(1), arr(1), dt, dt, dt, b, b)),
-        (ops._adam_kernel, (arr(1),) * 4 + (dt,) * 8 + (b,)),
+        (ops._xent_grad_kernel, (arr(2), ints(1), arr(2), dt)),
+        (cross_entropy_mean, (arr(2), ints(1), f64(0))),
+        (correct_count, (arr(2), ints(1), ints(0))),
+        (nonfinite_count, (arr(1), ints(0))),
+        (ops._accumulate_kernel, (f64(1), i, f64(0), types.float64)),
+        (ops._accumulate_kernel, (f64(1), i, ints(0), types.float64)),
+        (ops._gather_rows_kernel, (arr(2), ints(1), ints(1), arr(2), ints(1), i)),
+        (ops._dropout_kernel, (arr(1), types.Array(types.uint8, 1, "C"), dt, arr(1), arr(1))),
+        (ops._binary_kernel, (arr(1), arr(1), arr(1), b)),
+        (ops._channels_kernel, (arr(3), arr(3), i, b)),
+        (ops._act_pool2x2_backward_kernel, (arr(3), arr(3), arr(3), i, b)),
+        (ops._sgd_kernel, (arr(1), arr(1), arr(1), dt, dt, dt, dt, b, b, b, b)),
+        (ops._adam_kernel, (arr(1),) * 4 + (dt,) * 6 + (types.float64,) * 3 + (b, i)),
         (ops._gemm_kernel(str(dt)), (arr(2), arr(2), arr(1), arr(2), b, b, b, i)),
         (pool._max_pool_forward_kernel, (arr(3), arr(3), ints(3)) + (i,) * 8),
         (pool._max_pool_backward_gather_kernel, (arr(3), ints(3), arr(3)) + (i,) * 8),
@@ -227,6 +238,12 @@ def _pretend_device(cc: tuple[int, int]) -> None:
     dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=cc)
 
 
+# Kernels whose float32 versions compute in float64 on purpose: the loss and the hits summed
+# over a batch, the epoch's running totals, Adam's bias corrections (once per thread).
+FLOAT64_BY_DESIGN = {"cross_entropy_mean", "correct_count", "nonfinite_count",
+                     "_accumulate_kernel", "_adam_kernel"}
+
+
 def ptx_check(cc_text: str, max_registers: int | None = None,
               signatures=_kernel_signatures) -> int:
     """Compile every kernel (of ``signatures(float type)``: (label, kernel, argument types))
@@ -273,7 +290,8 @@ def ptx_check(cc_text: str, max_registers: int | None = None,
                     continue
                 f64 = sum(1 for line in ptx.splitlines()
                           if ".f64" in line and not line.strip().startswith("//"))
-                if dt == nbtypes.float32 and f64 and "int64" not in str(signature[0]):
+                if (dt == nbtypes.float32 and f64 and "int64" not in str(signature[0])
+                        and kernel.py_func.__name__ not in FLOAT64_BY_DESIGN):
                     wide.append(f"{kernel_name} for {arch} ({f64} lines)")
                 report = ""
                 if functions:  # the kernel, and any device function ptxas kept apart
@@ -466,7 +484,7 @@ def check_layer(env, kind, p, rng, repeats, warmup):
         labels, tlabels = env.both(labels_host)
 
         def ours_fwd():
-            return nk.softmax_cross_entropy(x, labels)
+            return nk.cross_entropy(x, labels), nk.cross_entropy_backward(x, labels)
 
         def torch_fwd():
             return F.cross_entropy(tx, tlabels)
@@ -480,7 +498,7 @@ def check_layer(env, kind, p, rng, repeats, warmup):
 
     ty = torch_fwd()
     ours_y = y[0] if isinstance(y, tuple) else y
-    errors = {"y": rel_err(env, ours_y, ty.reshape(-1) if kind == "xent" else ty)}
+    errors = {"y": rel_err(env, ours_y, ty)}
     if kind == "xent":
         tgy = torch.ones((), device=env.tdev)
     else:
@@ -532,46 +550,67 @@ def lenet_pair(env, img, widths, seed):
 def train_epoch(env, img, widths, samples, batch, lr, seed):
     """D2L's LeNet (SGD) on synthetic data of Fashion-MNIST's size on both engines, from the
     same weights and in the same shuffled orders: epoch 1 untimed (JIT compilation, cuDNN
-    autotuning, the trainer's buffers), epoch 2 timed.
+    autotuning, the first step's buffers and prepared launches), epoch 2 timed.
 
-    numbaconv runs its training product, the DeviceTrainer behind `numbaconv run --device
-    cuda` (data on the device, one host transfer per epoch); PyTorch the usual loop over
-    tensors already on the device. Returns ({engine: (epoch 2's train seconds, its mean
-    training loss)}, the warm trainer).
+    numbaconv trains as its training loop does on `--device cuda`: the model moved to the
+    device, each batch gathered there by Device.take, the layers computing through
+    numbaconv.functional, the step's buffers and launches captured once and replayed, one
+    host transfer per epoch; PyTorch the usual loop over tensors already on the device.
+    Returns ({engine: (epoch 2's train seconds, its mean training loss)}, a function running
+    one more training step of ours, for profile_step).
     """
     np, torch = env.np, env.torch
-    from types import SimpleNamespace
-
-    from numbaconv.device_train import DeviceTrainer
-    from numbaconv.training import Settings, epoch_rng
+    from numbaconv import functional as F
+    from numbaconv.devices import get_device
+    from numbaconv.kernels.cuda import config
+    from numbaconv.optim import SGD
+    from numbaconv.training import epoch_rng
 
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((samples, 1, img, img)).astype(np.float32)
     teacher = rng.standard_normal((img * img, 10)).astype(np.float32)
     labels = np.argmax(images.reshape(samples, -1) @ teacher, axis=1).astype(np.int64)
-    n_test = min(samples, 4 * batch)
-    data = SimpleNamespace(train_x=images, train_y=labels, test_x=images[:n_test],
-                           test_y=labels[:n_test], source="synthetic")
-    from numbaconv.kernels.cuda import config
+    device = get_device("cuda")
 
     def ours_epochs(prepared):
-        """Epoch 2's metrics and the trainer, its launches prepared or through the dispatcher."""
+        """(epoch 2's seconds, its mean loss, one more step, the torch twin), the launches
+        prepared or through the dispatcher."""
         saved, config.PREPARED_LAUNCHES = config.PREPARED_LAUNCHES, prepared
         try:
             ours, model = lenet_pair(env, img, widths, seed)
-            trainer = DeviceTrainer(ours, Settings(epochs=2, batch_size=batch, lr=lr,
-                                                   seed=seed), data)
-            trainer.fit_epoch(1)
-            return trainer.fit_epoch(2), trainer, model
+            ours.to(device)
+            optimizer = SGD(ours.named_params(), lr=lr)
+            x_all, y_all = device.put(images), device.put(labels)
+
+            def step(order, start, totals):
+                x, y = device.take(x_all, y_all, order, start, min(samples, start + batch))
+                logits = ours.forward(x, training=True)
+                totals.add(0, F.cross_entropy(logits, y), scale=x.shape[0])
+                ours.backward(F.cross_entropy_backward(logits, y), need_input_grad=False)
+                optimizer.step(ours.named_grads())
+
+            def epoch(number):
+                totals = device.totals(1)
+                order = device.put(epoch_rng(seed, number, 0).permutation(samples))
+                for start in range(0, samples, batch):
+                    step(order, start, totals)
+                return totals.read()[0] / samples
+
+            epoch(1)
+            env.sync()
+            begin = time.perf_counter()
+            loss = epoch(2)
+            seconds = time.perf_counter() - begin
+            order, totals = device.put(np.arange(samples, dtype=np.int64)), device.totals(1)
+            return seconds, loss, lambda: step(order, 0, totals), model
         finally:
             config.PREPARED_LAUNCHES = saved
 
     results = {}
-    slow, _, _ = ours_epochs(False)
-    results["numbaconv, launches through the dispatcher"] = (slow.train_seconds,
-                                                             slow.train_loss)
-    metrics, trainer, model = ours_epochs(True)
-    results["numbaconv"] = (metrics.train_seconds, metrics.train_loss)
+    slow_seconds, slow_loss, _, _ = ours_epochs(False)
+    results["numbaconv, launches through the dispatcher"] = (slow_seconds, slow_loss)
+    seconds, loss, warm, model = ours_epochs(True)
+    results["numbaconv"] = (seconds, loss)
 
     x_all = torch.from_numpy(images).to(env.tdev)
     t_all = torch.from_numpy(labels).to(env.tdev)
@@ -595,51 +634,53 @@ def train_epoch(env, img, widths, samples, batch, lr, seed):
     total = torch_epoch(2)
     env.sync()
     results["torch"] = (time.perf_counter() - begin, float(total) / samples)
-    return results, trainer
+    return results, warm
 
 
-def profile_step(env, trainer, repeats):
-    """Where a warm training step's time goes: each launch of the trainer's plan for a full
-    batch timed alone (launch, then synchronize; median of ``repeats``), and the host's time
-    to queue a whole step against the step's time with the GPU."""
-    rows = trainer.rows_train
-    plan = trainer._plan(rows, True)
-    launches = [(f"forward {i}: {label(launch)}", launch) for i, launch in enumerate(plan.forward)]
-    launches += [(f"backward {i}: {label(launch)}", launch)
-                 for i, launch in enumerate(plan.backward)]
+def profile_step(env, warm, repeats):
+    """Where a warm training step's time goes: each launch of the replayed step for a full
+    batch timed alone (synchronized before and after; median over ``repeats`` steps), and
+    the host's time to queue a whole step against the step's time with the GPU."""
+    np = env.np
+    from numbaconv.kernels.cuda import steps as captured
 
-    def step():
-        for launch in plan.forward + plan.backward:
-            launch(0)
-        trainer._optimizer_step()
+    step = warm
+    replay = captured.launch
+    times: dict[tuple[int, str], list[float]] = {}
+    position = [0]
 
-    print(f"\n| launch of a training step (batch {rows}) | ms, alone with a synchronize |")
+    def timed(kernel, griddim, blockdim, *args, start=None):
+        env.sync()
+        begin = time.perf_counter()
+        replay(kernel, griddim, blockdim, *args, start=start)
+        env.sync()
+        key = (position[0], kernel.py_func.__name__)
+        times.setdefault(key, []).append(1e3 * (time.perf_counter() - begin))
+        position[0] += 1
+
+    step()  # once more, so that every launch below replays a recorded one
+    captured.launch = timed
+    try:
+        for _ in range(max(1, repeats)):
+            position[0] = 0
+            step()
+    finally:
+        captured.launch = replay
+    print(f"\n| launch of a training step ({len(times)} launches) | ms, alone with a "
+          "synchronize |")
     print("|---|---:|")
-    for name, launch in launches:
-        print(f"| {name} | {env.median_ms(lambda launch=launch: launch(0), repeats, 1):.3f} |")
-    steps = 2 if env.sim else 20
+    for (index, name), values in times.items():
+        print(f"| {index}: {name} | {np.median(values):.3f} |")
+    count = 2 if env.sim else 20
     env.sync()
     begin = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(count):
         step()
     queued = time.perf_counter()
     env.sync()
     done = time.perf_counter()
-    print(f"\nwhole step: {1e3 * (done - begin) / steps:.3f} ms; the host queues it in "
-          f"{1e3 * (queued - begin) / steps:.3f} ms")
-
-
-def label(launch):
-    """The kernel a trainer launch calls (for the profile's table)."""
-    if hasattr(launch, "name"):  # a prepared launch
-        return launch.name
-    for cell in getattr(launch, "__closure__", None) or ():
-        value = cell.cell_contents
-        if hasattr(value, "py_func"):
-            return value.py_func.__name__
-        if hasattr(value, "name") or (callable(value) and getattr(value, "__closure__", None)):
-            return label(value)
-    return "?"
+    print(f"\nwhole step: {1e3 * (done - begin) / count:.3f} ms; the host queues it in "
+          f"{1e3 * (queued - begin) / count:.3f} ms")
 
 
 def sweep_tiles(env, params, rng, repeats, warmup):
@@ -723,8 +764,8 @@ def main(argv=None) -> int:
         sweep_tiles(env, layer_cases(args.tiny)[-2][2], rng, args.repeats, args.warmup)
     if not args.skip_train:
         img, batch = (12, 2) if args.tiny else (28, 256)
-        results, trainer = train_epoch(env, img, lenet_widths(args.tiny), args.samples,
-                                       batch, 0.9, args.seed)
+        results, warm = train_epoch(env, img, lenet_widths(args.tiny), args.samples,
+                                    batch, 0.9, args.seed)
         print(f"\n| LeNet epoch 2 (SGD), {args.samples} x 1 x {img} x {img}, batch {batch} "
               "| seconds | images/s | mean training loss |")
         print("|---|---:|---:|---:|")
@@ -733,7 +774,7 @@ def main(argv=None) -> int:
         ratio = results["numbaconv"][0] / results["torch"][0]
         print(f"\nnumbaconv's epoch takes {ratio:.2f}x PyTorch's (target <= 1)")
         if args.profile:
-            profile_step(env, trainer, args.repeats)
+            profile_step(env, warm, args.repeats)
         if not np.isfinite(results["numbaconv"][1]):
             failed.append("training loss is not finite")
         if results["numbaconv"][1] != results["numbaconv, launches through the dispatcher"][1]:

@@ -274,8 +274,8 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
             if need_input_grad:
                 grad_x = cpu_conv.conv2d_input_grad(gy, w, x.shape, geo.padding, geo.stride,
                                                     geo.dilation, geo.groups)
-    return grad_x, _into(grad_weight, grad_w), _into(grad_bias, grad_b) if need_bias_grad \
-        else None
+    grad_b = _into(grad_bias, grad_b) if need_bias_grad else None
+    return grad_x, _into(grad_weight, grad_w), grad_b
 
 
 def _check_outputs(x, **outputs):
@@ -559,7 +559,8 @@ def linear(x, weight, bias=None):
     out_features = weight.shape[0]
     shape = tuple(x.shape[:-1]) + (out_features,)
     if _check_device(x, {"weight": weight, "bias": bias}):
-        return _cuda().linear_forward(x.reshape(rows, x.shape[-1]), weight, bias).reshape(shape)
+        return _cuda().linear_forward(x.reshape(rows, weight.shape[1]), weight,
+                                      bias).reshape(shape)
     y = np.empty((rows, out_features), dtype=x.dtype)
     y[:] = 0 if bias is None else bias  # the product adds to it
     matmul_acc(np.ascontiguousarray(x.reshape(rows, -1)), np.ascontiguousarray(weight.T), y)
@@ -571,7 +572,7 @@ def _check_linear(x, weight, bias) -> int:
     _check_array(x, "x", None, "(*, in_features)")
     _check_array(weight, "weight", 2, "(out_features, in_features)")
     _check_same_dtype(weight, "weight", x, "x")
-    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+    if x.ndim < 1 or tuple(x.shape)[-1] != weight.shape[1]:
         raise ValueError(f"x must have in_features={weight.shape[1]} on its last axis "
                          f"(weight shape {tuple(weight.shape)}), got shape {tuple(x.shape)}")
     if bias is not None:
@@ -913,5 +914,9 @@ def split_channels(array, sizes):
 # --------------------------------------------------------------------------- divergence
 
 def count_nonfinite(array):
-    """How many elements of ``array`` are NaN or infinite: 0-d (a divergence check)."""
-    return np.asarray(array.size - np.count_nonzero(np.isfinite(array)))
+    """How many elements of ``array`` (any shape, float) are NaN or infinite: a 0-d int64
+    array on the array's device (an epoch's divergence check, summed without a transfer)."""
+    if _is_device_array(array):
+        return _cuda().count_nonfinite(array)
+    array = np.asarray(array)
+    return np.array(array.size - np.count_nonzero(np.isfinite(array)), dtype=np.int64)

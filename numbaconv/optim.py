@@ -1,17 +1,21 @@
-"""SGD and Adam with PyTorch's update formulas, updating NumPy parameters in place.
+"""SGD and Adam with PyTorch's update formulas, updating parameters in place on their device.
 
-An optimizer holds a ``dict[str, numpy.ndarray]`` of parameters (e.g.
-``Sequential.named_params()``: the model's own arrays) and ``step(grads)`` takes a dict of
-gradients with the same keys and shapes (e.g. ``Sequential.named_grads()`` after a backward).
-There is no ``zero_grad``: layers overwrite their gradients on every backward.
+An optimizer holds a ``dict[str, array]`` of parameters (e.g. ``model.named_params()``: the
+model's own arrays, NumPy arrays or, after ``model.to("cuda")``, CUDA device arrays; build the
+optimizer after the move) and ``step(grads)`` takes a dict of gradients with the same keys
+and shapes on the same device (e.g. ``model.named_grads()`` after a backward). There is no
+``zero_grad``: layers overwrite their gradients on every backward.
 
-Updates run in place in the parameters' dtype: float32 stays float32, and the temporaries
-live in two scratch buffers per dtype (sized for the largest parameter) allocated on the
-first step, so a step allocates no array as large as a parameter.
+Updates run in place in the parameters' dtype: float32 stays float32. On the CPU the
+temporaries live in two scratch buffers per dtype (sized for the largest parameter)
+allocated on the first step, so a step allocates no array as large as a parameter; on a GPU
+each parameter takes one kernel launch (:mod:`numbaconv.kernels.cuda.ops`), and the state
+(momentum buffers, Adam's moments) lives on the device with the parameters.
 
-``state_dict()`` returns plain arrays and scalars (``np.savez(path, **opt.state_dict())``
-works, and ``load_state_dict(np.load(path))`` restores); it holds the step count, the
-hyperparameters (restored on load, as PyTorch does) and ``<buffer>.<param name>`` arrays.
+``state_dict()`` returns plain host arrays and scalars from either device
+(``np.savez(path, **opt.state_dict())`` works, and ``load_state_dict(np.load(path))``
+restores, onto the parameters' device); it holds the step count, the hyperparameters
+(restored on load, as PyTorch does) and ``<buffer>.<param name>`` arrays.
 """
 
 from __future__ import annotations
@@ -20,6 +24,15 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+
+from .devices import device_of, host_copy
+from .kernels.cuda.device import is_device_array
+
+
+def _cuda_ops():
+    from .kernels.cuda import ops
+
+    return ops
 
 __all__ = ["Optimizer", "SGD", "Adam"]
 
@@ -40,10 +53,12 @@ class Optimizer:
         if not params:
             raise ValueError("optimizer got an empty parameter dict")
         for name, p in params.items():
-            if not isinstance(p, np.ndarray) or not np.issubdtype(p.dtype, np.floating):
-                raise TypeError(f"parameter {name!r} must be a floating-point numpy array, got "
-                                f"{type(p).__name__} {getattr(p, 'dtype', '')}")
-            if not p.flags.writeable:
+            if not (isinstance(p, np.ndarray) or is_device_array(p)) \
+                    or not np.issubdtype(p.dtype, np.floating):
+                raise TypeError(f"parameter {name!r} must be a floating-point numpy array or "
+                                f"CUDA device array, got {type(p).__name__} "
+                                f"{getattr(p, 'dtype', '')}")
+            if isinstance(p, np.ndarray) and not p.flags.writeable:
                 raise ValueError(f"parameter {name!r} is read-only")
         self.params: dict[str, np.ndarray] = dict(params)
         self.step_count = 0
@@ -65,9 +80,14 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}.step: gradients do not match the "
                              f"parameters (missing {missing}, unexpected {unexpected})")
         for name, p in self.params.items():
-            if np.shape(grads[name]) != p.shape:
+            if tuple(np.shape(grads[name])) != tuple(p.shape):
                 raise ValueError(f"{type(self).__name__}.step: gradient {name!r} has shape "
-                                 f"{np.shape(grads[name])}, the parameter's is {p.shape}")
+                                 f"{tuple(np.shape(grads[name]))}, the parameter's is "
+                                 f"{tuple(p.shape)}")
+            if is_device_array(grads[name]) != is_device_array(p):
+                raise TypeError(f"{type(self).__name__}.step: gradient {name!r} is a "
+                                f"{type(grads[name]).__name__}, on another device than its "
+                                f"parameter ({type(p).__name__})")
         return grads
 
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
@@ -79,7 +99,7 @@ class Optimizer:
             state[hyper] = getattr(self, hyper)
         for buffer, arrays in self.state.items():
             for name, array in arrays.items():
-                state[f"{buffer}.{name}"] = array.copy()
+                state[f"{buffer}.{name}"] = host_copy(array)
         return state
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -105,11 +125,13 @@ class Optimizer:
                 problems.append(f"unexpected key {key!r}")
             elif name not in self.params:
                 problems.append(f"{key!r} names no parameter of this optimizer")
-            elif np.shape(state[key]) != self.params[name].shape:
+            elif tuple(np.shape(state[key])) != tuple(self.params[name].shape):
                 problems.append(f"{key!r} has shape {tuple(np.shape(state[key]))}, the "
-                                f"parameter's is {self.params[name].shape}")
-            else:
-                buffers[buffer][name] = np.array(state[key], dtype=self.params[name].dtype)
+                                f"parameter's is {tuple(self.params[name].shape)}")
+            else:  # on the parameter's device
+                param = self.params[name]
+                buffers[buffer][name] = device_of(param).put(
+                    np.array(host_copy(state[key]), dtype=param.dtype))
         if problems:
             raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
         self.step_count = int(np.asarray(state["step"]).item())
@@ -157,6 +179,9 @@ class SGD(Optimizer):
         grads = self._checked_grads(grads)
         buffers = self.state["momentum_buffer"]
         for name, p in self.params.items():
+            if is_device_array(p):
+                self._device_step(name, p, grads[name], buffers)
+                continue
             d = grads[name]
             in_scratch = False
             if self.weight_decay != 0.0:
@@ -187,6 +212,14 @@ class SGD(Optimizer):
             np.multiply(d, self.lr, out=out)
             p -= out
         self.step_count += 1
+
+    def _device_step(self, name, p, grad, buffers) -> None:
+        buf, first = buffers.get(name), False
+        if self.momentum != 0.0 and buf is None:
+            buf, first = device_of(p).zeros(p.shape, p.dtype), True
+            buffers[name] = buf
+        _cuda_ops().sgd_step(p, grad, buf, self.lr, self.momentum, self.weight_decay,
+                             self.nesterov, self.dampening, first)
 
 
 class Adam(Optimizer):
@@ -233,6 +266,9 @@ class Adam(Optimizer):
         weight = 1.0 - self.beta1
         exp_avgs, exp_avg_sqs = self.state["exp_avg"], self.state["exp_avg_sq"]
         for name, p in self.params.items():
+            if is_device_array(p):
+                self._device_step(name, p, grads[name], t, exp_avgs, exp_avg_sqs)
+                continue
             g = grads[name]
             s0, s1 = self._scratch(0, p), self._scratch(1, p)
             if self.weight_decay != 0.0:
@@ -265,3 +301,11 @@ class Adam(Optimizer):
             s0 /= s1
             p -= s0
         self.step_count = t
+
+    def _device_step(self, name, p, grad, t, exp_avgs, exp_avg_sqs) -> None:
+        m = exp_avgs.get(name)
+        if m is None:
+            m = exp_avgs[name] = device_of(p).zeros(p.shape, p.dtype)
+            exp_avg_sqs[name] = device_of(p).zeros(p.shape, p.dtype)
+        _cuda_ops().adam_step(p, grad, m, exp_avg_sqs[name], t, self.lr, self.beta1,
+                              self.beta2, self.eps, self.weight_decay)

@@ -145,6 +145,7 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
       lr = 0.001
     """
     from .. import checkpoint as ckpt
+    from ..devices import get_device
     from ..layers import layer_spec
     from ..network import INPUT_SHAPE, NUM_CLASSES, build, check_memory, from_spec, parse_options
     from ..training import Loop, Settings, make_optimizer
@@ -193,6 +194,8 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
     if start > settings.epochs:
         raise UserError(f"{resume_path} is already at epoch {start - 1}; ask for more with "
                         f"--epochs (now {settings.epochs})")
+    target_device = get_device(device)
+    model.to(target_device)  # the optimizer is built on the parameters where they live
     opt = make_optimizer(settings.optimizer, model.named_params(), settings.lr)
     if resume_path:
         model.load_state_dict(saved.params)
@@ -230,12 +233,8 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
         callbacks.append(cb.MetricsWriter(metrics_path, echo))
     if plot_path:
         callbacks.append(cb.PlotWriter(plot_path, network.source, echo))
-    if device == "cuda":  # data, weights and optimizer state stay on the GPU between epochs
-        from ..device_train import DeviceLoop
-
-        loop = DeviceLoop(model, opt, data, settings, callbacks=callbacks, history=history)
-    else:
-        loop = Loop(model, opt, data, settings, callbacks=callbacks, history=history)
+    loop = Loop(model, opt, data, settings, device=target_device, callbacks=callbacks,
+                history=history)
     click.echo(f"training {network.source} on {len(data.train_x)} images from {data.source}: "
                f"{settings.optimizer} lr {settings.lr:g}, batch {settings.batch_size}, "
                f"{settings.epochs} epochs, {model.num_params()} parameters")

@@ -58,6 +58,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..devices import copy_into, get_device, host_copy
+
 __all__ = ["Layer", "ShapeError", "plain"]
 
 
@@ -191,9 +193,9 @@ class Layer:
         return int(sum(p.size for p in self.named_params().values()))
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every parameter and buffer, keyed like :meth:`named_params`
-        (``np.savez``-able)."""
-        return {name: np.array(p, copy=True)
+        """Host copies of every parameter and buffer (on either device), keyed like
+        :meth:`named_params` (``np.savez``-able)."""
+        return {name: host_copy(p)  # host arrays from either device
                 for name, p in {**self.named_params(), **self.named_buffers()}.items()}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
@@ -218,7 +220,7 @@ class Layer:
         if problems:
             raise ValueError("load_state_dict: " + "; ".join(problems))
         for name, p in targets.items():
-            np.copyto(p, np.asarray(state[name]), casting="same_kind")
+            copy_into(p, state[name])  # onto the array's device
 
     # helpers for subclasses -------------------------------------------------------------
 
@@ -241,10 +243,25 @@ class Layer:
     def set_grad(self, name: str, value: np.ndarray) -> None:
         """Overwrite the gradient of ``name`` in place (keeps the array object)."""
         grad = self.grads[name]
-        if grad.shape != value.shape:
+        if tuple(grad.shape) != tuple(value.shape):
             raise ValueError(f"{type(self).__name__}: gradient of {name!r} has shape "
-                             f"{value.shape}, expected {grad.shape}")
-        np.copyto(grad, value, casting="same_kind")
+                             f"{tuple(value.shape)}, expected {tuple(grad.shape)}")
+        copy_into(grad, value)  # on the gradient's device
+
+    def to(self, device) -> Layer:
+        """Move the parameters, gradients and buffers of this layer and of every layer below
+        it to ``device`` (a :class:`numbaconv.devices.Device` or its name, ``"cpu"`` or
+        ``"cuda"``): each dict entry is replaced by the array on that device (arrays already
+        there are kept). From then on the layers compute there, as
+        :mod:`numbaconv.functional` follows its arrays; build optimizers after the move.
+        Returns ``self``."""
+        device = get_device(device)
+        for table in (self.params, self.grads, self.buffers):
+            for name, array in table.items():
+                table[name] = device.put(array)
+        for _, child in self.children():
+            child.to(device)
+        return self
 
 
 def check_ndim(layer: Layer, input_shape, ndim: int, what: str) -> tuple:

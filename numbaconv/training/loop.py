@@ -14,11 +14,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
 from .. import functional as F
-from ..devices import get_device
+from ..devices import copy_into, device_of, get_device
 from ..optim import SGD, Adam
 
 __all__ = ["Settings", "EpochMetrics", "Diverged", "Callback", "Loop", "make_optimizer",
@@ -130,28 +131,44 @@ class Loop:
     """Trains ``model`` with ``optimizer`` on ``data`` (``train_x``, ``train_y``, ``test_x``,
     ``test_y``: float32 images (N, C, H, W) and int labels (N,), host arrays) on ``device``.
 
-    The data and the model move to the device once; each step gathers its batch there, runs
-    the forward, the cross-entropy, the backward and the update, and adds the batch's loss and
-    correct predictions to device-side totals, read back once per epoch. On the CPU a
-    non-finite loss stops the epoch at once; on the GPU at the epoch's end. After every epoch
-    the weights are checked: a non-finite weight raises :class:`Diverged` before any callback
-    could save it.
+    ``model`` is already on ``device`` (``model.to(device)``) and ``optimizer`` built on its
+    parameters after the move. The data moves to the device once; each step gathers its batch
+    there (:meth:`numbaconv.devices.Device.take`), runs the forward, the cross-entropy, the
+    backward and the update, and adds the batch's loss and correct predictions to device-side
+    totals. An epoch's totals — training loss and hits, non-finite weights, test hits — come
+    back in one device-to-host copy. On the CPU a non-finite loss stops the epoch at once; on
+    the GPU at the epoch's end. A non-finite weight after the epoch raises :class:`Diverged`
+    before any callback could save it.
     """
 
     def __init__(self, model, optimizer, data, settings: Settings, device="cpu",
                  callbacks: Iterable[Callback] = (), history: list | None = None):
         self.model, self.optimizer, self.settings = model, optimizer, settings
-        self.device = get_device(device) if isinstance(device, str) else device
+        self.device = get_device(device)
         self.callbacks = list(callbacks)
         self.history: list[dict] = list(history or [])
         if len(data.train_x) == 0:
             raise ValueError("the training set is empty")
         if len(data.test_x) == 0:
             raise ValueError("the test set is empty")
+        elsewhere = [name for name, p in model.named_params().items()
+                     if device_of(p).name != self.device.name]
+        if elsewhere:
+            raise ValueError(f"the model's parameters {elsewhere[:3]} are not on "
+                             f"{self.device.name}: call model.to(device) before building the "
+                             "optimizer")
         self.n_train, self.n_test = len(data.train_x), len(data.test_x)
         put = self.device.put
-        self.train_x, self.train_y = put(data.train_x), put(data.train_y)
-        self.test_x, self.test_y = put(data.test_x), put(data.test_y)
+        self.train_x = put(data.train_x)
+        self.train_y = put(np.asarray(data.train_y, dtype=np.int64))
+        self.test_x = put(data.test_x)
+        self.test_y = put(np.asarray(data.test_y, dtype=np.int64))
+        # evaluation takes the test set in order: views on the CPU, a gather on a GPU
+        self.test_order = put(np.arange(self.n_test)) if self.device.is_cuda else None
+        # an epoch's order and totals live in the same arrays every epoch, so that a GPU's
+        # replayed steps find the arrays they were captured with
+        self.order = None
+        self.totals = self.device.totals(4)
 
     def run(self, start_epoch: int = 1) -> list[dict]:
         """Epochs ``start_epoch..settings.epochs``; returns the history (one dict per epoch)."""
@@ -178,64 +195,86 @@ class Loop:
                 callback.on_epoch_end(self, metrics)
 
     def fit_epoch(self, epoch: int) -> EpochMetrics:
-        """Train one epoch, check the weights, measure test accuracy."""
+        """Train one epoch, check the weights, measure test accuracy: one read of the
+        device's totals (training loss sum and hits, non-finite weights, test hits)."""
+        totals = self.totals
+        totals.reset()
         started = time.perf_counter()
-        loss, acc = self.train_epoch(epoch)
+        self._train(epoch, totals, loss=0, hits=1)
+        self._count_nonfinite_weights(totals, 2)
+        self.device.synchronize()
         trained = time.perf_counter()
-        test_acc = self.evaluate()
+        self._count_test_hits(totals, 3)
+        loss_sum, hits, nonfinite, test_hits = totals.read()
+        evaluated = time.perf_counter()
+        self._check(epoch, loss_sum, nonfinite)
         train_seconds = trained - started
-        return EpochMetrics(epoch=epoch, train_loss=loss, train_acc=acc, test_acc=test_acc,
-                            train_seconds=train_seconds,
-                            eval_seconds=time.perf_counter() - trained,
+        return EpochMetrics(epoch=epoch, train_loss=float(loss_sum) / self.n_train,
+                            train_acc=float(hits) / self.n_train,
+                            test_acc=float(test_hits) / self.n_test,
+                            train_seconds=train_seconds, eval_seconds=evaluated - trained,
                             examples_per_sec=self.n_train / train_seconds)
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
-        """One pass over the shuffled training set: (mean loss, accuracy)."""
+        """One pass over the shuffled training set and the weights' check: (mean loss,
+        accuracy)."""
+        totals = self.totals
+        totals.reset()
+        self._train(epoch, totals, loss=0, hits=1)
+        self._count_nonfinite_weights(totals, 2)
+        loss_sum, hits, nonfinite, _ = totals.read()
+        self._check(epoch, loss_sum, nonfinite)
+        return float(loss_sum) / self.n_train, float(hits) / self.n_train
+
+    def evaluate(self) -> float:
+        """Accuracy on the test set (evaluation mode, batches of :data:`EVAL_BATCH`)."""
+        totals = self.device.totals(1)
+        self._count_test_hits(totals, 0)
+        return float(totals.read()[0]) / self.n_test
+
+    def _train(self, epoch: int, totals, loss: int, hits: int) -> None:
         settings, device, model = self.settings, self.device, self.model
         _reseed_layers(model, settings.seed, epoch)
-        order = device.put(epoch_rng(settings.seed, epoch, 0).permutation(self.n_train))
-        totals = device.totals(2)  # loss sum, correct predictions
+        order = self._shuffled(epoch_rng(settings.seed, epoch, 0).permutation(self.n_train))
         grads = model.named_grads()
-        check_each_batch = not device.is_gpu  # a host read per batch costs nothing here
+        check_each_batch = not device.is_cuda  # a host read per batch costs nothing here
         for batch, start in enumerate(range(0, self.n_train, settings.batch_size), start=1):
             stop = min(start + settings.batch_size, self.n_train)
             x, y = device.take(self.train_x, self.train_y, order, start, stop)
             logits = model.forward(x, training=True)
-            loss = F.cross_entropy(logits, y)
-            if check_each_batch and not np.isfinite(loss):
+            batch_loss = F.cross_entropy(logits, y)
+            if check_each_batch and not np.isfinite(batch_loss):
                 raise Diverged(epoch, settings.lr, batch)
             model.backward(F.cross_entropy_backward(logits, y), need_input_grad=False)
             self.optimizer.step(grads)
-            totals.add(0, loss, scale=stop - start)
-            totals.add(1, F.correct(logits, y))
+            totals.add(loss, batch_loss, scale=stop - start)
+            totals.add(hits, F.correct(logits, y))
             for callback in self.callbacks:
                 callback.on_batch_end(self, stop - start)
-        loss_sum, correct = totals.read()
-        if not np.isfinite(loss_sum):
-            raise Diverged(epoch, settings.lr)
-        self._check_weights(epoch)
-        return float(loss_sum) / self.n_train, float(correct) / self.n_train
 
-    def _check_weights(self, epoch: int) -> None:
-        totals = self.device.totals(1)
+    def _shuffled(self, permutation: np.ndarray):
+        """The epoch's order on the device, in the array of the epochs before."""
+        if self.order is None or not self.device.is_cuda:
+            self.order = self.device.put(permutation)
+        else:
+            copy_into(self.order, permutation)
+        return self.order
+
+    def _count_nonfinite_weights(self, totals, index: int) -> None:
         for value in self.model.named_params().values():
-            totals.add(0, F.count_nonfinite(value))
-        if totals.read()[0]:
+            totals.add(index, F.count_nonfinite(value))
+
+    def _count_test_hits(self, totals, index: int) -> None:
+        for start in range(0, self.n_test, EVAL_BATCH):
+            stop = min(start + EVAL_BATCH, self.n_test)
+            x, y = self.device.take(self.test_x, self.test_y, self.test_order, start, stop)
+            totals.add(index, F.correct(self.model.forward(x, training=False), y))
+
+    def _check(self, epoch: int, loss_sum: float, nonfinite: float) -> None:
+        if not np.isfinite(loss_sum):
+            raise Diverged(epoch, self.settings.lr)
+        if nonfinite:
             raise Diverged(epoch, self.settings.lr, what="weights")
-
-    def evaluate(self) -> float:
-        """Accuracy on the test set (evaluation mode, batches of :data:`EVAL_BATCH`)."""
-        return _accuracy(self.model, self.test_x, self.test_y, self.n_test, self.device)
-
-
-def _accuracy(model, images, labels, n: int, device, batch_size: int = EVAL_BATCH) -> float:
-    totals = device.totals(1)
-    order = None
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        x, y = device.take(images, labels, order, start, stop)
-        totals.add(0, F.correct(model.forward(x, training=False), y))
-    return float(totals.read()[0]) / n
 
 
 def predict(model, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
@@ -247,11 +286,11 @@ def predict(model, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarr
     return out
 
 
-def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = EVAL_BATCH,
-             device="cpu") -> float:
-    """Accuracy of ``model`` on float32 ``images`` (N, C, H, W) with int ``labels`` (N,)."""
+def evaluate(model, images: np.ndarray, labels: np.ndarray, device="cpu") -> float:
+    """Accuracy of ``model`` (on ``device``) on float32 ``images`` (N, C, H, W) with int
+    ``labels`` (N,), in batches of :data:`EVAL_BATCH`."""
     if len(images) == 0:
         raise ValueError("the test set is empty")
-    device = get_device(device) if isinstance(device, str) else device
-    return _accuracy(model, device.put(images), device.put(labels), len(images), device,
-                     batch_size)
+    data = SimpleNamespace(train_x=images[:1], train_y=labels[:1], test_x=images,
+                           test_y=labels)
+    return Loop(model, None, data, Settings(), device).evaluate()

@@ -54,7 +54,6 @@ def pytest_report_header(config):
 RUNS_WITHOUT_DEVICE = {
     "test_kernels_compile_to_ptx",  # the real CUDA compiler (NVVM) only
     "test_importing_the_backend_does_not_import_numba_cuda",
-    "test_device_train_kernels_compile_to_ptx",
 }
 
 

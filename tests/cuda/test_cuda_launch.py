@@ -85,3 +85,17 @@ def test_a_prepared_launch_keeps_its_arrays_alive(rng):
     launch()
     np.testing.assert_array_equal(out.copy_to_host(), 2 * x.reshape(32))
     assert all(array.copy_to_host()[0] == 99.0 for array in scratch)
+
+
+def test_a_launch_that_does_not_hold_its_arrays_takes_them_at_each_call(rng):
+    """hold=False (numbaconv.kernels.cuda.steps, which checks the arrays' addresses before
+    each call): nothing is kept, and the dispatcher's path launches the call's arrays."""
+    from numbaconv.kernels.cuda.launch import PreparedLaunch
+
+    x = cuda.to_device(rng.standard_normal(8).astype(np.float32))
+    out = cuda.device_array(8, np.float32)
+    args = (x, x, np.float32(3), False, out)
+    launch = PreparedLaunch(_scaled_sum_kernel, 1, 32, args, with_start=True, hold=False)
+    assert launch._args is None
+    launch(1, args)
+    np.testing.assert_allclose(out.copy_to_host(), 3 * x.copy_to_host() + 1, rtol=1e-6)

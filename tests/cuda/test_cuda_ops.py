@@ -1,6 +1,7 @@
 """Training ops of the CUDA backend (matrix product, linear, activations, cross-entropy,
-accuracy, SGD, Adam, device helpers) against PyTorch (CPU), and one training step of a tiny
-conv net matched against the same step in PyTorch. Feature sizes stay tiny: the simulator's
+hits, elementwise and channel ops, the fused pool's backward, SGD, Adam, device helpers)
+against PyTorch (CPU), and one training step of a tiny conv net matched against the same step
+in PyTorch. Feature sizes stay tiny: the simulator's
 barriers make the tiled product slow there."""
 
 from __future__ import annotations
@@ -159,46 +160,88 @@ def test_channel_sum_many_chunks(rng):
 # ------------------------------------------------------------------------------ loss, accuracy
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_softmax_cross_entropy(dtype, rng, torch):
+def test_cross_entropy_and_its_gradient(dtype, rng, torch):
     z = rng.standard_normal((5, 4)).astype(dtype) * 3
     z[1] += 1000  # stability: a naive exp overflows
     z[2, 0] = -1000
     labels = np.array([0, 3, 0, 2, 1], np.int64)
-    loss, grad = ops.softmax_cross_entropy(to_device(z), to_device(labels))
+    loss = ops.cross_entropy(to_device(z), to_device(labels))
+    grad = ops.cross_entropy_backward(to_device(z), to_device(labels))
     tz = torch.tensor(z, requires_grad=True)
     tloss = torch.nn.functional.cross_entropy(tz, torch.tensor(labels))
     tloss.backward()
-    assert to_host(loss).shape == (1,)
-    close(loss, [tloss.item()], dtype, "loss")
+    assert to_host(loss).shape == () and to_host(loss).dtype == np.float64
+    np.testing.assert_allclose(to_host(loss), tloss.item(), **TOL[dtype])
     close(grad, tz.grad.numpy(), dtype, "grad")
+    # a label outside [0, K) cannot be checked without a transfer: it gives NaN instead
+    bad = to_device(np.array([0, 4, 0, 2, -1], np.int64))
+    assert np.isnan(to_host(ops.cross_entropy(to_device(z), bad)))
+    bad_grad = to_host(ops.cross_entropy_backward(to_device(z), bad))
+    assert np.isnan(bad_grad[[1, 4]]).all() and np.isfinite(bad_grad[[0, 2, 3]]).all()
 
 
-def test_accuracy_count(rng):
+def test_correct_counts_first_maxima(rng):
     z = rng.standard_normal((7, 3))
     z[0] = (1.0, 1.0, 0.0)  # tie: the first maximum counts
     z[1] = (0.0, np.nan, 5.0)  # NaN counts as the largest
     labels = np.argmax(z, axis=1)
     labels[[0, 1]] = (0, 1)
     labels[[5, 6]] = (labels[5] + 1) % 3, (labels[6] + 2) % 3
-    count = ops.accuracy_count(to_device(z), to_device(labels.astype(np.int64)))
-    assert to_host(count).dtype == np.int64
-    assert to_host(count)[0] == 5
+    count = to_host(ops.correct(to_device(z), to_device(labels.astype(np.int64))))
+    assert count.dtype == np.int64 and count.shape == () and count == 5
+    totals = nk.zeros(2, np.float64)
+    ops.accumulate(totals, 1, ops.correct(to_device(z), to_device(labels)), 2.0)
+    np.testing.assert_array_equal(to_host(totals), [0.0, 10.0])
+
+
+def test_elementwise_channels_and_fused_pool_backward(rng, torch):
+    a, b = rng.standard_normal((2, 3, 2)), rng.standard_normal((2, 3, 2))
+    close(ops.add(to_device(a), to_device(b)), a + b, np.float64, "add")
+    close(ops.multiply(to_device(a), to_device(b)), a * b, np.float64, "multiply")
+    parts = [rng.standard_normal((2, c, 3)) for c in (1, 3, 2)]
+    whole = ops.concat_channels([to_device(p) for p in parts])
+    close(whole, np.concatenate(parts, axis=1), np.float64, "concat")
+    for got, want in zip(ops.split_channels(whole, [1, 3, 2]), parts, strict=True):
+        close(got, want, np.float64, "split")
+    x = rng.standard_normal((2, 1, 5, 4)).astype(np.float32)
+    keep = rng.random(x.shape) >= 0.5
+    y, mask = ops.dropout_forward(to_device(x), keep, 2.0)
+    close(mask, keep * np.float32(2.0), np.float32, "mask")
+    close(y, x * keep * 2, np.float32, "dropout")
+    for activation in ("relu", "sigmoid"):
+        for pool in ("avg", "max"):
+            z = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+            z[0, 0, :2, :2] = 0.5  # a tie: the first maximum wins
+            tz = torch.tensor(z, requires_grad=True)
+            act = getattr(torch, activation)(tz)
+            pooled = (torch.nn.functional.avg_pool2d if pool == "avg"
+                      else torch.nn.functional.max_pool2d)(act, 2)
+            close(ops.pool2x2_forward(to_device(act.detach().numpy()), pool),
+                  pooled.detach().numpy(), np.float32, f"{activation} {pool} forward")
+            gy = rng.standard_normal(pooled.shape).astype(np.float32)
+            pooled.backward(torch.tensor(gy))
+            grad_z = ops.act_pool2x2_backward(to_device(gy), to_device(act.detach().numpy()),
+                                              activation, pool)
+            close(grad_z, tz.grad.numpy(), np.float32, f"{activation} {pool} backward")
 
 
 # ------------------------------------------------------------------------------ optimizers
 
-@pytest.mark.parametrize("momentum,weight_decay,nesterov",
-                         [(0.0, 0.0, False), (0.9, 0.0, False), (0.8, 0.01, True)])
-def test_sgd_matches_torch(momentum, weight_decay, nesterov, rng, torch):
+@pytest.mark.parametrize("momentum,weight_decay,nesterov,dampening",
+                         [(0.0, 0.0, False, 0.0), (0.9, 0.0, False, 0.0),
+                          (0.8, 0.01, True, 0.0), (0.9, 0.01, False, 0.3)])
+def test_sgd_matches_torch(momentum, weight_decay, nesterov, dampening, rng, torch):
     p = rng.standard_normal((3, 4)).astype(np.float32)
     grads = [rng.standard_normal(p.shape).astype(np.float32) for _ in range(3)]
     dp = to_device(p)
-    velocity = nk.zeros_like(dp) if momentum else None
+    # NaN: the first step sets the buffer without reading it, as torch's does
+    velocity = to_device(np.full(p.shape, np.nan, np.float32)) if momentum else None
     tp = torch.tensor(p, requires_grad=True)
     opt = torch.optim.SGD([tp], lr=0.1, momentum=momentum, weight_decay=weight_decay,
-                          nesterov=nesterov)
-    for g in grads:
-        ops.sgd_step(dp, to_device(g), velocity, 0.1, momentum, weight_decay, nesterov)
+                          nesterov=nesterov, dampening=dampening)
+    for step, g in enumerate(grads):
+        ops.sgd_step(dp, to_device(g), velocity, 0.1, momentum, weight_decay, nesterov,
+                     dampening, first=step == 0)
         tp.grad = torch.tensor(g)
         opt.step()
     close(dp, tp.detach().numpy(), np.float32, "param")
@@ -251,14 +294,14 @@ def test_tiny_convnet_training_step_matches_torch(rng, torch):
         p1, idx = nk.max_pool2d_forward(a1, pool["kernel"], pool["stride"], pool["padding"],
                                         pool["dilation"], (3, 3))
         z = nk.linear_forward(p1.reshape(2, 18), params[2], params[3])
-        loss, gz = nk.softmax_cross_entropy(z, dlabels)
+        loss, gz = nk.cross_entropy(z, dlabels), nk.cross_entropy_backward(z, dlabels)
         gf, gw2, gb2 = nk.linear_backward(gz, p1.reshape(2, 18), params[2])
         ga1 = nk.max_pool2d_backward(gf.reshape(p1.shape), idx, a1.shape, **pool)
         _, gw1, gb1 = nk.conv2d_backward(ga1, dx, params[0], *geometry, y=a1,
                                          activation="relu", need_input_grad=False)
         for p, g, v in zip(params, (gw1, gb1, gw2, gb2), velocities, strict=True):
             nk.sgd_step(p, g, v, lr, momentum)
-        return float(to_host(loss)[0])
+        return float(to_host(loss))
 
     tparams = [torch.tensor(a, requires_grad=True) for a in (w1, b1, w2, b2)]
     opt = torch.optim.SGD(tparams, lr=lr, momentum=momentum)

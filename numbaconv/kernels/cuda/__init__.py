@@ -1,12 +1,13 @@
 """The CUDA backend: Numba CUDA kernels for convolution, pooling and training ops.
 
 Importing ``numbaconv`` imports only this package's ``device`` helpers, and neither imports
-numba-cuda: the kernel modules (``conv``, ``pool``, ``ops``) load on first use
+numba-cuda: the kernel modules (``conv``, ``pool``, ``ops``, ``steps``) load on first use
 of one of the names below, and ``device`` imports numba-cuda inside its functions. Check
 ``cuda_available()`` before using the kernels.
 
 All functions take numba CUDA device arrays (C-contiguous, float32 or float64, already
-validated by ``numbaconv.functional``) and return new device arrays of the input dtype.
+validated by ``numbaconv.functional``) and return device arrays of the input dtype, from the
+current step's buffers when a step is captured or replayed (``steps``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ _LAZY = {
     "ops": ("bias_act_forward", "bias_act_backward", "activation_forward",
             "activation_backward", "relu_forward", "relu_backward", "sigmoid_forward",
             "sigmoid_backward", "tanh_forward", "tanh_backward", "matmul", "linear_forward",
-            "linear_backward", "softmax_cross_entropy", "accuracy_count", "sgd_step",
+            "linear_backward", "cross_entropy", "cross_entropy_backward", "correct",
+            "count_nonfinite",
+            "accumulate", "take_rows", "dropout_forward", "add", "multiply", "concat_channels",
+            "split_channels", "pool2x2_forward", "act_pool2x2_backward", "sgd_step",
             "adam_step", "sum_over_batch_and_space"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}

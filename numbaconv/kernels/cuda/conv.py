@@ -33,7 +33,7 @@ from numba import cuda
 
 from numbaconv.shapes import output_size
 
-from . import config
+from . import config, steps
 from .launch import prepare
 from .ops import (
     _activate,
@@ -437,8 +437,9 @@ def grad_weight_kernel(dtype_name: str, shape: tuple):
 
 
 # ---------------------------------------------------------------------------------------------
-# Launches: each function returns a callable that launches its kernel(s) with fixed arguments
-# (the device trainer binds them once per batch size; the functions below call them at once)
+# Launches: each pass's kernel, grid and arguments, launched through the step
+# (numbaconv.kernels.cuda.steps) by the backend's functions below, or prepared by the
+# *_launch functions (bench/gpu_check.py times tile shapes with them)
 # ---------------------------------------------------------------------------------------------
 
 def _grid(tiles: Tiles, rows: int, cols: int, depth: int):
@@ -446,9 +447,9 @@ def _grid(tiles: Tiles, rows: int, cols: int, depth: int):
         tiles.threads
 
 
-def forward_launch(x, weight, bias, y, stride, padding, dilation, activation=None,
-                   tiles: Tiles | None = None):
-    """A launch writing act(conv(x, weight) + bias) into y; bias may be None."""
+def _forward_call(x, weight, bias, y, stride, padding, dilation, activation=None,
+                  tiles: Tiles | None = None):
+    """(kernel, grid, block, arguments) writing act(conv(x, weight) + bias) into y."""
     c_out, cin_g, k_h, k_w = weight.shape
     groups = x.shape[1] // cin_g
     (sh, sw), ((pt, _), (pl, _)), (dh, dw) = stride, padding, dilation
@@ -460,12 +461,13 @@ def forward_launch(x, weight, bias, y, stride, padding, dilation, activation=Non
     w2 = weight.reshape(c_out, cin_g * k_h * k_w)
     has_bias = bias is not None
     bias = bias if has_bias else _placeholder(x.dtype)
-    return prepare(kernel, grid, block, x, w2, bias, table, y, cin_g, sh, sw, pt, pl, has_bias,
-                   activation_code(activation))
+    return kernel, grid, block, (x, w2, bias, table, y, cin_g, sh, sw, pt, pl, has_bias,
+                                 activation_code(activation))
 
 
-def grad_input_launch(g, weight, gx, stride, padding, dilation, tiles: Tiles | None = None):
-    """A launch writing the gradient at the input, from g at the output, into gx."""
+def _grad_input_call(g, weight, gx, stride, padding, dilation, tiles: Tiles | None = None):
+    """(kernel, grid, block, arguments) writing the gradient at the input, from g at the
+    output, into gx."""
     c_out, cin_g, k_h, k_w = weight.shape
     groups = gx.shape[1] // cin_g
     (sh, sw), ((pt, _), (pl, _)), (dh, dw) = stride, padding, dilation
@@ -475,7 +477,7 @@ def grad_input_launch(g, weight, gx, stride, padding, dilation, tiles: Tiles | N
     kernel = grad_input_kernel(np.dtype(gx.dtype).name, tiles.key())
     table = tap_table(c_out // groups, k_h, k_w, dh, dw)
     w3 = weight.reshape(c_out, cin_g, k_h * k_w)
-    return prepare(kernel, grid, block, g, w3, table, gx, sh, sw, pt, pl)
+    return kernel, grid, block, (g, w3, table, gx, sh, sw, pt, pl)
 
 
 def grad_weight_splits(reduced: int, blocks: int, bk: int) -> tuple[int, int]:
@@ -489,9 +491,11 @@ def grad_weight_splits(reduced: int, blocks: int, bk: int) -> tuple[int, int]:
     return _ceil_div(max(reduced, 1), r_len), r_len
 
 
-def grad_weight_launch(g, x, grad_weight, stride, padding, dilation, tiles: Tiles | None = None):
-    """A launch writing the weight gradient into grad_weight (two kernels: fixed-range
-    partial products, then their sum in order)."""
+def _grad_weight_calls(g, x, grad_weight, stride, padding, dilation,
+                       tiles: Tiles | None = None, allocate=cuda.device_array):
+    """The two (kernel, grid, block, arguments) writing the weight gradient into grad_weight:
+    fixed-range partial products into a buffer from ``allocate(shape, dtype)``, then their
+    sum in order (the first is None for an empty output, whose gradient is zero)."""
     c_out, cin_g, k_h, k_w = grad_weight.shape
     groups = x.shape[1] // cin_g
     (sh, sw), ((pt, _), (pl, _)), (dh, dw) = stride, padding, dilation
@@ -508,17 +512,39 @@ def grad_weight_launch(g, x, grad_weight, stride, padding, dilation, tiles: Tile
     one = np.dtype(x.dtype).type(1)
     if reduced == 0:  # an empty output: the gradient is zero
         partial = cuda.to_device(np.zeros((1, n_weight), dtype=x.dtype))
+        products = None
     else:
-        partial = cuda.device_array((splits, n_weight), dtype=x.dtype)
-    products = prepare(kernel, grid, block, g, x, table, partial, cin_g, sh, sw, pt, pl,
-                       r_len) if reduced else None
-    total = prepare(_sum_chunks_kernel, config.blocks_for(n_weight), config.THREADS_PER_BLOCK,
-                    partial, flat, one)
+        partial = allocate((splits, n_weight), x.dtype)
+        products = (kernel, grid, block, (g, x, table, partial, cin_g, sh, sw, pt, pl, r_len))
+    total = (_sum_chunks_kernel, config.blocks_for(n_weight), config.THREADS_PER_BLOCK,
+             (partial, flat, one))
+    return products, total
+
+
+def forward_launch(x, weight, bias, y, stride, padding, dilation, activation=None,
+                   tiles: Tiles | None = None):
+    """A prepared launch writing act(conv(x, weight) + bias) into y; bias may be None."""
+    kernel, grid, block, args = _forward_call(x, weight, bias, y, stride, padding, dilation,
+                                              activation, tiles)
+    return prepare(kernel, grid, block, *args)
+
+
+def grad_input_launch(g, weight, gx, stride, padding, dilation, tiles: Tiles | None = None):
+    """A prepared launch writing the gradient at the input, from g at the output, into gx."""
+    kernel, grid, block, args = _grad_input_call(g, weight, gx, stride, padding, dilation,
+                                                 tiles)
+    return prepare(kernel, grid, block, *args)
+
+
+def grad_weight_launch(g, x, grad_weight, stride, padding, dilation, tiles: Tiles | None = None):
+    """A launch writing the weight gradient into grad_weight (two prepared kernels)."""
+    calls = [call for call in _grad_weight_calls(g, x, grad_weight, stride, padding, dilation,
+                                                 tiles) if call is not None]
+    prepared = [prepare(kernel, grid, block, *args) for kernel, grid, block, args in calls]
 
     def launch(start=0):
-        if reduced:
-            products()
-        total()
+        for one in prepared:
+            one()
     return launch
 
 
@@ -526,8 +552,13 @@ def grad_weight_launch(g, x, grad_weight, stride, padding, dilation, tiles: Tile
 # The backend's functions (numbaconv.functional dispatches device arrays here)
 # ---------------------------------------------------------------------------------------------
 
+def _run(call):
+    kernel, grid, block, args = call
+    steps.launch(kernel, grid, block, *args)
+
+
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation=None):
-    """2-D convolution of device arrays; returns a new (N, C_out, H_out, W_out) device array.
+    """2-D convolution of device arrays; returns a (N, C_out, H_out, W_out) device array.
 
     x (N, C_in, H, W); weight (C_out, C_in/groups, kH, kW); bias (C_out,) or None;
     stride (sh, sw); padding ((top, bottom), (left, right)); dilation (dh, dw); groups int.
@@ -538,33 +569,38 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     (sh, sw), (pad_h, pad_w), (dh, dw) = stride, padding, dilation
     out_h = output_size(height, k_h, sh, pad_h, dh)
     out_w = output_size(width, k_w, sw, pad_w, dw)
-    y = cuda.device_array((n_batch, c_out, out_h, out_w), dtype=x.dtype)
+    y = steps.empty((n_batch, c_out, out_h, out_w), x.dtype)
     if y.size:
-        forward_launch(x, weight, bias, y, stride, padding, dilation, activation)()
+        _run(_forward_call(x, weight, bias, y, stride, padding, dilation, activation))
     return y
 
 
 def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, y=None,
-                    activation=None, with_bias=True, need_input_grad=True):
+                    activation=None, with_bias=True, need_input_grad=True, grad_weight=None,
+                    grad_bias=None):
     """``(grad_x, grad_weight, grad_bias)`` of :func:`conv2d_forward`.
 
     grad_y (N, C_out, H_out, W_out) is the gradient at the layer's output (after the fused
     activation, whose backward needs that output ``y``). grad_x has x's shape, grad_weight
-    weight's, grad_bias is (C_out,) = grad_y summed over N, H_out, W_out (None when
-    ``with_bias`` is false; grad_x is None when ``need_input_grad`` is false, as a first
-    layer needs none). Deterministic: no atomics, fixed-order sums.
+    weight's (written into ``grad_weight`` when given), grad_bias is (C_out,) = grad_y summed
+    over N, H_out, W_out (into ``grad_bias`` when given; None when ``with_bias`` is false;
+    grad_x is None when ``need_input_grad`` is false, as a first layer needs none).
+    Deterministic: no atomics, fixed-order sums.
     """
     g = activation_backward_into(grad_y, y, activation)
     c_out = weight.shape[0]
     grad_x = None
     if need_input_grad:
-        grad_x = cuda.device_array(x.shape, dtype=x.dtype)
+        grad_x = steps.empty(x.shape, x.dtype)
         if grad_x.size:
-            grad_input_launch(g, weight, grad_x, stride, padding, dilation)()
-    grad_weight = cuda.device_array(weight.shape, dtype=x.dtype)
-    grad_weight_launch(g, x, grad_weight, stride, padding, dilation)()
-    grad_bias = None
+            _run(_grad_input_call(g, weight, grad_x, stride, padding, dilation))
+    if grad_weight is None:
+        grad_weight = steps.empty(weight.shape, x.dtype)
+    for call in _grad_weight_calls(g, x, grad_weight, stride, padding, dilation,
+                                   allocate=steps.empty):
+        if call is not None:
+            _run(call)
     if with_bias:
         grad_bias = sum_over_batch_and_space(
-            g.reshape(g.shape[0], c_out, g.shape[2] * g.shape[3]))
-    return grad_x, grad_weight, grad_bias
+            g.reshape(g.shape[0], c_out, g.shape[2] * g.shape[3]), grad_bias)
+    return grad_x, grad_weight, grad_bias if with_bias else None

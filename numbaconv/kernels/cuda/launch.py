@@ -45,42 +45,47 @@ class PreparedLaunch:
     ``name`` is the kernel's.
 
     The arguments (device arrays and scalars) are held, so the buffers outlive the launch.
+    With ``hold=False`` they are not: the caller then passes, at each call, arguments that it
+    checked are the prepared ones (the same device addresses, shapes and scalars:
+    :mod:`~numbaconv.kernels.cuda.steps`), ``launch(start, args)``; the dispatcher's path
+    launches those.
     """
 
     __slots__ = ("fast", "name", "_args", "_call")
 
-    def __init__(self, kernel, griddim, blockdim, args, with_start=False):
+    def __init__(self, kernel, griddim, blockdim, args, with_start=False, hold=True):
         self.name = kernel.py_func.__name__
-        self._args = tuple(args)
+        args = tuple(args)
         internals = _internals()
-        call = internals and self._driver_call(internals, kernel, griddim, blockdim, with_start)
+        call = internals and self._driver_call(internals, kernel, griddim, blockdim, args,
+                                               with_start)
         self.fast = call is not None
         self._call = call or self._dispatcher_call(kernel, griddim, blockdim, with_start)
+        self._args = args if hold else None
 
-    def __call__(self, start: int = 0) -> None:
-        self._call(start)
+    def __call__(self, start: int = 0, args: tuple | None = None) -> None:
+        self._call(start, self._args if args is None else args)
 
     def _dispatcher_call(self, kernel, griddim, blockdim, with_start):
         # configured at each call: the simulator's kernel[...] sets the grid on the kernel
         # itself, so a configuration kept for later is overwritten by the next one
-        fixed = self._args
         if with_start:
-            return lambda start: kernel[griddim, blockdim](*fixed, start)
-        return lambda start: kernel[griddim, blockdim](*fixed)
+            return lambda start, args: kernel[griddim, blockdim](*args, start)
+        return lambda start, args: kernel[griddim, blockdim](*args)
 
-    def _driver_call(self, internals, kernel, griddim, blockdim, with_start):
+    def _driver_call(self, internals, kernel, griddim, blockdim, args, with_start):
         """The driver-only launch, or None for a kernel the dispatcher must launch (debug
         kernels, e.g. under NUMBA_CUDA_DEBUGINFO=1, check an error flag after each launch;
         cooperative ones need another launch call)."""
         nb_dispatcher, driver = internals
         griddim, blockdim = nb_dispatcher.normalize_kernel_dimensions(griddim, blockdim)
-        typed = self._args + ((0,) if with_start else ())  # start is typed as an int64
+        typed = args + ((0,) if with_start else ())  # start is typed as an int64
         overload = kernel.compile(tuple(kernel.typeof_pyval(a) for a in typed))
         if overload.debug or overload.cooperative:
             return None
         stream = driver._to_core_stream(0)
         marshalled, write_backs = [], []
-        for arg_type, value in zip(overload.argument_types, self._args):
+        for arg_type, value in zip(overload.argument_types, args):
             overload._prepare_args(arg_type, value, stream, write_backs, marshalled)
         if write_backs:
             raise TypeError(f"{self.name}: a prepared launch takes device "
@@ -93,9 +98,9 @@ class PreparedLaunch:
         driver_launch = nb_dispatcher.launch
         fixed = tuple(marshalled)
         if with_start:
-            return lambda start: driver_launch(stream, launch_config, handle, *fixed,
-                                               ctypes.c_int64(start))
-        return lambda start: driver_launch(stream, launch_config, handle, *fixed)
+            return lambda start, _: driver_launch(stream, launch_config, handle, *fixed,
+                                                  ctypes.c_int64(start))
+        return lambda start, _: driver_launch(stream, launch_config, handle, *fixed)
 
 
 def prepare(kernel, griddim, blockdim, *args, with_start=False) -> PreparedLaunch:

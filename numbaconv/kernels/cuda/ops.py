@@ -1,10 +1,12 @@
 """CUDA kernels for everything a training step needs besides convolution and pooling.
 
-Host functions take numba CUDA device arrays (C-contiguous, float32 or float64) and return
-new device arrays of the input dtype, except the optimizer steps, which update in place.
-Activations are named ``None``/``'identity'``, ``'relu'``, ``'sigmoid'``, ``'tanh'``; their
-backward passes read the activation's *output* ``y`` (as PyTorch's do), so a layer only keeps
-its output. Reductions are two-pass and atomic-free (a fixed order), hence deterministic.
+Host functions take numba CUDA device arrays (C-contiguous, float32 or float64, validated by
+:mod:`numbaconv.functional`) and return device arrays of the input dtype, allocated and
+launched through :mod:`~numbaconv.kernels.cuda.steps` (a step's buffers and prepared launches),
+except the optimizer steps and the accumulators, which update in place. Activations are named
+``None``/``'identity'``, ``'relu'``, ``'sigmoid'``, ``'tanh'``; their backward passes read the
+activation's *output* ``y`` (as PyTorch's do), so a layer only keeps its output. Reductions
+are atomic-free (a fixed order), hence deterministic.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from . import config
-from .launch import prepare
+from . import config, steps
 
 if config.SIMULATOR:
     from .simulator import share_arrays_atomically
@@ -37,7 +38,7 @@ def activation_code(activation) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Device functions shared by the kernels here, in conv.py and in numbaconv.device_train
+# Device functions shared by the kernels here and in conv.py
 # ---------------------------------------------------------------------------------------------
 
 @cuda.jit(device=True)
@@ -99,6 +100,20 @@ def _softmax_xent_row(z, i, label, grad, scale, divide):
         else:
             grad[i, j] = p * scale
     return loss
+
+
+@cuda.jit(device=True)
+def _xent_row_loss(z, i, label):
+    """logsumexp(z[i]) - z[i, label] of z (N, K), shifted by the row maximum, in z's dtype."""
+    n_cls = z.shape[1]
+    peak = z[i, 0]
+    for j in range(1, n_cls):
+        if z[i, j] > peak:
+            peak = z[i, j]
+    total = peak - peak
+    for j in range(n_cls):
+        total += math.exp(z[i, j] - peak)
+    return peak + math.log(total) - z[i, label]
 
 
 @cuda.jit(device=True)
@@ -171,32 +186,191 @@ def _sum_chunks_kernel(partial, out, scale):
 
 
 @cuda.jit
-def _softmax_xent_rows_kernel(z, labels, grad, row_loss, inv_n):
-    """Row-wise softmax cross-entropy; one thread owns one row of z (N, K).
-
-    row_loss[i] = logsumexp(z[i]) - z[i, labels[i]];
-    grad[i, j] = (softmax(z[i])[j] - [j == labels[i]]) * inv_n (mean reduction's gradient).
-    """
+def _xent_grad_kernel(z, labels, grad, n_rows):
+    """The mean softmax cross-entropy's gradient, one thread per row of z (N, K):
+    grad[i, j] = (softmax(z[i])[j] - [j == labels[i]]) / n_rows; a NaN row for a label
+    outside [0, K)."""
     for i in range(cuda.grid(1), z.shape[0], cuda.gridsize(1)):
-        row_loss[i] = _softmax_xent_row(z, i, labels[i], grad, inv_n, False)
+        label = labels[i]
+        if label < 0 or label >= z.shape[1]:
+            for j in range(z.shape[1]):
+                grad[i, j] = math.nan
+        else:
+            _softmax_xent_row(z, i, label, grad, n_rows, True)
+
+
+@functools.cache
+def _row_sums_kernels():
+    """Kernels of one block that reduce over the rows of z (N, K) in a fixed order (each
+    thread a strided subset in float64, then thread 0 the threads' sums in order): exact
+    enough and deterministic for a batch's logits, in one launch."""
+    threads = config.THREADS_PER_BLOCK  # a closure constant: shared array shapes are literal
+
+    @cuda.jit(device=True)
+    def total(shared, t, value):
+        shared[t] = value
+        cuda.syncthreads()
+        if t == 0:
+            for j in range(1, threads):
+                value += shared[j]
+        return value
+
+    @cuda.jit
+    def cross_entropy_mean(z, labels, out):
+        """out[()] = mean over rows of logsumexp(z[i]) - z[i, labels[i]] (float64; the rows'
+        losses in z's dtype); NaN for a label outside [0, K)."""
+        shared = cuda.shared.array(threads, numba.float64)
+        t = cuda.threadIdx.x
+        n_rows, n_cls = z.shape
+        loss = 0.0
+        for i in range(t, n_rows, threads):
+            label = labels[i]
+            if label < 0 or label >= n_cls:
+                loss += math.nan
+            else:
+                loss += float(_xent_row_loss(z, i, label))
+        loss = total(shared, t, loss)
+        if t == 0:
+            out[()] = loss / n_rows
+
+    @cuda.jit
+    def correct_count(z, labels, out):
+        """out[()] = rows of z whose first maximum (NaN counts as largest) is the label."""
+        shared = cuda.shared.array(threads, numba.float64)
+        t = cuda.threadIdx.x
+        hits = 0.0
+        for i in range(t, z.shape[0], threads):
+            if _first_argmax(z, i) == labels[i]:
+                hits += 1.0
+        hits = total(shared, t, hits)
+        if t == 0:
+            out[()] = numba.int64(hits)
+
+    @cuda.jit
+    def nonfinite_count(flat, out):
+        """out[()] = elements of flat (n,) that are NaN or infinite."""
+        shared = cuda.shared.array(threads, numba.float64)
+        t = cuda.threadIdx.x
+        bad = 0.0
+        for i in range(t, flat.shape[0], threads):
+            v = flat[i]
+            if not v - v == 0:  # inf - inf and NaN - NaN are NaN
+                bad += 1.0
+        bad = total(shared, t, bad)
+        if t == 0:
+            out[()] = numba.int64(bad)
+
+    return cross_entropy_mean, correct_count, nonfinite_count
 
 
 @cuda.jit
-def _argmax_match_kernel(z, labels, hits):
-    """hits[i, 0] = 1 where the first maximum of z[i] (NaN counts as largest) is labels[i]."""
-    for i in range(cuda.grid(1), z.shape[0], cuda.gridsize(1)):
-        hits[i, 0] = 1 if _first_argmax(z, i) == labels[i] else 0
+def _accumulate_kernel(totals, index, value, scale):
+    """totals[index] += float64(value[()]) * scale: one thread."""
+    if cuda.grid(1) == 0:
+        totals[index] += float(value[()]) * scale
 
 
 @cuda.jit
-def _sgd_kernel(p, g, buf, lr, momentum, weight_decay, has_momentum, nesterov):
-    """In-place SGD as ``torch.optim.SGD`` (dampening 0); all arrays flat (size,)."""
+def _gather_rows_kernel(src_x, src_y, order, dst_x, dst_y, start):
+    """dst_x[r, f] = src_x[order[start + r], f] and dst_y[r] = src_y[order[start + r]]:
+    a batch's rows through an epoch's order. src_x (N, F), dst_x (B, F)."""
+    rows, feats = dst_x.shape
+    for i in range(cuda.grid(1), rows * feats, cuda.gridsize(1)):
+        f = i % feats
+        r = i // feats
+        j = order[start + r]
+        dst_x[r, f] = src_x[j, f]
+        if f == 0:
+            dst_y[r] = src_y[j]
+
+
+@cuda.jit
+def _dropout_kernel(x, keep, scale, y, mask):
+    """mask[i] = scale where keep[i] else 0, y[i] = x[i] * mask[i]; all flat (size,)."""
+    zero = y.dtype.type(0)
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        m = scale if keep[i] else zero
+        mask[i] = m
+        y[i] = x[i] * m
+
+
+@cuda.jit
+def _binary_kernel(a, b, out, multiply):
+    """out[i] = a[i] * b[i] when ``multiply``, else a[i] + b[i]; all flat (size,)."""
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = a[i] * b[i] if multiply else a[i] + b[i]
+
+
+@cuda.jit
+def _channels_kernel(part, whole, offset, into_whole):
+    """Between part (N, C_part, L) and channels offset.. of whole (N, C, L): whole from part
+    when ``into_whole`` (concatenation), else part from whole (its inverse)."""
+    _, c_part, length = part.shape
+    for i in range(cuda.grid(1), part.size, cuda.gridsize(1)):
+        pos = i % length
+        t = i // length
+        c = t % c_part
+        n = t // c_part
+        if into_whole:
+            whole[n, offset + c, pos] = part[n, c, pos]
+        else:
+            part[n, c, pos] = whole[n, offset + c, pos]
+
+
+@cuda.jit
+def _act_pool2x2_backward_kernel(g, z, grad_z, act, is_max):
+    """The gradient at a fused stage's convolution output from g (P, H // 2, W // 2) at its
+    2x2 pool's output and z (P, H, W), the activated convolution output: the pool's share
+    (a quarter of the window's gradient, or all of it for the window's maximum: the first
+    one, a NaN always winning), times the activation's derivative read from z. A last odd
+    row or column belongs to no window: share 0."""
+    _, height, width = z.shape
+    _, out_h, out_w = g.shape
+    zero = grad_z.dtype.type(0)
+    one = grad_z.dtype.type(1)
+    quarter = grad_z.dtype.type(0.25)
+    for i in range(cuda.grid(1), z.size, cuda.gridsize(1)):
+        w = i % width
+        t = i // width
+        h = t % height
+        p = t // height
+        oh = h // 2
+        ow = w // 2
+        share = zero
+        if oh < out_h and ow < out_w:
+            if is_max:
+                h0 = 2 * oh
+                w0 = 2 * ow
+                best = z[p, h0, w0]
+                pos = 0
+                for k in range(1, 4):
+                    value = z[p, h0 + k // 2, w0 + k % 2]
+                    if value > best or value != value:
+                        best = value
+                        pos = k
+                if pos == (h - h0) * 2 + (w - w0):
+                    share = zero + g[p, oh, ow]
+            else:
+                share = g[p, oh, ow] * quarter
+        grad_z[p, h, w] = _activate_grad(share, z[p, h, w], act, one)
+
+
+@cuda.jit
+def _sgd_kernel(p, g, buf, lr, momentum, one_minus_dampening, weight_decay, has_momentum,
+                first, damped, nesterov):
+    """In-place SGD as ``torch.optim.SGD`` (and :class:`numbaconv.optim.SGD`); all arrays flat
+    (size,). The momentum buffer starts as the first step's gradient (``first``)."""
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
         d = g[i]
         if weight_decay != 0:
             d = d + weight_decay * p[i]
         if has_momentum:
-            b = buf[i] * momentum + d
+            if first:
+                b = d
+            elif damped:
+                b = buf[i] * momentum + d * one_minus_dampening
+            else:
+                b = buf[i] * momentum + d
             buf[i] = b
             if nesterov:
                 d = d + momentum * b
@@ -207,10 +381,16 @@ def _sgd_kernel(p, g, buf, lr, momentum, weight_decay, has_momentum, nesterov):
 
 @cuda.jit
 def _adam_kernel(p, g, m, v, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
-                 decay, step_size, bias_correction2_sqrt, decoupled):
-    """In-place Adam/AdamW as ``torch.optim.Adam``'s single-tensor path; arrays flat (size,)."""
+                 decay, lr, beta1_64, beta2_64, decoupled, step):
+    """In-place Adam/AdamW as ``torch.optim.Adam``'s single-tensor path; arrays flat (size,).
+    ``step`` (1-based) is the launch's last argument, so that one prepared launch serves every
+    step: the bias corrections are computed here in float64 (``lr``, ``beta1_64`` and
+    ``beta2_64`` are float64), then rounded to the parameters' dtype as on the host."""
     half = p.dtype.type(0.5)
     one = p.dtype.type(1)
+    bias_correction1 = 1.0 - math.pow(beta1_64, float(step))
+    step_size = p.dtype.type(lr / bias_correction1)
+    bias_correction2_sqrt = p.dtype.type(math.sqrt(1.0 - math.pow(beta2_64, float(step))))
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
         gi = g[i]
         if decoupled:
@@ -296,9 +476,9 @@ def _gemm_kernel(dtype_name: str):
 # Host helpers used here and by conv.py / pool.py
 # ---------------------------------------------------------------------------------------------
 
-def _launch(kernel, total, *args):
-    """Launch a one-dimensional grid-stride kernel over ``total`` items."""
-    kernel[config.blocks_for(total), config.THREADS_PER_BLOCK](*args)
+def _launch(kernel, total, *args, start=None):
+    """Launch a one-dimensional grid-stride kernel over ``total`` items (through the step)."""
+    steps.launch(kernel, config.blocks_for(total), config.THREADS_PER_BLOCK, *args, start=start)
 
 
 @functools.cache
@@ -323,14 +503,22 @@ def _flat(array):
     return array.reshape(array.size)
 
 
-def sum_over_batch_and_space(g3):
-    """``(C,)`` device array: sum of ``g3`` (N, C, L) over N and L, in a fixed order."""
+def _channels_view(array):
+    """A (N, C, ...) device array as (N, C, L): one row of L values per (n, c), a view."""
+    n_batch, chans = array.shape[:2]
+    return array.reshape(n_batch, chans, array.size // max(1, n_batch * chans))
+
+
+def sum_over_batch_and_space(g3, out=None):
+    """``(C,)`` device array (``out`` when given): sum of ``g3`` (N, C, L) over N and L, in a
+    fixed order."""
     n_batch, n_chan, length = g3.shape
     reduced = n_batch * length
     chunks, chunk = config.chunking(n_chan, reduced)
-    partial = cuda.device_array((chunks, n_chan), dtype=g3.dtype)
+    partial = steps.empty((chunks, n_chan), g3.dtype)
     _launch(_channel_partial_kernel, chunks * n_chan, g3, partial, chunk)
-    out = cuda.device_array(n_chan, dtype=g3.dtype)
+    if out is None:
+        out = steps.empty(n_chan, g3.dtype)
     _launch(_sum_chunks_kernel, n_chan, partial, out, g3.dtype.type(1))
     return out
 
@@ -342,7 +530,7 @@ def activation_backward_into(grad_y, y, activation):
         return grad_y
     if y is None:
         raise ValueError(f"the backward of activation {activation!r} needs its output y")
-    out = cuda.device_array(grad_y.shape, dtype=grad_y.dtype)
+    out = steps.empty(grad_y.shape, grad_y.dtype)
     _launch(_act_backward_kernel, grad_y.size, _flat(grad_y), _flat(y), _flat(out), act)
     return out
 
@@ -353,8 +541,8 @@ def activation_backward_into(grad_y, y, activation):
 
 def bias_act_forward(x, bias=None, activation=None):
     """``act(x + bias)`` with ``bias`` (C,) broadcast along axis 1 of ``x`` (N, C, ...)."""
-    x3 = x.reshape(x.shape[0], x.shape[1], x.size // max(1, x.shape[0] * x.shape[1]))
-    y = cuda.device_array(x.shape, dtype=x.dtype)
+    x3 = _channels_view(x)
+    y = steps.empty(x.shape, x.dtype)
     has_bias = bias is not None
     _launch(_bias_act_forward_kernel, x.size, x3, bias if has_bias else _placeholder(x.dtype),
             y.reshape(x3.shape), has_bias, activation_code(activation))
@@ -369,13 +557,9 @@ def bias_act_backward(grad_y, y, activation=None, with_bias=True):
     """
     grad_x = activation_backward_into(grad_y, y, activation)
     if grad_x is grad_y:
-        grad_x = cuda.device_array(grad_y.shape, dtype=grad_y.dtype)
+        grad_x = steps.empty(grad_y.shape, grad_y.dtype)
         grad_x.copy_to_device(grad_y)
-    grad_bias = None
-    if with_bias:
-        g3 = grad_x.reshape(grad_x.shape[0], grad_x.shape[1],
-                            grad_x.size // max(1, grad_x.shape[0] * grad_x.shape[1]))
-        grad_bias = sum_over_batch_and_space(g3)
+    grad_bias = sum_over_batch_and_space(_channels_view(grad_x)) if with_bias else None
     return grad_x, grad_bias
 
 
@@ -415,11 +599,11 @@ def tanh_backward(grad_y, y):
     return activation_backward(grad_y, y, "tanh")
 
 
-def matmul(a, b, trans_a=False, trans_b=False, bias=None, activation=None):
+def matmul(a, b, trans_a=False, trans_b=False, bias=None, activation=None, out=None):
     """``act(op(a) @ op(b) + bias)`` through the tiled shared-memory kernel.
 
     op(a) is (M, D) (``a`` is (D, M) when ``trans_a``), op(b) (D, N), bias (N,) or None;
-    returns a new (M, N) device array.
+    returns a new (M, N) device array, or writes ``out`` and returns it.
     """
     rows = a.shape[1] if trans_a else a.shape[0]
     depth = a.shape[0] if trans_a else a.shape[1]
@@ -427,11 +611,12 @@ def matmul(a, b, trans_a=False, trans_b=False, bias=None, activation=None):
     cols = b.shape[0] if trans_b else b.shape[1]
     if depth != depth_b:
         raise ValueError(f"matmul: inner sizes differ ({depth} and {depth_b})")
-    c = cuda.device_array((rows, cols), dtype=a.dtype)
+    c = steps.empty((rows, cols), a.dtype) if out is None else out
     has_bias = bias is not None
-    _gemm_kernel(np.dtype(a.dtype).name)[_gemm_grid(rows, cols)](
-        a, b, bias if has_bias else _placeholder(a.dtype), c, bool(trans_a), bool(trans_b),
-        has_bias, activation_code(activation))
+    blocks, threads = _gemm_grid(rows, cols)
+    steps.launch(_gemm_kernel(np.dtype(a.dtype).name), blocks, threads, a, b,
+                 bias if has_bias else _placeholder(a.dtype), c, bool(trans_a), bool(trans_b),
+                 has_bias, activation_code(activation))
     return c
 
 
@@ -441,84 +626,168 @@ def linear_forward(x, weight, bias=None, activation=None):
     return matmul(x, weight, trans_b=True, bias=bias, activation=activation)
 
 
-def linear_backward(grad_y, x, weight, y=None, activation=None, with_bias=True):
+def linear_backward(grad_y, x, weight, y=None, activation=None, with_bias=True,
+                    need_input_grad=True, grad_weight=None, grad_bias=None):
     """``(grad_x, grad_weight, grad_bias)`` of :func:`linear_forward`.
 
     grad_y (N, F_out) is the gradient at the layer's output (after the activation, whose
-    backward then needs that output ``y``); grad_x (N, F_in), grad_weight (F_out, F_in),
-    grad_bias (F_out,) or None when ``with_bias`` is false.
+    backward then needs that output ``y``); grad_x (N, F_in) or None without
+    ``need_input_grad``, grad_weight (F_out, F_in) (into ``grad_weight`` when given),
+    grad_bias (F_out,) (into ``grad_bias``) or None when ``with_bias`` is false.
     """
     g = activation_backward_into(grad_y, y, activation)
-    grad_x = matmul(g, weight)
-    grad_weight = matmul(g, x, trans_a=True)
-    grad_bias = None
-    if with_bias:
-        grad_bias = sum_over_batch_and_space(g.reshape(g.shape[0], g.shape[1], 1))
+    grad_x = matmul(g, weight) if need_input_grad else None
+    grad_weight = matmul(g, x, trans_a=True, out=grad_weight)
+    grad_bias = sum_over_batch_and_space(g.reshape(g.shape[0], g.shape[1], 1), grad_bias) \
+        if with_bias else None
     return grad_x, grad_weight, grad_bias
 
 
-def softmax_cross_entropy(logits, labels):
-    """Mean softmax cross-entropy of ``logits`` (N, K) against int ``labels`` (N,).
-
-    Returns ``(loss, grad)``: loss a (1,) device array (logsumexp - logit of the label,
-    shifted by the row maximum for stability, averaged over N), grad (N, K) its gradient
-    with respect to the logits, ``(softmax - one_hot) / N``.
-    """
-    n_rows = logits.shape[0]
-    dtype = np.dtype(logits.dtype)
-    grad = cuda.device_array(logits.shape, dtype=dtype)
-    row_loss = cuda.device_array((n_rows, 1, 1), dtype=dtype)
-    inv_n = dtype.type(1.0 / max(1, n_rows))
-    _launch(_softmax_xent_rows_kernel, n_rows, logits, labels, grad,
-            row_loss.reshape(n_rows), inv_n)
-    loss = _sum_scaled(row_loss, inv_n)
-    return loss, grad
-
-
-def accuracy_count(logits, labels):
-    """(1,) int64 device array: rows of ``logits`` (N, K) whose argmax is the label."""
-    n_rows = logits.shape[0]
-    hits = cuda.device_array((n_rows, 1), dtype=np.int64)
-    _launch(_argmax_match_kernel, n_rows, logits, labels, hits)
-    return _sum_scaled(hits.reshape(n_rows, 1, 1), np.int64(1))
-
-
-def _sum_scaled(column, scale):
-    """(1,) device array: ``scale`` times the sum of a (N, 1, 1) device array."""
-    n_rows = column.shape[0]
-    chunks, chunk = config.chunking(1, n_rows)
-    partial = cuda.device_array((chunks, 1), dtype=column.dtype)
-    _launch(_channel_partial_kernel, chunks, column, partial, chunk)
-    out = cuda.device_array(1, dtype=column.dtype)
-    _launch(_sum_chunks_kernel, 1, partial, out, scale)
+def cross_entropy(logits, labels):
+    """0-d float64 device array: the mean softmax cross-entropy of ``logits`` (N, K) against
+    int ``labels`` (N,) (logsumexp - logit of the label per row, shifted by the row maximum);
+    NaN where a label is outside [0, K). One launch of one block."""
+    out = steps.empty((), np.float64)
+    steps.launch(_row_sums_kernels()[0], 1, config.THREADS_PER_BLOCK, logits, labels, out)
     return out
 
 
-def sgd_step(param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
-    """One in-place ``torch.optim.SGD`` step (dampening 0) on a device parameter.
+def cross_entropy_backward(logits, labels):
+    """(N, K) device array: the gradient of :func:`cross_entropy`,
+    ``(softmax - one_hot) / N``; NaN rows for labels outside [0, K)."""
+    grad = steps.empty(logits.shape, logits.dtype)
+    _launch(_xent_grad_kernel, logits.shape[0], logits, labels, grad,
+            logits.dtype.type(logits.shape[0]))
+    return grad
 
-    ``velocity`` (the momentum buffer, same shape, zero before the first step) is updated in
-    place; it may be None when ``momentum`` is 0.
+
+def correct(logits, labels):
+    """0-d int64 device array: rows of ``logits`` (N, K) whose first maximum (NumPy's argmax;
+    a NaN counts as the largest) is the label. One launch of one block."""
+    out = steps.empty((), np.int64)
+    steps.launch(_row_sums_kernels()[1], 1, config.THREADS_PER_BLOCK, logits, labels, out)
+    return out
+
+
+def count_nonfinite(array):
+    """0-d int64 device array: how many elements of ``array`` are NaN or infinite. One
+    launch of one block (an epoch's divergence check, not a hot path)."""
+    out = steps.empty((), np.int64)
+    steps.launch(_row_sums_kernels()[2], 1, config.THREADS_PER_BLOCK, _flat(array), out)
+    return out
+
+
+def accumulate(totals, index, value, scale=1.0):
+    """``totals[index] += float64(value) * scale`` on the device: totals a float64 (n,)
+    device array, value a 0-d device array (a loss, a count)."""
+    steps.launch(_accumulate_kernel, 1, 1, totals, int(index), value, float(scale))
+
+
+def take_rows(images, labels, order, start, stop):
+    """``(images[order[start:stop]], labels[order[start:stop]])`` gathered on the device in
+    one launch: images (N, ...), labels (N,), order an int64 device array."""
+    rows = stop - start
+    x = steps.empty((rows,) + tuple(images.shape[1:]), images.dtype)
+    y = steps.empty(rows, labels.dtype)
+    feats = images.size // max(1, images.shape[0])
+    _launch(_gather_rows_kernel, rows * feats, images.reshape(images.shape[0], feats), labels,
+            order, x.reshape(rows, feats), y, start=start)
+    return x, y
+
+
+def dropout_forward(x, keep, scale):
+    """``(y, mask)``: mask = scale where the host bool array ``keep`` (x's shape) is True,
+    else 0 (x's dtype), y = x * mask. ``keep`` is uploaded (one host-to-device copy)."""
+    keep_device = steps.empty(x.size, np.uint8)
+    keep_device.copy_to_device(np.ascontiguousarray(keep).reshape(-1).view(np.uint8))
+    y = steps.empty(x.shape, x.dtype)
+    mask = steps.empty(x.shape, x.dtype)
+    _launch(_dropout_kernel, x.size, _flat(x), keep_device, x.dtype.type(scale), _flat(y),
+            _flat(mask))
+    return y, mask
+
+
+def _binary(a, b, multiply: bool):
+    out = steps.empty(a.shape, a.dtype)
+    _launch(_binary_kernel, out.size, _flat(a), _flat(b), _flat(out), multiply)
+    return out
+
+
+def add(a, b):
+    """``a + b`` of two device arrays of one shape and dtype."""
+    return _binary(a, b, False)
+
+
+def multiply(a, b):
+    """``a * b`` of two device arrays of one shape and dtype."""
+    return _binary(a, b, True)
+
+
+def concat_channels(arrays):
+    """The device arrays (N, C_i, ...) joined along axis 1 (one launch each)."""
+    first = arrays[0]
+    channels = sum(int(a.shape[1]) for a in arrays)
+    whole = steps.empty((first.shape[0], channels) + tuple(first.shape[2:]), first.dtype)
+    offset = 0
+    for part in arrays:
+        _launch(_channels_kernel, part.size, _channels_view(part), _channels_view(whole), offset,
+                True)
+        offset += int(part.shape[1])
+    return whole
+
+
+def split_channels(array, sizes):
+    """:func:`concat_channels`' inverse: ``array`` (N, sum(sizes), ...) cut along axis 1
+    into new contiguous device arrays of ``sizes[i]`` channels."""
+    parts, offset = [], 0
+    for size in sizes:
+        part = steps.empty((array.shape[0], size) + tuple(array.shape[2:]), array.dtype)
+        _launch(_channels_kernel, part.size, _channels_view(part), _channels_view(array), offset,
+                False)
+        parts.append(part)
+        offset += size
+    return parts
+
+
+def pool2x2_forward(z, pool):
+    """The 2x2 pool (stride 2, floor mode; ``pool`` 'avg' or 'max') of z (N, C, H, W)."""
+    from .pool import avg_pool2d_forward, max_pool2d_forward
+
+    out_hw = (z.shape[2] // 2, z.shape[3] // 2)
+    if pool == "max":
+        return max_pool2d_forward(z, (2, 2), (2, 2), (0, 0), (1, 1), out_hw)[0]
+    return avg_pool2d_forward(z, (2, 2), (2, 2), (0, 0), out_hw)
+
+
+def act_pool2x2_backward(grad_y, z, activation, pool):
+    """The gradient at a fused stage's convolution output, from grad_y (N, C, H // 2, W // 2)
+    at its 2x2 pool's output and z (N, C, H, W) = activation(convolution output): the pool's
+    and the activation's backward in one launch."""
+    grad_z = steps.empty(z.shape, z.dtype)
+    n_planes = z.shape[0] * z.shape[1]
+    _launch(_act_pool2x2_backward_kernel, z.size,
+            grad_y.reshape(n_planes, grad_y.shape[2], grad_y.shape[3]),
+            z.reshape(n_planes, z.shape[2], z.shape[3]), grad_z.reshape(n_planes, *z.shape[2:]),
+            activation_code(activation), pool == "max")
+    return grad_z
+
+
+def sgd_step(param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
+             dampening=0.0, first=False):
+    """One in-place ``torch.optim.SGD`` step on a device parameter.
+
+    ``velocity`` (the momentum buffer, same shape) is updated in place; ``first`` says this is
+    its first step (the buffer then becomes the gradient). It may be None when ``momentum``
+    is 0.
     """
-    _launch(_sgd_kernel, param.size,
-            *_sgd_arguments(param, grad, velocity, lr, momentum, weight_decay, nesterov))
-
-
-def sgd_launch(param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
-    """:func:`sgd_step` as a prepared launch (device arrays only), for a loop that repeats it
-    on the same arrays."""
-    return prepare(_sgd_kernel, config.blocks_for(param.size), config.THREADS_PER_BLOCK,
-                   *_sgd_arguments(param, grad, velocity, lr, momentum, weight_decay, nesterov))
-
-
-def _sgd_arguments(param, grad, velocity, lr, momentum, weight_decay, nesterov):
     dt = np.dtype(param.dtype).type
     has_momentum = momentum != 0
     if has_momentum and velocity is None:
         raise ValueError("sgd_step with momentum needs a velocity buffer")
     buf = _flat(velocity) if has_momentum else _placeholder(param.dtype)
-    return (_flat(param), _flat(grad), buf, dt(lr), dt(momentum), dt(weight_decay),
-            has_momentum, bool(nesterov))
+    _launch(_sgd_kernel, param.size, _flat(param), _flat(grad), buf, dt(lr), dt(momentum),
+            dt(1.0 - dampening), dt(weight_decay), has_momentum, bool(first),
+            dampening != 0, bool(nesterov))
 
 
 def adam_step(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
@@ -526,15 +795,13 @@ def adam_step(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8
     """One in-place ``torch.optim.Adam`` step (AdamW with ``decoupled_weight_decay``).
 
     ``m`` and ``v`` (same shape as ``param``, zero before the first step) are updated in
-    place; ``step`` is the 1-based number of this step. The bias corrections are computed
-    on the host in double precision, as PyTorch does.
+    place; ``step`` is the 1-based number of this step, the launch's last argument (so that
+    a step's prepared launch serves every step).
     """
     if step < 1:
         raise ValueError(f"adam_step: step counts from 1, got {step}")
     dt = np.dtype(param.dtype).type
-    bias_correction1 = 1 - beta1 ** step
-    bias_correction2 = 1 - beta2 ** step
     _launch(_adam_kernel, param.size, _flat(param), _flat(grad), _flat(m), _flat(v),
             dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), dt(weight_decay),
-            dt(1 - lr * weight_decay), dt(lr / bias_correction1),
-            dt(math.sqrt(bias_correction2)), bool(decoupled_weight_decay))
+            dt(1 - lr * weight_decay), float(lr), float(beta1), float(beta2),
+            bool(decoupled_weight_decay), start=int(step))

@@ -22,6 +22,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from . import steps
 from .ops import _launch
 
 
@@ -193,8 +194,8 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw):
     padding symmetric; ``out_hw`` already accounts for ceil_mode."""
     n_batch, chans, _, _ = x.shape
     out_h, out_w = out_hw
-    y = cuda.device_array((n_batch, chans, out_h, out_w), dtype=x.dtype)
-    indices = cuda.device_array((n_batch, chans, out_h, out_w), dtype=np.int64)
+    y = steps.empty((n_batch, chans, out_h, out_w), x.dtype)
+    indices = steps.empty((n_batch, chans, out_h, out_w), np.int64)
     _launch(_max_pool_forward_kernel, y.size, _planes(x), _planes(y), _planes(indices),
             kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
             dilation[0], dilation[1])
@@ -213,7 +214,7 @@ def max_pool2d_backward(grad_y, indices, input_shape, kernel=None, stride=None, 
     """
     n_batch, chans, height, width = input_shape
     _, _, out_h, out_w = grad_y.shape
-    grad_x = cuda.device_array((n_batch, chans, height, width), dtype=grad_y.dtype)
+    grad_x = steps.empty((n_batch, chans, height, width), grad_y.dtype)
     if kernel is None:
         planes = n_batch * chans
         _launch(_max_pool_backward_plane_kernel, planes,
@@ -232,7 +233,7 @@ def avg_pool2d_forward(x, kernel, stride, padding, out_hw, count_include_pad=Tru
     (h, w) pairs, padding symmetric; ``divisor`` 0 means no divisor override."""
     n_batch, chans, _, _ = x.shape
     out_h, out_w = out_hw
-    y = cuda.device_array((n_batch, chans, out_h, out_w), dtype=x.dtype)
+    y = steps.empty((n_batch, chans, out_h, out_w), x.dtype)
     _launch(_avg_pool_forward_kernel, y.size, _planes(x), _planes(y), kernel[0], kernel[1],
             stride[0], stride[1], padding[0], padding[1], bool(count_include_pad),
             int(divisor or 0))
@@ -244,7 +245,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel, stride, padding, count_incl
     """Gradient (``input_shape`` = (N, C, H, W)) of :func:`avg_pool2d_forward` from grad_y
     (N, C, H_out, W_out); a deterministic gather."""
     n_batch, chans, height, width = input_shape
-    grad_x = cuda.device_array((n_batch, chans, height, width), dtype=grad_y.dtype)
+    grad_x = steps.empty((n_batch, chans, height, width), grad_y.dtype)
     _launch(_avg_pool_backward_kernel, grad_x.size, _planes(grad_y), _planes(grad_x),
             kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
             bool(count_include_pad), int(divisor or 0))
