@@ -21,9 +21,16 @@ set, or ``numba.config.THREADING_LAYER`` assigned before ``import numbaconv``, n
 makes TBB loadable and Numba chooses. Where TBB cannot load (macOS, Arm, no ``tbb``
 package), Numba's default stays: there use the ``spawn`` or ``forkserver`` start method with
 multiprocessing, or call kernels from one thread at a time under ``workqueue``.
-``numba.threading_layer()`` after the first parallel kernel names the layer in use; TBB
-threads need no wait policy (``OMP_WAIT_POLICY``, see :mod:`numbaconv.threads`): they sleep
-when no work is left.
+``numba.threading_layer()`` after the first parallel kernel names the layer in use.
+
+On a quiet machine TBB costs no speed: on a 2-CPU "Intel(R) Xeon(R) Processor", timed in
+the same quiet moments as OpenMP, a LeNet training step (batch 256) took 6.8-7.0 ms on 2
+threads against OpenMP's 6.9-7.1 ms (11.8-12.1 against 12.3-13.8 ms on 1 thread); conv2's
+forward and conv1's backward were within 8% either way. TBB's idle threads spin briefly and
+then sleep, so no wait policy applies (``OMP_WAIT_POLICY``, see :mod:`numbaconv.threads`).
+On a busy machine (load 3-8 on the 2 CPUs) a step on 2 threads took 17-18 ms against
+114-258 ms with OpenMP's default policy and 13 ms with ``PASSIVE`` (what ``numbaconv run``
+chose there).
 """
 
 from __future__ import annotations
