@@ -23,9 +23,12 @@ __all__ = ["check_layer", "finite_difference", "numeric_gradient", "as_float64"]
 
 def as_float64(layer: Layer) -> Layer:
     """A deep copy of ``layer`` (a tree) whose parameters, gradients and buffers are float64
-    copies of the original's: the same function, computed in double precision."""
+    copies of the original's: the same function, computed in double precision. A layer's
+    ``dtype`` attribute (the constructor's ``dtype=``, by convention) becomes float64 too."""
     twin = copy.deepcopy(layer)
     for _, node in twin.named_layers():
+        if isinstance(getattr(node, "dtype", None), np.dtype):
+            node.dtype = np.dtype(np.float64)
         for store in (node.params, node.grads, node.buffers):
             for name, array in store.items():
                 if np.issubdtype(array.dtype, np.floating):

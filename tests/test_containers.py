@@ -279,3 +279,21 @@ def test_bad_specs_are_one_line_errors(tmp_path, text, message):
 
 def test_registry_knows_the_containers():
     assert {"Sequential", "Residual", "Concat"} <= set(numbaconv.get_layers())
+
+
+def test_check_layer_catches_a_wrong_gradient_and_a_wrong_output_shape():
+    class WrongGradient(numbaconv.Layer):
+        def forward(self, x, training=False):
+            return 2 * x
+
+        def backward(self, grad_y, need_input_grad=True):
+            return 2.1 * grad_y
+
+    class WrongShape(WrongGradient):
+        def output_shape(self, input_shape):
+            return tuple(input_shape)[:1]
+
+    with pytest.raises(AssertionError, match="by finite differences"):
+        check_layer(WrongGradient(), (2, 3))
+    with pytest.raises(AssertionError, match="output_shape says"):
+        check_layer(WrongShape(), (2, 3))

@@ -1,5 +1,5 @@
-"""Tests of numbaconv-batchnorm: the layers against PyTorch and finite differences, the model,
-and the plugin's life inside numbaconv (registries, entry point, command, broken and
+"""Tests of numbaconv-batchnorm: the layers against PyTorch and numbaconv.testing.check_layer,
+the model, and the plugin's life inside numbaconv (registries, entry point, command, broken and
 clashing plugins).
 
 The plugin must be installed (``pip install -e plugins/numbaconv-batchnorm``): several tests
@@ -24,6 +24,7 @@ from numbaconv.layers.containers import summary
 from numbaconv.losses import softmax_cross_entropy
 from numbaconv.optim import SGD
 from numbaconv.registry import manager as plugins
+from numbaconv.testing import check_layer
 
 import numbaconv_batchnorm
 from numbaconv_batchnorm import BatchNorm1d, BatchNorm2d, batch_norm, batch_norm_backward
@@ -175,44 +176,25 @@ def test_functional_matches_torch(torch):
 @pytest.mark.parametrize("training", [True, False], ids=["batch-stats", "running-stats"])
 @pytest.mark.parametrize("cls,shape", [(BatchNorm2d, (2, 3, 3, 2)), (BatchNorm1d, (5, 3))],
                          ids=["2d", "1d"])
-def test_backward_matches_finite_differences(cls, shape, training):
+def test_the_layers_keep_the_layer_contract(cls, shape, training):
+    """numbaconv.testing.check_layer: finite differences of the input and both parameters,
+    float32 against float64, the spec and state round trips, thread-count independence."""
     rng = np.random.default_rng(3)
-    layer = cls(shape[1], dtype=np.float64)
+    layer = cls(shape[1])
     layer.params["weight"][...] = rng.normal(1, 0.5, size=shape[1])
     layer.params["bias"][...] = rng.normal(size=shape[1])
     layer.buffers["running_mean"][...] = rng.normal(size=shape[1])
     layer.buffers["running_var"][...] = rng.uniform(0.5, 2, size=shape[1])
-    x = rng.normal(size=shape)
-    probe = rng.normal(size=shape)  # loss = sum(y * probe), so dL/dy = probe
-    frozen = {k: v.copy() for k, v in layer.buffers.items()}
+    check_layer(layer, shape, training=training, layer_types=numbaconv.get_layers())
 
-    def loss():
-        value = float(np.sum(layer.forward(x, training=training) * probe))
-        for k, v in frozen.items():  # keep every evaluation on the same statistics
-            layer.buffers[k][...] = v
-        return value
 
-    loss()
-    grad_x = layer.backward(probe)
-    analytic = {"x": grad_x, "weight": layer.grads["weight"].copy(),
-                "bias": layer.grads["bias"].copy()}
-    h = 1e-6
-    for name, array in (("x", x), ("weight", layer.params["weight"]),
-                        ("bias", layer.params["bias"])):
-        numeric = np.empty_like(array)
-        for index in np.ndindex(array.shape):
-            saved = array[index]
-            array[index] = saved + h
-            up = loss()
-            array[index] = saved - h
-            down = loss()
-            array[index] = saved
-            numeric[index] = (up - down) / (2 * h)
-        np.testing.assert_allclose(analytic[name], numeric, rtol=1e-6, atol=1e-7,
-                                   err_msg=f"d loss / d {name}")
-    if training:  # the batch statistics make grad_x sum to zero per channel
-        axes = tuple(a for a in range(len(shape)) if a != 1)
-        np.testing.assert_allclose(grad_x.sum(axis=axes), 0, atol=1e-12)
+def test_batch_statistics_make_the_input_gradient_sum_to_zero_per_channel():
+    rng = np.random.default_rng(4)
+    layer = BatchNorm2d(3, dtype=np.float64)
+    x = rng.normal(size=(2, 3, 3, 2))
+    layer.forward(x, training=True)
+    grad_x = layer.backward(rng.normal(size=x.shape))
+    np.testing.assert_allclose(grad_x.sum(axis=(0, 2, 3)), 0, atol=1e-12)
 
 
 # ------------------------------------------------------------------------ layer behaviour
