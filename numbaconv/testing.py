@@ -127,8 +127,8 @@ def check_layer(layer: Layer, input_shape, *, training: bool = False,
         for index in _sample(array.shape, points, rng):
             numeric = finite_difference(objective, array, index, eps)
             assert abs(numeric - analytic[index]) <= 1e-6 + 1e-4 * abs(numeric), (
-                f"{layer!r}: d/d {what}{[int(i) for i in index]} is {analytic[index]:.8g} by backward, "
-                f"{numeric:.8g} by finite differences")
+                f"{layer!r}: d/d {what}{[int(i) for i in index]} is "
+                f"{analytic[index]:.8g} by backward, {numeric:.8g} by finite differences")
 
     # the layer's own dtype against double precision
     close = {"rtol": rtol, "atol": atol}
