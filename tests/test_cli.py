@@ -345,3 +345,55 @@ def test_the_readme_spec_learns_with_its_own_settings(tmp_path):
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert len(rows) == 2 and rows[-1]["test_acc"] >= 0.80, rows
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc") or (os.cpu_count() or 1) < 2,
+                    reason="needs /proc and two cores (precompile starts a child per core)")
+def test_sigterm_while_compiling_leaves_no_child_running(data_dir, tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    run = subprocess.Popen([sys.executable, "-m", "numbaconv", "run", "lenet", "--data",
+                            data_dir, "--epochs", "1"], env=env, cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "compiling" in run.stderr.readline()  # precompile's announcement
+        children, deadline = set(), time.monotonic() + 60
+        while not children and time.monotonic() < deadline and run.poll() is None:
+            children = _children(run.pid)
+            time.sleep(0.05)
+        assert children, "precompile started no child process"
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    time.sleep(0.5)
+    assert not [pid for pid in children if _alive(pid)], "a compiling child outlived the run"
+    assert run.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("**/*.part"))
