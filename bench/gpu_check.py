@@ -90,7 +90,7 @@ def _kernel_signatures(dt):
     type dt; a convolution kernel's label names its tile shape (TM x TN x BK)."""
     from numba import types
 
-    from numbaconv.kernels.cuda import config, conv, ops, pool
+    from numbaconv.kernels.cuda import config, conv, ops, pool, resize
 
     def arr(ndim):
         return types.Array(dt, ndim, "C")
@@ -138,6 +138,7 @@ def _kernel_signatures(dt):
         (pool._max_pool_backward_plane_kernel, (arr(2), ints(2), arr(2))),
         (pool._avg_pool_forward_kernel, (arr(3), arr(3)) + (i,) * 6 + (b, i)),
         (pool._avg_pool_backward_kernel, (arr(3), arr(3)) + (i,) * 6 + (b, i)),
+        (resize._resize_bilinear_kernel, (arr(3), arr(3))),
     ]
     labelled = [(kernel.py_func.__name__, kernel, signature) for kernel, signature in kernels]
     for make, signature in conv_kernels:
@@ -241,7 +242,7 @@ def _pretend_device(cc: tuple[int, int]) -> None:
 # Kernels whose float32 versions compute in float64 on purpose: the loss and the hits summed
 # over a batch, the epoch's running totals, Adam's bias corrections (once per thread).
 FLOAT64_BY_DESIGN = {"cross_entropy_mean", "correct_count", "nonfinite_count",
-                     "_accumulate_kernel", "_adam_kernel"}
+                     "_accumulate_kernel", "_adam_kernel", "_resize_bilinear_kernel"}
 
 
 def ptx_check(cc_text: str, max_registers: int | None = None,

@@ -310,7 +310,8 @@ def _train_problem(train: dict) -> str | None:
     expected = {"batch_size": (lambda v: _is_int(v, 1), "a whole number >= 1"),
                 "lr": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
                 "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
-                "seed": (lambda v: _is_int(v, 0), "a whole number >= 0")}
+                "seed": (lambda v: _is_int(v, 0), "a whole number >= 0"),
+                "resize": (lambda v: v is None or _is_int(v, 1), "null or a whole number >= 1")}
     for key, value in train.items():
         if key not in expected:
             return (f"'train' holds an unknown setting {_short(key)}; known: "

@@ -45,7 +45,7 @@ __all__ = [
     "dropout", "dropout_backward",
     "cross_entropy", "cross_entropy_backward", "correct",
     "corr2d", "convolve2d",
-    "add", "concat_channels", "split_channels", "count_nonfinite",
+    "add", "concat_channels", "split_channels", "count_nonfinite", "resize_bilinear",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -920,3 +920,23 @@ def count_nonfinite(array):
         return _cuda().count_nonfinite(array)
     array = np.asarray(array)
     return np.array(array.size - np.count_nonzero(np.isfinite(array)), dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- resizing
+
+def resize_bilinear(x, size):
+    """x (N, C, H, W) resized to ``size`` (an int for square outputs, or (out_h, out_w)) by
+    bilinear interpolation: ``torch.nn.functional.interpolate(x, size, mode="bilinear",
+    align_corners=False)`` (which ``torchvision.transforms.Resize`` matches when it
+    enlarges). Same dtype and device as ``x``; no backward (it transforms inputs)."""
+    _check_array(x, "x", 4, "(N, C, H, W)")
+    out_h, out_w = shapes.as_pair(size, "size", 1)
+    if tuple(x.shape[2:]) == (out_h, out_w):
+        return x
+    if _is_device_array(x):
+        return _cuda("resize").resize_bilinear(x, out_h, out_w)
+    from .kernels.cpu import resize
+
+    n, c, h, w = x.shape
+    planes = np.ascontiguousarray(x).reshape(n * c, h, w)
+    return resize.resize_bilinear(planes, out_h, out_w).reshape(n, c, out_h, out_w)

@@ -56,7 +56,8 @@ def _parse_value(text: str):
 
 
 def build(target: str, options: dict, seed: int) -> Network:
-    """A registered model name, or the path of a ``.toml`` spec; checked against 1x28x28 input."""
+    """A registered model name, or the path of a ``.toml`` spec (check its shapes with
+    :func:`check_shapes` once the input size is known)."""
     rng = np.random.default_rng(seed)
     if target.endswith(".toml") or os.path.sep in target:
         if options:
@@ -71,12 +72,11 @@ def build(target: str, options: dict, seed: int) -> Network:
             kwargs["rng"] = rng  # seeded weights, for factories that take a generator
         model = build_model(target, **kwargs)
         network = Network(model, target, dict(options), entry.train_defaults, target)
-    check_shapes(network.model, network.source)
     return network
 
 
 #: What a spec's ``[train]`` table may set (the defaults of ``numbaconv run``'s options).
-TRAIN_KEYS = ("optimizer", "lr", "batch_size", "epochs")
+TRAIN_KEYS = ("optimizer", "lr", "batch_size", "epochs", "resize")
 
 
 def load_spec(path: str, rng=None) -> tuple[Layer, dict]:
@@ -126,20 +126,43 @@ def from_spec(layers, rng=None, source: str = "spec") -> Layer:
         raise SpecError(f"{source}: {error}") from error
 
 
-def check_shapes(model: Layer, source: str) -> None:
-    """Fail before training when the layers do not fit a 1x28x28 input and 10 classes."""
+def input_shape(side: int | None = None) -> tuple:
+    """One Fashion-MNIST image's shape (C, H, W), at ``side`` pixels square if resized."""
+    return INPUT_SHAPE if side is None else (INPUT_SHAPE[0], side, side)
+
+
+def check_shapes(model: Layer, source: str, side: int | None = None) -> None:
+    """Fail before training when the layers do not fit a 1x28x28 input (``side`` x ``side``
+    when resized) and 10 classes; a network that needs larger images says the smallest
+    size that works (for ``--resize``)."""
     for name, value in model.named_params().items():
         if value.dtype != np.float32:
             raise SpecError(f"{source}: parameter {name} has dtype {value.dtype}; numbaconv "
                             "run trains in float32")
+    shape = (1,) + input_shape(side)
     try:
-        shape = model.output_shape((1,) + INPUT_SHAPE)
+        out = model.output_shape(shape)
     except ShapeError as error:
-        raise SpecError(f"{source}: {error}") from error
-    if tuple(shape) != (1, NUM_CLASSES):
-        raise SpecError(f"{source}: the network ends in shape {tuple(shape)} for a "
-                        f"{INPUT_SHAPE} input, but classifying Fashion-MNIST needs "
+        smallest = smallest_side(model)
+        hint = "" if smallest is None or smallest <= shape[-1] else (
+            f"; the smallest images it takes are {smallest}x{smallest} (--resize {smallest})")
+        raise SpecError(f"{source}: {error}{hint}") from error
+    if tuple(out) != (1, NUM_CLASSES):
+        raise SpecError(f"{source}: the network ends in shape {tuple(out)} for a "
+                        f"{shape[1:]} input, but classifying Fashion-MNIST needs "
                         f"(N, {NUM_CLASSES})")
+
+
+def smallest_side(model: Layer, largest: int = 1024) -> int | None:
+    """The smallest square image side (up to ``largest``) whose input ``model`` accepts, or
+    None."""
+    for side in range(1, largest + 1):
+        try:
+            model.output_shape((1,) + input_shape(side))
+        except ValueError:
+            continue
+        return side
+    return None
 
 
 def load_model(path) -> tuple[Layer, object]:
@@ -155,14 +178,15 @@ def load_model(path) -> tuple[Layer, object]:
     return model, saved
 
 
-def check_memory(model: Layer, batch_size: int) -> None:
+def check_memory(model: Layer, batch_size: int, side: int | None = None) -> None:
     """Fail before training when a batch's activations and their gradients (for every layer
     of the tree), the weights, their gradients and the optimizer's state would not fit in this
     machine's memory."""
     from .layers.containers import summary
     from .memory import array_bytes, check_fits
 
-    leaves = [row for row in summary(model, (1,) + INPUT_SHAPE) if row.name not in CONTAINER_TYPES]
+    leaves = [row for row in summary(model, (1,) + input_shape(side))
+              if row.name not in CONTAINER_TYPES]
     activations = sum(array_bytes(row.output_shape, 4) for row in leaves)
     weights = array_bytes((model.num_params(),), 4)
     check_fits(2 * batch_size * activations + 4 * weights,

@@ -113,6 +113,9 @@ def _stop_on_sigterm() -> None:
               help="cuda needs the cuda extra: pip install 'numbaconv[cuda]'.")
 @click.option("--threads", type=int,
               help="CPU threads (default: all cores).")
+@click.option("--resize", type=click.IntRange(1, 4096), metavar="N",
+              help="Resize each batch's images to NxN (bilinear), as D2L does for its "
+              "modern networks (model's default: none for LeNet).")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A model option, e.g. -o activation=relu -o pool=max. Repeatable.")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False),
@@ -125,8 +128,8 @@ def _stop_on_sigterm() -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Draw loss and accuracy per epoch into this PNG (needs matplotlib).")
 @user_errors
-def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threads, options,
-        save_path, resume_path, metrics_path, plot_path):
+def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threads, resize,
+        options, save_path, resume_path, metrics_path, plot_path):
     """Train MODEL (a registered name) or the network in SPEC.toml on Fashion-MNIST.
 
     Prints, per epoch, the training loss and accuracy, the test accuracy and the speed, and
@@ -147,7 +150,15 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
     from .. import checkpoint as ckpt
     from ..devices import get_device
     from ..layers import layer_spec
-    from ..network import INPUT_SHAPE, NUM_CLASSES, build, check_memory, from_spec, parse_options
+    from ..network import (
+        NUM_CLASSES,
+        build,
+        check_memory,
+        check_shapes,
+        from_spec,
+        input_shape,
+        parse_options,
+    )
     from ..training import Loop, Settings, make_optimizer
     from ..training import callbacks as cb
 
@@ -168,7 +179,8 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
                      data_dir)
     network = build(target, parse_options(options), 0 if seed is None else seed)
     model = network.model
-    given = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed}
+    given = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed,
+             "resize": resize}
     settings_from = {**Settings().__dict__, **network.train_defaults}
     history, start = [], 1
     if resume_path:
@@ -190,7 +202,8 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
     if epochs is not None:
         settings_from["epochs"] = epochs
     settings = Settings(**settings_from)
-    check_memory(model, settings.batch_size)
+    check_shapes(model, network.source, settings.resize)
+    check_memory(model, settings.batch_size, settings.resize)
     if start > settings.epochs:
         raise UserError(f"{resume_path} is already at epoch {start - 1}; ask for more with "
                         f"--epochs (now {settings.epochs})")
@@ -208,7 +221,7 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
 
         loaded = []
         precompile(model, meanwhile=lambda: loaded.append(_load_training_data(data_dir)),
-                   input_shape=(settings.batch_size,) + INPUT_SHAPE,
+                   input_shape=(settings.batch_size,) + input_shape(settings.resize),
                    announce=lambda line: click.echo(line, err=True))
         data = loaded[0]
     else:
@@ -249,16 +262,20 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
               help="Directory with the Fashion-MNIST IDX files.")
 @click.option("--threads", type=int,
               help="CPU threads (default: all cores).")
+@click.option("--resize", type=click.IntRange(1, 4096), metavar="N",
+              help="Resize the images to NxN (default: as the checkpoint's run did).")
 @user_errors
-def evaluate(checkpoint_path, data_dir, threads):
+def evaluate(checkpoint_path, data_dir, threads, resize):
     """Print the test accuracy of a saved CHECKPOINT as 'test_acc 0.xxxx'."""
-    from ..network import load_model
+    from ..network import check_shapes, load_model
     from ..training import evaluate as accuracy
 
     _set_threads(threads)
-    model, _ = load_model(checkpoint_path)
+    model, saved = load_model(checkpoint_path)
+    side = resize if resize is not None else saved.train.get("resize")
+    check_shapes(model, checkpoint_path, side)
     data = _load_training_data(data_dir)
-    click.echo(f"test_acc {accuracy(model, data.test_x, data.test_y):.4f}")
+    click.echo(f"test_acc {accuracy(model, data.test_x, data.test_y, resize=side):.4f}")
 
 
 # --------------------------------------------------------------------------- registry
@@ -299,14 +316,18 @@ def plugins():
 @click.argument("target", metavar="MODEL|SPEC.toml")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A model option, e.g. -o activation=relu. Repeatable.")
+@click.option("--resize", type=click.IntRange(1, 4096), metavar="N",
+              help="For NxN images (default: the model's training size, else 28).")
 @user_errors
-def summary(target, options):
-    """Per layer of MODEL or SPEC.toml: output shape, parameters, receptive field, FLOPs."""
+def summary(target, options, resize):
+    """The tree of MODEL or SPEC.toml: output shapes, parameters, receptive fields, FLOPs."""
     from ..layers.containers import format_summary, summary
-    from ..network import INPUT_SHAPE, build, parse_options
+    from ..network import build, check_shapes, input_shape, parse_options
 
     network = build(target, parse_options(options), seed=0)
-    click.echo(format_summary(summary(network.model, (1,) + INPUT_SHAPE)))
+    side = resize if resize is not None else network.train_defaults.get("resize")
+    check_shapes(network.model, network.source, side)
+    click.echo(format_summary(summary(network.model, (1,) + input_shape(side))))
 
 
 def _load_plugin_commands() -> None:

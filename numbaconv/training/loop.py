@@ -49,6 +49,7 @@ class Settings:
     lr: float = 0.9
     optimizer: str = "sgd"
     seed: int = 0
+    resize: int | None = None  # the images' side after bilinear resizing, batch by batch
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "seed"):
@@ -64,6 +65,10 @@ class Settings:
         if not float(_FLOAT32.tiny) <= float(self.lr) <= float(_FLOAT32.max):
             raise ValueError(f"lr {self.lr:g} is outside what float32 weights can use "
                              f"({_FLOAT32.tiny:.3g} to {_FLOAT32.max:.3g})")
+        if self.resize is not None and (isinstance(self.resize, bool) or not isinstance(
+                self.resize, (int, np.integer)) or not 1 <= self.resize <= 4096):
+            raise ValueError(f"resize must be a whole number of pixels from 1 to 4096, got "
+                             f"{self.resize!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
@@ -133,12 +138,13 @@ class Loop:
 
     ``model`` is already on ``device`` (``model.to(device)``) and ``optimizer`` built on its
     parameters after the move. The data moves to the device once; each step gathers its batch
-    there (:meth:`numbaconv.devices.Device.take`), runs the forward, the cross-entropy, the
-    backward and the update, and adds the batch's loss and correct predictions to device-side
-    totals. An epoch's totals — training loss and hits, non-finite weights, test hits — come
-    back in one device-to-host copy. On the CPU a non-finite loss stops the epoch at once; on
-    the GPU at the epoch's end. A non-finite weight after the epoch raises :class:`Diverged`
-    before any callback could save it.
+    there (:meth:`numbaconv.devices.Device.take`), resizes it when ``settings.resize`` asks
+    (batch by batch: 60,000 images at 224x224 would take 12 GB), runs the forward, the
+    cross-entropy, the backward and the update, and adds the batch's loss and correct predictions to
+    device-side totals. An epoch's totals — training loss and hits, non-finite weights, test
+    hits — come back in one device-to-host copy. On the CPU a non-finite loss stops the epoch at
+    once; on the GPU at the epoch's end. A non-finite weight after the epoch raises
+    :class:`Diverged` before any callback could save it.
     """
 
     def __init__(self, model, optimizer, data, settings: Settings, device="cpu",
@@ -241,7 +247,7 @@ class Loop:
         for batch, start in enumerate(range(0, self.n_train, settings.batch_size), start=1):
             stop = min(start + settings.batch_size, self.n_train)
             x, y = device.take(self.train_x, self.train_y, order, start, stop)
-            logits = model.forward(x, training=True)
+            logits = model.forward(self._resized(x), training=True)
             batch_loss = F.cross_entropy(logits, y)
             if check_each_batch and not np.isfinite(batch_loss):
                 raise Diverged(epoch, settings.lr, batch)
@@ -251,6 +257,10 @@ class Loop:
             totals.add(hits, F.correct(logits, y))
             for callback in self.callbacks:
                 callback.on_batch_end(self, stop - start)
+
+    def _resized(self, x):
+        side = self.settings.resize
+        return x if side is None else F.resize_bilinear(x, side)
 
     def _shuffled(self, permutation: np.ndarray):
         """The epoch's order on the device, in the array of the epochs before."""
@@ -268,7 +278,8 @@ class Loop:
         for start in range(0, self.n_test, EVAL_BATCH):
             stop = min(start + EVAL_BATCH, self.n_test)
             x, y = self.device.take(self.test_x, self.test_y, self.test_order, start, stop)
-            totals.add(index, F.correct(self.model.forward(x, training=False), y))
+            logits = self.model.forward(self._resized(x), training=False)
+            totals.add(index, F.correct(logits, y))
 
     def _check(self, epoch: int, loss_sum: float, nonfinite: float) -> None:
         if not np.isfinite(loss_sum):
@@ -286,11 +297,13 @@ def predict(model, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarr
     return out
 
 
-def evaluate(model, images: np.ndarray, labels: np.ndarray, device="cpu") -> float:
+def evaluate(model, images: np.ndarray, labels: np.ndarray, device="cpu",
+             resize: int | None = None) -> float:
     """Accuracy of ``model`` (on ``device``) on float32 ``images`` (N, C, H, W) with int
-    ``labels`` (N,), in batches of :data:`EVAL_BATCH`."""
+    ``labels`` (N,), in batches of :data:`EVAL_BATCH`, each resized to ``resize`` pixels
+    square if given."""
     if len(images) == 0:
         raise ValueError("the test set is empty")
     data = SimpleNamespace(train_x=images[:1], train_y=labels[:1], test_x=images,
                            test_y=labels)
-    return Loop(model, None, data, Settings(), device).evaluate()
+    return Loop(model, None, data, Settings(resize=resize), device).evaluate()
