@@ -73,13 +73,13 @@ def _data_files(data_dir) -> list:
             for path in (find_files(folder) or {}).values()]
 
 
-def _load_training_data(data_dir):
+def _load_training_data(data_dir, progress: bool = True):
     """Fashion-MNIST as float32 (N, 1, 28, 28) images and int64 labels, plus its source."""
     from types import SimpleNamespace
 
     from ..data import SAMPLE_NOTICE, as_float_batch, load_fashion_mnist
 
-    dataset = load_fashion_mnist(data_dir, progress=True)
+    dataset = load_fashion_mnist(data_dir, progress=progress)
     if dataset.is_sample:
         click.echo(SAMPLE_NOTICE, err=True)
     return SimpleNamespace(train_x=as_float_batch(dataset.train_images),
@@ -127,13 +127,23 @@ def _stop_on_sigterm() -> None:
               help="Write per-epoch metrics here, one JSON object per line.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Draw loss and accuracy per epoch into this PNG (needs matplotlib).")
+@click.option("--workers", type=click.IntRange(1), metavar="N",
+              help="Train data-parallel on N processes of this machine (MPI; needs the mpi "
+              "extra: pip install 'numbaconv[mpi]'), each on cores/N threads. On several "
+              "machines: mpiexec -n N -f hostfile numbaconv run ...")
+@click.pass_context
 @user_errors
-def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threads, resize,
-        options, save_path, resume_path, metrics_path, plot_path):
+def run(ctx, target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threads,
+        resize, options, save_path, resume_path, metrics_path, plot_path, workers):
     """Train MODEL (a registered name) or the network in SPEC.toml on Fashion-MNIST.
 
     Prints, per epoch, the training loss and accuracy, the test accuracy and the speed, and
     at the end which files it wrote.
+
+    \b
+    Data-parallel on several processes (MPI; --batch-size stays the global batch):
+      numbaconv run lenet --workers 2            # 2 processes on this machine
+      mpiexec -n 8 -f hostfile numbaconv run lenet --save lenet.npz
 
     \b
     A spec lists registry layers (plugins' too), and may carry its own training settings;
@@ -147,6 +157,58 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
       optimizer = "adam"
       lr = 0.001
     """
+    from ..training import distributed as mpi
+
+    ranks = mpi.launched_size()
+    if (workers or 1) > 1 or ranks > 1:
+        if device != "cpu":
+            raise UserError("--workers and mpiexec train on the CPU; --device cuda trains in "
+                            "one process")
+    if ranks == 1 and (workers or 1) > 1:
+        ctx.exit(_launch_workers(ctx, workers, threads))
+    if workers is not None and ranks > 1 and workers != ranks:
+        raise UserError(f"--workers {workers} under mpiexec with {ranks} ranks: give one or "
+                        "the other")
+    arguments = (target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threads,
+                 resize, options, save_path, resume_path, metrics_path, plot_path)
+    if ranks == 1:
+        _train(*arguments, distributed=None)
+        return
+    try:
+        distributed = mpi.Distributed.start()
+    except mpi.MissingMPI as error:
+        raise UserError(f"mpiexec started {ranks} ranks, but {error}") from None
+    with distributed.session():
+        _train(*arguments, distributed=distributed)
+
+
+def _launch_workers(ctx, workers: int, threads: int | None) -> int:
+    """Run this very command without ``--workers`` on ``workers`` ranks through mpiexec, each
+    on ``--threads`` threads or its share of the cores; returns the exit status."""
+    from ..training import distributed as mpi
+
+    command = [sys.executable, "-m", "numbaconv", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params[param.name]
+        if param.name == "workers" or value is None:
+            continue
+        if isinstance(param, click.Argument):
+            command.append(str(value))
+        elif param.multiple:
+            for item in value:
+                command += [param.opts[0], str(item)]
+        else:
+            command += [param.opts[0], str(value)]
+    try:
+        return mpi.launch(workers, command, threads or max(1, mpi.usable_cores() // workers))
+    except mpi.MissingMPI as error:
+        raise UserError(f"--workers {workers}: {error}") from None
+
+
+@user_errors
+def _train(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threads, resize,
+           options, save_path, resume_path, metrics_path, plot_path, distributed):
+    """``run``'s training, in one process or as one rank of ``distributed``."""
     from .. import checkpoint as ckpt
     from ..devices import get_device
     from ..layers import layer_spec
@@ -168,15 +230,24 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
         available, reason = cuda_available()
         if not available:
             raise UserError(f"--device cuda: {reason}")
+    root = distributed is None or distributed.is_root  # the process that prints and writes
+    if threads is None and distributed is not None:
+        import numba
+
+        from ..training.distributed import usable_cores
+
+        threads = min(numba.config.NUMBA_NUM_THREADS,
+                      distributed.threads_per_rank(usable_cores()))
     _set_threads(threads)
-    if plot_path:
+    if plot_path and root:
         from ..lessons.plotting import require_matplotlib
 
         require_matplotlib()
     if resume_path and not save_path:
         save_path = resume_path  # a resumed run goes on saving where it was saved
-    _prepare_outputs({"--save": save_path, "--metrics": metrics_path, "--plot": plot_path},
-                     data_dir)
+    if root:
+        _prepare_outputs({"--save": save_path, "--metrics": metrics_path, "--plot": plot_path},
+                         data_dir)
     network = build(target, parse_options(options), 0 if seed is None else seed)
     model = network.model
     given = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed,
@@ -184,7 +255,10 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
     settings_from = {**Settings().__dict__, **network.train_defaults}
     history, start = [], 1
     if resume_path:
-        saved = ckpt.load(resume_path)
+        # under MPI rank 0 reads it: only its machine needs the file
+        saved = ckpt.load(resume_path) if root else None
+        if distributed is not None:
+            saved = distributed.broadcast(saved)
         if layer_spec(from_spec(saved.spec)) != layer_spec(model):
             raise ckpt.CheckpointError(
                 f"checkpoint {resume_path} holds {ckpt.describe(saved.model, saved.options)}, "
@@ -219,13 +293,21 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
         # on an empty Numba cache, compile on every core at once, reading the data meanwhile
         from ..precompile import precompile
 
-        loaded = []
-        precompile(model, meanwhile=lambda: loaded.append(_load_training_data(data_dir)),
-                   input_shape=(settings.batch_size,) + input_shape(settings.resize),
-                   announce=lambda line: click.echo(line, err=True))
-        data = loaded[0]
+        def prepare():
+            loaded = []
+            precompile(model, meanwhile=lambda: loaded.append(
+                           _load_training_data(data_dir, progress=root)),
+                       input_shape=(settings.batch_size,) + input_shape(settings.resize),
+                       announce=lambda line: click.echo(line, err=True))
+            return loaded[0]
+
+        # under MPI, one rank per machine first: it fills the kernel and data caches
+        data = prepare() if distributed is None else distributed.in_turn_on_node(prepare)
     else:
         data = _load_training_data(data_dir)
+    if distributed is not None:
+        distributed.check_same_data(data)
+        distributed.broadcast_state(model)
 
     def make_checkpoint(loop, epoch):
         train = {k: v for k, v in settings.__dict__.items() if k != "epochs"}
@@ -240,18 +322,30 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
     callbacks += [cb.EpochPrinter(echo),
                   cb.ChanceWatch(NUM_CLASSES, lambda line: click.echo(f"Warning: {line}",
                                                                       err=True))]
-    if save_path:
+    if not root:
+        callbacks = []  # rank 0 prints and writes for all
+    if save_path and root:
         callbacks.append(cb.Checkpointing(save_path, make_checkpoint, echo))
-    if metrics_path:
+    if metrics_path and root:
         callbacks.append(cb.MetricsWriter(metrics_path, echo))
-    if plot_path:
+    if plot_path and root:
         callbacks.append(cb.PlotWriter(plot_path, network.source, echo))
     loop = Loop(model, opt, data, settings, device=target_device, callbacks=callbacks,
-                history=history)
-    click.echo(f"training {network.source} on {len(data.train_x)} images from {data.source}: "
-               f"{settings.optimizer} lr {settings.lr:g}, batch {settings.batch_size}, "
-               f"{settings.epochs} epochs, {model.num_params()} parameters")
+                history=history, distributed=distributed)
+    ranks = "" if distributed is None else \
+        f" on {distributed.size} ranks of {threads} thread{'s' if threads > 1 else ''} each"
+    click.echo(f"training {network.source} on {len(data.train_x)} images from {data.source}"
+               f"{ranks}: {settings.optimizer} lr {settings.lr:g}, batch "
+               f"{settings.batch_size}, {settings.epochs} epochs, {model.num_params()} "
+               "parameters")
     loop.run(start)
+    if distributed is not None and distributed.steps:
+        trained = sum(m["train_seconds"] for m in loop.history[start - 1:])
+        per_step = distributed.allreduce_seconds / distributed.steps
+        click.echo(f"communication: {per_step * 1e3:.2f} ms per step in Allreduce "
+                   f"({distributed.gradient_bytes / 1e3:,.0f} kB), "
+                   f"{distributed.allreduce_seconds / trained:.0%} of the training time "
+                   "(rank 0; waiting for slower ranks included)")
 
 
 # --------------------------------------------------------------------------- evaluate

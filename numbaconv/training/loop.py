@@ -103,13 +103,15 @@ def epoch_rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, stream])
 
 
-def _reseed_layers(model, seed: int, epoch: int) -> None:
+def _reseed_layers(model, seed: int, epoch: int, rank: int = 0) -> None:
     # Layers that draw random numbers while training (Dropout) keep a Generator in ``rng``;
     # stream 1 + i for the i-th layer of the tree, depth first (its index in a flat model).
+    # Each rank of a distributed run draws its own masks (rank 0 those of one process).
     leaves = [layer for _, layer in model.named_layers() if not layer.children()]
     for index, layer in enumerate(leaves):
         if isinstance(getattr(layer, "rng", None), np.random.Generator):
-            layer.rng = epoch_rng(seed, epoch, 1 + index)
+            layer.rng = epoch_rng(seed, epoch, 1 + index) if not rank else \
+                np.random.default_rng([seed, epoch, 1 + index, rank])
 
 
 class Callback:
@@ -145,12 +147,21 @@ class Loop:
     hits — come back in one device-to-host copy. On the CPU a non-finite loss stops the epoch at
     once; on the GPU at the epoch's end. A non-finite weight after the epoch raises
     :class:`Diverged` before any callback could save it.
+
+    ``distributed`` (a :class:`~numbaconv.training.distributed.Distributed`, CPU only) makes
+    this one rank of a data-parallel run: each global batch of ``settings.batch_size`` is
+    split among the ranks, gradients are summed across them before every update, the test
+    set is split, and the epoch's totals are summed; callbacks see the global numbers.
     """
 
     def __init__(self, model, optimizer, data, settings: Settings, device="cpu",
-                 callbacks: Iterable[Callback] = (), history: list | None = None):
+                 callbacks: Iterable[Callback] = (), history: list | None = None,
+                 distributed=None):
         self.model, self.optimizer, self.settings = model, optimizer, settings
         self.device = get_device(device)
+        self.distributed = distributed
+        if distributed is not None and self.device.is_cuda:
+            raise ValueError("distributed training runs on the CPU, not on cuda")
         self.callbacks = list(callbacks)
         self.history: list[dict] = list(history or [])
         if len(data.train_x) == 0:
@@ -171,6 +182,9 @@ class Loop:
         self.test_y = put(np.asarray(data.test_y, dtype=np.int64))
         # evaluation takes the test set in order: views on the CPU, a gather on a GPU
         self.test_order = put(np.arange(self.n_test)) if self.device.is_cuda else None
+        # the test rows this process evaluates: all, or a rank's share
+        self.test_rows = (0, self.n_test) if distributed is None else \
+            distributed.share(0, self.n_test)
         # an epoch's order and totals live in the same arrays every epoch, so that a GPU's
         # replayed steps find the arrays they were captured with
         self.order = None
@@ -207,11 +221,13 @@ class Loop:
         totals.reset()
         started = time.perf_counter()
         self._train(epoch, totals, loss=0, hits=1)
+        if self.distributed is not None:
+            self.distributed.end_epoch(self.model, epoch)
         self._count_nonfinite_weights(totals, 2)
         self.device.synchronize()
         trained = time.perf_counter()
         self._count_test_hits(totals, 3)
-        loss_sum, hits, nonfinite, test_hits = totals.read()
+        loss_sum, hits, nonfinite, test_hits = self._read(totals)
         evaluated = time.perf_counter()
         self._check(epoch, loss_sum, nonfinite)
         train_seconds = trained - started
@@ -227,8 +243,10 @@ class Loop:
         totals = self.totals
         totals.reset()
         self._train(epoch, totals, loss=0, hits=1)
+        if self.distributed is not None:
+            self.distributed.end_epoch(self.model, epoch)
         self._count_nonfinite_weights(totals, 2)
-        loss_sum, hits, nonfinite, _ = totals.read()
+        loss_sum, hits, nonfinite, _ = self._read(totals)
         self._check(epoch, loss_sum, nonfinite)
         return float(loss_sum) / self.n_train, float(hits) / self.n_train
 
@@ -236,13 +254,23 @@ class Loop:
         """Accuracy on the test set (evaluation mode, batches of :data:`EVAL_BATCH`)."""
         totals = self.device.totals(1)
         self._count_test_hits(totals, 0)
-        return float(totals.read()[0]) / self.n_test
+        return float(self._read(totals)[0]) / self.n_test
+
+    def _read(self, totals) -> np.ndarray:
+        """The totals on the host: this process's, or summed over the ranks (a count of
+        non-finite weights then counts each rank's identical weights once per rank)."""
+        values = totals.read()
+        return values if self.distributed is None else self.distributed.reduce_totals(values)
 
     def _train(self, epoch: int, totals, loss: int, hits: int) -> None:
         settings, device, model = self.settings, self.device, self.model
-        _reseed_layers(model, settings.seed, epoch)
+        rank = 0 if self.distributed is None else self.distributed.rank
+        _reseed_layers(model, settings.seed, epoch, rank)
         order = self._shuffled(epoch_rng(settings.seed, epoch, 0).permutation(self.n_train))
         grads = model.named_grads()
+        if self.distributed is not None:  # the same order on every rank, a share of each batch
+            self.distributed.train_epoch(self, epoch, order, grads, totals, loss, hits)
+            return
         check_each_batch = not device.is_cuda  # a host read per batch costs nothing here
         for batch, start in enumerate(range(0, self.n_train, settings.batch_size), start=1):
             stop = min(start + settings.batch_size, self.n_train)
@@ -275,8 +303,9 @@ class Loop:
             totals.add(index, F.count_nonfinite(value))
 
     def _count_test_hits(self, totals, index: int) -> None:
-        for start in range(0, self.n_test, EVAL_BATCH):
-            stop = min(start + EVAL_BATCH, self.n_test)
+        first, last = self.test_rows
+        for start in range(first, last, EVAL_BATCH):
+            stop = min(start + EVAL_BATCH, last)
             x, y = self.device.take(self.test_x, self.test_y, self.test_order, start, stop)
             logits = self.model.forward(self._resized(x), training=False)
             totals.add(index, F.correct(logits, y))
