@@ -340,12 +340,11 @@ def _train(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, th
                "parameters")
     loop.run(start)
     if distributed is not None and distributed.steps:
-        trained = sum(m["train_seconds"] for m in loop.history[start - 1:])
         per_step = distributed.allreduce_seconds / distributed.steps
-        click.echo(f"communication: {per_step * 1e3:.2f} ms per step in Allreduce "
-                   f"({distributed.gradient_bytes / 1e3:,.0f} kB), "
-                   f"{distributed.allreduce_seconds / trained:.0%} of the training time "
-                   "(rank 0; waiting for slower ranks included)")
+        click.echo(f"communication in the last epoch: {per_step * 1e3:.2f} ms per step in "
+                   f"Allreduce ({distributed.gradient_bytes / 1e3:,.0f} kB), "
+                   f"{distributed.allreduce_seconds / loop.history[-1]['train_seconds']:.0%} "
+                   "of its training time (rank 0, waiting for slower ranks included)")
 
 
 # --------------------------------------------------------------------------- evaluate

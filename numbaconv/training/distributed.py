@@ -180,6 +180,7 @@ class Distributed:
         self.local_rank, self.local_size = self.node.Get_rank(), self.node.Get_size()
         self.host = MPI.Get_processor_name()
         self._flat: _FlatGradients | None = None
+        # the steps of the current (or last) epoch, and the time they spent in Allreduce
         self.steps = 0
         self.allreduce_seconds = 0.0
 
@@ -259,6 +260,7 @@ class Distributed:
         if self._flat is None:
             self._flat = _FlatGradients(grads)
         flat = self._flat
+        self.steps, self.allreduce_seconds = 0, 0.0
         for batch, start in enumerate(range(0, loop.n_train, settings.batch_size), start=1):
             stop = min(start + settings.batch_size, loop.n_train)
             lo, hi = self.share(start, stop)
@@ -465,7 +467,8 @@ def launch(workers: int, rank_command: list[str], threads: int, stdout=None,
 
     A rank that dies without a word (killed by a signal) is reported in one line naming its
     rank and cause instead of MPICH's banner; Ctrl-C here (or SIGINT to this process) ends
-    every rank, prints "Interrupted." and returns 130. :class:`MissingMPI` without MPI.
+    every rank, prints "Interrupted." and returns 130; SIGTERM to this process is passed on
+    to mpiexec, which ends the ranks (status 143). :class:`MissingMPI` without MPI.
     """
     mpiexec = require_mpi()
     stdout = stdout or sys.stdout
@@ -478,11 +481,18 @@ def launch(workers: int, rank_command: list[str], threads: int, stdout=None,
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, errors="replace")
         relays = [_Relay(process.stdout, stdout), _Relay(process.stderr, stderr)]
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        if on_main_thread:
+            previous = signal.signal(signal.SIGTERM,
+                                     lambda signum, frame: process.send_signal(signum))
         try:
             code = process.wait()
         except KeyboardInterrupt:
             interrupted = True
             code = _stop(process)
+        finally:
+            if on_main_thread:
+                signal.signal(signal.SIGTERM, previous)
         for relay in relays:
             relay.thread.join(timeout=5)
         for death in (death for relay in relays for death in relay.deaths):
