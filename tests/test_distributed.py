@@ -237,11 +237,17 @@ def test_a_rank_that_raises_ends_every_rank_with_one_line(tiny, tmp_path):
     assert load(saved).epoch == 1  # the last checkpoint is whole
 
 
-def test_an_error_every_rank_meets_is_reported_once(tiny, tmp_path):
-    result = _numbaconv("run", "lenet", "--data", tmp_path / "nowhere", ranks=2)
+@pytest.mark.parametrize("options, message", [
+    (["--data", "nowhere"], "Error: rank 0: "),
+    (["--workers", "3"], "Error: rank 0: --workers 3 under mpiexec with 2 ranks: give one or "
+                         "the other"),
+])
+def test_an_error_every_rank_meets_is_reported_once(tmp_path, options, message):
+    result = _call([_mpiexec(), "-n", 2, sys.executable, "-m", "numbaconv", "run", "lenet",
+                    *options], cwd=tmp_path)
     assert result.returncode == 1
     lines = _error_lines(result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("Error: rank 0: "), result.stderr
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
 
 
 def test_a_killed_rank_is_named_in_one_line_by_the_launcher(tiny, tmp_path):

@@ -159,26 +159,28 @@ def run(ctx, target, epochs, batch_size, lr, optimizer, seed, data_dir, device, 
     """
     from ..training import distributed as mpi
 
-    ranks = mpi.launched_size()
-    if (workers or 1) > 1 or ranks > 1:
-        if device != "cpu":
-            raise UserError("--workers and mpiexec train on the CPU; --device cuda trains in "
-                            "one process")
-    if ranks == 1 and (workers or 1) > 1:
-        ctx.exit(_launch_workers(ctx, workers, threads))
-    if workers is not None and ranks > 1 and workers != ranks:
-        raise UserError(f"--workers {workers} under mpiexec with {ranks} ranks: give one or "
-                        "the other")
+    on_the_cpu_only = UserError("--workers and mpiexec train on the CPU; --device cuda trains "
+                                "in one process")
     arguments = (target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threads,
                  resize, options, save_path, resume_path, metrics_path, plot_path)
+    ranks = mpi.launched_size()
     if ranks == 1:
+        if (workers or 1) > 1:
+            if device != "cpu":
+                raise on_the_cpu_only
+            ctx.exit(_launch_workers(ctx, workers, threads))
         _train(*arguments, distributed=None)
         return
     try:
         distributed = mpi.Distributed.start()
     except mpi.MissingMPI as error:
         raise UserError(f"mpiexec started {ranks} ranks, but {error}") from None
-    with distributed.session():
+    with distributed.session():  # from here on, one rank reports
+        if device != "cpu":
+            raise on_the_cpu_only
+        if workers is not None and workers != ranks:
+            raise UserError(f"--workers {workers} under mpiexec with {ranks} ranks: give one "
+                            "or the other")
         _train(*arguments, distributed=distributed)
 
 
