@@ -6,6 +6,7 @@ from .containers import CONTAINER_TYPES, Concat, Residual, Sequential, build_lay
 from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Linear
+from .norm import BatchNorm1d, BatchNorm2d
 from .pool import AvgPool2d, MaxPool2d
 from .shape import Flatten
 
@@ -13,6 +14,8 @@ from .shape import Flatten
 LAYER_TYPES: dict[str, type[Layer]] = {
     **{cls.__name__: cls
        for cls in (Conv2d, MaxPool2d, AvgPool2d, Linear, ReLU, Sigmoid, Tanh, Flatten, Dropout)},
+    **{cls.__name__: cls
+       for cls in (BatchNorm1d, BatchNorm2d)},
     **CONTAINER_TYPES,
 }
 
@@ -28,6 +31,8 @@ __all__ = [
     "Tanh",
     "Flatten",
     "Dropout",
+    "BatchNorm1d",
+    "BatchNorm2d",
     "Sequential",
     "Residual",
     "Concat",
