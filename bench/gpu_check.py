@@ -90,7 +90,7 @@ def _kernel_signatures(dt):
     type dt; a convolution kernel's label names its tile shape (TM x TN x BK)."""
     from numba import types
 
-    from numbaconv.kernels.cuda import config, conv, norm, ops, pool
+    from numbaconv.kernels.cuda import adaptive_pool, config, conv, norm, ops, pool
 
     def arr(ndim):
         return types.Array(dt, ndim, "C")
@@ -147,6 +147,9 @@ def _kernel_signatures(dt):
         (norm._count_batch_kernel, (ints(0),)),
         (norm._normalise_kernel, (arr(3), arr(2), arr(3))),
         (norm._input_grad_kernel, (arr(3), arr(3), arr(2), b, arr(3))),
+        (adaptive_pool._avg_forward_kernel, (arr(3), arr(3))),
+        (adaptive_pool._avg_backward_kernel, (arr(3), arr(3))),
+        (adaptive_pool._max_forward_kernel, (arr(3), arr(3), ints(3))),
     ]
     labelled = [(kernel.py_func.__name__, kernel, signature) for kernel, signature in kernels]
     for make, signature in conv_kernels:

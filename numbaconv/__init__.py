@@ -2,7 +2,7 @@
 
     >>> import numbaconv
     >>> model = numbaconv.build_model("lenet", activation="relu", pool="max")
-    >>> {"Conv2d", "BatchNorm2d"} <= set(numbaconv.get_layers())
+    >>> {"Conv2d", "BatchNorm2d", "AdaptiveAvgPool2d"} <= set(numbaconv.get_layers())
     True
 """
 

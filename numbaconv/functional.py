@@ -28,6 +28,7 @@ import numpy as np
 
 from . import shapes
 from .kernels.cpu import activation as cpu_activation
+from .kernels.cpu import adaptive_pool as cpu_adaptive_pool
 from .kernels.cpu import conv as cpu_conv
 from .kernels.cpu import conv_act_pool
 from .kernels.cpu import norm as cpu_norm
@@ -48,6 +49,8 @@ __all__ = [
     "corr2d", "convolve2d",
     "add", "concat_channels", "split_channels", "count_nonfinite",
     "batch_norm", "batch_norm_backward",
+    "adaptive_pool2d_output_shape", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d", "adaptive_max_pool2d_backward",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -1109,3 +1112,164 @@ def batch_norm_backward(grad_y, x, save_mean, save_invstd, weight=None, batch_st
         cpu_norm.batch_norm_backward(g3, x3, *saved, weight, bool(batch_stats),
                                      bool(need_input_grad), grad_x, grad_w, grad_b)
     return (grad_x.reshape(x.shape) if need_input_grad else None), grad_w, grad_b
+
+
+# --------------------------------------------------------------------------- adaptive pooling
+
+def adaptive_output_size(output_size) -> tuple:
+    """``output_size`` of an adaptive pooling as ``(h, w)``: from an int, or a pair whose
+    entries are ints or None (None keeps that input size); sizes are at least 1."""
+    def entry(value, allow_none: bool):
+        if value is None and allow_none:
+            return None
+        return shapes.as_int(value, "output_size", 1)
+
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) != 2:
+            raise TypeError(f"output_size must be an int or a pair of ints or None, got "
+                            f"{output_size!r}")
+        return tuple(entry(v, True) for v in output_size)
+    try:
+        size = entry(output_size, False)
+    except TypeError:
+        raise TypeError(f"output_size must be an int or a pair of ints or None, got "
+                        f"{output_size!r}") from None
+    return (size, size)
+
+
+def adaptive_pool2d_output_shape(input_shape, output_size) -> tuple:
+    """``(N, C, out_h, out_w)`` of an adaptive pooling of an (N, C, H, W) input to
+    ``output_size`` (see :func:`adaptive_output_size`); H and W must be at least 1."""
+    shape = _check_input_shape(input_shape)
+    size = adaptive_output_size(output_size)
+    if min(shape[2:]) < 1:
+        raise ValueError(f"adaptive pooling needs an input of at least 1x1, got shape {shape}")
+    return shape[:2] + tuple(shape[2 + i] if s is None else s for i, s in enumerate(size))
+
+
+def _planes(array, height, width):
+    """A C-contiguous host (N, C, H, W) array as (N * C, H, W)."""
+    return np.ascontiguousarray(array).reshape(-1, height, width)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """2-D adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    Output row ``i`` averages input rows ``floor(i * H / out_h)`` to ``ceil((i + 1) * H /
+    out_h)`` (exclusive), likewise for columns; ``output_size=1`` is the global average.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), float32 or float64
+    output_size : int or (h, w), each an int >= 1 or None (keep the input's size)
+
+    Returns
+    -------
+    y : ndarray (N, C, out_h, out_w), the dtype of ``x``
+    """
+    _check_array(x, "x", 4, "(N, C, H, W)")
+    shape = adaptive_pool2d_output_shape(x.shape, output_size)
+    if _is_device_array(x):
+        return _cuda("adaptive_pool").adaptive_avg_pool2d_forward(x, shape[2:])
+    n, c, height, width = x.shape
+    if shape[2:] == (1, 1):  # global pooling: one pass over each plane
+        y = np.empty(n * c, dtype=x.dtype)
+        cpu_adaptive_pool.global_avg_pool(_planes(x, 1, height * width)[:, 0], y)
+        return y.reshape(shape)
+    y = np.empty((n * c,) + shape[2:], dtype=x.dtype)
+    cpu_adaptive_pool.adaptive_avg_pool(_planes(x, height, width), y)
+    return y.reshape(shape)
+
+
+def _check_adaptive_grad(grad_y, input_shape) -> tuple:
+    _check_array(grad_y, "grad_y", 4, "(N, C, out_h, out_w)")
+    input_shape = _check_input_shape(input_shape)
+    if tuple(grad_y.shape[:2]) != input_shape[:2] or min(input_shape[2:]) < 1 \
+            or min(grad_y.shape[2:]) < 1:
+        raise ValueError(f"grad_y shape {tuple(grad_y.shape)} does not fit input_shape "
+                         f"{input_shape}: N and C must match, and no spatial size be 0")
+    return input_shape
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape):
+    """Gradient of :func:`adaptive_avg_pool2d` with respect to its input.
+
+    Parameters
+    ----------
+    grad_y : ndarray (N, C, out_h, out_w); its spatial size is the forward's output_size
+    input_shape : (N, C, H, W) of the pooled input
+
+    Returns
+    -------
+    grad_x : ndarray (N, C, H, W), the dtype of ``grad_y``
+    """
+    n, c, height, width = _check_adaptive_grad(grad_y, input_shape)
+    if _is_device_array(grad_y):
+        return _cuda("adaptive_pool").adaptive_avg_pool2d_backward(grad_y, (n, c, height,
+                                                                            width))
+    grad_x = np.empty((n * c, height, width), dtype=grad_y.dtype)
+    if tuple(grad_y.shape[2:]) == (1, 1):
+        cpu_adaptive_pool.global_avg_pool_backward(
+            np.ascontiguousarray(grad_y).reshape(n * c), grad_x.reshape(n * c, height * width))
+    else:
+        cpu_adaptive_pool.adaptive_avg_pool_backward(_planes(grad_y, *grad_y.shape[2:]),
+                                                     grad_x)
+    return grad_x.reshape(n, c, height, width)
+
+
+def adaptive_max_pool2d(x, output_size, return_indices=False):
+    """2-D adaptive max pooling, as ``torch.nn.functional.adaptive_max_pool2d``.
+
+    The windows of :func:`adaptive_avg_pool2d`; the first maximum (row-major) wins a tie and
+    a NaN always wins, as in PyTorch.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), float32 or float64
+    output_size : int or (h, w), each an int >= 1 or None (keep the input's size)
+    return_indices : bool, also return the position of each maximum
+
+    Returns
+    -------
+    y : ndarray (N, C, out_h, out_w), and with ``return_indices`` also
+    indices : int64 ndarray (N, C, out_h, out_w), flat ``h * W + w`` inside each (n, c) plane
+        (PyTorch's), which :func:`adaptive_max_pool2d_backward` takes
+    """
+    _check_array(x, "x", 4, "(N, C, H, W)")
+    shape = adaptive_pool2d_output_shape(x.shape, output_size)
+    if _is_device_array(x):
+        y, indices = _cuda("adaptive_pool").adaptive_max_pool2d_forward(x, shape[2:])
+    else:
+        n, c, height, width = x.shape
+        y = np.empty((n * c,) + shape[2:], dtype=x.dtype)
+        indices = np.empty((n * c,) + shape[2:], dtype=np.int64)
+        cpu_adaptive_pool.adaptive_max_pool(_planes(x, height, width), y, indices)
+        y, indices = y.reshape(shape), indices.reshape(shape)
+    return (y, indices) if return_indices else y
+
+
+def adaptive_max_pool2d_backward(grad_y, indices, input_shape):
+    """Gradient of :func:`adaptive_max_pool2d` with respect to its input: each output's
+    gradient goes to its maximum (summed where windows share one).
+
+    Parameters
+    ----------
+    grad_y : ndarray (N, C, out_h, out_w)
+    indices : int64 ndarray (N, C, out_h, out_w), as returned by ``adaptive_max_pool2d``
+    input_shape : (N, C, H, W) of the pooled input
+
+    Returns
+    -------
+    grad_x : ndarray (N, C, H, W), the dtype of ``grad_y``
+    """
+    input_shape = _check_adaptive_grad(grad_y, input_shape)
+    on_device = _check_device(grad_y, {"indices": indices})
+    if not isinstance(indices, np.ndarray) and not on_device:
+        raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
+    if np.dtype(indices.dtype) != np.int64 or tuple(indices.shape) != tuple(grad_y.shape):
+        raise ValueError(f"indices must be int64 with grad_y's shape {tuple(grad_y.shape)}, "
+                         f"got {indices.dtype} {tuple(indices.shape)}")
+    if on_device:
+        return _cuda("pool").max_pool2d_backward(grad_y, indices, input_shape)
+    return cpu_pool.max_pool2d_backward(np.ascontiguousarray(grad_y),
+                                        np.ascontiguousarray(indices), *input_shape[2:])
