@@ -175,13 +175,14 @@ def test_module_entry_point_and_help():
         assert command in out
 
 
-def test_the_example_plugin_model_trains_from_the_cli(data_dir, tmp_path):
-    if "lenet-bn" not in invoke("models").output:
+@pytest.mark.parametrize("model", ["lenet-bn", "lenet-lrn"])
+def test_batch_norm_and_the_example_plugin_models_train_from_the_cli(data_dir, tmp_path, model):
+    if model not in invoke("models").output:  # lenet-lrn comes with the example plugin
         if os.environ.get("CI"):  # CI installs it: there, its absence is a failure
-            pytest.fail("the example plugin numbaconv-batchnorm is not installed")
-        pytest.skip("the example plugin numbaconv-batchnorm is not installed")
+            pytest.fail("the example plugin numbaconv-lrn is not installed")
+        pytest.skip("the example plugin numbaconv-lrn is not installed")
     saved = tmp_path / "bn.npz"
-    result = invoke("run", "lenet-bn", "--data", data_dir, *FAST, "--save", saved)
+    result = invoke("run", model, "--data", data_dir, *FAST, "--save", saved)
     assert result.exit_code == 0, result.output
     assert "epoch 1/1" in result.output
     evaluated = invoke("evaluate", saved, "--data", data_dir)

@@ -1,22 +1,30 @@
-"""``lenet-bn``: LeNet with batch normalization, as "Dive into Deep Learning" builds it (8.5)."""
+"""``lenet-bn``: LeNet with batch normalization, as "Dive into Deep Learning" builds it
+(section 8.5 of the second edition, 7.5 of the first)."""
 
 from __future__ import annotations
 
-from numbaconv import Sequential
-from numbaconv.init import as_generator, xavier_uniform_weights_
-from numbaconv.layers import AvgPool2d, Conv2d, Flatten, Linear, Sigmoid
-
-from .layers import BatchNorm1d, BatchNorm2d
+from ..init import as_generator, xavier_uniform_weights_
+from ..layers import (
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Flatten,
+    Linear,
+    Sequential,
+    Sigmoid,
+)
 
 __all__ = ["TRAIN_DEFAULTS", "lenet_bn"]
 
-#: D2L 8.5's recipe: ``Trainer(max_epochs=10)``, ``FashionMNIST(batch_size=128)``,
-#: ``BNLeNet(lr=0.1)`` with its default SGD.
+#: D2L's recipe: ``BNLeNet(lr=0.1)`` with its default SGD, ``FashionMNIST(batch_size=128)``,
+#: ``Trainer(max_epochs=10)``.
 TRAIN_DEFAULTS = {"optimizer": "sgd", "lr": 0.1, "batch_size": 128, "epochs": 10}
 
 
 def lenet_bn(num_classes: int = 10, rng=None) -> Sequential:
-    """LeNet-5 with batch normalization (D2L 8.5) for 1x28x28 images.
+    """LeNet-5 with batch normalization after every convolution and hidden linear layer, for
+    1x28x28 images.
 
     Conv 1->6 5x5, BatchNorm2d, sigmoid, avg-pool 2x2; Conv 6->16 5x5, BatchNorm2d, sigmoid,
     avg-pool 2x2; Flatten (16*4*4 = 256); Linear 256->120, BatchNorm1d, sigmoid; Linear
