@@ -1,8 +1,14 @@
 """numbaconv's own layers and models, registered through the same hooks as any plugin."""
 
+from importlib import import_module
+
 from ..layers import LAYER_TYPES
 from ..models.lenet import TRAIN_DEFAULTS, lenet
 from .hookspecs import hookimpl
+
+#: D2L's chapter 7 models: (registry name, module of numbaconv.models, factory). Each module
+#: holds D2L's recipe (TRAIN_DEFAULTS) and the side it resizes the images to (INPUT_SIZE).
+ZOO = (("alexnet", "alexnet", "alexnet"), ("vgg11", "vgg", "vgg11"))
 
 
 @hookimpl
@@ -14,3 +20,7 @@ def register_layers(register):
 @hookimpl
 def register_models(register):
     register("lenet", lenet, train_defaults=TRAIN_DEFAULTS)
+    for name, module_name, factory in ZOO:
+        module = import_module(f"numbaconv.models.{module_name}")
+        register(name, getattr(module, factory), train_defaults=module.TRAIN_DEFAULTS,
+                 input_size=module.INPUT_SIZE)
