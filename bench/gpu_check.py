@@ -90,7 +90,7 @@ def _kernel_signatures(dt):
     type dt; a convolution kernel's label names its tile shape (TM x TN x BK)."""
     from numba import types
 
-    from numbaconv.kernels.cuda import config, conv, ops, pool
+    from numbaconv.kernels.cuda import adaptive_pool, config, conv, norm, ops, pool
 
     def arr(ndim):
         return types.Array(dt, ndim, "C")
@@ -103,6 +103,7 @@ def _kernel_signatures(dt):
 
     i, b = types.int64, types.boolean
     cross_entropy_mean, correct_count, nonfinite_count = ops._row_sums_kernels()
+    batch_stats, grad_sums = norm._reduction_kernels()
     table = types.Array(types.int32, 2, "C")
     # the narrowest tile shape conv.pick_tiles chooses and each pass's wide one
     conv_tiles = sorted({conv.Tiles(1, 1, config.CONV_SIDE).key(),
@@ -138,6 +139,17 @@ def _kernel_signatures(dt):
         (pool._max_pool_backward_plane_kernel, (arr(2), ints(2), arr(2))),
         (pool._avg_pool_forward_kernel, (arr(3), arr(3)) + (i,) * 6 + (b, i)),
         (pool._avg_pool_backward_kernel, (arr(3), arr(3)) + (i,) * 6 + (b, i)),
+        (batch_stats, (arr(3), arr(1), arr(1), b, b, types.float64, f64(1), f64(1), arr(2),
+                       arr(1), arr(1), ints(0), b, b, types.float64)),
+        (grad_sums, (arr(3), arr(3), f64(1), f64(1), arr(1), b, b, arr(1), arr(1), arr(2))),
+        (norm._fixed_stats_kernel, (arr(1), arr(1), arr(1), arr(1), b, b, types.float64,
+                                    f64(1), f64(1), arr(2))),
+        (norm._count_batch_kernel, (ints(0),)),
+        (norm._normalise_kernel, (arr(3), arr(2), arr(3))),
+        (norm._input_grad_kernel, (arr(3), arr(3), arr(2), b, arr(3))),
+        (adaptive_pool._avg_forward_kernel, (arr(3), arr(3))),
+        (adaptive_pool._avg_backward_kernel, (arr(3), arr(3))),
+        (adaptive_pool._max_forward_kernel, (arr(3), arr(3), ints(3))),
     ]
     labelled = [(kernel.py_func.__name__, kernel, signature) for kernel, signature in kernels]
     for make, signature in conv_kernels:
@@ -241,7 +253,9 @@ def _pretend_device(cc: tuple[int, int]) -> None:
 # Kernels whose float32 versions compute in float64 on purpose: the loss and the hits summed
 # over a batch, the epoch's running totals, Adam's bias corrections (once per thread).
 FLOAT64_BY_DESIGN = {"cross_entropy_mean", "correct_count", "nonfinite_count",
-                     "_accumulate_kernel", "_adam_kernel"}
+                     "_accumulate_kernel", "_adam_kernel",
+                     # batch norm's per-channel statistics
+                     "batch_stats", "grad_sums", "_fixed_stats_kernel"}
 
 
 def ptx_check(cc_text: str, max_registers: int | None = None,

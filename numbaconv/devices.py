@@ -104,7 +104,7 @@ class Device:
                 return array
             from numba import cuda
 
-            return cuda.to_device(np.ascontiguousarray(array))
+            return cuda.to_device(np.asarray(array, order="C"))  # a 0-d array stays 0-d
         return self.get(array)
 
     def get(self, array) -> np.ndarray:
@@ -217,4 +217,4 @@ def copy_into(target, values) -> None:
             raise TypeError(f"cannot copy {values.dtype} values into a {target.dtype} array")
         target.copy_to_device(values)
     else:
-        target.copy_to_device(np.ascontiguousarray(values, dtype=target.dtype))
+        target.copy_to_device(np.asarray(values, dtype=target.dtype, order="C"))

@@ -28,8 +28,10 @@ import numpy as np
 
 from . import shapes
 from .kernels.cpu import activation as cpu_activation
+from .kernels.cpu import adaptive_pool as cpu_adaptive_pool
 from .kernels.cpu import conv as cpu_conv
 from .kernels.cpu import conv_act_pool
+from .kernels.cpu import norm as cpu_norm
 from .kernels.cpu import pool as cpu_pool
 from .kernels.cpu.dense import matmul_acc
 from .kernels.cuda.device import is_device_array as _is_device_array
@@ -46,6 +48,9 @@ __all__ = [
     "cross_entropy", "cross_entropy_backward", "correct",
     "corr2d", "convolve2d",
     "add", "concat_channels", "split_channels", "count_nonfinite",
+    "batch_norm", "batch_norm_backward",
+    "adaptive_pool2d_output_shape", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d", "adaptive_max_pool2d_backward",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -920,3 +925,351 @@ def count_nonfinite(array):
         return _cuda().count_nonfinite(array)
     array = np.asarray(array)
     return np.array(array.size - np.count_nonzero(np.isfinite(array)), dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- batch norm
+
+def _channels_of(x, name: str = "x") -> tuple[int, int, int]:
+    """``(N, C, L)`` of x (N, C, *rest), after checking it; L is 1 for (N, C)."""
+    _check_array(x, name, None, "(N, C, ...)")
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have shape (N, C, ...) with at least 2 dimensions, got "
+                         f"shape {tuple(x.shape)}")
+    n, c = (int(s) for s in x.shape[:2])
+    return n, c, int(np.prod(x.shape[2:], dtype=np.int64))
+
+
+def _check_per_channel(x, channels: int, **arrays) -> None:
+    """Each given array is (C,), of x's dtype and on x's device."""
+    for name, array in arrays.items():
+        if array is None:
+            continue
+        _check_array(array, name, 1, f"(C,) = ({channels},)")
+        if tuple(array.shape) != (channels,):
+            raise ValueError(f"{name} must have shape ({channels},) for x of shape "
+                             f"{tuple(x.shape)}, got {tuple(array.shape)}")
+        _check_same_dtype(x, "x", array, name)
+        _check_device(x, {name: array})
+
+
+def _check_count(x, num_batches_tracked) -> None:
+    if num_batches_tracked is None:
+        return
+    if not isinstance(num_batches_tracked, np.ndarray) and \
+            not _is_device_array(num_batches_tracked):
+        raise TypeError(f"num_batches_tracked must be a 0-d int64 array, got "
+                        f"{type(num_batches_tracked).__name__}")
+    if tuple(num_batches_tracked.shape) != () or \
+            np.dtype(num_batches_tracked.dtype) != np.int64:
+        raise ValueError(f"num_batches_tracked must be a 0-d int64 array, got "
+                         f"{num_batches_tracked.dtype} of shape "
+                         f"{tuple(num_batches_tracked.shape)}")
+    _check_device(x, {"num_batches_tracked": num_batches_tracked})
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, num_batches_tracked=None):
+    """Batch normalization per channel, as ``torch.nn.functional.batch_norm`` (with the
+    running-statistics bookkeeping of ``torch.nn.BatchNorm2d``).
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel, with the batch's mean
+    and biased variance over N and the other axes when ``training``, else the running ones.
+
+    Parameters
+    ----------
+    x : ndarray (N, C) or (N, C, *spatial), float32 or float64
+    running_mean, running_var : (C,) arrays of x's dtype on x's device, or None. With
+        ``training`` they are updated in place (when given): ``running = (1 - momentum) *
+        running + momentum * batch``, with the batch's *unbiased* variance. Without
+        ``training`` x is normalised by them (both required).
+    weight, bias : (C,) or None (scale 1, shift 0)
+    training : bool, normalise by the batch's statistics (more than one value per channel)
+    momentum : float in [0, 1], or None for the cumulative average (momentum
+        ``1 / num_batches_tracked``, counting this batch)
+    eps : non-negative float added to the variance
+    num_batches_tracked : 0-d int64 array on x's device, or None. With ``training`` and the
+        running statistics it is incremented in place; ``momentum=None`` needs it.
+
+    Returns
+    -------
+    (y, save_mean, save_invstd) : y with x's shape and dtype; the float64 (C,) mean and
+        ``1 / sqrt(var + eps)`` that normalised x, on x's device, for
+        :func:`batch_norm_backward`
+    """
+    n, channels, length = _channels_of(x)
+    _check_per_channel(x, channels, running_mean=running_mean, running_var=running_var,
+                       weight=weight, bias=bias)
+    _check_count(x, num_batches_tracked)
+    if isinstance(eps, bool) or not float(eps) >= 0.0:
+        raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+    eps = float(eps)
+    update = False
+    if training:
+        if n * length <= 1:
+            raise ValueError(f"batch norm needs more than 1 value per channel when training, "
+                             f"got input of shape {tuple(x.shape)}")
+        if (running_mean is None) != (running_var is None):
+            raise ValueError("give both running_mean and running_var, or neither")
+        update = running_mean is not None
+        if momentum is None:
+            if update and num_batches_tracked is None:
+                raise ValueError("momentum=None (the cumulative average) needs "
+                                 "num_batches_tracked")
+        elif isinstance(momentum, bool) or not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
+    elif running_mean is None or running_var is None:
+        raise ValueError("batch_norm with training=False needs running_mean and running_var")
+    if _is_device_array(x):
+        y, mean, invstd = _cuda("norm").batch_norm_forward(
+            x.reshape(n, channels, length), weight, bias, running_mean, running_var,
+            num_batches_tracked, bool(training), momentum, eps)
+        return y.reshape(x.shape), mean, invstd
+    x3 = np.ascontiguousarray(x).reshape(n, channels, length)
+    weight = np.ones(channels, x.dtype) if weight is None else np.ascontiguousarray(weight)
+    bias = np.zeros(channels, x.dtype) if bias is None else np.ascontiguousarray(bias)
+    y = np.empty_like(x3)
+    invstd = np.empty(channels, dtype=np.float64)
+    rows = length == 1  # (N, C): kernels that run along the rows
+    if training:
+        mean = np.empty(channels, dtype=np.float64)
+        var = np.empty(channels, dtype=np.float64)
+        if rows:
+            cpu_norm.batch_norm_rows_forward_batch_stats(x3[:, :, 0], weight, bias, eps,
+                                                         y[:, :, 0], mean, var, invstd)
+        else:
+            cpu_norm.batch_norm_forward_batch_stats(x3, weight, bias, eps, y, mean, var,
+                                                    invstd)
+        if update:
+            if num_batches_tracked is not None:
+                num_batches_tracked += 1
+            factor = 1.0 / int(num_batches_tracked) if momentum is None else float(momentum)
+            count = n * length
+            running_mean[...] = (1.0 - factor) * running_mean + factor * mean
+            running_var[...] = (1.0 - factor) * running_var \
+                + factor * (var * (count / (count - 1)))
+    else:
+        mean = np.asarray(running_mean, dtype=np.float64).copy()
+        stats = (np.ascontiguousarray(running_mean), np.ascontiguousarray(running_var))
+        if rows:
+            cpu_norm.batch_norm_rows_forward_fixed_stats(x3[:, :, 0], weight, bias, eps, *stats,
+                                                         y[:, :, 0], invstd)
+        else:
+            cpu_norm.batch_norm_forward_fixed_stats(x3, weight, bias, eps, *stats, y, invstd)
+    return y.reshape(x.shape), mean, invstd
+
+
+def batch_norm_backward(grad_y, x, save_mean, save_invstd, weight=None, batch_stats=True,
+                        need_input_grad=True, *, grad_weight=None, grad_bias=None):
+    """Gradients of :func:`batch_norm` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    grad_y : ndarray of x's shape, the gradient at batch_norm's output
+    x, weight : as given to :func:`batch_norm`
+    save_mean, save_invstd : the float64 (C,) arrays :func:`batch_norm` returned
+    batch_stats : bool, whether the forward normalised by the batch's own statistics (its
+        ``training``); their dependence on x then enters grad_x
+    need_input_grad : bool, default True. False returns None for grad_x (a first layer).
+    grad_weight, grad_bias : (C,) arrays to write the gradients into (a layer's ``grads``), or
+        None for new ones; as :func:`conv2d_backward`'s.
+
+    Returns
+    -------
+    (grad_x, grad_weight, grad_bias) : x's shape, (C,) and (C,), x's dtype (the parameter
+        gradients whether or not the forward had a weight and a bias)
+    """
+    n, channels, length = _channels_of(x)
+    _check_like(grad_y, "grad_y", x, "x")
+    _check_per_channel(x, channels, weight=weight)
+    _check_outputs(x, grad_weight=(grad_weight, (channels,)), grad_bias=(grad_bias, (channels,)))
+    on_device = _is_device_array(x)
+    saved = []
+    for name, array in (("save_mean", save_mean), ("save_invstd", save_invstd)):
+        _check_device(x, {name: array})
+        if tuple(np.shape(array)) != (channels,):
+            raise ValueError(f"{name} must have shape ({channels},) for x of shape "
+                             f"{tuple(x.shape)}, got {tuple(array.shape)}")
+        if on_device and np.dtype(array.dtype) != np.float64:
+            raise TypeError(f"{name} must be float64, as batch_norm returns it, got "
+                            f"{array.dtype}")
+        saved.append(array if on_device else np.ascontiguousarray(array, dtype=np.float64))
+    if on_device:
+        grad_x, grad_w, grad_b = _cuda("norm").batch_norm_backward(
+            grad_y.reshape(n, channels, length), x.reshape(n, channels, length), *saved,
+            weight, bool(batch_stats), bool(need_input_grad), grad_weight, grad_bias)
+        return (None if grad_x is None else grad_x.reshape(x.shape)), grad_w, grad_b
+    x3 = np.ascontiguousarray(x).reshape(n, channels, length)
+    g3 = np.ascontiguousarray(grad_y).reshape(n, channels, length)
+    weight = np.ones(channels, x.dtype) if weight is None else np.ascontiguousarray(weight)
+    grad_x = np.empty_like(x3) if need_input_grad else np.empty((0, 0, 1), dtype=x.dtype)
+    grad_w = np.empty(channels, dtype=x.dtype) if grad_weight is None else grad_weight
+    grad_b = np.empty(channels, dtype=x.dtype) if grad_bias is None else grad_bias
+    if length == 1:  # (N, C)
+        cpu_norm.batch_norm_rows_backward(g3[:, :, 0], x3[:, :, 0], *saved, weight,
+                                          bool(batch_stats), bool(need_input_grad),
+                                          grad_x[:, :, 0], grad_w, grad_b)
+    else:
+        cpu_norm.batch_norm_backward(g3, x3, *saved, weight, bool(batch_stats),
+                                     bool(need_input_grad), grad_x, grad_w, grad_b)
+    return (grad_x.reshape(x.shape) if need_input_grad else None), grad_w, grad_b
+
+
+# --------------------------------------------------------------------------- adaptive pooling
+
+def adaptive_output_size(output_size) -> tuple:
+    """``output_size`` of an adaptive pooling as ``(h, w)``: from an int, or a pair whose
+    entries are ints or None (None keeps that input size); sizes are at least 1."""
+    def entry(value, allow_none: bool):
+        if value is None and allow_none:
+            return None
+        return shapes.as_int(value, "output_size", 1)
+
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) != 2:
+            raise TypeError(f"output_size must be an int or a pair of ints or None, got "
+                            f"{output_size!r}")
+        return tuple(entry(v, True) for v in output_size)
+    try:
+        size = entry(output_size, False)
+    except TypeError:
+        raise TypeError(f"output_size must be an int or a pair of ints or None, got "
+                        f"{output_size!r}") from None
+    return (size, size)
+
+
+def adaptive_pool2d_output_shape(input_shape, output_size) -> tuple:
+    """``(N, C, out_h, out_w)`` of an adaptive pooling of an (N, C, H, W) input to
+    ``output_size`` (see :func:`adaptive_output_size`); H and W must be at least 1."""
+    shape = _check_input_shape(input_shape)
+    size = adaptive_output_size(output_size)
+    if min(shape[2:]) < 1:
+        raise ValueError(f"adaptive pooling needs an input of at least 1x1, got shape {shape}")
+    return shape[:2] + tuple(shape[2 + i] if s is None else s for i, s in enumerate(size))
+
+
+def _planes(array, height, width):
+    """A C-contiguous host (N, C, H, W) array as (N * C, H, W)."""
+    return np.ascontiguousarray(array).reshape(-1, height, width)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """2-D adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    Output row ``i`` averages input rows ``floor(i * H / out_h)`` to ``ceil((i + 1) * H /
+    out_h)`` (exclusive), likewise for columns; ``output_size=1`` is the global average.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), float32 or float64
+    output_size : int or (h, w), each an int >= 1 or None (keep the input's size)
+
+    Returns
+    -------
+    y : ndarray (N, C, out_h, out_w), the dtype of ``x``
+    """
+    _check_array(x, "x", 4, "(N, C, H, W)")
+    shape = adaptive_pool2d_output_shape(x.shape, output_size)
+    if _is_device_array(x):
+        return _cuda("adaptive_pool").adaptive_avg_pool2d_forward(x, shape[2:])
+    n, c, height, width = x.shape
+    if shape[2:] == (1, 1):  # global pooling: one pass over each plane
+        y = np.empty(n * c, dtype=x.dtype)
+        cpu_adaptive_pool.global_avg_pool(_planes(x, 1, height * width)[:, 0], y)
+        return y.reshape(shape)
+    y = np.empty((n * c,) + shape[2:], dtype=x.dtype)
+    cpu_adaptive_pool.adaptive_avg_pool(_planes(x, height, width), y)
+    return y.reshape(shape)
+
+
+def _check_adaptive_grad(grad_y, input_shape) -> tuple:
+    _check_array(grad_y, "grad_y", 4, "(N, C, out_h, out_w)")
+    input_shape = _check_input_shape(input_shape)
+    if tuple(grad_y.shape[:2]) != input_shape[:2] or min(input_shape[2:]) < 1 \
+            or min(grad_y.shape[2:]) < 1:
+        raise ValueError(f"grad_y shape {tuple(grad_y.shape)} does not fit input_shape "
+                         f"{input_shape}: N and C must match, and no spatial size be 0")
+    return input_shape
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape):
+    """Gradient of :func:`adaptive_avg_pool2d` with respect to its input.
+
+    Parameters
+    ----------
+    grad_y : ndarray (N, C, out_h, out_w); its spatial size is the forward's output_size
+    input_shape : (N, C, H, W) of the pooled input
+
+    Returns
+    -------
+    grad_x : ndarray (N, C, H, W), the dtype of ``grad_y``
+    """
+    n, c, height, width = _check_adaptive_grad(grad_y, input_shape)
+    if _is_device_array(grad_y):
+        return _cuda("adaptive_pool").adaptive_avg_pool2d_backward(grad_y, (n, c, height,
+                                                                            width))
+    grad_x = np.empty((n * c, height, width), dtype=grad_y.dtype)
+    if tuple(grad_y.shape[2:]) == (1, 1):
+        cpu_adaptive_pool.global_avg_pool_backward(
+            np.ascontiguousarray(grad_y).reshape(n * c), grad_x.reshape(n * c, height * width))
+    else:
+        cpu_adaptive_pool.adaptive_avg_pool_backward(_planes(grad_y, *grad_y.shape[2:]),
+                                                     grad_x)
+    return grad_x.reshape(n, c, height, width)
+
+
+def adaptive_max_pool2d(x, output_size, return_indices=False):
+    """2-D adaptive max pooling, as ``torch.nn.functional.adaptive_max_pool2d``.
+
+    The windows of :func:`adaptive_avg_pool2d`; the first maximum (row-major) wins a tie and
+    a NaN always wins, as in PyTorch.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), float32 or float64
+    output_size : int or (h, w), each an int >= 1 or None (keep the input's size)
+    return_indices : bool, also return the position of each maximum
+
+    Returns
+    -------
+    y : ndarray (N, C, out_h, out_w), and with ``return_indices`` also
+    indices : int64 ndarray (N, C, out_h, out_w), flat ``h * W + w`` inside each (n, c) plane
+        (PyTorch's), which :func:`adaptive_max_pool2d_backward` takes
+    """
+    _check_array(x, "x", 4, "(N, C, H, W)")
+    shape = adaptive_pool2d_output_shape(x.shape, output_size)
+    if _is_device_array(x):
+        y, indices = _cuda("adaptive_pool").adaptive_max_pool2d_forward(x, shape[2:])
+    else:
+        n, c, height, width = x.shape
+        y = np.empty((n * c,) + shape[2:], dtype=x.dtype)
+        indices = np.empty((n * c,) + shape[2:], dtype=np.int64)
+        cpu_adaptive_pool.adaptive_max_pool(_planes(x, height, width), y, indices)
+        y, indices = y.reshape(shape), indices.reshape(shape)
+    return (y, indices) if return_indices else y
+
+
+def adaptive_max_pool2d_backward(grad_y, indices, input_shape):
+    """Gradient of :func:`adaptive_max_pool2d` with respect to its input: each output's
+    gradient goes to its maximum (summed where windows share one).
+
+    Parameters
+    ----------
+    grad_y : ndarray (N, C, out_h, out_w)
+    indices : int64 ndarray (N, C, out_h, out_w), as returned by ``adaptive_max_pool2d``
+    input_shape : (N, C, H, W) of the pooled input
+
+    Returns
+    -------
+    grad_x : ndarray (N, C, H, W), the dtype of ``grad_y``
+    """
+    input_shape = _check_adaptive_grad(grad_y, input_shape)
+    on_device = _check_device(grad_y, {"indices": indices})
+    if not isinstance(indices, np.ndarray) and not on_device:
+        raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
+    if np.dtype(indices.dtype) != np.int64 or tuple(indices.shape) != tuple(grad_y.shape):
+        raise ValueError(f"indices must be int64 with grad_y's shape {tuple(grad_y.shape)}, "
+                         f"got {indices.dtype} {tuple(indices.shape)}")
+    if on_device:
+        return _cuda("pool").max_pool2d_backward(grad_y, indices, input_shape)
+    return cpu_pool.max_pool2d_backward(np.ascontiguousarray(grad_y),
+                                        np.ascontiguousarray(indices), *input_shape[2:])

@@ -4,6 +4,8 @@ from importlib import import_module
 
 from ..layers import LAYER_TYPES
 from ..models.lenet import TRAIN_DEFAULTS, lenet
+from ..models.lenet_bn import TRAIN_DEFAULTS as LENET_BN_DEFAULTS
+from ..models.lenet_bn import lenet_bn
 from .hookspecs import hookimpl
 
 #: D2L's chapter 7 models: (registry name, module of numbaconv.models, factory). Each module
@@ -20,6 +22,8 @@ def register_layers(register):
 @hookimpl
 def register_models(register):
     register("lenet", lenet, train_defaults=TRAIN_DEFAULTS)
+    register("lenet-bn", lenet_bn, train_defaults=LENET_BN_DEFAULTS,
+             description="LeNet-5 with batch normalization (D2L 8.5), 1x28x28 inputs")
     for name, module_name, factory in ZOO:
         module = import_module(f"numbaconv.models.{module_name}")
         register(name, getattr(module, factory), train_defaults=module.TRAIN_DEFAULTS,

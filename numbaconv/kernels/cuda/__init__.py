@@ -38,6 +38,9 @@ _LAZY = {
             "accumulate", "take_rows", "dropout_forward", "add", "multiply", "concat_channels",
             "split_channels", "pool2x2_forward", "act_pool2x2_backward", "sgd_step",
             "adam_step", "sum_over_batch_and_space"),
+    "norm": ("batch_norm_forward", "batch_norm_backward"),
+    "adaptive_pool": ("adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
+                      "adaptive_max_pool2d_forward"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -115,7 +115,7 @@ def to_device(array, dtype=None):
         if dtype is None or np.dtype(dtype) == np.dtype(array.dtype):
             return array
         array = to_host(array)
-    return cuda.to_device(np.ascontiguousarray(array, dtype=dtype))
+    return cuda.to_device(np.asarray(array, dtype=dtype, order="C"))  # 0-d stays 0-d
 
 
 def to_host(array) -> np.ndarray:
