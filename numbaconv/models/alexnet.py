@@ -15,7 +15,7 @@ INPUT_SIZE = 224
 
 def alexnet(num_classes: int = 10, in_channels: int = 1, input_size: int = INPUT_SIZE,
             rng=None) -> Sequential:
-    """D2L's AlexNet for ``(N, in_channels, input_size, input_size)`` images.
+    """D2L's AlexNet for ``(N, in_channels, input_size, input_size)`` images (D2L: 224).
 
     Conv 96 11x11 stride 4 pad 1, ReLU, max-pool 3 stride 2; Conv 256 5x5 pad 2, ReLU,
     max-pool 3/2; Conv 384, 384, 256 3x3 pad 1 with ReLUs; max-pool 3/2; Flatten; Linear 4096,

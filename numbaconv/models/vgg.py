@@ -28,8 +28,10 @@ def vgg_block(num_convs: int, in_channels: int, out_channels: int, rng) -> Seque
 
 def vgg11(ratio: int = 4, num_classes: int = 10, in_channels: int = 1,
           input_size: int = INPUT_SIZE, rng=None) -> Sequential:
-    """D2L's VGG-11 with every block's channels divided by ``ratio`` (D2L trains with 4; 1 is
-    VGG-11 itself), for ``(N, in_channels, input_size, input_size)`` images.
+    """D2L's VGG-11, its channels divided by ``ratio`` (D2L: 4), for images of ``input_size``.
+
+    ``ratio=1`` is VGG-11 itself; the images are ``(N, in_channels, input_size, input_size)``
+    (D2L: 224).
 
     Five :func:`vgg_block` s (1, 1, 2, 2, 2 convolutions of 64, 128, 256, 512, 512 channels
     // ``ratio``); Flatten; Linear 4096, ReLU, Dropout 0.5, Linear 4096, ReLU, Dropout 0.5,

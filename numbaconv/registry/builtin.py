@@ -10,7 +10,9 @@ from .hookspecs import hookimpl
 
 #: D2L's chapter 7 models: (registry name, module of numbaconv.models, factory). Each module
 #: holds D2L's recipe (TRAIN_DEFAULTS) and the side it resizes the images to (INPUT_SIZE).
-ZOO = (("alexnet", "alexnet", "alexnet"), ("vgg11", "vgg", "vgg11"))
+ZOO = (("alexnet", "alexnet", "alexnet"), ("vgg11", "vgg", "vgg11"), ("nin", "nin", "nin"),
+       ("googlenet", "googlenet", "googlenet"), ("resnet18", "resnet", "resnet18"),
+       ("densenet", "densenet", "densenet"))
 
 
 @hookimpl
