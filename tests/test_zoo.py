@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import numbaconv
-from numbaconv.layers import Dropout
+from numbaconv.layers import Dropout, build_layer, layer_spec
 from numbaconv.layers.containers import format_summary, summary
 from numbaconv.models import check_input_size, smallest_input
 from numbaconv.registry import get_model
@@ -257,3 +257,13 @@ def test_numbaconv_summary_shows_the_tree_of_a_zoo_model():
     assert any(line.split()[:2] == ["1.0.0", "Residual"] for line in lines)
     assert any(line.split()[:2] == ["1.0.0.body.1", "BatchNorm2d"] for line in lines)
     assert lines[-1].split()[:2] == ["Total", "11,178,378"]
+
+
+@pytest.mark.parametrize("name", ["nin", "googlenet", "resnet18", "densenet"])
+def test_a_zoo_model_rebuilds_from_its_spec_as_checkpoints_do(name):
+    model = numbaconv.build_model(name, rng=0)
+    rebuilt = build_layer(layer_spec(model))
+    assert layer_spec(rebuilt) == layer_spec(model)
+    rebuilt.load_state_dict(model.state_dict())
+    x = np.random.default_rng(0).standard_normal((2, 1, 67, 67)).astype(np.float32)
+    np.testing.assert_array_equal(rebuilt.forward(x), model.forward(x))
