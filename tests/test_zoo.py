@@ -267,3 +267,22 @@ def test_a_zoo_model_rebuilds_from_its_spec_as_checkpoints_do(name):
     rebuilt.load_state_dict(model.state_dict())
     x = np.random.default_rng(0).standard_normal((2, 1, 67, 67)).astype(np.float32)
     np.testing.assert_array_equal(rebuilt.forward(x), model.forward(x))
+
+
+@pytest.mark.parametrize("input_size", [0, 2.5, True, "96"])
+def test_a_plugin_registering_a_model_with_a_bad_input_size_is_an_error(input_size):
+    from numbaconv.registry import manager
+    from numbaconv.registry.hookspecs import hookimpl
+
+    class Plugin:
+        @hookimpl
+        def register_models(self, register):
+            register("zoo-test-model", numbaconv.models.lenet, input_size=input_size)
+
+    manager.pm.register(Plugin(), name="zoo-test-plugin")
+    try:
+        with pytest.raises(manager.RegistryError, match="'zoo-test-plugin' registered model "
+                                                        "'zoo-test-model' with input_size"):
+            manager.model_entries()
+    finally:
+        manager.pm.unregister(name="zoo-test-plugin")
