@@ -24,7 +24,11 @@ def register_layers(register):
 
 @hookspec
 def register_models(register):
-    """Register models: ``register("name", factory)``; ``factory(**options)`` -> Sequential."""
+    """Register models: ``register("name", factory)``; ``factory(**options)`` -> Sequential.
+
+    Optional keywords: ``description``, ``train_defaults`` (``numbaconv run``'s defaults: a
+    dict of optimizer, lr, batch_size, epochs) and ``input_size`` (the side the model's recipe
+    resizes the images to)."""
 
 
 @hookspec

@@ -47,13 +47,17 @@ class UnknownNameError(KeyError):
 @dataclass(frozen=True)
 class ModelEntry:
     """A registered model: ``factory(**options)`` builds a ``Sequential``; ``description`` is one
-    line of plain text (reST markup stripped)."""
+    line of plain text (reST markup stripped). ``train_defaults`` are ``numbaconv run``'s
+    defaults for it (:data:`numbaconv.network.TRAIN_KEYS`); ``input_size``, when set, is the
+    side its recipe resizes the images to (D2L's 224 for AlexNet), ``None`` for the data's
+    own size."""
 
     name: str
     factory: object
     plugin: str
     description: str = ""
     train_defaults: dict = field(default_factory=dict)
+    input_size: int | None = None
 
 
 class PluginWarning(UserWarning):
@@ -217,13 +221,18 @@ def model_entries() -> dict[str, ModelEntry]:
     owners: dict[str, str] = {}
 
     def make_register(plugin):
-        def register(name, factory, *, description="", train_defaults=None):
+        def register(name, factory, *, description="", train_defaults=None, input_size=None):
             if not callable(factory):
                 raise RegistryError(f"plugin {plugin!r} registered model {name!r} with a "
                                     f"factory that is not callable: {factory!r}")
+            if input_size is not None and (isinstance(input_size, bool)
+                                           or not isinstance(input_size, int) or input_size < 1):
+                raise RegistryError(f"plugin {plugin!r} registered model {name!r} with "
+                                    f"input_size {input_size!r}; it must be a positive int")
             _claim("model", registry, name, plugin, owners)
             doc = plain_text(description) if description else first_line(factory)
-            registry[name] = ModelEntry(name, factory, plugin, doc, dict(train_defaults or {}))
+            registry[name] = ModelEntry(name, factory, plugin, doc, dict(train_defaults or {}),
+                                        input_size)
         return register
 
     _collect("register_models", registry, owners, make_register)
