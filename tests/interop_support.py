@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -12,7 +13,7 @@ def require(module: str, extra: str):
     """Import ``module``, or skip the calling test; with ``CI`` set a missing module fails
     (``.ci/run`` installs the extras)."""
     try:
-        return __import__(module)
+        return importlib.import_module(module)
     except ImportError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"{module} is required when CI is set (pip install "

@@ -65,20 +65,26 @@ def _prepare_outputs(outputs: dict, data_dir) -> None:
 
 
 def _data_files(data_dir) -> list:
-    """The data files a run may read: those in every folder Fashion-MNIST is looked up in."""
+    """The data files a run may read: an .npz given as --data, else those in every folder
+    Fashion-MNIST is looked up in."""
     from ..data.fashion_mnist import DATA_ENV, SYSTEM_DIR, cache_dir, find_files
 
+    if data_dir is not None and os.path.isfile(data_dir):
+        return [data_dir]
     folders = [data_dir, os.environ.get(DATA_ENV), cache_dir(), SYSTEM_DIR]
     return [path for folder in folders if folder
             for path in (find_files(folder) or {}).values()]
 
 
-def _load_training_data(data_dir):
-    """Fashion-MNIST as float32 (N, 1, 28, 28) images and int64 labels, plus its source."""
+def _load_training_data(data_dir, info=None):
+    """The data as float32 (N, C, H, W) images and int64 labels, plus its source: an .npz or
+    an image folder (``info``: its describe_data), else Fashion-MNIST (N, 1, 28, 28)."""
     from types import SimpleNamespace
 
-    from ..data import SAMPLE_NOTICE, as_float_batch, load_fashion_mnist
+    from ..data import SAMPLE_NOTICE, as_float_batch, data_kind, load_fashion_mnist, load_own_data
 
+    if data_kind(data_dir) != "fashion-mnist":
+        return load_own_data(data_dir, info)
     dataset = load_fashion_mnist(data_dir, progress=True)
     if dataset.is_sample:
         click.echo(SAMPLE_NOTICE, err=True)
@@ -107,8 +113,9 @@ def _stop_on_sigterm() -> None:
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), help="LeNet: sgd.")
 @click.option("--seed", type=int, help="Seeds the weights, the shuffling and dropout "
               "(default 0).")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False),
-              help="Directory with the Fashion-MNIST IDX files.")
+@click.option("--data", "data_dir", type=click.Path(),
+              help="Directory with the Fashion-MNIST IDX files, an .npz (x_train, y_train, "
+              "x_test, y_test) or a folder of images (train/ and test/, a folder per class).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda needs the cuda extra: pip install 'numbaconv[cuda]'.")
 @click.option("--threads", type=int,
@@ -148,10 +155,10 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
       lr = 0.001
     """
     from .. import checkpoint as ckpt
+    from ..data import describe_data
     from ..devices import get_device
     from ..layers import layer_spec
     from ..network import (
-        NUM_CLASSES,
         build,
         check_memory,
         check_shapes,
@@ -177,7 +184,9 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
         save_path = resume_path  # a resumed run goes on saving where it was saved
     _prepare_outputs({"--save": save_path, "--metrics": metrics_path, "--plot": plot_path},
                      data_dir)
-    network = build(target, parse_options(options), 0 if seed is None else seed)
+    data_info = describe_data(data_dir)  # shapes and classes, before loading it
+    network = build(target, parse_options(options), 0 if seed is None else seed,
+                    data_info.shape, len(data_info.classes))
     model = network.model
     given = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed,
              "resize": resize}
@@ -202,8 +211,8 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
     if epochs is not None:
         settings_from["epochs"] = epochs
     settings = Settings(**settings_from)
-    check_shapes(model, network.source, settings.resize)
-    check_memory(model, settings.batch_size, settings.resize)
+    check_shapes(model, network.source, settings.resize, data_info.shape, len(data_info.classes))
+    check_memory(model, settings.batch_size, settings.resize, data_info.shape)
     if start > settings.epochs:
         raise UserError(f"{resume_path} is already at epoch {start - 1}; ask for more with "
                         f"--epochs (now {settings.epochs})")
@@ -220,25 +229,29 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
         from ..precompile import precompile
 
         loaded = []
-        precompile(model, meanwhile=lambda: loaded.append(_load_training_data(data_dir)),
-                   input_shape=(settings.batch_size,) + input_shape(settings.resize),
+        precompile(model, meanwhile=lambda: loaded.append(_load_training_data(data_dir,
+                                                                              data_info)),
+                   input_shape=(settings.batch_size,) + input_shape(settings.resize,
+                                                                    data_info.shape),
                    announce=lambda line: click.echo(line, err=True))
         data = loaded[0]
     else:
-        data = _load_training_data(data_dir)
+        data = _load_training_data(data_dir, data_info)
 
     def make_checkpoint(loop, epoch):
         train = {k: v for k, v in settings.__dict__.items() if k != "epochs"}
         return ckpt.Checkpoint(spec=layer_spec(model), params=model.state_dict(), epoch=epoch,
                                model=network.name, options=network.options,
-                               optimizer=opt.state_dict(), train=train, history=loop.history)
+                               optimizer=opt.state_dict(), train=train, history=loop.history,
+                               classes=list(data_info.classes),
+                               input_shape=list(data_info.shape))
 
     def echo(line):
         click.echo(line)
 
     callbacks = [cb.ProgressBar()] if sys.stderr.isatty() else []
     callbacks += [cb.EpochPrinter(echo),
-                  cb.ChanceWatch(NUM_CLASSES, lambda line: click.echo(f"Warning: {line}",
+                  cb.ChanceWatch(len(data_info.classes), lambda line: click.echo(f"Warning: {line}",
                                                                       err=True))]
     if save_path:
         callbacks.append(cb.Checkpointing(save_path, make_checkpoint, echo))
@@ -258,8 +271,8 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
 
 @cli.command()
 @click.argument("checkpoint_path", metavar="CHECKPOINT")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False),
-              help="Directory with the Fashion-MNIST IDX files.")
+@click.option("--data", "data_dir", type=click.Path(),
+              help="Directory with the Fashion-MNIST IDX files, an .npz or an image folder.")
 @click.option("--threads", type=int,
               help="CPU threads (default: all cores).")
 @click.option("--resize", type=click.IntRange(1, 4096), metavar="N",
@@ -267,14 +280,19 @@ def run(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, threa
 @user_errors
 def evaluate(checkpoint_path, data_dir, threads, resize):
     """Print the test accuracy of a saved CHECKPOINT as 'test_acc 0.xxxx'."""
+    from ..data import describe_data
     from ..network import check_shapes, load_model
     from ..training import evaluate as accuracy
 
     _set_threads(threads)
     model, saved = load_model(checkpoint_path)
     side = resize if resize is not None else saved.train.get("resize")
-    check_shapes(model, checkpoint_path, side)
-    data = _load_training_data(data_dir)
+    data_info = describe_data(data_dir)
+    if saved.classes is not None and tuple(saved.classes) != tuple(data_info.classes):
+        raise UserError(f"{checkpoint_path} classifies {', '.join(saved.classes)[:80]}; the "
+                        f"data's classes are {', '.join(data_info.classes)[:80]}")
+    check_shapes(model, checkpoint_path, side, data_info.shape, len(data_info.classes))
+    data = _load_training_data(data_dir, data_info)
     click.echo(f"test_acc {accuracy(model, data.test_x, data.test_y, resize=side):.4f}")
 
 
