@@ -57,12 +57,20 @@ def _parse_value(text: str):
 
 def build(target: str, options: dict, seed: int, data_shape=INPUT_SHAPE,
           num_classes: int = NUM_CLASSES) -> Network:
-    """A registered model name, or the path of a ``.toml`` spec (check its shapes with
-    :func:`check_shapes` once the input size is known). A registered model whose factory takes
-    ``in_channels`` or ``num_classes`` gets the data's (``data_shape[0]``, ``num_classes``)
-    unless ``options`` set them."""
+    """A registered model name, the path of a ``.toml`` spec, or a checkpoint (``.npz``: its
+    model and weights, to train further, e.g. one ``numbaconv import`` wrote); check its
+    shapes with :func:`check_shapes` once the input size is known. A registered model whose
+    factory takes ``in_channels`` or ``num_classes`` gets the data's (``data_shape[0]``,
+    ``num_classes``) unless ``options`` set them."""
     rng = np.random.default_rng(seed)
-    if target.endswith(".toml") or os.path.sep in target:
+    if target.endswith(".npz"):
+        if options:
+            raise SpecError("-o/--option sets a registered model's options; a checkpoint "
+                            "holds its own model")
+        model, saved = load_model(target)
+        train = {k: v for k, v in saved.train.items() if k != "seed"}
+        network = Network(model, saved.model, dict(saved.options), train, target)
+    elif target.endswith(".toml") or os.path.sep in target:
         if options:
             raise SpecError("-o/--option sets a registered model's options; a TOML spec "
                             "holds its own settings")

@@ -377,3 +377,105 @@ def test_a_resnet_twin_from_torch_onnx_export_gives_pytorchs_logits(torch, folde
     model = from_onnx_model(proto)
     assert sum(isinstance(layer, Residual) for layer in model) == 2
     np.testing.assert_allclose(model.forward(x), expected, rtol=0, atol=ATOL)
+
+
+# --------------------------------------------------------------------------- the command line
+
+def invoke(*args):
+    from click.testing import CliRunner
+
+    from numbaconv.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(result) -> str:
+    """The ``Error: ...`` line of a command that failed as a user error (status 1)."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from tiny_data import write_tiny_dataset
+
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), 256, 128)
+
+
+def test_export_import_evaluate_and_train_further_from_the_cli(tmp_path, data_dir):
+    from numbaconv import checkpoint as ckpt
+    from numbaconv.layers import layer_spec
+
+    model = numbaconv.build_model("lenet", activation="relu", pool="max", rng=5)
+    original = tmp_path / "lenet.npz"
+    ckpt.save(original, ckpt.Checkpoint(spec=layer_spec(model), params=model.state_dict(),
+                                        epoch=1, model="lenet",
+                                        options={"activation": "relu", "pool": "max"}))
+    exported = tmp_path / "lenet.onnx"
+    result = invoke("export", original, exported)
+    assert result.exit_code == 0, result.output
+    assert result.output == (f"wrote {exported}: 12 ONNX nodes (opset {OPSET}), input "
+                             "(N, 1, 28, 28), logits (N, 10)\n")
+    proto = onnx.load(exported)
+    onnx.checker.check_model(proto, full_check=True)
+    x = sample_images(16)
+    np.testing.assert_allclose(onnxruntime_logits(proto, x), model.forward(x), atol=ATOL)
+    assert read(exported).classes[0] == "T-shirt/top"  # Fashion-MNIST's, in the metadata
+
+    imported = tmp_path / "imported.npz"
+    result = invoke("import", exported, imported)
+    assert result.exit_code == 0, result.output
+    saved = ckpt.load(imported)
+    assert saved.classes[-1] == "Ankle boot" and saved.input_shape == [1, 28, 28]
+    accuracies = [invoke("evaluate", path, "--data", data_dir).output
+                  for path in (original, imported)]
+    assert accuracies[0] == accuracies[1] and accuracies[0].startswith("test_acc ")
+
+    tuned = tmp_path / "tuned.npz"
+    result = invoke("run", imported, "--data", data_dir, "--epochs", "1", "--batch-size", "64",
+                    "--optimizer", "adam", "--lr", "0.001", "--threads", "1", "--save", tuned)
+    assert result.exit_code == 0, result.output
+    assert f"training {imported} on 256 images" in result.output
+    after = ckpt.load(tuned)
+    assert after.epoch == 1 and after.spec == saved.spec
+    assert any((after.params[k] != saved.params[k]).any() for k in saved.params)
+
+
+def test_the_cli_names_an_unsupported_operator_and_a_layer_that_cannot_export(tmp_path):
+    from numbaconv import checkpoint as ckpt
+    from numbaconv.registry import pm
+
+    path = tmp_path / "softmax.onnx"
+    onnx.save(handmade([onnx.helper.make_node("Softmax", ["x"], ["y"], name="probs")]), path)
+    assert one_line_error(invoke("import", path, tmp_path / "out.npz")) == (
+        f"Error: {path}: unsupported ONNX operator Softmax (node 'probs'); numbaconv reads "
+        "Conv, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Gemm, MatMul, Add, "
+        "Relu, Sigmoid, Tanh, Flatten, Reshape, BatchNormalization, Concat, Dropout, Identity")
+
+    class Plugin:
+        @numbaconv.hookimpl
+        def register_layers(self, register):
+            register(Halving)
+
+    pm.register(Plugin(), name="halving-plugin")
+    try:
+        model = Sequential([Conv2d(1, 2, 3, rng=0), Halving(), Flatten(),
+                            Linear(2 * 26 * 26, 10, rng=0)])
+        saved = tmp_path / "halving.npz"
+        ckpt.save(saved, ckpt.Checkpoint(spec=numbaconv.layers.layer_spec(model),
+                                         params=model.state_dict()))
+        assert one_line_error(invoke("export", saved, tmp_path / "h.onnx")) == (
+            "Error: layer 1 (Halving) cannot be exported to ONNX: it has no to_onnx method "
+            "(see docs/interop.md)")
+    finally:
+        pm.unregister(name="halving-plugin")
+    assert not (tmp_path / "h.onnx").exists()
+
+
+def test_without_the_onnx_extra_the_commands_say_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # import onnx fails
+    assert one_line_error(invoke("import", tmp_path / "m.onnx", tmp_path / "m.npz")) == (
+        "Error: ONNX support needs the onnx package: pip install 'numbaconv[onnx]'")

@@ -390,3 +390,9 @@ cli.add_command(show)
 from .bench import bench  # noqa: E402
 
 cli.add_command(bench)
+
+from .interop import export_command, import_command, predict  # noqa: E402
+
+cli.add_command(export_command)
+cli.add_command(import_command)
+cli.add_command(predict)
