@@ -479,3 +479,21 @@ def test_without_the_onnx_extra_the_commands_say_how_to_install_it(tmp_path, mon
     monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # import onnx fails
     assert one_line_error(invoke("import", tmp_path / "m.onnx", tmp_path / "m.npz")) == (
         "Error: ONNX support needs the onnx package: pip install 'numbaconv[onnx]'")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_interop_guide_runs(torch, tmp_path, monkeypatch):
+    """Every ```python block of docs/interop.md, in order, in one namespace, in an empty
+    folder."""
+    import re
+    from pathlib import Path
+
+    require("onnxruntime", "onnx")
+    guide = Path(__file__).resolve().parent.parent / "docs" / "interop.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", guide.read_text(encoding="utf-8"),
+                        re.S | re.M)
+    assert len(blocks) >= 4
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "interop_guide"}
+    for code in blocks:
+        exec(compile(code, str(guide), "exec"), namespace)
