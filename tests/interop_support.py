@@ -21,6 +21,20 @@ def require(module: str, extra: str):
         pytest.skip(f"{module} is not installed (pip install 'numbaconv[{extra}]')")
 
 
+def require_layer(name: str):
+    """The registered layer class ``name`` (the example plugin's ``BatchNorm2d``...), or skip
+    the calling test; with ``CI`` set (which installs plugins/numbaconv-batchnorm) fail."""
+    import numbaconv
+
+    layer_class = numbaconv.get_layers().get(name)
+    if layer_class is None:
+        message = f"no plugin registers {name}: pip install -e plugins/numbaconv-batchnorm"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return layer_class
+
+
 def sample_images(n: int = 16) -> np.ndarray:
     """The first ``n`` test images of the Fashion-MNIST sample shipped with numbaconv, as a
     float32 (n, 1, 28, 28) batch."""

@@ -8,7 +8,13 @@ import io
 
 import numpy as np
 import pytest
-from interop_support import d2l_lenet, onnxruntime_logits, require, sample_images
+from interop_support import (
+    d2l_lenet,
+    onnxruntime_logits,
+    require,
+    require_layer,
+    sample_images,
+)
 
 import numbaconv
 from numbaconv.layers import (
@@ -178,10 +184,7 @@ def test_a_model_of_features_round_trips():
 
 
 def batch_norm_classes():
-    layers = numbaconv.get_layers()
-    if "BatchNorm2d" not in layers:
-        pytest.fail("BatchNorm2d is not registered: install plugins/numbaconv-batchnorm")
-    return layers["BatchNorm2d"], layers["BatchNorm1d"]
+    return require_layer("BatchNorm2d"), require_layer("BatchNorm1d")
 
 
 def test_batch_norm_exports_in_evaluation_form_and_comes_back():

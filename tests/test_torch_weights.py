@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from interop_support import d2l_lenet, sample_images
+from interop_support import d2l_lenet, require_layer, sample_images
 
 import numbaconv
 from numbaconv import checkpoint as ckpt
@@ -50,9 +50,7 @@ def test_a_lenet_trained_in_pytorch_predicts_the_same(torch):
 
 
 def test_named_modules_are_paired_by_position_with_batch_norm_buffers(torch):
-    bn2d = numbaconv.get_layers().get("BatchNorm2d")
-    if bn2d is None:
-        pytest.fail("BatchNorm2d is not registered: install plugins/numbaconv-batchnorm")
+    bn2d = require_layer("BatchNorm2d")
     nn = torch.nn
 
     class Net(nn.Module):
