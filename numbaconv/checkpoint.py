@@ -56,6 +56,12 @@ class Checkpoint:
     optimizer: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
+    #: the names of the model's outputs (its data's classes), ``None`` when not recorded
+    #: (runs before they were: Fashion-MNIST's)
+    classes: list | None = None
+    #: one example's shape ``[C, H, W]`` as the data holds it (before ``--resize``), ``None``
+    #: when not recorded (Fashion-MNIST's ``[1, 28, 28]``)
+    input_shape: list | None = None
 
 
 def save(path, checkpoint: Checkpoint) -> None:
@@ -71,6 +77,10 @@ def save(path, checkpoint: Checkpoint) -> None:
             "history": checkpoint.history,
             "optimizer": {k: v for k, v in checkpoint.optimizer.items()
                           if not isinstance(v, np.ndarray)}}
+    for key in ("classes", "input_shape"):  # only when known, so older readers see no change
+        value = getattr(checkpoint, key)
+        if value is not None:
+            meta[key] = list(value) if isinstance(value, tuple) else value
     arrays = {_PARAM + k: np.asarray(v) for k, v in checkpoint.params.items()}
     arrays.update({_OPTIM + k: v for k, v in checkpoint.optimizer.items()
                    if isinstance(v, np.ndarray)})
@@ -114,7 +124,8 @@ def load(path, max_bytes: int | None = None) -> Checkpoint:
     return Checkpoint(spec=meta["spec"], params=params, epoch=meta.get("epoch", 0),
                       model=meta.get("model"), options=meta.get("options", {}),
                       optimizer=optimizer, train=meta.get("train", {}),
-                      history=meta.get("history", []))
+                      history=meta.get("history", []), classes=meta.get("classes"),
+                      input_shape=meta.get("input_shape"))
 
 
 def describe(spec_model: str | None, options: dict) -> str:
@@ -301,7 +312,36 @@ def _meta_problem(meta: dict) -> str | None:
         if not ok:
             return f"'{key}' must be {expected}, got {_short(meta.get(key))}"
     return (_train_problem(meta.get("train", {})) or _optimizer_problem(meta.get("optimizer", {}))
-            or _history_problem(meta.get("history", [])))
+            or _history_problem(meta.get("history", [])) or _classes_problem(meta.get("classes"))
+            or _input_shape_problem(meta.get("input_shape")))
+
+
+#: Most class names a checkpoint may hold, and the longest name.
+MAX_CLASSES, MAX_CLASS_NAME = 100_000, 200
+
+
+def _classes_problem(classes) -> str | None:
+    if classes is None:
+        return None
+    if not isinstance(classes, list) or not 1 <= len(classes) <= MAX_CLASSES:
+        return f"'classes' must be a list of 1 to {MAX_CLASSES:,} names, got {_short(classes)}"
+    for position, name in enumerate(classes):
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_CLASS_NAME \
+                or not name.isprintable():
+            return (f"'classes' entry {position} must be a printable name of 1 to "
+                    f"{MAX_CLASS_NAME} characters, got {_short(name)}")
+    if len(set(classes)) != len(classes):
+        return "'classes' names a class twice"
+    return None
+
+
+def _input_shape_problem(shape) -> str | None:
+    if shape is None:
+        return None
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 3 \
+            or not all(_is_int(size, 1) and size <= 1 << 16 for size in shape):
+        return f"'input_shape' must be 1 to 3 sizes from 1 to 65536, got {_short(shape)}"
+    return None
 
 
 def _train_problem(train: dict) -> str | None:

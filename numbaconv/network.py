@@ -55,11 +55,25 @@ def _parse_value(text: str):
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
-def build(target: str, options: dict, seed: int) -> Network:
-    """A registered model name, or the path of a ``.toml`` spec (check its shapes with
-    :func:`check_shapes` once the input size is known)."""
+def build(target: str, options: dict, seed: int, data_shape=INPUT_SHAPE,
+          num_classes: int = NUM_CLASSES, resize: int | None = None) -> Network:
+    """A registered model name, the path of a ``.toml`` spec, or a checkpoint (``.npz``: its
+    model and weights, to train further, e.g. one ``numbaconv import`` wrote); check its
+    shapes with :func:`check_shapes` once the input size is known. A registered model whose
+    factory takes ``in_channels`` or ``num_classes`` gets the data's (``data_shape[0]``,
+    ``num_classes``) unless ``options`` set them. A model registered with an ``input_size``
+    (D2L's recipe resizes the images to it) trains at that size by default (its
+    ``train_defaults`` get ``resize``), and a factory that takes ``input_size`` is built for
+    ``resize`` or that size."""
     rng = np.random.default_rng(seed)
-    if target.endswith(".toml") or os.path.sep in target:
+    if target.endswith(".npz"):
+        if options:
+            raise SpecError("-o/--option sets a registered model's options; a checkpoint "
+                            "holds its own model")
+        model, saved = load_model(target)
+        train = {k: v for k, v in saved.train.items() if k != "seed"}
+        network = Network(model, saved.model, dict(saved.options), train, target)
+    elif target.endswith(".toml") or os.path.sep in target:
         if options:
             raise SpecError("-o/--option sets a registered model's options; a TOML spec "
                             "holds its own settings")
@@ -68,10 +82,19 @@ def build(target: str, options: dict, seed: int) -> Network:
     else:
         entry = get_model(target)
         kwargs = dict(options)
-        if "rng" in inspect.signature(entry.factory).parameters:
+        accepted = inspect.signature(entry.factory).parameters
+        if "rng" in accepted:
             kwargs["rng"] = rng  # seeded weights, for factories that take a generator
+        side = resize if resize is not None else entry.input_size
+        for key, value in (("in_channels", int(data_shape[0])), ("num_classes", num_classes),
+                           ("input_size", side)):
+            if key in accepted and key not in kwargs and value is not None:
+                kwargs[key] = value  # the data's, or the size the images will have
         model = build_model(target, **kwargs)
-        network = Network(model, target, dict(options), entry.train_defaults, target)
+        defaults = dict(entry.train_defaults)
+        if entry.input_size is not None:
+            defaults.setdefault("resize", entry.input_size)
+        network = Network(model, target, dict(options), defaults, target)
     return network
 
 
@@ -126,39 +149,44 @@ def from_spec(layers, rng=None, source: str = "spec") -> Layer:
         raise SpecError(f"{source}: {error}") from error
 
 
-def input_shape(side: int | None = None) -> tuple:
-    """One Fashion-MNIST image's shape (C, H, W), at ``side`` pixels square if resized."""
-    return INPUT_SHAPE if side is None else (INPUT_SHAPE[0], side, side)
+def input_shape(side: int | None = None, data_shape=INPUT_SHAPE) -> tuple:
+    """One image's shape (C, H, W) in the data (Fashion-MNIST's by default), at ``side``
+    pixels square if resized."""
+    data_shape = tuple(int(s) for s in data_shape)
+    return data_shape if side is None else (data_shape[0], side, side)
 
 
-def check_shapes(model: Layer, source: str, side: int | None = None) -> None:
-    """Fail before training when the layers do not fit a 1x28x28 input (``side`` x ``side``
-    when resized) and 10 classes; a network that needs larger images says the smallest
-    size that works (for ``--resize``)."""
+def check_shapes(model: Layer, source: str, side: int | None = None, data_shape=INPUT_SHAPE,
+                 num_classes: int = NUM_CLASSES) -> None:
+    """Fail before training when the layers do not fit the data's images (Fashion-MNIST's
+    1x28x28 by default; ``side`` x ``side`` when resized) and its ``num_classes`` classes; a
+    network that needs larger images says the smallest size that works (for ``--resize``)."""
     for name, value in model.named_params().items():
         if value.dtype != np.float32:
             raise SpecError(f"{source}: parameter {name} has dtype {value.dtype}; numbaconv "
                             "run trains in float32")
-    shape = (1,) + input_shape(side)
+    shape = (1,) + input_shape(side, data_shape)
     try:
         out = model.output_shape(shape)
     except ShapeError as error:
-        smallest = smallest_side(model)
+        smallest = smallest_side(model, data_shape=data_shape)
         hint = "" if smallest is None or smallest <= shape[-1] else (
             f"; the smallest images it takes are {smallest}x{smallest} (--resize {smallest})")
         raise SpecError(f"{source}: {error}{hint}") from error
-    if tuple(out) != (1, NUM_CLASSES):
+    if tuple(out) != (1, num_classes):
+        data = "Fashion-MNIST" if tuple(data_shape) == INPUT_SHAPE and \
+            num_classes == NUM_CLASSES else f"{num_classes} classes"
         raise SpecError(f"{source}: the network ends in shape {tuple(out)} for a "
-                        f"{shape[1:]} input, but classifying Fashion-MNIST needs "
-                        f"(N, {NUM_CLASSES})")
+                        f"{shape[1:]} input, but classifying {data} needs "
+                        f"(N, {num_classes})")
 
 
-def smallest_side(model: Layer, largest: int = 1024) -> int | None:
+def smallest_side(model: Layer, largest: int = 1024, data_shape=INPUT_SHAPE) -> int | None:
     """The smallest square image side (up to ``largest``) whose input ``model`` accepts, or
     None."""
     for side in range(1, largest + 1):
         try:
-            model.output_shape((1,) + input_shape(side))
+            model.output_shape((1,) + input_shape(side, data_shape))
         except ValueError:
             continue
         return side
@@ -178,14 +206,15 @@ def load_model(path) -> tuple[Layer, object]:
     return model, saved
 
 
-def check_memory(model: Layer, batch_size: int, side: int | None = None) -> None:
+def check_memory(model: Layer, batch_size: int, side: int | None = None,
+                 data_shape=INPUT_SHAPE) -> None:
     """Fail before training when a batch's activations and their gradients (for every layer
     of the tree), the weights, their gradients and the optimizer's state would not fit in this
     machine's memory."""
     from .layers.containers import summary
     from .memory import array_bytes, check_fits
 
-    leaves = [row for row in summary(model, (1,) + input_shape(side))
+    leaves = [row for row in summary(model, (1,) + input_shape(side, data_shape))
               if row.name not in CONTAINER_TYPES]
     activations = sum(array_bytes(row.output_shape, 4) for row in leaves)
     weights = array_bytes((model.num_params(),), 4)

@@ -65,20 +65,26 @@ def _prepare_outputs(outputs: dict, data_dir) -> None:
 
 
 def _data_files(data_dir) -> list:
-    """The data files a run may read: those in every folder Fashion-MNIST is looked up in."""
+    """The data files a run may read: an .npz given as --data, else those in every folder
+    Fashion-MNIST is looked up in."""
     from ..data.fashion_mnist import DATA_ENV, SYSTEM_DIR, cache_dir, find_files
 
+    if data_dir is not None and os.path.isfile(data_dir):
+        return [data_dir]
     folders = [data_dir, os.environ.get(DATA_ENV), cache_dir(), SYSTEM_DIR]
     return [path for folder in folders if folder
             for path in (find_files(folder) or {}).values()]
 
 
-def _load_training_data(data_dir, progress: bool = True):
-    """Fashion-MNIST as float32 (N, 1, 28, 28) images and int64 labels, plus its source."""
+def _load_training_data(data_dir, info=None, progress: bool = True):
+    """The data as float32 (N, C, H, W) images and int64 labels, plus its source: an .npz or
+    an image folder (``info``: its describe_data), else Fashion-MNIST (N, 1, 28, 28)."""
     from types import SimpleNamespace
 
-    from ..data import SAMPLE_NOTICE, as_float_batch, load_fashion_mnist
+    from ..data import SAMPLE_NOTICE, as_float_batch, data_kind, load_fashion_mnist, load_own_data
 
+    if data_kind(data_dir) != "fashion-mnist":
+        return load_own_data(data_dir, info)
     dataset = load_fashion_mnist(data_dir, progress=progress)
     if dataset.is_sample:
         click.echo(SAMPLE_NOTICE, err=True)
@@ -107,8 +113,9 @@ def _stop_on_sigterm() -> None:
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), help="LeNet: sgd.")
 @click.option("--seed", type=int, help="Seeds the weights, the shuffling and dropout "
               "(default 0).")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False),
-              help="Directory with the Fashion-MNIST IDX files.")
+@click.option("--data", "data_dir", type=click.Path(),
+              help="Directory with the Fashion-MNIST IDX files, an .npz (x_train, y_train, "
+              "x_test, y_test) or a folder of images (train/ and test/, a folder per class).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda needs the cuda extra: pip install 'numbaconv[cuda]'.")
 @click.option("--threads", type=int,
@@ -212,10 +219,10 @@ def _train(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, th
            options, save_path, resume_path, metrics_path, plot_path, distributed):
     """``run``'s training, in one process or as one rank of ``distributed``."""
     from .. import checkpoint as ckpt
+    from ..data import describe_data
     from ..devices import get_device
     from ..layers import layer_spec
     from ..network import (
-        NUM_CLASSES,
         build,
         check_memory,
         check_shapes,
@@ -250,17 +257,24 @@ def _train(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, th
     if root:
         _prepare_outputs({"--save": save_path, "--metrics": metrics_path, "--plot": plot_path},
                          data_dir)
-    network = build(target, parse_options(options), 0 if seed is None else seed)
+    data_info = describe_data(data_dir)  # shapes and classes, before loading it
+    saved = None
+    if resume_path:
+        # under MPI rank 0 reads it: only its machine needs the file
+        saved = ckpt.load(resume_path) if root else None
+        if distributed is not None:
+            saved = distributed.broadcast(saved)
+    # the image side the model is built for: --resize, else the resumed run's, else the
+    # model's own (D2L's recipe)
+    side = resize if resize is not None or saved is None else saved.train.get("resize")
+    network = build(target, parse_options(options), 0 if seed is None else seed,
+                    data_info.shape, len(data_info.classes), resize=side)
     model = network.model
     given = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed,
              "resize": resize}
     settings_from = {**Settings().__dict__, **network.train_defaults}
     history, start = [], 1
     if resume_path:
-        # under MPI rank 0 reads it: only its machine needs the file
-        saved = ckpt.load(resume_path) if root else None
-        if distributed is not None:
-            saved = distributed.broadcast(saved)
         if layer_spec(from_spec(saved.spec)) != layer_spec(model):
             raise ckpt.CheckpointError(
                 f"checkpoint {resume_path} holds {ckpt.describe(saved.model, saved.options)}, "
@@ -278,8 +292,8 @@ def _train(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, th
     if epochs is not None:
         settings_from["epochs"] = epochs
     settings = Settings(**settings_from)
-    check_shapes(model, network.source, settings.resize)
-    check_memory(model, settings.batch_size, settings.resize)
+    check_shapes(model, network.source, settings.resize, data_info.shape, len(data_info.classes))
+    check_memory(model, settings.batch_size, settings.resize, data_info.shape)
     if start > settings.epochs:
         raise UserError(f"{resume_path} is already at epoch {start - 1}; ask for more with "
                         f"--epochs (now {settings.epochs})")
@@ -298,15 +312,16 @@ def _train(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, th
         def prepare():
             loaded = []
             precompile(model, meanwhile=lambda: loaded.append(
-                           _load_training_data(data_dir, progress=root)),
-                       input_shape=(settings.batch_size,) + input_shape(settings.resize),
+                           _load_training_data(data_dir, data_info, progress=root)),
+                       input_shape=(settings.batch_size,) + input_shape(settings.resize,
+                                                                        data_info.shape),
                        announce=lambda line: click.echo(line, err=True))
             return loaded[0]
 
         # under MPI, one rank per machine first: it fills the kernel and data caches
         data = prepare() if distributed is None else distributed.in_turn_on_node(prepare)
     else:
-        data = _load_training_data(data_dir)
+        data = _load_training_data(data_dir, data_info)
     if distributed is not None:
         distributed.check_same_data(data)
         distributed.broadcast_state(model)
@@ -315,14 +330,16 @@ def _train(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, th
         train = {k: v for k, v in settings.__dict__.items() if k != "epochs"}
         return ckpt.Checkpoint(spec=layer_spec(model), params=model.state_dict(), epoch=epoch,
                                model=network.name, options=network.options,
-                               optimizer=opt.state_dict(), train=train, history=loop.history)
+                               optimizer=opt.state_dict(), train=train, history=loop.history,
+                               classes=list(data_info.classes),
+                               input_shape=list(data_info.shape))
 
     def echo(line):
         click.echo(line)
 
     callbacks = [cb.ProgressBar()] if sys.stderr.isatty() else []
     callbacks += [cb.EpochPrinter(echo),
-                  cb.ChanceWatch(NUM_CLASSES, lambda line: click.echo(f"Warning: {line}",
+                  cb.ChanceWatch(len(data_info.classes), lambda line: click.echo(f"Warning: {line}",
                                                                       err=True))]
     if not root:
         callbacks = []  # rank 0 prints and writes for all
@@ -353,8 +370,8 @@ def _train(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, th
 
 @cli.command()
 @click.argument("checkpoint_path", metavar="CHECKPOINT")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False),
-              help="Directory with the Fashion-MNIST IDX files.")
+@click.option("--data", "data_dir", type=click.Path(),
+              help="Directory with the Fashion-MNIST IDX files, an .npz or an image folder.")
 @click.option("--threads", type=int,
               help="CPU threads (default: all cores).")
 @click.option("--resize", type=click.IntRange(1, 4096), metavar="N",
@@ -362,14 +379,19 @@ def _train(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, th
 @user_errors
 def evaluate(checkpoint_path, data_dir, threads, resize):
     """Print the test accuracy of a saved CHECKPOINT as 'test_acc 0.xxxx'."""
+    from ..data import describe_data
     from ..network import check_shapes, load_model
     from ..training import evaluate as accuracy
 
     _set_threads(threads)
     model, saved = load_model(checkpoint_path)
     side = resize if resize is not None else saved.train.get("resize")
-    check_shapes(model, checkpoint_path, side)
-    data = _load_training_data(data_dir)
+    data_info = describe_data(data_dir)
+    if saved.classes is not None and tuple(saved.classes) != tuple(data_info.classes):
+        raise UserError(f"{checkpoint_path} classifies {', '.join(saved.classes)[:80]}; the "
+                        f"data's classes are {', '.join(data_info.classes)[:80]}")
+    check_shapes(model, checkpoint_path, side, data_info.shape, len(data_info.classes))
+    data = _load_training_data(data_dir, data_info)
     click.echo(f"test_acc {accuracy(model, data.test_x, data.test_y, resize=side):.4f}")
 
 
@@ -419,7 +441,7 @@ def summary(target, options, resize):
     from ..layers.containers import format_summary, summary
     from ..network import build, check_shapes, input_shape, parse_options
 
-    network = build(target, parse_options(options), seed=0)
+    network = build(target, parse_options(options), seed=0, resize=resize)
     side = resize if resize is not None else network.train_defaults.get("resize")
     check_shapes(network.model, network.source, side)
     click.echo(format_summary(summary(network.model, (1,) + input_shape(side))))
@@ -467,3 +489,9 @@ cli.add_command(show)
 from .bench import bench  # noqa: E402
 
 cli.add_command(bench)
+
+from .interop import export_command, import_command, predict  # noqa: E402
+
+cli.add_command(export_command)
+cli.add_command(import_command)
+cli.add_command(predict)

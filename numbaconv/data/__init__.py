@@ -1,4 +1,5 @@
-"""Fashion-MNIST: finding, downloading, checking and loading the IDX files.
+"""Fashion-MNIST: finding, downloading, checking and loading the IDX files; your own data
+(an ``.npz``, a folder of images): :mod:`numbaconv.data.own`.
 
 >>> from numbaconv.data import load_fashion_mnist, as_float_batch
 >>> ds = load_fashion_mnist()            # doctest: +SKIP
@@ -17,15 +18,22 @@ from .fashion_mnist import (
     load_fashion_mnist,
 )
 from .idx import DataError
+from .own import DataInfo, OwnData, data_kind, describe_data, load_own_data, read_image
 
 __all__ = [
     "CLASS_NAMES",
     "SAMPLE_NOTICE",
     "DataError",
+    "DataInfo",
     "FashionMNIST",
+    "OwnData",
     "as_float_batch",
     "cache_dir",
     "load_fashion_mnist",
+    "data_kind",
+    "describe_data",
+    "load_own_data",
+    "read_image",
 ]
 
 
