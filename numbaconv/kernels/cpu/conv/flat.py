@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from .. import simd
 from .common import FAST, _grouped_weights, _sum_partials, _taps, _zero_partials
-from .tiles import _abt_acc, _abt_lanes_acc, _add_lane_sums, _shifted_matmul_acc
+from .tiles import ZERO, _abt_acc, _abt_lanes_acc, _add_lane_sums, _shifted_matmul_acc
 
 OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L2-resident
 WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
@@ -41,7 +41,7 @@ def block_sums(xflat, weights, b, chan, offset, base, length, n, g, out):
     for m in range(c_out_g):  # start from the bias: no add afterwards
         out[m, :length] = b[g * c_out_g + m]
     _shifted_matmul_acc(weights, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, base, out,
-                        0, length)
+                        ZERO, length)
 
 
 @njit(cache=True, fastmath=FAST)
@@ -134,8 +134,8 @@ def _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp, n_start,
                             dst[base + ow * stride_w] = value
                             total += value
                 partial_bias[m] += total
-            _abt_acc(grads, src, chan, offset, partial, 0, row0 * wp, 1, 0, 0,
-                     (n_rows - 1) * wp + dense_w)
+            _abt_acc(grads, src, chan, offset, partial, ZERO, row0 * wp, np.int64(1), ZERO,
+                     ZERO, (n_rows - 1) * wp + dense_w)
 
 
 @njit(cache=True, fastmath=FAST)
@@ -155,8 +155,8 @@ def _weight_grad_rows(gy, xflat, chan, offset, stride_h, wp, n_start, n_stop, g,
             for p in range(out_h * out_w):
                 total += a[m, p]
             partial_bias[m] += total
-        _abt_lanes_acc(a, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, acc, 0, 0, out_h,
-                       out_w, stride_h * wp, out_w)
+        _abt_lanes_acc(a, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, acc, ZERO, ZERO,
+                       out_h, out_w, stride_h * wp, out_w)
     _add_lane_sums(acc, partial)
 
 

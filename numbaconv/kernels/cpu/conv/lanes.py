@@ -21,7 +21,7 @@ LANES = 32  # samples interleaved by the narrow-image kernels (rows of 32 x OW v
 WEIGHT_GRAD_ROWS = 5  # rows of LANES samples per pass of the weight-gradient tiles (1, 2, 10 slow)
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _interleave(src, n0, c0, n_chan, buf):
     """buf[c, p * LANES + l] = src[n0 + l, c0 + c] flattened at p, for c < n_chan (lanes past
     the batch get zeros).
@@ -50,7 +50,7 @@ def _interleave(src, n0, c0, n_chan, buf):
                                      simd.load_first(block, q * w, w), w)
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _deinterleave(buf, n0, c0, n_chan, dst):
     """The inverse of :func:`_interleave`: dst[n0 + l, c0 + c] from buf's lanes."""
     w = simd.width(buf[0])
