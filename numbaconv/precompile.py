@@ -36,8 +36,11 @@ import numpy as np
 
 __all__ = ["precompile", "kernels_for", "compile_message", "KERNELS"]
 
+JOB_PREFIX = "job:"
 #: kernel name -> rough compile seconds on an empty cache (measured on the reference machine),
-#: used only to order the work, longest first.
+#: used only to order the work, longest first, and for the announced estimate; for a kernel
+#: that takes a job (see :func:`units`), the kernel alone, and the job under "job:" + name
+#: (the first job that calls a shared product compiles it too).
 KERNELS = {
     "conv2d_forward": 4.7,
     "conv2d_forward_lanes": 3.9,
@@ -59,6 +62,11 @@ KERNELS = {
     "sigmoid_forward": 0.8,
     "sigmoid_backward": 1.0,
     "matmul_acc": 2.5,
+    **{JOB_PREFIX + name: 1.0 for name in (
+        "conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad", "conv2d_weight_grad_rows",
+        "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes",
+        *(f"conv2d_{activation}_{pool}_pool_forward"
+          for activation in ("sigmoid", "relu") for pool in ("avg", "max")))},
 }
 #: seconds a child process takes to start (Python, NumPy, Numba) before it compiles, for the
 #: announced estimate
@@ -81,9 +89,36 @@ def one_pass_kernel_name(activation: int, pool: int) -> str:
     return FUSED[activation, pool].py_func.__name__
 
 
+def job(name: str, dtype):
+    """The :class:`~numbaconv.kernels.cpu.jobs.Job` kernel ``name`` takes as its last
+    argument for arrays of ``dtype`` (its per-job function, compiled on its own), or None."""
+    from .kernels.cpu import conv_act_pool
+    from .kernels.cpu.conv import flat, lanes
+
+    jobs = {"conv2d_forward": flat.forward_job, "conv2d_weight_grad": flat.weight_grad_job,
+            "conv2d_weight_grad_rows": flat.weight_grad_rows_job,
+            "conv2d_forward_lanes": lanes.forward_lanes_job,
+            "conv2d_weight_grad_lanes": lanes.weight_grad_lanes_job,
+            "conv2d_input_grad_lanes": lanes.input_grad_lanes_job}
+    if name in jobs:
+        return jobs[name](np.dtype(dtype))
+    for codes, kernel in conv_act_pool.FUSED.items():
+        if kernel.py_func.__name__ == name:
+            return conv_act_pool.block_job(*codes, np.dtype(dtype))
+    return None
+
+
+def units(name: str) -> list[str]:
+    """What compiling kernel ``name`` takes: its job (``"job:" + name``, where it takes
+    one: see :func:`job`), then the kernel; each a task of its own in :func:`precompile`."""
+    return ([JOB_PREFIX + name] if job(name, np.float32) is not None else []) + [name]
+
+
 def _dispatcher(name: str):
     from .kernels.cpu import activation, conv, conv_act_pool, dense, pool
 
+    if name.startswith(JOB_PREFIX):
+        return job(name[len(JOB_PREFIX):], np.float32).dispatcher
     for module in (conv, pool, activation, dense):
         if hasattr(module, name):
             return getattr(module, name)
@@ -95,7 +130,20 @@ def _dispatcher(name: str):
 
 
 def signature(name: str, dtype) -> tuple:
-    """The argument types the public functions call kernel ``name`` with, for ``dtype``."""
+    """The argument types the public functions call kernel ``name`` with, for ``dtype``
+    (for ``"job:" + name``, those of its job)."""
+    from numba import typeof
+
+    if name.startswith(JOB_PREFIX):
+        return tuple(job(name[len(JOB_PREFIX):], dtype).signature().args)
+    kernel_job = job(name, dtype)
+    if kernel_job is not None:
+        return _signature(name, dtype) + (typeof(kernel_job),)
+    return _signature(name, dtype)
+
+
+def _signature(name: str, dtype) -> tuple:
+    """:func:`signature` without a kernel's job."""
     from numba import typeof, types
 
     array = {d: typeof(np.empty((1,) * d, dtype=dtype)) for d in (1, 2, 4, 5)}
@@ -277,8 +325,7 @@ def compile_message(tasks: list[tuple[str, str]], processes: int) -> str:
     """The line :func:`precompile` announces before compiling ``tasks`` ((kernel name, dtype
     name) pairs) on ``processes`` processes, with about the time it takes."""
     seconds = sum(KERNELS[name] for name, _ in tasks) / processes + STARTUP_SECONDS
-    return (f"compiling {len(tasks)} kernels for this model (first run only, about "
-            f"{seconds:.0f} s)...")
+    return f"compiling kernels for this model (first run only, about {seconds:.0f} s)..."
 
 
 def precompile(model, processes: int | None = None, meanwhile=None, input_shape=None,
@@ -295,8 +342,9 @@ def precompile(model, processes: int | None = None, meanwhile=None, input_shape=
     string, is called with :func:`compile_message` before anything is compiled (not at all
     with a warm cache): for a command to tell its user why its first run waits.
     """
-    tasks = [(name, dtype) for dtype in _model_dtypes(model)
-             for name in kernels_for(model, input_shape) if not is_cached(name, dtype)]
+    tasks = [(unit, dtype) for dtype in _model_dtypes(model)
+             for name in kernels_for(model, input_shape) for unit in units(name)
+             if not is_cached(unit, dtype)]
     if not tasks:
         if meanwhile is not None:
             meanwhile()

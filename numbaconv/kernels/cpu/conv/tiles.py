@@ -1,5 +1,4 @@
-"""The register-tiled products every convolution kernel is built of (all inlined into their
-callers).
+"""The register-tiled products every convolution kernel is built of.
 
 Forward type, ``c[m, p] += sum_k a[m, k] * src[chan[k], base + offset[k] + p]``
 (:func:`_shifted_matmul_acc`): seen as flat vectors, the input window under every output
