@@ -37,36 +37,42 @@ import numpy as np
 __all__ = ["precompile", "kernels_for", "compile_message", "KERNELS"]
 
 JOB_PREFIX = "job:"
-#: kernel name -> rough compile seconds on an empty cache (measured on the reference machine),
-#: used only to order the work, longest first, and for the announced estimate; for a kernel
-#: that takes a job (see :func:`units`), the kernel alone, and the job under "job:" + name
-#: (the first job that calls a shared product compiles it too).
+#: compile unit -> rough compile seconds on an empty cache (CPU seconds on the machine of
+#: docs/performance.md, one after the other in one process), used to order the work, longest
+#: first, and for the announced estimate. A kernel that takes a job (see :func:`units`) is
+#: two units, the kernel and "job:" + its name. The first unit to call a shared function
+#: compiles it too, so the units that come first in LeNet's list carry those: the one-pass
+#: job the product, the rows weight gradient the partial sums.
 KERNELS = {
-    "conv2d_forward": 4.7,
-    "conv2d_forward_lanes": 3.9,
-    "conv2d_weight_grad": 6.8,
-    "conv2d_weight_grad_rows": 4.0,
-    "conv2d_weight_grad_lanes": 5.2,
-    "conv2d_input_grad_lanes": 3.7,
-    "avg_pool2d_forward": 3.2,
-    "avg_pool2d_backward": 3.9,
-    "max_pool2d_forward": 1.8,
-    "max_pool2d_backward": 1.5,
+    "conv2d_forward": 1.5,
+    "conv2d_forward_lanes": 0.5,
+    "conv2d_weight_grad": 1.5,
+    "conv2d_weight_grad_rows": 1.5,
+    "conv2d_weight_grad_lanes": 0.7,
+    "conv2d_input_grad_lanes": 0.5,
+    "avg_pool2d_forward": 1.5,
+    "avg_pool2d_backward": 1.8,
+    "max_pool2d_forward": 0.8,
+    "max_pool2d_backward": 0.6,
     # the fused activation + pool kernels, a pair per activation and pool (fused_kernel_names)
     **{f"{activation}_{pool}_pool_{direction}": seconds
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")
-       for direction, seconds in (("forward", 2.6), ("backward", 1.8))},
+       for direction, seconds in (("forward", 0.9), ("backward", 1.2))},
     # the one-pass convolution + activation + pool forwards (one_pass_kernel_name)
-    **{f"conv2d_{activation}_{pool}_pool_forward": 5.0
+    **{f"conv2d_{activation}_{pool}_pool_forward": 1.5
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
-    "sigmoid_forward": 0.8,
-    "sigmoid_backward": 1.0,
-    "matmul_acc": 2.5,
-    **{JOB_PREFIX + name: 1.0 for name in (
-        "conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad", "conv2d_weight_grad_rows",
-        "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes",
-        *(f"conv2d_{activation}_{pool}_pool_forward"
-          for activation in ("sigmoid", "relu") for pool in ("avg", "max")))},
+    "sigmoid_forward": 0.6,
+    "sigmoid_backward": 0.4,
+    "matmul_acc": 1.7,
+    # the jobs (see numbaconv.kernels.cpu.jobs)
+    **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 2.2
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
+    JOB_PREFIX + "conv2d_forward": 1.5,
+    JOB_PREFIX + "conv2d_forward_lanes": 1.0,
+    JOB_PREFIX + "conv2d_weight_grad": 1.3,
+    JOB_PREFIX + "conv2d_weight_grad_rows": 1.1,
+    JOB_PREFIX + "conv2d_weight_grad_lanes": 0.5,
+    JOB_PREFIX + "conv2d_input_grad_lanes": 0.6,
 }
 #: seconds a child process takes to start (Python, NumPy, Numba) before it compiles, for the
 #: announced estimate

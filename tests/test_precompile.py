@@ -210,6 +210,45 @@ def test_nothing_is_announced_with_a_warm_cache(monkeypatch):
     assert lines == []
 
 
+WARM_RUN = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from numba.core import event
+    from numbaconv import precompile as P
+    from numbaconv.layers import Conv2d
+    from numbaconv.sequential import Sequential
+
+    model = Sequential([Conv2d(1, 2, 3)])
+    x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    if sys.argv[1] == "precompile":
+        print(P.precompile(model, processes=2, input_shape=x.shape))
+    else:  # a training step after the precompile, in a new process: everything from the cache
+        compiled = []
+
+        class Compiles(event.Listener):
+            def on_start(self, e):
+                compiled.append(e.data["dispatcher"].py_func.__name__)
+
+            def on_end(self, e):
+                pass
+
+        event.register("numba:compile", Compiles())
+        y = model.forward(x, training=True)
+        model.backward(np.ones_like(y), need_input_grad=False)
+        print(compiled)
+""")
+
+
+def test_a_run_after_precompile_compiles_nothing(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    runs = [subprocess.run([sys.executable, "-c", WARM_RUN, step], env=env, capture_output=True,
+                           text=True, timeout=300) for step in ("precompile", "train")]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
+    assert int(runs[0].stdout) > 0
+    assert runs[1].stdout.strip() == "[]"
+
+
 CACHE_KEYS = textwrap.dedent("""
     import numpy as np
     from numbaconv import precompile as P

@@ -49,7 +49,8 @@ class Job(types.WrapperAddressProtocol):
 
     def __wrapper_address__(self) -> int:
         if self._address is None:
-            result = self.dispatcher.get_compile_result(self._signature)
+            self.compile()  # by its argument types, the cache's key (a whole signature is another)
+            result = self.dispatcher.overloads[self._signature.args]
             self._address = result.library.get_pointer_to_function(
                 result.fndesc.llvm_cfunc_wrapper_name)
         return self._address
