@@ -65,14 +65,35 @@ KERNELS = {
     "sigmoid_backward": 0.4,
     "matmul_acc": 1.7,
     # the jobs (see numbaconv.kernels.cpu.jobs)
-    **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 2.2
+    **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 1.1
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
-    JOB_PREFIX + "conv2d_forward": 1.5,
-    JOB_PREFIX + "conv2d_forward_lanes": 1.0,
-    JOB_PREFIX + "conv2d_weight_grad": 1.3,
-    JOB_PREFIX + "conv2d_weight_grad_rows": 1.1,
+    JOB_PREFIX + "conv2d_forward": 0.5,
+    JOB_PREFIX + "conv2d_forward_lanes": 0.4,
+    JOB_PREFIX + "conv2d_weight_grad": 0.5,
+    JOB_PREFIX + "conv2d_weight_grad_rows": 0.5,
     JOB_PREFIX + "conv2d_weight_grad_lanes": 0.5,
-    JOB_PREFIX + "conv2d_input_grad_lanes": 0.6,
+    JOB_PREFIX + "conv2d_input_grad_lanes": 0.5,
+    # the shared products (SHARED)
+    "_shifted_matmul_acc": 1.1,
+    "_abt_acc": 0.8,
+    "_abt_lanes_acc": 0.7,
+    "_interleave": 0.4,
+    "_deinterleave": 0.4,
+}
+#: functions that several units call, compiled as units of their own before those (else two
+#: processes could compile one at the same time, each for a unit of its own) -> their callers
+SHARED = {
+    "_shifted_matmul_acc": (
+        "matmul_acc", JOB_PREFIX + "conv2d_forward", JOB_PREFIX + "conv2d_forward_lanes",
+        JOB_PREFIX + "conv2d_input_grad_lanes",
+        *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward"
+          for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
+    "_abt_acc": (JOB_PREFIX + "conv2d_weight_grad",),
+    "_abt_lanes_acc": (JOB_PREFIX + "conv2d_weight_grad_rows",
+                       JOB_PREFIX + "conv2d_weight_grad_lanes"),
+    "_interleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_weight_grad_lanes",
+                    JOB_PREFIX + "conv2d_input_grad_lanes"),
+    "_deinterleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_input_grad_lanes"),
 }
 #: seconds a child process takes to start (Python, NumPy, Numba) before it compiles, for the
 #: announced estimate
@@ -115,9 +136,20 @@ def job(name: str, dtype):
 
 
 def units(name: str) -> list[str]:
-    """What compiling kernel ``name`` takes: its job (``"job:" + name``, where it takes
-    one: see :func:`job`), then the kernel; each a task of its own in :func:`precompile`."""
-    return ([JOB_PREFIX + name] if job(name, np.float32) is not None else []) + [name]
+    """What compiling kernel ``name`` takes, each a task of its own in :func:`precompile`:
+    the :data:`SHARED` functions it calls, its job (``"job:" + name``, where it takes one:
+    see :func:`job`), then the kernel."""
+    own = ([JOB_PREFIX + name] if job(name, np.float32) is not None else []) + [name]
+    return [shared for shared, users in SHARED.items() if set(own) & set(users)] + own
+
+
+def _stage(unit: str) -> int:
+    """When :func:`precompile` compiles ``unit``: the shared functions first (0), then the
+    units that call none of them (1), while the shared ones compile, then those that do (2),
+    which then find them in the cache instead of compiling them again."""
+    if unit in SHARED:
+        return 0
+    return 2 if any(unit in users for users in SHARED.values()) else 1
 
 
 def _dispatcher(name: str):
@@ -125,7 +157,7 @@ def _dispatcher(name: str):
 
     if name.startswith(JOB_PREFIX):
         return job(name[len(JOB_PREFIX):], np.float32).dispatcher
-    for module in (conv, pool, activation, dense):
+    for module in (conv, conv.tiles, conv.lanes, pool, activation, dense):
         if hasattr(module, name):
             return getattr(module, name)
     for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values()):
@@ -155,7 +187,13 @@ def _signature(name: str, dtype) -> tuple:
     array = {d: typeof(np.empty((1,) * d, dtype=dtype)) for d in (1, 2, 4, 5)}
     a1, a2, a4, a5 = array[1], array[2], array[4], array[5]
     i64 = types.int64
+    taps = typeof(np.empty(1, dtype=np.int64))
     return {
+        "_shifted_matmul_acc": (a2, a2, taps, taps, i64, a2, i64, i64),
+        "_abt_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
+        "_abt_lanes_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
+        "_interleave": (a4, i64, i64, i64, a2),
+        "_deinterleave": (a2, i64, i64, i64, a4),
         "conv2d_forward": (a4, a4, a1) + (i64,) * 7,
         "conv2d_forward_lanes": (a4, a4, a1) + (i64,) * 6,
         "conv2d_weight_grad": (a4, a4) + (i64,) * 7,
@@ -348,14 +386,16 @@ def precompile(model, processes: int | None = None, meanwhile=None, input_shape=
     string, is called with :func:`compile_message` before anything is compiled (not at all
     with a warm cache): for a command to tell its user why its first run waits.
     """
-    tasks = [(unit, dtype) for dtype in _model_dtypes(model)
-             for name in kernels_for(model, input_shape) for unit in units(name)
-             if not is_cached(unit, dtype)]
+    tasks = [task for task in dict.fromkeys(
+        (unit, dtype) for dtype in _model_dtypes(model)
+        for name in kernels_for(model, input_shape) for unit in units(name))
+        if not is_cached(*task)]
     if not tasks:
         if meanwhile is not None:
             meanwhile()
         return 0
-    tasks.sort(key=lambda task: -KERNELS[task[0]])  # the longest first: the ends even out
+    # by stage, and in each the longest first: the ends even out
+    tasks.sort(key=lambda task: (_stage(task[0]), -KERNELS[task[0]]))
     n_processes = max(1, min(processes or _cores(), len(tasks)))
     if announce is not None:
         announce(compile_message(tasks, n_processes))
