@@ -1,14 +1,20 @@
 """Compile the CPU kernels a model needs before training, several processes at once.
 
-On an empty Numba cache a LeNet run spends about 35 s compiling its kernels one after the other
-in a single process, and a process compiles on one core. The kernels are independent, and
+On an empty Numba cache a LeNet run has about 14 s of compiling to do (35 s before the
+compile-time cuts of docs/performance.md), and a process compiles on one core. The kernels are
+independent, and
 ``cache=True`` writes what one process compiles to the on-disk cache that another then loads in
-milliseconds. So :func:`precompile` lists the kernels that are not cached yet, longest first,
-and works through the list in this process and in one child process per further available
-core at the same time: each process claims the next unclaimed kernel (a file created
-exclusively in a shared folder) and compiles it, so the processes finish together whatever the
-real compile times are. With a warm cache it only reads the cache's small index files and
-starts nothing.
+milliseconds. So :func:`precompile` lists what is not cached yet and works through the list in
+this process and in one child process per further available core at the same time: each
+process claims the next unclaimed unit (a file created exclusively in a shared folder) and
+compiles it, so the processes finish together whatever the real compile times are. With a warm
+cache it only reads the cache's small index files and starts nothing.
+
+The units are finer than kernels (:func:`units`): a convolution kernel's per-job function (its
+job, see :mod:`numbaconv.kernels.cpu.jobs`) and the products several jobs share
+(:data:`SHARED`) are compiled on their own. The list runs the shared products first, then the
+units that call none of them, while those compile, then the rest, each stage longest first:
+so no two processes compile one product at the same time.
 
 The children must compile this very copy of numbaconv: Numba's cache is kept per source file,
 so what a child compiled from another copy (``python -m`` puts the current folder first on the
@@ -37,12 +43,11 @@ import numpy as np
 __all__ = ["precompile", "kernels_for", "compile_message", "KERNELS"]
 
 JOB_PREFIX = "job:"
-#: compile unit -> rough compile seconds on an empty cache (CPU seconds on the machine of
-#: docs/performance.md, one after the other in one process), used to order the work, longest
-#: first, and for the announced estimate. A kernel that takes a job (see :func:`units`) is
-#: two units, the kernel and "job:" + its name. The first unit to call a shared function
-#: compiles it too, so the units that come first in LeNet's list carry those: the one-pass
-#: job the product, the rows weight gradient the partial sums.
+#: compile unit (see :func:`units`) -> rough compile seconds on an empty cache (CPU seconds on
+#: the machine of docs/performance.md, LeNet's units one after the other in one process), used
+#: to order the work, longest first, and for the announced estimate; a process's first
+#: parallel kernel also carries Numba's set-up of parallel loops, and the first caller of a
+#: small helper (the taps, the partial sums) compiles it.
 KERNELS = {
     "conv2d_forward": 1.5,
     "conv2d_forward_lanes": 0.5,
@@ -375,8 +380,8 @@ def compile_message(tasks: list[tuple[str, str]], processes: int) -> str:
 def precompile(model, processes: int | None = None, meanwhile=None, input_shape=None,
                announce=None) -> int:
     """Make sure every CPU kernel ``model`` needs (for batches of ``input_shape``, if given:
-    see :func:`kernels_for`) is compiled and cached; returns how many were missing from the
-    cache.
+    see :func:`kernels_for`) is compiled and cached, with its job and the shared functions it
+    calls (:func:`units`); returns how many of those units were missing from the cache.
 
     ``processes`` (default: the usable cores) caps the processes compiling at once, this one
     included. ``meanwhile``, a function of no arguments, runs in this process once the child
