@@ -66,10 +66,10 @@ def _run(data: Path, cache: Path, cwd: Path) -> tuple[float, float]:
 
 
 @pytest.mark.startup
-@pytest.mark.parametrize("where", ["repository root", "elsewhere"])
+@pytest.mark.parametrize("where", ["from the repository root", "from elsewhere"])
 def test_startup(benchmark, tmp_path, request, where):
     data = _tiny_data(tmp_path / "data")
-    cwd = SOURCE_ROOT if where == "repository root" else tmp_path
+    cwd = SOURCE_ROOT if where == "from the repository root" else tmp_path
     runs = {"empty": [], "warm": []}
 
     def pairs():
@@ -86,7 +86,7 @@ def test_startup(benchmark, tmp_path, request, where):
     benchmark.extra_info.update({f"{which}_{part}": s for which, (first, whole) in
                                  medians.items() for part, s in (("first_step", first),
                                                                  ("whole_run", whole))})
-    lines = [f"start-up from the {where}, {which} Numba cache: first step after "
+    lines = [f"start-up {where}, {which} Numba cache: first step after "
              f"{medians[which][0]:.1f} s (median of "
              f"{', '.join(f'{first:.1f}' for first, _ in runs[which])}; target "
              f"{TARGETS[which]:g} s), whole run {medians[which][1]:.1f} s"
