@@ -1,14 +1,20 @@
 """Compile the CPU kernels a model needs before training, several processes at once.
 
-On an empty Numba cache a LeNet run spends about 35 s compiling its kernels one after the other
-in a single process, and a process compiles on one core. The kernels are independent, and
+On an empty Numba cache a LeNet run has about 14 s of compiling to do (35 s before the
+compile-time cuts of docs/performance.md), and a process compiles on one core. The kernels are
+independent, and
 ``cache=True`` writes what one process compiles to the on-disk cache that another then loads in
-milliseconds. So :func:`precompile` lists the kernels that are not cached yet, longest first,
-and works through the list in this process and in one child process per further available
-core at the same time: each process claims the next unclaimed kernel (a file created
-exclusively in a shared folder) and compiles it, so the processes finish together whatever the
-real compile times are. With a warm cache it only reads the cache's small index files and
-starts nothing.
+milliseconds. So :func:`precompile` lists what is not cached yet and works through the list in
+this process and in one child process per further available core at the same time: each
+process claims the next unclaimed unit (a file created exclusively in a shared folder) and
+compiles it, so the processes finish together whatever the real compile times are. With a warm
+cache it only reads the cache's small index files and starts nothing.
+
+The units are finer than kernels (:func:`units`): a convolution kernel's per-job function (its
+job, see :mod:`numbaconv.kernels.cpu.jobs`) and the products several jobs share
+(:data:`SHARED`) are compiled on their own. The list runs the shared products first, then the
+units that call none of them, while those compile, then the rest, each stage longest first:
+so no two processes compile one product at the same time.
 
 The children must compile this very copy of numbaconv: Numba's cache is kept per source file,
 so what a child compiled from another copy (``python -m`` puts the current folder first on the
@@ -36,29 +42,63 @@ import numpy as np
 
 __all__ = ["precompile", "kernels_for", "compile_message", "KERNELS"]
 
-#: kernel name -> rough compile seconds on an empty cache (measured on the reference machine),
-#: used only to order the work, longest first.
+JOB_PREFIX = "job:"
+#: compile unit (see :func:`units`) -> rough compile seconds on an empty cache (CPU seconds on
+#: the machine of docs/performance.md, LeNet's units one after the other in one process), used
+#: to order the work, longest first, and for the announced estimate; a process's first
+#: parallel kernel also carries Numba's set-up of parallel loops, and the first caller of a
+#: small helper (the taps, the partial sums) compiles it.
 KERNELS = {
-    "conv2d_forward": 4.7,
-    "conv2d_forward_lanes": 3.9,
-    "conv2d_weight_grad": 6.8,
-    "conv2d_weight_grad_rows": 4.0,
-    "conv2d_weight_grad_lanes": 5.2,
-    "conv2d_input_grad_lanes": 3.7,
-    "avg_pool2d_forward": 3.2,
-    "avg_pool2d_backward": 3.9,
-    "max_pool2d_forward": 1.8,
-    "max_pool2d_backward": 1.5,
+    "conv2d_forward": 1.5,
+    "conv2d_forward_lanes": 0.5,
+    "conv2d_weight_grad": 1.5,
+    "conv2d_weight_grad_rows": 1.5,
+    "conv2d_weight_grad_lanes": 0.7,
+    "conv2d_input_grad_lanes": 0.5,
+    "avg_pool2d_forward": 1.5,
+    "avg_pool2d_backward": 1.8,
+    "max_pool2d_forward": 0.8,
+    "max_pool2d_backward": 0.6,
     # the fused activation + pool kernels, a pair per activation and pool (fused_kernel_names)
     **{f"{activation}_{pool}_pool_{direction}": seconds
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")
-       for direction, seconds in (("forward", 2.6), ("backward", 1.8))},
+       for direction, seconds in (("forward", 0.9), ("backward", 1.2))},
     # the one-pass convolution + activation + pool forwards (one_pass_kernel_name)
-    **{f"conv2d_{activation}_{pool}_pool_forward": 5.0
+    **{f"conv2d_{activation}_{pool}_pool_forward": 1.5
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
-    "sigmoid_forward": 0.8,
-    "sigmoid_backward": 1.0,
-    "matmul_acc": 2.5,
+    "sigmoid_forward": 0.6,
+    "sigmoid_backward": 0.4,
+    "matmul_acc": 1.7,
+    # the jobs (see numbaconv.kernels.cpu.jobs)
+    **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 1.1
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
+    JOB_PREFIX + "conv2d_forward": 0.5,
+    JOB_PREFIX + "conv2d_forward_lanes": 0.4,
+    JOB_PREFIX + "conv2d_weight_grad": 0.5,
+    JOB_PREFIX + "conv2d_weight_grad_rows": 0.5,
+    JOB_PREFIX + "conv2d_weight_grad_lanes": 0.5,
+    JOB_PREFIX + "conv2d_input_grad_lanes": 0.5,
+    # the shared products (SHARED)
+    "_shifted_matmul_acc": 1.1,
+    "_abt_acc": 0.8,
+    "_abt_lanes_acc": 0.7,
+    "_interleave": 0.4,
+    "_deinterleave": 0.4,
+}
+#: functions that several units call, compiled as units of their own before those (else two
+#: processes could compile one at the same time, each for a unit of its own) -> their callers
+SHARED = {
+    "_shifted_matmul_acc": (
+        "matmul_acc", JOB_PREFIX + "conv2d_forward", JOB_PREFIX + "conv2d_forward_lanes",
+        JOB_PREFIX + "conv2d_input_grad_lanes",
+        *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward"
+          for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
+    "_abt_acc": (JOB_PREFIX + "conv2d_weight_grad",),
+    "_abt_lanes_acc": (JOB_PREFIX + "conv2d_weight_grad_rows",
+                       JOB_PREFIX + "conv2d_weight_grad_lanes"),
+    "_interleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_weight_grad_lanes",
+                    JOB_PREFIX + "conv2d_input_grad_lanes"),
+    "_deinterleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_input_grad_lanes"),
 }
 #: seconds a child process takes to start (Python, NumPy, Numba) before it compiles, for the
 #: announced estimate
@@ -81,10 +121,48 @@ def one_pass_kernel_name(activation: int, pool: int) -> str:
     return FUSED[activation, pool].py_func.__name__
 
 
+def job(name: str, dtype):
+    """The :class:`~numbaconv.kernels.cpu.jobs.Job` kernel ``name`` takes as its last
+    argument for arrays of ``dtype`` (its per-job function, compiled on its own), or None."""
+    from .kernels.cpu import conv_act_pool
+    from .kernels.cpu.conv import flat, lanes
+
+    jobs = {"conv2d_forward": flat.forward_job, "conv2d_weight_grad": flat.weight_grad_job,
+            "conv2d_weight_grad_rows": flat.weight_grad_rows_job,
+            "conv2d_forward_lanes": lanes.forward_lanes_job,
+            "conv2d_weight_grad_lanes": lanes.weight_grad_lanes_job,
+            "conv2d_input_grad_lanes": lanes.input_grad_lanes_job}
+    if name in jobs:
+        return jobs[name](np.dtype(dtype))
+    for codes, kernel in conv_act_pool.FUSED.items():
+        if kernel.py_func.__name__ == name:
+            return conv_act_pool.block_job(*codes, np.dtype(dtype))
+    return None
+
+
+def units(name: str) -> list[str]:
+    """What compiling kernel ``name`` takes, each a task of its own in :func:`precompile`:
+    the :data:`SHARED` functions it calls, its job (``"job:" + name``, where it takes one:
+    see :func:`job`), then the kernel."""
+    own = ([JOB_PREFIX + name] if job(name, np.float32) is not None else []) + [name]
+    return [shared for shared, users in SHARED.items() if set(own) & set(users)] + own
+
+
+def _stage(unit: str) -> int:
+    """When :func:`precompile` compiles ``unit``: the shared functions first (0), then the
+    units that call none of them (1), while the shared ones compile, then those that do (2),
+    which then find them in the cache instead of compiling them again."""
+    if unit in SHARED:
+        return 0
+    return 2 if any(unit in users for users in SHARED.values()) else 1
+
+
 def _dispatcher(name: str):
     from .kernels.cpu import activation, conv, conv_act_pool, dense, pool
 
-    for module in (conv, pool, activation, dense):
+    if name.startswith(JOB_PREFIX):
+        return job(name[len(JOB_PREFIX):], np.float32).dispatcher
+    for module in (conv, conv.tiles, conv.lanes, pool, activation, dense):
         if hasattr(module, name):
             return getattr(module, name)
     for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values()):
@@ -95,13 +173,32 @@ def _dispatcher(name: str):
 
 
 def signature(name: str, dtype) -> tuple:
-    """The argument types the public functions call kernel ``name`` with, for ``dtype``."""
+    """The argument types the public functions call kernel ``name`` with, for ``dtype``
+    (for ``"job:" + name``, those of its job)."""
+    from numba import typeof
+
+    if name.startswith(JOB_PREFIX):
+        return tuple(job(name[len(JOB_PREFIX):], dtype).signature().args)
+    kernel_job = job(name, dtype)
+    if kernel_job is not None:
+        return _signature(name, dtype) + (typeof(kernel_job),)
+    return _signature(name, dtype)
+
+
+def _signature(name: str, dtype) -> tuple:
+    """:func:`signature` without a kernel's job."""
     from numba import typeof, types
 
     array = {d: typeof(np.empty((1,) * d, dtype=dtype)) for d in (1, 2, 4, 5)}
     a1, a2, a4, a5 = array[1], array[2], array[4], array[5]
     i64 = types.int64
+    taps = typeof(np.empty(1, dtype=np.int64))
     return {
+        "_shifted_matmul_acc": (a2, a2, taps, taps, i64, a2, i64, i64),
+        "_abt_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
+        "_abt_lanes_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
+        "_interleave": (a4, i64, i64, i64, a2),
+        "_deinterleave": (a2, i64, i64, i64, a4),
         "conv2d_forward": (a4, a4, a1) + (i64,) * 7,
         "conv2d_forward_lanes": (a4, a4, a1) + (i64,) * 6,
         "conv2d_weight_grad": (a4, a4) + (i64,) * 7,
@@ -276,15 +373,14 @@ def compile_message(tasks: list[tuple[str, str]], processes: int) -> str:
     """The line :func:`precompile` announces before compiling ``tasks`` ((kernel name, dtype
     name) pairs) on ``processes`` processes, with about the time it takes."""
     seconds = sum(KERNELS[name] for name, _ in tasks) / processes + STARTUP_SECONDS
-    return (f"compiling {len(tasks)} kernels for this model (first run only, about "
-            f"{seconds:.0f} s)...")
+    return f"compiling kernels for this model (first run only, about {seconds:.0f} s)..."
 
 
 def precompile(model, processes: int | None = None, meanwhile=None, input_shape=None,
                announce=None) -> int:
     """Make sure every CPU kernel ``model`` needs (for batches of ``input_shape``, if given:
-    see :func:`kernels_for`) is compiled and cached; returns how many were missing from the
-    cache.
+    see :func:`kernels_for`) is compiled and cached, with its job and the shared functions it
+    calls (:func:`units`); returns how many of those units were missing from the cache.
 
     ``processes`` (default: the usable cores) caps the processes compiling at once, this one
     included. ``meanwhile``, a function of no arguments, runs in this process once the child
@@ -294,13 +390,16 @@ def precompile(model, processes: int | None = None, meanwhile=None, input_shape=
     string, is called with :func:`compile_message` before anything is compiled (not at all
     with a warm cache): for a command to tell its user why its first run waits.
     """
-    tasks = [(name, dtype) for dtype in _model_dtypes(model)
-             for name in kernels_for(model, input_shape) if not is_cached(name, dtype)]
+    tasks = [task for task in dict.fromkeys(
+        (unit, dtype) for dtype in _model_dtypes(model)
+        for name in kernels_for(model, input_shape) for unit in units(name))
+        if not is_cached(*task)]
     if not tasks:
         if meanwhile is not None:
             meanwhile()
         return 0
-    tasks.sort(key=lambda task: -KERNELS[task[0]])  # the longest first: the ends even out
+    # by stage, and in each the longest first: the ends even out
+    tasks.sort(key=lambda task: (_stage(task[0]), -KERNELS[task[0]]))
     n_processes = max(1, min(processes or _cores(), len(tasks)))
     if announce is not None:
         announce(compile_message(tasks, n_processes))

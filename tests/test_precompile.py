@@ -53,8 +53,41 @@ def test_signatures_are_those_of_real_calls(activation, pool, fuse):
     loss, grad = softmax_cross_entropy(model.forward(x, training=True), np.arange(64) % 10)
     model.backward(grad, need_input_grad=False)
     for name in P.kernels_for(model, x.shape):  # what this shape calls, with these types
-        compiled = [tuple(sig) for sig in P._dispatcher(name).signatures]
-        assert P.signature(name, np.float32) in compiled, (name, compiled)
+        for unit in P.units(name):  # and its job (the shared functions: below)
+            if unit not in P.SHARED:
+                compiled = [tuple(sig) for sig in P._dispatcher(unit).signatures]
+                assert P.signature(unit, np.float32) in compiled, (unit, compiled)
+
+
+SHARED_CALLS = textwrap.dedent('''
+    import numpy as np
+    from numbaconv import precompile as P
+    from numbaconv.losses import softmax_cross_entropy
+    from numbaconv.models import lenet
+
+    model = lenet("sigmoid", "avg", rng=0)
+    shared = set()
+    for batch in (64, 1):  # conv2 on the lanes kernels, then on the padded-width ones
+        x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
+        loss, grad = softmax_cross_entropy(model.forward(x, training=True), np.arange(batch) % 10)
+        model.backward(grad, need_input_grad=False)
+        shared |= {unit for name in P.kernels_for(model, x.shape) for unit in P.units(name)
+                   if unit in P.SHARED}
+    for unit in sorted(shared):
+        compiled = [tuple(sig) for sig in P._dispatcher(unit).signatures]
+        print(unit, P.signature(unit, np.float32) in compiled)
+''')
+
+
+def test_shared_functions_signatures_are_those_of_real_calls(tmp_path):
+    # with an empty cache, so that the calls compile the shared functions in this process
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", SHARED_CALLS], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.split()[::2]) == sorted(P.SHARED)  # each shared function called
+    assert set(out.stdout.split()[1::2]) == {"True"}, out.stdout
 
 
 def test_each_task_is_claimed_once(tmp_path, monkeypatch):
@@ -197,8 +230,9 @@ def test_the_announcement_says_how_long(monkeypatch):
     model = lenet("sigmoid", "avg", rng=0)
     P.precompile(model, processes=2, input_shape=(256, 1, 28, 28), announce=lines.append)
     assert len(lines) == 1
-    seconds = sum(P.KERNELS[name] for name in P.kernels_for(model, (256, 1, 28, 28))) / 2
-    assert lines[0] == (f"compiling 10 kernels for this model (first run only, about "
+    seconds = sum(P.KERNELS[unit] for unit in {unit for name in P.kernels_for(
+        model, (256, 1, 28, 28)) for unit in P.units(name)}) / 2
+    assert lines[0] == (f"compiling kernels for this model (first run only, about "
                         f"{seconds + P.STARTUP_SECONDS:.0f} s)...")
 
 
@@ -207,6 +241,45 @@ def test_nothing_is_announced_with_a_warm_cache(monkeypatch):
     lines = []
     P.precompile(lenet("sigmoid", "avg", rng=0), announce=lines.append)
     assert lines == []
+
+
+WARM_RUN = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from numba.core import event
+    from numbaconv import precompile as P
+    from numbaconv.layers import Conv2d
+    from numbaconv.sequential import Sequential
+
+    model = Sequential([Conv2d(1, 2, 3)])
+    x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    if sys.argv[1] == "precompile":
+        print(P.precompile(model, processes=2, input_shape=x.shape))
+    else:  # a training step after the precompile, in a new process: everything from the cache
+        compiled = []
+
+        class Compiles(event.Listener):
+            def on_start(self, e):
+                compiled.append(e.data["dispatcher"].py_func.__name__)
+
+            def on_end(self, e):
+                pass
+
+        event.register("numba:compile", Compiles())
+        y = model.forward(x, training=True)
+        model.backward(np.ones_like(y), need_input_grad=False)
+        print(compiled)
+""")
+
+
+def test_a_run_after_precompile_compiles_nothing(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    runs = [subprocess.run([sys.executable, "-c", WARM_RUN, step], env=env, capture_output=True,
+                           text=True, timeout=300) for step in ("precompile", "train")]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
+    assert int(runs[0].stdout) > 0
+    assert runs[1].stdout.strip() == "[]"
 
 
 CACHE_KEYS = textwrap.dedent("""

@@ -15,6 +15,7 @@ same sums in the same order, then the same activation and pool functions
 (``tests/test_fusion.py``).
 """
 
+import functools
 import types
 
 import numpy as np
@@ -24,6 +25,7 @@ from . import activation as act
 from .conv.common import _grouped_weights, _taps
 from .conv.flat import TASKS, _block_rows, block_sums
 from .conv.lanes import use_lanes
+from .jobs import INT, INTS, Job, array
 
 
 @njit(inline="always")
@@ -64,7 +66,7 @@ def _fused_kernel(activation, pool):
                 else:
                     act.max2x2_row(top, bottom, y[n, co, (row0 + r) // 2])
 
-    def forward(xp, w, b, dilation_h, dilation_w, groups, out_h, out_w):
+    def forward(xp, w, b, dilation_h, dilation_w, groups, out_h, out_w, job):
         n_batch, c_in, hp, wp = xp.shape
         c_out, c_in_g, kh_size, kw_size = w.shape
         c_out_g = c_out // groups
@@ -77,32 +79,40 @@ def _fused_kernel(activation, pool):
         y = np.empty((n_batch, c_out, out_h // 2, out_w // 2), dtype=xp.dtype)
         n_jobs = n_batch * groups * n_blocks
         n_tasks = min(n_jobs, TASKS)
-        # one call per job: parfor passes over a large inlined body cost seconds (conv/flat.py)
+        # one call of the block job per job (see numbaconv.kernels.cpu.jobs)
         for task in prange(n_tasks):  # one scratch block per task, as conv2d_forward
             # zeros: the activation passes over whole rows, the last one's tail included
             out = np.zeros((c_out_g, rows * wp), dtype=xp.dtype)
-            for job in range(task * n_jobs // n_tasks, (task + 1) * n_jobs // n_tasks):
-                row0 = job % n_blocks * rows
-                g = job // n_blocks % groups
-                _block(xflat, weights[g], b, chan, offset, wp,  # noqa: F821 - see below
-                       job // (groups * n_blocks), g, row0, min(rows, out_h - row0), out, z, y)
+            for j in range(task * n_jobs // n_tasks, (task + 1) * n_jobs // n_tasks):
+                row0 = np.int64(j % n_blocks * rows)
+                g = np.int64(j // n_blocks % groups)
+                job(xflat, weights[g], b, chan, offset, wp, np.int64(j // (groups * n_blocks)),
+                    g, row0, min(rows, out_h - row0), out, z, y)
         return z, y
 
     name = f"conv2d_{act.ACTIVATION_NAMES[activation]}_{act.POOL_NAMES[pool]}_pool"
     block.__name__ = block.__qualname__ = f"_{name}_block"
-    # The kernel reaches its block function as a global, not a closure variable: Numba's
-    # cache keys a function by its closure's pickled contents, and a pickled dispatcher holds
-    # a new random id in every process (the kernel would never load from the cache).
-    forward = types.FunctionType(forward.__code__,
-                                 {**globals(), "_block": njit(cache=True)(block)},
-                                 f"{name}_forward", forward.__defaults__, forward.__closure__)
+    # the kernel without a closure (it has no free variables): Numba's cache keys a function
+    # by its closure's pickled contents
+    forward = types.FunctionType(forward.__code__, globals(), f"{name}_forward")
     forward.__qualname__ = forward.__name__
-    return njit(parallel=True, cache=True)(forward)
+    return njit(parallel=True, cache=True)(forward), njit(cache=True)(block)
 
 
+#: (activation, pool) -> (the fused convolution + activation + pool forward kernel, its block
+#: job's function)
+_KERNELS = {(activation, pool): _fused_kernel(activation, pool)
+            for activation in act.ACTIVATION_NAMES for pool in act.POOL_NAMES}
 #: (activation, pool) -> the fused convolution + activation + pool forward kernel
-FUSED = {(activation, pool): _fused_kernel(activation, pool)
-         for activation in act.ACTIVATION_NAMES for pool in act.POOL_NAMES}
+FUSED = {codes: kernel for codes, (kernel, _) in _KERNELS.items()}
+
+
+@functools.cache
+def block_job(activation, pool, dtype) -> Job:
+    """The block job of :data:`FUSED` ``[activation, pool]`` for arrays of ``dtype``."""
+    a2, a4 = array(dtype, 2), array(dtype, 4)
+    return Job(_KERNELS[activation, pool][1], (array(dtype, 3), a2, array(dtype, 1), INTS, INTS)
+               + (INT,) * 5 + (a2, a4, a4))
 
 
 def applies(padded_shape, itemsize, stride, groups, out_w) -> bool:
@@ -115,4 +125,5 @@ def conv_act_pool_forward(xp, w, b, dilation, groups, out_h, out_w, activation, 
     """(z, y): z (N, C_out, out_h, out_w) = activation(conv2d(xp, w, b)) at stride 1, and
     y (N, C_out, out_h // 2, out_w // 2) its 2x2 pool; xp padded, all C-contiguous, where
     :func:`applies` says so."""
-    return FUSED[activation, pool](xp, w, b, *dilation, groups, out_h, out_w)
+    return FUSED[activation, pool](xp, w, b, *dilation, groups, out_h, out_w,
+                                   block_job(activation, pool, xp.dtype))

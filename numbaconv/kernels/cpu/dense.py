@@ -12,7 +12,7 @@ well.
 import numpy as np
 from numba import njit, prange
 
-from .conv.tiles import _shifted_matmul_acc
+from .conv.tiles import ZERO, _shifted_matmul_acc
 
 ROWS_PER_TASK = 16  # rows of c per parallel task: LeNet's 256-row products make 16 tasks
 
@@ -21,7 +21,7 @@ ROWS_PER_TASK = 16  # rows of c per parallel task: LeNet's 256-row products make
 def _rows_acc(a, b, c, chan, offset):
     """c += a @ b for one task's rows (a function of its own: Numba's parfor passes cost
     seconds more on the product inlined in the ``prange`` body than on a call)."""
-    _shifted_matmul_acc(a, b, chan, offset, 0, c, 0, b.shape[1])
+    _shifted_matmul_acc(a, b, chan, offset, ZERO, c, ZERO, b.shape[1])
 
 
 @njit(parallel=True, cache=True)

@@ -32,14 +32,20 @@ from .flat import (
     conv2d_forward,
     conv2d_weight_grad,
     conv2d_weight_grad_rows,
+    forward_job,
     weight_grad_from_rows,
+    weight_grad_job,
+    weight_grad_rows_job,
 )
 from .lanes import (
     LANES,
     conv2d_forward_lanes,
     conv2d_input_grad_lanes,
     conv2d_weight_grad_lanes,
+    forward_lanes_job,
+    input_grad_lanes_job,
     use_lanes,
+    weight_grad_lanes_job,
 )
 from .place import _place_planes
 
@@ -93,8 +99,10 @@ def pad(x, padding, check_finite=False):
 def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
     """:func:`conv2d_forward` or, where :func:`use_lanes` says so, :func:`conv2d_forward_lanes`."""
     if use_lanes(xp.shape, xp.itemsize, stride[1], groups, out_w):
-        return conv2d_forward_lanes(xp, w, b, stride[0], *dilation, groups, out_h, out_w)
-    return conv2d_forward(xp, w, b, *stride, *dilation, groups, out_h, out_w)
+        return conv2d_forward_lanes(xp, w, b, stride[0], *dilation, groups, out_h, out_w,
+                                    forward_lanes_job(xp.dtype))
+    return conv2d_forward(xp, w, b, *stride, *dilation, groups, out_h, out_w,
+                          forward_job(xp.dtype))
 
 
 def weight_grad(gy, xp, kernel, stride, dilation, groups):
@@ -102,11 +110,14 @@ def weight_grad(gy, xp, kernel, stride, dilation, groups):
     so, else by :func:`conv2d_weight_grad_rows` where :func:`weight_grad_from_rows` does, else
     by :func:`conv2d_weight_grad`."""
     if use_lanes(xp.shape, xp.itemsize, stride[1], groups, gy.shape[3]):
-        return conv2d_weight_grad_lanes(gy, xp, *kernel, stride[0], *dilation, groups)
+        return conv2d_weight_grad_lanes(gy, xp, *kernel, stride[0], *dilation, groups,
+                                        weight_grad_lanes_job(xp.dtype))
     weight_shape = (gy.shape[1], xp.shape[1] // groups) + tuple(kernel)
     if weight_grad_from_rows(weight_shape, stride[1], groups):
-        return conv2d_weight_grad_rows(gy, xp, *kernel, stride[0], *dilation, groups)
-    return conv2d_weight_grad(gy, xp, *kernel, *stride, *dilation, groups)
+        return conv2d_weight_grad_rows(gy, xp, *kernel, stride[0], *dilation, groups,
+                                       weight_grad_rows_job(xp.dtype))
+    return conv2d_weight_grad(gy, xp, *kernel, *stride, *dilation, groups,
+                              weight_grad_job(xp.dtype))
 
 
 def transposed_weights(w, groups):
@@ -150,7 +161,7 @@ def conv2d_input_grad(gy, w, input_shape, padding, stride, dilation, groups):
         c_out_g, c_in_g = c_out // groups, w.shape[1]
         wt = w.reshape(groups, c_out_g, c_in_g, kh, kw).transpose(0, 3, 4, 2, 1)
         grad_xp = conv2d_input_grad_lanes(gy, np.ascontiguousarray(wt), hp, wp, stride[0],
-                                          *dilation)
+                                          *dilation, input_grad_lanes_job(gy.dtype))
         return np.ascontiguousarray(grad_xp[:, :, top:top + height, left:left + width])
     reach_h, reach_w = dilation[0] * (kh - 1), dilation[1] * (kw - 1)
     dst_rows, src_rows = _placement(reach_h - top, stride[0], out_h, height + reach_h)

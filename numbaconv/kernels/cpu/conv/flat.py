@@ -13,12 +13,15 @@ or one batch chunk's partial weight gradient), so results do not depend on the n
 threads.
 """
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
 from .. import simd
+from ..jobs import INT, INTS, Job, array
 from .common import FAST, _grouped_weights, _sum_partials, _taps, _zero_partials
-from .tiles import _abt_acc, _abt_lanes_acc, _add_lane_sums, _shifted_matmul_acc
+from .tiles import ZERO, _abt_acc, _abt_lanes_acc, _add_lane_sums, _shifted_matmul_acc
 
 OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L2-resident
 WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
@@ -41,7 +44,7 @@ def block_sums(xflat, weights, b, chan, offset, base, length, n, g, out):
     for m in range(c_out_g):  # start from the bias: no add afterwards
         out[m, :length] = b[g * c_out_g + m]
     _shifted_matmul_acc(weights, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, base, out,
-                        0, length)
+                        ZERO, length)
 
 
 @njit(cache=True, fastmath=FAST)
@@ -68,12 +71,14 @@ def _forward_block(xflat, weights, b, chan, offset, stride_h, stride_w, wp, n, g
                     dst[ow] = src[base + ow * stride_w]
 
 
-# The parallel kernels below call one function per job: a prange body is compiled through
-# Numba's parfor passes, which cost seconds more on a large inlined body than on a call.
+# The parallel kernels below call one function per job, passed in as a Job (see
+# numbaconv.kernels.cpu.jobs): compiled once on its own, not linked into the kernel.
 
 @njit(parallel=True, cache=True)
-def conv2d_forward(xp, w, b, stride_h, stride_w, dilation_h, dilation_w, groups, out_h, out_w):
-    """Convolution of a padded input; returns y of shape (N, C_out, out_h, out_w)."""
+def conv2d_forward(xp, w, b, stride_h, stride_w, dilation_h, dilation_w, groups, out_h, out_w,
+                   job):
+    """Convolution of a padded input; returns y of shape (N, C_out, out_h, out_w).
+    ``job``: :func:`forward_job` of the dtype."""
     n_batch, c_in, hp, wp = xp.shape
     c_out, c_in_g, kh_size, kw_size = w.shape
     weights = _grouped_weights(w, groups)
@@ -88,13 +93,21 @@ def conv2d_forward(xp, w, b, stride_h, stride_w, dilation_h, dilation_w, groups,
     n_tasks = min(n_jobs, TASKS)
     for task in prange(n_tasks):  # one scratch block per task, not per job
         out = np.empty((c_out // groups, rows * wp), dtype=xp.dtype)
-        for job in range(task * n_jobs // n_tasks, (task + 1) * n_jobs // n_tasks):
-            n = job // (groups * n_blocks)
-            g = job // n_blocks % groups
-            row0 = job % n_blocks * rows
-            _forward_block(xflat, weights[g], b, chan, offset, stride_h, stride_w, wp, n, g,
-                           row0, min(rows, dense_h - row0), dense_w, y, out)
+        for j in range(task * n_jobs // n_tasks, (task + 1) * n_jobs // n_tasks):
+            n = np.int64(j // (groups * n_blocks))
+            g = np.int64(j // n_blocks % groups)
+            row0 = np.int64(j % n_blocks * rows)
+            job(xflat, weights[g], b, chan, offset, stride_h, stride_w, wp, n, g, row0,
+                min(rows, dense_h - row0), dense_w, y, out)
     return y
+
+
+@functools.cache
+def forward_job(dtype) -> Job:
+    """The job of :func:`conv2d_forward` for arrays of ``dtype``."""
+    a2, a4 = array(dtype, 2), array(dtype, 4)
+    return Job(_forward_block, (array(dtype, 3), a2, array(dtype, 1), INTS, INTS, INT, INT, INT,
+                                INT, INT, INT, INT, INT, a4, a2))
 
 
 @njit(cache=True, fastmath=FAST)
@@ -134,8 +147,8 @@ def _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp, n_start,
                             dst[base + ow * stride_w] = value
                             total += value
                 partial_bias[m] += total
-            _abt_acc(grads, src, chan, offset, partial, 0, row0 * wp, 1, 0, 0,
-                     (n_rows - 1) * wp + dense_w)
+            _abt_acc(grads, src, chan, offset, partial, ZERO, row0 * wp, np.int64(1), ZERO,
+                     ZERO, (n_rows - 1) * wp + dense_w)
 
 
 @njit(cache=True, fastmath=FAST)
@@ -155,16 +168,16 @@ def _weight_grad_rows(gy, xflat, chan, offset, stride_h, wp, n_start, n_stop, g,
             for p in range(out_h * out_w):
                 total += a[m, p]
             partial_bias[m] += total
-        _abt_lanes_acc(a, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, acc, 0, 0, out_h,
-                       out_w, stride_h * wp, out_w)
+        _abt_lanes_acc(a, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, acc, ZERO, ZERO,
+                       out_h, out_w, stride_h * wp, out_w)
     _add_lane_sums(acc, partial)
 
 
 @njit(parallel=True, cache=True)
 def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h, dilation_w,
-                       groups):
+                       groups, job):
     """Gradients of the weight, (C_out, C_in // groups, kh_size, kw_size), and of the bias,
-    (C_out,): ``(grad_w, grad_b)``.
+    (C_out,): ``(grad_w, grad_b)``; ``job``: :func:`weight_grad_job` of the dtype.
 
     grad_w[co, k] = sum over samples and pixels p of gy[n, co, p] * plane[offset[k] + p], with
     gy laid out on the same flat stride-1 grid as the forward pass (zero where no output is).
@@ -181,19 +194,27 @@ def conv2d_weight_grad(gy, xp, kh_size, kw_size, stride_h, stride_w, dilation_h,
     xflat = xp.reshape(n_batch, c_in, hp * wp)
     n_chunks = min(n_batch, WEIGHT_GRAD_CHUNKS)
     partial, partial_bias = _zero_partials(n_chunks, groups, c_out, chan.shape[0], xp)
-    for job in prange(n_chunks * groups):
-        chunk, g = job // groups, job % groups
-        _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp,
-                           chunk * n_batch // n_chunks, (chunk + 1) * n_batch // n_chunks, g,
-                           rows, dense_h, dense_w, partial[chunk, g],
-                           partial_bias[chunk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
+    for part in prange(n_chunks * groups):
+        chunk, g = np.int64(part // groups), np.int64(part % groups)
+        job(gy, xflat, chan, offset, stride_h, stride_w, wp, chunk * n_batch // n_chunks,
+            (chunk + 1) * n_batch // n_chunks, g, rows, dense_h, dense_w, partial[chunk, g],
+            partial_bias[chunk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
     return _sum_partials(partial, partial_bias, c_in_g, kh_size, kw_size)
 
 
+@functools.cache
+def weight_grad_job(dtype) -> Job:
+    """The job of :func:`conv2d_weight_grad` for arrays of ``dtype``."""
+    return Job(_weight_grad_chunk, (array(dtype, 4), array(dtype, 3), INTS, INTS) + (INT,) * 9
+               + (array(dtype, 2), array(dtype, 1, "A")))
+
+
 @njit(parallel=True, cache=True)
-def conv2d_weight_grad_rows(gy, xp, kh_size, kw_size, stride_h, dilation_h, dilation_w, groups):
+def conv2d_weight_grad_rows(gy, xp, kh_size, kw_size, stride_h, dilation_h, dilation_w, groups,
+                            job):
     """:func:`conv2d_weight_grad` (column stride 1) for layers with few weights (where
-    :func:`weight_grad_from_rows` says so): the products read gy's rows where they are."""
+    :func:`weight_grad_from_rows` says so): the products read gy's rows where they are.
+    ``job``: :func:`weight_grad_rows_job` of the dtype."""
     n_batch, c_in, hp, wp = xp.shape
     c_out = gy.shape[1]
     c_in_g = c_in // groups
@@ -202,12 +223,19 @@ def conv2d_weight_grad_rows(gy, xp, kh_size, kw_size, stride_h, dilation_h, dila
     xflat = xp.reshape(n_batch, c_in, hp * wp)
     n_chunks = min(n_batch, WEIGHT_GRAD_CHUNKS)
     partial, partial_bias = _zero_partials(n_chunks, groups, c_out, chan.shape[0], xp)
-    for job in prange(n_chunks * groups):
-        chunk, g = job // groups, job % groups
-        _weight_grad_rows(gy, xflat, chan, offset, stride_h, wp, chunk * n_batch // n_chunks,
-                          (chunk + 1) * n_batch // n_chunks, g, partial[chunk, g],
-                          partial_bias[chunk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
+    for part in prange(n_chunks * groups):
+        chunk, g = np.int64(part // groups), np.int64(part % groups)
+        job(gy, xflat, chan, offset, stride_h, wp, chunk * n_batch // n_chunks,
+            (chunk + 1) * n_batch // n_chunks, g, partial[chunk, g],
+            partial_bias[chunk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
     return _sum_partials(partial, partial_bias, c_in_g, kh_size, kw_size)
+
+
+@functools.cache
+def weight_grad_rows_job(dtype) -> Job:
+    """The job of :func:`conv2d_weight_grad_rows` for arrays of ``dtype``."""
+    return Job(_weight_grad_rows, (array(dtype, 4), array(dtype, 3), INTS, INTS) + (INT,) * 5
+               + (array(dtype, 2), array(dtype, 1, "A")))
 
 
 def weight_grad_from_rows(weight_shape, stride_w, groups):

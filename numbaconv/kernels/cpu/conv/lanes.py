@@ -10,10 +10,13 @@ Each parallel job owns a block of LANES samples of one group, so results do not 
 number of threads.
 """
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
 from .. import simd
+from ..jobs import INT, INTS, Job, array
 from .common import FAST, _grouped_weights, _sum_partials, _taps, _zero_partials
 from .tiles import _abt_lanes_acc, _add_lane_sums, _shifted_matmul_acc
 
@@ -21,7 +24,7 @@ LANES = 32  # samples interleaved by the narrow-image kernels (rows of 32 x OW v
 WEIGHT_GRAD_ROWS = 5  # rows of LANES samples per pass of the weight-gradient tiles (1, 2, 10 slow)
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _interleave(src, n0, c0, n_chan, buf):
     """buf[c, p * LANES + l] = src[n0 + l, c0 + c] flattened at p, for c < n_chan (lanes past
     the batch get zeros).
@@ -50,7 +53,7 @@ def _interleave(src, n0, c0, n_chan, buf):
                                      simd.load_first(block, q * w, w), w)
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _deinterleave(buf, n0, c0, n_chan, dst):
     """The inverse of :func:`_interleave`: dst[n0 + l, c0 + c] from buf's lanes."""
     w = simd.width(buf[0])
@@ -92,8 +95,10 @@ def _forward_lanes(xp, weights, b, chan, offset, stride_h, n0, g, y):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_forward_lanes(xp, w, b, stride_h, dilation_h, dilation_w, groups, out_h, out_w):
-    """:func:`conv2d_forward` (column stride 1) for narrow images, without scratch columns.
+def conv2d_forward_lanes(xp, w, b, stride_h, dilation_h, dilation_w, groups, out_h, out_w,
+                         job):
+    """:func:`conv2d_forward` (column stride 1) for narrow images, without scratch columns;
+    ``job``: :func:`forward_lanes_job` of the dtype.
 
     LANES samples are interleaved pixel by pixel, so that one output row of all of them,
     ``out_w * LANES`` values, is contiguous and every kernel tap is again a shifted slice
@@ -106,10 +111,17 @@ def conv2d_forward_lanes(xp, w, b, stride_h, dilation_h, dilation_w, groups, out
     offset *= LANES
     n_blocks = (n_batch + LANES - 1) // LANES
     y = np.empty((n_batch, c_out, out_h, out_w), dtype=xp.dtype)
-    for job in prange(n_blocks * groups):
-        g = job % groups
-        _forward_lanes(xp, weights[g], b, chan, offset, stride_h, job // groups * LANES, g, y)
+    for block in prange(n_blocks * groups):
+        g = np.int64(block % groups)
+        job(xp, weights[g], b, chan, offset, stride_h, np.int64(block // groups * LANES), g, y)
     return y
+
+
+@functools.cache
+def forward_lanes_job(dtype) -> Job:
+    """The job of :func:`conv2d_forward_lanes` for arrays of ``dtype``."""
+    a1, a2, a4 = array(dtype, 1), array(dtype, 2), array(dtype, 4)
+    return Job(_forward_lanes, (a4, a2, a1, INTS, INTS, INT, INT, INT, a4))
 
 
 @njit(cache=True, fastmath=FAST)
@@ -140,10 +152,10 @@ def _weight_grad_lanes(gy, xp, chan, offset, stride_h, n0, g, partial, partial_b
 
 @njit(parallel=True, cache=True)
 def conv2d_weight_grad_lanes(gy, xp, kh_size, kw_size, stride_h, dilation_h, dilation_w,
-                             groups):
+                             groups, job):
     """:func:`conv2d_weight_grad` (column stride 1) on the interleaved layout of
     :func:`conv2d_forward_lanes`, ``(grad_w, grad_b)``; one partial sum per block of LANES
-    samples."""
+    samples. ``job``: :func:`weight_grad_lanes_job` of the dtype."""
     n_batch, c_in, hp, wp = xp.shape
     c_out = gy.shape[1]
     c_in_g = c_in // groups
@@ -152,11 +164,19 @@ def conv2d_weight_grad_lanes(gy, xp, kh_size, kw_size, stride_h, dilation_h, dil
     offset *= LANES
     n_blocks = (n_batch + LANES - 1) // LANES
     partial, partial_bias = _zero_partials(n_blocks, groups, c_out, chan.shape[0], xp)
-    for job in prange(n_blocks * groups):
-        blk, g = job // groups, job % groups
-        _weight_grad_lanes(gy, xp, chan, offset, stride_h, blk * LANES, g, partial[blk, g],
-                           partial_bias[blk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
+    for block in prange(n_blocks * groups):
+        blk, g = np.int64(block // groups), np.int64(block % groups)
+        job(gy, xp, chan, offset, stride_h, blk * LANES, g, partial[blk, g],
+            partial_bias[blk, 0, g * c_out_g:(g + 1) * c_out_g, 0])
     return _sum_partials(partial, partial_bias, c_in_g, kh_size, kw_size)
+
+
+@functools.cache
+def weight_grad_lanes_job(dtype) -> Job:
+    """The job of :func:`conv2d_weight_grad_lanes` for arrays of ``dtype``."""
+    a4 = array(dtype, 4)
+    return Job(_weight_grad_lanes, (a4, a4, INTS, INTS, INT, INT, INT, array(dtype, 2),
+                                    array(dtype, 1, "A")))
 
 
 @njit(cache=True, fastmath=FAST)
@@ -181,8 +201,9 @@ def _input_grad_lanes(gy, wt, stride_h, dilation_h, dilation_w, n0, g, grad_xp):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_input_grad_lanes(gy, wt, hp, wp, stride_h, dilation_h, dilation_w):
-    """Gradient of the padded input (N, C_in, hp, wp), column stride 1, for narrow images.
+def conv2d_input_grad_lanes(gy, wt, hp, wp, stride_h, dilation_h, dilation_w, job):
+    """Gradient of the padded input (N, C_in, hp, wp), column stride 1, for narrow images;
+    ``job``: :func:`input_grad_lanes_job` of the dtype.
 
     On the interleaved layout of :func:`conv2d_forward_lanes`, each row of gy is scattered
     into the input rows it came from: per kernel tap, a product of the (C_in_g, C_out_g)
@@ -194,11 +215,18 @@ def conv2d_input_grad_lanes(gy, wt, hp, wp, stride_h, dilation_h, dilation_w):
     groups, c_in_g = wt.shape[0], wt.shape[3]
     n_blocks = (n_batch + LANES - 1) // LANES
     grad_xp = np.empty((n_batch, c_in_g * groups, hp, wp), dtype=gy.dtype)
-    for job in prange(n_blocks * groups):
-        g = job % groups
-        _input_grad_lanes(gy, wt[g], stride_h, dilation_h, dilation_w, job // groups * LANES, g,
-                          grad_xp)
+    for block in prange(n_blocks * groups):
+        g = np.int64(block % groups)
+        job(gy, wt[g], stride_h, dilation_h, dilation_w, np.int64(block // groups * LANES), g,
+            grad_xp)
     return grad_xp
+
+
+@functools.cache
+def input_grad_lanes_job(dtype) -> Job:
+    """The job of :func:`conv2d_input_grad_lanes` for arrays of ``dtype``."""
+    a4 = array(dtype, 4)
+    return Job(_input_grad_lanes, (a4, a4, INT, INT, INT, INT, INT, a4))
 
 
 def use_lanes(padded_shape, itemsize, stride_w, groups, out_w):

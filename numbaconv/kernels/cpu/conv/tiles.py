@@ -1,5 +1,4 @@
-"""The register-tiled products every convolution kernel is built of (all inlined into their
-callers).
+"""The register-tiled products every convolution kernel is built of.
 
 Forward type, ``c[m, p] += sum_k a[m, k] * src[chan[k], base + offset[k] + p]``
 (:func:`_shifted_matmul_acc`): seen as flat vectors, the input window under every output
@@ -16,9 +15,17 @@ No BLAS: the products run inside ``prange`` loops, where a BLAS call would start
 threads on top of Numba's.
 """
 
+import numpy as np
 from numba import njit
 
 from .. import simd
+from .common import FAST
+
+# The products below are compiled once per dtype, as functions of their own, and called by
+# every kernel that needs them (not inlined into each, which cost seconds of compile time per
+# kernel). Numba compiles a function again for each literal value a caller passes, so callers
+# pass positions as int64 values, ZERO rather than 0.
+ZERO = np.int64(0)
 
 
 @njit(inline="always")
@@ -134,7 +141,7 @@ def _tile2(a, src, chan, offset, q, c, i, i1, p, n0, n1, n2, n3):
     simd.store_first(c1, p + 3 * w, s13, n3)
 
 
-@njit(inline="always")
+@njit(cache=True, fastmath=FAST)
 def _shifted_matmul_acc(a, src, chan, offset, base, c, cbase, p_size):
     """c[m, cbase + p] += sum_k a[m, k] * src[chan[k], base + offset[k] + p], p < p_size.
 
@@ -232,7 +239,7 @@ def _add_totals(c_row, j, k_last, s0, s1, s2, s3):
         c_row[j + 3] += simd.total(s3)
 
 
-@njit(inline="always")
+@njit(cache=True, fastmath=FAST)
 def _abt_acc(a, src, chan, offset, c, a_base, src_base, n_rows, a_step, src_step, length):
     """c[m, k] += sum over rows r < n_rows and pixels p < length of
     a[m, a_base + r * a_step + p] * src[chan[k], src_base + r * src_step + offset[k] + p].
@@ -256,7 +263,7 @@ def _abt_acc(a, src, chan, offset, c, a_base, src_base, n_rows, a_step, src_step
                 _add_totals(c[i + 3], j, k_last, s[12], s[13], s[14], s[15])
 
 
-@njit(inline="always")
+@njit(cache=True, fastmath=FAST)
 def _abt_lanes_acc(a, src, chan, offset, acc, a_base, src_base, n_rows, a_step, src_step,
                    length):
     """:func:`_abt_acc` without the lanes' sums: acc[m, k * W:(k + 1) * W] += the W lane
