@@ -7,10 +7,10 @@ directory)::
     pytest bench/ --benchmark-only --ratio-report         # + numbaconv/torch ratios vs targets
     pytest bench/test_bench_ops.py --benchmark-only -k conv64 --bench-threads 1
 
-The cases come from :mod:`numbaconv.bench` (shared with ``numbaconv bench``). Each case is a
-pair of tests in one benchmark group: ``[<case>-numbaconv]`` then ``[<case>-torch]``, run back
-to back on the same prepared inputs; the PyTorch half skips, with the reason, when PyTorch is
-not installed.
+The cases come from :mod:`numbaconv.benchmarks` (shared with ``numbaconv bench``). Each case
+is a pair of tests in one benchmark group: ``[<case>-numbaconv]`` then ``[<case>-torch]``, run
+back to back on the same prepared inputs; the PyTorch half skips, with the reason, when PyTorch
+is not installed.
 
 Options (``NUMBACONV_RATIO_REPORT=1`` and ``NUMBACONV_RATIO_STRICT=1`` do the same as the
 flags):
@@ -30,7 +30,7 @@ import os
 
 import pytest
 
-from numbaconv import bench as B
+from numbaconv import benchmarks as B
 
 RATIOS_KEY = pytest.StashKey[dict]()
 ITEMS_KEY = pytest.StashKey[dict]()

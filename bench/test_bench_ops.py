@@ -1,6 +1,6 @@
 """Per-operation benchmarks: LeNet's layers at batch 256 and a 64->64 3x3 convolution.
 
-Each case from :mod:`numbaconv.bench` is a benchmark group holding a numbaconv test and a
+Each case from :mod:`numbaconv.benchmarks` is a benchmark group holding a numbaconv test and a
 PyTorch test on the same inputs. Forward cases time PyTorch under ``inference_mode``; backward
 cases time its backward alone (``torch.autograd.grad`` on a retained graph) against numbaconv's
 ``*_backward`` function; ``conv64-fwdbwd`` times both passes on both sides.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from numbaconv.bench import CASES
+from numbaconv.benchmarks import CASES
 
 OP_CASES = [case for case in CASES if case.kind == "op"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-from numbaconv.bench import CASES
+from numbaconv.benchmarks import CASES
 
 TRAINING_CASES = [case for case in CASES if case.kind in ("step", "epoch", "eval")]
 

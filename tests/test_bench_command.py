@@ -1,4 +1,4 @@
-"""``numbaconv bench`` and the benchmark cases of :mod:`numbaconv.bench`.
+"""``numbaconv bench`` and the benchmark harness :mod:`numbaconv.benchmarks`.
 
 The command runs on tiny shapes (the hidden ``--tiny``) through ``CliRunner`` and prints its
 table; every case's numbaconv and PyTorch callables compute the same numbers, so the timings
@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 from threadpoolctl import threadpool_limits
 
-from numbaconv import bench as B
+from numbaconv import benchmarks as B
+from numbaconv.benchmarks import cases
 from numbaconv.cli.bench import bench
 
 
@@ -118,11 +119,11 @@ def test_setup_without_torch_has_no_torch_side():
 
 def test_full_shapes_are_the_documented_ones():
     """The cases time the shapes docs/performance.md names (checked without running them)."""
-    assert B._conv_shapes("conv1", "full") == ((256, 1, 28, 28), (6, 1, 5, 5), 2, False)
-    assert B._conv_shapes("conv2", "full") == ((256, 6, 14, 14), (16, 6, 5, 5), 0, True)
-    assert B._conv_shapes("conv64", "full") == ((32, 64, 56, 56), (64, 64, 3, 3), 1, True)
-    assert B._pool_shape("1", "full") == (256, 6, 28, 28)
-    assert B._pool_shape("2", "full") == (256, 16, 10, 10)
+    assert cases._conv_shapes("conv1", "full") == ((256, 1, 28, 28), (6, 1, 5, 5), 2, False)
+    assert cases._conv_shapes("conv2", "full") == ((256, 6, 14, 14), (16, 6, 5, 5), 0, True)
+    assert cases._conv_shapes("conv64", "full") == ((32, 64, 56, 56), (64, 64, 3, 3), 1, True)
+    assert cases._pool_shape("1", "full") == (256, 6, 28, 28)
+    assert cases._pool_shape("2", "full") == (256, 16, 10, 10)
     assert B.EPOCH_FRACTION["full"] == 1 / 10
 
 
@@ -139,8 +140,6 @@ def test_time_case_interleaves_and_takes_medians():
 def test_registered_on_the_main_command():
     from numbaconv.cli import cli
 
-    if "bench" not in cli.commands:
-        pytest.skip("numbaconv/cli.py does not register the bench command yet "
-                    "(from .cli_bench import bench; cli.add_command(bench))")
+    assert "bench" in cli.commands
     result = CliRunner().invoke(cli, ["bench", "--help"])
     assert result.exit_code == 0 and "--quick" in result.output

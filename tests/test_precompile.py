@@ -249,7 +249,7 @@ WARM_RUN = textwrap.dedent("""
     from numba.core import event
     from numbaconv import precompile as P
     from numbaconv.layers import Conv2d
-    from numbaconv.sequential import Sequential
+    from numbaconv.layers import Sequential
 
     model = Sequential([Conv2d(1, 2, 3)])
     x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)

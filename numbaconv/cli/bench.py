@@ -1,8 +1,8 @@
 """``numbaconv bench``: numbaconv against PyTorch on this machine's CPU, as a table.
 
-The cases and the timing method live in :mod:`numbaconv.bench` (shared with the pytest
-benchmark suite in ``bench/``). Registered on the main group by ``numbaconv.cli``; also
-runnable alone as ``python -m numbaconv.cli.bench``.
+The cases and the timing method live in :mod:`numbaconv.benchmarks` (shared with the
+pytest benchmark suite in ``bench/``). Registered on the main group by
+:mod:`numbaconv.cli.main`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def bench(quick, threads, repeat, patterns, no_torch, tiny):
     numbaconv is faster), the ratio of the best times, and the project's target. Without
     PyTorch installed it prints numbaconv's times alone.
     """
-    from .. import bench as B
+    from .. import benchmarks as B
 
     cases = B.select(patterns)
     if tiny:

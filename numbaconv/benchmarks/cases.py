@@ -1,12 +1,10 @@
-"""Benchmark cases: numbaconv against PyTorch on the CPU, defined once for two front ends.
+"""What is measured: each case's numbaconv and PyTorch sides, built from the same numbers.
 
-``numbaconv bench`` (:mod:`numbaconv.cli.bench`) and the pytest-benchmark suite in ``bench/``
-both take their cases from :data:`CASES`. A :class:`Case` is a small object whose
-:meth:`Case.setup` builds the inputs once and returns a :class:`Prepared` holding two
-zero-argument callables, one for numbaconv and one for PyTorch, that compute the same thing
-from the same numbers (same shapes, float32, same weights), so their times compare like with
-like. Each callable returns its result, which :func:`as_arrays` turns into NumPy arrays for the
-parity checks in ``tests/test_bench_command.py``.
+A :class:`Case` is a small object whose :meth:`Case.setup` builds the inputs once and returns a
+:class:`Prepared` holding two zero-argument callables, one for numbaconv and one for PyTorch,
+that compute the same thing from the same numbers (same shapes, float32, same weights), so
+their times compare like with like. Each callable returns its result, which :func:`as_arrays`
+turns into NumPy arrays for the parity checks in ``tests/test_bench_command.py``.
 
 What the PyTorch side runs:
 
@@ -23,34 +21,21 @@ What the PyTorch side runs:
 * evaluation: ``net.eval()`` under ``torch.inference_mode()`` in batches of
   :data:`numbaconv.training.EVAL_BATCH`, the arg-max compared with the labels, as
   :func:`numbaconv.training.evaluate` does.
-
-Timing (:func:`time_case`): one warm-up call per side (Numba compiles, PyTorch allocates)
-outside the timed region, then ``repeat`` samples per side with ``time.perf_counter``, the two
-sides interleaved sample by sample (and which goes first alternating) so that both see the same
-machine noise. A fast case runs several calls per sample so that a sample lasts at least
-``min_time`` seconds. The ratio reported is numbaconv's median over PyTorch's median; "best" is
-the ratio of the minima.
 """
 
 from __future__ import annotations
 
-import gc
 import math
-import os
-import platform
-import statistics
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "SIZES", "Target", "Prepared", "Case", "CaseResult", "CASES", "TARGETS",
-    "import_torch", "set_threads", "as_arrays", "select", "time_case", "format_table",
-    "machine_info", "verdict", "busy_warning",
-]
+from .targets import CONV64, CONV64_FWDBWD, EPOCH, EVAL, LENET_LAYER, Target
+
+__all__ = ["SIZES", "EPOCH_FRACTION", "Prepared", "Case", "CASES", "CASES_BY_NAME",
+           "import_torch", "torch_lenet", "select", "as_arrays"]
 
 #: ``full``: the documented shapes; ``quick``: the same shapes with a smaller epoch fraction;
 #: ``tiny``: small shapes for the test-suite (seconds, mostly JIT compilation).
@@ -62,39 +47,6 @@ FASHION_MNIST_TEST = 10000
 #: The fraction of an epoch timed per ``size``; times are per that fraction.
 EPOCH_FRACTION = {"full": 1 / 10, "quick": 1 / 30, "tiny": None}
 
-
-# --------------------------------------------------------------------------- targets
-
-@dataclass(frozen=True)
-class Target:
-    """An upper bound on numbaconv's time over PyTorch's."""
-
-    max_ratio: float
-    label: str
-
-    def passed(self, ratio: float) -> bool:
-        return ratio <= self.max_ratio
-
-    def describe(self) -> str:
-        return f"<= {self.max_ratio:g}x"
-
-
-LENET_LAYER = Target(1.5, "LeNet layers <= 1.5x torch")
-CONV64 = Target(2.0, "64-channel conv <= 2x torch")
-CONV64_FWDBWD = Target(1.5, "64-channel conv forward+backward <= 1.5x torch")
-EPOCH = Target(0.5, "training epoch <= 0.5x torch")
-EVAL = Target(0.5, "evaluation images/s >= 2x torch (time <= 0.5x)")
-TARGETS = (LENET_LAYER, CONV64, CONV64_FWDBWD, EPOCH, EVAL)
-
-
-def verdict(target: Target | None, ratio: float | None) -> str:
-    """``PASS``, ``FAIL``, or ``-`` when there is no target or no ratio."""
-    if target is None or ratio is None or not math.isfinite(ratio):
-        return "-"
-    return "PASS" if target.passed(ratio) else "FAIL"
-
-
-# --------------------------------------------------------------------------- cases
 
 @dataclass
 class Prepared:
@@ -176,7 +128,7 @@ def _conv_shapes(spec: str, size: str):
 
 def _conv_build(spec: str, mode: str):
     def build(size, torch):
-        from . import functional as F
+        from .. import functional as F
 
         x_shape, w_shape, pad, need_x = _conv_shapes(spec, size)
         rng = np.random.default_rng(0)
@@ -237,7 +189,7 @@ def _pool_shape(spec: str, size: str):
 
 def _pool_build(kind: str, spec: str, mode: str):
     def build(size, torch):
-        from . import functional as F
+        from .. import functional as F
 
         shape = _pool_shape(spec, size)
         rng = np.random.default_rng(1)
@@ -297,7 +249,7 @@ def torch_lenet(torch, activation: str = "sigmoid", pool: str = "avg", num_class
 
 def _lenets(torch, activation, pool, seed=0):
     """A numbaconv LeNet (Xavier-uniform weights as D2L's ``init_cnn``) and PyTorch's copy."""
-    from .models.lenet import lenet
+    from ..models.lenet import lenet
 
     model = lenet(activation, pool, rng=seed)
     if torch is None:
@@ -323,8 +275,8 @@ def _images(rng: np.random.Generator, n: int):
 
 def _step_build(activation: str, pool: str, optimizer: str, lr: float):
     def build(size, torch):
-        from . import functional as F
-        from .training import make_optimizer
+        from .. import functional as F
+        from ..training import make_optimizer
 
         batch = 8 if size == "tiny" else 256
         x, y = _images(np.random.default_rng(2), batch)
@@ -364,7 +316,7 @@ def _epoch_build(activation: str, pool: str, optimizer: str, lr: float):
     def build(size, torch):
         from types import SimpleNamespace
 
-        from .training import Loop, Settings, epoch_rng, make_optimizer
+        from ..training import Loop, Settings, epoch_rng, make_optimizer
 
         fraction = EPOCH_FRACTION[size]
         n, batch = (48, 16) if fraction is None else (round(FASHION_MNIST_TRAIN * fraction), 256)
@@ -411,7 +363,7 @@ def _epoch_build(activation: str, pool: str, optimizer: str, lr: float):
 
 
 def _eval_build(size, torch):
-    from .training import EVAL_BATCH, evaluate
+    from ..training import EVAL_BATCH, evaluate
 
     n = 64 if size == "tiny" else FASHION_MNIST_TEST
     images, labels = _images(np.random.default_rng(4), n)
@@ -492,8 +444,6 @@ def select(patterns: Sequence[str] = ()) -> list[Case]:
     return chosen
 
 
-# --------------------------------------------------------------------------- helpers
-
 def as_arrays(result) -> list[np.ndarray]:
     """A case's return value as a flat list of float64 NumPy arrays (``None`` entries dropped;
     tensors detached and converted)."""
@@ -504,205 +454,3 @@ def as_arrays(result) -> list[np.ndarray]:
     if hasattr(result, "detach"):
         result = result.detach().numpy()
     return [np.asarray(result, dtype=np.float64)]
-
-
-def set_threads(threads: int | None, torch: Any = None) -> int:
-    """Give numbaconv's kernels (Numba) and PyTorch the same thread count.
-
-    ``None`` means all of Numba's threads (``NUMBA_NUM_THREADS``, the cores by default).
-    Returns the count used.
-    """
-    from .threads import set_threads as set_numbaconv_threads
-
-    threads = set_numbaconv_threads(threads)
-    if torch is not None:
-        torch.set_num_threads(threads)
-    return threads
-
-
-def machine_info(torch: Any = None) -> dict[str, str]:
-    """CPU model, core counts and library versions, for the table's header."""
-    import numba
-
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {
-        "cpu": model,
-        "cpus": str(os.cpu_count()),
-        "numba threads": str(numba.get_num_threads()),
-        "numba": numba.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-    if torch is not None:
-        info["torch"] = torch.__version__
-        info["torch threads"] = str(torch.get_num_threads())
-    if hasattr(os, "getloadavg"):
-        info["load"] = f"{os.getloadavg()[0]:.2f}"
-    return info
-
-
-def busy_warning(threads: int) -> str | None:
-    """A warning when other processes already keep the cores busy (the 1-minute load
-    average leaves fewer idle CPUs than ``threads``), else ``None``.
-
-    Multi-threaded code loses far more than its share on an oversubscribed machine: a
-    parallel region waits for its slowest thread, and PyTorch runs many small regions per
-    step. The ratios of such a run mostly measure the neighbours.
-    """
-    from .threads import load_leaves_too_few
-
-    if not load_leaves_too_few(threads):
-        return None
-    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-    return (f"warning: load average {load:.2f} on {cpus} CPUs before the run leaves fewer "
-            f"than {threads} idle; timings with {threads} thread(s) will be noisy "
-            "(PyTorch's especially). Use a quiet machine, or fewer --threads.")
-
-
-# --------------------------------------------------------------------------- timing
-
-@dataclass
-class CaseResult:
-    """Per-call seconds of both sides of one case (``torch_times`` empty without torch)."""
-
-    case: Case
-    numbaconv_times: list[float]
-    torch_times: list[float]
-    items: int = 0
-    scale: float = 1.0
-    detail: str = ""
-
-    @property
-    def numbaconv_median(self) -> float:
-        return statistics.median(self.numbaconv_times)
-
-    @property
-    def torch_median(self) -> float | None:
-        return statistics.median(self.torch_times) if self.torch_times else None
-
-    @property
-    def ratio(self) -> float | None:
-        """numbaconv's median time over PyTorch's."""
-        t = self.torch_median
-        return self.numbaconv_median / t if t else None
-
-    @property
-    def best_ratio(self) -> float | None:
-        return min(self.numbaconv_times) / min(self.torch_times) if self.torch_times else None
-
-    @property
-    def verdict(self) -> str:
-        return verdict(self.case.target, self.ratio)
-
-
-def _calls_per_sample(warm_seconds: float, min_time: float) -> int:
-    return max(1, math.ceil(min_time / max(warm_seconds, 1e-7)))
-
-
-def _sample(fn: Callable[[], Any], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
-
-
-def time_case(case: Case, prepared: Prepared, repeat: int = 7, min_time: float = 0.05,
-              warmup: int = 1) -> CaseResult:
-    """Warm both sides up, then ``repeat`` interleaved samples of each (see the module doc)."""
-    if repeat < 1:
-        raise ValueError(f"repeat must be at least 1, got {repeat}")
-    sides = [prepared.numbaconv] + ([prepared.torch] if prepared.torch is not None else [])
-    calls = []
-    for fn in sides:
-        fn()  # compiles (Numba) or allocates (PyTorch); never timed
-        warm = min(_sample(fn, 1) for _ in range(max(warmup, 1)))
-        calls.append(_calls_per_sample(warm, min_time))
-    times: list[list[float]] = [[] for _ in sides]
-    gc.collect()
-    for r in range(repeat):
-        order = range(len(sides)) if r % 2 == 0 else reversed(range(len(sides)))
-        for i in order:
-            times[i].append(_sample(sides[i], calls[i]))
-    return CaseResult(case, times[0], times[1] if len(times) > 1 else [], prepared.items,
-                      prepared.scale, prepared.detail)
-
-
-# --------------------------------------------------------------------------- report
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1e3:,.2f}"
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-HEADER = ("case", "numbaconv ms", "torch ms", "ratio", "best", "target", "result")
-HEADER_ALONE = ("case", "numbaconv ms", "best ms")
-
-
-def table_row(result: CaseResult, with_torch: bool = True) -> tuple[str, ...]:
-    if not with_torch:
-        return (result.case.name, _ms(result.numbaconv_median),
-                _ms(min(result.numbaconv_times)))
-    target = result.case.target
-    return (result.case.name, _ms(result.numbaconv_median), _ms(result.torch_median),
-            _ratio(result.ratio), _ratio(result.best_ratio),
-            target.describe() if target else "-", result.verdict)
-
-
-def format_rows(rows: Iterable[Sequence[str]]) -> list[str]:
-    """Aligned text lines (first column left, the rest right) with a rule under the header."""
-    rows = [tuple(r) for r in rows]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
-                       for c, (cell, w) in enumerate(zip(row, widths))).rstrip()
-             for row in rows]
-    lines.insert(1, "-" * max(len(line) for line in lines))
-    return lines
-
-
-def format_table(results: Sequence[CaseResult]) -> str:
-    """The results as a text table, then throughput notes (ratio = numbaconv / torch time)."""
-    with_torch = any(r.torch_times for r in results)
-    header = HEADER if with_torch else HEADER_ALONE
-    lines = format_rows([header] + [table_row(r, with_torch) for r in results])
-    notes = []
-    for r in results:
-        if r.case.kind == "epoch":
-            line = (f"{r.case.name}: {r.detail}; projected full epoch numbaconv "
-                    f"{r.numbaconv_median * r.scale:.2f} s")
-            if r.torch_median is not None:
-                line += f", torch {r.torch_median * r.scale:.2f} s"
-            notes.append(line)
-        elif r.case.kind == "eval":
-            line = f"{r.case.name}: numbaconv {r.items / r.numbaconv_median:,.0f} " \
-                   "images/s"
-            if r.torch_median is not None:
-                speedup = r.torch_median / r.numbaconv_median
-                line += (f", torch {r.items / r.torch_median:,.0f} images/s "
-                         f"({speedup:.2f}x torch's throughput)")
-            notes.append(line)
-    return "\n".join(lines + ([""] + notes if notes else []))
-
-
-def summary(results: Sequence[CaseResult]) -> str:
-    """One line per target: how many of its cases passed."""
-    lines = []
-    for target in TARGETS:
-        mine = [r for r in results if r.case.target is target and r.ratio is not None]
-        if mine:
-            passed = sum(r.verdict == "PASS" for r in mine)
-            worst = max(mine, key=lambda r: r.ratio)
-            lines.append(f"{'PASS' if passed == len(mine) else 'FAIL'}  {target.label}: "
-                         f"{passed}/{len(mine)} cases, worst {worst.case.name} "
-                         f"{worst.ratio:.2f}x")
-    return "\n".join(lines)

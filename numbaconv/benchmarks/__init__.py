@@ -1,0 +1,36 @@
+"""The benchmark harness: numbaconv against PyTorch on the CPU, defined once for two front ends.
+
+``numbaconv bench`` (:mod:`numbaconv.cli.bench`) and the pytest-benchmark suite in ``bench/``
+both take their cases from :data:`CASES` and their verdicts from :data:`TARGETS`:
+
+* :mod:`.cases`: what is measured, each case's numbaconv and PyTorch sides built from the
+  same numbers;
+* :mod:`.timing`: how a case is timed, the two sides interleaved sample by sample;
+* :mod:`.targets`: the project's upper bounds on numbaconv's time over PyTorch's;
+* :mod:`.report`: the results as a table and one verdict line per target;
+* :mod:`.machine`: the thread counts, the machine's description and a warning when it is busy.
+"""
+
+from .cases import (
+    CASES,
+    CASES_BY_NAME,
+    EPOCH_FRACTION,
+    SIZES,
+    Case,
+    Prepared,
+    as_arrays,
+    import_torch,
+    select,
+    torch_lenet,
+)
+from .machine import busy_warning, machine_info, set_threads
+from .report import format_rows, format_table, summary
+from .targets import TARGETS, Target, verdict
+from .timing import CaseResult, time_case
+
+__all__ = [
+    "SIZES", "EPOCH_FRACTION", "Target", "Prepared", "Case", "CaseResult", "CASES",
+    "CASES_BY_NAME", "TARGETS", "import_torch", "torch_lenet", "set_threads", "as_arrays",
+    "select", "time_case", "format_rows", "format_table", "summary", "machine_info", "verdict",
+    "busy_warning",
+]
