@@ -48,13 +48,14 @@ def _as_layer(value, where) -> Layer:
 
 
 @contextlib.contextmanager
-def _noted(pass_name: str, where: str):
-    """Add to an exception which pass of which layer raised it."""
+def _noted(pass_name: str, sequential, stage):
+    """Add to an exception which pass of which layer(s) raised it (the note is built only
+    then: this wraps every layer's every pass)."""
     try:
         yield
     except Exception as exc:
         if hasattr(exc, "add_note"):  # Python 3.11+
-            exc.add_note(f"in {pass_name} of {where}")
+            exc.add_note(f"in {pass_name} of {sequential._where(stage)}")
         raise
 
 
@@ -156,7 +157,7 @@ class Sequential(Layer):
         """Run the layers' forward in order (each stage keeps what its backward needs)."""
         stages = self.stages()
         for stage in stages:
-            with _noted("forward", self._where(stage)):
+            with _noted("forward", self, stage):
                 runner = stage.fused if stage.fused is not None else self.layers[stage.start]
                 x = runner.forward(x, training=training)
         self._last_stages = stages
@@ -173,13 +174,13 @@ class Sequential(Layer):
         for stage in reversed(stages):
             need = need_input_grad or stage.start > 0
             if stage.fused is not None and stage.fused.current():
-                with _noted("backward", self._where(stage)):
+                with _noted("backward", self, stage):
                     grad_y = stage.fused.backward(grad_y, need_input_grad=need)
                 continue
             # the layers' own backwards (also for a fused stage whose layers ran their own
             # forwards since: see ConvActPool.current)
             for i in range(stage.stop - 1, stage.start - 1, -1):
-                with _noted("backward", self._where(Stage(i, i + 1, None))):
+                with _noted("backward", self, Stage(i, i + 1, None)):
                     grad_y = self.layers[i].backward(
                         grad_y, need_input_grad=need_input_grad or i > 0)
         return grad_y if need_input_grad else None
