@@ -18,11 +18,16 @@ from interop_support import (
 
 import numbaconv
 from numbaconv.layers import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
     AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
     Concat,
     Conv2d,
     Dropout,
     Flatten,
+    Identity,
     Layer,
     Linear,
     MaxPool2d,
@@ -209,6 +214,82 @@ def test_batch_norm_without_running_statistics_is_refused():
     model = Sequential([Conv2d(1, 2, 3, rng=0), bn2d(2, track_running_stats=False)])
     with pytest.raises(OnnxExportError, match=r"layer 1 \(BatchNorm2d\).*running statistics"):
         to_onnx_model(model, (1, 8, 8))
+
+
+def test_core_batch_norm_exports_its_running_statistics_not_the_batchs():
+    """A training forward moves the running statistics; the file normalises by them, as
+    forward(x, training=False) does, for (N, C, H, W), (N, C) and (N, C, L) inputs."""
+    rng = np.random.default_rng(5)
+    images = Sequential([Conv2d(3, 4, 3, rng=0), BatchNorm2d(4, momentum=0.5), ReLU(),
+                         Flatten(), BatchNorm1d(4 * 6 * 6, affine=False), Linear(144, 5, rng=1)])
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32) * 3 + 1
+    sequences = Sequential([BatchNorm1d(3, bias=False), Linear(7, 2, rng=2)])
+    z = rng.standard_normal((4, 3, 7)).astype(np.float32) * 2 - 1
+    for model, data in ((images, x), (sequences, z)):
+        model.forward(data, training=True)
+        model.forward(data * 2, training=True)
+        proto, _, imported = round_trip(model, data.shape[1:], data)
+        assert not np.allclose(model.forward(data, training=True),
+                               model.forward(data, training=False), atol=1e-2)
+        for _, layer in imported.named_layers():
+            assert type(layer) not in (BatchNorm1d, BatchNorm2d) or \
+                layer.running_var.min() != 1.0
+    assert [type(layer) for layer in imported] == [BatchNorm1d, Linear]
+
+
+def test_batch_norm_with_a_cumulative_average_exports_without_momentum():
+    model = Sequential([BatchNorm1d(6, momentum=None), Linear(6, 2, rng=0)])
+    x = np.random.default_rng(6).standard_normal((3, 6)).astype(np.float32)
+    model.forward(x, training=True)
+    proto = to_onnx_model(model, (6,))
+    assert [a.name for a in proto.graph.node[0].attribute] == ["epsilon"]
+    np.testing.assert_allclose(onnxruntime_logits(proto, x), model.forward(x), atol=ATOL)
+
+
+def test_global_adaptive_pools_are_global_pools_and_come_back():
+    model = Sequential([Conv2d(1, 4, 3, rng=0), Concat(Sequential([AdaptiveAvgPool2d(1)]),
+                                                      Sequential([AdaptiveMaxPool2d((1, 1))])),
+                        Flatten(), Linear(8, 3, rng=1)])
+    proto, _, imported = round_trip(model, (1, 28, 28), sample_images(4))
+    ops = [n.op_type for n in proto.graph.node]
+    assert "GlobalAveragePool" in ops and "GlobalMaxPool" in ops
+    assert types(imported[1]) == types(model[1])
+
+
+@pytest.mark.parametrize("output_size, side, kernel, stride", [
+    ((2, 3), (8, 9), [4, 3], [4, 3]),  # the sides divide: windows side // out apart
+    (2, (3, 3), [2, 2], [1, 1]),        # overlapping windows [0, 2) and [1, 3)
+    ((4, 1), (4, 5), [1, 5], [1, 1]),
+])
+def test_adaptive_pools_of_uniform_windows_are_average_and_max_pools(output_size, side,
+                                                                     kernel, stride):
+    x = np.random.default_rng(7).standard_normal((2, 2) + side).astype(np.float32)
+    for pool, op in ((AdaptiveAvgPool2d, "AveragePool"), (AdaptiveMaxPool2d, "MaxPool")):
+        proto, _, imported = round_trip(Sequential([pool(output_size)]), (2,) + side, x)
+        node = proto.graph.node[0]
+        attributes = {a.name: list(a.ints) for a in node.attribute if a.ints}
+        assert node.op_type == op and attributes["kernel_shape"] == kernel
+        assert attributes["strides"] == stride and attributes["pads"] == [0] * 4
+
+
+def test_an_adaptive_pool_of_uneven_windows_is_one_line_naming_it():
+    model = Sequential([Conv2d(1, 2, 1, rng=0), AdaptiveAvgPool2d(3)])
+    message = (r"^layer 1 \(AdaptiveAvgPool2d\) cannot be exported to ONNX for 5x5 inputs: its "
+               r"output size 3x3 gives windows of different sizes or steps, which AveragePool "
+               r"cannot express$")
+    with pytest.raises(OnnxExportError, match=message):
+        to_onnx_model(model, (1, 5, 5))
+    with pytest.raises(OnnxExportError, match=r"\(AdaptiveMaxPool2d\).*MaxPool cannot"):
+        to_onnx_model(Sequential([AdaptiveMaxPool2d((1, 3))]), (1, 4, 5))
+
+
+def test_identity_is_onnx_identity_also_as_a_concat_branch():
+    model = Sequential([Conv2d(1, 3, 3, rng=0), Identity(),
+                        Concat(Sequential([Identity()]), Sequential([Conv2d(3, 2, 1, rng=1)])),
+                        Flatten(), Linear(5 * 26 * 26, 4, rng=2)])
+    proto, _, imported = round_trip(model, (1, 28, 28), sample_images(4))
+    assert [n.op_type for n in proto.graph.node].count("Identity") == 2
+    assert types(imported) == types(model)
 
 
 class Doubling(Layer):

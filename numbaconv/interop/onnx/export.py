@@ -15,7 +15,12 @@ numbaconv                   ONNX
 ``ReLU``/``Sigmoid``/``Tanh``  ``Relu``/``Sigmoid``/``Tanh``
 ``Flatten``                 ``Flatten`` (``axis = 1``), else ``Reshape``
 ``Dropout``                 ``Dropout`` (its ``ratio`` kept for the way back)
-``BatchNorm1d``/``2d``      ``BatchNormalization`` (plugin or built-in, found by name)
+``Identity``                ``Identity``
+``BatchNorm1d``/``2d``      ``BatchNormalization`` in inference form: the running statistics
+                            (a layer without them is refused); ``(N, C)`` inputs too
+``AdaptiveAvgPool2d``       ``GlobalAveragePool`` for an output of 1x1, else ``AveragePool``
+                            where the input's size gives uniform windows (else refused)
+``AdaptiveMaxPool2d``       ``GlobalMaxPool``, else ``MaxPool``, likewise
 ``Sequential``              its layers' nodes in order
 ``Residual``                body and shortcut, then ``Add``
 ``Concat``                  the branches, then ``Concat`` (``axis = 1``)
@@ -47,11 +52,16 @@ import numpy as np
 
 from ...atomic import atomic_file
 from ...layers import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
     AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
     Concat,
     Conv2d,
     Dropout,
     Flatten,
+    Identity,
     Layer,
     Linear,
     MaxPool2d,
@@ -221,7 +231,7 @@ def _export(layer: Layer, builder: GraphBuilder, x: str, shape: tuple, path: str
     own = getattr(layer, "to_onnx", None)
     if callable(own):
         return own(builder, x, shape)
-    writer = _WRITERS.get(kind) or _BY_NAME.get(kind.__name__)
+    writer = _WRITERS.get(kind)
     if writer is None:
         raise OnnxExportError(f"layer {path or '(the model)'} ({kind.__name__}) cannot be "
                               "exported to ONNX: it has no to_onnx method (see "
@@ -329,24 +339,63 @@ def _dropout(layer: Dropout, g: GraphBuilder, x, shape, path) -> str:
     return g.add_node("Dropout", [x, g.add_constant("ratio", np.array(layer.p, np.float32))])
 
 
-def _batch_norm(layer, g: GraphBuilder, x, shape, path) -> str:
-    """``BatchNorm1d``/``BatchNorm2d`` (the example plugin's, or built-in ones with its
-    attributes) in evaluation form: normalised by the running statistics."""
-    stats = layer.buffers
-    if "running_mean" not in stats or "running_var" not in stats:
-        raise OnnxExportError(f"layer {path or '(the model)'} ({type(layer).__name__}) has no "
-                              "running statistics (track_running_stats=False): it normalises "
-                              "by each batch, which ONNX's BatchNormalization cannot")
-    channels = int(layer.num_features)
+def _identity(layer: Identity, g: GraphBuilder, x, shape, path) -> str:
+    return g.add_node("Identity", [x])
+
+
+def _batch_norm(layer: BatchNorm1d | BatchNorm2d, g: GraphBuilder, x, shape, path) -> str:
+    """Batch norm in evaluation form: ``(x - running_mean) / sqrt(running_var + eps) * weight
+    + bias`` per channel (axis 1), as ``forward(x, training=False)`` computes it."""
+    name = f"layer {path or '(the model)'} ({type(layer).__name__})"
+    if not layer.track_running_stats:
+        raise OnnxExportError(f"{name} has no running statistics (track_running_stats=False): "
+                              "it normalises by each batch, which ONNX's BatchNormalization "
+                              "cannot")
+    if layer.dtype != np.float32:
+        raise OnnxExportError(f"{name} has dtype {layer.dtype}; ONNX export writes float32 "
+                              "models")
+    channels = layer.num_features
+    # affine=False (or bias=False) is a scale of 1 (a shift of 0)
     scale = layer.params.get("weight", np.ones(channels, np.float32))
     shift = layer.params.get("bias", np.zeros(channels, np.float32))
     inputs = [x, g.add_constant("weight", scale), g.add_constant("bias", shift),
-              g.add_constant("running_mean", stats["running_mean"]),
-              g.add_constant("running_var", stats["running_var"])]
-    attributes = {"epsilon": float(layer.eps)}
-    if getattr(layer, "momentum", None) is not None:  # ONNX weighs the old statistics
-        attributes["momentum"] = 1.0 - float(layer.momentum)
+              g.add_constant("running_mean", layer.running_mean),
+              g.add_constant("running_var", layer.running_var)]
+    attributes = {"epsilon": layer.eps}
+    if layer.momentum is not None:  # ONNX weighs the old statistics
+        attributes["momentum"] = 1.0 - layer.momentum
     return g.add_node("BatchNormalization", inputs, **attributes)
+
+
+def _uniform_windows(size: int, out: int) -> tuple[int, int] | None:
+    """``(kernel, stride)`` of the adaptive windows that pool ``size`` inputs into ``out``
+    outputs (``[floor(i * size / out), ceil((i + 1) * size / out))``) when they are all one
+    fixed-size window at a fixed step, else ``None``."""
+    starts = [i * size // out for i in range(out)]
+    sizes = {-(-(i + 1) * size // out) - start for i, start in enumerate(starts)}
+    stride = starts[1] if out > 1 else 1
+    if len(sizes) != 1 or stride < 1 or starts != [i * stride for i in range(out)]:
+        return None
+    return sizes.pop(), stride
+
+
+def _adaptive_pool(global_op: str, window_op: str):
+    def write(layer, g: GraphBuilder, x, shape, path) -> str:
+        out = tuple(int(s) for s in layer.output_shape(shape)[2:])
+        if out == (1, 1):
+            return g.add_node(global_op, [x])
+        windows = [_uniform_windows(n, o) for n, o in zip(shape[2:], out)]
+        if None in windows:
+            raise OnnxExportError(
+                f"layer {path or '(the model)'} ({type(layer).__name__}) cannot be exported "
+                f"to ONNX for {shape[2]}x{shape[3]} inputs: its output size {out[0]}x{out[1]} "
+                f"gives windows of different sizes or steps, which {window_op} cannot express")
+        attributes = {"kernel_shape": [k for k, _ in windows],
+                      "strides": [s for _, s in windows], "pads": [0, 0, 0, 0], "ceil_mode": 0}
+        if window_op == "AveragePool":  # as AvgPool2d writes it, so that it comes back alike
+            attributes["count_include_pad"] = 0
+        return g.add_node(window_op, [x], **attributes)
+    return write
 
 
 _WRITERS = {
@@ -359,7 +408,9 @@ _WRITERS = {
     Tanh: _activation("Tanh"),
     Flatten: _flatten,
     Dropout: _dropout,
+    Identity: _identity,
+    BatchNorm1d: _batch_norm,
+    BatchNorm2d: _batch_norm,
+    AdaptiveAvgPool2d: _adaptive_pool("GlobalAveragePool", "AveragePool"),
+    AdaptiveMaxPool2d: _adaptive_pool("GlobalMaxPool", "MaxPool"),
 }
-
-#: Layers known by name wherever they come from (a plugin today, built in tomorrow).
-_BY_NAME = {"BatchNorm1d": _batch_norm, "BatchNorm2d": _batch_norm}

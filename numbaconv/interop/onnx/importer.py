@@ -8,13 +8,13 @@ ONNX                                           numbaconv
 =============================================  ================================================
 ``Conv`` (2-D, any pads, groups, dilations)    ``Conv2d``
 ``MaxPool``, ``AveragePool``                   ``MaxPool2d``, ``AvgPool2d`` (symmetric pads)
-``GlobalAveragePool``, ``GlobalMaxPool``       ``AvgPool2d``/``MaxPool2d`` over the whole map
+``GlobalAveragePool``, ``GlobalMaxPool``       ``AdaptiveAvgPool2d(1)``/``AdaptiveMaxPool2d(1)``
 ``Gemm``; ``MatMul`` (+ ``Add`` of a bias)     ``Linear``
 ``Relu``, ``Sigmoid``, ``Tanh``                ``ReLU``, ``Sigmoid``, ``Tanh``
 ``Flatten``; ``Reshape`` to ``(N, features)``  ``Flatten``
-``BatchNormalization`` (inference)             the registry's ``BatchNorm2d``/``BatchNorm1d``
+``BatchNormalization`` (inference)             ``BatchNorm2d``/``BatchNorm1d`` (by the rank)
 ``Dropout``                                    ``Dropout`` (its ratio kept)
-``Identity``                                   nothing
+``Identity``                                   ``Identity`` (of a constant: that constant)
 a fork joined by ``Add``                       ``Residual`` (body, shortcut)
 a fork joined by ``Concat`` (channels)         ``Concat``
 =============================================  ================================================
@@ -36,11 +36,16 @@ import numpy as np
 
 from ...devices import copy_into
 from ...layers import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
     AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
     Concat,
     Conv2d,
     Dropout,
     Flatten,
+    Identity,
     Layer,
     Linear,
     MaxPool2d,
@@ -335,7 +340,7 @@ class _Reader:
             if op in _ACTIVATIONS:
                 return [_ACTIVATIONS[op]()], node.output[0]
             if op == "Identity":
-                return [], node.output[0]
+                return [Identity()], node.output[0]
             if op == "MatMul":
                 return self._matmul(node, shape, region)
             if op == "Add":
@@ -446,13 +451,13 @@ class _Reader:
         return AvgPool2d(count_include_pad=bool(attrs.get("count_include_pad", 0)),
                          **self._window(node, attrs, shape, dilated=False))
 
-    def _globalaveragepool(self, node, attrs: dict, shape: tuple) -> AvgPool2d:
+    def _globalaveragepool(self, node, attrs: dict, shape: tuple) -> AdaptiveAvgPool2d:
         self._check_rank(node, shape, 4, "(N, C, H, W)")
-        return AvgPool2d(_square(shape[2:]))
+        return AdaptiveAvgPool2d(1)
 
-    def _globalmaxpool(self, node, attrs: dict, shape: tuple) -> MaxPool2d:
+    def _globalmaxpool(self, node, attrs: dict, shape: tuple) -> AdaptiveMaxPool2d:
         self._check_rank(node, shape, 4, "(N, C, H, W)")
-        return MaxPool2d(_square(shape[2:]))
+        return AdaptiveMaxPool2d(1)
 
     def _gemm(self, node, attrs: dict, shape: tuple) -> Linear:
         self._check_rank(node, shape, 2, "(N, features) for Gemm")
@@ -534,18 +539,16 @@ class _Reader:
                                   "training mode; numbaconv reads inference graphs")
         return Dropout(float(ratio))
 
-    def _batchnormalization(self, node, attrs: dict, shape: tuple) -> Layer:
-        from ...registry import get_layers
-
+    def _batchnormalization(self, node, attrs: dict, shape: tuple) -> BatchNorm1d | BatchNorm2d:
         if attrs.get("training_mode", 0) or not attrs.get("spatial", 1):
             raise OnnxImportError(f"{self.shown}: node {_label(node)} (BatchNormalization) is "
                                   "not in inference form")
-        name = "BatchNorm2d" if len(shape) == 4 else "BatchNorm1d"
-        layer_class = get_layers().get(name)
-        if layer_class is None:
+        if len(shape) not in (2, 3, 4):
             raise OnnxImportError(f"{self.shown}: node {_label(node)} (BatchNormalization) "
-                                  f"needs a {name} layer, which no plugin registers: pip "
-                                  "install plugins/numbaconv-batchnorm")
+                                  f"normalises a {len(shape)}-D tensor of shape {shape}; "
+                                  "numbaconv's batch norms take (N, C), (N, C, L) or "
+                                  "(N, C, H, W)")
+        layer_class = BatchNorm2d if len(shape) == 4 else BatchNorm1d
         values = {key: self._need(node, i, key) for i, key in enumerate(
             ("weight", "bias", "running_mean", "running_var"), start=1)}
         layer = layer_class(shape[1], eps=_tidy(attrs.get("epsilon", 1e-5)),
@@ -569,11 +572,6 @@ def _fill(table: dict, values: dict) -> None:
         if not np.isfinite(value).all():
             raise ValueError(f"its {key} holds NaN or inf")
         copy_into(target, np.ascontiguousarray(value, dtype=target.dtype))
-
-
-def _square(size) -> int | tuple:
-    """``(h, w)`` as one int when square."""
-    return int(size[0]) if size[0] == size[1] else tuple(int(s) for s in size)
 
 
 def _tidy(value) -> float:
