@@ -447,6 +447,15 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return (y, indices) if return_indices else y
 
 
+def _check_max_indices(indices, grad_y, on_device: bool) -> None:
+    """A max pool's ``indices``: int64 with ``grad_y``'s shape, on ``grad_y``'s device."""
+    if not isinstance(indices, np.ndarray) and not on_device:
+        raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
+    if np.dtype(indices.dtype) != np.int64 or tuple(indices.shape) != tuple(grad_y.shape):
+        raise ValueError(f"indices must be int64 with grad_y's shape {tuple(grad_y.shape)}, "
+                         f"got {indices.dtype} {tuple(indices.shape)}")
+
+
 def max_pool2d_backward(grad_y, indices, input_shape, kernel_size=None, stride=None,
                         padding=0, dilation=1):
     """Gradient of :func:`max_pool2d` with respect to its input.
@@ -467,11 +476,7 @@ def max_pool2d_backward(grad_y, indices, input_shape, kernel_size=None, stride=N
     _check_array(grad_y, "grad_y", 4, "(N, C, H_out, W_out)")
     input_shape = _check_input_shape(input_shape)
     on_device = _check_device(grad_y, {"indices": indices})
-    if not isinstance(indices, np.ndarray) and not on_device:
-        raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
-    if np.dtype(indices.dtype) != np.int64 or tuple(indices.shape) != tuple(grad_y.shape):
-        raise ValueError(f"indices must be int64 with grad_y's shape {tuple(grad_y.shape)}, "
-                         f"got {indices.dtype} {tuple(indices.shape)}")
+    _check_max_indices(indices, grad_y, on_device)
     if tuple(grad_y.shape[:2]) != input_shape[:2]:
         raise ValueError(f"grad_y shape {tuple(grad_y.shape)} does not match input_shape "
                          f"{input_shape} in N and C")
@@ -1284,11 +1289,7 @@ def adaptive_max_pool2d_backward(grad_y, indices, input_shape):
     """
     input_shape = _check_adaptive_grad(grad_y, input_shape)
     on_device = _check_device(grad_y, {"indices": indices})
-    if not isinstance(indices, np.ndarray) and not on_device:
-        raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
-    if np.dtype(indices.dtype) != np.int64 or tuple(indices.shape) != tuple(grad_y.shape):
-        raise ValueError(f"indices must be int64 with grad_y's shape {tuple(grad_y.shape)}, "
-                         f"got {indices.dtype} {tuple(indices.shape)}")
+    _check_max_indices(indices, grad_y, on_device)
     if on_device:
         return _cuda("pool").max_pool2d_backward(grad_y, indices, input_shape)
     return cpu_pool.max_pool2d_backward(np.ascontiguousarray(grad_y),

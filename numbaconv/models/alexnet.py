@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from ..init import as_generator
-from ..layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from ..layers import Conv2d, Flatten, MaxPool2d, ReLU, Sequential
 from ..shapes import as_int
-from .common import init_cnn
-from .sizes import check_input_size
+from .common import init_cnn, with_dense_head
 
 #: D2L's recipe: SGD, lr 0.01, batches of 128, 10 epochs, on images resized to 224x224.
 TRAIN_DEFAULTS = {"optimizer": "sgd", "lr": 0.01, "batch_size": 128, "epochs": 10}
@@ -38,11 +37,5 @@ def alexnet(num_classes: int = 10, in_channels: int = 1, input_size: int = INPUT
         MaxPool2d(kernel_size=3, stride=2),
         Flatten(),
     ])
-    check_input_size(features, input_size, "alexnet", in_channels)
-    flat = features.output_shape((1, in_channels, input_size, input_size))[1]
-    model = Sequential(features.layers + [
-        Linear(flat, 4096, rng=rng), ReLU(), Dropout(0.5, rng=rng),
-        Linear(4096, 4096, rng=rng), ReLU(), Dropout(0.5, rng=rng),
-        Linear(4096, num_classes, rng=rng),
-    ])
+    model = with_dense_head(features, "alexnet", in_channels, input_size, num_classes, rng)
     return init_cnn(model, rng)
