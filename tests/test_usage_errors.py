@@ -94,3 +94,20 @@ def test_python_m_numbaconv_usage_error_is_one_line_on_stderr():
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("Error: No such option '--epoch'.") \
         and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_an_interruption_inside_a_kernel_is_the_interruption():
+    """Ctrl-C while a compiled kernel runs reaches Python as a SystemError caused by the
+    KeyboardInterrupt; the CLI treats it as Ctrl-C, not as a crash."""
+    from numbaconv.cli.errors import wrapped_interruption
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise SystemError("CPUDispatcher(...) returned a result with an exception set") \
+                from interrupt
+    except SystemError as error:
+        assert isinstance(wrapped_interruption(error), KeyboardInterrupt)
+    assert wrapped_interruption(SystemError("a real one")) is None
+    assert wrapped_interruption(ValueError("x")) is None

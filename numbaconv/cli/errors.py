@@ -107,8 +107,34 @@ def _plain_help(command: click.Command) -> None:
         _plain_help(subcommand)
 
 
+#: The interruptions the CLI's signal handlers raised, in order (see :func:`raise_noted`).
+RAISED_BY_SIGNALS: list[BaseException] = []
+
+
+def raise_noted(interruption: BaseException):
+    """Raise ``interruption`` from a signal handler, noting it first."""
+    RAISED_BY_SIGNALS.append(interruption)
+    raise interruption
+
+
+def wrapped_interruption(error: BaseException) -> BaseException | None:
+    """The ``KeyboardInterrupt`` or ``SystemExit`` (Ctrl-C, SIGTERM) that ``error`` stands for,
+    if any. A signal handler that raises while a compiled kernel runs can make Numba's
+    dispatcher return with that exception set, which Python reports as a ``SystemError``,
+    caused by it or (the exception already consumed) by nothing: then the last one the CLI's
+    handlers raised."""
+    if isinstance(error, SystemError):
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, (KeyboardInterrupt, SystemExit)):
+            return cause
+        if "returned a result with an exception set" in str(error) and RAISED_BY_SIGNALS:
+            return RAISED_BY_SIGNALS[-1]
+    return None
+
+
 def user_errors(command):
-    """Turn the engine's user-facing exceptions into :class:`UserError`."""
+    """Turn the engine's user-facing exceptions into :class:`UserError`, and an interruption
+    that arrived inside a kernel back into the interruption."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -122,5 +148,10 @@ def user_errors(command):
         except (CheckpointError, DataError, RegistryError, UnknownNameError, Diverged,
                 ValueError, OSError) as error:
             raise UserError(str(error)) from None
+        except SystemError as error:
+            interruption = wrapped_interruption(error)
+            if interruption is None:
+                raise
+            raise interruption from None
 
     return wrapper

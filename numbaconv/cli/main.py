@@ -94,15 +94,17 @@ def _load_training_data(data_dir, info=None, progress: bool = True):
                            test_y=dataset.test_labels, source=dataset.source)
 
 
-def _stop_on_sigterm() -> None:
+def _stop_on_signals() -> None:
     """SIGTERM ends the run as Ctrl-C does: through every ``finally`` (precompile's child
-    processes are stopped, temporary files removed)."""
+    processes are stopped, temporary files removed). Both handlers note what they raised,
+    so that an interruption that lands inside a compiled kernel is still recognised
+    (:func:`numbaconv.cli.errors.wrapped_interruption`)."""
     import signal
 
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
+    from .errors import raise_noted
 
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, lambda signum, frame: raise_noted(SystemExit(128 + signum)))
+    signal.signal(signal.SIGINT, lambda signum, frame: raise_noted(KeyboardInterrupt()))
 
 
 @cli.command()
@@ -304,7 +306,7 @@ def _train(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, th
         model.load_state_dict(saved.params)
         opt.load_state_dict(saved.optimizer)
         click.echo(f"resumed {resume_path} after epoch {saved.epoch}")
-    _stop_on_sigterm()
+    _stop_on_signals()
     if device == "cpu":
         # on an empty Numba cache, compile on every core at once, reading the data meanwhile
         from ..precompile import precompile

@@ -338,14 +338,30 @@ class Distributed:
             time.sleep(REPORT_DELAY_S)  # rank 0 says "Interrupted."
         os._exit(code)
 
+    def _fail_for(self, error: BaseException):
+        """:meth:`fail` as :meth:`session` says, for ``error``."""
+        import click
+
+        if isinstance(error, click.ClickException):
+            self.fail(error.format_message(), error.exit_code)
+        if isinstance(error, KeyboardInterrupt):
+            if self.is_root and not os.environ.get(PIDS_ENV):
+                sys.__stderr__.write("Interrupted.\n")
+            self.fail(None, 130)
+        if isinstance(error, SystemExit):
+            self.fail(None, error.code if isinstance(error.code, int) else 1)
+        self.fail(_describe(error), 1)  # a bug: say where
+
     @contextlib.contextmanager
     def session(self):
         """Run a rank's command inside: ranks other than 0 print nothing (their stdout and
         stderr go to ``os.devnull``); any exception ends the rank through :meth:`fail` — a
         Click exception with its message and status, Ctrl-C with 130 ("Interrupted." from
         rank 0, unless :func:`launch` started the ranks and says it itself), ``SystemExit``
-        silently with its status, anything else with its type and message."""
-        import click
+        silently with its status, anything else with its type and message. An interruption
+        that arrived inside a compiled kernel (a ``SystemError`` caused by it) counts as the
+        interruption."""
+        from ..cli.errors import wrapped_interruption
 
         quiet = open(os.devnull, "w") if self.rank else None
         try:
@@ -354,16 +370,8 @@ class Distributed:
                     stack.enter_context(contextlib.redirect_stdout(quiet))
                     stack.enter_context(contextlib.redirect_stderr(quiet))
                 yield self
-        except click.ClickException as error:
-            self.fail(error.format_message(), error.exit_code)
-        except KeyboardInterrupt:
-            if self.is_root and not os.environ.get(PIDS_ENV):
-                sys.__stderr__.write("Interrupted.\n")
-            self.fail(None, 130)
-        except SystemExit as error:
-            self.fail(None, error.code if isinstance(error.code, int) else 1)
-        except BaseException as error:  # a bug: say where
-            self.fail(_describe(error), 1)
+        except BaseException as error:
+            self._fail_for(wrapped_interruption(error) or error)
         finally:
             if quiet is not None:
                 quiet.close()
