@@ -12,8 +12,7 @@ from .loop import (
     epoch_rng,
     evaluate,
     make_optimizer,
-    predict,
 )
 
 __all__ = ["EVAL_BATCH", "OPTIMIZERS", "Callback", "Diverged", "EpochMetrics", "Loop",
-           "Settings", "epoch_rng", "evaluate", "make_optimizer", "predict"]
+           "Settings", "epoch_rng", "evaluate", "make_optimizer"]

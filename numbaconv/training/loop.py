@@ -23,7 +23,7 @@ from ..devices import copy_into, device_of, get_device
 from ..optim import SGD, Adam
 
 __all__ = ["Settings", "EpochMetrics", "Diverged", "Callback", "Loop", "make_optimizer",
-           "epoch_rng", "predict", "evaluate", "OPTIMIZERS", "EVAL_BATCH"]
+           "epoch_rng", "evaluate", "OPTIMIZERS", "EVAL_BATCH"]
 
 OPTIMIZERS = ("sgd", "adam")
 EVAL_BATCH = 1024
@@ -315,15 +315,6 @@ class Loop:
             raise Diverged(epoch, self.settings.lr)
         if nonfinite:
             raise Diverged(epoch, self.settings.lr, what="weights")
-
-
-def predict(model, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Class indices (N,) for float32 images (N, C, H, W), in evaluation mode (CPU)."""
-    out = np.empty(len(images), dtype=np.int64)
-    for start in range(0, len(images), batch_size):
-        logits = model.forward(images[start:start + batch_size], training=False)
-        out[start:start + batch_size] = logits.argmax(axis=1)
-    return out
 
 
 def evaluate(model, images: np.ndarray, labels: np.ndarray, device="cpu",
