@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .layers import CONTAINER_TYPES, Layer, ShapeError, build_layer
+from .models import smallest_input
 from .registry import build_model, get_layers, get_model
 
 try:
@@ -169,7 +170,10 @@ def check_shapes(model: Layer, source: str, side: int | None = None, data_shape=
     try:
         out = model.output_shape(shape)
     except ShapeError as error:
-        smallest = smallest_side(model, data_shape=data_shape)
+        try:
+            smallest = smallest_input(model, int(data_shape[0]))
+        except ValueError:  # no square size fits
+            smallest = None
         hint = "" if smallest is None or smallest <= shape[-1] else (
             f"; the smallest images it takes are {smallest}x{smallest} (--resize {smallest})")
         raise SpecError(f"{source}: {error}{hint}") from error
@@ -179,18 +183,6 @@ def check_shapes(model: Layer, source: str, side: int | None = None, data_shape=
         raise SpecError(f"{source}: the network ends in shape {tuple(out)} for a "
                         f"{shape[1:]} input, but classifying {data} needs "
                         f"(N, {num_classes})")
-
-
-def smallest_side(model: Layer, largest: int = 1024, data_shape=INPUT_SHAPE) -> int | None:
-    """The smallest square image side (up to ``largest``) whose input ``model`` accepts, or
-    None."""
-    for side in range(1, largest + 1):
-        try:
-            model.output_shape((1,) + input_shape(side, data_shape))
-        except ValueError:
-            continue
-        return side
-    return None
 
 
 def load_model(path) -> tuple[Layer, object]:

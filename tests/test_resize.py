@@ -11,7 +11,8 @@ from numbaconv import functional as F
 from numbaconv.data import as_float_batch
 from numbaconv.data.fashion_mnist import load_dir
 from numbaconv.layers import AvgPool2d, Conv2d, Flatten, Linear, Sequential
-from numbaconv.network import SpecError, check_shapes, smallest_side
+from numbaconv.models import smallest_input
+from numbaconv.network import SpecError, check_shapes
 from numbaconv.training import Loop, Settings, make_optimizer
 
 
@@ -62,7 +63,7 @@ def test_the_loop_resizes_each_batch(tmp_path, monkeypatch):
 def test_too_small_images_name_the_smallest_size_that_works():
     model = Sequential(Conv2d(1, 2, 11, stride=4, rng=0), AvgPool2d(3, stride=2), Flatten(),
                        Linear(2 * 6 * 6, 10, rng=0))
-    assert smallest_side(model) == 59  # (59 - 11) // 4 + 1 = 13, (13 - 3) // 2 + 1 = 6
+    assert smallest_input(model) == 59  # (59 - 11) // 4 + 1 = 13, (13 - 3) // 2 + 1 = 6
     with pytest.raises(SpecError, match=r"net: .*the smallest images it takes are 59x59 "
                                         r"\(--resize 59\)"):
         check_shapes(model, "net", 28)
