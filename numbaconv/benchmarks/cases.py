@@ -54,7 +54,9 @@ class Prepared:
 
     ``torch`` is ``None`` when PyTorch is not available (``torch_note`` says why). ``items`` is
     the number of images one call processes and ``scale`` the factor from one call's time to
-    the quantity the case stands for (a whole epoch when only a fraction is timed).
+    the quantity the case stands for (a whole epoch when only a fraction is timed). ``flops``
+    is the floating-point operations of one call where the case counts them (convolutions),
+    else 0.
     """
 
     numbaconv: Callable[[], Any]
@@ -63,6 +65,7 @@ class Prepared:
     items: int = 0
     scale: float = 1.0
     detail: str = ""
+    flops: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,60 +129,91 @@ def _conv_shapes(spec: str, size: str):
     raise ValueError(spec)
 
 
+def conv_flops(x_shape, w_shape, stride, padding) -> int:
+    """Floating-point operations of one forward convolution (2 per multiply-add of the
+    formal convolution: ``N * C_out * OH * OW * C_in/groups * KH * KW * 2``)."""
+    n, _, h, w = x_shape
+    c_out, c_in, kh, kw = w_shape
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    return 2 * n * c_out * oh * ow * c_in * kh * kw
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def passes(mode: str, need_input_grad: bool) -> int:
+    """A mode's work in forward passes: the backward computes the weight gradient (1 pass)
+    and, where needed, the input gradient (1 more)."""
+    backward = 2 if need_input_grad else 1
+    return {"fwd": 1, "bwd": backward, "fwdbwd": 1 + backward}[mode]
+
+
 def _conv_build(spec: str, mode: str):
     def build(size, torch):
-        from .. import functional as F
-
         x_shape, w_shape, pad, need_x = _conv_shapes(spec, size)
-        rng = np.random.default_rng(0)
-        fan_in = int(np.prod(w_shape[1:]))
-        x = _data(rng, x_shape)
-        w = _data(rng, w_shape, 1 / math.sqrt(fan_in))
-        b = _data(rng, w_shape[:1], 0.1)
-        y = F.conv2d(x, w, b, padding=pad)
-        gy = _data(rng, y.shape)
-        items = x_shape[0]
-        if mode == "fwd":
-            def nc():
-                return F.conv2d(x, w, b, padding=pad)
-        elif mode == "bwd":
-            def nc():
-                return F.conv2d_backward(gy, x, w, padding=pad, need_input_grad=need_x)
-        else:
-            def nc():
-                out = F.conv2d(x, w, b, padding=pad)
-                return (out,) + tuple(F.conv2d_backward(gy, x, w, padding=pad,
-                                                        need_input_grad=need_x))
-        prepared = Prepared(nc, None, items=items,
-                            detail=f"x {x_shape}, w {w_shape}, pad {pad}")
-        if torch is None:
-            return prepared
-        tF = torch.nn.functional
-        tx, tw, tb, tgy = (_t(torch, a) for a in (x, w, b, gy))
-        wrt = (tx, tw, tb) if need_x else (tw, tb)
-        if mode == "fwd":
-            def tc():
-                with torch.inference_mode():
-                    return tF.conv2d(tx, tw, tb, padding=pad)
-        elif mode == "bwd":
-            for tensor in wrt:
-                tensor.requires_grad_(True)
-            ty = tF.conv2d(tx, tw, tb, padding=pad)
-
-            def tc():
-                return torch.autograd.grad(ty, wrt, grad_outputs=tgy, retain_graph=True)
-        else:
-            for tensor in wrt:
-                tensor.requires_grad_(True)
-
-            def tc():
-                out = tF.conv2d(tx, tw, tb, padding=pad)
-                grads = torch.autograd.grad(out, wrt, grad_outputs=tgy)
-                return (out.detach(),) + tuple(grads)
-        prepared.torch = tc
-        return prepared
+        return conv_case(x_shape, w_shape, 1, pad, need_x, mode, torch)
 
     return build
+
+
+def conv_case(x_shape, w_shape, stride, pad, need_x: bool, mode: str, torch) -> Prepared:
+    """Both sides of one convolution's ``mode`` (``fwd``, ``bwd`` or ``fwdbwd``), with
+    ``flops`` per call (see :func:`conv_flops` and :func:`_passes`)."""
+    from .. import functional as F
+
+    rng = np.random.default_rng(0)
+    fan_in = int(np.prod(w_shape[1:]))
+    x = _data(rng, x_shape)
+    w = _data(rng, w_shape, 1 / math.sqrt(fan_in))
+    b = _data(rng, w_shape[:1], 0.1)
+    y = F.conv2d(x, w, b, stride=stride, padding=pad)
+    gy = _data(rng, y.shape)
+    items = x_shape[0]
+    if mode == "fwd":
+        def nc():
+            return F.conv2d(x, w, b, stride=stride, padding=pad)
+    elif mode == "bwd":
+        def nc():
+            return F.conv2d_backward(gy, x, w, stride=stride, padding=pad,
+                                     need_input_grad=need_x)
+    else:
+        def nc():
+            out = F.conv2d(x, w, b, stride=stride, padding=pad)
+            return (out,) + tuple(F.conv2d_backward(gy, x, w, stride=stride, padding=pad,
+                                                    need_input_grad=need_x))
+    stride_text = f", stride {stride}" if stride != 1 else ""
+    prepared = Prepared(nc, None, items=items,
+                        detail=f"x {x_shape}, w {w_shape}{stride_text}, pad {pad}",
+                        flops=conv_flops(x_shape, w_shape, stride, pad)
+                        * passes(mode, need_x))
+    if torch is None:
+        return prepared
+    tF = torch.nn.functional
+    tx, tw, tb, tgy = (_t(torch, a) for a in (x, w, b, gy))
+    wrt = (tx, tw, tb) if need_x else (tw, tb)
+    if mode == "fwd":
+        def tc():
+            with torch.inference_mode():
+                return tF.conv2d(tx, tw, tb, stride=stride, padding=pad)
+    elif mode == "bwd":
+        for tensor in wrt:
+            tensor.requires_grad_(True)
+        ty = tF.conv2d(tx, tw, tb, stride=stride, padding=pad)
+
+        def tc():
+            return torch.autograd.grad(ty, wrt, grad_outputs=tgy, retain_graph=True)
+    else:
+        for tensor in wrt:
+            tensor.requires_grad_(True)
+
+        def tc():
+            out = tF.conv2d(tx, tw, tb, stride=stride, padding=pad)
+            grads = torch.autograd.grad(out, wrt, grad_outputs=tgy)
+            return (out.detach(),) + tuple(grads)
+    prepared.torch = tc
+    return prepared
 
 
 def _pool_shape(spec: str, size: str):
@@ -425,7 +459,9 @@ def _cases() -> list[Case]:
         Case("eval-lenet", "eval", "LeNet evaluation on 10000 synthetic test images",
              EVAL, _eval_build),
     ]
-    return cases
+    from .zoo import resnet_cases  # zoo builds on this module's helpers
+
+    return cases + resnet_cases()
 
 
 #: Every case, in the order the table lists them.

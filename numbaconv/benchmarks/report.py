@@ -1,11 +1,16 @@
 """The results as text: the table ``numbaconv bench`` prints, throughput notes, and one
-verdict line per target."""
+verdict line per target.
+
+Where a case counts its floating-point operations (the convolutions; the ResNet-18 step and
+evaluation count their convolutions'), the table adds both sides' GFLOP/s and their share of
+the machine's measured peak for the run's thread count.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .targets import TARGETS
+from .targets import TARGETS, PeakTarget
 from .timing import CaseResult
 
 __all__ = ["format_rows", "format_table", "summary"]
@@ -19,18 +24,33 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _gflops(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 HEADER = ("case", "numbaconv ms", "torch ms", "ratio", "best", "target", "result")
 HEADER_ALONE = ("case", "numbaconv ms", "best ms")
+#: Inserted after "best" (after "best ms" without PyTorch) when some case counts its FLOPs.
+FLOPS_HEADER = ("GFLOP/s", "torch GFLOP/s", "% peak", "torch % peak")
+FLOPS_HEADER_ALONE = ("GFLOP/s", "% peak")
 
 
-def table_row(result: CaseResult, with_torch: bool = True) -> tuple[str, ...]:
+def table_row(result: CaseResult, with_torch: bool = True,
+              with_flops: bool = False) -> tuple[str, ...]:
+    r = result
     if not with_torch:
-        return (result.case.name, _ms(result.numbaconv_median),
-                _ms(min(result.numbaconv_times)))
-    target = result.case.target
-    return (result.case.name, _ms(result.numbaconv_median), _ms(result.torch_median),
-            _ratio(result.ratio), _ratio(result.best_ratio),
-            target.describe() if target else "-", result.verdict)
+        flops = (_gflops(r.numbaconv_gflops), _percent(r.peak_fraction)) if with_flops else ()
+        return (r.case.name, _ms(r.numbaconv_median), _ms(min(r.numbaconv_times))) + flops
+    flops = (_gflops(r.numbaconv_gflops), _gflops(r.torch_gflops), _percent(r.peak_fraction),
+             _percent(r.torch_peak_fraction)) if with_flops else ()
+    target = r.case.target
+    return ((r.case.name, _ms(r.numbaconv_median), _ms(r.torch_median), _ratio(r.ratio),
+             _ratio(r.best_ratio)) + flops
+            + (target.describe() if target else "-", r.verdict))
 
 
 def format_rows(rows: Iterable[Sequence[str]]) -> list[str]:
@@ -47,8 +67,13 @@ def format_rows(rows: Iterable[Sequence[str]]) -> list[str]:
 def format_table(results: Sequence[CaseResult]) -> str:
     """The results as a text table, then throughput notes (ratio = numbaconv / torch time)."""
     with_torch = any(r.torch_times for r in results)
+    with_flops = any(r.flops for r in results)
     header = HEADER if with_torch else HEADER_ALONE
-    lines = format_rows([header] + [table_row(r, with_torch) for r in results])
+    if with_flops:
+        at = header.index("best") + 1 if with_torch else len(header)
+        header = header[:at] + (FLOPS_HEADER if with_torch else FLOPS_HEADER_ALONE) \
+            + header[at:]
+    lines = format_rows([header] + [table_row(r, with_torch, with_flops) for r in results])
     notes = []
     for r in results:
         if r.case.kind == "epoch":
@@ -69,14 +94,18 @@ def format_table(results: Sequence[CaseResult]) -> str:
 
 
 def summary(results: Sequence[CaseResult]) -> str:
-    """One line per target: how many of its cases passed."""
+    """One line per target: how many of its cases passed (those with a verdict)."""
     lines = []
     for target in TARGETS:
-        mine = [r for r in results if r.case.target is target and r.ratio is not None]
+        mine = [r for r in results if r.case.target is target and r.verdict != "-"]
         if mine:
             passed = sum(r.verdict == "PASS" for r in mine)
-            worst = max(mine, key=lambda r: r.ratio)
+            if isinstance(target, PeakTarget):
+                worst = min(mine, key=lambda r: r.peak_fraction)
+                value = f"{worst.peak_fraction:.0%} of peak"
+            else:
+                worst = max(mine, key=lambda r: r.ratio)
+                value = f"{worst.ratio:.2f}x"
             lines.append(f"{'PASS' if passed == len(mine) else 'FAIL'}  {target.label}: "
-                         f"{passed}/{len(mine)} cases, worst {worst.case.name} "
-                         f"{worst.ratio:.2f}x")
+                         f"{passed}/{len(mine)} cases, worst {worst.case.name} {value}")
     return "\n".join(lines)

@@ -26,7 +26,11 @@ __all__ = ["CaseResult", "time_case"]
 
 @dataclass
 class CaseResult:
-    """Per-call seconds of both sides of one case (``torch_times`` empty without torch)."""
+    """Per-call seconds of both sides of one case (``torch_times`` empty without torch).
+
+    ``flops``: floating-point operations per call (0 where the case does not count them);
+    ``peak``: the machine's measured GFLOP/s for the run's thread count, or None.
+    """
 
     case: Case
     numbaconv_times: list[float]
@@ -34,6 +38,8 @@ class CaseResult:
     items: int = 0
     scale: float = 1.0
     detail: str = ""
+    flops: int = 0
+    peak: float | None = None
 
     @property
     def numbaconv_median(self) -> float:
@@ -54,8 +60,28 @@ class CaseResult:
         return min(self.numbaconv_times) / min(self.torch_times) if self.torch_times else None
 
     @property
+    def numbaconv_gflops(self) -> float | None:
+        return self.flops / self.numbaconv_median / 1e9 if self.flops else None
+
+    @property
+    def torch_gflops(self) -> float | None:
+        t = self.torch_median
+        return self.flops / t / 1e9 if self.flops and t else None
+
+    @property
+    def peak_fraction(self) -> float | None:
+        """numbaconv's GFLOP/s over the peak (None without flops or a peak)."""
+        g = self.numbaconv_gflops
+        return g / self.peak if g is not None and self.peak else None
+
+    @property
+    def torch_peak_fraction(self) -> float | None:
+        g = self.torch_gflops
+        return g / self.peak if g is not None and self.peak else None
+
+    @property
     def verdict(self) -> str:
-        return verdict(self.case.target, self.ratio)
+        return verdict(self.case.target, self.ratio, self.peak_fraction)
 
 
 def _calls_per_sample(warm_seconds: float, min_time: float) -> int:
@@ -70,8 +96,9 @@ def _sample(fn: Callable[[], Any], calls: int) -> float:
 
 
 def time_case(case: Case, prepared: Prepared, repeat: int = 7, min_time: float = 0.05,
-              warmup: int = 1) -> CaseResult:
-    """Warm both sides up, then ``repeat`` interleaved samples of each (see the module doc)."""
+              warmup: int = 1, peak: float | None = None) -> CaseResult:
+    """Warm both sides up, then ``repeat`` interleaved samples of each (see the module doc).
+    ``peak``: the machine's GFLOP/s for the thread count, for the result's share of it."""
     if repeat < 1:
         raise ValueError(f"repeat must be at least 1, got {repeat}")
     sides = [prepared.numbaconv] + ([prepared.torch] if prepared.torch is not None else [])
@@ -87,4 +114,4 @@ def time_case(case: Case, prepared: Prepared, repeat: int = 7, min_time: float =
         for i in order:
             times[i].append(_sample(sides[i], calls[i]))
     return CaseResult(case, times[0], times[1] if len(times) > 1 else [], prepared.items,
-                      prepared.scale, prepared.detail)
+                      prepared.scale, prepared.detail, prepared.flops, peak)

@@ -30,14 +30,18 @@ from .errors import user_errors
 @user_errors
 def bench(quick, threads, repeat, patterns, no_torch, tiny):
     """Time numbaconv against PyTorch (CPU, float32) on LeNet's layers, a 64-channel
-    convolution, LeNet training steps and epochs, and evaluation.
+    convolution, LeNet training steps and epochs, and evaluation; and on ResNet-18 (batch
+    64, 28x28 and 96x96): each distinct convolution forward and backward, its BatchNorms,
+    a training step and evaluation.
 
     \b
     Each case is warmed up (JIT compilation) and then timed `--repeat` times per side,
     numbaconv and PyTorch interleaved so both share the machine's noise. The table gives
     the median milliseconds per call, the ratio numbaconv/PyTorch of the medians (below 1:
-    numbaconv is faster), the ratio of the best times, and the project's target. Without
-    PyTorch installed it prints numbaconv's times alone.
+    numbaconv is faster), the ratio of the best times, and the project's target. Cases that
+    count their floating-point operations (convolutions) add both sides' GFLOP/s and their
+    share of the machine's peak, measured first by a loop of vector multiply-adds on the
+    same number of threads. Without PyTorch installed it prints numbaconv's times alone.
     """
     from .. import benchmarks as B
 
@@ -62,10 +66,18 @@ def bench(quick, threads, repeat, patterns, no_torch, tiny):
         click.echo(f"note: numbaconv times alone, no PyTorch comparison: {note}")
     click.echo()
     results = []
+    peak = None
     for case in cases:
         click.echo(f"  {case.name} ...", err=True)
-        results.append(B.time_case(case, case.setup(size, torch), repeat=repeat,
-                                   min_time=min_time))
+        prepared = case.setup(size, torch)
+        if prepared.flops and peak is None:
+            click.echo("  measuring the peak ...", err=True)
+            peak = B.measure_peak(threads, **({"seconds": 0.005, "repeat": 1} if tiny else {}))
+        results.append(B.time_case(case, prepared, repeat=repeat, min_time=min_time,
+                                   peak=peak.at(threads) if peak else None))
+    if peak is not None:
+        click.echo(peak.describe())
+        click.echo()
     click.echo(B.format_table(results))
     if torch is not None:
         click.echo()

@@ -1,0 +1,332 @@
+"""ResNet-18 cases: its convolutions and BatchNorms one by one, a training step, evaluation.
+
+The shapes come from the model itself (``numbaconv.build_model("resnet18")``, D2L's
+architecture, 1-channel images) at batch :data:`BATCH` and the input sides :data:`SIDES`:
+every convolution once per distinct shape (:func:`resnet18_convs`), every BatchNorm2d's input
+at 96x96 (:func:`resnet18_batch_norms`). The PyTorch side of the step and evaluation is D2L's
+PyTorch ResNet-18 (:func:`torch_resnet18`) holding the numbaconv model's weights and buffers.
+
+``tiny`` keeps the kinds of work and shrinks the sizes for the test-suite: convolutions and
+BatchNorms at batch 2 with a sixteenth of the channels (and BatchNorm maps of at most 8x8);
+the step and evaluation at batch 2 on 40x40 images, where every BatchNorm of a training batch
+still normalises 8 values per channel (fewer turn float32 rounding into large differences).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import numpy as np
+
+from .cases import DTYPE, Case, Prepared, _data, _t, conv_case, conv_flops, passes
+from .targets import BATCH_NORM, CONV3X3_PEAK, RESNET_EVAL, RESNET_STEP
+
+__all__ = ["BATCH", "SIDES", "LR", "resnet18_convs", "resnet18_batch_norms", "torch_resnet18",
+           "load_twin", "resnet_cases"]
+
+BATCH = 64
+SIDES = (28, 96)
+LR = 0.05          # D2L's ResNet-18 recipe: SGD without momentum
+TINY_BATCH, TINY_SIDE = 2, 40
+
+
+@functools.cache
+def _architecture():
+    """ResNet-18's layer tree, to read its shapes from (built once: 11 million weights)."""
+    from ..models import resnet18
+
+    return resnet18(rng=0)
+
+
+def _layer_inputs(layer, shape, kinds, found):
+    """Append ``(layer, input shape)`` for every layer of ``kinds`` under ``layer`` (in the
+    order the forward runs them); return ``layer``'s output shape."""
+    from ..layers import Sequential
+    from ..layers.containers import summary
+
+    if isinstance(layer, kinds):
+        found.append((layer, shape))
+    children = layer.children()
+    if isinstance(layer, Sequential):
+        for _, child in children:
+            shape = _layer_inputs(child, shape, kinds, found)
+        return shape
+    for _, child in children:  # Residual: body and shortcut both read the input
+        _layer_inputs(child, shape, kinds, found)
+    return summary(layer, shape)[0].output_shape
+
+
+def resnet18_convs(side: int, batch: int = BATCH) -> list[tuple]:
+    """ResNet-18's distinct convolutions at ``side`` x ``side``, in the order of the forward:
+    ``(x shape, weight shape, stride, padding, need_input_grad, count)`` with ``count`` the
+    convolutions of that shape. The first layer needs no input gradient."""
+    from ..layers import Conv2d
+
+    found = []
+    _layer_inputs(_architecture(), (batch, 1, side, side), Conv2d, found)
+    shapes: dict[tuple, int] = {}
+    for i, (conv, x_shape) in enumerate(found):
+        (ph, pw), (sh, sw) = conv.padding, conv.stride  # ResNet-18's are square: one number
+        key = (tuple(x_shape), (conv.out_channels, conv.in_channels, *conv.kernel_size),
+               sh if sh == sw else conv.stride, ph if ph == pw else conv.padding, i > 0)
+        shapes[key] = shapes.get(key, 0) + 1
+    return [key + (count,) for key, count in shapes.items()]
+
+
+def resnet18_batch_norms(side: int = 96, batch: int = BATCH) -> list[tuple]:
+    """The distinct input shapes of ResNet-18's BatchNorm2d layers at ``side`` x ``side``."""
+    from ..layers import BatchNorm2d
+
+    found = []
+    _layer_inputs(_architecture(), (batch, 1, side, side), BatchNorm2d, found)
+    return list(dict.fromkeys(tuple(shape) for _, shape in found))
+
+
+def _tiny_channels(c: int) -> int:
+    return max(1, c // 16)
+
+
+# ------------------------------------------------------------------------------ convolutions
+
+def _conv_name(side, w_shape, stride, mode):
+    c_out, c_in, kh, kw = w_shape
+    return f"resnet18-{side}-conv-{c_in}to{c_out}-{kh}x{kw}s{stride}-{mode}"
+
+
+def _resnet_conv_build(x_shape, w_shape, stride, pad, need_x, mode):
+    def build(size, torch):
+        if size == "tiny":
+            n, c_in, h, w = x_shape
+            tiny_x = (TINY_BATCH, _tiny_channels(c_in), h, w)
+            tiny_w = (_tiny_channels(w_shape[0]), _tiny_channels(w_shape[1]), *w_shape[2:])
+            return conv_case(tiny_x, tiny_w, stride, pad, need_x, mode, torch)
+        return conv_case(x_shape, w_shape, stride, pad, need_x, mode, torch)
+
+    return build
+
+
+# ------------------------------------------------------------------------------ BatchNorm
+
+def _batch_norm_build(shape):
+    def build(size, torch):
+        from .. import functional as F
+
+        if size == "tiny":
+            x_shape = (TINY_BATCH, _tiny_channels(shape[1]), min(shape[2], 8), min(shape[3], 8))
+        else:
+            x_shape = shape
+        channels = x_shape[1]
+        rng = np.random.default_rng(4)
+        x = _data(rng, x_shape)
+        weight = (1 + _data(rng, (channels,), 0.1)).astype(DTYPE)
+        bias = _data(rng, (channels,), 0.1)
+        gy = _data(rng, x_shape)
+        mean, var = np.zeros(channels, DTYPE), np.ones(channels, DTYPE)
+
+        def nc():  # what BatchNorm2d's forward and backward in training compute
+            y, save_mean, save_invstd = F.batch_norm(x, mean, var, weight, bias, training=True)
+            return (y,) + tuple(F.batch_norm_backward(gy, x, save_mean, save_invstd, weight))
+
+        prepared = Prepared(nc, None, items=x_shape[0], detail=f"x {x_shape}")
+        if torch is None:
+            return prepared
+        tF = torch.nn.functional
+        tx, tw, tb = (_t(torch, a, requires_grad=True) for a in (x, weight, bias))
+        tmean, tvar, tgy = _t(torch, mean), _t(torch, var), _t(torch, gy)
+
+        def tc():
+            y = tF.batch_norm(tx, tmean, tvar, tw, tb, training=True)
+            grads = torch.autograd.grad(y, (tx, tw, tb), grad_outputs=tgy)
+            return (y.detach(),) + tuple(grads)
+
+        prepared.torch = tc
+        return prepared
+
+    return build
+
+
+# ------------------------------------------------------------------------------ the network
+
+def torch_resnet18(torch, num_classes: int = 10, in_channels: int = 1):
+    """D2L's PyTorch ResNet-18 (d2l-en v0.17, section 7.6, explicit in-channels): the twin of
+    ``numbaconv.build_model("resnet18")`` whose parameters :func:`resnet_name` names."""
+    nn, F = torch.nn, torch.nn.functional
+
+    class Residual(nn.Module):
+        def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1):
+            super().__init__()
+            self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1,
+                                   stride=strides)
+            self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1)
+            self.conv3 = nn.Conv2d(input_channels, num_channels, kernel_size=1,
+                                   stride=strides) if use_1x1conv else None
+            self.bn1 = nn.BatchNorm2d(num_channels)
+            self.bn2 = nn.BatchNorm2d(num_channels)
+
+        def forward(self, X):
+            Y = F.relu(self.bn1(self.conv1(X)))
+            Y = self.bn2(self.conv2(Y))
+            if self.conv3:
+                X = self.conv3(X)
+            Y += X
+            return F.relu(Y)
+
+    def resnet_block(input_channels, num_channels, num_residuals, first_block=False):
+        return [Residual(input_channels, num_channels, use_1x1conv=True, strides=2)
+                if i == 0 and not first_block else Residual(num_channels, num_channels)
+                for i in range(num_residuals)]
+
+    b1 = nn.Sequential(nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
+                       nn.BatchNorm2d(64), nn.ReLU(),
+                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    b2 = nn.Sequential(*resnet_block(64, 64, 2, first_block=True))
+    b3 = nn.Sequential(*resnet_block(64, 128, 2))
+    b4 = nn.Sequential(*resnet_block(128, 256, 2))
+    b5 = nn.Sequential(*resnet_block(256, 512, 2))
+    return nn.Sequential(b1, b2, b3, b4, b5, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
+                         nn.Linear(512, num_classes))
+
+
+def resnet_name(path: str) -> str:
+    """numbaconv's ResNet-18 parameter path -> the twin's (D2L's Residual: conv1, bn1, conv2,
+    bn2, conv3)."""
+    match = re.fullmatch(r"([1-4])\.(\d)\.0\.body\.([0134])\.(\w+)", path)
+    if match:
+        stage, block, layer, param = match.groups()
+        part = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2"}[layer]
+        return f"{stage}.{block}.{part}.{param}"
+    return re.sub(r"^([1-4])\.(\d)\.0\.shortcut\.", r"\1.\2.conv3.", path)
+
+
+def load_twin(torch, model, twin, torch_name=resnet_name):
+    """Copy ``model``'s parameters and buffers into ``twin`` by ``torch_name``: every tensor
+    of the twin gets one."""
+    state = {torch_name(k): torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()}
+    twin.load_state_dict(state, strict=True)
+
+
+def _networks(torch):
+    """A numbaconv ResNet-18 (seeded) and its PyTorch twin with the same weights."""
+    from ..models import resnet18
+
+    model = resnet18(rng=0)
+    if torch is None:
+        return model, None
+    twin = torch_resnet18(torch)
+    load_twin(torch, model, twin)
+    return model, twin
+
+
+def _images(size, side, seed):
+    batch, side = (TINY_BATCH, TINY_SIDE) if size == "tiny" else (BATCH, side)
+    rng = np.random.default_rng(seed)
+    images = rng.random((batch, 1, side, side), dtype=DTYPE)
+    labels = rng.integers(0, 10, size=batch).astype(np.int64)
+    return images, labels
+
+
+def _conv_flops(side, size, mode) -> int:
+    """The convolutions' FLOPs in one ``mode`` (``fwd`` or ``fwdbwd``) pass of ResNet-18 at
+    the case's batch and side (the other layers' are not counted)."""
+    batch, side = (TINY_BATCH, TINY_SIDE) if size == "tiny" else (BATCH, side)
+    return sum(count * conv_flops(x, w, stride, pad) * passes(mode, need_x)
+               for x, w, stride, pad, need_x, count in resnet18_convs(side, batch))
+
+
+def _step_build(side):
+    def build(size, torch):
+        from .. import functional as F
+        from ..training import make_optimizer
+
+        x, y = _images(size, side, 5)
+        model, twin = _networks(torch)
+        opt = make_optimizer("sgd", model.named_params(), LR)
+
+        def nc():  # the body of numbaconv.training.Loop.train_epoch, without the metrics
+            logits = model.forward(x, training=True)
+            loss = F.cross_entropy(logits, y)
+            model.backward(F.cross_entropy_backward(logits, y), need_input_grad=False)
+            opt.step(model.named_grads())
+            return loss
+
+        prepared = Prepared(nc, None, items=x.shape[0],
+                            detail=f"batch {x.shape[0]}, {x.shape[2]}x{x.shape[3]}, SGD lr {LR:g}",
+                            flops=_conv_flops(side, size, "fwdbwd"))
+        if torch is None:
+            return prepared
+        tF = torch.nn.functional
+        tx, ty = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+        topt = torch.optim.SGD(twin.parameters(), lr=LR)
+        twin.train()
+
+        def tc():
+            topt.zero_grad()
+            loss = tF.cross_entropy(twin(tx), ty)
+            loss.backward()
+            topt.step()
+            return loss.item()
+
+        prepared.torch = tc
+        return prepared
+
+    return build
+
+
+def _eval_build(side):
+    def build(size, torch):
+        x, _ = _images(size, side, 6)
+        model, twin = _networks(torch)
+
+        def nc():
+            return model.forward(x, training=False)
+
+        prepared = Prepared(nc, None, items=x.shape[0],
+                            detail=f"batch {x.shape[0]}, {x.shape[2]}x{x.shape[3]}",
+                            flops=_conv_flops(side, size, "fwd"))
+        if torch is None:
+            return prepared
+        tx = torch.from_numpy(x.copy())
+        twin.eval()
+
+        def tc():
+            with torch.inference_mode():
+                return twin(tx)
+
+        prepared.torch = tc
+        return prepared
+
+    return build
+
+
+def resnet_cases() -> list[Case]:
+    """ResNet-18's cases, in the order the table lists them."""
+    cases = []
+    for side in SIDES:
+        for x_shape, w_shape, stride, pad, need_x, count in resnet18_convs(side):
+            kh, kw = w_shape[2:]
+            target = CONV3X3_PEAK if (kh, kw) == (3, 3) else None
+            grads = "input, weight and bias grads" if need_x else \
+                "weight and bias grads; the first layer needs no input grad"
+            what = (f"ResNet-18 at {side}x{side}: conv {w_shape[1]}->{w_shape[0]} {kh}x{kw} "
+                    f"stride {stride} pad {pad} on {x_shape[2]}x{x_shape[3]}, batch "
+                    f"{x_shape[0]} ({count} in the network)")
+            for mode, word in (("fwd", "forward"), ("bwd", f"backward ({grads})")):
+                cases.append(Case(_conv_name(side, w_shape, stride, mode), "op",
+                                  f"{what}: {word}", target,
+                                  _resnet_conv_build(x_shape, w_shape, stride, pad, need_x,
+                                                     mode)))
+    for shape in resnet18_batch_norms(96):
+        n, c, h, w = shape
+        cases.append(Case(f"resnet18-96-bn-{c}x{h}x{w}-fwdbwd", "op",
+                          f"ResNet-18 at 96x96: BatchNorm2d in training on {shape}, forward "
+                          "and backward (input, weight and bias grads)", BATCH_NORM,
+                          _batch_norm_build(shape)))
+    for side in SIDES:
+        cases.append(Case(f"resnet18-{side}-step", "step",
+                          f"ResNet-18 training step at {side}x{side}, batch {BATCH}, SGD lr "
+                          f"{LR:g}, cross entropy", RESNET_STEP, _step_build(side)))
+        cases.append(Case(f"resnet18-{side}-eval", "eval",
+                          f"ResNet-18 evaluation of a batch of {BATCH} at {side}x{side} "
+                          "(images/s)", RESNET_EVAL, _eval_build(side)))
+    return cases
