@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from threadpoolctl import threadpool_limits
 
 from numbaconv import benchmarks as B
-from numbaconv.benchmarks import cases
+from numbaconv.benchmarks import cases, zoo
 from numbaconv.cli.bench import bench
 
 
@@ -60,6 +60,13 @@ def test_quick_tiny_prints_every_case_with_ratios(torch):
         assert cells[-1] in (("PASS", "FAIL") if case.target else ("-",)), cells
     assert "images/s" in out and "projected full epoch" in out
     assert "LeNet layers <= 1.5x torch" in out
+    # the convolutions' GFLOP/s and share of the peak measured on the same thread count
+    assert "peak (FMA loop, 12 chains of 16 float32 lanes)" in out
+    assert "GFLOP/s  torch GFLOP/s  % peak  torch % peak" in out
+    assert rows["resnet18-96-conv-64to64-3x3s1-fwd"][-4:-1] == [">=", "70%", "peak"]
+    assert rows["resnet18-96-conv-64to64-3x3s1-fwd"][7].endswith("%")
+    assert rows["resnet18-96-bn-64x48x48-fwdbwd"][5:9] == ["-"] * 4
+    assert "ResNet-18 3x3 conv >= 70% of the measured peak" in out
 
 
 def test_case_filter_and_repeat(torch):
@@ -125,6 +132,82 @@ def test_full_shapes_are_the_documented_ones():
     assert cases._pool_shape("1", "full") == (256, 6, 28, 28)
     assert cases._pool_shape("2", "full") == (256, 16, 10, 10)
     assert B.EPOCH_FRACTION["full"] == 1 / 10
+
+
+def test_resnet18_cases_are_its_distinct_convolutions_and_batch_norms():
+    """ResNet-18 at 96x96, batch 64: 20 convolutions of 11 shapes (the first without an input
+    gradient), BatchNorm2d inputs of 5 shapes; at 28x28 the same 11 on smaller maps."""
+    conv = [(x, w, s, p, need_x, count) for x, w, s, p, need_x, count
+            in zoo.resnet18_convs(96)]
+    assert conv == [
+        ((64, 1, 96, 96), (64, 1, 7, 7), 2, 3, False, 1),
+        ((64, 64, 24, 24), (64, 64, 3, 3), 1, 1, True, 4),
+        ((64, 64, 24, 24), (128, 64, 3, 3), 2, 1, True, 1),
+        ((64, 128, 12, 12), (128, 128, 3, 3), 1, 1, True, 3),
+        ((64, 64, 24, 24), (128, 64, 1, 1), 2, 0, True, 1),
+        ((64, 128, 12, 12), (256, 128, 3, 3), 2, 1, True, 1),
+        ((64, 256, 6, 6), (256, 256, 3, 3), 1, 1, True, 3),
+        ((64, 128, 12, 12), (256, 128, 1, 1), 2, 0, True, 1),
+        ((64, 256, 6, 6), (512, 256, 3, 3), 2, 1, True, 1),
+        ((64, 512, 3, 3), (512, 512, 3, 3), 1, 1, True, 3),
+        ((64, 256, 6, 6), (512, 256, 1, 1), 2, 0, True, 1)]
+    small = zoo.resnet18_convs(28)
+    assert [c[1:] for c in small] == [c[1:] for c in conv]
+    assert [c[0][2] for c in small] == [28, 7, 7, 4, 7, 4, 2, 4, 2, 1, 2]
+    assert zoo.resnet18_batch_norms(96) == [(64, 64, 48, 48), (64, 64, 24, 24),
+                                            (64, 128, 12, 12), (64, 256, 6, 6),
+                                            (64, 512, 3, 3)]
+    names = {case.name for case in B.CASES}
+    for side in (28, 96):
+        assert {f"resnet18-{side}-step", f"resnet18-{side}-eval"} <= names
+        assert sum(name.startswith(f"resnet18-{side}-conv-") for name in names) == 22
+    assert sum("-bn-" in name for name in names) == 5
+
+
+def test_flops_count_two_per_multiply_add_of_each_pass():
+    # conv64: 32 x 64 x 56 x 56 outputs, each 64 x 3 x 3 multiply-adds
+    forward = 2 * 32 * 64 * 56 * 56 * 64 * 9
+    assert cases.conv_flops((32, 64, 56, 56), (64, 64, 3, 3), 1, 1) == forward
+    assert cases.conv_flops((64, 64, 24, 24), (128, 64, 3, 3), 2, 1) == \
+        2 * 64 * 128 * 12 * 12 * 64 * 9
+    assert B.CASES_BY_NAME["conv64-fwd"].setup("full", torch=None).flops == forward
+    assert B.CASES_BY_NAME["conv64-bwd"].setup("full", torch=None).flops == 2 * forward
+    assert B.CASES_BY_NAME["conv64-fwdbwd"].setup("full", torch=None).flops == 3 * forward
+    # the first layer's backward computes no input gradient: one pass
+    first = B.CASES_BY_NAME["resnet18-28-conv-1to64-7x7s2-bwd"].setup("tiny", torch=None)
+    assert first.flops == cases.conv_flops((2, 1, 28, 28), (4, 1, 7, 7), 2, 3)
+
+
+def test_peak_is_an_fma_loop_on_one_and_on_several_threads():
+    from numbaconv.benchmarks.peak import CHAINS, fma_loop
+
+    total, flops = fma_loop(1000, np.float32(0))
+    assert flops == 2 * CHAINS * 16 * 1000 and np.isfinite(total)
+    peak = B.measure_peak(2, seconds=0.002, repeat=1)
+    assert peak.lanes == 16 and peak.threads == 2
+    assert peak.one_thread > 0 and peak.all_threads > 0
+    assert peak.at(1) == peak.one_thread and peak.at(2) == peak.all_threads
+    assert "GFLOP/s on 1 thread" in peak.describe() and "on 2 threads" in peak.describe()
+    with pytest.raises(ValueError, match="not 3"):
+        peak.at(3)
+
+
+def test_a_peak_target_judges_numbaconvs_share_of_the_peak():
+    from numbaconv.benchmarks.targets import CONV3X3_PEAK
+
+    case = B.Case("resnet18-96-conv-x", "op", "", CONV3X3_PEAK, lambda size, torch: None)
+    # 1 GFLOP per call in 10 ms: 100 GFLOP/s; torch 20 ms: 50 GFLOP/s
+    result = B.CaseResult(case, [0.01] * 3, [0.02] * 3, flops=10**9, peak=125.0)
+    assert result.numbaconv_gflops == pytest.approx(100)
+    assert result.torch_gflops == pytest.approx(50)
+    assert result.peak_fraction == pytest.approx(0.8) and result.verdict == "PASS"
+    slow = B.CaseResult(case, [0.02] * 3, [0.01] * 3, flops=10**9, peak=125.0)
+    assert slow.peak_fraction == pytest.approx(0.4) and slow.verdict == "FAIL"
+    assert B.CaseResult(case, [0.01], [0.02], flops=10**9).verdict == "-"  # no peak measured
+    table = B.format_table([result, slow])
+    assert "100.0" in table and "80%" in table and "40%" in table
+    assert "FAIL  ResNet-18 3x3 conv >= 70% of the measured peak: 1/2 cases, worst " \
+           "resnet18-96-conv-x 40% of peak" in B.summary([result, slow])
 
 
 def test_time_case_interleaves_and_takes_medians():
