@@ -16,7 +16,8 @@ Options (``NUMBACONV_RATIO_REPORT=1`` and ``NUMBACONV_RATIO_STRICT=1`` do the sa
 flags):
 
 * ``--ratio-report``: at the end, a table of numbaconv/torch median-time ratios per case
-  against the project's targets, PASS/FAIL per case and per target;
+  against the project's targets, PASS/FAIL per case and per target (a target on the share of
+  the machine's peak measures the peak first, :func:`numbaconv.benchmarks.measure_peak`);
 * ``--ratio-strict``: also exit with status 1 when a target FAILs (implies the report);
 * ``--bench-threads N``: threads for Numba and PyTorch (default: Numba's thread count, the
   cores);
@@ -34,6 +35,9 @@ from numbaconv import benchmarks as B
 
 RATIOS_KEY = pytest.StashKey[dict]()
 ITEMS_KEY = pytest.StashKey[dict]()
+FLOPS_KEY = pytest.StashKey[dict]()
+THREADS_KEY = pytest.StashKey[int]()
+PEAK_KEY = pytest.StashKey[float]()
 SCALES_KEY = pytest.StashKey[dict]()
 START_WARNING_KEY = pytest.StashKey[str]()
 
@@ -67,6 +71,7 @@ def pytest_configure(config):
     config.stash[RATIOS_KEY] = {}
     config.stash[ITEMS_KEY] = {}
     config.stash[SCALES_KEY] = {}
+    config.stash[FLOPS_KEY] = {}
 
 
 def pytest_sessionstart(session):
@@ -92,7 +97,8 @@ def _report(config) -> bool:
 def bench_torch(request):
     """``(torch module or None, reason)``; sets the thread counts once for the session."""
     torch, note = B.import_torch()
-    B.set_threads(request.config.getoption("--bench-threads"), torch)
+    request.config.stash[THREADS_KEY] = B.set_threads(request.config.getoption("--bench-threads"),
+                                                      torch)
     return torch, note
 
 
@@ -144,6 +150,7 @@ def run_case(request, benchmark, bench_torch, _cache):
             config.stash[RATIOS_KEY].setdefault(case.name, {})[side] = stats.stats
             config.stash[ITEMS_KEY][case.name] = prepared.items
             config.stash[SCALES_KEY][case.name] = prepared.scale
+            config.stash[FLOPS_KEY][case.name] = prepared.flops
 
     return run
 
@@ -170,13 +177,25 @@ def _ratio_results(config) -> list[tuple]:
     return rows
 
 
+def _peak(config) -> float | None:
+    """The measured peak GFLOP/s for the session's thread count (measured on first use)."""
+    if PEAK_KEY not in config.stash:
+        threads = config.stash[THREADS_KEY]
+        config.stash[PEAK_KEY] = B.measure_peak(threads).at(threads)
+    return config.stash[PEAK_KEY]
+
+
 def _verdicts(config):
     out = []
+    flops = config.stash.get(FLOPS_KEY, {})
     for case, nc, tc in _ratio_results(config):
         ratio = nc.median / tc.median if tc is not None else None
         best = nc.min / tc.min if tc is not None else None
+        fraction = None
+        if isinstance(case.target, B.PeakTarget) and flops.get(case.name):
+            fraction = flops[case.name] / nc.median / 1e9 / _peak(config)
         out.append((case, nc.median, tc.median if tc is not None else None, ratio,
-                    B.verdict(case.target, ratio), best))
+                    B.verdict(case.target, ratio, fraction), best))
     return out
 
 
@@ -210,7 +229,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                   "minima (pytest-benchmark stats; the two halves of a case run back to "
                   "back, not interleaved); PASS/FAIL judges the median ratio")
     for target in B.TARGETS:
-        mine = [r for r in rows if r[0].target is target and r[3] is not None]
+        mine = [r for r in rows if r[0].target is target and r[4] != "-"]
         if mine:
             passed = sum(r[4] == "PASS" for r in mine)
             tr.write_line(f"{'PASS' if passed == len(mine) else 'FAIL'}  {target.label}: "

@@ -4,7 +4,8 @@ The shapes come from the model itself (``numbaconv.build_model("resnet18")``, D2
 architecture, 1-channel images) at batch :data:`BATCH` and the input sides :data:`SIDES`:
 every convolution once per distinct shape (:func:`resnet18_convs`), every BatchNorm2d's input
 at 96x96 (:func:`resnet18_batch_norms`). The PyTorch side of the step and evaluation is D2L's
-PyTorch ResNet-18 (:func:`torch_resnet18`) holding the numbaconv model's weights and buffers.
+PyTorch ResNet-18 (:func:`numbaconv.benchmarks.twins.torch_resnet18`) holding the numbaconv
+model's weights and buffers.
 
 ``tiny`` keeps the kinds of work and shrinks the sizes for the test-suite: convolutions and
 BatchNorms at batch 2 with a sixteenth of the channels (and BatchNorm maps of at most 8x8);
@@ -21,8 +22,9 @@ import numpy as np
 
 from .cases import DTYPE, Case, Prepared, _data, _t, conv_case, conv_flops, passes
 from .targets import BATCH_NORM, CONV3X3_PEAK, RESNET_EVAL, RESNET_STEP
+from .twins import torch_resnet18
 
-__all__ = ["BATCH", "SIDES", "LR", "resnet18_convs", "resnet18_batch_norms", "torch_resnet18",
+__all__ = ["BATCH", "SIDES", "LR", "resnet18_convs", "resnet18_batch_norms", "resnet_name",
            "load_twin", "resnet_cases"]
 
 BATCH = 64
@@ -147,46 +149,6 @@ def _batch_norm_build(shape):
 
 
 # ------------------------------------------------------------------------------ the network
-
-def torch_resnet18(torch, num_classes: int = 10, in_channels: int = 1):
-    """D2L's PyTorch ResNet-18 (d2l-en v0.17, section 7.6, explicit in-channels): the twin of
-    ``numbaconv.build_model("resnet18")`` whose parameters :func:`resnet_name` names."""
-    nn, F = torch.nn, torch.nn.functional
-
-    class Residual(nn.Module):
-        def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1):
-            super().__init__()
-            self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1,
-                                   stride=strides)
-            self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1)
-            self.conv3 = nn.Conv2d(input_channels, num_channels, kernel_size=1,
-                                   stride=strides) if use_1x1conv else None
-            self.bn1 = nn.BatchNorm2d(num_channels)
-            self.bn2 = nn.BatchNorm2d(num_channels)
-
-        def forward(self, X):
-            Y = F.relu(self.bn1(self.conv1(X)))
-            Y = self.bn2(self.conv2(Y))
-            if self.conv3:
-                X = self.conv3(X)
-            Y += X
-            return F.relu(Y)
-
-    def resnet_block(input_channels, num_channels, num_residuals, first_block=False):
-        return [Residual(input_channels, num_channels, use_1x1conv=True, strides=2)
-                if i == 0 and not first_block else Residual(num_channels, num_channels)
-                for i in range(num_residuals)]
-
-    b1 = nn.Sequential(nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
-                       nn.BatchNorm2d(64), nn.ReLU(),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    b2 = nn.Sequential(*resnet_block(64, 64, 2, first_block=True))
-    b3 = nn.Sequential(*resnet_block(64, 128, 2))
-    b4 = nn.Sequential(*resnet_block(128, 256, 2))
-    b5 = nn.Sequential(*resnet_block(256, 512, 2))
-    return nn.Sequential(b1, b2, b3, b4, b5, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
-                         nn.Linear(512, num_classes))
-
 
 def resnet_name(path: str) -> str:
     """numbaconv's ResNet-18 parameter path -> the twin's (D2L's Residual: conv1, bn1, conv2,
