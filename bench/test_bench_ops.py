@@ -1,9 +1,11 @@
-"""Per-operation benchmarks: LeNet's layers at batch 256 and a 64->64 3x3 convolution.
+"""Per-operation benchmarks: LeNet's layers at batch 256, a 64->64 3x3 convolution, and
+ResNet-18's distinct convolutions (28x28 and 96x96) and BatchNorms (96x96) at batch 64.
 
 Each case from :mod:`numbaconv.benchmarks` is a benchmark group holding a numbaconv test and a
 PyTorch test on the same inputs. Forward cases time PyTorch under ``inference_mode``; backward
 cases time its backward alone (``torch.autograd.grad`` on a retained graph) against numbaconv's
-``*_backward`` function; ``conv64-fwdbwd`` times both passes on both sides.
+``*_backward`` function; ``conv64-fwdbwd`` and the BatchNorm cases time both passes on both
+sides.
 """
 
 from __future__ import annotations

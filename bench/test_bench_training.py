@@ -8,7 +8,10 @@
   (6000 images, 24 batches), 1/30 with ``--bench-size quick``; the ratio is unaffected and
   the ``--ratio-report`` projects the full epoch;
 * ``eval-lenet``: evaluation of 10000 synthetic test images in batches of 1024 (the report
-  gives images/s).
+  gives images/s);
+* ``resnet18-{28,96}-step`` and ``-eval``: a ResNet-18 training step (batch 64, SGD lr 0.05)
+  and the evaluation of a batch of 64, at 28x28 and 96x96, against D2L's PyTorch ResNet-18
+  holding the same weights.
 
 PyTorch runs D2L's ``nn.Sequential`` LeNet with the numbaconv model's initial parameters, with
 ``torch.optim.SGD``/``Adam`` and ``F.cross_entropy``.

@@ -20,7 +20,8 @@ What the PyTorch side runs:
   :meth:`numbaconv.training.Loop.train_epoch` uses;
 * evaluation: ``net.eval()`` under ``torch.inference_mode()`` in batches of
   :data:`numbaconv.training.EVAL_BATCH`, the arg-max compared with the labels, as
-  :func:`numbaconv.training.evaluate` does.
+  :func:`numbaconv.training.evaluate` does;
+* ResNet-18's convolutions, BatchNorms, step and evaluation: :mod:`numbaconv.benchmarks.zoo`.
 """
 
 from __future__ import annotations
