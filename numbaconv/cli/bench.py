@@ -16,7 +16,7 @@ from .errors import user_errors
 
 @click.command()
 @click.option("--quick", is_flag=True,
-              help="3 repeats and 1/30 of an epoch instead of 7 and 1/10 (about a minute).")
+              help="3 repeats and 1/30 of an epoch instead of 7 and 1/10.")
 @click.option("--threads", type=int,
               help="Threads for numbaconv (Numba) and PyTorch alike (default: all of Numba's "
                    "threads, i.e. the cores).")
