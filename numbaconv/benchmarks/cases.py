@@ -56,8 +56,8 @@ class Prepared:
     ``torch`` is ``None`` when PyTorch is not available (``torch_note`` says why). ``items`` is
     the number of images one call processes and ``scale`` the factor from one call's time to
     the quantity the case stands for (a whole epoch when only a fraction is timed). ``flops``
-    is the floating-point operations of one call where the case counts them (convolutions),
-    else 0.
+    is the floating-point operations of one call where the case counts them (convolutions;
+    ResNet-18's step and evaluation count their convolutions'), else 0.
     """
 
     numbaconv: Callable[[], Any]
@@ -161,7 +161,7 @@ def _conv_build(spec: str, mode: str):
 
 def conv_case(x_shape, w_shape, stride, pad, need_x: bool, mode: str, torch) -> Prepared:
     """Both sides of one convolution's ``mode`` (``fwd``, ``bwd`` or ``fwdbwd``), with
-    ``flops`` per call (see :func:`conv_flops` and :func:`_passes`)."""
+    ``flops`` per call (see :func:`conv_flops` and :func:`passes`)."""
     from .. import functional as F
 
     rng = np.random.default_rng(0)

@@ -63,7 +63,7 @@ def fma_loop(iterations, start):
         a11 = fma(a11, m, c)
     result = (total(a0) + total(a1) + total(a2) + total(a3) + total(a4) + total(a5)
               + total(a6) + total(a7) + total(a8) + total(a9) + total(a10) + total(a11))
-    return result, 2.0 * 12 * width(row) * iterations
+    return result, 2.0 * CHAINS * width(row) * iterations
 
 
 @dataclass(frozen=True)
