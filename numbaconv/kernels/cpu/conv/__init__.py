@@ -15,6 +15,8 @@ By concern:
 * :mod:`.common`: taps, grouped weights and partial sums shared by the two layouts;
 * :mod:`.flat`: the padded-width kernels, outputs on the flat stride-1 grid;
 * :mod:`.lanes`: the interleaved-samples kernels for narrow images (:func:`use_lanes`);
+* :mod:`.columns`: matrix products over im2col columns, for many channels on small maps
+  (:func:`use_columns`);
 * :mod:`.direct`: the exact loops for inputs holding inf or NaN;
 * :mod:`.place`: the parallel padding and stride spread for large arrays;
 * this module: the Python functions that pad, choose a kernel and call it.
@@ -25,6 +27,16 @@ transposed kernel, and runs through :func:`forward` (or, on the lanes layout, sc
 
 import numpy as np
 
+from .columns import (
+    columns_job,
+    conv2d_forward_columns,
+    conv2d_input_grad_columns,
+    conv2d_weight_grad_columns,
+    forward_columns_job,
+    input_grad_columns_job,
+    use_columns,
+    weight_grad_columns_job,
+)
 from .direct import conv2d_backward_direct
 from .flat import (
     TASKS,
@@ -54,7 +66,7 @@ __all__ = [
     "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes", "conv2d_backward_direct",
     "block_sums", "use_lanes", "weight_grad_from_rows", "forward", "weight_grad",
     "conv2d_input_grad", "transposed_weights", "place", "pad", "LANES", "TASKS",
-    "PLACE_IN_PARALLEL",
+    "PLACE_IN_PARALLEL", "use_columns", "forward_columns", "backward_columns",
 ]
 
 PLACE_IN_PARALLEL = 1 << 20  # output values from which place() runs _place_planes; below, NumPy
@@ -103,6 +115,57 @@ def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
                                     forward_lanes_job(xp.dtype))
     return conv2d_forward(xp, w, b, *stride, *dilation, groups, out_h, out_w,
                           forward_job(xp.dtype))
+
+
+def _live_taps(size, out_size, kernel, stride, dilation, pad):
+    """The kernel taps [lo, hi) along one axis that read the input for some output; the others
+    read only padding (a 3x3 kernel on a 1x1 map: the middle one alone)."""
+    live = [t for t in range(kernel)
+            if any(0 <= o * stride + t * dilation - pad < size for o in range(out_size))]
+    return (live[0], live[-1] + 1) if live else (0, 0)
+
+
+def _live_kernel(x_shape, w_shape, padding, stride, dilation, out_h, out_w):
+    """(kernel rows, kernel columns, top, left): the taps that read x (slices of the
+    kernel) and the padding that places them. Taps that read only zeros add nothing to any
+    output, nor their weights' gradients anything but zeros: they are left out."""
+    (top, _), (left, _) = padding
+    kh_lo, kh_hi = _live_taps(x_shape[2], out_h, w_shape[2], stride[0], dilation[0], top)
+    kw_lo, kw_hi = _live_taps(x_shape[3], out_w, w_shape[3], stride[1], dilation[1], left)
+    return (slice(kh_lo, kh_hi), slice(kw_lo, kw_hi), top - kh_lo * dilation[0],
+            left - kw_lo * dilation[1])
+
+
+def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
+    """:func:`conv2d_forward_columns` of the unpadded x; padding ((top, bottom), (left, right))."""
+    rows, cols, top, left = _live_kernel(x.shape, w.shape, padding, stride, dilation, out_h,
+                                         out_w)
+    if rows.stop == rows.start or cols.stop == cols.start:  # every tap reads padding: the bias
+        return np.broadcast_to(b[:, None, None], (x.shape[0], w.shape[0], out_h, out_w)).copy()
+    live_w = np.ascontiguousarray(w[:, :, rows, cols])
+    return conv2d_forward_columns(np.ascontiguousarray(x), live_w, b, *stride, *dilation, top,
+                                  left, out_h, out_w, columns_job(x.dtype),
+                                  forward_columns_job(x.dtype))
+
+
+def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
+    """``(grad_x or None, grad_w, grad_b)`` by the column kernels, x unpadded."""
+    x = np.ascontiguousarray(x)
+    rows, cols, top, left = _live_kernel(x.shape, w.shape, padding, stride, dilation,
+                                         gy.shape[2], gy.shape[3])
+    grad_w = np.zeros_like(w)
+    if rows.stop == rows.start or cols.stop == cols.start:
+        return (np.zeros_like(x) if need_input_grad else None), grad_w, \
+            gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype)
+    live_w = np.ascontiguousarray(w[:, :, rows, cols])
+    grad_w[:, :, rows, cols], grad_b = conv2d_weight_grad_columns(
+        gy, x, live_w.shape[2], live_w.shape[3], *stride, *dilation, top, left,
+        weight_grad_columns_job(x.dtype))
+    grad_x = None
+    if need_input_grad:
+        grad_x = conv2d_input_grad_columns(gy, live_w, x.shape[2], x.shape[3], *stride,
+                                           *dilation, top, left, input_grad_columns_job(x.dtype))
+    return grad_x, grad_w, grad_b
 
 
 def weight_grad(gy, xp, kernel, stride, dilation, groups):
