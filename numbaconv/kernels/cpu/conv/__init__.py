@@ -125,46 +125,90 @@ def _live_taps(size, out_size, kernel, stride, dilation, pad):
     return (live[0], live[-1] + 1) if live else (0, 0)
 
 
-def _live_kernel(x_shape, w_shape, padding, stride, dilation, out_h, out_w):
-    """(kernel rows, kernel columns, top, left): the taps that read x (slices of the
-    kernel) and the padding that places them. Taps that read only zeros add nothing to any
-    output, nor their weights' gradients anything but zeros: they are left out."""
-    (top, _), (left, _) = padding
-    kh_lo, kh_hi = _live_taps(x_shape[2], out_h, w_shape[2], stride[0], dilation[0], top)
-    kw_lo, kw_hi = _live_taps(x_shape[3], out_w, w_shape[3], stride[1], dilation[1], left)
-    return (slice(kh_lo, kh_hi), slice(kw_lo, kw_hi), top - kh_lo * dilation[0],
-            left - kw_lo * dilation[1])
+#: The most padded columns per output column for which the column kernels compute on the
+#: padded width (wide) rather than gather exactly: 8 / 6 (ResNet's 6x6 maps) and below.
+WIDE_WASTE = 1.34
+
+
+class _ColumnsPlan:
+    """How the column kernels compute a convolution of x (N, C, H, W) with w: the kernel's
+    taps that read x (``rows``, ``cols``: slices; the others read only padding, so they add
+    nothing to any output and their weights get zero gradients), the part of x they read
+    (``x_rows``, ``x_cols``), the padding that then places them, and the layout: ``wide`` at
+    stride 1 where the padded width wastes little (:data:`WIDE_WASTE`), from the input
+    padded by ``padding`` (see :mod:`.columns`)."""
+
+    def __init__(self, x_shape, w_shape, padding, stride, dilation, out_h, out_w):
+        (top, _), (left, _) = padding
+        kh_lo, kh_hi = _live_taps(x_shape[2], out_h, w_shape[2], stride[0], dilation[0], top)
+        kw_lo, kw_hi = _live_taps(x_shape[3], out_w, w_shape[3], stride[1], dilation[1], left)
+        self.empty = kh_lo == kh_hi or kw_lo == kw_hi  # every tap reads padding
+        self.rows, self.cols = slice(kh_lo, kh_hi), slice(kw_lo, kw_hi)
+        top, left = top - kh_lo * dilation[0], left - kw_lo * dilation[1]
+        # rows and columns above a negative padding are never read: x starts below them
+        self.x_rows, self.x_cols = slice(max(0, -top), None), slice(max(0, -left), None)
+        self.top, self.left = max(0, top), max(0, left)
+        height = x_shape[2] - self.x_rows.start
+        width = x_shape[3] - self.x_cols.start
+        need_h = out_h + (kh_hi - kh_lo - 1) * dilation[0]
+        need_w = out_w + (kw_hi - kw_lo - 1) * dilation[1]
+        self.padding = ((self.top, max(0, need_h - height - self.top)),
+                        (self.left, max(0, need_w - width - self.left)))
+        padded_width = width + self.left + self.padding[1][1]
+        self.wide = tuple(stride) == (1, 1) and padded_width <= WIDE_WASTE * out_w
+        self.stride, self.dilation = tuple(stride), tuple(dilation)
+
+    def input(self, x):
+        """The x the kernels read: the part read, padded where wide."""
+        x = x[:, :, self.x_rows, self.x_cols]
+        return pad(x, self.padding)[0] if self.wide else np.ascontiguousarray(x)
+
+    def geometry(self):
+        """The kernels' stride, dilation, top, left and wide arguments."""
+        top, left = (0, 0) if self.wide else (self.top, self.left)
+        return (*self.stride, *self.dilation, top, left, int(self.wide))
+
+    def input_grad(self, grad, x_shape):
+        """The gradient of x from the kernels' gradient of :meth:`input`."""
+        if self.wide:
+            height = x_shape[2] - self.x_rows.start
+            width = x_shape[3] - self.x_cols.start
+            grad = grad[:, :, self.top:self.top + height, self.left:self.left + width]
+        if self.x_rows.start or self.x_cols.start:
+            full = np.zeros(x_shape, dtype=grad.dtype)
+            full[:, :, self.x_rows, self.x_cols] = grad
+            return full
+        return np.ascontiguousarray(grad)
 
 
 def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
-    """:func:`conv2d_forward_columns` of the unpadded x; padding ((top, bottom), (left, right))."""
-    rows, cols, top, left = _live_kernel(x.shape, w.shape, padding, stride, dilation, out_h,
-                                         out_w)
-    if rows.stop == rows.start or cols.stop == cols.start:  # every tap reads padding: the bias
+    """:func:`conv2d_forward_columns` of x (unpadded; padding ((top, bottom), (left, right)))."""
+    plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, out_h, out_w)
+    if plan.empty:  # the bias alone
         return np.broadcast_to(b[:, None, None], (x.shape[0], w.shape[0], out_h, out_w)).copy()
-    live_w = np.ascontiguousarray(w[:, :, rows, cols])
-    return conv2d_forward_columns(np.ascontiguousarray(x), live_w, b, *stride, *dilation, top,
-                                  left, out_h, out_w, columns_job(x.dtype),
+    live_w = np.ascontiguousarray(w[:, :, plan.rows, plan.cols])
+    return conv2d_forward_columns(plan.input(x), live_w, b, *plan.geometry()[:6], out_h, out_w,
+                                  plan.geometry()[6], columns_job(x.dtype),
                                   forward_columns_job(x.dtype))
 
 
 def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
     """``(grad_x or None, grad_w, grad_b)`` by the column kernels, x unpadded."""
-    x = np.ascontiguousarray(x)
-    rows, cols, top, left = _live_kernel(x.shape, w.shape, padding, stride, dilation,
-                                         gy.shape[2], gy.shape[3])
+    plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, gy.shape[2], gy.shape[3])
     grad_w = np.zeros_like(w)
-    if rows.stop == rows.start or cols.stop == cols.start:
+    if plan.empty:
         return (np.zeros_like(x) if need_input_grad else None), grad_w, \
             gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype)
-    live_w = np.ascontiguousarray(w[:, :, rows, cols])
-    grad_w[:, :, rows, cols], grad_b = conv2d_weight_grad_columns(
-        gy, x, live_w.shape[2], live_w.shape[3], *stride, *dilation, top, left,
+    xk = plan.input(x)
+    live_w = np.ascontiguousarray(w[:, :, plan.rows, plan.cols])
+    grad_w[:, :, plan.rows, plan.cols], grad_b = conv2d_weight_grad_columns(
+        gy, xk, live_w.shape[2], live_w.shape[3], *plan.geometry(),
         weight_grad_columns_job(x.dtype))
     grad_x = None
     if need_input_grad:
-        grad_x = conv2d_input_grad_columns(gy, live_w, x.shape[2], x.shape[3], *stride,
-                                           *dilation, top, left, input_grad_columns_job(x.dtype))
+        grad = conv2d_input_grad_columns(gy, live_w, xk.shape[2], xk.shape[3],
+                                         *plan.geometry(), input_grad_columns_job(x.dtype))
+        grad_x = plan.input_grad(grad, x.shape)
     return grad_x, grad_w, grad_b
 
 
