@@ -158,10 +158,18 @@ class _ColumnsPlan:
         self.wide = tuple(stride) == (1, 1) and padded_width <= WIDE_WASTE * out_w
         self.stride, self.dilation = tuple(stride), tuple(dilation)
 
-    def input(self, x):
-        """The x the kernels read: the part read, padded where wide."""
+    def input(self, x, check_finite=False):
+        """The x the kernels read: the part read, padded where wide. With ``check_finite``,
+        where x holds inf or NaN the layout turns exact: the wide layout's scratch columns
+        would multiply them by gy's zeros into the weight gradient (in the backward only:
+        the forward drops the scratch outputs)."""
         x = x[:, :, self.x_rows, self.x_cols]
-        return pad(x, self.padding)[0] if self.wide else np.ascontiguousarray(x)
+        if self.wide:
+            xp, finite = pad(x, self.padding, check_finite)
+            if finite is not False:
+                return xp
+            self.wide = False
+        return np.ascontiguousarray(x)
 
     def geometry(self):
         """The kernels' stride, dilation, top, left and wide arguments."""
@@ -199,8 +207,10 @@ def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
     if plan.empty:
         return (np.zeros_like(x) if need_input_grad else None), grad_w, \
             gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype)
-    xk = plan.input(x)
     live_w = np.ascontiguousarray(w[:, :, plan.rows, plan.cols])
+    if not np.isfinite(live_w.sum()):  # scratch columns would carry 0 * inf into grad_x
+        plan.wide = False
+    xk = plan.input(x, check_finite=True)
     grad_w[:, :, plan.rows, plan.cols], grad_b = conv2d_weight_grad_columns(
         gy, xk, live_w.shape[2], live_w.shape[3], *plan.geometry(),
         weight_grad_columns_job(x.dtype))
