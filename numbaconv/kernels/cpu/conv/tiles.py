@@ -100,6 +100,74 @@ def _tile4(a, src, chan, offset, q, c, i, p, n0, n1, n2, n3, k0, k1):
 
 
 @njit(inline="always")
+def _gemm_tile4(a, b, c, i, p, n0, n1, n2, n3, k0, k1):
+    """:func:`_tile4` of a plain product: c[i:i + 4, p:p + 4W] += a[i:i + 4, k0:k1] @
+    b[k0:k1, p:p + 4W] (no taps' channels and offsets to look up per tap)."""
+    w = simd.width(c[0])
+    c0, c1, c2, c3 = c[i], c[i + 1], c[i + 2], c[i + 3]
+    a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+    s00 = simd.load_first(c0, p, n0)
+    s01 = simd.load_first(c0, p + w, n1)
+    s02 = simd.load_first(c0, p + 2 * w, n2)
+    s03 = simd.load_first(c0, p + 3 * w, n3)
+    s10 = simd.load_first(c1, p, n0)
+    s11 = simd.load_first(c1, p + w, n1)
+    s12 = simd.load_first(c1, p + 2 * w, n2)
+    s13 = simd.load_first(c1, p + 3 * w, n3)
+    s20 = simd.load_first(c2, p, n0)
+    s21 = simd.load_first(c2, p + w, n1)
+    s22 = simd.load_first(c2, p + 2 * w, n2)
+    s23 = simd.load_first(c2, p + 3 * w, n3)
+    s30 = simd.load_first(c3, p, n0)
+    s31 = simd.load_first(c3, p + w, n1)
+    s32 = simd.load_first(c3, p + 2 * w, n2)
+    s33 = simd.load_first(c3, p + 3 * w, n3)
+    for k in range(k0, k1):
+        row = b[k]
+        start = p
+        x0 = simd.load_first(row, start, n0)
+        x1 = simd.load_first(row, start + w, n1)
+        x2 = simd.load_first(row, start + 2 * w, n2)
+        x3 = simd.load_first(row, start + 3 * w, n3)
+        v = simd.splat(c0, a0[k])
+        s00 = simd.fma(v, x0, s00)
+        s01 = simd.fma(v, x1, s01)
+        s02 = simd.fma(v, x2, s02)
+        s03 = simd.fma(v, x3, s03)
+        v = simd.splat(c0, a1[k])
+        s10 = simd.fma(v, x0, s10)
+        s11 = simd.fma(v, x1, s11)
+        s12 = simd.fma(v, x2, s12)
+        s13 = simd.fma(v, x3, s13)
+        v = simd.splat(c0, a2[k])
+        s20 = simd.fma(v, x0, s20)
+        s21 = simd.fma(v, x1, s21)
+        s22 = simd.fma(v, x2, s22)
+        s23 = simd.fma(v, x3, s23)
+        v = simd.splat(c0, a3[k])
+        s30 = simd.fma(v, x0, s30)
+        s31 = simd.fma(v, x1, s31)
+        s32 = simd.fma(v, x2, s32)
+        s33 = simd.fma(v, x3, s33)
+    simd.store_first(c0, p, s00, n0)
+    simd.store_first(c0, p + w, s01, n1)
+    simd.store_first(c0, p + 2 * w, s02, n2)
+    simd.store_first(c0, p + 3 * w, s03, n3)
+    simd.store_first(c1, p, s10, n0)
+    simd.store_first(c1, p + w, s11, n1)
+    simd.store_first(c1, p + 2 * w, s12, n2)
+    simd.store_first(c1, p + 3 * w, s13, n3)
+    simd.store_first(c2, p, s20, n0)
+    simd.store_first(c2, p + w, s21, n1)
+    simd.store_first(c2, p + 2 * w, s22, n2)
+    simd.store_first(c2, p + 3 * w, s23, n3)
+    simd.store_first(c3, p, s30, n0)
+    simd.store_first(c3, p + w, s31, n1)
+    simd.store_first(c3, p + 2 * w, s32, n2)
+    simd.store_first(c3, p + 3 * w, s33, n3)
+
+
+@njit(inline="always")
 def _tile2(a, src, chan, offset, q, c, i, i1, p, n0, n1, n2, n3, k0, k1):
     """:func:`_tile4` for the two rows i and i1 (i1 == i: one row, computed and stored
     twice with the same values)."""
@@ -192,14 +260,14 @@ def _gemm_acc(a, b, c, p_size, k_block):
         k1 = min(k_size, k0 + k_block)
         for p in range(0, p_main, tile):  # whole tiles: unmasked
             for i in range(0, m_size - 3, 4):
-                _tile4(a, b, taps, no_offsets, p, c, i, p, w, w, w, w, k0, k1)
+                _gemm_tile4(a, b, c, i, p, w, w, w, w, k0, k1)
             for i in range(m_size - m_size % 4, m_size, 2):
                 _tile2(a, b, taps, no_offsets, p, c, i, min(i + 1, m_size - 1), p, w, w, w, w,
                        k0, k1)
         if rest:
             for i in range(0, m_size - 3, 4):
-                _tile4(a, b, taps, no_offsets, p_main, c, i, p_main, rest, rest - w,
-                       rest - 2 * w, rest - 3 * w, k0, k1)
+                _gemm_tile4(a, b, c, i, p_main, rest, rest - w, rest - 2 * w, rest - 3 * w, k0,
+                            k1)
             for i in range(m_size - m_size % 4, m_size, 2):
                 _tile2(a, b, taps, no_offsets, p_main, c, i, min(i + 1, m_size - 1), p_main,
                        rest, rest - w, rest - 2 * w, rest - 3 * w, k0, k1)
