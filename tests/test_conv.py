@@ -558,7 +558,7 @@ def columns_for_every_size():
     """Route every groups-1 convolution through the column kernels, small ones included."""
     from numbaconv.kernels.cpu.conv import columns
 
-    with mock.patch.object(columns, "MIN_K", 1):
+    with mock.patch.multiple(columns, MIN_K=1, MIN_C_OUT=1):
         yield
 
 

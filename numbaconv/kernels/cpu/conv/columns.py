@@ -5,7 +5,7 @@ over the few pixels of one sample.
 The receptive fields of a chunk of samples are copied into columns, ``cols (K, P)`` with
 ``K = C_in * KH * KW`` in weight order and the pixels of the chunk's samples one after the
 other on the P axis (so a 1x1 map still fills whole vectors). Then, by the blocked register
-tiles of :func:`.tiles._gemm_acc` and :func:`.tiles._abt_acc`:
+tiles of :func:`.tiles._gemm_acc` and :func:`.tiles._abt_lanes_acc`:
 
     forward:       y      (C_out, P) = w (C_out, K) @ cols
     weight grad:   grad_w (C_out, K) = gy (C_out, P) @ cols.T
@@ -35,20 +35,25 @@ from numba import njit, prange
 from .. import simd
 from ..jobs import INT, INTS, Job, array
 from .common import FAST
-from .tiles import ZERO, _abt_acc, _gemm_acc
+from .tiles import ZERO, _abt_acc, _abt_lanes_acc, _add_lane_sums, _gemm_acc
 
 COLS_BYTES = 1 << 20  # one chunk's columns: 1 MiB, L2-resident while the product reads them
 MIN_TASKS = 8  # split output channels (forward, input grad) until there are this many tasks
-MIN_K = 256  # the fewest weights per output channel for which the column kernels pay
+MIN_K = 256  # weights per output channel from which the column kernels pay, or else
+MIN_C_OUT = 32  # output channels (ResNet's stem and 1x1 shortcuts; not LeNet's 6 and 16)
 K_BLOCK = 64  # taps per block of the products (:func:`.tiles._gemm_acc`)
+PIXEL_RUN = 1024  # pixels per pass of the weight gradient's tiles: their rows stay in L1
+LANES_BYTES = 1 << 20  # the most lane sums the weight gradient keeps (:func:`_weight_grad_task`)
 GOOD_FILL = 0.9  # the share of a chunk's vector lanes holding pixels that is good enough
 
 
 def use_columns(weight_shape, groups):
     """Whether a convolution takes the column kernels: groups of 1 and at least
-    :data:`MIN_K` weights per output channel (ResNet-18's 3x3 layers: 576 and more)."""
-    c_in_g, kh, kw = weight_shape[1], weight_shape[2], weight_shape[3]
-    return groups == 1 and c_in_g * kh * kw >= MIN_K
+    :data:`MIN_K` weights per output channel (ResNet-18's 3x3 layers: 576 and more) or
+    :data:`MIN_C_OUT` output channels. (At ResNet-18's stem, 7x7 at stride 2 on 96x96, they
+    take half the flat kernels' time; LeNet's layers stay on the flat and lanes kernels.)"""
+    c_out, c_in_g, kh, kw = weight_shape
+    return groups == 1 and (c_in_g * kh * kw >= MIN_K or c_out >= MIN_C_OUT)
 
 
 @njit(cache=True)
@@ -288,13 +293,24 @@ def _weight_grad_task(x, gy_p, taps, no_offsets, kh_size, kw_size, stride_h, str
     n_batch = x.shape[0]
     khw = kh_size * kw_size
     per_sample = out_h * _pitch(wide, x, out_w)
+    # W lane sums per weight, kept in memory across chunks (no sums of lanes per tile), where
+    # they stay in L2; else each tile's lanes summed at the end of its pass
+    in_lanes = acc.size * simd.VECTOR_BYTES <= LANES_BYTES
+    lanes = np.zeros((acc.shape[0], acc.shape[1] * simd.width(acc[0]) if in_lanes else 0),
+                     dtype=acc.dtype)
     acc[:] = 0
     for n0 in range(0, n_batch, per_chunk):
         n1 = min(n_batch, n0 + per_chunk)
         _columns_task(x, n0, n1, c0, c1, kh_size, kw_size, stride_h, stride_w, dilation_h,
                       dilation_w, top, left, out_h, out_w, wide, cols)
-        _abt_acc(gy_p, cols, taps, no_offsets, acc, n0 * per_sample, ZERO, np.int64(1), ZERO,
-                 ZERO, (n1 - n0) * per_sample)
+        if in_lanes:
+            _abt_lanes_acc(gy_p, cols, taps, no_offsets, lanes, n0 * per_sample, ZERO,
+                           np.int64(1), ZERO, ZERO, (n1 - n0) * per_sample)
+        else:
+            _abt_acc(gy_p, cols, taps, no_offsets, acc, n0 * per_sample, ZERO, np.int64(1),
+                     ZERO, ZERO, (n1 - n0) * per_sample)
+    if in_lanes:
+        _add_lane_sums(lanes, acc)
     for m in range(grad_w.shape[0]):
         _copy(grad_w[m], c0 * khw, acc[m], ZERO, (c1 - c0) * khw)
 
@@ -323,6 +339,8 @@ def conv2d_weight_grad_columns(gy, x, kh_size, kw_size, stride_h, stride_w, dila
     n_parts = -(-c_in // per_part)
     k_part = per_part * khw
     per_chunk = max(1, min(n_batch, COLS_BYTES // (x.itemsize * k_part * per_sample)))
+    if c_out * k_part * simd.VECTOR_BYTES <= LANES_BYTES:  # lane sums kept: short passes
+        per_chunk = max(1, min(per_chunk, PIXEL_RUN // per_sample))
     gy_p, grad_b = _gy_columns(gy, _pitch(wide, x, out_w), n_batch * per_sample)
     taps = np.arange(k_part)
     no_offsets = np.zeros(k_part, dtype=np.int64)
