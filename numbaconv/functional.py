@@ -191,8 +191,12 @@ def _conv2d_cpu(x, weight, bias, geo):
         return np.zeros(geo.output_shape, dtype=x.dtype)
     b = np.zeros(weight.shape[0], dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
     out_h, out_w = geo.output_shape[2:]
+    w = np.ascontiguousarray(weight)
+    if cpu_conv.use_columns(w.shape, geo.groups):
+        return cpu_conv.forward_columns(x, w, b, geo.padding, geo.stride, geo.dilation, out_h,
+                                        out_w)
     xp, _ = cpu_conv.pad(x, geo.padding)
-    return cpu_conv.forward(xp, np.ascontiguousarray(weight), b, geo.stride, geo.dilation,
+    return cpu_conv.forward(xp, w, b, geo.stride, geo.dilation,
                             geo.groups, out_h, out_w)
 
 
@@ -267,6 +271,11 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     else:
         w = np.ascontiguousarray(weight)
         gy = np.ascontiguousarray(grad_y)
+        if cpu_conv.use_columns(w.shape, geo.groups):  # every product a term: no finite check
+            grad_x, grad_w, grad_b = cpu_conv.backward_columns(
+                gy, x, w, geo.padding, geo.stride, geo.dilation, need_input_grad)
+            grad_b = _into(grad_bias, grad_b) if need_bias_grad else None
+            return grad_x, _into(grad_weight, grad_w), grad_b
         xp, finite = cpu_conv.pad(x, geo.padding, check_finite=True)
         if not (finite and np.isfinite(w.sum())):  # rare: an exact, slow path
             grad_xp, grad_w, grad_b = cpu_conv.conv2d_backward_direct(

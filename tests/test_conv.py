@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from unittest import mock
+
 import numpy as np
 import pytest
 import reference as ref
@@ -544,3 +547,92 @@ def test_a_shifted_input_gives_a_shifted_output(nc):
     y = nc.conv2d(x, w, padding="same")
     np.testing.assert_allclose(nc.conv2d(shifted, w, padding="same"),
                                np.roll(y, (2, 5), axis=(2, 3)), atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# the column kernels (im2col and blocked products: many channels on small maps)
+
+
+@contextlib.contextmanager
+def columns_for_every_size():
+    """Route every groups-1 convolution through the column kernels, small ones included."""
+    from numbaconv.kernels.cpu.conv import columns
+
+    with mock.patch.multiple(columns, MIN_K=1, MIN_C_OUT=1):
+        yield
+
+
+@given(conv_cases())
+def test_column_kernels_match_reference(nc, case):
+    """Every geometry of the randomised cases (the groups-1 ones) through the column kernels:
+    wide and exact layouts, live-tap cropping, negative effective padding."""
+    with columns_for_every_size():
+        check_conv_against_reference(nc, dict(case, groups=1, F=case["F"] // case["groups"],
+                                               C=case["C"] // case["groups"]))
+
+
+@given(conv_cases(max_hw=6), st.integers(17, 70))
+def test_column_kernels_chunk_many_samples_like_the_reference(nc, case, n):
+    """Many samples per chunk and output channels split into blocks (tiny maps)."""
+    with columns_for_every_size():
+        check_conv_against_reference(nc, dict(case, N=n, groups=1, F=20, C=3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, stride, padding, dilation", [
+    # (N, C_in, H, W, C_out), ResNet-18's shapes scaled down, K = C_in x 9 >= 256
+    ((5, 32, 7, 7, 24), 1, 1, 1),    # wide layout (9 / 7 padded columns per column)
+    ((5, 32, 4, 4, 24), 1, 1, 1),    # exact layout (6 / 4 is too wasteful for wide)
+    ((70, 32, 1, 1, 64), 1, 1, 1),   # 1x1 maps: the middle tap alone; channel blocks
+    ((9, 32, 2, 2, 40), 2, 1, 1),    # 2x2 -> 1x1 at stride 2: four taps live
+    ((3, 32, 9, 8, 20), 1, 2, 2),    # dilated
+    ((3, 30, 8, 9, 20), (2, 1), ((2, 0), (0, 3)), 1),  # asymmetric padding and stride
+])
+def test_column_kernels_at_resnet_like_shapes_match_reference(nc, dtype, shape, stride, padding,
+                                                              dilation):
+    from numbaconv.kernels.cpu.conv import use_columns
+
+    n, c_in, h, w, c_out = shape
+    assert use_columns((c_out, c_in, 3, 3), 1)
+    check_conv_against_reference(nc, dict(
+        N=n, C=c_in, H=h, W=w, F=c_out, kernel=(3, 3), stride=stride, padding=padding,
+        dilation=dilation, groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"), seed=3))
+
+
+@pytest.mark.parametrize("where, value, position, args", NONFINITE_CASES,
+                         ids=[f"{c[0]}={c[1]}@{c[2]}-{c[3]}" for c in NONFINITE_CASES])
+def test_column_kernels_propagate_non_finite_values_like_reference(nc, where, value, position,
+                                                                    args):
+    x, w, rng = _nonfinite_arrays(where, value, position)
+    with np.errstate(invalid="ignore"):
+        expected = ref.conv2d(x, w, **args)
+        gy = _nonfinite_grad(rng, expected.shape, where, value, position)
+        egx, egw, egb = ref.conv2d_backward(gy, x, w, **args)
+    with columns_for_every_size():
+        y = nc.conv2d(x, w, **args)
+        gx, gw, gb = nc.conv2d_backward(gy, x, w, **args)
+    for got, exp, what in ((y, expected, "y"), (gx, egx, "grad_x"), (gw, egw, "grad_weight"),
+                           (gb, egb, "grad_bias")):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(exp),
+                                      err_msg=f"{what}: NaN positions differ")
+        np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10, equal_nan=True,
+                                   err_msg=what)
+
+
+def test_column_kernels_do_not_depend_on_the_thread_count(nc):
+    from numbaconv.threads import set_threads
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(20, 40, 5, 5)).astype(np.float32)
+    w = rng.normal(size=(48, 40, 3, 3)).astype(np.float32)
+    gy = rng.normal(size=(20, 48, 5, 5)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        set_threads(threads)
+        try:
+            results.append((nc.conv2d(x, w, padding=1),)
+                           + nc.conv2d_backward(gy, x, w, padding=1))
+        finally:
+            set_threads(None)
+    for one, two in zip(*results, strict=True):
+        np.testing.assert_array_equal(one, two)

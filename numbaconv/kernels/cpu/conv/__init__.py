@@ -15,6 +15,8 @@ By concern:
 * :mod:`.common`: taps, grouped weights and partial sums shared by the two layouts;
 * :mod:`.flat`: the padded-width kernels, outputs on the flat stride-1 grid;
 * :mod:`.lanes`: the interleaved-samples kernels for narrow images (:func:`use_lanes`);
+* :mod:`.columns`: matrix products over im2col columns, for many channels on small maps
+  (:func:`use_columns`);
 * :mod:`.direct`: the exact loops for inputs holding inf or NaN;
 * :mod:`.place`: the parallel padding and stride spread for large arrays;
 * this module: the Python functions that pad, choose a kernel and call it.
@@ -25,6 +27,16 @@ transposed kernel, and runs through :func:`forward` (or, on the lanes layout, sc
 
 import numpy as np
 
+from .columns import (
+    columns_job,
+    conv2d_forward_columns,
+    conv2d_input_grad_columns,
+    conv2d_weight_grad_columns,
+    forward_columns_job,
+    input_grad_columns_job,
+    use_columns,
+    weight_grad_columns_job,
+)
 from .direct import conv2d_backward_direct
 from .flat import (
     TASKS,
@@ -54,7 +66,7 @@ __all__ = [
     "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes", "conv2d_backward_direct",
     "block_sums", "use_lanes", "weight_grad_from_rows", "forward", "weight_grad",
     "conv2d_input_grad", "transposed_weights", "place", "pad", "LANES", "TASKS",
-    "PLACE_IN_PARALLEL",
+    "PLACE_IN_PARALLEL", "use_columns", "forward_columns", "backward_columns",
 ]
 
 PLACE_IN_PARALLEL = 1 << 20  # output values from which place() runs _place_planes; below, NumPy
@@ -103,6 +115,111 @@ def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
                                     forward_lanes_job(xp.dtype))
     return conv2d_forward(xp, w, b, *stride, *dilation, groups, out_h, out_w,
                           forward_job(xp.dtype))
+
+
+def _live_taps(size, out_size, kernel, stride, dilation, pad):
+    """The kernel taps [lo, hi) along one axis that read the input for some output; the others
+    read only padding (a 3x3 kernel on a 1x1 map: the middle one alone)."""
+    live = [t for t in range(kernel)
+            if any(0 <= o * stride + t * dilation - pad < size for o in range(out_size))]
+    return (live[0], live[-1] + 1) if live else (0, 0)
+
+
+#: The most padded columns per output column for which the column kernels compute on the
+#: padded width (wide) rather than gather exactly: 8 / 6 (ResNet's 6x6 maps) and below.
+WIDE_WASTE = 1.34
+
+
+class _ColumnsPlan:
+    """How the column kernels compute a convolution of x (N, C, H, W) with w: the kernel's
+    taps that read x (``rows``, ``cols``: slices; the others read only padding, so they add
+    nothing to any output and their weights get zero gradients), the part of x they read
+    (``x_rows``, ``x_cols``), the padding that then places them, and the layout: ``wide`` at
+    stride 1 where the padded width wastes little (:data:`WIDE_WASTE`), from the input
+    padded by ``padding`` (see :mod:`.columns`)."""
+
+    def __init__(self, x_shape, w_shape, padding, stride, dilation, out_h, out_w):
+        (top, _), (left, _) = padding
+        kh_lo, kh_hi = _live_taps(x_shape[2], out_h, w_shape[2], stride[0], dilation[0], top)
+        kw_lo, kw_hi = _live_taps(x_shape[3], out_w, w_shape[3], stride[1], dilation[1], left)
+        self.empty = kh_lo == kh_hi or kw_lo == kw_hi  # every tap reads padding
+        self.rows, self.cols = slice(kh_lo, kh_hi), slice(kw_lo, kw_hi)
+        top, left = top - kh_lo * dilation[0], left - kw_lo * dilation[1]
+        # rows and columns above a negative padding are never read: x starts below them
+        self.x_rows, self.x_cols = slice(max(0, -top), None), slice(max(0, -left), None)
+        self.top, self.left = max(0, top), max(0, left)
+        height = x_shape[2] - self.x_rows.start
+        width = x_shape[3] - self.x_cols.start
+        need_h = out_h + (kh_hi - kh_lo - 1) * dilation[0]
+        need_w = out_w + (kw_hi - kw_lo - 1) * dilation[1]
+        self.padding = ((self.top, max(0, need_h - height - self.top)),
+                        (self.left, max(0, need_w - width - self.left)))
+        padded_width = width + self.left + self.padding[1][1]
+        self.wide = tuple(stride) == (1, 1) and padded_width <= WIDE_WASTE * out_w
+        self.stride, self.dilation = tuple(stride), tuple(dilation)
+
+    def input(self, x, check_finite=False):
+        """The x the kernels read: the part read, padded where wide. With ``check_finite``,
+        where x holds inf or NaN the layout turns exact: the wide layout's scratch columns
+        would multiply them by gy's zeros into the weight gradient (in the backward only:
+        the forward drops the scratch outputs)."""
+        x = x[:, :, self.x_rows, self.x_cols]
+        if self.wide:
+            xp, finite = pad(x, self.padding, check_finite)
+            if finite is not False:
+                return xp
+            self.wide = False
+        return np.ascontiguousarray(x)
+
+    def geometry(self):
+        """The kernels' stride, dilation, top, left and wide arguments."""
+        top, left = (0, 0) if self.wide else (self.top, self.left)
+        return (*self.stride, *self.dilation, top, left, int(self.wide))
+
+    def input_grad(self, grad, x_shape):
+        """The gradient of x from the kernels' gradient of :meth:`input`."""
+        if self.wide:
+            height = x_shape[2] - self.x_rows.start
+            width = x_shape[3] - self.x_cols.start
+            grad = grad[:, :, self.top:self.top + height, self.left:self.left + width]
+        if self.x_rows.start or self.x_cols.start:
+            full = np.zeros(x_shape, dtype=grad.dtype)
+            full[:, :, self.x_rows, self.x_cols] = grad
+            return full
+        return np.ascontiguousarray(grad)
+
+
+def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
+    """:func:`conv2d_forward_columns` of x (unpadded; padding ((top, bottom), (left, right)))."""
+    plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, out_h, out_w)
+    if plan.empty:  # the bias alone
+        return np.broadcast_to(b[:, None, None], (x.shape[0], w.shape[0], out_h, out_w)).copy()
+    live_w = np.ascontiguousarray(w[:, :, plan.rows, plan.cols])
+    return conv2d_forward_columns(plan.input(x), live_w, b, *plan.geometry()[:6], out_h, out_w,
+                                  plan.geometry()[6], columns_job(x.dtype),
+                                  forward_columns_job(x.dtype))
+
+
+def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
+    """``(grad_x or None, grad_w, grad_b)`` by the column kernels, x unpadded."""
+    plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, gy.shape[2], gy.shape[3])
+    grad_w = np.zeros_like(w)
+    if plan.empty:
+        return (np.zeros_like(x) if need_input_grad else None), grad_w, \
+            gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype)
+    live_w = np.ascontiguousarray(w[:, :, plan.rows, plan.cols])
+    if not np.isfinite(live_w.sum()):  # scratch columns would carry 0 * inf into grad_x
+        plan.wide = False
+    xk = plan.input(x, check_finite=True)
+    grad_w[:, :, plan.rows, plan.cols], grad_b = conv2d_weight_grad_columns(
+        gy, xk, live_w.shape[2], live_w.shape[3], *plan.geometry(),
+        weight_grad_columns_job(x.dtype))
+    grad_x = None
+    if need_input_grad:
+        grad = conv2d_input_grad_columns(gy, live_w, xk.shape[2], xk.shape[3],
+                                         *plan.geometry(), input_grad_columns_job(x.dtype))
+        grad_x = plan.input_grad(grad, x.shape)
+    return grad_x, grad_w, grad_b
 
 
 def weight_grad(gy, xp, kernel, stride, dilation, groups):

@@ -29,9 +29,9 @@ ZERO = np.int64(0)
 
 
 @njit(inline="always")
-def _tile4(a, src, chan, offset, q, c, i, p, n0, n1, n2, n3):
-    """c[i:i + 4, p:p + 4W] += a[i:i + 4] times the taps' rows at ``q`` (W = simd.width); only
-    the first n0, n1, n2, n3 values of the four vectors are read and written.
+def _tile4(a, src, chan, offset, q, c, i, p, n0, n1, n2, n3, k0, k1):
+    """c[i:i + 4, p:p + 4W] += a[i:i + 4, k0:k1] times the rows of taps k0:k1 at ``q`` (W =
+    simd.width); only the first n0, n1, n2, n3 values of the four vectors are read and written.
 
     The 16 sums stay in vector registers across all K taps: per tap, four vector loads and
     four broadcast weights feed 16 multiply-adds, and ``c`` is read and written once."""
@@ -54,7 +54,7 @@ def _tile4(a, src, chan, offset, q, c, i, p, n0, n1, n2, n3):
     s31 = simd.load_first(c3, p + w, n1)
     s32 = simd.load_first(c3, p + 2 * w, n2)
     s33 = simd.load_first(c3, p + 3 * w, n3)
-    for k in range(a.shape[1]):
+    for k in range(k0, k1):
         row = src[chan[k]]
         start = q + offset[k]
         x0 = simd.load_first(row, start, n0)
@@ -100,7 +100,75 @@ def _tile4(a, src, chan, offset, q, c, i, p, n0, n1, n2, n3):
 
 
 @njit(inline="always")
-def _tile2(a, src, chan, offset, q, c, i, i1, p, n0, n1, n2, n3):
+def _gemm_tile4(a, b, c, i, p, n0, n1, n2, n3, k0, k1):
+    """:func:`_tile4` of a plain product: c[i:i + 4, p:p + 4W] += a[i:i + 4, k0:k1] @
+    b[k0:k1, p:p + 4W] (no taps' channels and offsets to look up per tap)."""
+    w = simd.width(c[0])
+    c0, c1, c2, c3 = c[i], c[i + 1], c[i + 2], c[i + 3]
+    a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+    s00 = simd.load_first(c0, p, n0)
+    s01 = simd.load_first(c0, p + w, n1)
+    s02 = simd.load_first(c0, p + 2 * w, n2)
+    s03 = simd.load_first(c0, p + 3 * w, n3)
+    s10 = simd.load_first(c1, p, n0)
+    s11 = simd.load_first(c1, p + w, n1)
+    s12 = simd.load_first(c1, p + 2 * w, n2)
+    s13 = simd.load_first(c1, p + 3 * w, n3)
+    s20 = simd.load_first(c2, p, n0)
+    s21 = simd.load_first(c2, p + w, n1)
+    s22 = simd.load_first(c2, p + 2 * w, n2)
+    s23 = simd.load_first(c2, p + 3 * w, n3)
+    s30 = simd.load_first(c3, p, n0)
+    s31 = simd.load_first(c3, p + w, n1)
+    s32 = simd.load_first(c3, p + 2 * w, n2)
+    s33 = simd.load_first(c3, p + 3 * w, n3)
+    for k in range(k0, k1):
+        row = b[k]
+        start = p
+        x0 = simd.load_first(row, start, n0)
+        x1 = simd.load_first(row, start + w, n1)
+        x2 = simd.load_first(row, start + 2 * w, n2)
+        x3 = simd.load_first(row, start + 3 * w, n3)
+        v = simd.splat(c0, a0[k])
+        s00 = simd.fma(v, x0, s00)
+        s01 = simd.fma(v, x1, s01)
+        s02 = simd.fma(v, x2, s02)
+        s03 = simd.fma(v, x3, s03)
+        v = simd.splat(c0, a1[k])
+        s10 = simd.fma(v, x0, s10)
+        s11 = simd.fma(v, x1, s11)
+        s12 = simd.fma(v, x2, s12)
+        s13 = simd.fma(v, x3, s13)
+        v = simd.splat(c0, a2[k])
+        s20 = simd.fma(v, x0, s20)
+        s21 = simd.fma(v, x1, s21)
+        s22 = simd.fma(v, x2, s22)
+        s23 = simd.fma(v, x3, s23)
+        v = simd.splat(c0, a3[k])
+        s30 = simd.fma(v, x0, s30)
+        s31 = simd.fma(v, x1, s31)
+        s32 = simd.fma(v, x2, s32)
+        s33 = simd.fma(v, x3, s33)
+    simd.store_first(c0, p, s00, n0)
+    simd.store_first(c0, p + w, s01, n1)
+    simd.store_first(c0, p + 2 * w, s02, n2)
+    simd.store_first(c0, p + 3 * w, s03, n3)
+    simd.store_first(c1, p, s10, n0)
+    simd.store_first(c1, p + w, s11, n1)
+    simd.store_first(c1, p + 2 * w, s12, n2)
+    simd.store_first(c1, p + 3 * w, s13, n3)
+    simd.store_first(c2, p, s20, n0)
+    simd.store_first(c2, p + w, s21, n1)
+    simd.store_first(c2, p + 2 * w, s22, n2)
+    simd.store_first(c2, p + 3 * w, s23, n3)
+    simd.store_first(c3, p, s30, n0)
+    simd.store_first(c3, p + w, s31, n1)
+    simd.store_first(c3, p + 2 * w, s32, n2)
+    simd.store_first(c3, p + 3 * w, s33, n3)
+
+
+@njit(inline="always")
+def _tile2(a, src, chan, offset, q, c, i, i1, p, n0, n1, n2, n3, k0, k1):
     """:func:`_tile4` for the two rows i and i1 (i1 == i: one row, computed and stored
     twice with the same values)."""
     w = simd.width(c[0])
@@ -114,7 +182,7 @@ def _tile2(a, src, chan, offset, q, c, i, i1, p, n0, n1, n2, n3):
     s11 = simd.load_first(c1, p + w, n1)
     s12 = simd.load_first(c1, p + 2 * w, n2)
     s13 = simd.load_first(c1, p + 3 * w, n3)
-    for k in range(a.shape[1]):
+    for k in range(k0, k1):
         row = src[chan[k]]
         start = q + offset[k]
         x0 = simd.load_first(row, start, n0)
@@ -152,24 +220,57 @@ def _shifted_matmul_acc(a, src, chan, offset, base, c, cbase, p_size):
     variant compiled). A 4-row tile with repeated rows instead of the 2-row one was slower
     where LeNet has 6 rows (conv2's input gradient 1.09-1.19x, conv1's forward 1.03x).
     """
-    m_size = a.shape[0]
+    m_size, k_size = a.shape[0], a.shape[1]
     w = simd.width(c[0])
     tile = 4 * w
     p_main = p_size - p_size % tile
     rest = p_size - p_main
     for i in range(0, m_size - 3, 4):
         for p in range(0, p_main, tile):
-            _tile4(a, src, chan, offset, base + p, c, i, cbase + p, w, w, w, w)
+            _tile4(a, src, chan, offset, base + p, c, i, cbase + p, w, w, w, w, 0, k_size)
         if rest:
             _tile4(a, src, chan, offset, base + p_main, c, i, cbase + p_main, rest, rest - w,
-                   rest - 2 * w, rest - 3 * w)
+                   rest - 2 * w, rest - 3 * w, 0, k_size)
     for i in range(m_size - m_size % 4, m_size, 2):
         i1 = min(i + 1, m_size - 1)
         for p in range(0, p_main, tile):
-            _tile2(a, src, chan, offset, base + p, c, i, i1, cbase + p, w, w, w, w)
+            _tile2(a, src, chan, offset, base + p, c, i, i1, cbase + p, w, w, w, w, 0, k_size)
         if rest:
             _tile2(a, src, chan, offset, base + p_main, c, i, i1, cbase + p_main, rest,
-                   rest - w, rest - 2 * w, rest - 3 * w)
+                   rest - w, rest - 2 * w, rest - 3 * w, 0, k_size)
+
+
+@njit(cache=True, fastmath=FAST)
+def _gemm_acc(a, b, c, p_size, k_block):
+    """c[m, p] += sum_k a[m, k] * b[k, p] for p < p_size: a (M, K), b (K, >= p_size), c (M,
+    >= p_size), all C-contiguous.
+
+    :func:`_shifted_matmul_acc`'s tiles with the taps in blocks of ``k_block``: per block, one
+    tile-wide panel of b (k_block x 4W values, L1-resident) serves every row of a before the
+    next panel is read, where :func:`_shifted_matmul_acc` streams all of b once per 4 rows
+    (1.5x faster where b is larger than L2's share, e.g. 256 x 2304 x 180)."""
+    m_size, k_size = a.shape[0], a.shape[1]
+    w = simd.width(c[0])
+    tile = 4 * w
+    taps = np.arange(k_size)
+    no_offsets = np.zeros(k_size, dtype=np.int64)
+    p_main = p_size - p_size % tile
+    rest = p_size - p_main
+    for k0 in range(0, k_size, k_block):
+        k1 = min(k_size, k0 + k_block)
+        for p in range(0, p_main, tile):  # whole tiles: unmasked
+            for i in range(0, m_size - 3, 4):
+                _gemm_tile4(a, b, c, i, p, w, w, w, w, k0, k1)
+            for i in range(m_size - m_size % 4, m_size, 2):
+                _tile2(a, b, taps, no_offsets, p, c, i, min(i + 1, m_size - 1), p, w, w, w, w,
+                       k0, k1)
+        if rest:
+            for i in range(0, m_size - 3, 4):
+                _gemm_tile4(a, b, c, i, p_main, rest, rest - w, rest - 2 * w, rest - 3 * w, k0,
+                            k1)
+            for i in range(m_size - m_size % 4, m_size, 2):
+                _tile2(a, b, taps, no_offsets, p_main, c, i, min(i + 1, m_size - 1), p_main,
+                       rest, rest - w, rest - 2 * w, rest - 3 * w, k0, k1)
 
 
 # The weight gradient's product, c[m, k] = sum_p a[m, p] * tap_k[p], is a sum over pixels
