@@ -558,7 +558,7 @@ def columns_for_every_size():
     """Route every groups-1 convolution through the column kernels, small ones included."""
     from numbaconv.kernels.cpu.conv import columns
 
-    with mock.patch.multiple(columns, MIN_K=1, MIN_C_OUT=1):
+    with mock.patch.multiple(columns, MIN_K=1, MIN_C_OUT=1, MIN_FLAT_WIDTH=1 << 30):
         yield
 
 
@@ -593,7 +593,7 @@ def test_column_kernels_at_resnet_like_shapes_match_reference(nc, dtype, shape, 
     from numbaconv.kernels.cpu.conv import use_columns
 
     n, c_in, h, w, c_out = shape
-    assert use_columns((c_out, c_in, 3, 3), 1)
+    assert use_columns((c_out, c_in, 3, 3), 1, ref.pair(stride), w)
     check_conv_against_reference(nc, dict(
         N=n, C=c_in, H=h, W=w, F=c_out, kernel=(3, 3), stride=stride, padding=padding,
         dilation=dilation, groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"), seed=3))

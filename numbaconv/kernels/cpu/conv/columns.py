@@ -41,19 +41,24 @@ COLS_BYTES = 1 << 20  # one chunk's columns: 1 MiB, L2-resident while the produc
 MIN_TASKS = 8  # split output channels (forward, input grad) until there are this many tasks
 MIN_K = 256  # weights per output channel from which the column kernels pay, or else
 MIN_C_OUT = 32  # output channels (ResNet's stem and 1x1 shortcuts; not LeNet's 6 and 16)
+MIN_FLAT_WIDTH = 16  # outputs per row from which the flat kernels serve stride 1 (conv64:
+# 56 wide, 1.3x PyTorch's time on the flat kernels, 2.2x on these)
 K_BLOCK = 64  # taps per block of the products (:func:`.tiles._gemm_acc`)
 PIXEL_RUN = 1024  # pixels per pass of the weight gradient's tiles: their rows stay in L1
 LANES_BYTES = 1 << 20  # the most lane sums the weight gradient keeps (:func:`_weight_grad_task`)
 GOOD_FILL = 0.9  # the share of a chunk's vector lanes holding pixels that is good enough
 
 
-def use_columns(weight_shape, groups):
-    """Whether a convolution takes the column kernels: groups of 1 and at least
-    :data:`MIN_K` weights per output channel (ResNet-18's 3x3 layers: 576 and more) or
-    :data:`MIN_C_OUT` output channels. (At ResNet-18's stem, 7x7 at stride 2 on 96x96, they
-    take half the flat kernels' time; LeNet's layers stay on the flat and lanes kernels.)"""
+def use_columns(weight_shape, groups, stride, out_w):
+    """Whether a convolution with outputs ``out_w`` wide takes the column kernels: groups of
+    1, at least :data:`MIN_K` weights per output channel (ResNet-18's 3x3 layers: 576 and
+    more) or :data:`MIN_C_OUT` output channels, and a stride or outputs narrower than
+    :data:`MIN_FLAT_WIDTH`. (At ResNet-18's stem, 7x7 at stride 2 on 96x96, they take half
+    the flat kernels' time; LeNet's layers and wide maps at stride 1 stay on the flat and
+    lanes kernels, which need no copy of the input.)"""
     c_out, c_in_g, kh, kw = weight_shape
-    return groups == 1 and (c_in_g * kh * kw >= MIN_K or c_out >= MIN_C_OUT)
+    return (groups == 1 and (c_in_g * kh * kw >= MIN_K or c_out >= MIN_C_OUT)
+            and (tuple(stride) != (1, 1) or out_w < MIN_FLAT_WIDTH))
 
 
 @njit(cache=True)
