@@ -64,9 +64,9 @@ def use_columns(weight_shape, groups, stride, out_w):
 @njit(cache=True)
 def _chunk_samples(k_size, pixels, itemsize, n_batch, tile):
     """Samples per chunk of columns (``pixels`` per sample). Its pixels fill the product's
-    tiles (``tile`` pixels wide) as well as they can: the fewest samples that fill GOOD_FILL
-    of the lanes, within twice COLS_BYTES of columns, else the best fill within COLS_BYTES
-    (at least one tile)."""
+    tiles (``tile`` pixels wide) as well as they can within twice COLS_BYTES of columns
+    (at least one tile): the fewest samples that fill GOOD_FILL of the lanes, else the best
+    fill (ResNet-18's 3x3 maps at 512 channels: 12 samples, 108 of 128 lanes)."""
     least = min(n_batch, -(-tile // pixels))
     most = min(n_batch, max(least, 2 * COLS_BYTES // (itemsize * k_size * pixels)))
     best, best_fill = least, 0.0
@@ -75,7 +75,7 @@ def _chunk_samples(k_size, pixels, itemsize, n_batch, tile):
         fill = size / (-(-size // tile) * tile)
         if fill >= GOOD_FILL:
             return samples
-        if fill > best_fill and size * k_size * itemsize <= COLS_BYTES:
+        if fill > best_fill:
             best, best_fill = samples, fill
     return best
 
