@@ -3,7 +3,8 @@ the same model, the same weights, on the CPU: the evaluation forward, the traini
 (batch statistics, the same dropout masks), the backward (input and parameter gradients),
 BatchNorm's running statistics after it, and the parameters after one SGD step with
 momentum and weight decay, all within float32 rounding. The simulator's run of this file
-takes about 3 minutes on a 2-core machine (most of it the two LeNets at 28x28).
+takes about 3 minutes on a 2-core machine, over half of it the two LeNets at 28x28 (marked
+``slow``: ``-m "not slow"`` leaves them out).
 
 What runs, and what does not. Under the simulator every kernel runs as Python, one Python
 thread per CUDA thread: on this project's 2-core box a tiled product costs about 35 us per
@@ -161,7 +162,13 @@ def assert_params_close(device, host, exact, what, floors=None):
                          f"{path} {what}")
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+#: Over half of this file's time under the simulator (1x28x28 is their only size).
+SLOWEST = {"lenet", "lenet-bn"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.slow] if name in SLOWEST else [])
+    for name in MODELS])
 def test_model_on_the_device_matches_the_cpu(name):
     case = MODELS[name]
     rng = np.random.default_rng(17)
