@@ -14,7 +14,7 @@ from ..layers import (
     Sequential,
 )
 from ..shapes import as_int
-from .common import init_cnn
+from .common import as_width_divisor, init_cnn, narrowed
 
 #: D2L's recipe: SGD, lr 0.1, batches of 128, 10 epochs, on images resized to 96x96.
 TRAIN_DEFAULTS = {"optimizer": "sgd", "lr": 0.1, "batch_size": 128, "epochs": 10}
@@ -40,7 +40,8 @@ def inception(in_channels: int, c1: int, c2: tuple[int, int], c3: tuple[int, int
          Conv2d(in_channels, c4, kernel_size=1, rng=rng), ReLU()])
 
 
-def googlenet(num_classes: int = 10, in_channels: int = 1, rng=None) -> Sequential:
+def googlenet(num_classes: int = 10, in_channels: int = 1, width_divisor: int = 1,
+              rng=None) -> Sequential:
     """D2L's GoogLeNet for ``(N, in_channels, H, W)`` images of any size (D2L: 96x96).
 
     b1: Conv 64 7x7 stride 2 pad 3, ReLU, max-pool 3 stride 2 pad 1. b2: Conv 64 1x1, ReLU,
@@ -48,27 +49,46 @@ def googlenet(num_classes: int = 10, in_channels: int = 1, rng=None) -> Sequenti
     channels), max-pool 3/2/1. b4: five (512, 512, 512, 528, 832), max-pool 3/2/1. b5: two
     (832, 1024), global average pooling, Flatten. Then Linear 1024 -> ``num_classes``.
     Conv and Linear weights are Xavier-uniform.
+
+    ``width_divisor`` divides every convolution's channels, each branch's too (each at least
+    1): the same depth, kernels and strides, narrower, for quick runs such as the CUDA
+    simulator's tests. 1, the default, is D2L's GoogLeNet.
     """
     num_classes = as_int(num_classes, "num_classes", 1)
     in_channels = as_int(in_channels, "in_channels", 1)
+    width_divisor = as_width_divisor(width_divisor)
     rng = as_generator(rng)
 
     def pool():
         return MaxPool2d(kernel_size=3, stride=2, padding=1)
 
-    b1 = Sequential(Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, rng=rng),
-                    ReLU(), pool())
-    b2 = Sequential(Conv2d(64, 64, kernel_size=1, rng=rng), ReLU(),
-                    Conv2d(64, 192, kernel_size=3, padding=1, rng=rng), ReLU(), pool())
-    b3 = Sequential(inception(192, 64, (96, 128), (16, 32), 32, rng),
-                    inception(256, 128, (128, 192), (32, 96), 64, rng), pool())
-    b4 = Sequential(inception(480, 192, (96, 208), (16, 48), 64, rng),
-                    inception(512, 160, (112, 224), (24, 64), 64, rng),
-                    inception(512, 128, (128, 256), (24, 64), 64, rng),
-                    inception(512, 112, (144, 288), (32, 64), 64, rng),
-                    inception(528, 256, (160, 320), (32, 128), 128, rng), pool())
-    b5 = Sequential(inception(832, 256, (160, 320), (32, 128), 128, rng),
-                    inception(832, 384, (192, 384), (48, 128), 128, rng),
+    def width(channels):
+        return narrowed(channels, width_divisor)
+
+    channels = width(192)
+
+    def block(c1, c2, c3, c4):
+        """An :func:`inception` on the channels so far, its widths narrowed."""
+        nonlocal channels
+        c1, c2, c3, c4 = width(c1), tuple(map(width, c2)), tuple(map(width, c3)), width(c4)
+        layer = inception(channels, c1, c2, c3, c4, rng)
+        channels = c1 + c2[1] + c3[1] + c4
+        return layer
+
+    b1 = Sequential(Conv2d(in_channels, width(64), kernel_size=7, stride=2, padding=3,
+                           rng=rng), ReLU(), pool())
+    b2 = Sequential(Conv2d(width(64), width(64), kernel_size=1, rng=rng), ReLU(),
+                    Conv2d(width(64), width(192), kernel_size=3, padding=1, rng=rng), ReLU(),
+                    pool())
+    b3 = Sequential(block(64, (96, 128), (16, 32), 32),
+                    block(128, (128, 192), (32, 96), 64), pool())
+    b4 = Sequential(block(192, (96, 208), (16, 48), 64),
+                    block(160, (112, 224), (24, 64), 64),
+                    block(128, (128, 256), (24, 64), 64),
+                    block(112, (144, 288), (32, 64), 64),
+                    block(256, (160, 320), (32, 128), 128), pool())
+    b5 = Sequential(block(256, (160, 320), (32, 128), 128),
+                    block(384, (192, 384), (48, 128), 128),
                     AdaptiveAvgPool2d((1, 1)), Flatten())
-    model = Sequential(b1, b2, b3, b4, b5, Linear(1024, num_classes, rng=rng))
+    model = Sequential(b1, b2, b3, b4, b5, Linear(channels, num_classes, rng=rng))
     return init_cnn(model, rng)
