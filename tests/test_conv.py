@@ -583,7 +583,9 @@ def test_column_kernels_chunk_many_samples_like_the_reference(nc, case, n):
     # (N, C_in, H, W, C_out), ResNet-18's shapes scaled down, K = C_in x 9 >= 256
     ((5, 32, 7, 7, 24), 1, 1, 1),    # wide layout (9 / 7 padded columns per column)
     ((5, 32, 4, 4, 24), 1, 1, 1),    # exact layout (6 / 4 is too wasteful for wide)
-    ((70, 32, 1, 1, 64), 1, 1, 1),   # 1x1 maps: the middle tap alone; channel blocks
+    ((70, 32, 1, 1, 64), 1, 1, 1),   # 1x1 maps: unrolled (the middle tap alone)
+    ((6, 32, 2, 2, 24), 1, 1, 1),    # 2x2 maps: unrolled, 4 taps per output
+    ((5, 32, 2, 1, 24), 1, (2, 1), (2, 1)),  # unrolled, dilated, padding beyond the reach
     ((9, 32, 2, 2, 40), 2, 1, 1),    # 2x2 -> 1x1 at stride 2: four taps live
     ((3, 32, 9, 8, 20), 1, 2, 2),    # dilated
     ((3, 30, 8, 9, 20), (2, 1), ((2, 0), (0, 3)), 1),  # asymmetric padding and stride
@@ -619,13 +621,14 @@ def test_column_kernels_propagate_non_finite_values_like_reference(nc, where, va
                                    err_msg=what)
 
 
-def test_column_kernels_do_not_depend_on_the_thread_count(nc):
+@pytest.mark.parametrize("side", [5, 2], ids=["columns", "unrolled"])
+def test_column_kernels_do_not_depend_on_the_thread_count(nc, side):
     from numbaconv.threads import set_threads
 
     rng = np.random.default_rng(4)
-    x = rng.normal(size=(20, 40, 5, 5)).astype(np.float32)
+    x = rng.normal(size=(20, 40, side, side)).astype(np.float32)
     w = rng.normal(size=(48, 40, 3, 3)).astype(np.float32)
-    gy = rng.normal(size=(20, 48, 5, 5)).astype(np.float32)
+    gy = rng.normal(size=(20, 48, side, side)).astype(np.float32)
     results = []
     for threads in (1, 2):
         set_threads(threads)

@@ -17,6 +17,8 @@ By concern:
 * :mod:`.lanes`: the interleaved-samples kernels for narrow images (:func:`use_lanes`);
 * :mod:`.columns`: matrix products over im2col columns, for many channels on small maps
   (:func:`use_columns`);
+* :mod:`.unrolled`: one matrix product per batch with the kernel unrolled, for tiny maps
+  (:func:`use_unrolled`; taken by :func:`forward_columns` and :func:`backward_columns`);
 * :mod:`.direct`: the exact loops for inputs holding inf or NaN;
 * :mod:`.place`: the parallel padding and stride spread for large arrays;
 * this module: the Python functions that pad, choose a kernel and call it.
@@ -60,6 +62,7 @@ from .lanes import (
     weight_grad_lanes_job,
 )
 from .place import _place_planes
+from .unrolled import backward_unrolled, forward_unrolled, use_unrolled
 
 __all__ = [
     "conv2d_forward", "conv2d_weight_grad", "conv2d_weight_grad_rows", "conv2d_forward_lanes",
@@ -190,7 +193,12 @@ class _ColumnsPlan:
 
 
 def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
-    """:func:`conv2d_forward_columns` of x (unpadded; padding ((top, bottom), (left, right)))."""
+    """:func:`conv2d_forward_columns` of x (unpadded; padding ((top, bottom), (left, right))),
+    or on tiny maps :func:`forward_unrolled`."""
+    if use_unrolled(x.shape, (x.shape[0], w.shape[0], out_h, out_w)):
+        (top, _), (left, _) = padding
+        return forward_unrolled(np.ascontiguousarray(x), w, b, (*stride, *dilation, top, left),
+                                out_h, out_w)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, out_h, out_w)
     if plan.empty:  # the bias alone
         return np.broadcast_to(b[:, None, None], (x.shape[0], w.shape[0], out_h, out_w)).copy()
@@ -201,7 +209,12 @@ def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
 
 
 def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
-    """``(grad_x or None, grad_w, grad_b)`` by the column kernels, x unpadded."""
+    """``(grad_x or None, grad_w, grad_b)`` by the column kernels (x unpadded), or on tiny
+    maps by :func:`backward_unrolled`."""
+    if use_unrolled(x.shape, gy.shape):
+        (top, _), (left, _) = padding
+        return backward_unrolled(gy, np.ascontiguousarray(x), w,
+                                 (*stride, *dilation, top, left), need_input_grad)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, gy.shape[2], gy.shape[3])
     grad_w = np.zeros_like(w)
     if plan.empty:
