@@ -37,11 +37,13 @@ from .columns import (
     forward_columns_job,
     input_grad_columns_job,
     use_columns,
+    weight_grad_by_columns,
     weight_grad_columns_job,
 )
 from .direct import conv2d_backward_direct
 from .flat import (
     TASKS,
+    WEIGHT_GRAD_CHUNKS,
     block_sums,
     conv2d_forward,
     conv2d_weight_grad,
@@ -236,13 +238,19 @@ def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
 
 
 def weight_grad(gy, xp, kernel, stride, dilation, groups):
-    """``(grad_w, grad_b)`` by :func:`conv2d_weight_grad_lanes` where :func:`use_lanes` says
-    so, else by :func:`conv2d_weight_grad_rows` where :func:`weight_grad_from_rows` does, else
-    by :func:`conv2d_weight_grad`."""
+    """``(grad_w, grad_b)`` of the padded, finite xp by :func:`conv2d_weight_grad_lanes`
+    where :func:`use_lanes` says so, else by :func:`conv2d_weight_grad_columns` where
+    :func:`weight_grad_by_columns` does, else by :func:`conv2d_weight_grad_rows` where
+    :func:`weight_grad_from_rows` does, else by :func:`conv2d_weight_grad`."""
     if use_lanes(xp.shape, xp.itemsize, stride[1], groups, gy.shape[3]):
         return conv2d_weight_grad_lanes(gy, xp, *kernel, stride[0], *dilation, groups,
                                         weight_grad_lanes_job(xp.dtype))
     weight_shape = (gy.shape[1], xp.shape[1] // groups) + tuple(kernel)
+    if weight_grad_by_columns(weight_shape, groups, xp.itemsize,
+                              min(gy.shape[0], WEIGHT_GRAD_CHUNKS)):
+        wide = int(tuple(stride) == (1, 1))  # xp is finite: its scratch columns add zeros
+        return conv2d_weight_grad_columns(gy, xp, *kernel, *stride, *dilation, 0, 0, wide,
+                                          weight_grad_columns_job(xp.dtype))
     if weight_grad_from_rows(weight_shape, stride[1], groups):
         return conv2d_weight_grad_rows(gy, xp, *kernel, stride[0], *dilation, groups,
                                        weight_grad_rows_job(xp.dtype))
