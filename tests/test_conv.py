@@ -571,6 +571,16 @@ def test_column_kernels_match_reference(nc, case):
                                                C=case["C"] // case["groups"]))
 
 
+@given(conv_cases())
+def test_weight_gradient_by_columns_beside_the_flat_kernels_matches_reference(nc, case):
+    """Layers whose forward and input gradient stay on the flat kernels, their weight
+    gradient on the column kernels (where the flat kernel's partial sums would be large)."""
+    from numbaconv.kernels.cpu.conv import columns
+
+    with mock.patch.object(columns, "PARTIALS_BYTES", 0):
+        check_conv_against_reference(nc, case)
+
+
 @given(conv_cases(max_hw=6), st.integers(17, 70))
 def test_column_kernels_chunk_many_samples_like_the_reference(nc, case, n):
     """Many samples per chunk and output channels split into blocks (tiny maps)."""
@@ -581,19 +591,23 @@ def test_column_kernels_chunk_many_samples_like_the_reference(nc, case, n):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, stride, padding, dilation", [
     # (N, C_in, H, W, C_out), ResNet-18's shapes scaled down, K = C_in x 9 >= 256
-    ((5, 32, 7, 7, 24), 1, 1, 1),    # wide layout (9 / 7 padded columns per column)
-    ((5, 32, 4, 4, 24), 1, 1, 1),    # exact layout (6 / 4 is too wasteful for wide)
-    ((70, 32, 1, 1, 64), 1, 1, 1),   # 1x1 maps: the middle tap alone; channel blocks
+    ((5, 32, 3, 3, 24), 1, 1, 1),    # 3x3 maps: exact layout (5 / 3 is too wasteful for wide)
+    ((5, 32, 7, 7, 24), 2, 1, 1),    # stride 2: exact layout
+    ((70, 32, 1, 1, 64), 1, 1, 1),   # 1x1 maps: unrolled (the middle tap alone)
+    ((6, 32, 2, 2, 24), 1, 1, 1),    # 2x2 maps: unrolled, 4 taps per output
+    ((5, 32, 2, 1, 24), 1, (2, 1), (2, 1)),  # unrolled, dilated, padding beyond the reach
     ((9, 32, 2, 2, 40), 2, 1, 1),    # 2x2 -> 1x1 at stride 2: four taps live
-    ((3, 32, 9, 8, 20), 1, 2, 2),    # dilated
+    ((3, 32, 9, 8, 20), 2, 2, 2),    # dilated
     ((3, 30, 8, 9, 20), (2, 1), ((2, 0), (0, 3)), 1),  # asymmetric padding and stride
 ])
 def test_column_kernels_at_resnet_like_shapes_match_reference(nc, dtype, shape, stride, padding,
                                                               dilation):
     from numbaconv.kernels.cpu.conv import use_columns
+    from numbaconv.shapes import conv2d_output_shape
 
     n, c_in, h, w, c_out = shape
-    assert use_columns((c_out, c_in, 3, 3), 1, ref.pair(stride), w)
+    out_w = conv2d_output_shape((n, c_in, h, w), c_out, 3, stride, padding, dilation)[3]
+    assert use_columns((c_out, c_in, 3, 3), 1, ref.pair(stride), out_w)
     check_conv_against_reference(nc, dict(
         N=n, C=c_in, H=h, W=w, F=c_out, kernel=(3, 3), stride=stride, padding=padding,
         dilation=dilation, groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"), seed=3))
@@ -619,13 +633,14 @@ def test_column_kernels_propagate_non_finite_values_like_reference(nc, where, va
                                    err_msg=what)
 
 
-def test_column_kernels_do_not_depend_on_the_thread_count(nc):
+@pytest.mark.parametrize("side", [5, 2], ids=["columns", "unrolled"])
+def test_column_kernels_do_not_depend_on_the_thread_count(nc, side):
     from numbaconv.threads import set_threads
 
     rng = np.random.default_rng(4)
-    x = rng.normal(size=(20, 40, 5, 5)).astype(np.float32)
+    x = rng.normal(size=(20, 40, side, side)).astype(np.float32)
     w = rng.normal(size=(48, 40, 3, 3)).astype(np.float32)
-    gy = rng.normal(size=(20, 48, 5, 5)).astype(np.float32)
+    gy = rng.normal(size=(20, 48, side, side)).astype(np.float32)
     results = []
     for threads in (1, 2):
         set_threads(threads)

@@ -17,6 +17,8 @@ By concern:
 * :mod:`.lanes`: the interleaved-samples kernels for narrow images (:func:`use_lanes`);
 * :mod:`.columns`: matrix products over im2col columns, for many channels on small maps
   (:func:`use_columns`);
+* :mod:`.unrolled`: one matrix product per batch with the kernel unrolled, for tiny maps
+  (:func:`use_unrolled`; taken by :func:`forward_columns` and :func:`backward_columns`);
 * :mod:`.direct`: the exact loops for inputs holding inf or NaN;
 * :mod:`.place`: the parallel padding and stride spread for large arrays;
 * this module: the Python functions that pad, choose a kernel and call it.
@@ -35,11 +37,13 @@ from .columns import (
     forward_columns_job,
     input_grad_columns_job,
     use_columns,
+    weight_grad_by_columns,
     weight_grad_columns_job,
 )
 from .direct import conv2d_backward_direct
 from .flat import (
     TASKS,
+    WEIGHT_GRAD_CHUNKS,
     block_sums,
     conv2d_forward,
     conv2d_weight_grad,
@@ -60,6 +64,7 @@ from .lanes import (
     weight_grad_lanes_job,
 )
 from .place import _place_planes
+from .unrolled import backward_unrolled, forward_unrolled, use_unrolled
 
 __all__ = [
     "conv2d_forward", "conv2d_weight_grad", "conv2d_weight_grad_rows", "conv2d_forward_lanes",
@@ -190,7 +195,12 @@ class _ColumnsPlan:
 
 
 def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
-    """:func:`conv2d_forward_columns` of x (unpadded; padding ((top, bottom), (left, right)))."""
+    """:func:`conv2d_forward_columns` of x (unpadded; padding ((top, bottom), (left, right))),
+    or on tiny maps :func:`forward_unrolled`."""
+    if use_unrolled(x.shape, (x.shape[0], w.shape[0], out_h, out_w)):
+        (top, _), (left, _) = padding
+        return forward_unrolled(np.ascontiguousarray(x), w, b, (*stride, *dilation, top, left),
+                                out_h, out_w)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, out_h, out_w)
     if plan.empty:  # the bias alone
         return np.broadcast_to(b[:, None, None], (x.shape[0], w.shape[0], out_h, out_w)).copy()
@@ -201,7 +211,12 @@ def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
 
 
 def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
-    """``(grad_x or None, grad_w, grad_b)`` by the column kernels, x unpadded."""
+    """``(grad_x or None, grad_w, grad_b)`` by the column kernels (x unpadded), or on tiny
+    maps by :func:`backward_unrolled`."""
+    if use_unrolled(x.shape, gy.shape):
+        (top, _), (left, _) = padding
+        return backward_unrolled(gy, np.ascontiguousarray(x), w,
+                                 (*stride, *dilation, top, left), need_input_grad)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, gy.shape[2], gy.shape[3])
     grad_w = np.zeros_like(w)
     if plan.empty:
@@ -223,13 +238,19 @@ def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
 
 
 def weight_grad(gy, xp, kernel, stride, dilation, groups):
-    """``(grad_w, grad_b)`` by :func:`conv2d_weight_grad_lanes` where :func:`use_lanes` says
-    so, else by :func:`conv2d_weight_grad_rows` where :func:`weight_grad_from_rows` does, else
-    by :func:`conv2d_weight_grad`."""
+    """``(grad_w, grad_b)`` of the padded, finite xp by :func:`conv2d_weight_grad_lanes`
+    where :func:`use_lanes` says so, else by :func:`conv2d_weight_grad_columns` where
+    :func:`weight_grad_by_columns` does, else by :func:`conv2d_weight_grad_rows` where
+    :func:`weight_grad_from_rows` does, else by :func:`conv2d_weight_grad`."""
     if use_lanes(xp.shape, xp.itemsize, stride[1], groups, gy.shape[3]):
         return conv2d_weight_grad_lanes(gy, xp, *kernel, stride[0], *dilation, groups,
                                         weight_grad_lanes_job(xp.dtype))
     weight_shape = (gy.shape[1], xp.shape[1] // groups) + tuple(kernel)
+    if weight_grad_by_columns(weight_shape, groups, xp.itemsize,
+                              min(gy.shape[0], WEIGHT_GRAD_CHUNKS)):
+        wide = int(tuple(stride) == (1, 1))  # xp is finite: its scratch columns add zeros
+        return conv2d_weight_grad_columns(gy, xp, *kernel, *stride, *dilation, 0, 0, wide,
+                                          weight_grad_columns_job(xp.dtype))
     if weight_grad_from_rows(weight_shape, stride[1], groups):
         return conv2d_weight_grad_rows(gy, xp, *kernel, stride[0], *dilation, groups,
                                        weight_grad_rows_job(xp.dtype))

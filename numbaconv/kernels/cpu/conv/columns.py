@@ -41,8 +41,11 @@ COLS_BYTES = 1 << 20  # one chunk's columns: 1 MiB, L2-resident while the produc
 MIN_TASKS = 8  # split output channels (forward, input grad) until there are this many tasks
 MIN_K = 256  # weights per output channel from which the column kernels pay, or else
 MIN_C_OUT = 32  # output channels (ResNet's stem and 1x1 shortcuts; not LeNet's 6 and 16)
-MIN_FLAT_WIDTH = 16  # outputs per row from which the flat kernels serve stride 1 (conv64:
-# 56 wide, 1.3x PyTorch's time on the flat kernels, 2.2x on these)
+MIN_FLAT_WIDTH = 4  # outputs per row from which the flat kernels serve stride 1: they need no
+# copy of the input (64 channels on 7x7 maps, forward 2.9 ms flat, 4.8 ms here; 512 channels
+# on 3x3 maps, 155 ms flat, 46 ms here)
+PARTIALS_BYTES = 8 << 20  # the flat weight gradient's partial sums from which these serve it
+# (256 channels on 6x6 maps, 32 partial sums of 590,000 weights: 138 ms flat, 45 ms here)
 K_BLOCK = 64  # taps per block of the products (:func:`.tiles._gemm_acc`)
 PIXEL_RUN = 1024  # pixels per pass of the weight gradient's tiles: their rows stay in L1
 LANES_BYTES = 1 << 20  # the most lane sums the weight gradient keeps (:func:`_weight_grad_task`)
@@ -54,11 +57,21 @@ def use_columns(weight_shape, groups, stride, out_w):
     1, at least :data:`MIN_K` weights per output channel (ResNet-18's 3x3 layers: 576 and
     more) or :data:`MIN_C_OUT` output channels, and a stride or outputs narrower than
     :data:`MIN_FLAT_WIDTH`. (At ResNet-18's stem, 7x7 at stride 2 on 96x96, they take half
-    the flat kernels' time; LeNet's layers and wide maps at stride 1 stay on the flat and
-    lanes kernels, which need no copy of the input.)"""
+    the flat kernels' time, which compute every stride-1 output; LeNet's layers and maps at
+    stride 1 stay on the flat and lanes kernels, which need no copy of the input, except for
+    the weight gradient of many weights: :func:`weight_grad_by_columns`.)"""
     c_out, c_in_g, kh, kw = weight_shape
     return (groups == 1 and (c_in_g * kh * kw >= MIN_K or c_out >= MIN_C_OUT)
             and (tuple(stride) != (1, 1) or out_w < MIN_FLAT_WIDTH))
+
+
+def weight_grad_by_columns(weight_shape, groups, itemsize, partial_sums):
+    """Whether the weight gradient of a layer on the flat kernels' side of
+    :func:`use_columns` takes :func:`conv2d_weight_grad_columns`: groups of 1 and
+    ``partial_sums`` copies of the weights (the flat kernel's partial sums) over
+    :data:`PARTIALS_BYTES`."""
+    c_out, c_in_g, kh, kw = weight_shape
+    return groups == 1 and partial_sums * c_out * c_in_g * kh * kw * itemsize > PARTIALS_BYTES
 
 
 @njit(cache=True)
