@@ -1,0 +1,89 @@
+"""Numba CPU kernels for elementwise passes: ReLU forward and backward, and the sum of two
+arrays (a residual connection's, or two branches' gradients).
+
+Each is one pass that writes its output: NumPy's ReLU backward (``grad * ~(y <= 0)``) takes
+three passes and a temporary, and NumPy runs on one thread. The arrays are flat, C-contiguous
+vectors (callers pass ``reshape(-1)`` views, so each kernel compiles once per dtype), cut into
+chunks of :data:`CHUNK` elements, each chunk owned by one parallel iteration. An array of one
+chunk or less, or any array on one thread, goes to the serial loop instead: starting a
+parallel loop costs about as much as a small pass. Elementwise results do not depend on the
+thread count.
+
+The arithmetic is NumPy's, bit for bit: ``maximum(x, 0)`` (NaN stays NaN, -0.0 gives +0.0),
+``grad * (0 if y <= 0 else 1)`` (so a negative gradient gives -0.0 where y <= 0, and an
+infinite one NaN), ``a + b``.
+"""
+
+import numba
+from numba import njit, prange
+
+CHUNK = 32768  # elements per parallel iteration (128 KiB of float32)
+
+
+@njit(cache=True)
+def _relu_into(x, out):
+    zero = x.dtype.type(0)
+    for i in range(x.size):
+        v = x[i]
+        out[i] = v if (v > zero or v != v) else zero
+
+
+@njit(cache=True)
+def _relu_grad_into(grad_y, y, out):
+    zero = y.dtype.type(0)
+    one = y.dtype.type(1)
+    for i in range(y.size):
+        out[i] = grad_y[i] * (zero if y[i] <= zero else one)
+
+
+@njit(cache=True)
+def _add_into(a, b, out):
+    for i in range(a.size):
+        out[i] = a[i] + b[i]
+
+
+@njit(parallel=True, cache=True)
+def _relu_parallel(x, out):
+    size = x.size
+    for chunk in prange((size + CHUNK - 1) // CHUNK):
+        start = chunk * CHUNK
+        stop = min(size, start + CHUNK)
+        _relu_into(x[start:stop], out[start:stop])
+
+
+@njit(parallel=True, cache=True)
+def _relu_grad_parallel(grad_y, y, out):
+    size = y.size
+    for chunk in prange((size + CHUNK - 1) // CHUNK):
+        start = chunk * CHUNK
+        stop = min(size, start + CHUNK)
+        _relu_grad_into(grad_y[start:stop], y[start:stop], out[start:stop])
+
+
+@njit(parallel=True, cache=True)
+def _add_parallel(a, b, out):
+    size = a.size
+    for chunk in prange((size + CHUNK - 1) // CHUNK):
+        start = chunk * CHUNK
+        stop = min(size, start + CHUNK)
+        _add_into(a[start:stop], b[start:stop], out[start:stop])
+
+
+def _serial(size: int) -> bool:
+    # (Numba's get_num_threads inside a kernel would keep it out of the on-disk cache.)
+    return size <= CHUNK or numba.get_num_threads() == 1
+
+
+def relu_forward(x, out):
+    """out = max(x, 0) for flat arrays of one dtype."""
+    (_relu_into if _serial(x.size) else _relu_parallel)(x, out)
+
+
+def relu_backward(grad_y, y, out):
+    """out = grad_y * (0 if y <= 0 else 1) for flat arrays of one dtype."""
+    (_relu_grad_into if _serial(y.size) else _relu_grad_parallel)(grad_y, y, out)
+
+
+def add(a, b, out):
+    """out = a + b for flat arrays of one dtype."""
+    (_add_into if _serial(a.size) else _add_parallel)(a, b, out)
