@@ -979,9 +979,11 @@ def _channels_of(x, name: str = "x") -> tuple[int, int, int]:
 
 def _check_per_channel(x, channels: int, **arrays) -> None:
     """Each given array is (C,), of x's dtype and on x's device."""
+    on_cpu = type(x) is np.ndarray
     for name, array in arrays.items():
-        if array is None:
-            continue
+        if array is None or (on_cpu and type(array) is np.ndarray and array.ndim == 1
+                             and array.shape[0] == channels and array.dtype == x.dtype):
+            continue  # the common case, accepted at once (the checks below cost 1 us each)
         _check_array(array, name, 1, f"(C,) = ({channels},)")
         if tuple(array.shape) != (channels,):
             raise ValueError(f"{name} must have shape ({channels},) for x of shape "
@@ -1080,10 +1082,11 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         cpu_norm.batch_norm_forward_batch_stats(x3, weight, bias, eps, y, mean, var, invstd,
                                                 running_mean, running_var, factor)
     else:
-        mean = np.asarray(running_mean, dtype=np.float64).copy()
+        mean = np.empty(channels, dtype=np.float64)
         cpu_norm.batch_norm_forward_fixed_stats(x3, weight, bias, eps,
                                                 np.ascontiguousarray(running_mean),
-                                                np.ascontiguousarray(running_var), y, invstd)
+                                                np.ascontiguousarray(running_var), y, mean,
+                                                invstd)
     return y.reshape(x.shape), mean, invstd
 
 

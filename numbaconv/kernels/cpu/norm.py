@@ -14,7 +14,7 @@ late layers) would make those loops short and strided (1.1-1.9x PyTorch's time t
 their passes run along the task's whole segments instead: the sums go into one float64
 accumulator per column (a vertical, vectorised sum over n), reduced to a channel's sum over
 its L columns at the end, and the per-channel coefficients of the elementwise passes are
-spread over the columns first.
+spread over the columns first (for L = 1 the per-channel arrays are the columns).
 
 Parallelism: ``prange`` over tasks. A task reads only its channels and writes only their
 part of ``y`` (or ``grad_x``) and of the per-channel results, and every sum runs in a fixed
@@ -89,20 +89,27 @@ def _column_squares(x2, start, stop, centre, acc):
             acc[j] += d * d
 
 
-@njit(fastmath=REASSOC, cache=True)
+@njit(inline="always")
 def _channel_sum(acc, k, length):
-    """The sum of channel k's L columns of a task's accumulator."""
+    """The sum of channel k's L columns of a task's accumulator (L < ROW_LENGTH: in order)."""
     total = 0.0
     for i in range(k * length, (k + 1) * length):
         total += acc[i]
     return total
 
 
-@njit(inline="always")
-def _spread(values, k, length, columns):
-    """columns[k * L:(k + 1) * L] = values (per channel k of a task, spread over its L)."""
-    for i in range(k * length, (k + 1) * length):
-        columns[i] = values
+@njit(cache=True)
+def _spread_over(values, length):
+    """values (K,), one per channel of a task, repeated over each channel's L columns:
+    (K * L,); values itself where L is 1."""
+    if length == 1:
+        return values
+    columns = np.empty(values.shape[0] * length, dtype=values.dtype)
+    for k in range(values.shape[0]):
+        value = values[k]
+        for i in range(k * length, (k + 1) * length):
+            columns[i] = value
+    return columns
 
 
 @njit(fastmath=REASSOC, cache=True)
@@ -170,15 +177,12 @@ def _batch_stats_task(x2, length, c0, c1, weight, bias, eps, y2, mean, var, invs
         return
     start, stop = c0 * length, c1 * length
     acc = np.empty(stop - start)
-    centre = np.empty(stop - start)
     _column_sums(x2, start, stop, acc)
     for k in range(c1 - c0):
-        mu = _channel_sum(acc, k, length) / count
-        mean[c0 + k] = mu
-        _spread(mu, k, length, centre)
-    _column_squares(x2, start, stop, centre, acc)
-    scale = np.empty(stop - start, dtype=x2.dtype)
-    shift = np.empty(stop - start, dtype=x2.dtype)
+        mean[c0 + k] = _channel_sum(acc, k, length) / count
+    _column_squares(x2, start, stop, _spread_over(mean[c0:c1], length), acc)
+    scale = np.empty(c1 - c0, dtype=x2.dtype)
+    shift = np.empty(c1 - c0, dtype=x2.dtype)
     for k in range(c1 - c0):
         c = c0 + k
         sigma2 = _channel_sum(acc, k, length) / count
@@ -186,8 +190,10 @@ def _batch_stats_task(x2, length, c0, c1, weight, bias, eps, y2, mean, var, invs
         var[c] = sigma2
         invstd[c] = inv
         s = weight[c] * inv
-        _spread(dtype(s), k, length, scale)
-        _spread(dtype(bias[c] - mean[c] * s), k, length, shift)
+        scale[k] = dtype(s)
+        shift[k] = dtype(bias[c] - mean[c] * s)
+    scale = _spread_over(scale, length)
+    shift = _spread_over(shift, length)
     _normalise(x2, start, stop, scale, shift, y2)
 
 
@@ -230,33 +236,31 @@ def _update_running(running_mean, running_var, mean, var, momentum, count):
 
 
 @njit(cache=True)
-def _fixed_stats_task(x2, length, c0, c1, weight, bias, eps, mean, var, y2, invstd):
+def _fixed_stats_task(x2, length, c0, c1, weight, bias, eps, mean, var, y2, save_mean,
+                      invstd):
     """Channels c0..c1 - 1 of :func:`batch_norm_forward_fixed_stats`."""
     dtype = x2.dtype.type
-    long_rows = length >= ROW_LENGTH
-    start, stop = c0 * length, c1 * length
-    width = 0 if long_rows else stop - start
-    scale = np.empty(width, dtype=x2.dtype)
-    shift = np.empty(width, dtype=x2.dtype)
+    scale = np.empty(c1 - c0, dtype=x2.dtype)
+    shift = np.empty(c1 - c0, dtype=x2.dtype)
     for k in range(c1 - c0):
         c = c0 + k
         inv = 1.0 / np.sqrt(np.float64(var[c]) + eps)
+        save_mean[c] = mean[c]
         invstd[c] = inv
         s = weight[c] * inv
-        if long_rows:
-            _segments_normalise(x2, c * length, (c + 1) * length, dtype(s),
-                                dtype(bias[c] - mean[c] * s), y2)
-        else:
-            _spread(dtype(s), k, length, scale)
-            _spread(dtype(bias[c] - mean[c] * s), k, length, shift)
-    if not long_rows:
-        _normalise(x2, start, stop, scale, shift, y2)
+        scale[k] = dtype(s)
+        shift[k] = dtype(bias[c] - mean[c] * s)
+        if length >= ROW_LENGTH:
+            _segments_normalise(x2, c * length, (c + 1) * length, scale[k], shift[k], y2)
+    if length < ROW_LENGTH:
+        _normalise(x2, c0 * length, c1 * length, _spread_over(scale, length),
+                   _spread_over(shift, length), y2)
 
 
 @njit(parallel=True, cache=True)
-def batch_norm_forward_fixed_stats(x, weight, bias, eps, mean, var, y, invstd):
+def batch_norm_forward_fixed_stats(x, weight, bias, eps, mean, var, y, save_mean, invstd):
     """Normalise each channel of x (N, C, L) by the given (running) mean and variance;
-    writes y and the float64 (C,) invstd."""
+    writes y and the float64 (C,) mean and invstd."""
     n_batch, channels, length = x.shape
     x2 = x.reshape(n_batch, channels * length)
     y2 = y.reshape(n_batch, channels * length)
@@ -266,12 +270,12 @@ def batch_norm_forward_fixed_stats(x, weight, bias, eps, mean, var, y, invstd):
         for task in range(tasks):
             c0 = task * per_task
             _fixed_stats_task(x2, length, c0, min(channels, c0 + per_task), weight, bias, eps,
-                              mean, var, y2, invstd)
+                              mean, var, y2, save_mean, invstd)
     else:
         for task in prange(tasks):
             c0 = task * per_task
             _fixed_stats_task(x2, length, c0, min(channels, c0 + per_task), weight, bias, eps,
-                              mean, var, y2, invstd)
+                              mean, var, y2, save_mean, invstd)
 
 
 @njit(fastmath=REASSOC, cache=True)
@@ -367,16 +371,13 @@ def _backward_task(g2, x2, length, c0, c1, mean, invstd, weight, batch_stats, ne
                                      grad_x2)
         return
     start, stop = c0 * length, c1 * length
-    centre64 = np.empty(stop - start)
-    for k in range(c1 - c0):
-        _spread(mean[c0 + k], k, length, centre64)
     acc_g = np.empty(stop - start)
     acc_gc = np.empty(stop - start)
-    _column_grad_sums(g2, x2, start, stop, centre64, acc_g, acc_gc)
-    scale = np.empty(stop - start, dtype=x2.dtype)
-    mean_g = np.empty(stop - start, dtype=x2.dtype)
-    centre = np.empty(stop - start, dtype=x2.dtype)
-    slope = np.empty(stop - start, dtype=x2.dtype)
+    _column_grad_sums(g2, x2, start, stop, _spread_over(mean[c0:c1], length), acc_g, acc_gc)
+    scale = np.empty(c1 - c0, dtype=x2.dtype)
+    mean_g = np.zeros(c1 - c0, dtype=x2.dtype)
+    centre = np.empty(c1 - c0, dtype=x2.dtype)
+    slope = np.zeros(c1 - c0, dtype=x2.dtype)
     for k in range(c1 - c0):
         c = c0 + k
         inv = invstd[c]
@@ -384,15 +385,17 @@ def _backward_task(g2, x2, length, c0, c1, mean, invstd, weight, batch_stats, ne
         sum_g_xhat = _channel_sum(acc_gc, k, length) * inv
         grad_bias[c] = sum_g
         grad_weight[c] = sum_g_xhat
-        _spread(dtype(weight[c] * inv), k, length, scale)
-        _spread(dtype(mean[c]), k, length, centre)
+        scale[k] = dtype(weight[c] * inv)
+        centre[k] = dtype(mean[c])
         if batch_stats:  # count >= 2 here; fixed statistics may see an empty batch
-            _spread(dtype(sum_g / count), k, length, mean_g)
-            _spread(dtype(inv * sum_g_xhat / count), k, length, slope)
+            mean_g[k] = dtype(sum_g / count)
+            slope[k] = dtype(inv * sum_g_xhat / count)
+    scale = _spread_over(scale, length)
     if not need_input_grad:
         return
     if batch_stats:
-        _input_grad(g2, x2, start, stop, scale, mean_g, centre, slope, grad_x2)
+        _input_grad(g2, x2, start, stop, scale, _spread_over(mean_g, length),
+                    _spread_over(centre, length), _spread_over(slope, length), grad_x2)
     else:
         _scaled_grad(g2, start, stop, scale, grad_x2)
 
