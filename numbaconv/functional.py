@@ -1199,6 +1199,8 @@ def adaptive_avg_pool2d(x, output_size):
     if _is_device_array(x):
         return _cuda("adaptive_pool").adaptive_avg_pool2d_forward(x, shape[2:])
     n, c, height, width = x.shape
+    if height * width == 1 and shape[2:] == (1, 1):  # the mean of one value is that value
+        return np.array(x, order="C", copy=True)  # (a kernel call per plane: 1.5x PyTorch)
     if shape[2:] == (1, 1):  # global pooling: one pass over each plane
         y = np.empty(n * c, dtype=x.dtype)
         cpu_adaptive_pool.global_avg_pool(_planes(x, 1, height * width)[:, 0], y)

@@ -223,3 +223,19 @@ def test_stem_max_pool_on_many_planes_matches_the_reference(threads):
     ey, eidx = ref.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
     np.testing.assert_array_equal(y, ey.astype(np.float32))
     np.testing.assert_array_equal(idx, eidx)
+
+
+# --------------------------------------------------------------------------- global pool
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_global_average_of_1x1_maps_is_a_copy(dtype):
+    x = special_values(4 * 6, dtype, 8).reshape(4, 6, 1, 1)
+    for source in (x, x[:, ::2], np.asfortranarray(x)):
+        y = F.adaptive_avg_pool2d(source, (1, 1))
+        assert y.shape == source.shape and y.flags.c_contiguous
+        np.testing.assert_array_equal(bits(y), bits(source))
+        assert not np.shares_memory(y, source)
+    np.testing.assert_array_equal(F.adaptive_avg_pool2d(x, 1), x)
+    # a larger output repeats the one value
+    np.testing.assert_array_equal(F.adaptive_avg_pool2d(x, (2, 3)),
+                                  np.broadcast_to(x, (4, 6, 2, 3)))
