@@ -235,47 +235,57 @@ def _update_running(running_mean, running_var, mean, var, momentum, count):
         running_var[c] = np.float64(keep * running_var[c]) + momentum * (var[c] * unbias)
 
 
-@njit(cache=True)
-def _fixed_stats_task(x2, length, c0, c1, weight, bias, eps, mean, var, y2, save_mean,
-                      invstd):
-    """Channels c0..c1 - 1 of :func:`batch_norm_forward_fixed_stats`."""
-    dtype = x2.dtype.type
-    scale = np.empty(c1 - c0, dtype=x2.dtype)
-    shift = np.empty(c1 - c0, dtype=x2.dtype)
-    for k in range(c1 - c0):
-        c = c0 + k
-        inv = 1.0 / np.sqrt(np.float64(var[c]) + eps)
-        save_mean[c] = mean[c]
-        invstd[c] = inv
-        s = weight[c] * inv
-        scale[k] = dtype(s)
-        shift[k] = dtype(bias[c] - mean[c] * s)
+@njit(fastmath=REASSOC, cache=True)
+def _fixed_stats_rows(x2, first, last, length, scale, shift, y2):
+    """Rows first..last - 1 (samples) of :func:`batch_norm_forward_fixed_stats`, in memory
+    order: per (n, c) plane with the channel's scalars for long rows, else along the whole
+    row with ``scale`` and ``shift`` spread over the columns."""
+    for n in range(first, last):
+        row = x2[n]
+        out = y2[n]
         if length >= ROW_LENGTH:
-            _segments_normalise(x2, c * length, (c + 1) * length, scale[k], shift[k], y2)
-    if length < ROW_LENGTH:
-        _normalise(x2, c0 * length, c1 * length, _spread_over(scale, length),
-                   _spread_over(shift, length), y2)
+            for c in range(scale.shape[0]):
+                s, b = scale[c], shift[c]
+                plane = row[c * length:(c + 1) * length]
+                plane_out = out[c * length:(c + 1) * length]
+                for i in range(length):
+                    plane_out[i] = plane[i] * s + b
+        else:
+            for j in range(row.shape[0]):
+                out[j] = row[j] * scale[j] + shift[j]
 
 
 @njit(parallel=True, cache=True)
 def batch_norm_forward_fixed_stats(x, weight, bias, eps, mean, var, y, save_mean, invstd):
     """Normalise each channel of x (N, C, L) by the given (running) mean and variance;
-    writes y and the float64 (C,) mean and invstd."""
+    writes y and the float64 (C,) mean and invstd. Nothing is summed, so the pass runs in
+    memory order, a run of samples per task (the order a prefetcher follows best)."""
     n_batch, channels, length = x.shape
     x2 = x.reshape(n_batch, channels * length)
     y2 = y.reshape(n_batch, channels * length)
-    per_task = _channels_per_task(n_batch, channels, length)
-    tasks = (channels + per_task - 1) // per_task
+    dtype = x.dtype.type
+    scale = np.empty(channels, dtype=x.dtype)
+    shift = np.empty(channels, dtype=x.dtype)
+    for c in range(channels):
+        inv = 1.0 / np.sqrt(np.float64(var[c]) + eps)
+        save_mean[c] = mean[c]
+        invstd[c] = inv
+        s = weight[c] * inv
+        scale[c] = dtype(s)
+        shift[c] = dtype(bias[c] - mean[c] * s)
+    if length < ROW_LENGTH:
+        scale = _spread_over(scale, length)
+        shift = _spread_over(shift, length)
+    # rows per task: about TASK_ELEMENTS values, at least one row
+    per_task = max(1, TASK_ELEMENTS // max(1, channels * length))
+    tasks = (n_batch + per_task - 1) // per_task
     if x.size <= SERIAL_ELEMENTS:
-        for task in range(tasks):
-            c0 = task * per_task
-            _fixed_stats_task(x2, length, c0, min(channels, c0 + per_task), weight, bias, eps,
-                              mean, var, y2, save_mean, invstd)
+        _fixed_stats_rows(x2, 0, n_batch, length, scale, shift, y2)
     else:
         for task in prange(tasks):
-            c0 = task * per_task
-            _fixed_stats_task(x2, length, c0, min(channels, c0 + per_task), weight, bias, eps,
-                              mean, var, y2, save_mean, invstd)
+            first = task * per_task
+            _fixed_stats_rows(x2, first, min(n_batch, first + per_task), length, scale, shift,
+                              y2)
 
 
 @njit(fastmath=REASSOC, cache=True)
