@@ -658,7 +658,7 @@ def relu(x):
     if _is_device_array(x):
         return _cuda().relu_forward(x)
     flat = np.ascontiguousarray(x).reshape(-1)  # one compiled kernel for every shape
-    y = np.empty_like(flat)
+    y = cpu_elementwise.empty(flat.size, flat)
     cpu_elementwise.relu_forward(flat, y)
     return y.reshape(x.shape)
 
@@ -670,7 +670,7 @@ def relu_backward(grad_y, y):
     if _is_device_array(y):
         return _cuda().relu_backward(grad_y, y)
     flat_y = np.ascontiguousarray(y).reshape(-1)
-    grad_x = np.empty_like(flat_y)
+    grad_x = cpu_elementwise.empty(flat_y.size, flat_y)
     cpu_elementwise.relu_backward(np.ascontiguousarray(grad_y).reshape(-1), flat_y, grad_x)
     return grad_x.reshape(y.shape)
 
@@ -898,7 +898,7 @@ def add(a, b):
     if np.dtype(a.dtype) not in FLOAT_DTYPES:
         return np.add(a, b)
     flat_a = np.ascontiguousarray(a).reshape(-1)
-    total = np.empty_like(flat_a)
+    total = cpu_elementwise.empty(flat_a.size, flat_a)
     cpu_elementwise.add(flat_a, np.ascontiguousarray(b).reshape(-1), total)
     return total.reshape(a.shape)
 
