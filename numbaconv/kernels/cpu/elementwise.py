@@ -111,9 +111,6 @@ def relu_backward(grad_y, y, out):
 
 
 def add(a, b, out):
-    """out = a + b for flat arrays of one dtype (up to one chunk NumPy's add, whose call
-    costs less than a kernel's: 1.3-1.5x PyTorch's time at 32768 floats through Numba)."""
-    if a.size <= CHUNK:
-        np.add(a, b, out=out)
-    else:
-        (_add_into if _serial(a.size) else _add_parallel)(a, b, out)
+    """out = a + b for flat arrays of one dtype, more than one chunk (up to one, NumPy's
+    ``add`` costs less: the kernel's dispatch is a third of a 32768-float pass)."""
+    (_add_into if _serial(a.size) else _add_parallel)(a, b, out)
