@@ -895,7 +895,7 @@ def add(a, b):
     _check_same_dtype(a, "a", b, "b")
     if _check_device(a, {"b": b}):
         return _cuda().add(a, b)
-    if np.dtype(a.dtype) not in FLOAT_DTYPES or a.size <= cpu_elementwise.CHUNK:
+    if np.dtype(a.dtype) not in FLOAT_DTYPES or cpu_elementwise.serial(a.size):
         return np.add(a, b)
     flat_a = np.ascontiguousarray(a).reshape(-1)
     total = cpu_elementwise.empty(flat_a.size, flat_a)

@@ -11,7 +11,8 @@ thread count.
 
 The arithmetic is NumPy's, bit for bit: ``maximum(x, 0)`` (NaN stays NaN, -0.0 gives +0.0),
 ``grad * (0 if y <= 0 else 1)`` (so a negative gradient gives -0.0 where y <= 0, and an
-infinite one NaN), ``a + b``.
+infinite one NaN), ``a + b`` (the sum runs here only in parallel: serially NumPy's ``add``
+is as fast).
 """
 
 import numba
@@ -95,22 +96,24 @@ def _add_parallel(a, b, out):
         _add_into(a[start:stop], b[start:stop], out[start:stop])
 
 
-def _serial(size: int) -> bool:
+def serial(size: int) -> bool:
+    """Whether a pass over ``size`` values runs without the parallel loop."""
     # (Numba's get_num_threads inside a kernel would keep it out of the on-disk cache.)
     return size <= CHUNK or numba.get_num_threads() == 1
 
 
 def relu_forward(x, out):
     """out = max(x, 0) for flat arrays of one dtype."""
-    (_relu_into if _serial(x.size) else _relu_parallel)(x, out)
+    (_relu_into if serial(x.size) else _relu_parallel)(x, out)
 
 
 def relu_backward(grad_y, y, out):
     """out = grad_y * (0 if y <= 0 else 1) for flat arrays of one dtype."""
-    (_relu_grad_into if _serial(y.size) else _relu_grad_parallel)(grad_y, y, out)
+    (_relu_grad_into if serial(y.size) else _relu_grad_parallel)(grad_y, y, out)
 
 
 def add(a, b, out):
-    """out = a + b for flat arrays of one dtype, more than one chunk (up to one, NumPy's
-    ``add`` costs less: the kernel's dispatch is a third of a 32768-float pass)."""
-    (_add_into if _serial(a.size) else _add_parallel)(a, b, out)
+    """out = a + b for flat arrays of one dtype, on more than one thread and more than one
+    chunk (serially NumPy's ``add`` is as fast, and its call costs less: the kernel's
+    dispatch is a third of a 32768-float pass)."""
+    _add_parallel(a, b, out)
