@@ -14,6 +14,89 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(cache=True)
+def _max_plane(src, dst, index, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+               dilation_h, dilation_w):
+    """dst, index (out_h, out_w) = the maxima of src (H, W) over any windows, and their flat
+    positions."""
+    height, width = src.shape
+    out_h, out_w = dst.shape
+    for oh in range(out_h):
+        h0 = oh * stride_h - pad_h
+        h1 = min(h0 + (kernel_h - 1) * dilation_h + 1, height)
+        while h0 < 0:
+            h0 += dilation_h
+        for ow in range(out_w):
+            w0 = ow * stride_w - pad_w
+            w1 = min(w0 + (kernel_w - 1) * dilation_w + 1, width)
+            while w0 < 0:
+                w0 += dilation_w
+            best_index = h0 * width + w0
+            best = -np.inf
+            for ih in range(h0, h1, dilation_h):
+                for iw in range(w0, w1, dilation_w):
+                    value = src[ih, iw]
+                    # Strictly greater: the first maximum wins a tie. A NaN always wins.
+                    if value > best or np.isnan(value):
+                        best = value
+                        best_index = ih * width + iw
+            dst[oh, ow] = best
+            index[oh, ow] = best_index
+
+
+# 3x3 windows at stride 2 with padding 1 over rows of even width W (ResNet's stem pool): the
+# generic loop's scan, reordered so that long loops vectorise, in a quarter of its time. First
+# each input row's maxima over its windows' three columns: with W = 2 * out_w, window ow of
+# row h starts at flat position 2 * (h * out_w + ow) - 1 of the plane, so all the plane's rows
+# are one loop (the windows at ow = 0, whose first column is the padding, are redone after
+# it). Then the rows of each window are combined in order. Scanning each row, then the rows, in
+# order is the row-major scan's rule: the first maximum of the first row that holds the
+# window's maximum wins, and the last NaN of the last row that holds one. Selects, not
+# branches: the winners of random data are unpredictable.
+
+@njit(inline="always")
+def _pick(value, position, best, best_position):
+    """(best, its position) after scanning value: strictly greater, or a NaN, wins."""
+    take = (value > best) | (value != value)
+    return (value if take else best), (position if take else best_position)
+
+
+@njit(cache=True)
+def _stem_max_plane(src, dst, index, pad_h, row_best, row_position):
+    """dst, index (out_h, out_w) = the maxima of src (H, 2 * out_w) over 3x3 windows at
+    stride 2, padding pad_h <= 1 above and 1 to the left, and their flat positions;
+    row_best, row_position (H * out_w,) are scratch."""
+    height, width = src.shape
+    out_h, out_w = dst.shape
+    flat = src.reshape(-1)
+    shifted = flat[1:]  # window t >= 1 starts at flat[2 * t - 1] = shifted[2 * (t - 1)]
+    for j in range(row_best.shape[0] - 1):
+        c = 2 * j
+        b, p = shifted[c], c
+        b, p = _pick(shifted[c + 1], c + 1, b, p)
+        b, p = _pick(shifted[c + 2], c + 2, b, p)
+        row_best[j + 1] = b
+        row_position[j + 1] = p + 1
+    for h in range(height):  # ow = 0: columns 0 and 1 of row h only
+        first = h * width
+        b, p = _pick(flat[first + 1], first + 1, flat[first], first)
+        row_best[h * out_w] = b
+        row_position[h * out_w] = p
+    for oh in range(out_h):
+        h0 = max(2 * oh - pad_h, 0)
+        rows = row_best[h0 * out_w:]
+        positions = row_position[h0 * out_w:]
+        best = dst[oh]
+        position = index[oh]
+        for ow in range(out_w):
+            best[ow] = rows[ow]
+            position[ow] = positions[ow]
+        for r in range(1, min(2 * oh - pad_h + 3, height) - h0):
+            for ow in range(out_w):
+                best[ow], position[ow] = _pick(rows[r * out_w + ow], positions[r * out_w + ow],
+                                               best[ow], position[ow])
+
+
 @njit(parallel=True, cache=True)
 def max_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                        dilation_h, dilation_w, out_h, out_w):
@@ -21,31 +104,19 @@ def max_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
     n_batch, channels, height, width = x.shape
     y = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
     indices = np.empty((n_batch, channels, out_h, out_w), dtype=np.int64)
+    stem = (kernel_h == 3 and kernel_w == 3 and stride_h == 2 and stride_w == 2
+            and dilation_h == 1 and dilation_w == 1 and pad_h <= 1 and pad_w == 1
+            and width == 2 * out_w)
     for plane in prange(n_batch * channels):
         n = plane // channels
         c = plane % channels
-        src = x[n, c]
-        for oh in range(out_h):
-            h0 = oh * stride_h - pad_h
-            h1 = min(h0 + (kernel_h - 1) * dilation_h + 1, height)
-            while h0 < 0:
-                h0 += dilation_h
-            for ow in range(out_w):
-                w0 = ow * stride_w - pad_w
-                w1 = min(w0 + (kernel_w - 1) * dilation_w + 1, width)
-                while w0 < 0:
-                    w0 += dilation_w
-                best_index = h0 * width + w0
-                best = -np.inf
-                for ih in range(h0, h1, dilation_h):
-                    for iw in range(w0, w1, dilation_w):
-                        value = src[ih, iw]
-                        # Strictly greater: the first maximum wins a tie. A NaN always wins.
-                        if value > best or np.isnan(value):
-                            best = value
-                            best_index = ih * width + iw
-                y[n, c, oh, ow] = best
-                indices[n, c, oh, ow] = best_index
+        if stem:
+            _stem_max_plane(x[n, c], y[n, c], indices[n, c], pad_h,
+                            np.empty(height * out_w, dtype=x.dtype),
+                            np.empty(height * out_w, dtype=np.int64))
+        else:
+            _max_plane(x[n, c], y[n, c], indices[n, c], kernel_h, kernel_w, stride_h,
+                       stride_w, pad_h, pad_w, dilation_h, dilation_w)
     return y, indices
 
 
