@@ -226,6 +226,8 @@ def _signature(name: str, dtype) -> tuple:
     """:func:`signature` without a kernel's job."""
     from numba import typeof, types
 
+    from .kernels.cpu.conv import columns
+
     array = {d: typeof(np.empty((1,) * d, dtype=dtype)) for d in (1, 2, 4, 5)}
     a1, a2, a4, a5 = array[1], array[2], array[4], array[5]
     i64 = types.int64
@@ -236,7 +238,8 @@ def _signature(name: str, dtype) -> tuple:
         "_abt_lanes_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
         "_interleave": (a4, i64, i64, i64, a2),
         "_deinterleave": (a2, i64, i64, i64, a4),
-        "_gemm_acc": (a2, a2, a2, i64, i64),
+        # the column jobs pass the module's constant K_BLOCK: typed as that literal
+        "_gemm_acc": (a2, a2, a2, i64, types.literal(columns.K_BLOCK)),
         "_gy_columns": (a4, i64, i64),
         "_place_planes": (a4,) + (i64,) * 10,
         "conv2d_forward": (a4, a4, a1) + (i64,) * 7,
