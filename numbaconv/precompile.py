@@ -80,22 +80,22 @@ KERNELS = {
     JOB_PREFIX + "conv2d_input_grad_lanes": 0.5,
     # the column kernels (numbaconv.kernels.cpu.conv.columns), their jobs and the parallel
     # padding (large inputs: see _places_in_parallel)
-    "conv2d_forward_columns": 1.5,
-    "conv2d_weight_grad_columns": 1.5,
-    "conv2d_input_grad_columns": 1.5,
-    "_place_planes": 1.0,
-    JOB_PREFIX + "conv2d_forward_columns": 0.5,
-    JOB_PREFIX + "conv2d_weight_grad_columns": 1.0,
-    JOB_PREFIX + "conv2d_input_grad_columns": 0.8,
+    "conv2d_forward_columns": 1.8,
+    "conv2d_weight_grad_columns": 1.1,
+    "conv2d_input_grad_columns": 1.0,
+    "_place_planes": 1.5,
+    JOB_PREFIX + "conv2d_forward_columns": 0.3,
+    JOB_PREFIX + "conv2d_weight_grad_columns": 0.7,
+    JOB_PREFIX + "conv2d_input_grad_columns": 0.9,
     # the shared products (SHARED)
     "_shifted_matmul_acc": 1.1,
     "_abt_acc": 0.8,
     "_abt_lanes_acc": 0.7,
     "_interleave": 0.4,
     "_deinterleave": 0.4,
-    "_gemm_acc": 0.8,
-    "_columns_task": 0.8,
-    "_gy_columns": 1.0,
+    "_gemm_acc": 1.5,
+    "_columns_task": 0.7,
+    "_gy_columns": 1.2,
 }
 #: functions that several units call, compiled as units of their own before those (else two
 #: processes could compile one at the same time, each for a unit of its own) -> their callers
