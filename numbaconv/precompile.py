@@ -78,12 +78,24 @@ KERNELS = {
     JOB_PREFIX + "conv2d_weight_grad_rows": 0.5,
     JOB_PREFIX + "conv2d_weight_grad_lanes": 0.5,
     JOB_PREFIX + "conv2d_input_grad_lanes": 0.5,
+    # the column kernels (numbaconv.kernels.cpu.conv.columns), their jobs and the parallel
+    # padding (large inputs: see _places_in_parallel)
+    "conv2d_forward_columns": 1.8,
+    "conv2d_weight_grad_columns": 1.1,
+    "conv2d_input_grad_columns": 1.0,
+    "_place_planes": 1.5,
+    JOB_PREFIX + "conv2d_forward_columns": 0.3,
+    JOB_PREFIX + "conv2d_weight_grad_columns": 0.7,
+    JOB_PREFIX + "conv2d_input_grad_columns": 0.9,
     # the shared products (SHARED)
     "_shifted_matmul_acc": 1.1,
     "_abt_acc": 0.8,
     "_abt_lanes_acc": 0.7,
     "_interleave": 0.4,
     "_deinterleave": 0.4,
+    "_gemm_acc": 1.5,
+    "_columns_task": 0.7,
+    "_gy_columns": 1.2,
 }
 #: functions that several units call, compiled as units of their own before those (else two
 #: processes could compile one at the same time, each for a unit of its own) -> their callers
@@ -93,13 +105,23 @@ SHARED = {
         JOB_PREFIX + "conv2d_input_grad_lanes",
         *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward"
           for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
-    "_abt_acc": (JOB_PREFIX + "conv2d_weight_grad",),
+    "_abt_acc": (JOB_PREFIX + "conv2d_weight_grad", JOB_PREFIX + "conv2d_weight_grad_columns"),
     "_abt_lanes_acc": (JOB_PREFIX + "conv2d_weight_grad_rows",
-                       JOB_PREFIX + "conv2d_weight_grad_lanes"),
+                       JOB_PREFIX + "conv2d_weight_grad_lanes",
+                       JOB_PREFIX + "conv2d_weight_grad_columns"),
     "_interleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_weight_grad_lanes",
                     JOB_PREFIX + "conv2d_input_grad_lanes"),
     "_deinterleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_input_grad_lanes"),
+    "_gemm_acc": (JOB_PREFIX + "conv2d_forward_columns", JOB_PREFIX + "conv2d_input_grad_columns"),
+    # the columns of a chunk of samples: conv2d_forward_columns's first job (COLUMN_JOBS), and
+    # called by the weight gradient's job
+    "_columns_task": ("conv2d_forward_columns", JOB_PREFIX + "conv2d_weight_grad_columns"),
+    # gy laid out on the columns' pixels, called by both backward column kernels
+    "_gy_columns": ("conv2d_weight_grad_columns", "conv2d_input_grad_columns"),
 }
+#: kernels that take a job before their own (see :func:`job`): the shared function that job
+#: runs (its unit), by kernel
+COLUMN_JOBS = {"conv2d_forward_columns": "_columns_task"}
 #: seconds a child process takes to start (Python, NumPy, Numba) before it compiles, for the
 #: announced estimate
 STARTUP_SECONDS = 1.0
@@ -123,21 +145,33 @@ def one_pass_kernel_name(activation: int, pool: int) -> str:
 
 def job(name: str, dtype):
     """The :class:`~numbaconv.kernels.cpu.jobs.Job` kernel ``name`` takes as its last
-    argument for arrays of ``dtype`` (its per-job function, compiled on its own), or None."""
+    argument for arrays of ``dtype`` (its per-job function, compiled on its own), or None.
+    (A kernel of :data:`COLUMN_JOBS` takes another before it: :func:`_column_job`.)"""
     from .kernels.cpu import conv_act_pool
-    from .kernels.cpu.conv import flat, lanes
+    from .kernels.cpu.conv import columns, flat, lanes
 
     jobs = {"conv2d_forward": flat.forward_job, "conv2d_weight_grad": flat.weight_grad_job,
             "conv2d_weight_grad_rows": flat.weight_grad_rows_job,
             "conv2d_forward_lanes": lanes.forward_lanes_job,
             "conv2d_weight_grad_lanes": lanes.weight_grad_lanes_job,
-            "conv2d_input_grad_lanes": lanes.input_grad_lanes_job}
+            "conv2d_input_grad_lanes": lanes.input_grad_lanes_job,
+            "conv2d_forward_columns": columns.forward_columns_job,
+            "conv2d_weight_grad_columns": columns.weight_grad_columns_job,
+            "conv2d_input_grad_columns": columns.input_grad_columns_job}
     if name in jobs:
         return jobs[name](np.dtype(dtype))
     for codes, kernel in conv_act_pool.FUSED.items():
         if kernel.py_func.__name__ == name:
             return conv_act_pool.block_job(*codes, np.dtype(dtype))
     return None
+
+
+def _column_job(dtype):
+    """The job the kernels of :data:`COLUMN_JOBS` take before their own, for ``dtype``: the
+    columns of a chunk of samples (:func:`numbaconv.kernels.cpu.conv.columns.columns_job`)."""
+    from .kernels.cpu.conv import columns
+
+    return columns.columns_job(np.dtype(dtype))
 
 
 def units(name: str) -> list[str]:
@@ -162,7 +196,7 @@ def _dispatcher(name: str):
 
     if name.startswith(JOB_PREFIX):
         return job(name[len(JOB_PREFIX):], np.float32).dispatcher
-    for module in (conv, conv.tiles, conv.lanes, pool, activation, dense):
+    for module in (conv, conv.tiles, conv.lanes, conv.columns, pool, activation, dense):
         if hasattr(module, name):
             return getattr(module, name)
     for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values()):
@@ -179,15 +213,20 @@ def signature(name: str, dtype) -> tuple:
 
     if name.startswith(JOB_PREFIX):
         return tuple(job(name[len(JOB_PREFIX):], dtype).signature().args)
+    if name in COLUMN_JOBS.values():  # a job's function, compiled as the job compiles it
+        return tuple(_column_job(dtype).signature().args)
     kernel_job = job(name, dtype)
-    if kernel_job is not None:
-        return _signature(name, dtype) + (typeof(kernel_job),)
-    return _signature(name, dtype)
+    if kernel_job is None:
+        return _signature(name, dtype)
+    jobs = ((_column_job(dtype),) if name in COLUMN_JOBS else ()) + (kernel_job,)
+    return _signature(name, dtype) + tuple(typeof(each) for each in jobs)
 
 
 def _signature(name: str, dtype) -> tuple:
     """:func:`signature` without a kernel's job."""
     from numba import typeof, types
+
+    from .kernels.cpu.conv import columns
 
     array = {d: typeof(np.empty((1,) * d, dtype=dtype)) for d in (1, 2, 4, 5)}
     a1, a2, a4, a5 = array[1], array[2], array[4], array[5]
@@ -199,12 +238,19 @@ def _signature(name: str, dtype) -> tuple:
         "_abt_lanes_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
         "_interleave": (a4, i64, i64, i64, a2),
         "_deinterleave": (a2, i64, i64, i64, a4),
+        # the column jobs pass the module's constant K_BLOCK: typed as that literal
+        "_gemm_acc": (a2, a2, a2, i64, types.literal(columns.K_BLOCK)),
+        "_gy_columns": (a4, i64, i64),
+        "_place_planes": (a4,) + (i64,) * 10,
         "conv2d_forward": (a4, a4, a1) + (i64,) * 7,
         "conv2d_forward_lanes": (a4, a4, a1) + (i64,) * 6,
         "conv2d_weight_grad": (a4, a4) + (i64,) * 7,
         "conv2d_weight_grad_rows": (a4, a4) + (i64,) * 6,
         "conv2d_weight_grad_lanes": (a4, a4) + (i64,) * 6,
         "conv2d_input_grad_lanes": (a4, a5) + (i64,) * 5,
+        "conv2d_forward_columns": (a4, a4, a1) + (i64,) * 9,
+        "conv2d_weight_grad_columns": (a4, a4) + (i64,) * 9,
+        "conv2d_input_grad_columns": (a4, a4) + (i64,) * 9,
         "avg_pool2d_forward": (a4,) + (i64,) * 8 + (types.boolean, i64),
         "avg_pool2d_backward": (a4,) + (i64,) * 8 + (types.boolean, i64),
         "max_pool2d_forward": (a4,) + (i64,) * 10,
@@ -221,96 +267,177 @@ def _signature(name: str, dtype) -> tuple:
 
 
 def _conv_geometry(layer, input_shape) -> tuple:
-    """(stride, dilation, padded input shape, output width) of a ``Conv2d`` for inputs of
-    ``input_shape``: what :mod:`numbaconv.kernels.cpu.conv` chooses its kernels by."""
+    """(stride, dilation, padding ((top, bottom), (left, right)), padded input shape, output
+    shape) of a ``Conv2d`` for inputs of ``input_shape``: what
+    :mod:`numbaconv.kernels.cpu.conv` chooses its kernels by."""
     from .shapes import as_pair, conv_padding
 
     stride, dilation = as_pair(layer.stride, "stride"), as_pair(layer.dilation, "dilation")
     kernel = tuple(layer.params["weight"].shape[2:])
-    (top, bottom), (left, right) = conv_padding(layer.padding, kernel, stride, dilation)
+    padding = conv_padding(layer.padding, kernel, stride, dilation)
+    (top, bottom), (left, right) = padding
     n, c_in, height, width = input_shape
     padded = (n, c_in, height + top + bottom, width + left + right)
-    return stride, dilation, padded, layer.output_shape(input_shape)[3]
+    output = tuple(int(s) for s in layer.output_shape(input_shape))
+    return stride, dilation, padding, padded, output
 
 
-def _conv_kernels(layer, input_shape, first: bool) -> list[str]:
-    """The kernels a ``Conv2d`` calls in training and evaluation, its forward's first: for
-    inputs of ``input_shape`` (its input gradient only when not ``first``) the ones
+def _places_in_parallel(shape) -> list[str]:
+    """``["_place_planes"]`` where :func:`numbaconv.kernels.cpu.conv.place` fills an array of
+    ``shape`` (N, C, H, W) by that parallel kernel (a million values and more), else ``[]``."""
+    from .kernels.cpu import conv
+
+    return ["_place_planes"] if int(np.prod(shape)) >= conv.PLACE_IN_PARALLEL else []
+
+
+def _pad_kernels(input_shape, padding) -> list[str]:
+    """The kernels :func:`numbaconv.kernels.cpu.conv.pad` calls to pad inputs of
+    ``input_shape`` by ``padding`` ((top, bottom), (left, right))."""
+    (top, bottom), (left, right) = padding
+    if top == bottom == left == right == 0:
+        return []
+    n, channels, height, width = input_shape
+    return _places_in_parallel((n, channels, height + top + bottom, width + left + right))
+
+
+def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str], list[str]]:
+    """The kernels a ``Conv2d`` calls, (its forward's, its backward's), its input gradient's
+    only with ``need_input_grad``: for inputs of ``input_shape`` the ones
     :mod:`numbaconv.kernels.cpu.conv` chooses for that shape; for ``None`` every one its
-    inputs' widths could choose."""
+    inputs' widths could choose (the parallel padding of large inputs aside)."""
     from .kernels.cpu import conv
     from .shapes import as_pair
 
     weight = layer.params["weight"]
+    if conv.use_columns(weight.shape, layer.groups):
+        backward = ["conv2d_weight_grad_columns"] + (
+            ["conv2d_input_grad_columns"] if need_input_grad else [])
+        if input_shape is None:
+            return ["conv2d_forward_columns"], backward
+        stride, dilation, padding, _, output = _conv_geometry(layer, input_shape)
+        plan = conv._ColumnsPlan(input_shape, weight.shape, padding, stride, dilation,
+                                 *output[2:])
+        if plan.empty:  # every tap reads padding: the bias alone, no kernel
+            return [], []
+        pads = []
+        if plan.wide:  # the part of x the live taps read, padded
+            n, channels, height, width = input_shape
+            pads = _pad_kernels((n, channels, height - plan.x_rows.start,
+                                 width - plan.x_cols.start), plan.padding)
+        return pads + ["conv2d_forward_columns"], pads + backward
     weight_grad = ("conv2d_weight_grad_rows"
                    if conv.weight_grad_from_rows(weight.shape, as_pair(layer.stride, "stride")[1],
                                                  layer.groups)
                    else "conv2d_weight_grad")
     if input_shape is None:
-        return ["conv2d_forward", "conv2d_forward_lanes", weight_grad,
-                "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes"]
-    stride, dilation, padded, out_w = _conv_geometry(layer, input_shape)
+        return (["conv2d_forward", "conv2d_forward_lanes"],
+                [weight_grad, "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes"])
+    stride, dilation, padding, padded, output = _conv_geometry(layer, input_shape)
     n, height, width = input_shape[0], input_shape[2], input_shape[3]
     kernel = tuple(weight.shape[2:])
-    if conv.use_lanes(padded, weight.itemsize, stride[1], layer.groups, out_w):
-        return ["conv2d_forward_lanes", "conv2d_weight_grad_lanes"] + (
-            [] if first else ["conv2d_input_grad_lanes"])
-    names = ["conv2d_forward", weight_grad]
-    if not first:  # a convolution of gy spread onto the input's grid plus the kernel's reach
+    pads = _pad_kernels(input_shape, padding)
+    if conv.use_lanes(padded, weight.itemsize, stride[1], layer.groups, output[3]):
+        return pads + ["conv2d_forward_lanes"], pads + ["conv2d_weight_grad_lanes"] + (
+            ["conv2d_input_grad_lanes"] if need_input_grad else [])
+    forward, backward = pads + ["conv2d_forward"], pads + [weight_grad]
+    if need_input_grad:  # a convolution of gy spread onto the input's grid plus the kernel's
+        # reach
         reach = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
         spread = (n, weight.shape[0], height + reach[0], width + reach[1])
-        names.append("conv2d_forward_lanes" if conv.use_lanes(spread, weight.itemsize, 1,
-                                                              layer.groups, width)
-                     else "conv2d_forward")
-    return names
+        backward += _places_in_parallel(spread) + [
+            "conv2d_forward_lanes" if conv.use_lanes(spread, weight.itemsize, 1, layer.groups,
+                                                     width)
+            else "conv2d_forward"]
+    return forward, backward
 
 
-def kernels_for(model, input_shape=None) -> list[str]:
-    """Names of the CPU kernels that training and evaluating ``model`` (a ``Sequential``, or
-    layers for one) calls (see :data:`KERNELS`); layers computed in NumPy need none.
+def _leaf_kernels(layer, input_shape, need_input_grad: bool) -> list[str]:
+    """The kernels a layer without children calls (a ``Conv2d``: see :func:`_conv_kernels`)."""
+    from .layers import AvgPool2d, Conv2d, Linear, MaxPool2d, Sigmoid
 
-    With ``input_shape`` (N, C, H, W), those that batches of that shape call; without it,
-    every kernel that inputs of any width could call."""
-    from .layers import AvgPool2d, Conv2d, Linear, MaxPool2d, Sequential, Sigmoid
-
-    if not isinstance(model, Sequential):
-        model = Sequential(model)
-
+    if isinstance(layer, Conv2d):
+        forward, backward = _conv_kernels(layer, input_shape, need_input_grad)
+        return forward + backward
     needs = {
-        # (the parallel padding, conv._place_planes, serves inputs of a million values and
-        # more only, and compiles on first use)
         AvgPool2d: ("avg_pool2d_forward", "avg_pool2d_backward"),
         MaxPool2d: ("max_pool2d_forward", "max_pool2d_backward"),
         Sigmoid: ("sigmoid_forward", "sigmoid_backward"),
         Linear: ("matmul_acc",),
     }
-    shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+    return [kernel for cls, kernels in needs.items() if isinstance(layer, cls)
+            for kernel in kernels]
+
+
+def _fused_kernels(fused, input_shape, need_input_grad: bool) -> list[str]:
+    """The kernels a fused ``Conv2d -> activation -> pool`` stage calls: the convolution's
+    and the fused activation + pool ones, or for its forward the one-pass kernel where that
+    serves (a unit stride, wide images)."""
+    conv = fused.layers[0]
+    codes = (fused.activation_code, fused.pool_code)
+    forward, backward = _conv_kernels(conv, input_shape, need_input_grad)
+    act_pool_forward, act_pool_backward = fused_kernel_names(*codes)
+    if input_shape is None:
+        return forward + backward + [one_pass_kernel_name(*codes), act_pool_forward,
+                                     act_pool_backward]
+    if _one_pass_applies(conv, input_shape):  # which pads x as the flat kernels do
+        _, _, padding, _, _ = _conv_geometry(conv, input_shape)
+        return (_pad_kernels(input_shape, padding) + [one_pass_kernel_name(*codes)] + backward
+                + [act_pool_backward])
+    return forward + backward + [act_pool_forward, act_pool_backward]
+
+
+def kernels_for(model, input_shape=None) -> list[str]:
+    """Names of the CPU kernels that training and evaluating ``model`` (a layer tree, or a
+    list of layers for a ``Sequential``) calls, for every layer of the tree (see
+    :data:`KERNELS`); layers computed in NumPy need none. The model's input gradient is not
+    computed (a training step's), so its first convolution computes none.
+
+    With ``input_shape`` (N, C, H, W), those that batches of that shape call (each layer for
+    the shape it sees: a ``Residual``'s body and shortcut and a ``Concat``'s branches see the
+    container's input); without it, every kernel that inputs of any width could call."""
+    from .layers import Layer, Sequential
+
+    if not isinstance(model, Layer):
+        model = Sequential(model)
     names: list[str] = []
-    for stage in model.stages():
-        kernels = []
-        if stage.fused is None:
-            layer = model.layers[stage.start]
-            if isinstance(layer, Conv2d):
-                kernels = _conv_kernels(layer, shape, first=stage.start == 0)
-            else:
-                kernels = [k for cls, ks in needs.items() if isinstance(layer, cls) for k in ks]
-        else:  # the convolution's kernels and the fused activation + pool ones, or for its
-            # forward the one-pass kernel where that serves (a unit stride, wide images)
-            conv = stage.fused.layers[0]
-            codes = (stage.fused.activation_code, stage.fused.pool_code)
-            kernels = _conv_kernels(conv, shape, first=stage.start == 0)
-            act_pool_forward, act_pool_backward = fused_kernel_names(*codes)
-            if shape is None:
-                kernels += [one_pass_kernel_name(*codes), act_pool_forward, act_pool_backward]
-            elif _one_pass_applies(conv, shape):
-                kernels = [one_pass_kernel_name(*codes)] + kernels[1:] + [act_pool_backward]
-            else:
-                kernels += [act_pool_forward, act_pool_backward]
-        for layer in model.layers[stage.start:stage.stop]:
-            if shape is not None:
-                shape = tuple(int(s) for s in layer.output_shape(shape))
-        names += [k for k in kernels if k not in names]
+    shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+    _tree_kernels(model, shape, False, names)
     return names
+
+
+def _tree_kernels(layer, input_shape, need_input_grad: bool, names: list[str]):
+    """Append the kernels of ``layer`` and the layers below it for inputs of ``input_shape``
+    (see :func:`kernels_for`) to ``names``, those not there yet, in the order of the
+    forward; returns the layer's output shape (None for None). ``need_input_grad``: whether
+    the layer's backward computes its input's gradient (as ``Sequential.backward`` passes it:
+    not for the model's first stage, nor for every first stage within)."""
+    from .layers import Sequential
+
+    def add(kernels):
+        for kernel in kernels:
+            if kernel not in names:
+                names.append(kernel)
+
+    def output_shape(child, shape):
+        return None if shape is None else tuple(int(s) for s in child.output_shape(shape))
+
+    shape = input_shape
+    if isinstance(layer, Sequential):  # stage by stage, each on the one before's output
+        for stage in layer.stages():
+            need = need_input_grad or stage.start > 0
+            if stage.fused is None:
+                shape = _tree_kernels(layer.layers[stage.start], shape, need, names)
+                continue
+            add(_fused_kernels(stage.fused, shape, need))
+            for child in layer.layers[stage.start:stage.stop]:
+                shape = output_shape(child, shape)
+        return shape
+    children = layer.children()
+    for _, child in children:  # Residual's body and shortcut, Concat's branches: on the input
+        _tree_kernels(child, shape, need_input_grad, names)
+    if not children:
+        add(_leaf_kernels(layer, shape, need_input_grad))
+    return output_shape(layer, shape)
 
 
 def _one_pass_applies(conv, input_shape) -> bool:
@@ -319,9 +446,9 @@ def _one_pass_applies(conv, input_shape) -> bool:
     :func:`numbaconv.kernels.cpu.conv_act_pool.applies`."""
     from .kernels.cpu import conv_act_pool
 
-    stride, _, padded, out_w = _conv_geometry(conv, input_shape)
+    stride, _, _, padded, output = _conv_geometry(conv, input_shape)
     return conv_act_pool.applies(padded, conv.params["weight"].itemsize, stride, conv.groups,
-                                 out_w)
+                                 output[3])
 
 
 def _model_dtypes(model) -> list[str]:

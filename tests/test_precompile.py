@@ -17,12 +17,31 @@ import pytest
 from support import REPO_ROOT
 
 from numbaconv import precompile as P
-from numbaconv.losses import softmax_cross_entropy
 from numbaconv.models import lenet
 
 # a convolution with few weights (LeNet's first, 6 x 25) takes conv2d_weight_grad_rows
 CONV_KERNELS = ["conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad_rows",
                 "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes"]
+
+# A tree of containers within containers, for inputs of TREE_INPUT: the column kernels (32
+# output channels), the flat ones (the Concat's 1x1 convolution) and a nested fused stage
+# (one-pass forward, column backward). Source text, for the subprocesses below too.
+TREE = textwrap.dedent("""
+    from numbaconv.layers import Concat, Conv2d, MaxPool2d, ReLU, Residual, Sequential
+
+    def tree():
+        return Sequential(
+            Residual([Conv2d(32, 32, 3, padding=1, rng=0)], Conv2d(32, 32, 1, rng=1)), ReLU(),
+            Conv2d(32, 32, 3, stride=2, padding=1, rng=2),
+            Concat([Conv2d(32, 8, 1, rng=3)], [MaxPool2d(3, stride=1, padding=1)]),
+            Sequential(Conv2d(40, 32, 3, padding=1, rng=4), ReLU(), MaxPool2d(2)))
+
+    # padded for the Residual's 3x3 convolution, a million values: the parallel padding
+    TREE_INPUT = (8, 32, 62, 62)
+""")
+_TREE_NAMES: dict = {}
+exec(TREE, _TREE_NAMES)
+tree, TREE_INPUT = _TREE_NAMES["tree"], _TREE_NAMES["TREE_INPUT"]
 
 
 @pytest.mark.parametrize("activation, pool", [("sigmoid", "avg"), ("relu", "max")])
@@ -43,15 +62,11 @@ def test_kernels_for_lenet(activation, pool, fuse):
     assert set(names) <= set(P.KERNELS)
 
 
-@pytest.mark.parametrize("activation, pool", [("sigmoid", "avg"), ("relu", "max")])
-@pytest.mark.parametrize("fuse", [True, False])
-def test_signatures_are_those_of_real_calls(activation, pool, fuse):
-    model = lenet(activation, pool, rng=0)
-    model.fuse = fuse
-    # a batch that fills the lanes (numbaconv.kernels.cpu.conv.use_lanes): conv2 takes them
-    x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
-    loss, grad = softmax_cross_entropy(model.forward(x, training=True), np.arange(64) % 10)
-    model.backward(grad, need_input_grad=False)
+def _check_signatures(model, x):
+    """A training step of ``model`` on x; then every kernel kernels_for lists for x's shape,
+    and its job, must have been compiled for the signature precompile compiles it for."""
+    y = model.forward(x, training=True)
+    model.backward(np.ones_like(y), need_input_grad=False)
     for name in P.kernels_for(model, x.shape):  # what this shape calls, with these types
         for unit in P.units(name):  # and its job (the shared functions: below)
             if unit not in P.SHARED:
@@ -59,7 +74,41 @@ def test_signatures_are_those_of_real_calls(activation, pool, fuse):
                 assert P.signature(unit, np.float32) in compiled, (unit, compiled)
 
 
-SHARED_CALLS = textwrap.dedent('''
+@pytest.mark.parametrize("activation, pool", [("sigmoid", "avg"), ("relu", "max")])
+@pytest.mark.parametrize("fuse", [True, False])
+def test_signatures_are_those_of_real_calls(activation, pool, fuse):
+    model = lenet(activation, pool, rng=0)
+    model.fuse = fuse
+    # a batch that fills the lanes (numbaconv.kernels.cpu.conv.use_lanes): conv2 takes them
+    _check_signatures(model, np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32))
+
+
+def test_signatures_of_the_column_kernels_are_those_of_real_calls():
+    model = tree()
+    assert {"conv2d_forward_columns", "conv2d_weight_grad_columns", "conv2d_input_grad_columns",
+            "_place_planes"} <= set(P.kernels_for(model, TREE_INPUT))
+    _check_signatures(model, np.random.default_rng(0).random(TREE_INPUT, dtype=np.float32))
+
+
+@pytest.mark.parametrize("unit", ["conv2d_forward_columns", "job:conv2d_input_grad_columns",
+                                  "_place_planes"])
+def test_a_wrong_signature_is_found(monkeypatch, unit):
+    signature = P.signature
+    wrong = {"conv2d_forward_columns": -2, "job:conv2d_input_grad_columns": 3,
+             "_place_planes": 1}[unit]  # an argument whose type becomes another's
+
+    def with_a_wrong_type(name, dtype):
+        types = list(signature(name, dtype))
+        if name == unit:
+            types[wrong] = types[0]
+        return tuple(types)
+
+    monkeypatch.setattr(P, "signature", with_a_wrong_type)
+    with pytest.raises(AssertionError, match=unit):
+        _check_signatures(tree(), np.random.default_rng(0).random(TREE_INPUT, dtype=np.float32))
+
+
+SHARED_CALLS = TREE + textwrap.dedent('''
     import numpy as np
     from numbaconv import precompile as P
     from numbaconv.losses import softmax_cross_entropy
@@ -73,6 +122,12 @@ SHARED_CALLS = textwrap.dedent('''
         model.backward(grad, need_input_grad=False)
         shared |= {unit for name in P.kernels_for(model, x.shape) for unit in P.units(name)
                    if unit in P.SHARED}
+    model = tree()  # the column kernels
+    y = model.forward(np.random.default_rng(0).random(TREE_INPUT, dtype=np.float32),
+                      training=True)
+    model.backward(np.ones_like(y), need_input_grad=False)
+    shared |= {unit for name in P.kernels_for(model, TREE_INPUT) for unit in P.units(name)
+               if unit in P.SHARED}
     for unit in sorted(shared):
         compiled = [tuple(sig) for sig in P._dispatcher(unit).signatures]
         print(unit, P.signature(unit, np.float32) in compiled)
@@ -357,3 +412,82 @@ def test_kernels_for_a_list_of_layers():
 
     assert P.kernels_for([Conv2d(1, 2, 3), ReLU(), MaxPool2d(2)]) == CONV_KERNELS + [
         "conv2d_relu_max_pool_forward", "relu_max_pool_forward", "relu_max_pool_backward"]
+
+
+def test_kernels_for_a_tree_are_those_of_every_layer_for_its_input():
+    # the Residual's 3x3 convolution: its input padded in parallel (a million values), the
+    # column kernels without an input gradient (the model's first stage); the strided one's
+    # with it; the Concat's 1x1 on the flat kernels (32 x 31 x 31 inputs, the branch's);
+    # the nested fused stage: one-pass forward, column backward
+    assert P.kernels_for(tree(), TREE_INPUT) == [
+        "_place_planes", "conv2d_forward_columns", "conv2d_weight_grad_columns",
+        "conv2d_input_grad_columns", "conv2d_forward", "conv2d_weight_grad_rows",
+        "max_pool2d_forward", "max_pool2d_backward", "conv2d_relu_max_pool_forward",
+        "relu_max_pool_backward"]
+    # without a shape: every kernel any width could take, the flat ones' both layouts
+    assert P.kernels_for(tree()) == [
+        "conv2d_forward_columns", "conv2d_weight_grad_columns", "conv2d_input_grad_columns",
+        "conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad_rows",
+        "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes", "max_pool2d_forward",
+        "max_pool2d_backward", "conv2d_relu_max_pool_forward", "relu_max_pool_forward",
+        "relu_max_pool_backward"]
+
+
+def test_only_a_first_stage_within_the_first_stage_skips_the_input_gradient():
+    from numbaconv.layers import Conv2d, ReLU, Residual, Sequential
+
+    def block():
+        return Residual([Conv2d(32, 32, 3, padding=1, rng=0)], Conv2d(32, 32, 1, rng=1))
+
+    first = P.kernels_for(Sequential(Sequential(block(), ReLU())), (2, 32, 6, 6))
+    assert "conv2d_forward_columns" in first and "conv2d_input_grad_columns" not in first
+    second = P.kernels_for(Sequential(ReLU(), Sequential(block())), (2, 32, 6, 6))
+    assert "conv2d_input_grad_columns" in second
+
+
+def test_kernels_for_the_zoo_reach_the_nested_convolutions():
+    from numbaconv.models import resnet18
+
+    names = P.kernels_for(resnet18(rng=0), (256, 1, 28, 28))
+    assert {"conv2d_forward_columns", "conv2d_weight_grad_columns",
+            "conv2d_input_grad_columns"} <= set(names)
+    assert set(names) <= set(P.KERNELS)
+
+
+TREE_WARM_RUN = TREE + textwrap.dedent("""
+    import sys
+    import numpy as np
+    from numba.core import event
+    from numbaconv import precompile as P
+
+    model = tree()
+    x = np.random.default_rng(0).random(TREE_INPUT, dtype=np.float32)
+    if sys.argv[1] == "precompile":
+        print(P.precompile(model, processes=2, input_shape=x.shape))
+    else:  # a training step in a new process: what precompile knows comes from the cache
+        known = {P._dispatcher(unit).py_func.__name__ for unit in P.KERNELS}
+        compiled = []
+
+        class Compiles(event.Listener):
+            def on_start(self, e):
+                compiled.append(e.data["dispatcher"].py_func.__name__)
+
+            def on_end(self, e):
+                pass
+
+        event.register("numba:compile", Compiles())
+        y = model.forward(x, training=True)
+        model.backward(np.ones_like(y), need_input_grad=False)
+        print(sorted(set(compiled) & known))
+""")
+
+
+def test_a_tree_after_precompile_compiles_none_of_the_known_kernels(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    runs = [subprocess.run([sys.executable, "-c", TREE_WARM_RUN, step], env=env,
+                           capture_output=True, text=True, timeout=600)
+            for step in ("precompile", "train")]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
+    assert int(runs[0].stdout) > 0
+    assert runs[1].stdout.strip() == "[]"
