@@ -306,15 +306,19 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
     :mod:`numbaconv.kernels.cpu.conv` chooses for that shape; for ``None`` every one its
     inputs' widths could choose (the parallel padding of large inputs aside)."""
     from .kernels.cpu import conv
-    from .shapes import as_pair
 
     weight = layer.params["weight"]
-    if conv.use_columns(weight.shape, layer.groups):
-        backward = ["conv2d_weight_grad_columns"] + (
-            ["conv2d_input_grad_columns"] if need_input_grad else [])
-        if input_shape is None:
-            return ["conv2d_forward_columns"], backward
-        stride, dilation, padding, _, output = _conv_geometry(layer, input_shape)
+    columns_backward = ["conv2d_weight_grad_columns"] + (
+        ["conv2d_input_grad_columns"] if need_input_grad else [])
+    if input_shape is None:
+        forward, backward = _conv_kernels_any_width(layer)
+        if conv.use_columns(weight.shape, layer.groups, (2, 2), 1):  # at some stride or width
+            forward, backward = ["conv2d_forward_columns"] + forward, columns_backward + backward
+        return forward, backward
+    stride, dilation, padding, _, output = _conv_geometry(layer, input_shape)
+    if conv.use_columns(weight.shape, layer.groups, stride, output[3]):
+        if conv.use_unrolled(input_shape, output):  # small kernels, compiled on first use
+            return [], []
         plan = conv._ColumnsPlan(input_shape, weight.shape, padding, stride, dilation,
                                  *output[2:])
         if plan.empty:  # every tap reads padding: the bias alone, no kernel
@@ -324,14 +328,8 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
             n, channels, height, width = input_shape
             pads = _pad_kernels((n, channels, height - plan.x_rows.start,
                                  width - plan.x_cols.start), plan.padding)
-        return pads + ["conv2d_forward_columns"], pads + backward
-    weight_grad = ("conv2d_weight_grad_rows"
-                   if conv.weight_grad_from_rows(weight.shape, as_pair(layer.stride, "stride")[1],
-                                                 layer.groups)
-                   else "conv2d_weight_grad")
-    if input_shape is None:
-        return (["conv2d_forward", "conv2d_forward_lanes"],
-                [weight_grad, "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes"])
+        return pads + ["conv2d_forward_columns"], pads + columns_backward
+    weight_grad = _flat_weight_grad(layer, input_shape[0])
     stride, dilation, padding, padded, output = _conv_geometry(layer, input_shape)
     n, height, width = input_shape[0], input_shape[2], input_shape[3]
     kernel = tuple(weight.shape[2:])
@@ -349,6 +347,30 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
                                                      width)
             else "conv2d_forward"]
     return forward, backward
+
+
+def _flat_weight_grad(layer, batch: int | None) -> str:
+    """The weight-gradient kernel :func:`numbaconv.kernels.cpu.conv.weight_grad` takes for a
+    layer outside the interleaved-samples kernels, at ``batch`` samples (None: the most)."""
+    from .kernels.cpu import conv
+    from .shapes import as_pair
+
+    weight = layer.params["weight"]
+    chunks = conv.WEIGHT_GRAD_CHUNKS if batch is None else min(batch, conv.WEIGHT_GRAD_CHUNKS)
+    if conv.weight_grad_by_columns(weight.shape, layer.groups, weight.itemsize, chunks):
+        return "conv2d_weight_grad_columns"
+    if conv.weight_grad_from_rows(weight.shape, as_pair(layer.stride, "stride")[1],
+                                  layer.groups):
+        return "conv2d_weight_grad_rows"
+    return "conv2d_weight_grad"
+
+
+def _conv_kernels_any_width(layer) -> tuple[list[str], list[str]]:
+    """:func:`_conv_kernels` on the flat and interleaved-samples side, for inputs of any
+    width (the input gradient's whether needed or not, as before this walk knew stages)."""
+    return (["conv2d_forward", "conv2d_forward_lanes"],
+            [_flat_weight_grad(layer, None), "conv2d_weight_grad_lanes",
+             "conv2d_input_grad_lanes"])
 
 
 def _leaf_kernels(layer, input_shape, need_input_grad: bool) -> list[str]:

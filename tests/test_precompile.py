@@ -415,33 +415,34 @@ def test_kernels_for_a_list_of_layers():
 
 
 def test_kernels_for_a_tree_are_those_of_every_layer_for_its_input():
-    # the Residual's 3x3 convolution: its input padded in parallel (a million values), the
-    # column kernels without an input gradient (the model's first stage); the strided one's
-    # with it; the Concat's 1x1 on the flat kernels (32 x 31 x 31 inputs, the branch's);
-    # the nested fused stage: one-pass forward, column backward
+    # the Residual's 3x3 convolution at stride 1 on 62x62: its input padded in parallel (a
+    # million values), the flat kernels without an input gradient (the model's first stage);
+    # the strided one's: the column kernels with it; the 1x1s and the nested fused stage's
+    # convolution (stride 1, 31 wide) on the flat kernels, its forward in one pass
     assert P.kernels_for(tree(), TREE_INPUT) == [
-        "_place_planes", "conv2d_forward_columns", "conv2d_weight_grad_columns",
-        "conv2d_input_grad_columns", "conv2d_forward", "conv2d_weight_grad_rows",
+        "_place_planes", "conv2d_forward", "conv2d_weight_grad", "conv2d_forward_columns",
+        "conv2d_weight_grad_columns", "conv2d_input_grad_columns", "conv2d_weight_grad_rows",
         "max_pool2d_forward", "max_pool2d_backward", "conv2d_relu_max_pool_forward",
         "relu_max_pool_backward"]
     # without a shape: every kernel any width could take, the flat ones' both layouts
     assert P.kernels_for(tree()) == [
-        "conv2d_forward_columns", "conv2d_weight_grad_columns", "conv2d_input_grad_columns",
-        "conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad_rows",
-        "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes", "max_pool2d_forward",
-        "max_pool2d_backward", "conv2d_relu_max_pool_forward", "relu_max_pool_forward",
-        "relu_max_pool_backward"]
+        "conv2d_forward_columns", "conv2d_forward", "conv2d_forward_lanes",
+        "conv2d_weight_grad_columns", "conv2d_weight_grad", "conv2d_weight_grad_lanes",
+        "conv2d_input_grad_lanes", "conv2d_input_grad_columns", "conv2d_weight_grad_rows",
+        "max_pool2d_forward", "max_pool2d_backward", "conv2d_relu_max_pool_forward",
+        "relu_max_pool_forward", "relu_max_pool_backward"]
 
 
 def test_only_a_first_stage_within_the_first_stage_skips_the_input_gradient():
     from numbaconv.layers import Conv2d, ReLU, Residual, Sequential
 
     def block():
+        # 3x3 maps: the column kernels (narrower than the flat ones serve at stride 1)
         return Residual([Conv2d(32, 32, 3, padding=1, rng=0)], Conv2d(32, 32, 1, rng=1))
 
-    first = P.kernels_for(Sequential(Sequential(block(), ReLU())), (2, 32, 6, 6))
+    first = P.kernels_for(Sequential(Sequential(block(), ReLU())), (2, 32, 3, 3))
     assert "conv2d_forward_columns" in first and "conv2d_input_grad_columns" not in first
-    second = P.kernels_for(Sequential(ReLU(), Sequential(block())), (2, 32, 6, 6))
+    second = P.kernels_for(Sequential(ReLU(), Sequential(block())), (2, 32, 3, 3))
     assert "conv2d_input_grad_columns" in second
 
 
