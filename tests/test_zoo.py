@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import numbaconv
+from numbaconv.benchmarks.zoo import load_twin, resnet_name
 from numbaconv.layers import Dropout, build_layer, layer_spec
 from numbaconv.layers.containers import format_summary, summary
 from numbaconv.models import check_input_size, smallest_input
@@ -122,16 +123,6 @@ def test_an_image_size_the_built_linear_does_not_take_names_the_model():
 
 # ------------------------------------------------------------------------ parity with PyTorch
 
-def resnet_name(path):
-    """numbaconv's ResNet-18 path -> the twin's (D2L's Residual: conv1, bn1, conv2, bn2, conv3)."""
-    match = re.fullmatch(r"([1-4])\.(\d)\.0\.body\.([0134])\.(\w+)", path)
-    if match:
-        stage, block, layer, param = match.groups()
-        part = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2"}[layer]
-        return f"{stage}.{block}.{part}.{param}"
-    return re.sub(r"^([1-4])\.(\d)\.0\.shortcut\.", r"\1.\2.conv3.", path)
-
-
 INCEPTION_BRANCHES = {("0", "0"): "p1_1", ("1", "0"): "p2_1", ("1", "2"): "p2_2",
                       ("2", "0"): "p3_1", ("2", "2"): "p3_2", ("3", "1"): "p4_2"}
 
@@ -152,13 +143,6 @@ def densenet_name(path):
 
 
 NAMES = {"resnet18": resnet_name, "googlenet": googlenet_name, "densenet": densenet_name}
-
-
-def load_twin(torch, model, twin, torch_name):
-    """Copy ``model``'s parameters and buffers into ``twin`` by ``torch_name``: every tensor
-    of the twin gets one."""
-    state = {torch_name(k): torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()}
-    twin.load_state_dict(state, strict=True)
 
 
 def masked_dropout(torch, mask):

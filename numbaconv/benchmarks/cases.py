@@ -295,6 +295,23 @@ def _lenets(torch, activation, pool, seed=0):
     return model, net
 
 
+def torch_step(torch, net, optimizer, x, y):
+    """A PyTorch training step on the batch (x, y) as a zero-argument callable (D2L's loop
+    body: zero the gradients, cross entropy, backward, the optimizer's step); returns the
+    loss."""
+    tx, ty = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+    net.train()
+
+    def step():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(tx), ty)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
 def _torch_optimizer(torch, name: str, net, lr: float):
     if name == "sgd":
         return torch.optim.SGD(net.parameters(), lr=lr)
@@ -329,19 +346,8 @@ def _step_build(activation: str, pool: str, optimizer: str, lr: float):
                             detail=f"batch {batch}, {activation}/{pool}/{optimizer} lr {lr:g}")
         if torch is None:
             return prepared
-        tF = torch.nn.functional
-        tx, ty = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
-        topt = _torch_optimizer(torch, optimizer, net, lr)
-        net.train()
-
-        def tc():
-            topt.zero_grad()
-            loss = tF.cross_entropy(net(tx), ty)
-            loss.backward()
-            topt.step()
-            return loss.item()
-
-        prepared.torch = tc
+        prepared.torch = torch_step(torch, net, _torch_optimizer(torch, optimizer, net, lr), x,
+                                    y)
         return prepared
 
     return build

@@ -20,7 +20,17 @@ import re
 
 import numpy as np
 
-from .cases import DTYPE, Case, Prepared, _data, _t, conv_case, conv_flops, passes
+from .cases import (
+    DTYPE,
+    Case,
+    Prepared,
+    _data,
+    _t,
+    conv_case,
+    conv_flops,
+    passes,
+    torch_step,
+)
 from .targets import BATCH_NORM, CONV3X3_PEAK, RESNET_EVAL, RESNET_STEP
 from .twins import torch_resnet18
 
@@ -217,19 +227,8 @@ def _step_build(side):
                             flops=_conv_flops(side, size, "fwdbwd"))
         if torch is None:
             return prepared
-        tF = torch.nn.functional
-        tx, ty = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
-        topt = torch.optim.SGD(twin.parameters(), lr=LR)
-        twin.train()
-
-        def tc():
-            topt.zero_grad()
-            loss = tF.cross_entropy(twin(tx), ty)
-            loss.backward()
-            topt.step()
-            return loss.item()
-
-        prepared.torch = tc
+        prepared.torch = torch_step(torch, twin, torch.optim.SGD(twin.parameters(), lr=LR), x,
+                                    y)
         return prepared
 
     return build
