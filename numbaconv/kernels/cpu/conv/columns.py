@@ -264,13 +264,13 @@ def conv2d_forward_columns(x, w, b, stride_h, stride_w, dilation_h, dilation_w, 
     khw = kh_size * kw_size
     k_size = c_in * khw
     weights = w.reshape(c_out, k_size)
-    per_sample = out_h * _pitch(wide, x, out_w)
+    pitch = _pitch(wide, x, out_w)
+    per_sample = out_h * pitch
     per_chunk = _chunk_samples(k_size, per_sample, x.itemsize, n_batch,
                                4 * simd.width(x[0, 0, 0]))
     pixels = per_chunk * per_sample
     n_chunks = -(-n_batch // per_chunk)
     rows, n_blocks = _row_blocks(c_out, n_chunks)
-    pitch = _pitch(wide, x, out_w)
     y = np.empty((n_batch, c_out, out_h, out_w), dtype=x.dtype)
     if n_blocks == 1:
         for chunk in prange(n_chunks):
@@ -352,14 +352,15 @@ def conv2d_weight_grad_columns(gy, x, kh_size, kw_size, stride_h, stride_w, dila
     n_batch, c_in = x.shape[0], x.shape[1]
     c_out, out_h, out_w = gy.shape[1], gy.shape[2], gy.shape[3]
     khw = kh_size * kw_size
-    per_sample = out_h * _pitch(wide, x, out_w)
+    pitch = _pitch(wide, x, out_w)
+    per_sample = out_h * pitch
     per_part = max(1, c_in // MIN_TASKS)  # channels per task
     n_parts = -(-c_in // per_part)
     k_part = per_part * khw
     per_chunk = max(1, min(n_batch, COLS_BYTES // (x.itemsize * k_part * per_sample)))
     if c_out * k_part * simd.VECTOR_BYTES <= LANES_BYTES:  # lane sums kept: short passes
         per_chunk = max(1, min(per_chunk, PIXEL_RUN // per_sample))
-    gy_p, grad_b = _gy_columns(gy, _pitch(wide, x, out_w), n_batch * per_sample)
+    gy_p, grad_b = _gy_columns(gy, pitch, n_batch * per_sample)
     taps = np.arange(k_part)
     no_offsets = np.zeros(k_part, dtype=np.int64)
     grad_w = np.empty((c_out, c_in * khw), dtype=x.dtype)
