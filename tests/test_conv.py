@@ -651,3 +651,94 @@ def test_column_kernels_do_not_depend_on_the_thread_count(nc, side):
             set_threads(None)
     for one, two in zip(*results, strict=True):
         np.testing.assert_array_equal(one, two)
+
+
+# --------------------------------------------------------------------------------------------
+# the output-channel kernels (output channels along the vectors: stride 1, many channels)
+
+
+@contextlib.contextmanager
+def channel_vectors_for_every_size():
+    """Route every stride-1 convolution with whole blocks of output channels through the
+    output-channel kernels, and count the calls (``calls.count``)."""
+    from numbaconv.kernels.cpu import conv as cpu_conv
+    from numbaconv.kernels.cpu.conv import channels
+
+    with mock.patch.multiple(channels, MIN_K=1, MIN_C_OUT=1), \
+            mock.patch.object(cpu_conv, "conv2d_forward_channels",
+                              wraps=cpu_conv.conv2d_forward_channels) as calls:
+        yield calls
+
+
+@given(conv_cases())
+def test_channel_vector_kernels_match_reference(nc, case):
+    """The randomised geometries at stride 1 with 32 input and output channels: the forward
+    and the input gradient (a convolution of gy with 32 output channels) where the flat grid
+    holds a tile."""
+    with channel_vectors_for_every_size():
+        check_conv_against_reference(nc, dict(case, groups=1, F=32, C=32, stride=1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, padding, dilation", [
+    # (N, C_in, H, W, C_out): ResNet-18's stride-1 layers scaled down
+    ((3, 64, 6, 6, 64), 1, 1),
+    ((2, 64, 12, 12, 128), 1, 1),
+    ((2, 96, 7, 5, 64), ((2, 0), (0, 3)), 1),  # asymmetric padding, a non-square map
+    ((2, 64, 9, 8, 64), 2, 2),                 # dilated
+])
+def test_channel_vector_kernels_at_resnet_like_shapes_match_reference(nc, dtype, shape,
+                                                                      padding, dilation):
+    from numbaconv.kernels.cpu import conv as cpu_conv
+
+    n, c_in, h, w, c_out = shape
+    with mock.patch.object(cpu_conv, "conv2d_forward_channels",
+                           wraps=cpu_conv.conv2d_forward_channels) as calls:
+        check_conv_against_reference(nc, dict(
+            N=n, C=c_in, H=h, W=w, F=c_out, kernel=(3, 3), stride=1, padding=padding,
+            dilation=dilation, groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"),
+            seed=5))
+    assert calls.call_count == 2  # the forward and the input gradient, at their real routing
+
+
+@pytest.mark.parametrize("where, value, position, args",
+                         [case for case in NONFINITE_CASES if "stride" not in case[3]],
+                         ids=[f"{c[0]}={c[1]}@{c[2]}-{c[3]}" for c in NONFINITE_CASES
+                              if "stride" not in c[3]])
+def test_channel_vector_kernels_propagate_non_finite_values_like_reference(
+        nc, where, value, position, args):
+    x, w, rng = _nonfinite_arrays(where, value, position)
+    x, w = np.tile(x, (1, 8, 1, 1)), np.tile(w, (8, 8, 1, 1))  # 16 channels: a float64 block
+    with np.errstate(invalid="ignore"):
+        expected = ref.conv2d(x, w, **args)
+        gy = _nonfinite_grad(rng, expected.shape, where, value, position)
+        egx, egw, egb = ref.conv2d_backward(gy, x, w, **args)
+    with channel_vectors_for_every_size() as calls:
+        y = nc.conv2d(x, w, **args)
+        gx, gw, gb = nc.conv2d_backward(gy, x, w, **args)
+    # the forward at least (a backward whose x or w holds inf or NaN takes the exact loops)
+    assert calls.call_count >= 1
+    for got, exp, what in ((y, expected, "y"), (gx, egx, "grad_x"), (gw, egw, "grad_weight"),
+                           (gb, egb, "grad_bias")):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(exp),
+                                      err_msg=f"{what}: NaN positions differ")
+        np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10, equal_nan=True,
+                                   err_msg=what)
+
+
+def test_channel_vector_kernels_do_not_depend_on_the_thread_count(nc):
+    from numbaconv.threads import set_threads
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(5, 64, 8, 8)).astype(np.float32)
+    w = rng.normal(size=(64, 64, 3, 3)).astype(np.float32)
+    gy = rng.normal(size=(5, 64, 8, 8)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        set_threads(threads)
+        try:
+            results.append(nc.conv2d(x, w, padding=1).tobytes()
+                           + nc.conv2d_backward(gy, x, w, padding=1)[0].tobytes())
+        finally:
+            set_threads(None)
+    assert results[0] == results[1]

@@ -15,6 +15,8 @@ By concern:
 * :mod:`.common`: taps, grouped weights and partial sums shared by the two layouts;
 * :mod:`.flat`: the padded-width kernels, outputs on the flat stride-1 grid;
 * :mod:`.lanes`: the interleaved-samples kernels for narrow images (:func:`use_lanes`);
+* :mod:`.channels`: the output channels along the vectors, for stride-1 layers with many
+  output channels (:func:`use_channel_vectors`);
 * :mod:`.columns`: matrix products over im2col columns, for many channels on small maps
   (:func:`use_columns`);
 * :mod:`.unrolled`: one matrix product per batch with the kernel unrolled, for tiny maps
@@ -29,6 +31,12 @@ transposed kernel, and runs through :func:`forward` (or, on the lanes layout, sc
 
 import numpy as np
 
+from .channels import (
+    conv2d_forward_channels,
+    forward_channels_job,
+    pack,
+    use_channel_vectors,
+)
 from .columns import (
     columns_job,
     conv2d_forward_columns,
@@ -72,6 +80,7 @@ __all__ = [
     "block_sums", "use_lanes", "weight_grad_from_rows", "forward", "weight_grad",
     "conv2d_input_grad", "transposed_weights", "place", "pad", "LANES", "TASKS",
     "PLACE_IN_PARALLEL", "use_columns", "forward_columns", "backward_columns",
+    "use_channel_vectors", "conv2d_forward_channels",
 ]
 
 PLACE_IN_PARALLEL = 1 << 20  # output values from which place() runs _place_planes; below, NumPy
@@ -114,7 +123,13 @@ def pad(x, padding, check_finite=False):
 
 
 def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
-    """:func:`conv2d_forward` or, where :func:`use_lanes` says so, :func:`conv2d_forward_lanes`."""
+    """:func:`conv2d_forward_channels` where :func:`use_channel_vectors` says so, else
+    :func:`conv2d_forward_lanes` where :func:`use_lanes` does, else :func:`conv2d_forward`."""
+    n_batch, c_in, hp, wp = xp.shape
+    if use_channel_vectors(w.shape, groups, stride, out_h, out_w, wp, xp.itemsize):
+        packed, taps = pack(w, hp, wp, dilation)
+        return conv2d_forward_channels(xp.reshape(n_batch, c_in * hp * wp), packed, b, taps, wp,
+                                       out_h, out_w, forward_channels_job(xp.dtype))
     if use_lanes(xp.shape, xp.itemsize, stride[1], groups, out_w):
         return conv2d_forward_lanes(xp, w, b, stride[0], *dilation, groups, out_h, out_w,
                                     forward_lanes_job(xp.dtype))
