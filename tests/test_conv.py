@@ -661,13 +661,24 @@ def test_column_kernels_do_not_depend_on_the_thread_count(nc, side):
 def channel_vectors_for_every_size():
     """Route every stride-1 convolution with whole blocks of output channels through the
     output-channel kernels, and count the calls (``calls.count``)."""
-    from numbaconv.kernels.cpu import conv as cpu_conv
     from numbaconv.kernels.cpu.conv import channels
 
     with mock.patch.multiple(channels, MIN_K=1, MIN_C_OUT=1), \
-            mock.patch.object(cpu_conv, "conv2d_forward_channels",
-                              wraps=cpu_conv.conv2d_forward_channels) as calls:
+            mock.patch.object(channels, "conv2d_forward_channels",
+                              wraps=channels.conv2d_forward_channels) as calls:
         yield calls
+
+
+@contextlib.contextmanager
+def counting_channel_vector_calls():
+    """The calls of the output-channel forward and weight-gradient kernels, counted."""
+    from numbaconv.kernels.cpu.conv import channels
+
+    with mock.patch.object(channels, "conv2d_forward_channels",
+                           wraps=channels.conv2d_forward_channels) as forward, \
+            mock.patch.object(channels, "conv2d_weight_grad_channels",
+                              wraps=channels.conv2d_weight_grad_channels) as weight_grad:
+        yield forward, weight_grad
 
 
 @given(conv_cases())
@@ -677,6 +688,18 @@ def test_channel_vector_kernels_match_reference(nc, case):
     holds a tile."""
     with channel_vectors_for_every_size():
         check_conv_against_reference(nc, dict(case, groups=1, F=32, C=32, stride=1))
+
+
+@given(conv_cases(max_hw=7), st.integers(3, 9))
+def test_channel_vector_kernels_sum_many_samples_and_taps_like_the_reference(nc, case, n):
+    """The weight gradient's sums carried across chunks of one sample each, a task per
+    tile of taps (the last tile's taps repeated where K is not a whole number of tiles), 64
+    output channels (two blocks of float32, four of float64)."""
+    from numbaconv.kernels.cpu.conv import channels
+
+    with channel_vectors_for_every_size(), mock.patch.multiple(
+            channels, GY_SAMPLES_BYTES=1, TASKS=1 << 20):
+        check_conv_against_reference(nc, dict(case, N=n, groups=1, F=64, C=5, stride=1))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -689,16 +712,14 @@ def test_channel_vector_kernels_match_reference(nc, case):
 ])
 def test_channel_vector_kernels_at_resnet_like_shapes_match_reference(nc, dtype, shape,
                                                                       padding, dilation):
-    from numbaconv.kernels.cpu import conv as cpu_conv
-
     n, c_in, h, w, c_out = shape
-    with mock.patch.object(cpu_conv, "conv2d_forward_channels",
-                           wraps=cpu_conv.conv2d_forward_channels) as calls:
+    with counting_channel_vector_calls() as (forward, weight_grad):
         check_conv_against_reference(nc, dict(
             N=n, C=c_in, H=h, W=w, F=c_out, kernel=(3, 3), stride=1, padding=padding,
             dilation=dilation, groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"),
             seed=5))
-    assert calls.call_count == 2  # the forward and the input gradient, at their real routing
+    # at their real routing: the forward, the input gradient and the weight gradient
+    assert (forward.call_count, weight_grad.call_count) == (2, 1)
 
 
 @pytest.mark.parametrize("where, value, position, args",

@@ -31,12 +31,7 @@ transposed kernel, and runs through :func:`forward` (or, on the lanes layout, sc
 
 import numpy as np
 
-from .channels import (
-    conv2d_forward_channels,
-    forward_channels_job,
-    pack,
-    use_channel_vectors,
-)
+from .channels import forward_channels, use_channel_vectors, weight_grad_channels
 from .columns import (
     columns_job,
     conv2d_forward_columns,
@@ -80,7 +75,7 @@ __all__ = [
     "block_sums", "use_lanes", "weight_grad_from_rows", "forward", "weight_grad",
     "conv2d_input_grad", "transposed_weights", "place", "pad", "LANES", "TASKS",
     "PLACE_IN_PARALLEL", "use_columns", "forward_columns", "backward_columns",
-    "use_channel_vectors", "conv2d_forward_channels",
+    "use_channel_vectors",
 ]
 
 PLACE_IN_PARALLEL = 1 << 20  # output values from which place() runs _place_planes; below, NumPy
@@ -123,13 +118,10 @@ def pad(x, padding, check_finite=False):
 
 
 def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
-    """:func:`conv2d_forward_channels` where :func:`use_channel_vectors` says so, else
+    """:func:`forward_channels` where :func:`use_channel_vectors` says so, else
     :func:`conv2d_forward_lanes` where :func:`use_lanes` does, else :func:`conv2d_forward`."""
-    n_batch, c_in, hp, wp = xp.shape
-    if use_channel_vectors(w.shape, groups, stride, out_h, out_w, wp, xp.itemsize):
-        packed, taps = pack(w, hp, wp, dilation)
-        return conv2d_forward_channels(xp.reshape(n_batch, c_in * hp * wp), packed, b, taps, wp,
-                                       out_h, out_w, forward_channels_job(xp.dtype))
+    if use_channel_vectors(w.shape, groups, stride, out_h, out_w, xp.shape[3], xp.itemsize):
+        return forward_channels(xp, w, b, dilation, out_h, out_w)
     if use_lanes(xp.shape, xp.itemsize, stride[1], groups, out_w):
         return conv2d_forward_lanes(xp, w, b, stride[0], *dilation, groups, out_h, out_w,
                                     forward_lanes_job(xp.dtype))
@@ -253,14 +245,18 @@ def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
 
 
 def weight_grad(gy, xp, kernel, stride, dilation, groups):
-    """``(grad_w, grad_b)`` of the padded, finite xp by :func:`conv2d_weight_grad_lanes`
-    where :func:`use_lanes` says so, else by :func:`conv2d_weight_grad_columns` where
+    """``(grad_w, grad_b)`` of the padded, finite xp by :func:`weight_grad_channels`
+    where :func:`use_channel_vectors` says so, else by :func:`conv2d_weight_grad_lanes`
+    where :func:`use_lanes` does, else by :func:`conv2d_weight_grad_columns` where
     :func:`weight_grad_by_columns` does, else by :func:`conv2d_weight_grad_rows` where
     :func:`weight_grad_from_rows` does, else by :func:`conv2d_weight_grad`."""
+    weight_shape = (gy.shape[1], xp.shape[1] // groups) + tuple(kernel)
+    if use_channel_vectors(weight_shape, groups, stride, gy.shape[2], gy.shape[3], xp.shape[3],
+                           xp.itemsize):
+        return weight_grad_channels(gy, xp, kernel, dilation)
     if use_lanes(xp.shape, xp.itemsize, stride[1], groups, gy.shape[3]):
         return conv2d_weight_grad_lanes(gy, xp, *kernel, stride[0], *dilation, groups,
                                         weight_grad_lanes_job(xp.dtype))
-    weight_shape = (gy.shape[1], xp.shape[1] // groups) + tuple(kernel)
     if weight_grad_by_columns(weight_shape, groups, xp.itemsize,
                               min(gy.shape[0], WEIGHT_GRAD_CHUNKS)):
         wide = int(tuple(stride) == (1, 1))  # xp is finite: its scratch columns add zeros

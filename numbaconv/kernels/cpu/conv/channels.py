@@ -17,8 +17,16 @@ pixel vectors run past a row, and the column kernels copy every tap's input):
 The sums of a tile are written to a scratch row per position (the task's block of 2W
 channels), then spread to y's planes; positions in the padding's columns are dropped. A
 task owns a sample and a block of channels, so results do not depend on the number of
-threads. Nothing is summed across taps in another order than the taps', so inf and NaN
-propagate as in the sums themselves.
+threads.
+
+The weight gradient turns the tile around: 12 taps x two vectors of output channels, summed
+over every position of the grid and every sample, from gy laid out channels-last on the grid
+in blocks of 2W channels (gyt (N, C_out / 2W, L * 2W), zeros in the padding's columns) and
+the 12 taps' input values broadcast. Its tasks own a block of channels and a run of taps.
+
+The forward sums every output's taps in weight order, so inf and NaN propagate as in the
+sums themselves; the weight gradient needs a finite input (the padding's columns multiply it
+by gy's zeros), as the other kernels' weight gradients do.
 """
 
 import functools
@@ -31,8 +39,8 @@ from ..jobs import INT, INTS, Job, array
 from .common import FAST
 from .tiles import UINT
 
-TILE_PIXELS = 12  # positions per tile: 24 sums, two weight vectors and a broadcast in the
-# 32 vector registers of AVX-512 (more spill)
+TILE_PIXELS = 12  # positions (the weight gradient's taps) per tile: 24 sums, two weight
+# vectors and a broadcast in the 32 vector registers of AVX-512 (more spill)
 MIN_C_OUT = 64  # output channels from which these kernels pay (LeNet's 6 and 16 stay flat)
 MIN_K = 64  # weights per output channel, likewise
 
@@ -131,7 +139,7 @@ def forward_channels_job(dtype) -> Job:
 @njit(parallel=True, cache=True)
 def conv2d_forward_channels(xflat, packed, b, taps, wp, out_h, out_w, job):
     """The convolution's outputs y (N, C_out, out_h, out_w) at stride 1 from xflat (N, C_in *
-    Hp * Wp), with ``wp`` = Wp, the ``packed`` weights and ``taps`` of :func:`pack`.
+    Hp * Wp), with ``wp`` = Wp, the weights :func:`pack` packs and the :func:`grid_taps`.
     ``job``: :func:`forward_channels_job` of the dtype."""
     n_batch = xflat.shape[0]
     n_blocks, block_size = packed.shape[0], packed.shape[2]
@@ -143,16 +151,199 @@ def conv2d_forward_channels(xflat, packed, b, taps, wp, out_h, out_w, job):
     return y
 
 
-def pack(w, hp, wp, dilation):
-    """(packed, taps) of w (C_out, C_in, KH, KW) for inputs padded to (hp, wp): the weights
-    (C_out / 2W, K, 2W) in blocks of :func:`block_channels`, and per tap k = (c, kh, kw) its
-    position in a sample's flat input, ``c * hp * wp + kh * dilation_h * wp + kw *
-    dilation_w``."""
+def pack(w):
+    """w (C_out, C_in, KH, KW) as (C_out / 2W, K, 2W): blocks of :func:`block_channels`
+    output channels, contiguous per tap k = (c, kh, kw)."""
     c_out, c_in, kh, kw = w.shape
     size = block_channels(w.itemsize)
-    k_size = c_in * kh * kw
-    packed = np.ascontiguousarray(w.reshape(c_out // size, size, k_size).transpose(0, 2, 1))
-    c, rows, cols = np.meshgrid(np.arange(c_in), np.arange(kh) * dilation[0],
-                                np.arange(kw) * dilation[1], indexing="ij")
-    taps = (c * hp * wp + rows * wp + cols).reshape(k_size).astype(np.int64)
-    return packed, taps
+    return np.ascontiguousarray(w.reshape(c_out // size, size, c_in * kh * kw).transpose(0, 2, 1))
+
+
+def grid_taps(c_in, kernel, hp, wp, dilation):
+    """Per tap k = (c, kh, kw), in weight order, its position in a sample's flat input padded
+    to (hp, wp): ``c * hp * wp + kh * dilation_h * wp + kw * dilation_w``."""
+    c, rows, cols = np.meshgrid(np.arange(c_in), np.arange(kernel[0]) * dilation[0],
+                                np.arange(kernel[1]) * dilation[1], indexing="ij")
+    return (c * hp * wp + rows * wp + cols).reshape(-1).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ weight gradient
+
+TASKS = 16  # the weight gradient's parallel tasks, at least: a few per thread
+GY_SAMPLES_BYTES = 1 << 18  # gy's block of channels for the samples a tile sums at once:
+# 256 KiB, L2-resident while every tap group of the task reads it
+
+
+@njit(parallel=True, cache=True)
+def _gy_blocks(gy, wp, size):
+    """(gyt, grad_b): gy (N, C, OH, OW) on the flat grid in blocks of ``size`` channels,
+    channels last: (N, C / size, L * size) with L = (OH - 1) * wp + OW, grid position
+    p = oh * wp + ow of channel c at [n, c // size, p * size + c % size], zeros in the
+    padding's columns (ow >= OW); and the bias gradient, gy summed over all but C.
+
+    W x W blocks (W channels x W positions of a row) are transposed in registers
+    (:func:`.simd.transpose`)."""
+    n_batch, c_out, out_h, out_w = gy.shape
+    w = simd.width(gy[0, 0, 0])
+    n_blocks = c_out // size
+    length = (out_h - 1) * wp + out_w
+    gyt = np.empty((n_batch, n_blocks, length * size), dtype=gy.dtype)
+    partial = np.empty((n_batch, c_out), dtype=np.float64)
+    for n in prange(n_batch):
+        square = np.empty(w * w, dtype=gy.dtype)
+        for block in range(n_blocks):
+            dst = gyt[n, block]
+            for oh in range(out_h):
+                row = oh * wp * size
+                dst[row + out_w * size:min(row + wp * size, length * size)] = 0
+                for c0 in range(0, size, w):
+                    for ow0 in range(0, out_w, w):
+                        count = out_w - ow0
+                        for i in range(w):
+                            simd.store_first(square, i * w, simd.load_first(
+                                gy[n, block * size + c0 + i, oh], ow0, count), w)
+                        simd.transpose(square)
+                        for j in range(min(w, count)):
+                            simd.store_first(dst, row + (ow0 + j) * size + c0,
+                                             simd.load_first(square, j * w, w), w)
+            for j in range(size):  # the bias gradient, from the rows just written
+                total = 0.0
+                for p in range(j, length * size, size):
+                    total += dst[p]
+                partial[n, block * size + j] = total
+    grad_b = np.empty(c_out, dtype=gy.dtype)
+    for c in range(c_out):  # samples in order: no dependence on the threads
+        total = 0.0
+        for n in range(n_batch):
+            total += partial[n, c]
+        grad_b[c] = total
+    return gyt, grad_b
+
+
+@njit(cache=True, fastmath=FAST)
+def _weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, length, sums):
+    """sums[(k0 + t) * 2W:(k0 + t + 1) * 2W] += the sums over samples n0:n1 and grid
+    positions p < length of xflat[n, taps[k0 + t] + p] * gyt[n, block, p * 2W:(p + 1) * 2W],
+    for the 12 taps t (``taps`` holds whole tiles)."""
+    w = simd.width(sums)
+    o = k0 * 2 * w
+    s00, s01 = simd.load_first(sums, o, w), simd.load_first(sums, o + w, w)
+    s10, s11 = simd.load_first(sums, o + 2 * w, w), simd.load_first(sums, o + 3 * w, w)
+    s20, s21 = simd.load_first(sums, o + 4 * w, w), simd.load_first(sums, o + 5 * w, w)
+    s30, s31 = simd.load_first(sums, o + 6 * w, w), simd.load_first(sums, o + 7 * w, w)
+    s40, s41 = simd.load_first(sums, o + 8 * w, w), simd.load_first(sums, o + 9 * w, w)
+    s50, s51 = simd.load_first(sums, o + 10 * w, w), simd.load_first(sums, o + 11 * w, w)
+    s60, s61 = simd.load_first(sums, o + 12 * w, w), simd.load_first(sums, o + 13 * w, w)
+    s70, s71 = simd.load_first(sums, o + 14 * w, w), simd.load_first(sums, o + 15 * w, w)
+    s80, s81 = simd.load_first(sums, o + 16 * w, w), simd.load_first(sums, o + 17 * w, w)
+    s90, s91 = simd.load_first(sums, o + 18 * w, w), simd.load_first(sums, o + 19 * w, w)
+    sa0, sa1 = simd.load_first(sums, o + 20 * w, w), simd.load_first(sums, o + 21 * w, w)
+    sb0, sb1 = simd.load_first(sums, o + 22 * w, w), simd.load_first(sums, o + 23 * w, w)
+    t0, t1, t2, t3 = UINT(taps[k0]), UINT(taps[k0 + 1]), UINT(taps[k0 + 2]), UINT(taps[k0 + 3])
+    t4, t5, t6, t7 = UINT(taps[k0 + 4]), UINT(taps[k0 + 5]), UINT(taps[k0 + 6]), UINT(taps[k0 + 7])
+    t8, t9 = UINT(taps[k0 + 8]), UINT(taps[k0 + 9])
+    ta, tb = UINT(taps[k0 + 10]), UINT(taps[k0 + 11])
+    for n in range(n0, n1):
+        xs, g = xflat[n], gyt[n, block]
+        q = UINT(0)
+        for p in range(UINT(0), UINT(length)):
+            g0 = simd.load_first(g, q, w)
+            g1 = simd.load_first(g, q + UINT(w), w)
+            q += UINT(2 * w)
+            s00, s01 = _broadcast_fma(xs, t0 + p, g0, g1, s00, s01)
+            s10, s11 = _broadcast_fma(xs, t1 + p, g0, g1, s10, s11)
+            s20, s21 = _broadcast_fma(xs, t2 + p, g0, g1, s20, s21)
+            s30, s31 = _broadcast_fma(xs, t3 + p, g0, g1, s30, s31)
+            s40, s41 = _broadcast_fma(xs, t4 + p, g0, g1, s40, s41)
+            s50, s51 = _broadcast_fma(xs, t5 + p, g0, g1, s50, s51)
+            s60, s61 = _broadcast_fma(xs, t6 + p, g0, g1, s60, s61)
+            s70, s71 = _broadcast_fma(xs, t7 + p, g0, g1, s70, s71)
+            s80, s81 = _broadcast_fma(xs, t8 + p, g0, g1, s80, s81)
+            s90, s91 = _broadcast_fma(xs, t9 + p, g0, g1, s90, s91)
+            sa0, sa1 = _broadcast_fma(xs, ta + p, g0, g1, sa0, sa1)
+            sb0, sb1 = _broadcast_fma(xs, tb + p, g0, g1, sb0, sb1)
+    for v0, v1 in ((s00, s01), (s10, s11), (s20, s21), (s30, s31), (s40, s41), (s50, s51),
+                   (s60, s61), (s70, s71), (s80, s81), (s90, s91), (sa0, sa1), (sb0, sb1)):
+        simd.store_first(sums, o, v0, w)
+        simd.store_first(sums, o + w, v1, w)
+        o += 2 * w
+
+
+@njit(cache=True, fastmath=FAST)
+def _weight_grad_task(xflat, gyt, taps, block, k0, k1, per_chunk, length, sums):
+    """sums (K' * 2W) of block ``block``'s channels, taps k0:k1 (whole tiles): the weight
+    gradient's sums over all samples, per_chunk samples at a time (each tile of the task
+    reads that chunk's gy while it is in cache)."""
+    w = simd.width(sums)
+    sums[k0 * 2 * w:k1 * 2 * w] = 0
+    for n0 in range(0, xflat.shape[0], per_chunk):
+        n1 = min(xflat.shape[0], n0 + per_chunk)
+        for k in range(k0, k1, TILE_PIXELS):
+            _weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, length, sums)
+
+
+@functools.cache
+def weight_grad_channels_job(dtype) -> Job:
+    """The job of :func:`conv2d_weight_grad_channels` for arrays of ``dtype``."""
+    return Job(_weight_grad_task, (array(dtype, 2), array(dtype, 3), INTS, INT, INT, INT, INT,
+                                   INT, array(dtype, 1)))
+
+
+@njit(parallel=True, cache=True)
+def conv2d_weight_grad_channels(gy, xflat, taps, wp, per_chunk, per_task, job):
+    """``(grad_w, grad_b)`` of the stride-1 convolution of :func:`conv2d_forward_channels` at
+    gy (N, C_out, OH, OW): grad_w as (C_out, K) (K = len(taps)), xflat and taps as there
+    (the input finite). Each task sums ``per_task`` tiles of taps over per_chunk samples at
+    a time. ``job``: :func:`weight_grad_channels_job` of the dtype.
+
+    Each task owns a block of channels and a run of whole tiles of taps and sums over every
+    sample, in order: no partial gradients, no dependence on the number of threads."""
+    c_out, out_h, out_w = gy.shape[1], gy.shape[2], gy.shape[3]
+    k_size = taps.size
+    size = 2 * simd.width(xflat[0])
+    n_blocks = c_out // size
+    n_tiles = -(-k_size // TILE_PIXELS)
+    whole = np.empty(n_tiles * TILE_PIXELS, dtype=np.int64)  # the last tap repeated
+    whole[:k_size] = taps
+    whole[k_size:] = taps[k_size - 1]
+    gyt, grad_b = _gy_blocks(gy, wp, size)
+    n_parts = -(-n_tiles // per_task)
+    sums = np.empty((n_blocks, n_tiles * TILE_PIXELS * size), dtype=gy.dtype)
+    for task in prange(n_blocks * n_parts):
+        block, part = task // n_parts, task % n_parts
+        job(xflat, gyt, whole, np.int64(block), np.int64(part * per_task * TILE_PIXELS),
+            np.int64(min(n_tiles, (part + 1) * per_task) * TILE_PIXELS), per_chunk,
+            np.int64((out_h - 1) * wp + out_w), sums[block])
+    grad_w = np.empty((c_out, k_size), dtype=gy.dtype)
+    for block in range(n_blocks):
+        for j in range(size):
+            for k in range(k_size):
+                grad_w[block * size + j, k] = sums[block, k * size + j]
+    return grad_w, grad_b
+
+
+# ------------------------------------------------------------------------------ entry points
+
+def forward_channels(xp, w, b, dilation, out_h, out_w):
+    """:func:`conv2d_forward_channels` of the padded input xp (N, C_in, Hp, Wp)."""
+    n_batch, c_in, hp, wp = xp.shape
+    return conv2d_forward_channels(xp.reshape(n_batch, c_in * hp * wp), pack(w), b,
+                                   grid_taps(c_in, w.shape[2:], hp, wp, dilation), wp, out_h,
+                                   out_w, forward_channels_job(xp.dtype))
+
+
+def weight_grad_channels(gy, xp, kernel, dilation):
+    """``(grad_w (C_out, C_in, KH, KW), grad_b)`` by :func:`conv2d_weight_grad_channels` of
+    the padded, finite input xp (N, C_in, Hp, Wp): at least :data:`TASKS` tasks where there
+    are tiles for them, and chunks of samples whose gy blocks fit :data:`GY_SAMPLES_BYTES`."""
+    n_batch, c_in, hp, wp = xp.shape
+    c_out, out_h, out_w = gy.shape[1:]
+    size = block_channels(xp.itemsize)
+    length = (out_h - 1) * wp + out_w
+    n_tiles = -(-c_in * kernel[0] * kernel[1] // TILE_PIXELS)
+    per_chunk = max(1, min(n_batch, GY_SAMPLES_BYTES // (length * size * xp.itemsize)))
+    per_task = max(1, n_tiles * (c_out // size) // TASKS)
+    grad_w, grad_b = conv2d_weight_grad_channels(
+        gy, xp.reshape(n_batch, c_in * hp * wp), grid_taps(c_in, kernel, hp, wp, dilation), wp,
+        per_chunk, per_task, weight_grad_channels_job(xp.dtype))
+    return grad_w.reshape(c_out, c_in, *kernel), grad_b
