@@ -120,12 +120,20 @@ def _forward_task(xflat, packed, b, taps, n, block, wp, y, sums):
         # the last tile ends at the grid's end (recomputing a few positions of the one
         # before): no tile reads past the sample's input
         _tile(xs, weights, taps, min(p0, length - TILE_PIXELS), bias0, bias1, sums)
-    for j in range(block_size):
-        for oh in range(out_h):
-            dst = y[n, c0 + j, oh]
-            q = oh * wp * block_size + j
-            for ow in range(out_w):
-                dst[ow] = sums[q + ow * block_size]
+    # to y's planes by W x W squares (W positions of a row x W channels) transposed in
+    # registers (:func:`.simd.transpose`)
+    square = np.empty(w * w, dtype=y.dtype)
+    for oh in range(out_h):
+        for ow0 in range(0, out_w, w):
+            count = min(w, out_w - ow0)
+            for half in range(0, block_size, w):
+                for i in range(count):
+                    simd.store_first(square, i * w, simd.load_first(
+                        sums, (oh * wp + ow0 + i) * block_size + half, w), w)
+                simd.transpose(square)
+                for j in range(w):
+                    simd.store_first(y[n, c0 + half + j, oh], ow0,
+                                     simd.load_first(square, j * w, w), count)
 
 
 @functools.cache
@@ -206,11 +214,15 @@ def _gy_blocks(gy, wp, size):
                         for j in range(min(w, count)):
                             simd.store_first(dst, row + (ow0 + j) * size + c0,
                                              simd.load_first(square, j * w, w), w)
-            for j in range(size):  # the bias gradient, from the rows just written
-                total = 0.0
-                for p in range(j, length * size, size):
-                    total += dst[p]
-                partial[n, block * size + j] = total
+            # the bias gradient, from the rows just written: a vector of sums per w channels
+            for c0 in range(0, size, w):
+                sums = simd.splat(square, 0)
+                for p in range(length):
+                    sums = simd.fma(simd.splat(square, 1), simd.load_first(dst, p * size + c0, w),
+                                    sums)
+                simd.store_first(square, 0, sums, w)
+                for j in range(w):
+                    partial[n, block * size + c0 + j] = square[j]
     grad_b = np.empty(c_out, dtype=gy.dtype)
     for c in range(c_out):  # samples in order: no dependence on the threads
         total = 0.0
