@@ -589,25 +589,30 @@ def test_column_kernels_chunk_many_samples_like_the_reference(nc, case, n):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape, stride, padding, dilation", [
+@pytest.mark.parametrize("shape, stride, padding, dilation, unrolled", [
     # (N, C_in, H, W, C_out), ResNet-18's shapes scaled down, K = C_in x 9 >= 256
-    ((5, 32, 3, 3, 24), 1, 1, 1),    # 3x3 maps: exact layout (5 / 3 is too wasteful for wide)
-    ((5, 32, 7, 7, 24), 2, 1, 1),    # stride 2: exact layout
-    ((70, 32, 1, 1, 64), 1, 1, 1),   # 1x1 maps: unrolled (the middle tap alone)
-    ((6, 32, 2, 2, 24), 1, 1, 1),    # 2x2 maps: unrolled, 4 taps per output
-    ((5, 32, 2, 1, 24), 1, (2, 1), (2, 1)),  # unrolled, dilated, padding beyond the reach
-    ((9, 32, 2, 2, 40), 2, 1, 1),    # 2x2 -> 1x1 at stride 2: four taps live
-    ((3, 32, 9, 8, 20), 2, 2, 2),    # dilated
-    ((3, 30, 8, 9, 20), (2, 1), ((2, 0), (0, 3)), 1),  # asymmetric padding and stride
+    ((5, 32, 3, 3, 24), 1, 1, 1, False),    # 3x3 maps, few samples: exact layout
+    ((36, 32, 3, 3, 24), 1, 1, 1, True),    # 3x3 maps: unrolled, 49 of 81 pairs
+    ((5, 32, 7, 7, 24), 2, 1, 1, False),    # stride 2: exact layout
+    ((33, 32, 6, 6, 24), 2, 1, 1, True),    # 6x6 -> 3x3 at stride 2: unrolled
+    ((70, 32, 1, 1, 64), 1, 1, 1, True),    # 1x1 maps: unrolled (the middle tap alone)
+    ((40, 32, 2, 2, 24), 1, 1, 1, True),    # 2x2 maps: unrolled, 4 taps per output
+    ((6, 32, 2, 2, 24), 1, 1, 1, False),    # 2x2 maps, few samples: columns
+    ((32, 32, 2, 1, 24), 1, (2, 1), (2, 1), True),  # unrolled, dilated, padding beyond reach
+    ((40, 32, 2, 2, 40), 2, 1, 1, True),    # 2x2 -> 1x1 at stride 2: four taps live
+    ((3, 32, 9, 8, 20), 2, 2, 2, False),    # dilated
+    ((3, 30, 8, 9, 20), (2, 1), ((2, 0), (0, 3)), 1, False),  # asymmetric padding and stride
 ])
 def test_column_kernels_at_resnet_like_shapes_match_reference(nc, dtype, shape, stride, padding,
-                                                              dilation):
+                                                              dilation, unrolled):
     from numbaconv.kernels.cpu.conv import use_columns
+    from numbaconv.kernels.cpu.conv.unrolled import use_unrolled
     from numbaconv.shapes import conv2d_output_shape
 
     n, c_in, h, w, c_out = shape
-    out_w = conv2d_output_shape((n, c_in, h, w), c_out, 3, stride, padding, dilation)[3]
-    assert use_columns((c_out, c_in, 3, 3), 1, ref.pair(stride), out_w)
+    out_shape = conv2d_output_shape((n, c_in, h, w), c_out, 3, stride, padding, dilation)
+    assert use_columns((c_out, c_in, 3, 3), 1, ref.pair(stride), out_shape[3])
+    assert use_unrolled((n, c_in, h, w), out_shape) == unrolled
     check_conv_against_reference(nc, dict(
         N=n, C=c_in, H=h, W=w, F=c_out, kernel=(3, 3), stride=stride, padding=padding,
         dilation=dilation, groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"), seed=3))
@@ -633,14 +638,14 @@ def test_column_kernels_propagate_non_finite_values_like_reference(nc, where, va
                                    err_msg=what)
 
 
-@pytest.mark.parametrize("side", [5, 2], ids=["columns", "unrolled"])
+@pytest.mark.parametrize("side", [5, 3, 2], ids=["columns", "unrolled-3x3", "unrolled-2x2"])
 def test_column_kernels_do_not_depend_on_the_thread_count(nc, side):
     from numbaconv.threads import set_threads
 
     rng = np.random.default_rng(4)
-    x = rng.normal(size=(20, 40, side, side)).astype(np.float32)
-    w = rng.normal(size=(48, 40, 3, 3)).astype(np.float32)
-    gy = rng.normal(size=(20, 48, side, side)).astype(np.float32)
+    x = rng.normal(size=(40, 40, side, side)).astype(np.float32)
+    w = rng.normal(size=(72, 40, 3, 3)).astype(np.float32)  # 2 row blocks of the products
+    gy = rng.normal(size=(40, 72, side, side)).astype(np.float32)
     results = []
     for threads in (1, 2):
         set_threads(threads)

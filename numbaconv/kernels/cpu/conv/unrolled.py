@@ -1,20 +1,23 @@
-"""The unrolled kernels: on a tiny map (ResNet-18's 2x2 maps at 28x28), a convolution is one
-matrix product per batch, with the kernel unrolled into the matrix that maps a sample's whole
-input to its whole output:
+"""The unrolled kernels: on small maps (ResNet-18's 3x3 maps at 96x96, its 2x2 and 1x1 ones
+at 28x28), a convolution is a sum of matrix products, one per pair of an output pixel and an
+input pixel that a kernel tap joins, with the batch's samples along the vectors:
 
-    u[(m, oh, ow), (c, ih, iw)] = w[m, c, kh, kw]  where ih = oh * sh + kh * dh - top, ...
+    y[:, o, :] (C_out, N) = sum over the pairs (o, i, tap t) of  w[:, :, t] (C_out, C_in) @
+                            x[:, i, :] (C_in, N)
 
-(zero where no tap joins the two). Only the taps that read the input are in it: on a 2x2 map
-with a 3x3 kernel and padding 1, 4 per output instead of the column kernels' 9 (5 of them
-zeros of the padding), and no columns are copied: the samples' inputs, as they lie, are the
-product's rows. With x as (N, C * H * W) and y as (N, M * OH * OW), by the blocked tiles of
-:func:`.tiles._gemm_acc`, the samples along the vectors:
+Only the pairs whose tap reads the input are summed (on a 3x3 map with a 3x3 kernel and
+padding 1, 49 of the 81 products the column kernels compute, 32 of them with zeros of the
+padding), no input is copied into columns, and every product is a whole one: N samples fill
+the register tiles of :func:`.tiles._gemm_acc` (64 float32 lanes), C_in is its sum. The
+gradients are sums of products over the same pairs, grouped by what they write:
 
-    forward:       y.T    = u @ x.T
-    weight grad:   grad_u = gy.T @ x, folded back onto w (the sum over the positions of a tap)
-    input grad:    grad_x = gy @ u
+    forward:       y[o]      = sum over the pairs of o:  w[t]   @ x[i]      (by output pixel)
+    weight grad:   grad_w[t] = sum over the pairs of t:  gy[o]  @ x[i].T    (by tap)
+    input grad:    grad_x[i] = sum over the pairs of i:  w[t].T @ gy[o]     (by input pixel)
 
-Each parallel task owns a block of rows of its product, so results do not depend on the
+with the arrays laid out pixel-major (``x[i]`` is one pixel's (C_in, N) matrix, ...). One
+parallel kernel, :func:`_pair_products`, computes all three; each task owns a block of rows
+of one group's result and sums its pairs in a fixed order, so results do not depend on the
 number of threads. :func:`use_unrolled` says where they serve.
 """
 
@@ -24,97 +27,104 @@ from numba import njit, prange
 from .columns import K_BLOCK
 from .tiles import _gemm_acc
 
-MAX_MAP = 4  # input and output pixels per channel at most (2x2 maps)
-ROW_BLOCK = 16  # rows of a product per parallel task
+MAX_OUT_MAP = 9  # output pixels per channel at most (3x3 maps)
+MAX_MAP = 36  # input pixels per channel at most (6x6 maps, the stride-2 layer into 3x3)
+MIN_BATCH = 32  # samples from which the products' vectors are full enough (half a tile)
+ROW_BLOCK = 64  # rows of a group's result per parallel task
 
 
 def use_unrolled(x_shape, out_shape):
-    """Whether a convolution takes the unrolled kernels: input and output maps of at most
-    :data:`MAX_MAP` pixels (there, unrolled products hold no more terms than the columns')."""
-    return x_shape[2] * x_shape[3] <= MAX_MAP and out_shape[2] * out_shape[3] <= MAX_MAP
+    """Whether a convolution takes the unrolled kernels: outputs of at most
+    :data:`MAX_OUT_MAP` pixels per channel from inputs of at most :data:`MAX_MAP`, and
+    batches of :data:`MIN_BATCH` samples or more (the samples are the products' vectors)."""
+    return (out_shape[2] * out_shape[3] <= MAX_OUT_MAP and x_shape[2] * x_shape[3] <= MAX_MAP
+            and x_shape[0] >= MIN_BATCH)
 
 
-@njit(cache=True)
-def _unroll(w, height, width, out_h, out_w, stride_h, stride_w, dilation_h, dilation_w, top,
-            left):
-    """u (C_out * OH * OW, C_in * H * W): the kernel w (C_out, C_in, KH, KW) unrolled."""
-    c_out, c_in, kh_size, kw_size = w.shape
-    hw = height * width
-    u = np.zeros((c_out * out_h * out_w, c_in * hw), dtype=w.dtype)
-    for m in range(c_out):
-        for oh in range(out_h):
-            for ow in range(out_w):
-                row = u[(m * out_h + oh) * out_w + ow]
-                for kh in range(kh_size):
-                    ih = oh * stride_h + kh * dilation_h - top
-                    if ih < 0 or ih >= height:
-                        continue
-                    for kw in range(kw_size):
-                        iw = ow * stride_w + kw * dilation_w - left
-                        if 0 <= iw < width:
-                            for c in range(c_in):
-                                row[c * hw + ih * width + iw] = w[m, c, kh, kw]
-    return u
+def _pairs(height, width, out_h, out_w, kh_size, kw_size, geometry):
+    """(o, i, t): the output pixels, input pixels and taps (flat indexes) of every pair a
+    tap joins, in (o, t) order. ``geometry`` = (stride_h, stride_w, dilation_h, dilation_w,
+    top, left)."""
+    stride_h, stride_w, dilation_h, dilation_w, top, left = geometry
+    pairs = [(oh * out_w + ow, ih * width + iw, kh * kw_size + kw)
+             for oh in range(out_h) for ow in range(out_w)
+             for kh in range(kh_size) for kw in range(kw_size)
+             for ih in (oh * stride_h + kh * dilation_h - top,)
+             for iw in (ow * stride_w + kw * dilation_w - left,)
+             if 0 <= ih < height and 0 <= iw < width]
+    return np.array(pairs, dtype=np.int64).reshape(-1, 3).T
 
 
-@njit(cache=True)
-def _fold(grad_u, c_in, kh_size, kw_size, height, width, out_h, out_w, stride_h, stride_w,
-          dilation_h, dilation_w, top, left):
-    """The weight gradient (C_out, C_in, KH, KW) from the unrolled one: each tap's entries
-    summed (the inverse of :func:`_unroll`)."""
-    c_out = grad_u.shape[0] // (out_h * out_w)
-    hw = height * width
-    grad_w = np.zeros((c_out, c_in, kh_size, kw_size), dtype=grad_u.dtype)
-    for m in range(c_out):
-        for oh in range(out_h):
-            for ow in range(out_w):
-                row = grad_u[(m * out_h + oh) * out_w + ow]
-                for kh in range(kh_size):
-                    ih = oh * stride_h + kh * dilation_h - top
-                    if ih < 0 or ih >= height:
-                        continue
-                    for kw in range(kw_size):
-                        iw = ow * stride_w + kw * dilation_w - left
-                        if 0 <= iw < width:
-                            for c in range(c_in):
-                                grad_w[m, c, kh, kw] += row[c * hw + ih * width + iw]
-    return grad_w
+def _grouped(groups, a_index, b_index, n_groups):
+    """The pairs sorted by group (stable: their order within a group kept): (starts
+    (n_groups + 1,), a_index, b_index) for :func:`_pair_products`."""
+    order = np.argsort(groups, kind="stable")
+    starts = np.searchsorted(groups[order], np.arange(n_groups + 1)).astype(np.int64)
+    return starts, np.ascontiguousarray(a_index[order]), np.ascontiguousarray(b_index[order])
 
 
 @njit(parallel=True, cache=True)
-def _product(a, b, rows_total):
-    """a (R, K) @ b (K, P): c (R, P), by blocks of ROW_BLOCK rows in parallel."""
-    c = np.zeros((rows_total, b.shape[1]), dtype=b.dtype)
-    n_blocks = -(-rows_total // ROW_BLOCK)
-    for block in prange(n_blocks):
-        r0 = block * ROW_BLOCK
-        r1 = min(rows_total, r0 + ROW_BLOCK)
-        _gemm_acc(a[r0:r1], b, c[r0:r1], b.shape[1], K_BLOCK)
+def _pair_products(a, b, starts, a_index, b_index):
+    """c (G, R, P): c[g] = the sum over pairs j in starts[g]:starts[g + 1] of
+    a[a_index[j]] (R, K) @ b[b_index[j]] (K, P), in that order; by blocks of ROW_BLOCK rows
+    of each group in parallel."""
+    n_groups, rows, p_size = starts.size - 1, a.shape[1], b.shape[2]
+    c = np.zeros((n_groups, rows, p_size), dtype=b.dtype)
+    n_blocks = -(-rows // ROW_BLOCK)
+    for task in prange(n_groups * n_blocks):
+        g, r0 = task // n_blocks, task % n_blocks * ROW_BLOCK
+        r1 = min(rows, r0 + ROW_BLOCK)
+        for j in range(starts[g], starts[g + 1]):
+            _gemm_acc(a[a_index[j], r0:r1], b[b_index[j]], c[g, r0:r1], p_size, K_BLOCK)
     return c
+
+
+def _pixel_major(a):
+    """a (N, C, H, W) as (H * W, C, N): a pixel's channels x samples matrix each."""
+    n, c = a.shape[0], a.shape[1]
+    return np.ascontiguousarray(a.reshape(n, c, -1).transpose(2, 1, 0))
+
+
+def _live_pairs(x_shape, w_shape, out_h, out_w, geometry):
+    """(o, i, live, t): the pairs of :func:`_pairs`, the taps that join any (``live``, flat
+    indexes) and each pair's position among them (``t``): only those taps' weights are
+    rearranged and their gradients computed (a 1x1 map's 3x3 kernel: its middle tap)."""
+    o, i, taps = _pairs(x_shape[2], x_shape[3], out_h, out_w, w_shape[2], w_shape[3], geometry)
+    live, t = np.unique(taps, return_inverse=True)
+    return o, i, live, t.astype(np.int64)
+
+
+def _live_weights(w, live, order):
+    """The live taps' weights, (len(live), C_out, C_in) for order (2, 0, 1) or (len(live),
+    C_in, C_out) for (2, 1, 0)."""
+    taps = w.reshape(w.shape[0], w.shape[1], -1)[:, :, live]
+    return np.ascontiguousarray(taps.transpose(order))
 
 
 def forward_unrolled(x, w, b, geometry, out_h, out_w):
     """y (N, C_out, out_h, out_w) of x (N, C_in, H, W); ``geometry`` = (stride_h, stride_w,
     dilation_h, dilation_w, top, left)."""
-    n = x.shape[0]
-    u = _unroll(w, x.shape[2], x.shape[3], out_h, out_w, *geometry)
-    y_t = _product(u, np.ascontiguousarray(x.reshape(n, -1).T), u.shape[0])
-    y = y_t.T.reshape(n, w.shape[0], out_h, out_w)
+    o, i, live, t = _live_pairs(x.shape, w.shape, out_h, out_w, geometry)
+    y_t = _pair_products(_live_weights(w, live, (2, 0, 1)), _pixel_major(x),
+                         *_grouped(o, t, i, out_h * out_w))
+    y = y_t.transpose(2, 1, 0).reshape(x.shape[0], w.shape[0], out_h, out_w)
     return np.ascontiguousarray(y + b[:, None, None].astype(y.dtype, copy=False))
 
 
 def backward_unrolled(gy, x, w, geometry, need_input_grad):
     """``(grad_x or None, grad_w, grad_b)`` of :func:`forward_unrolled` at gy."""
     n, c_in, height, width = x.shape
-    out_h, out_w = gy.shape[2], gy.shape[3]
-    gy_rows = np.ascontiguousarray(gy.reshape(n, -1))
-    grad_u = _product(np.ascontiguousarray(gy_rows.T), np.ascontiguousarray(x.reshape(n, -1)),
-                      gy_rows.shape[1])
-    grad_w = _fold(grad_u, c_in, w.shape[2], w.shape[3], height, width, out_h, out_w,
-                   *geometry)
+    c_out = w.shape[0]
+    o, i, live, t = _live_pairs(x.shape, w.shape, gy.shape[2], gy.shape[3], geometry)
+    gy_pixels = _pixel_major(gy)  # (OH * OW, C_out, N)
+    x_rows = np.ascontiguousarray(x.reshape(n, c_in, -1).transpose(2, 0, 1))  # (H * W, N, C_in)
+    grad_live = _pair_products(gy_pixels, x_rows, *_grouped(t, o, i, live.size))
+    grad_w = np.zeros((c_out, c_in, w.shape[2] * w.shape[3]), dtype=w.dtype)
+    grad_w[:, :, live] = grad_live.transpose(1, 2, 0)
     grad_b = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype)
     grad_x = None
     if need_input_grad:
-        u = _unroll(w, height, width, out_h, out_w, *geometry)
-        grad_x = _product(gy_rows, u, n).reshape(x.shape)
-    return grad_x, grad_w, grad_b
+        grad_pixels = _pair_products(_live_weights(w, live, (2, 1, 0)), gy_pixels,
+                                     *_grouped(i, t, o, height * width))
+        grad_x = np.ascontiguousarray(grad_pixels.transpose(2, 1, 0)).reshape(x.shape)
+    return grad_x, grad_w.reshape(w.shape), grad_b
