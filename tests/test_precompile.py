@@ -511,14 +511,15 @@ def test_kernels_for_the_zoo_reach_the_nested_convolutions():
     assert set(names) <= set(P.KERNELS)
 
 
-TREE_WARM_RUN = TREE + textwrap.dedent("""
+TREE_WARM_RUN = TREE + CHANNELS + textwrap.dedent("""
     import sys
     import numpy as np
     from numba.core import event
     from numbaconv import precompile as P
 
-    model = tree()
-    x = np.random.default_rng(0).random(TREE_INPUT, dtype=np.float32)
+    model, shape = {"tree": (tree(), TREE_INPUT), "channels": (channels(), CHANNELS_INPUT)}[
+        sys.argv[2]]
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
     if sys.argv[1] == "precompile":
         print(P.precompile(model, processes=2, input_shape=x.shape))
     else:  # a training step in a new process: what precompile knows comes from the cache
@@ -539,10 +540,11 @@ TREE_WARM_RUN = TREE + textwrap.dedent("""
 """)
 
 
-def test_a_tree_after_precompile_compiles_none_of_the_known_kernels(tmp_path):
+@pytest.mark.parametrize("model", ["tree", "channels"])
+def test_a_tree_after_precompile_compiles_none_of_the_known_kernels(tmp_path, model):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path),
                PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-    runs = [subprocess.run([sys.executable, "-c", TREE_WARM_RUN, step], env=env,
+    runs = [subprocess.run([sys.executable, "-c", TREE_WARM_RUN, step, model], env=env,
                            capture_output=True, text=True, timeout=600)
             for step in ("precompile", "train")]
     assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
