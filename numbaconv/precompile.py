@@ -87,6 +87,11 @@ KERNELS = {
     JOB_PREFIX + "conv2d_forward_columns": 0.3,
     JOB_PREFIX + "conv2d_weight_grad_columns": 0.7,
     JOB_PREFIX + "conv2d_input_grad_columns": 0.9,
+    # the output-channel kernels (numbaconv.kernels.cpu.conv.channels) and their jobs
+    "conv2d_forward_channels": 0.5,
+    "conv2d_weight_grad_channels": 1.2,
+    JOB_PREFIX + "conv2d_forward_channels": 0.3,
+    JOB_PREFIX + "conv2d_weight_grad_channels": 0.2,
     # the shared products (SHARED)
     "_shifted_matmul_acc": 1.1,
     "_abt_acc": 0.8,
@@ -96,9 +101,14 @@ KERNELS = {
     "_gemm_acc": 1.5,
     "_columns_task": 0.7,
     "_gy_columns": 1.2,
+    "_tile": 0.3,
+    "_weight_grad_tile": 0.5,
+    "_gy_blocks": 1.3,
 }
-#: functions that several units call, compiled as units of their own before those (else two
-#: processes could compile one at the same time, each for a unit of its own) -> their callers
+#: functions that units call, compiled as units of their own before those -> their callers:
+#: those several units call (else two processes could compile one at the same time, each for a
+#: unit of its own), and the output-channel kernels' functions, one caller each, so that two
+#: processes can share their callers' work (the weight gradient with _gy_blocks in it: 2.6 s)
 SHARED = {
     "_shifted_matmul_acc": (
         "matmul_acc", JOB_PREFIX + "conv2d_forward", JOB_PREFIX + "conv2d_forward_lanes",
@@ -118,6 +128,11 @@ SHARED = {
     "_columns_task": ("conv2d_forward_columns", JOB_PREFIX + "conv2d_weight_grad_columns"),
     # gy laid out on the columns' pixels, called by both backward column kernels
     "_gy_columns": ("conv2d_weight_grad_columns", "conv2d_input_grad_columns"),
+    # the output-channel kernels' tiles, called by their jobs, and gy laid out in blocks of
+    # channels, called by the weight gradient
+    "_tile": (JOB_PREFIX + "conv2d_forward_channels",),
+    "_weight_grad_tile": (JOB_PREFIX + "conv2d_weight_grad_channels",),
+    "_gy_blocks": ("conv2d_weight_grad_channels",),
 }
 #: kernels that take a job before their own (see :func:`job`): the shared function that job
 #: runs (its unit), by kernel
@@ -148,7 +163,7 @@ def job(name: str, dtype):
     argument for arrays of ``dtype`` (its per-job function, compiled on its own), or None.
     (A kernel of :data:`COLUMN_JOBS` takes another before it: :func:`_column_job`.)"""
     from .kernels.cpu import conv_act_pool
-    from .kernels.cpu.conv import columns, flat, lanes
+    from .kernels.cpu.conv import channels, columns, flat, lanes
 
     jobs = {"conv2d_forward": flat.forward_job, "conv2d_weight_grad": flat.weight_grad_job,
             "conv2d_weight_grad_rows": flat.weight_grad_rows_job,
@@ -157,7 +172,9 @@ def job(name: str, dtype):
             "conv2d_input_grad_lanes": lanes.input_grad_lanes_job,
             "conv2d_forward_columns": columns.forward_columns_job,
             "conv2d_weight_grad_columns": columns.weight_grad_columns_job,
-            "conv2d_input_grad_columns": columns.input_grad_columns_job}
+            "conv2d_input_grad_columns": columns.input_grad_columns_job,
+            "conv2d_forward_channels": channels.forward_channels_job,
+            "conv2d_weight_grad_channels": channels.weight_grad_channels_job}
     if name in jobs:
         return jobs[name](np.dtype(dtype))
     for codes, kernel in conv_act_pool.FUSED.items():
@@ -196,7 +213,8 @@ def _dispatcher(name: str):
 
     if name.startswith(JOB_PREFIX):
         return job(name[len(JOB_PREFIX):], np.float32).dispatcher
-    for module in (conv, conv.tiles, conv.lanes, conv.columns, pool, activation, dense):
+    for module in (conv, conv.tiles, conv.lanes, conv.columns, conv.channels, pool, activation,
+                   dense):
         if hasattr(module, name):
             return getattr(module, name)
     for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values()):
@@ -226,11 +244,13 @@ def _signature(name: str, dtype) -> tuple:
     """:func:`signature` without a kernel's job."""
     from numba import typeof, types
 
+    from .kernels.cpu import simd
     from .kernels.cpu.conv import columns
 
-    array = {d: typeof(np.empty((1,) * d, dtype=dtype)) for d in (1, 2, 4, 5)}
-    a1, a2, a4, a5 = array[1], array[2], array[4], array[5]
+    array = {d: typeof(np.empty((1,) * d, dtype=dtype)) for d in (1, 2, 3, 4, 5)}
+    a1, a2, a3, a4, a5 = array[1], array[2], array[3], array[4], array[5]
     i64 = types.int64
+    vector = simd.Vector(a1.dtype, simd.VECTOR_BYTES // np.dtype(dtype).itemsize)
     taps = typeof(np.empty(1, dtype=np.int64))
     return {
         "_shifted_matmul_acc": (a2, a2, taps, taps, i64, a2, i64, i64),
@@ -242,6 +262,10 @@ def _signature(name: str, dtype) -> tuple:
         "_gemm_acc": (a2, a2, a2, i64, types.literal(columns.K_BLOCK)),
         "_gy_columns": (a4, i64, i64),
         "_place_planes": (a4,) + (i64,) * 10,
+        # the forward's tile takes the bias's two vectors
+        "_tile": (a1, a1, taps, i64, vector, vector, a1),
+        "_weight_grad_tile": (a2, a3, taps) + (i64,) * 5 + (a1,),
+        "_gy_blocks": (a4, i64, i64),
         "conv2d_forward": (a4, a4, a1) + (i64,) * 7,
         "conv2d_forward_lanes": (a4, a4, a1) + (i64,) * 6,
         "conv2d_weight_grad": (a4, a4) + (i64,) * 7,
@@ -251,6 +275,8 @@ def _signature(name: str, dtype) -> tuple:
         "conv2d_forward_columns": (a4, a4, a1) + (i64,) * 9,
         "conv2d_weight_grad_columns": (a4, a4) + (i64,) * 9,
         "conv2d_input_grad_columns": (a4, a4) + (i64,) * 9,
+        "conv2d_forward_channels": (a2, a3, a1, taps) + (i64,) * 3,
+        "conv2d_weight_grad_channels": (a4, a2, taps) + (i64,) * 3,
         "avg_pool2d_forward": (a4,) + (i64,) * 8 + (types.boolean, i64),
         "avg_pool2d_backward": (a4,) + (i64,) * 8 + (types.boolean, i64),
         "max_pool2d_forward": (a4,) + (i64,) * 10,
@@ -315,7 +341,7 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
         if conv.use_columns(weight.shape, layer.groups, (2, 2), 1):  # at some stride or width
             forward, backward = ["conv2d_forward_columns"] + forward, columns_backward + backward
         return forward, backward
-    stride, dilation, padding, _, output = _conv_geometry(layer, input_shape)
+    stride, dilation, padding, padded, output = _conv_geometry(layer, input_shape)
     if conv.use_columns(weight.shape, layer.groups, stride, output[3]):
         if conv.use_unrolled(input_shape, output):  # small kernels, compiled on first use
             return [], []
@@ -329,24 +355,59 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
             pads = _pad_kernels((n, channels, height - plan.x_rows.start,
                                  width - plan.x_cols.start), plan.padding)
         return pads + ["conv2d_forward_columns"], pads + columns_backward
-    weight_grad = _flat_weight_grad(layer, input_shape[0])
-    stride, dilation, padding, padded, output = _conv_geometry(layer, input_shape)
-    n, height, width = input_shape[0], input_shape[2], input_shape[3]
-    kernel = tuple(weight.shape[2:])
     pads = _pad_kernels(input_shape, padding)
+    forward = pads + [_forward_kernel(weight.shape, layer.groups, stride, padded, *output[2:],
+                                      weight.itemsize)]
+    backward = pads + [_weight_grad_kernel(layer, padded, output)]
+    if not need_input_grad:
+        return forward, backward
     if conv.use_lanes(padded, weight.itemsize, stride[1], layer.groups, output[3]):
-        return pads + ["conv2d_forward_lanes"], pads + ["conv2d_weight_grad_lanes"] + (
-            ["conv2d_input_grad_lanes"] if need_input_grad else [])
-    forward, backward = pads + ["conv2d_forward"], pads + [weight_grad]
-    if need_input_grad:  # a convolution of gy spread onto the input's grid plus the kernel's
-        # reach
-        reach = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
-        spread = (n, weight.shape[0], height + reach[0], width + reach[1])
-        backward += _places_in_parallel(spread) + [
-            "conv2d_forward_lanes" if conv.use_lanes(spread, weight.itemsize, 1, layer.groups,
-                                                     width)
-            else "conv2d_forward"]
-    return forward, backward
+        return forward, backward + ["conv2d_input_grad_lanes"]
+    # a convolution of gy spread onto the input's grid plus the kernel's reach, with the
+    # transposed weights
+    n, height, width = input_shape[0], input_shape[2], input_shape[3]
+    reach = (dilation[0] * (weight.shape[2] - 1), dilation[1] * (weight.shape[3] - 1))
+    spread = (n, weight.shape[0], height + reach[0], width + reach[1])
+    return forward, backward + _places_in_parallel(spread) + [
+        _forward_kernel(_transposed_shape(weight.shape, layer.groups), layer.groups, (1, 1),
+                        spread, height, width, weight.itemsize)]
+
+
+def _forward_kernel(weight_shape, groups, stride, padded_shape, out_h, out_w,
+                    itemsize) -> str:
+    """The kernel :func:`numbaconv.kernels.cpu.conv.forward` takes for weights of
+    ``weight_shape`` and a padded input of ``padded_shape`` (N, C, Hp, Wp)."""
+    from .kernels.cpu import conv
+
+    if conv.use_channel_vectors(weight_shape, groups, stride, out_h, out_w, padded_shape[3],
+                                itemsize):
+        return "conv2d_forward_channels"
+    if conv.use_lanes(padded_shape, itemsize, stride[1], groups, out_w):
+        return "conv2d_forward_lanes"
+    return "conv2d_forward"
+
+
+def _weight_grad_kernel(layer, padded_shape, output_shape) -> str:
+    """The kernel :func:`numbaconv.kernels.cpu.conv.weight_grad` takes for a ``Conv2d`` with
+    a padded input of ``padded_shape`` and outputs of ``output_shape`` (N, C, H, W)."""
+    from .kernels.cpu import conv
+    from .shapes import as_pair
+
+    weight = layer.params["weight"]
+    stride = as_pair(layer.stride, "stride")
+    if conv.use_channel_vectors(weight.shape, layer.groups, stride, *output_shape[2:],
+                                padded_shape[3], weight.itemsize):
+        return "conv2d_weight_grad_channels"
+    if conv.use_lanes(padded_shape, weight.itemsize, stride[1], layer.groups, output_shape[3]):
+        return "conv2d_weight_grad_lanes"
+    return _flat_weight_grad(layer, padded_shape[0])
+
+
+def _transposed_shape(weight_shape, groups) -> tuple:
+    """The shape of :func:`numbaconv.kernels.cpu.conv.transposed_weights` of weights of
+    ``weight_shape``: the input gradient's convolution's weights."""
+    c_out, c_in_g, kh, kw = weight_shape
+    return (groups * c_in_g, c_out // groups, kh, kw)
 
 
 def _flat_weight_grad(layer, batch: int | None) -> str:
@@ -365,12 +426,33 @@ def _flat_weight_grad(layer, batch: int | None) -> str:
     return "conv2d_weight_grad"
 
 
+#: output rows and columns, and padded columns, of a map larger than any: whether the
+#: output-channel kernels serve a layer at some size (a map's size decides only whether one
+#: tile fits its grid)
+ANY_SIZE = 1 << 20
+
+
 def _conv_kernels_any_width(layer) -> tuple[list[str], list[str]]:
-    """:func:`_conv_kernels` on the flat and interleaved-samples side, for inputs of any
-    width (the input gradient's whether needed or not, as before this walk knew stages)."""
-    return (["conv2d_forward", "conv2d_forward_lanes"],
-            [_flat_weight_grad(layer, None), "conv2d_weight_grad_lanes",
-             "conv2d_input_grad_lanes"])
+    """:func:`_conv_kernels` on the flat, interleaved-samples and output-channel side, for
+    inputs of any width (the input gradient's whether needed or not, as before this walk
+    knew stages)."""
+    from .kernels.cpu import conv
+    from .shapes import as_pair
+
+    weight = layer.params["weight"]
+    forward = ["conv2d_forward", "conv2d_forward_lanes"]
+    backward = [_flat_weight_grad(layer, None), "conv2d_weight_grad_lanes",
+                "conv2d_input_grad_lanes"]
+    grid = (ANY_SIZE,) * 3
+    if conv.use_channel_vectors(weight.shape, layer.groups, as_pair(layer.stride, "stride"),
+                                *grid, weight.itemsize):
+        forward = ["conv2d_forward_channels"] + forward
+        backward = ["conv2d_weight_grad_channels"] + backward
+    elif conv.use_channel_vectors(_transposed_shape(weight.shape, layer.groups), layer.groups,
+                                  (1, 1), *grid, weight.itemsize):
+        # the input gradient's (the forward's kernel: listed above where that serves)
+        backward = backward + ["conv2d_forward_channels"]
+    return forward, backward
 
 
 def _leaf_kernels(layer, input_shape, need_input_grad: bool) -> list[str]:

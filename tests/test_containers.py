@@ -125,17 +125,22 @@ def test_summary_shows_the_tree_and_totals():
 
 
 def test_summary_and_checks_are_linear_in_the_number_of_layers():
+    import gc
     import time
 
     small = Sequential([ReLU() for _ in range(2000)])
     large = Sequential([ReLU() for _ in range(20000)])
-    times = []
-    for net in (small, large):
-        start = time.perf_counter()
-        summary(net, (1, 1, 4, 4))
-        net.output_shape((1, 1, 4, 4))
-        times.append(time.perf_counter() - start)
-    assert times[1] < 30 * times[0] + 0.5, times  # quadratic would be 100x
+    # this process's CPU time (other processes on a shared machine take none of it), the best
+    # of interleaved repeats (the least disturbed by caches, the collector and the scheduler)
+    best = [float("inf")] * 2
+    for _ in range(5):
+        for i, net in enumerate((small, large)):
+            gc.collect()
+            start = time.process_time()
+            summary(net, (1, 1, 4, 4))
+            net.output_shape((1, 1, 4, 4))
+            best[i] = min(best[i], time.process_time() - start)
+    assert best[1] < 30 * best[0], best  # ten times the layers: linear 10x (~12), quadratic 100x
 
 
 def test_specs_nest_and_refuse_bad_shapes():

@@ -43,6 +43,22 @@ _TREE_NAMES: dict = {}
 exec(TREE, _TREE_NAMES)
 tree, TREE_INPUT = _TREE_NAMES["tree"], _TREE_NAMES["TREE_INPUT"]
 
+# Stride-1 convolutions on 8x8 maps for inputs of CHANNELS_INPUT: the output-channel kernels
+# (numbaconv.kernels.cpu.conv.channels) for the first's forward and weight gradient (64 output
+# channels) and for the second's input gradient (a convolution whose output channels are the
+# layer's 64 input channels); the second's forward and weight gradient on the flat kernels.
+CHANNELS = textwrap.dedent("""
+    from numbaconv.layers import Conv2d, ReLU, Sequential
+
+    def channels():
+        return Sequential(Conv2d(16, 64, 3, padding=1, rng=0), ReLU(),
+                          Conv2d(64, 16, 3, padding=1, rng=1))
+
+    CHANNELS_INPUT = (2, 16, 8, 8)
+""")
+exec(CHANNELS, _TREE_NAMES)
+channels, CHANNELS_INPUT = _TREE_NAMES["channels"], _TREE_NAMES["CHANNELS_INPUT"]
+
 
 @pytest.mark.parametrize("activation, pool", [("sigmoid", "avg"), ("relu", "max")])
 @pytest.mark.parametrize("fuse", [True, False])
@@ -90,12 +106,21 @@ def test_signatures_of_the_column_kernels_are_those_of_real_calls():
     _check_signatures(model, np.random.default_rng(0).random(TREE_INPUT, dtype=np.float32))
 
 
+def test_signatures_of_the_output_channel_kernels_are_those_of_real_calls():
+    model = channels()
+    assert {"conv2d_forward_channels", "conv2d_weight_grad_channels"} <= set(
+        P.kernels_for(model, CHANNELS_INPUT))
+    _check_signatures(model, np.random.default_rng(0).random(CHANNELS_INPUT, dtype=np.float32))
+
+
 @pytest.mark.parametrize("unit", ["conv2d_forward_columns", "job:conv2d_input_grad_columns",
-                                  "_place_planes"])
+                                  "_place_planes", "conv2d_weight_grad_channels",
+                                  "job:conv2d_forward_channels"])
 def test_a_wrong_signature_is_found(monkeypatch, unit):
     signature = P.signature
     wrong = {"conv2d_forward_columns": -2, "job:conv2d_input_grad_columns": 3,
-             "_place_planes": 1}[unit]  # an argument whose type becomes another's
+             "_place_planes": 1, "conv2d_weight_grad_channels": 3,
+             "job:conv2d_forward_channels": 4}[unit]  # an argument whose type becomes another's
 
     def with_a_wrong_type(name, dtype):
         types = list(signature(name, dtype))
@@ -104,11 +129,12 @@ def test_a_wrong_signature_is_found(monkeypatch, unit):
         return tuple(types)
 
     monkeypatch.setattr(P, "signature", with_a_wrong_type)
+    model, shape = (channels(), CHANNELS_INPUT) if "channels" in unit else (tree(), TREE_INPUT)
     with pytest.raises(AssertionError, match=unit):
-        _check_signatures(tree(), np.random.default_rng(0).random(TREE_INPUT, dtype=np.float32))
+        _check_signatures(model, np.random.default_rng(0).random(shape, dtype=np.float32))
 
 
-SHARED_CALLS = TREE + textwrap.dedent('''
+SHARED_CALLS = TREE + CHANNELS + textwrap.dedent('''
     import numpy as np
     from numbaconv import precompile as P
     from numbaconv.losses import softmax_cross_entropy
@@ -122,12 +148,13 @@ SHARED_CALLS = TREE + textwrap.dedent('''
         model.backward(grad, need_input_grad=False)
         shared |= {unit for name in P.kernels_for(model, x.shape) for unit in P.units(name)
                    if unit in P.SHARED}
-    model = tree()  # the column kernels
-    y = model.forward(np.random.default_rng(0).random(TREE_INPUT, dtype=np.float32),
-                      training=True)
-    model.backward(np.ones_like(y), need_input_grad=False)
-    shared |= {unit for name in P.kernels_for(model, TREE_INPUT) for unit in P.units(name)
-               if unit in P.SHARED}
+    for model, shape in ((tree(), TREE_INPUT), (channels(), CHANNELS_INPUT)):  # the column
+        # kernels, the output-channel ones
+        y = model.forward(np.random.default_rng(0).random(shape, dtype=np.float32),
+                          training=True)
+        model.backward(np.ones_like(y), need_input_grad=False)
+        shared |= {unit for name in P.kernels_for(model, shape) for unit in P.units(name)
+                   if unit in P.SHARED}
     for unit in sorted(shared):
         compiled = [tuple(sig) for sig in P._dispatcher(unit).signatures]
         print(unit, P.signature(unit, np.float32) in compiled)
@@ -433,6 +460,33 @@ def test_kernels_for_a_tree_are_those_of_every_layer_for_its_input():
         "relu_max_pool_forward", "relu_max_pool_backward"]
 
 
+def test_kernels_for_the_output_channel_kernels_are_those_each_gradient_chooses():
+    from numbaconv.layers import Conv2d, ReLU, Sequential
+
+    # 64 output channels: forward and weight gradient; the input gradient's convolution has 16
+    # output channels: the flat kernels
+    assert P.kernels_for([Conv2d(16, 64, 3, padding=1)], (2, 16, 8, 8)) == [
+        "conv2d_forward_channels", "conv2d_weight_grad_channels"]
+    assert P.kernels_for([ReLU(), Conv2d(16, 64, 3, padding=1)], (2, 16, 8, 8)) == [
+        "conv2d_forward_channels", "conv2d_weight_grad_channels", "conv2d_forward"]
+    # 64 input channels: the input gradient's alone, where it is computed
+    assert P.kernels_for([Conv2d(64, 16, 3, padding=1)], (2, 64, 8, 8)) == [
+        "conv2d_forward", "conv2d_weight_grad"]
+    assert P.kernels_for(Sequential(ReLU(), Conv2d(64, 16, 3, padding=1)), (2, 64, 8, 8)) == [
+        "conv2d_forward", "conv2d_weight_grad", "conv2d_forward_channels"]
+    # 80 output channels: whole blocks of 16 float64 values, not of 32 float32 ones
+    for dtype, kernels in ((np.float32, ["conv2d_forward", "conv2d_weight_grad"]),
+                           (np.float64, ["conv2d_forward_channels",
+                                         "conv2d_weight_grad_channels"])):
+        assert P.kernels_for([Conv2d(64, 80, 3, padding=1, dtype=dtype)],
+                             (2, 64, 8, 8)) == kernels
+    # without a shape: where some map would take them
+    assert {"conv2d_forward_channels", "conv2d_weight_grad_channels"} <= set(
+        P.kernels_for([Conv2d(16, 64, 3, padding=1)]))
+    assert "conv2d_forward_channels" in P.kernels_for([Conv2d(64, 16, 3, padding=1)])
+    assert "conv2d_forward_channels" not in P.kernels_for([Conv2d(16, 16, 3, padding=1)])
+
+
 def test_only_a_first_stage_within_the_first_stage_skips_the_input_gradient():
     from numbaconv.layers import Conv2d, ReLU, Residual, Sequential
 
@@ -452,17 +506,20 @@ def test_kernels_for_the_zoo_reach_the_nested_convolutions():
     names = P.kernels_for(resnet18(rng=0), (256, 1, 28, 28))
     assert {"conv2d_forward_columns", "conv2d_weight_grad_columns",
             "conv2d_input_grad_columns"} <= set(names)
+    # the first stage's 64-channel layers on 7x7 maps at stride 1
+    assert {"conv2d_forward_channels", "conv2d_weight_grad_channels"} <= set(names)
     assert set(names) <= set(P.KERNELS)
 
 
-TREE_WARM_RUN = TREE + textwrap.dedent("""
+TREE_WARM_RUN = TREE + CHANNELS + textwrap.dedent("""
     import sys
     import numpy as np
     from numba.core import event
     from numbaconv import precompile as P
 
-    model = tree()
-    x = np.random.default_rng(0).random(TREE_INPUT, dtype=np.float32)
+    model, shape = {"tree": (tree(), TREE_INPUT), "channels": (channels(), CHANNELS_INPUT)}[
+        sys.argv[2]]
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
     if sys.argv[1] == "precompile":
         print(P.precompile(model, processes=2, input_shape=x.shape))
     else:  # a training step in a new process: what precompile knows comes from the cache
@@ -483,10 +540,11 @@ TREE_WARM_RUN = TREE + textwrap.dedent("""
 """)
 
 
-def test_a_tree_after_precompile_compiles_none_of_the_known_kernels(tmp_path):
+@pytest.mark.parametrize("model", ["tree", "channels"])
+def test_a_tree_after_precompile_compiles_none_of_the_known_kernels(tmp_path, model):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path),
                PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-    runs = [subprocess.run([sys.executable, "-c", TREE_WARM_RUN, step], env=env,
+    runs = [subprocess.run([sys.executable, "-c", TREE_WARM_RUN, step, model], env=env,
                            capture_output=True, text=True, timeout=600)
             for step in ("precompile", "train")]
     assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
