@@ -194,7 +194,7 @@ def _conv2d_cpu(x, weight, bias, geo):
     b = np.zeros(weight.shape[0], dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
     out_h, out_w = geo.output_shape[2:]
     w = np.ascontiguousarray(weight)
-    if cpu_conv.use_columns(w.shape, geo.groups, geo.stride, out_w):
+    if cpu_conv.use_column_side(x.shape, w.shape, geo.groups, geo.stride, geo.output_shape):
         return cpu_conv.forward_columns(x, w, b, geo.padding, geo.stride, geo.dilation, out_h,
                                         out_w)
     xp, _ = cpu_conv.pad(x, geo.padding)
@@ -273,7 +273,8 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     else:
         w = np.ascontiguousarray(weight)
         gy = np.ascontiguousarray(grad_y)
-        if cpu_conv.use_columns(w.shape, geo.groups, geo.stride, geo.output_shape[3]):
+        if cpu_conv.use_column_side(x.shape, w.shape, geo.groups, geo.stride,
+                                    geo.output_shape):
             grad_x, grad_w, grad_b = cpu_conv.backward_columns(
                 gy, x, w, geo.padding, geo.stride, geo.dilation, need_input_grad)
             grad_b = _into(grad_bias, grad_b) if need_bias_grad else None

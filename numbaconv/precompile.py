@@ -342,8 +342,9 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
             forward, backward = ["conv2d_forward_columns"] + forward, columns_backward + backward
         return forward, backward
     stride, dilation, padding, padded, output = _conv_geometry(layer, input_shape)
-    if conv.use_columns(weight.shape, layer.groups, stride, output[3]):
-        if conv.use_unrolled(input_shape, output):  # small kernels, compiled on first use
+    if conv.use_column_side(input_shape, weight.shape, layer.groups, stride, output):
+        if conv.use_unrolled(input_shape, weight.shape, layer.groups, output):
+            # one small parallel kernel, compiled on first use
             return [], []
         plan = conv._ColumnsPlan(input_shape, weight.shape, padding, stride, dilation,
                                  *output[2:])

@@ -612,7 +612,7 @@ def test_column_kernels_at_resnet_like_shapes_match_reference(nc, dtype, shape, 
     n, c_in, h, w, c_out = shape
     out_shape = conv2d_output_shape((n, c_in, h, w), c_out, 3, stride, padding, dilation)
     assert use_columns((c_out, c_in, 3, 3), 1, ref.pair(stride), out_shape[3])
-    assert use_unrolled((n, c_in, h, w), out_shape) == unrolled
+    assert use_unrolled((n, c_in, h, w), (c_out, c_in, 3, 3), 1, out_shape) == unrolled
     check_conv_against_reference(nc, dict(
         N=n, C=c_in, H=h, W=w, F=c_out, kernel=(3, 3), stride=stride, padding=padding,
         dilation=dilation, groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"), seed=3))

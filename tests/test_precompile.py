@@ -503,10 +503,11 @@ def test_only_a_first_stage_within_the_first_stage_skips_the_input_gradient():
 def test_kernels_for_the_zoo_reach_the_nested_convolutions():
     from numbaconv.models import resnet18
 
-    names = P.kernels_for(resnet18(rng=0), (256, 1, 28, 28))
+    names = P.kernels_for(resnet18(rng=0), (256, 1, 96, 96))
+    # the stem and the stride-2 layer onto 12x12 maps
     assert {"conv2d_forward_columns", "conv2d_weight_grad_columns",
             "conv2d_input_grad_columns"} <= set(names)
-    # the first stage's 64-channel layers on 7x7 maps at stride 1
+    # the first stage's 64-channel layers on 24x24 maps at stride 1
     assert {"conv2d_forward_channels", "conv2d_weight_grad_channels"} <= set(names)
     assert set(names) <= set(P.KERNELS)
 

@@ -19,8 +19,9 @@ By concern:
   output channels (:func:`use_channel_vectors`);
 * :mod:`.columns`: matrix products over im2col columns, for many channels on small maps
   (:func:`use_columns`);
-* :mod:`.unrolled`: one matrix product per batch with the kernel unrolled, for tiny maps
-  (:func:`use_unrolled`; taken by :func:`forward_columns` and :func:`backward_columns`);
+* :mod:`.unrolled`: sums of products over the pairs of pixels a tap joins, the samples along
+  the vectors, for small maps (:func:`use_unrolled`; taken by :func:`forward_columns` and
+  :func:`backward_columns`, where :func:`use_column_side` sends such layers);
 * :mod:`.direct`: the exact loops for inputs holding inf or NaN;
 * :mod:`.place`: the parallel padding and stride spread for large arrays;
 * this module: the Python functions that pad, choose a kernel and call it.
@@ -75,7 +76,7 @@ __all__ = [
     "block_sums", "use_lanes", "weight_grad_from_rows", "forward", "weight_grad",
     "conv2d_input_grad", "transposed_weights", "place", "pad", "LANES", "TASKS",
     "PLACE_IN_PARALLEL", "use_columns", "forward_columns", "backward_columns",
-    "use_channel_vectors",
+    "use_channel_vectors", "use_column_side",
 ]
 
 PLACE_IN_PARALLEL = 1 << 20  # output values from which place() runs _place_planes; below, NumPy
@@ -201,10 +202,17 @@ class _ColumnsPlan:
         return np.ascontiguousarray(grad)
 
 
+def use_column_side(x_shape, weight_shape, groups, stride, out_shape):
+    """Whether a convolution of x (unpadded) takes :func:`forward_columns` and
+    :func:`backward_columns`: where :func:`use_unrolled` or :func:`use_columns` says so."""
+    return (use_unrolled(x_shape, weight_shape, groups, out_shape)
+            or use_columns(weight_shape, groups, stride, out_shape[3]))
+
+
 def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
     """:func:`conv2d_forward_columns` of x (unpadded; padding ((top, bottom), (left, right))),
     or on tiny maps :func:`forward_unrolled`."""
-    if use_unrolled(x.shape, (x.shape[0], w.shape[0], out_h, out_w)):
+    if use_unrolled(x.shape, w.shape, 1, (x.shape[0], w.shape[0], out_h, out_w)):
         (top, _), (left, _) = padding
         return forward_unrolled(np.ascontiguousarray(x), w, b, (*stride, *dilation, top, left),
                                 out_h, out_w)
@@ -220,7 +228,7 @@ def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
 def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
     """``(grad_x or None, grad_w, grad_b)`` by the column kernels (x unpadded), or on tiny
     maps by :func:`backward_unrolled`."""
-    if use_unrolled(x.shape, gy.shape):
+    if use_unrolled(x.shape, w.shape, 1, gy.shape):
         (top, _), (left, _) = padding
         return backward_unrolled(gy, np.ascontiguousarray(x), w,
                                  (*stride, *dilation, top, left), need_input_grad)

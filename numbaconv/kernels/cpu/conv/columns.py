@@ -60,9 +60,15 @@ def use_columns(weight_shape, groups, stride, out_w):
     the flat kernels' time, which compute every stride-1 output; LeNet's layers and maps at
     stride 1 stay on the flat and lanes kernels, which need no copy of the input, except for
     the weight gradient of many weights: :func:`weight_grad_by_columns`.)"""
-    c_out, c_in_g, kh, kw = weight_shape
-    return (groups == 1 and (c_in_g * kh * kw >= MIN_K or c_out >= MIN_C_OUT)
+    return (groups == 1 and many_channels(weight_shape)
             and (tuple(stride) != (1, 1) or out_w < MIN_FLAT_WIDTH))
+
+
+def many_channels(weight_shape):
+    """Whether a layer has :data:`MIN_K` weights per output channel or :data:`MIN_C_OUT`
+    output channels: enough for the products of the column (and unrolled) kernels."""
+    c_out, c_in_g, kh, kw = weight_shape
+    return c_in_g * kh * kw >= MIN_K or c_out >= MIN_C_OUT
 
 
 def weight_grad_by_columns(weight_shape, groups, itemsize, partial_sums):

@@ -1,5 +1,5 @@
-"""The unrolled kernels: on small maps (ResNet-18's 3x3 maps at 96x96, its 2x2 and 1x1 ones
-at 28x28), a convolution is a sum of matrix products, one per pair of an output pixel and an
+"""The unrolled kernels: on small maps (ResNet-18's maps of 6x6 and below at 96x96, of 7x7 and
+below at 28x28), a convolution is a sum of matrix products, one per pair of an output pixel and an
 input pixel that a kernel tap joins, with the batch's samples along the vectors:
 
     y[:, o, :] (C_out, N) = sum over the pairs (o, i, tap t) of  w[:, :, t] (C_out, C_in) @
@@ -24,21 +24,25 @@ number of threads. :func:`use_unrolled` says where they serve.
 import numpy as np
 from numba import njit, prange
 
-from .columns import K_BLOCK
+from .columns import K_BLOCK, many_channels
 from .tiles import _gemm_acc
 
-MAX_OUT_MAP = 9  # output pixels per channel at most (3x3 maps)
-MAX_MAP = 36  # input pixels per channel at most (6x6 maps, the stride-2 layer into 3x3)
+MAX_OUT_MAP = 49  # output pixels per channel at most (7x7 maps)
 MIN_BATCH = 32  # samples from which the products' vectors are full enough (half a tile)
 ROW_BLOCK = 64  # rows of a group's result per parallel task
 
 
-def use_unrolled(x_shape, out_shape):
-    """Whether a convolution takes the unrolled kernels: outputs of at most
-    :data:`MAX_OUT_MAP` pixels per channel from inputs of at most :data:`MAX_MAP`, and
-    batches of :data:`MIN_BATCH` samples or more (the samples are the products' vectors)."""
-    return (out_shape[2] * out_shape[3] <= MAX_OUT_MAP and x_shape[2] * x_shape[3] <= MAX_MAP
-            and x_shape[0] >= MIN_BATCH)
+def use_unrolled(x_shape, weight_shape, groups, out_shape):
+    """Whether a convolution takes the unrolled kernels: groups of 1 and
+    :func:`.columns.many_channels`, batches of :data:`MIN_BATCH` samples or more (the
+    samples are the products' vectors), outputs of at most :data:`MAX_OUT_MAP` pixels per
+    channel, and no more input pixels than outputs times taps (each input pixel rearranged
+    is read about once or more: not a 1x1 kernel at stride 2, whose columns copy only the
+    pixels it reads)."""
+    out_pixels = out_shape[2] * out_shape[3]
+    return (groups == 1 and many_channels(weight_shape) and x_shape[0] >= MIN_BATCH
+            and out_pixels <= MAX_OUT_MAP
+            and x_shape[2] * x_shape[3] <= out_pixels * weight_shape[2] * weight_shape[3])
 
 
 def _pairs(height, width, out_h, out_w, kh_size, kw_size, geometry):
