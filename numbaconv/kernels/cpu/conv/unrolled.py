@@ -21,6 +21,8 @@ of one group's result and sums its pairs in a fixed order, so results do not dep
 number of threads. :func:`use_unrolled` says where they serve.
 """
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -89,46 +91,56 @@ def _pixel_major(a):
     return np.ascontiguousarray(a.reshape(n, c, -1).transpose(2, 1, 0))
 
 
-def _live_pairs(x_shape, w_shape, out_h, out_w, geometry):
-    """(o, i, live, t): the pairs of :func:`_pairs`, the taps that join any (``live``, flat
-    indexes) and each pair's position among them (``t``): only those taps' weights are
-    rearranged and their gradients computed (a 1x1 map's 3x3 kernel: its middle tap)."""
-    o, i, taps = _pairs(x_shape[2], x_shape[3], out_h, out_w, w_shape[2], w_shape[3], geometry)
+@functools.lru_cache(maxsize=256)
+def _plan(height, width, out_h, out_w, kh_size, kw_size, geometry):
+    """(live, forward, weight_grad, input_grad) of a convolution's geometry (one per layer
+    and input size: computed once): the taps that join any pair (flat indexes; only their
+    weights are rearranged and their gradients computed: a 1x1 map's 3x3 kernel has its
+    middle tap alone), and the pairs grouped for each product (:func:`_grouped`), taps
+    numbered among the live ones."""
+    o, i, taps = _pairs(height, width, out_h, out_w, kh_size, kw_size, geometry)
     live, t = np.unique(taps, return_inverse=True)
-    return o, i, live, t.astype(np.int64)
+    t = t.astype(np.int64)
+    return (live, _grouped(o, t, i, out_h * out_w), _grouped(t, o, i, live.size),
+            _grouped(i, t, o, height * width))
+
+
+def _plan_of(x_shape, w_shape, out_h, out_w, geometry):
+    """:func:`_plan` for arrays of these shapes."""
+    return _plan(int(x_shape[2]), int(x_shape[3]), int(out_h), int(out_w), int(w_shape[2]),
+                 int(w_shape[3]), tuple(int(g) for g in geometry))
 
 
 def _live_weights(w, live, order):
     """The live taps' weights, (len(live), C_out, C_in) for order (2, 0, 1) or (len(live),
     C_in, C_out) for (2, 1, 0)."""
-    taps = w.reshape(w.shape[0], w.shape[1], -1)[:, :, live]
+    taps = w.reshape(w.shape[0], w.shape[1], -1)
+    if live.size < taps.shape[2]:  # a copy of the live ones (else one copy, below)
+        taps = taps[:, :, live]
     return np.ascontiguousarray(taps.transpose(order))
 
 
 def forward_unrolled(x, w, b, geometry, out_h, out_w):
     """y (N, C_out, out_h, out_w) of x (N, C_in, H, W); ``geometry`` = (stride_h, stride_w,
     dilation_h, dilation_w, top, left)."""
-    o, i, live, t = _live_pairs(x.shape, w.shape, out_h, out_w, geometry)
-    y_t = _pair_products(_live_weights(w, live, (2, 0, 1)), _pixel_major(x),
-                         *_grouped(o, t, i, out_h * out_w))
+    live, by_output, _, _ = _plan_of(x.shape, w.shape, out_h, out_w, geometry)
+    y_t = _pair_products(_live_weights(w, live, (2, 0, 1)), _pixel_major(x), *by_output)
     y = y_t.transpose(2, 1, 0).reshape(x.shape[0], w.shape[0], out_h, out_w)
     return np.ascontiguousarray(y + b[:, None, None].astype(y.dtype, copy=False))
 
 
 def backward_unrolled(gy, x, w, geometry, need_input_grad):
     """``(grad_x or None, grad_w, grad_b)`` of :func:`forward_unrolled` at gy."""
-    n, c_in, height, width = x.shape
-    c_out = w.shape[0]
-    o, i, live, t = _live_pairs(x.shape, w.shape, gy.shape[2], gy.shape[3], geometry)
+    n, c_in = x.shape[0], x.shape[1]
+    live, _, by_tap, by_input = _plan_of(x.shape, w.shape, gy.shape[2], gy.shape[3], geometry)
     gy_pixels = _pixel_major(gy)  # (OH * OW, C_out, N)
     x_rows = np.ascontiguousarray(x.reshape(n, c_in, -1).transpose(2, 0, 1))  # (H * W, N, C_in)
-    grad_live = _pair_products(gy_pixels, x_rows, *_grouped(t, o, i, live.size))
-    grad_w = np.zeros((c_out, c_in, w.shape[2] * w.shape[3]), dtype=w.dtype)
+    grad_live = _pair_products(gy_pixels, x_rows, *by_tap)
+    grad_w = np.zeros((w.shape[0], c_in, w.shape[2] * w.shape[3]), dtype=w.dtype)
     grad_w[:, :, live] = grad_live.transpose(1, 2, 0)
     grad_b = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype)
     grad_x = None
     if need_input_grad:
-        grad_pixels = _pair_products(_live_weights(w, live, (2, 1, 0)), gy_pixels,
-                                     *_grouped(i, t, o, height * width))
+        grad_pixels = _pair_products(_live_weights(w, live, (2, 1, 0)), gy_pixels, *by_input)
         grad_x = np.ascontiguousarray(grad_pixels.transpose(2, 1, 0)).reshape(x.shape)
     return grad_x, grad_w.reshape(w.shape), grad_b
