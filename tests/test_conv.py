@@ -768,3 +768,25 @@ def test_channel_vector_kernels_do_not_depend_on_the_thread_count(nc):
         finally:
             set_threads(None)
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_column_weight_gradient_splits_the_samples_of_a_one_channel_stem(nc, dtype):
+    """A stem's one input channel is one block of the weight gradient's columns: its samples
+    are split among tasks, their gradients added in order (like the reference, and the
+    same on 1 and 2 threads)."""
+    from numbaconv.threads import set_threads
+
+    case = dict(N=20, C=1, H=40, W=40, F=32, kernel=(7, 7), stride=2, padding=3, dilation=1,
+                groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"), seed=8)
+    check_conv_against_reference(nc, case)
+    x, w, _, rng = make_conv_arrays(case)
+    gy = rng.normal(size=(20, 32, 20, 20)).astype(dtype)
+    grads = []
+    for threads in (1, 2):
+        set_threads(threads)
+        try:
+            grads.append(nc.conv2d_backward(gy, x, w, stride=2, padding=3)[1])
+        finally:
+            set_threads(None)
+    np.testing.assert_array_equal(grads[0], grads[1])

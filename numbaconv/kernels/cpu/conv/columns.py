@@ -310,11 +310,11 @@ def conv2d_forward_columns(x, w, b, stride_h, stride_w, dilation_h, dilation_w, 
 @njit(cache=True, fastmath=FAST)
 def _weight_grad_task(x, gy_p, taps, no_offsets, kh_size, kw_size, stride_h, stride_w,
                       dilation_h, dilation_w, top, left, out_h, out_w, wide, per_chunk, c0, c1,
-                      grad_w, acc, cols):
-    """grad_w[:, c0 * KH * KW:c1 * KH * KW] = the sums over all pixels of gy_p (C_out, N *
-    OH * pitch) times the columns of channels c0:c1, made per_chunk samples at a time (acc
-    (C_out, (c1 - c0) * KH * KW) and cols are the task's scratch)."""
-    n_batch = x.shape[0]
+                      n_start, n_stop, grad_w, acc, cols):
+    """grad_w[:, c0 * KH * KW:c1 * KH * KW] = the sums over the pixels of samples
+    n_start:n_stop of gy_p (C_out, N * OH * pitch) times the columns of channels c0:c1, made
+    per_chunk samples at a time (acc (C_out, (c1 - c0) * KH * KW) and cols are the task's
+    scratch)."""
     khw = kh_size * kw_size
     per_sample = out_h * _pitch(wide, x, out_w)
     # W lane sums per weight, kept in memory across chunks (no sums of lanes per tile), where
@@ -323,8 +323,8 @@ def _weight_grad_task(x, gy_p, taps, no_offsets, kh_size, kw_size, stride_h, str
     lanes = np.zeros((acc.shape[0], acc.shape[1] * simd.width(acc[0]) if in_lanes else 0),
                      dtype=acc.dtype)
     acc[:] = 0
-    for n0 in range(0, n_batch, per_chunk):
-        n1 = min(n_batch, n0 + per_chunk)
+    for n0 in range(n_start, n_stop, per_chunk):
+        n1 = min(n_stop, n0 + per_chunk)
         _columns_task(x, n0, n1, c0, c1, kh_size, kw_size, stride_h, stride_w, dilation_h,
                       dilation_w, top, left, out_h, out_w, wide, cols)
         if in_lanes:
@@ -343,7 +343,7 @@ def _weight_grad_task(x, gy_p, taps, no_offsets, kh_size, kw_size, stride_h, str
 def weight_grad_columns_job(dtype) -> Job:
     """The job of :func:`conv2d_weight_grad_columns` for arrays of ``dtype``."""
     a2, a4 = array(dtype, 2), array(dtype, 4)
-    return Job(_weight_grad_task, (a4, a2, INTS, INTS) + (INT,) * 14 + (a2, a2, a2))
+    return Job(_weight_grad_task, (a4, a2, INTS, INTS) + (INT,) * 16 + (a2, a2, a2))
 
 
 @njit(parallel=True, cache=True)
@@ -354,7 +354,9 @@ def conv2d_weight_grad_columns(gy, x, kh_size, kw_size, stride_h, stride_w, dila
     (N, C_out, OH, OW): ``(grad_w, grad_b)``. ``job``: :func:`weight_grad_columns_job`.
 
     Each task owns a block of input channels, i.e. of the weight gradient's columns, and
-    sums over every pixel of the batch: no partial gradients are kept or added."""
+    sums over every pixel of the batch. Where there are fewer than MIN_TASKS blocks (the
+    stem's one input channel), the samples are split too: each part of them sums its own
+    gradient, and the parts are added in order."""
     n_batch, c_in = x.shape[0], x.shape[1]
     c_out, out_h, out_w = gy.shape[1], gy.shape[2], gy.shape[3]
     khw = kh_size * kw_size
@@ -369,14 +371,24 @@ def conv2d_weight_grad_columns(gy, x, kh_size, kw_size, stride_h, stride_w, dila
     gy_p, grad_b = _gy_columns(gy, pitch, n_batch * per_sample)
     taps = np.arange(k_part)
     no_offsets = np.zeros(k_part, dtype=np.int64)
-    grad_w = np.empty((c_out, c_in * khw), dtype=x.dtype)
-    for part in prange(n_parts):
+    n_chunks = -(-n_batch // per_chunk)
+    sample_parts = min(n_chunks, -(-MIN_TASKS // n_parts))
+    chunks_per_part = -(-n_chunks // sample_parts)
+    sample_parts = -(-n_chunks // chunks_per_part)
+    grads = np.empty((sample_parts, c_out, c_in * khw), dtype=x.dtype)
+    for task in prange(n_parts * sample_parts):
+        part, sample_part = task // sample_parts, task % sample_parts
         c0 = part * per_part
         c1 = min(c_in, c0 + per_part)
+        n_start = sample_part * chunks_per_part * per_chunk
         job(x, gy_p[0], taps, no_offsets, kh_size, kw_size, stride_h, stride_w, dilation_h,
-            dilation_w, top, left, out_h, out_w, wide, per_chunk, c0, c1, grad_w,
+            dilation_w, top, left, out_h, out_w, wide, per_chunk, c0, c1, n_start,
+            min(n_batch, n_start + chunks_per_part * per_chunk), grads[sample_part],
             np.empty((c_out, (c1 - c0) * khw), dtype=x.dtype),
             np.empty(((c1 - c0) * khw, per_chunk * per_sample), dtype=x.dtype))
+    grad_w = grads[0]
+    for sample_part in range(1, sample_parts):  # in order: no dependence on the threads
+        grad_w += grads[sample_part]
     return grad_w.reshape(c_out, c_in, kh_size, kw_size), grad_b
 
 
