@@ -8,7 +8,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import reference as ref
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from support import LAYOUTS, assert_close, layout
 
@@ -695,6 +695,17 @@ def test_channel_vector_kernels_match_reference(nc, case):
         check_conv_against_reference(nc, dict(case, groups=1, F=32, C=32, stride=1))
 
 
+@given(conv_cases(max_hw=30))
+def test_channel_vector_kernels_at_stride_2_match_reference(nc, case):
+    """The randomised geometries at stride 2 with 32 output channels: rows of at least a
+    tile (12 outputs) take the forward by row tiles (the backward stays on the columns)."""
+    assume(case["padding"] != "same")  # 'same' needs stride 1
+    with channel_vectors_for_every_size() as calls:
+        check_conv_against_reference(nc, dict(case, groups=1, F=32, C=3, stride=2))
+    if calls.call_count:
+        assert calls.call_args.args[5] == 2  # the kernel's stride
+
+
 @given(conv_cases(max_hw=7), st.integers(3, 9))
 def test_channel_vector_kernels_sum_many_samples_and_taps_like_the_reference(nc, case, n):
     """The weight gradient's sums carried across chunks of one sample each, a task per
@@ -725,6 +736,23 @@ def test_channel_vector_kernels_at_resnet_like_shapes_match_reference(nc, dtype,
             seed=5))
     # at their real routing: the forward, the input gradient and the weight gradient
     assert (forward.call_count, weight_grad.call_count) == (2, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kernel, padding", [
+    ((3, 1, 30, 29, 64), 7, 3),   # a stem: 7x7/2, one input channel
+    ((2, 16, 24, 25, 64), 3, 1),  # ResNet's 3x3/2 onto 12x12
+    ((2, 64, 25, 24, 64), 1, 0),  # and its 1x1/2 shortcut
+])
+def test_channel_vector_forward_at_stride_2_matches_reference(nc, dtype, shape, kernel,
+                                                              padding):
+    n, c_in, h, w, c_out = shape
+    with counting_channel_vector_calls() as (forward, _):
+        check_conv_against_reference(nc, dict(
+            N=n, C=c_in, H=h, W=w, F=c_out, kernel=(kernel, kernel), stride=2,
+            padding=padding, dilation=1, groups=1, bias=True, dtype=dtype,
+            layouts=("C", "C", "C"), seed=9))
+    assert forward.call_count == 1 and forward.call_args.args[5] == 2
 
 
 @pytest.mark.parametrize("where, value, position, args",

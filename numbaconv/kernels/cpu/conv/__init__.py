@@ -32,7 +32,12 @@ transposed kernel, and runs through :func:`forward` (or, on the lanes layout, sc
 
 import numpy as np
 
-from .channels import forward_channels, use_channel_vectors, weight_grad_channels
+from .channels import (
+    forward_channels,
+    use_channel_vectors,
+    use_strided_channel_vectors,
+    weight_grad_channels,
+)
 from .columns import (
     columns_job,
     conv2d_forward_columns,
@@ -122,7 +127,7 @@ def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
     """:func:`forward_channels` where :func:`use_channel_vectors` says so, else
     :func:`conv2d_forward_lanes` where :func:`use_lanes` does, else :func:`conv2d_forward`."""
     if use_channel_vectors(w.shape, groups, stride, out_h, out_w, xp.shape[3], xp.itemsize):
-        return forward_channels(xp, w, b, dilation, out_h, out_w)
+        return forward_channels(xp, w, b, stride, dilation, out_h, out_w)
     if use_lanes(xp.shape, xp.itemsize, stride[1], groups, out_w):
         return conv2d_forward_lanes(xp, w, b, stride[0], *dilation, groups, out_h, out_w,
                                     forward_lanes_job(xp.dtype))
@@ -211,11 +216,15 @@ def use_column_side(x_shape, weight_shape, groups, stride, out_shape):
 
 def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
     """:func:`conv2d_forward_columns` of x (unpadded; padding ((top, bottom), (left, right))),
-    or on tiny maps :func:`forward_unrolled`."""
+    or on small maps :func:`forward_unrolled`, or at stride 2 where
+    :func:`use_strided_channel_vectors` says so :func:`forward_channels`."""
     if use_unrolled(x.shape, w.shape, 1, (x.shape[0], w.shape[0], out_h, out_w)):
         (top, _), (left, _) = padding
         return forward_unrolled(np.ascontiguousarray(x), w, b, (*stride, *dilation, top, left),
                                 out_h, out_w)
+    if use_strided_channel_vectors(w.shape, 1, stride, out_w, x.itemsize):
+        xp, _ = pad(x, padding)
+        return forward_channels(xp, w, b, stride, dilation, out_h, out_w)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, out_h, out_w)
     if plan.empty:  # the bias alone
         return np.broadcast_to(b[:, None, None], (x.shape[0], w.shape[0], out_h, out_w)).copy()

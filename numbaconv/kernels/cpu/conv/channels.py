@@ -42,7 +42,7 @@ from .tiles import UINT
 TILE_PIXELS = 12  # positions (the weight gradient's taps) per tile: 24 sums, two weight
 # vectors and a broadcast in the 32 vector registers of AVX-512 (more spill)
 MIN_C_OUT = 64  # output channels from which these kernels pay (LeNet's 6 and 16 stay flat)
-MIN_K = 64  # weights per output channel, likewise
+MIN_K = 32  # weights per output channel, likewise (ResNet's stem has 49)
 
 
 def block_channels(itemsize) -> int:
@@ -50,14 +50,28 @@ def block_channels(itemsize) -> int:
     return 2 * simd.VECTOR_BYTES // itemsize
 
 
-def use_channel_vectors(weight_shape, groups, stride, out_h, out_w, padded_w, itemsize):
-    """Whether a convolution takes these kernels: groups of 1, stride 1, whole blocks of
-    :func:`block_channels` output channels, at least :data:`MIN_C_OUT` of them and
-    :data:`MIN_K` weights each, and a grid of at least one tile (``padded_w`` wide)."""
+def _channels_fit(weight_shape, groups, itemsize):
+    """Groups of 1, whole blocks of :func:`block_channels` output channels, at least
+    :data:`MIN_C_OUT` of them and :data:`MIN_K` weights each."""
     c_out, c_in_g, kh, kw = weight_shape
-    return (groups == 1 and tuple(stride) == (1, 1) and c_out >= MIN_C_OUT
-            and c_out % block_channels(itemsize) == 0 and c_in_g * kh * kw >= MIN_K
+    return (groups == 1 and c_out >= MIN_C_OUT and c_out % block_channels(itemsize) == 0
+            and c_in_g * kh * kw >= MIN_K)
+
+
+def use_channel_vectors(weight_shape, groups, stride, out_h, out_w, padded_w, itemsize):
+    """Whether a convolution at stride 1 takes these kernels: where the channels fit
+    (:func:`_channels_fit`) and its flat grid (``padded_w`` wide) holds a tile."""
+    return (tuple(stride) == (1, 1) and _channels_fit(weight_shape, groups, itemsize)
             and (out_h - 1) * padded_w + out_w >= TILE_PIXELS)
+
+
+def use_strided_channel_vectors(weight_shape, groups, stride, out_w, itemsize):
+    """Whether a convolution at stride 2 takes the forward of these kernels, by tiles along
+    each output row: where the channels fit and a row holds a tile (ResNet's stem, 7x7/2
+    onto 48x48 at 96x96 input, and its 64 -> 128 layer onto 12x12). Its backward stays on
+    the column kernels."""
+    return (tuple(stride) == (2, 2) and _channels_fit(weight_shape, groups, itemsize)
+            and out_w >= TILE_PIXELS)
 
 
 @njit(inline="always")
@@ -68,10 +82,11 @@ def _broadcast_fma(xs, i, w0, w1, s0, s1):
 
 
 @njit(cache=True, fastmath=FAST)
-def _tile(xs, weights, taps, p0, bias0, bias1, sums):
-    """sums[p * 2W:(p + 1) * 2W] = bias + the sums over taps k of
-    weights[k * 2W:(k + 1) * 2W] * xs[taps[k] + p], for the TILE_PIXELS positions p from p0
-    (xs: a sample's flat input; taps: each tap's channel plane start plus its offset)."""
+def _tile(xs, weights, taps, p0, step, bias0, bias1, sums, o):
+    """sums[(o + j) * 2W:(o + j + 1) * 2W] = bias + the sums over taps k of
+    weights[k * 2W:(k + 1) * 2W] * xs[taps[k] + p0 + j * step], for the TILE_PIXELS outputs
+    j (xs: a sample's flat input; taps: each tap's channel plane start plus its offset;
+    ``step``: the stride along a row, passed as a constant so that each j * step is one)."""
     w = simd.width(xs)
     s00, s01, s10, s11, s20, s21 = bias0, bias1, bias0, bias1, bias0, bias1
     s30, s31, s40, s41, s50, s51 = bias0, bias1, bias0, bias1, bias0, bias1
@@ -84,18 +99,18 @@ def _tile(xs, weights, taps, p0, bias0, bias1, sums):
         w1 = simd.load_first(weights, q + UINT(w), w)
         q += UINT(2 * w)
         s00, s01 = _broadcast_fma(xs, i, w0, w1, s00, s01)
-        s10, s11 = _broadcast_fma(xs, i + UINT(1), w0, w1, s10, s11)
-        s20, s21 = _broadcast_fma(xs, i + UINT(2), w0, w1, s20, s21)
-        s30, s31 = _broadcast_fma(xs, i + UINT(3), w0, w1, s30, s31)
-        s40, s41 = _broadcast_fma(xs, i + UINT(4), w0, w1, s40, s41)
-        s50, s51 = _broadcast_fma(xs, i + UINT(5), w0, w1, s50, s51)
-        s60, s61 = _broadcast_fma(xs, i + UINT(6), w0, w1, s60, s61)
-        s70, s71 = _broadcast_fma(xs, i + UINT(7), w0, w1, s70, s71)
-        s80, s81 = _broadcast_fma(xs, i + UINT(8), w0, w1, s80, s81)
-        s90, s91 = _broadcast_fma(xs, i + UINT(9), w0, w1, s90, s91)
-        sa0, sa1 = _broadcast_fma(xs, i + UINT(10), w0, w1, sa0, sa1)
-        sb0, sb1 = _broadcast_fma(xs, i + UINT(11), w0, w1, sb0, sb1)
-    o = p0 * 2 * w
+        s10, s11 = _broadcast_fma(xs, i + UINT(step), w0, w1, s10, s11)
+        s20, s21 = _broadcast_fma(xs, i + UINT(2 * step), w0, w1, s20, s21)
+        s30, s31 = _broadcast_fma(xs, i + UINT(3 * step), w0, w1, s30, s31)
+        s40, s41 = _broadcast_fma(xs, i + UINT(4 * step), w0, w1, s40, s41)
+        s50, s51 = _broadcast_fma(xs, i + UINT(5 * step), w0, w1, s50, s51)
+        s60, s61 = _broadcast_fma(xs, i + UINT(6 * step), w0, w1, s60, s61)
+        s70, s71 = _broadcast_fma(xs, i + UINT(7 * step), w0, w1, s70, s71)
+        s80, s81 = _broadcast_fma(xs, i + UINT(8 * step), w0, w1, s80, s81)
+        s90, s91 = _broadcast_fma(xs, i + UINT(9 * step), w0, w1, s90, s91)
+        sa0, sa1 = _broadcast_fma(xs, i + UINT(10 * step), w0, w1, sa0, sa1)
+        sb0, sb1 = _broadcast_fma(xs, i + UINT(11 * step), w0, w1, sb0, sb1)
+    o *= 2 * w
     for v0, v1 in ((s00, s01), (s10, s11), (s20, s21), (s30, s31), (s40, s41), (s50, s51),
                    (s60, s61), (s70, s71), (s80, s81), (s90, s91), (sa0, sa1), (sb0, sb1)):
         simd.store_first(sums, o, v0, w)
@@ -104,9 +119,9 @@ def _tile(xs, weights, taps, p0, bias0, bias1, sums):
 
 
 @njit(cache=True, fastmath=FAST)
-def _forward_task(xflat, packed, b, taps, n, block, wp, y, sums):
-    """y[n, block's 2W channels] for :func:`conv2d_forward_channels`; ``sums`` (>= the grid's
-    length x 2W) is scratch."""
+def _forward_task(xflat, packed, b, taps, n, block, wp, stride, y, sums):
+    """y[n, block's 2W channels] for :func:`conv2d_forward_channels`; ``sums`` (>= the
+    grid's length, or OH * OW at stride 2, x 2W) is scratch."""
     out_h, out_w = y.shape[2], y.shape[3]
     xs = xflat[n]
     w = simd.width(xs)
@@ -115,11 +130,21 @@ def _forward_task(xflat, packed, b, taps, n, block, wp, y, sums):
     c0 = block * block_size
     bias0 = simd.load_first(b, c0, w)
     bias1 = simd.load_first(b, c0 + w, w)
-    length = (out_h - 1) * wp + out_w
-    for p0 in range(0, length, TILE_PIXELS):
-        # the last tile ends at the grid's end (recomputing a few positions of the one
-        # before): no tile reads past the sample's input
-        _tile(xs, weights, taps, min(p0, length - TILE_PIXELS), bias0, bias1, sums)
+    if stride == 1:  # tiles along the flat grid, rows Wp apart
+        pitch = wp
+        length = (out_h - 1) * wp + out_w
+        for p0 in range(0, length, TILE_PIXELS):
+            # the last tile ends at the grid's end (recomputing a few positions of the one
+            # before): no tile reads past the sample's input
+            p = min(p0, length - TILE_PIXELS)
+            _tile(xs, weights, taps, p, 1, bias0, bias1, sums, p)
+    else:  # stride 2: tiles along each output row (the last one ending at the row's end)
+        pitch = out_w
+        for oh in range(out_h):
+            for ow0 in range(0, out_w, TILE_PIXELS):
+                ow = min(ow0, out_w - TILE_PIXELS)
+                _tile(xs, weights, taps, 2 * (oh * wp + ow), 2, bias0, bias1, sums,
+                      oh * out_w + ow)
     # to y's planes by W x W squares (W positions of a row x W channels) transposed in
     # registers (:func:`.simd.transpose`)
     square = np.empty(w * w, dtype=y.dtype)
@@ -129,7 +154,7 @@ def _forward_task(xflat, packed, b, taps, n, block, wp, y, sums):
             for half in range(0, block_size, w):
                 for i in range(count):
                     simd.store_first(square, i * w, simd.load_first(
-                        sums, (oh * wp + ow0 + i) * block_size + half, w), w)
+                        sums, (oh * pitch + ow0 + i) * block_size + half, w), w)
                 simd.transpose(square)
                 for j in range(w):
                     simd.store_first(y[n, c0 + half + j, oh], ow0,
@@ -140,22 +165,22 @@ def _forward_task(xflat, packed, b, taps, n, block, wp, y, sums):
 def forward_channels_job(dtype) -> Job:
     """The job of :func:`conv2d_forward_channels` for arrays of ``dtype``."""
     a1 = array(dtype, 1)
-    return Job(_forward_task, (array(dtype, 2), array(dtype, 3), a1, INTS, INT, INT, INT,
+    return Job(_forward_task, (array(dtype, 2), array(dtype, 3), a1, INTS, INT, INT, INT, INT,
                                array(dtype, 4), a1))
 
 
 @njit(parallel=True, cache=True)
-def conv2d_forward_channels(xflat, packed, b, taps, wp, out_h, out_w, job):
-    """The convolution's outputs y (N, C_out, out_h, out_w) at stride 1 from xflat (N, C_in *
-    Hp * Wp), with ``wp`` = Wp, the weights :func:`pack` packs and the :func:`grid_taps`.
-    ``job``: :func:`forward_channels_job` of the dtype."""
+def conv2d_forward_channels(xflat, packed, b, taps, wp, stride, out_h, out_w, job):
+    """The convolution's outputs y (N, C_out, out_h, out_w) at ``stride`` (1 or 2, both axes)
+    from xflat (N, C_in * Hp * Wp), with ``wp`` = Wp, the weights :func:`pack` packs and the
+    :func:`grid_taps`. ``job``: :func:`forward_channels_job` of the dtype."""
     n_batch = xflat.shape[0]
     n_blocks, block_size = packed.shape[0], packed.shape[2]
-    length = (out_h - 1) * wp + out_w
+    positions = (out_h - 1) * wp + out_w if stride == 1 else out_h * out_w
     y = np.empty((n_batch, n_blocks * block_size, out_h, out_w), dtype=xflat.dtype)
     for task in prange(n_batch * n_blocks):
-        job(xflat, packed, b, taps, np.int64(task // n_blocks), np.int64(task % n_blocks), wp, y,
-            np.empty(length * block_size, dtype=xflat.dtype))
+        job(xflat, packed, b, taps, np.int64(task // n_blocks), np.int64(task % n_blocks), wp,
+            stride, y, np.empty(positions * block_size, dtype=xflat.dtype))
     return y
 
 
@@ -336,12 +361,12 @@ def conv2d_weight_grad_channels(gy, xflat, taps, wp, per_chunk, per_task, job):
 
 # ------------------------------------------------------------------------------ entry points
 
-def forward_channels(xp, w, b, dilation, out_h, out_w):
+def forward_channels(xp, w, b, stride, dilation, out_h, out_w):
     """:func:`conv2d_forward_channels` of the padded input xp (N, C_in, Hp, Wp)."""
     n_batch, c_in, hp, wp = xp.shape
     return conv2d_forward_channels(xp.reshape(n_batch, c_in * hp * wp), pack(w), b,
-                                   grid_taps(c_in, w.shape[2:], hp, wp, dilation), wp, out_h,
-                                   out_w, forward_channels_job(xp.dtype))
+                                   grid_taps(c_in, w.shape[2:], hp, wp, dilation), wp,
+                                   stride[0], out_h, out_w, forward_channels_job(xp.dtype))
 
 
 def weight_grad_channels(gy, xp, kernel, dilation):
