@@ -747,12 +747,36 @@ def test_channel_vector_kernels_at_resnet_like_shapes_match_reference(nc, dtype,
 def test_channel_vector_forward_at_stride_2_matches_reference(nc, dtype, shape, kernel,
                                                               padding):
     n, c_in, h, w, c_out = shape
-    with counting_channel_vector_calls() as (forward, _):
+    with counting_channel_vector_calls() as (forward, weight_grad):
         check_conv_against_reference(nc, dict(
             N=n, C=c_in, H=h, W=w, F=c_out, kernel=(kernel, kernel), stride=2,
             padding=padding, dilation=1, groups=1, bias=True, dtype=dtype,
             layouts=("C", "C", "C"), seed=9))
     assert forward.call_count == 1 and forward.call_args.args[5] == 2
+    assert weight_grad.call_count == 1 and weight_grad.call_args.args[4] == 2
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_channel_vector_kernels_at_stride_2_propagate_non_finite_values_like_reference(nc,
+                                                                                       value):
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(2, 3, 26, 27))
+    w = rng.normal(size=(32, 3, 3, 3))  # two float64 blocks, on the column side
+    x[1, 2, 7, 11] = value
+    with channel_vectors_for_every_size() as calls:
+        y = nc.conv2d(x, w, stride=2, padding=1)
+        gy = rng.normal(size=y.shape)
+        gx, gw, gb = nc.conv2d_backward(gy, x, w, stride=2, padding=1)
+    assert calls.call_count == 1
+    with np.errstate(invalid="ignore"):
+        expected = (ref.conv2d(x, w, stride=2, padding=1),) + tuple(
+            ref.conv2d_backward(gy, x, w, stride=2, padding=1))
+    for got, exp, what in zip((y, gx, gw, gb), expected, ("y", "grad_x", "grad_w", "grad_b"),
+                              strict=True):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(exp),
+                                      err_msg=f"{what}: NaN positions differ")
+        np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10, equal_nan=True,
+                                   err_msg=what)
 
 
 @pytest.mark.parametrize("where, value, position, args",

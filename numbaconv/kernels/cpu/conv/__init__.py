@@ -235,8 +235,10 @@ def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
 
 
 def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
-    """``(grad_x or None, grad_w, grad_b)`` by the column kernels (x unpadded), or on tiny
-    maps by :func:`backward_unrolled`."""
+    """``(grad_x or None, grad_w, grad_b)`` by the column kernels (x unpadded), the weight
+    gradient at stride 2 by :func:`weight_grad_channels` where
+    :func:`use_strided_channel_vectors` says so, or on small maps by
+    :func:`backward_unrolled`."""
     if use_unrolled(x.shape, w.shape, 1, gy.shape):
         (top, _), (left, _) = padding
         return backward_unrolled(gy, np.ascontiguousarray(x), w,
@@ -249,10 +251,16 @@ def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
     live_w = np.ascontiguousarray(w[:, :, plan.rows, plan.cols])
     if not np.isfinite(live_w.sum()):  # scratch columns would carry 0 * inf into grad_x
         plan.wide = False
-    xk = plan.input(x, check_finite=True)
-    grad_w[:, :, plan.rows, plan.cols], grad_b = conv2d_weight_grad_columns(
-        gy, xk, live_w.shape[2], live_w.shape[3], *plan.geometry(),
-        weight_grad_columns_job(x.dtype))
+    if use_strided_channel_vectors(w.shape, 1, stride, gy.shape[3], x.itemsize):
+        # by rows of outputs: every product is one of the sums' own (inf and NaN as there)
+        grad_w, grad_b = weight_grad_channels(gy, pad(x, padding)[0], w.shape[2:], stride,
+                                              dilation)
+        xk = plan.input(x)
+    else:
+        xk = plan.input(x, check_finite=True)
+        grad_w[:, :, plan.rows, plan.cols], grad_b = conv2d_weight_grad_columns(
+            gy, xk, live_w.shape[2], live_w.shape[3], *plan.geometry(),
+            weight_grad_columns_job(x.dtype))
     grad_x = None
     if need_input_grad:
         grad = conv2d_input_grad_columns(gy, live_w, xk.shape[2], xk.shape[3],
@@ -270,7 +278,7 @@ def weight_grad(gy, xp, kernel, stride, dilation, groups):
     weight_shape = (gy.shape[1], xp.shape[1] // groups) + tuple(kernel)
     if use_channel_vectors(weight_shape, groups, stride, gy.shape[2], gy.shape[3], xp.shape[3],
                            xp.itemsize):
-        return weight_grad_channels(gy, xp, kernel, dilation)
+        return weight_grad_channels(gy, xp, kernel, stride, dilation)
     if use_lanes(xp.shape, xp.itemsize, stride[1], groups, gy.shape[3]):
         return conv2d_weight_grad_lanes(gy, xp, *kernel, stride[0], *dilation, groups,
                                         weight_grad_lanes_job(xp.dtype))

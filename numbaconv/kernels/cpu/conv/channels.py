@@ -66,10 +66,10 @@ def use_channel_vectors(weight_shape, groups, stride, out_h, out_w, padded_w, it
 
 
 def use_strided_channel_vectors(weight_shape, groups, stride, out_w, itemsize):
-    """Whether a convolution at stride 2 takes the forward of these kernels, by tiles along
-    each output row: where the channels fit and a row holds a tile (ResNet's stem, 7x7/2
-    onto 48x48 at 96x96 input, and its 64 -> 128 layer onto 12x12). Its backward stays on
-    the column kernels."""
+    """Whether a convolution at stride 2 takes the forward (by tiles along each output row)
+    and the weight gradient of these kernels: where the channels fit and a row holds a tile
+    (ResNet's stem, 7x7/2 onto 48x48 at 96x96 input, and its 64 -> 128 layers onto 12x12).
+    Its input gradient stays on the column kernels."""
     return (tuple(stride) == (2, 2) and _channels_fit(weight_shape, groups, itemsize)
             and out_w >= TILE_PIXELS)
 
@@ -258,10 +258,13 @@ def _gy_blocks(gy, wp, size):
 
 
 @njit(cache=True, fastmath=FAST)
-def _weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, length, sums):
-    """sums[(k0 + t) * 2W:(k0 + t + 1) * 2W] += the sums over samples n0:n1 and grid
-    positions p < length of xflat[n, taps[k0 + t] + p] * gyt[n, block, p * 2W:(p + 1) * 2W],
-    for the 12 taps t (``taps`` holds whole tiles)."""
+def _weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, rows, row_length, row_step, step,
+                      sums):
+    """sums[(k0 + t) * 2W:(k0 + t + 1) * 2W] += the sums over samples n0:n1 and output
+    positions p = r * row_length + j (rows r, j < row_length) of
+    xflat[n, taps[k0 + t] + r * row_step + j * step] * gyt[n, block, p * 2W:(p + 1) * 2W],
+    for the 12 taps t (``taps`` holds whole tiles). At stride 1, one row: the flat grid;
+    ``step``, the stride along a row, is passed as a constant."""
     w = simd.width(sums)
     o = k0 * 2 * w
     s00, s01 = simd.load_first(sums, o, w), simd.load_first(sums, o + w, w)
@@ -283,22 +286,25 @@ def _weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, length, sums):
     for n in range(n0, n1):
         xs, g = xflat[n], gyt[n, block]
         q = UINT(0)
-        for p in range(UINT(0), UINT(length)):
-            g0 = simd.load_first(g, q, w)
-            g1 = simd.load_first(g, q + UINT(w), w)
-            q += UINT(2 * w)
-            s00, s01 = _broadcast_fma(xs, t0 + p, g0, g1, s00, s01)
-            s10, s11 = _broadcast_fma(xs, t1 + p, g0, g1, s10, s11)
-            s20, s21 = _broadcast_fma(xs, t2 + p, g0, g1, s20, s21)
-            s30, s31 = _broadcast_fma(xs, t3 + p, g0, g1, s30, s31)
-            s40, s41 = _broadcast_fma(xs, t4 + p, g0, g1, s40, s41)
-            s50, s51 = _broadcast_fma(xs, t5 + p, g0, g1, s50, s51)
-            s60, s61 = _broadcast_fma(xs, t6 + p, g0, g1, s60, s61)
-            s70, s71 = _broadcast_fma(xs, t7 + p, g0, g1, s70, s71)
-            s80, s81 = _broadcast_fma(xs, t8 + p, g0, g1, s80, s81)
-            s90, s91 = _broadcast_fma(xs, t9 + p, g0, g1, s90, s91)
-            sa0, sa1 = _broadcast_fma(xs, ta + p, g0, g1, sa0, sa1)
-            sb0, sb1 = _broadcast_fma(xs, tb + p, g0, g1, sb0, sb1)
+        for r in range(UINT(0), UINT(rows)):
+            start = r * UINT(row_step)
+            for j in range(UINT(0), UINT(row_length)):
+                p = start + j * UINT(step)
+                g0 = simd.load_first(g, q, w)
+                g1 = simd.load_first(g, q + UINT(w), w)
+                q += UINT(2 * w)
+                s00, s01 = _broadcast_fma(xs, t0 + p, g0, g1, s00, s01)
+                s10, s11 = _broadcast_fma(xs, t1 + p, g0, g1, s10, s11)
+                s20, s21 = _broadcast_fma(xs, t2 + p, g0, g1, s20, s21)
+                s30, s31 = _broadcast_fma(xs, t3 + p, g0, g1, s30, s31)
+                s40, s41 = _broadcast_fma(xs, t4 + p, g0, g1, s40, s41)
+                s50, s51 = _broadcast_fma(xs, t5 + p, g0, g1, s50, s51)
+                s60, s61 = _broadcast_fma(xs, t6 + p, g0, g1, s60, s61)
+                s70, s71 = _broadcast_fma(xs, t7 + p, g0, g1, s70, s71)
+                s80, s81 = _broadcast_fma(xs, t8 + p, g0, g1, s80, s81)
+                s90, s91 = _broadcast_fma(xs, t9 + p, g0, g1, s90, s91)
+                sa0, sa1 = _broadcast_fma(xs, ta + p, g0, g1, sa0, sa1)
+                sb0, sb1 = _broadcast_fma(xs, tb + p, g0, g1, sb0, sb1)
     for v0, v1 in ((s00, s01), (s10, s11), (s20, s21), (s30, s31), (s40, s41), (s50, s51),
                    (s60, s61), (s70, s71), (s80, s81), (s90, s91), (sa0, sa1), (sb0, sb1)):
         simd.store_first(sums, o, v0, w)
@@ -307,31 +313,38 @@ def _weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, length, sums):
 
 
 @njit(cache=True, fastmath=FAST)
-def _weight_grad_task(xflat, gyt, taps, block, k0, k1, per_chunk, length, sums):
+def _weight_grad_task(xflat, gyt, taps, block, k0, k1, per_chunk, out_h, out_w, wp, stride,
+                      sums):
     """sums (K' * 2W) of block ``block``'s channels, taps k0:k1 (whole tiles): the weight
     gradient's sums over all samples, per_chunk samples at a time (each tile of the task
-    reads that chunk's gy while it is in cache)."""
+    reads that chunk's gy while it is in cache). At stride 1 over the flat grid (rows wp
+    apart), at stride 2 over the out_h rows of out_w outputs."""
     w = simd.width(sums)
     sums[k0 * 2 * w:k1 * 2 * w] = 0
     for n0 in range(0, xflat.shape[0], per_chunk):
         n1 = min(xflat.shape[0], n0 + per_chunk)
         for k in range(k0, k1, TILE_PIXELS):
-            _weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, length, sums)
+            if stride == 1:
+                _weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, 1,
+                                  (out_h - 1) * wp + out_w, 0, 1, sums)
+            else:
+                _weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, 2 * wp, 2,
+                                  sums)
 
 
 @functools.cache
 def weight_grad_channels_job(dtype) -> Job:
     """The job of :func:`conv2d_weight_grad_channels` for arrays of ``dtype``."""
-    return Job(_weight_grad_task, (array(dtype, 2), array(dtype, 3), INTS, INT, INT, INT, INT,
-                                   INT, array(dtype, 1)))
+    return Job(_weight_grad_task, (array(dtype, 2), array(dtype, 3), INTS) + (INT,) * 8
+               + (array(dtype, 1),))
 
 
 @njit(parallel=True, cache=True)
-def conv2d_weight_grad_channels(gy, xflat, taps, wp, per_chunk, per_task, job):
-    """``(grad_w, grad_b)`` of the stride-1 convolution of :func:`conv2d_forward_channels` at
-    gy (N, C_out, OH, OW): grad_w as (C_out, K) (K = len(taps)), xflat and taps as there
-    (the input finite). Each task sums ``per_task`` tiles of taps over per_chunk samples at
-    a time. ``job``: :func:`weight_grad_channels_job` of the dtype.
+def conv2d_weight_grad_channels(gy, xflat, taps, wp, stride, per_chunk, per_task, job):
+    """``(grad_w, grad_b)`` of the convolution of :func:`conv2d_forward_channels` (stride 1
+    or 2) at gy (N, C_out, OH, OW): grad_w as (C_out, K) (K = len(taps)), xflat and taps as
+    there (the input finite). Each task sums ``per_task`` tiles of taps over per_chunk
+    samples at a time. ``job``: :func:`weight_grad_channels_job` of the dtype.
 
     Each task owns a block of channels and a run of whole tiles of taps and sums over every
     sample, in order: no partial gradients, no dependence on the number of threads."""
@@ -343,14 +356,14 @@ def conv2d_weight_grad_channels(gy, xflat, taps, wp, per_chunk, per_task, job):
     whole = np.empty(n_tiles * TILE_PIXELS, dtype=np.int64)  # the last tap repeated
     whole[:k_size] = taps
     whole[k_size:] = taps[k_size - 1]
-    gyt, grad_b = _gy_blocks(gy, wp, size)
+    gyt, grad_b = _gy_blocks(gy, wp if stride == 1 else out_w, size)  # OH x OW at stride 2
     n_parts = -(-n_tiles // per_task)
     sums = np.empty((n_blocks, n_tiles * TILE_PIXELS * size), dtype=gy.dtype)
     for task in prange(n_blocks * n_parts):
         block, part = task // n_parts, task % n_parts
         job(xflat, gyt, whole, np.int64(block), np.int64(part * per_task * TILE_PIXELS),
             np.int64(min(n_tiles, (part + 1) * per_task) * TILE_PIXELS), per_chunk,
-            np.int64((out_h - 1) * wp + out_w), sums[block])
+            np.int64(out_h), np.int64(out_w), wp, stride, sums[block])
     grad_w = np.empty((c_out, k_size), dtype=gy.dtype)
     for block in range(n_blocks):
         for j in range(size):
@@ -369,18 +382,18 @@ def forward_channels(xp, w, b, stride, dilation, out_h, out_w):
                                    stride[0], out_h, out_w, forward_channels_job(xp.dtype))
 
 
-def weight_grad_channels(gy, xp, kernel, dilation):
+def weight_grad_channels(gy, xp, kernel, stride, dilation):
     """``(grad_w (C_out, C_in, KH, KW), grad_b)`` by :func:`conv2d_weight_grad_channels` of
     the padded, finite input xp (N, C_in, Hp, Wp): at least :data:`TASKS` tasks where there
     are tiles for them, and chunks of samples whose gy blocks fit :data:`GY_SAMPLES_BYTES`."""
     n_batch, c_in, hp, wp = xp.shape
     c_out, out_h, out_w = gy.shape[1:]
     size = block_channels(xp.itemsize)
-    length = (out_h - 1) * wp + out_w
+    length = (out_h - 1) * wp + out_w if stride[0] == 1 else out_h * out_w
     n_tiles = -(-c_in * kernel[0] * kernel[1] // TILE_PIXELS)
     per_chunk = max(1, min(n_batch, GY_SAMPLES_BYTES // (length * size * xp.itemsize)))
     per_task = max(1, n_tiles * (c_out // size) // TASKS)
     grad_w, grad_b = conv2d_weight_grad_channels(
         gy, xp.reshape(n_batch, c_in * hp * wp), grid_taps(c_in, kernel, hp, wp, dilation), wp,
-        per_chunk, per_task, weight_grad_channels_job(xp.dtype))
+        stride[0], per_chunk, per_task, weight_grad_channels_job(xp.dtype))
     return grad_w.reshape(c_out, c_in, *kernel), grad_b
