@@ -85,12 +85,6 @@ def _pair_products(a, b, starts, a_index, b_index):
     return c
 
 
-def _pixel_major(a):
-    """a (N, C, H, W) as (H * W, C, N): a pixel's channels x samples matrix each."""
-    n, c = a.shape[0], a.shape[1]
-    return np.ascontiguousarray(a.reshape(n, c, -1).transpose(2, 1, 0))
-
-
 @functools.lru_cache(maxsize=256)
 def _plan(height, width, out_h, out_w, kh_size, kw_size, geometry):
     """(live, forward, weight_grad, input_grad) of a convolution's geometry (one per layer
@@ -111,36 +105,78 @@ def _plan_of(x_shape, w_shape, out_h, out_w, geometry):
                  int(w_shape[3]), tuple(int(g) for g in geometry))
 
 
-def _live_weights(w, live, order):
-    """The live taps' weights, (len(live), C_out, C_in) for order (2, 0, 1) or (len(live),
-    C_in, C_out) for (2, 1, 0)."""
-    taps = w.reshape(w.shape[0], w.shape[1], -1)
-    if live.size < taps.shape[2]:  # a copy of the live ones (else one copy, below)
-        taps = taps[:, :, live]
-    return np.ascontiguousarray(taps.transpose(order))
+def _swap_outer(a):
+    """a (A, B, C) as (C, B, A), C-contiguous: samples x channels x pixels to pixels x
+    channels x samples and back (NumPy's copy: 5x faster than a loop over the elements)."""
+    return np.ascontiguousarray(a.transpose(2, 1, 0))
+
+
+def _pixel_rows(a):
+    """a (N, C, P) as (P, N, C): a pixel's samples x channels matrix each."""
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+# The weights' rearrangements, in parallel (NumPy's copies run on one thread: at 512
+# channels the live taps' weights took 3.5 ms, here 1.4 on one thread); each iteration
+# writes its own rows.
+
+@njit(parallel=True, cache=True)
+def _live_weights(w, live, transposed):
+    """The live taps' weights of w (C_out, C_in, T): (len(live), C_out, C_in), or with
+    ``transposed`` (len(live), C_in, C_out)."""
+    c_out, c_in = w.shape[0], w.shape[1]
+    out = np.empty((live.size, c_in, c_out) if transposed else (live.size, c_out, c_in),
+                   dtype=w.dtype)
+    for m in prange(c_out):
+        for c in range(c_in):
+            for j in range(live.size):
+                if transposed:
+                    out[j, c, m] = w[m, c, live[j]]
+                else:
+                    out[j, m, c] = w[m, c, live[j]]
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _taps_gradient(grad_live, live, n_taps):
+    """The weight gradient (C_out, C_in, n_taps) from the live taps' (len(live), C_out,
+    C_in): zeros at the taps that join no pair."""
+    c_out, c_in = grad_live.shape[1], grad_live.shape[2]
+    grad_w = np.empty((c_out, c_in, n_taps), dtype=grad_live.dtype)
+    for m in prange(c_out):
+        for c in range(c_in):
+            grad_w[m, c, :] = 0
+            for j in range(live.size):
+                grad_w[m, c, live[j]] = grad_live[j, m, c]
+    return grad_w
+
+
+def _flat(a):
+    """a (N, C, H, W) as (N, C, H * W), C-contiguous."""
+    return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
 
 
 def forward_unrolled(x, w, b, geometry, out_h, out_w):
     """y (N, C_out, out_h, out_w) of x (N, C_in, H, W); ``geometry`` = (stride_h, stride_w,
     dilation_h, dilation_w, top, left)."""
     live, by_output, _, _ = _plan_of(x.shape, w.shape, out_h, out_w, geometry)
-    y_t = _pair_products(_live_weights(w, live, (2, 0, 1)), _pixel_major(x), *by_output)
-    y = y_t.transpose(2, 1, 0).reshape(x.shape[0], w.shape[0], out_h, out_w)
-    return np.ascontiguousarray(y + b[:, None, None].astype(y.dtype, copy=False))
+    y_t = _pair_products(_live_weights(_flat(w), live, False), _swap_outer(_flat(x)),
+                         *by_output)
+    y = _swap_outer(y_t).reshape(x.shape[0], w.shape[0], out_h, out_w)
+    y += b[:, None, None].astype(y.dtype, copy=False)
+    return y
 
 
 def backward_unrolled(gy, x, w, geometry, need_input_grad):
     """``(grad_x or None, grad_w, grad_b)`` of :func:`forward_unrolled` at gy."""
-    n, c_in = x.shape[0], x.shape[1]
     live, _, by_tap, by_input = _plan_of(x.shape, w.shape, gy.shape[2], gy.shape[3], geometry)
-    gy_pixels = _pixel_major(gy)  # (OH * OW, C_out, N)
-    x_rows = np.ascontiguousarray(x.reshape(n, c_in, -1).transpose(2, 0, 1))  # (H * W, N, C_in)
-    grad_live = _pair_products(gy_pixels, x_rows, *by_tap)
-    grad_w = np.zeros((w.shape[0], c_in, w.shape[2] * w.shape[3]), dtype=w.dtype)
-    grad_w[:, :, live] = grad_live.transpose(1, 2, 0)
+    gy_pixels = _swap_outer(_flat(gy))  # (OH * OW, C_out, N)
+    grad_live = _pair_products(gy_pixels, _pixel_rows(_flat(x)), *by_tap)
+    grad_w = _taps_gradient(grad_live, live, w.shape[2] * w.shape[3]).reshape(w.shape)
     grad_b = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype)
     grad_x = None
     if need_input_grad:
-        grad_pixels = _pair_products(_live_weights(w, live, (2, 1, 0)), gy_pixels, *by_input)
-        grad_x = np.ascontiguousarray(grad_pixels.transpose(2, 1, 0)).reshape(x.shape)
-    return grad_x, grad_w.reshape(w.shape), grad_b
+        grad_pixels = _pair_products(_live_weights(_flat(w), live, True), gy_pixels,
+                                     *by_input)
+        grad_x = _swap_outer(grad_pixels).reshape(x.shape)
+    return grad_x, grad_w, grad_b
