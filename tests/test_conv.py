@@ -490,6 +490,16 @@ def _nonfinite_arrays(where, value, position):
     return x, w, rng
 
 
+def assert_non_finite_like_reference(got, expected):
+    """(y, grad_x, grad_weight, grad_bias) equal to the reference's, NaN where it has NaN."""
+    for one, exp, what in zip(got, expected, ("y", "grad_x", "grad_weight", "grad_bias"),
+                              strict=True):
+        np.testing.assert_array_equal(np.isnan(one), np.isnan(exp),
+                                      err_msg=f"{what}: NaN positions differ")
+        np.testing.assert_allclose(one, exp, rtol=1e-10, atol=1e-10, equal_nan=True,
+                                   err_msg=what)
+
+
 def _nonfinite_grad(rng, shape, where, value, position):
     gy = rng.normal(size=shape)
     if where == "grad_y":
@@ -513,12 +523,7 @@ def test_conv2d_non_finite_values_propagate_like_reference(nc, monkeypatch, wher
         egx, egw, egb = ref.conv2d_backward(gy, x, w, **args)
     y = nc.conv2d(x, w, **args)
     gx, gw, gb = nc.conv2d_backward(gy, x, w, **args)
-    for got, exp, what in ((y, expected, "y"), (gx, egx, "grad_x"), (gw, egw, "grad_weight"),
-                           (gb, egb, "grad_bias")):
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(exp),
-                                      err_msg=f"{what}: NaN positions differ")
-        np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10, equal_nan=True,
-                                   err_msg=what)
+    assert_non_finite_like_reference((y, gx, gw, gb), (expected, egx, egw, egb))
 
 
 @pytest.mark.parametrize("where, value, position, args", NONFINITE_CASES,
@@ -630,12 +635,7 @@ def test_column_kernels_propagate_non_finite_values_like_reference(nc, where, va
     with columns_for_every_size():
         y = nc.conv2d(x, w, **args)
         gx, gw, gb = nc.conv2d_backward(gy, x, w, **args)
-    for got, exp, what in ((y, expected, "y"), (gx, egx, "grad_x"), (gw, egw, "grad_weight"),
-                           (gb, egb, "grad_bias")):
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(exp),
-                                      err_msg=f"{what}: NaN positions differ")
-        np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10, equal_nan=True,
-                                   err_msg=what)
+    assert_non_finite_like_reference((y, gx, gw, gb), (expected, egx, egw, egb))
 
 
 @pytest.mark.parametrize("side", [5, 3, 2], ids=["columns", "unrolled-3x3", "unrolled-2x2"])
@@ -771,12 +771,7 @@ def test_channel_vector_kernels_at_stride_2_propagate_non_finite_values_like_ref
     with np.errstate(invalid="ignore"):
         expected = (ref.conv2d(x, w, stride=2, padding=1),) + tuple(
             ref.conv2d_backward(gy, x, w, stride=2, padding=1))
-    for got, exp, what in zip((y, gx, gw, gb), expected, ("y", "grad_x", "grad_w", "grad_b"),
-                              strict=True):
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(exp),
-                                      err_msg=f"{what}: NaN positions differ")
-        np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10, equal_nan=True,
-                                   err_msg=what)
+    assert_non_finite_like_reference((y, gx, gw, gb), expected)
 
 
 @pytest.mark.parametrize("where, value, position, args",
@@ -796,12 +791,7 @@ def test_channel_vector_kernels_propagate_non_finite_values_like_reference(
         gx, gw, gb = nc.conv2d_backward(gy, x, w, **args)
     # the forward at least (a backward whose x or w holds inf or NaN takes the exact loops)
     assert calls.call_count >= 1
-    for got, exp, what in ((y, expected, "y"), (gx, egx, "grad_x"), (gw, egw, "grad_weight"),
-                           (gb, egb, "grad_bias")):
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(exp),
-                                      err_msg=f"{what}: NaN positions differ")
-        np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10, equal_nan=True,
-                                   err_msg=what)
+    assert_non_finite_like_reference((y, gx, gw, gb), (expected, egx, egw, egb))
 
 
 def test_channel_vector_kernels_do_not_depend_on_the_thread_count(nc):

@@ -81,6 +81,16 @@ def _broadcast_fma(xs, i, w0, w1, s0, s1):
     return simd.fma(v, w0, s0), simd.fma(v, w1, s1)
 
 
+@njit(inline="always")
+def _store_pairs(sums, o, pairs):
+    """sums[o:o + 2W * len(pairs)] = the pairs of vectors, one after the other."""
+    w = simd.width(sums)
+    for v0, v1 in pairs:
+        simd.store_first(sums, o, v0, w)
+        simd.store_first(sums, o + w, v1, w)
+        o += 2 * w
+
+
 @njit(cache=True, fastmath=FAST)
 def _tile(xs, weights, taps, p0, step, bias0, bias1, sums, o):
     """sums[(o + j) * 2W:(o + j + 1) * 2W] = bias + the sums over taps k of
@@ -111,11 +121,9 @@ def _tile(xs, weights, taps, p0, step, bias0, bias1, sums, o):
         sa0, sa1 = _broadcast_fma(xs, i + UINT(10 * step), w0, w1, sa0, sa1)
         sb0, sb1 = _broadcast_fma(xs, i + UINT(11 * step), w0, w1, sb0, sb1)
     o *= 2 * w
-    for v0, v1 in ((s00, s01), (s10, s11), (s20, s21), (s30, s31), (s40, s41), (s50, s51),
-                   (s60, s61), (s70, s71), (s80, s81), (s90, s91), (sa0, sa1), (sb0, sb1)):
-        simd.store_first(sums, o, v0, w)
-        simd.store_first(sums, o + w, v1, w)
-        o += 2 * w
+    _store_pairs(sums, o, ((s00, s01), (s10, s11), (s20, s21), (s30, s31), (s40, s41),
+                           (s50, s51), (s60, s61), (s70, s71), (s80, s81), (s90, s91),
+                           (sa0, sa1), (sb0, sb1)))
 
 
 @njit(cache=True, fastmath=FAST)
@@ -305,11 +313,9 @@ def _weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, rows, row_length, row
                 s90, s91 = _broadcast_fma(xs, t9 + p, g0, g1, s90, s91)
                 sa0, sa1 = _broadcast_fma(xs, ta + p, g0, g1, sa0, sa1)
                 sb0, sb1 = _broadcast_fma(xs, tb + p, g0, g1, sb0, sb1)
-    for v0, v1 in ((s00, s01), (s10, s11), (s20, s21), (s30, s31), (s40, s41), (s50, s51),
-                   (s60, s61), (s70, s71), (s80, s81), (s90, s91), (sa0, sa1), (sb0, sb1)):
-        simd.store_first(sums, o, v0, w)
-        simd.store_first(sums, o + w, v1, w)
-        o += 2 * w
+    _store_pairs(sums, o, ((s00, s01), (s10, s11), (s20, s21), (s30, s31), (s40, s41),
+                           (s50, s51), (s60, s61), (s70, s71), (s80, s81), (s90, s91),
+                           (sa0, sa1), (sb0, sb1)))
 
 
 @njit(cache=True, fastmath=FAST)
