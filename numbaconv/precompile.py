@@ -265,12 +265,10 @@ def _signature(name: str, dtype) -> tuple:
         # the forward's tile takes the stride along a row as a literal (the job's stride-1
         # calls: its stride-2 ones compile with the job) and the bias's two vectors
         "_tile": (a1, a1, taps, i64, types.literal(1), vector, vector, a1, i64),
-        # the weight gradient's tile at stride 1: one row (a literal 1), no row step (0), the
-        # stride (1) a literal (its stride-2 calls compile with the job)
-        "_weight_grad_tile": (a2, a3, taps) + (i64,) * 4 + (types.literal(1), i64,
-                                                            types.literal(0), types.literal(1),
-                                                            a1),
-        "_gy_blocks": (a4, i64, i64),
+        # the weight gradient's tile at stride 1, the stride a literal (its stride-2 calls
+        # compile with the job)
+        "_weight_grad_tile": (a2, a3, taps) + (i64,) * 7 + (types.literal(1), a1),
+        "_gy_blocks": (a4, i64),
         "conv2d_forward": (a4, a4, a1) + (i64,) * 7,
         "conv2d_forward_lanes": (a4, a4, a1) + (i64,) * 6,
         "conv2d_weight_grad": (a4, a4) + (i64,) * 7,
@@ -280,7 +278,7 @@ def _signature(name: str, dtype) -> tuple:
         "conv2d_forward_columns": (a4, a4, a1) + (i64,) * 9,
         "conv2d_weight_grad_columns": (a4, a4) + (i64,) * 9,
         "conv2d_input_grad_columns": (a4, a4) + (i64,) * 9,
-        "conv2d_forward_channels": (a2, a3, a1, taps) + (i64,) * 4,
+        "conv2d_forward_channels": (a2, a3, a1, taps) + (i64,) * 5,
         "conv2d_weight_grad_channels": (a4, a2, taps) + (i64,) * 4,
         "avg_pool2d_forward": (a4,) + (i64,) * 8 + (types.boolean, i64),
         "avg_pool2d_backward": (a4,) + (i64,) * 8 + (types.boolean, i64),

@@ -719,15 +719,18 @@ def test_channel_vector_kernels_sum_many_samples_and_taps_like_the_reference(nc,
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape, padding, dilation", [
-    # (N, C_in, H, W, C_out): ResNet-18's stride-1 layers scaled down
-    ((3, 64, 6, 6, 64), 1, 1),
-    ((2, 64, 12, 12, 128), 1, 1),
-    ((2, 96, 7, 5, 64), ((2, 0), (0, 3)), 1),  # asymmetric padding, a non-square map
-    ((2, 64, 9, 8, 64), 2, 2),                 # dilated
+@pytest.mark.parametrize("shape, padding, dilation, by_rows", [
+    # (N, C_in, H, W, C_out): ResNet-18's stride-1 layers scaled down; the forward's tiles
+    # along the flat grid, or along the rows where they compute fewer positions
+    ((3, 64, 6, 6, 64), 1, 1, False),
+    ((2, 64, 12, 12, 128), 1, 1, True),
+    ((2, 96, 7, 5, 64), ((2, 0), (0, 3)), 1, False),  # asymmetric padding, a non-square map
+    ((2, 64, 9, 8, 64), 2, 2, False),                 # dilated
+    ((2, 64, 10, 12, 64), 2, 2, True),
 ])
 def test_channel_vector_kernels_at_resnet_like_shapes_match_reference(nc, dtype, shape,
-                                                                      padding, dilation):
+                                                                      padding, dilation,
+                                                                      by_rows):
     n, c_in, h, w, c_out = shape
     with counting_channel_vector_calls() as (forward, weight_grad):
         check_conv_against_reference(nc, dict(
@@ -736,6 +739,7 @@ def test_channel_vector_kernels_at_resnet_like_shapes_match_reference(nc, dtype,
             seed=5))
     # at their real routing: the forward, the input gradient and the weight gradient
     assert (forward.call_count, weight_grad.call_count) == (2, 1)
+    assert forward.call_args_list[0].args[6] == by_rows
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

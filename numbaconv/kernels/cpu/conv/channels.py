@@ -127,9 +127,9 @@ def _tile(xs, weights, taps, p0, step, bias0, bias1, sums, o):
 
 
 @njit(cache=True, fastmath=FAST)
-def _forward_task(xflat, packed, b, taps, n, block, wp, stride, y, sums):
+def _forward_task(xflat, packed, b, taps, n, block, wp, stride, by_rows, y, sums):
     """y[n, block's 2W channels] for :func:`conv2d_forward_channels`; ``sums`` (>= the
-    grid's length, or OH * OW at stride 2, x 2W) is scratch."""
+    flat grid's length, or OH * OW by rows, x 2W) is scratch."""
     out_h, out_w = y.shape[2], y.shape[3]
     xs = xflat[n]
     w = simd.width(xs)
@@ -138,7 +138,18 @@ def _forward_task(xflat, packed, b, taps, n, block, wp, stride, y, sums):
     c0 = block * block_size
     bias0 = simd.load_first(b, c0, w)
     bias1 = simd.load_first(b, c0 + w, w)
-    if stride == 1:  # tiles along the flat grid, rows Wp apart
+    if by_rows:  # tiles along each output row (the last one ending at the row's end)
+        pitch = out_w
+        for oh in range(out_h):
+            for ow0 in range(0, out_w, TILE_PIXELS):
+                ow = min(ow0, out_w - TILE_PIXELS)
+                if stride == 1:
+                    _tile(xs, weights, taps, oh * wp + ow, 1, bias0, bias1, sums,
+                          oh * out_w + ow)
+                else:
+                    _tile(xs, weights, taps, 2 * (oh * wp + ow), 2, bias0, bias1, sums,
+                          oh * out_w + ow)
+    else:  # stride 1: tiles along the flat grid, rows Wp apart
         pitch = wp
         length = (out_h - 1) * wp + out_w
         for p0 in range(0, length, TILE_PIXELS):
@@ -146,13 +157,6 @@ def _forward_task(xflat, packed, b, taps, n, block, wp, stride, y, sums):
             # before): no tile reads past the sample's input
             p = min(p0, length - TILE_PIXELS)
             _tile(xs, weights, taps, p, 1, bias0, bias1, sums, p)
-    else:  # stride 2: tiles along each output row (the last one ending at the row's end)
-        pitch = out_w
-        for oh in range(out_h):
-            for ow0 in range(0, out_w, TILE_PIXELS):
-                ow = min(ow0, out_w - TILE_PIXELS)
-                _tile(xs, weights, taps, 2 * (oh * wp + ow), 2, bias0, bias1, sums,
-                      oh * out_w + ow)
     # to y's planes by W x W squares (W positions of a row x W channels) transposed in
     # registers (:func:`.simd.transpose`)
     square = np.empty(w * w, dtype=y.dtype)
@@ -173,22 +177,23 @@ def _forward_task(xflat, packed, b, taps, n, block, wp, stride, y, sums):
 def forward_channels_job(dtype) -> Job:
     """The job of :func:`conv2d_forward_channels` for arrays of ``dtype``."""
     a1 = array(dtype, 1)
-    return Job(_forward_task, (array(dtype, 2), array(dtype, 3), a1, INTS, INT, INT, INT, INT,
-                               array(dtype, 4), a1))
+    return Job(_forward_task, (array(dtype, 2), array(dtype, 3), a1, INTS) + (INT,) * 5
+               + (array(dtype, 4), a1))
 
 
 @njit(parallel=True, cache=True)
-def conv2d_forward_channels(xflat, packed, b, taps, wp, stride, out_h, out_w, job):
+def conv2d_forward_channels(xflat, packed, b, taps, wp, stride, by_rows, out_h, out_w, job):
     """The convolution's outputs y (N, C_out, out_h, out_w) at ``stride`` (1 or 2, both axes)
     from xflat (N, C_in * Hp * Wp), with ``wp`` = Wp, the weights :func:`pack` packs and the
-    :func:`grid_taps`. ``job``: :func:`forward_channels_job` of the dtype."""
+    :func:`grid_taps`, by tiles along the output rows or (``by_rows`` 0, stride 1) along the
+    flat grid. ``job``: :func:`forward_channels_job` of the dtype."""
     n_batch = xflat.shape[0]
     n_blocks, block_size = packed.shape[0], packed.shape[2]
-    positions = (out_h - 1) * wp + out_w if stride == 1 else out_h * out_w
+    positions = out_h * out_w if by_rows else (out_h - 1) * wp + out_w
     y = np.empty((n_batch, n_blocks * block_size, out_h, out_w), dtype=xflat.dtype)
     for task in prange(n_batch * n_blocks):
         job(xflat, packed, b, taps, np.int64(task // n_blocks), np.int64(task % n_blocks), wp,
-            stride, y, np.empty(positions * block_size, dtype=xflat.dtype))
+            stride, by_rows, y, np.empty(positions * block_size, dtype=xflat.dtype))
     return y
 
 
@@ -216,18 +221,17 @@ GY_SAMPLES_BYTES = 1 << 18  # gy's block of channels for the samples a tile sums
 
 
 @njit(parallel=True, cache=True)
-def _gy_blocks(gy, wp, size):
-    """(gyt, grad_b): gy (N, C, OH, OW) on the flat grid in blocks of ``size`` channels,
-    channels last: (N, C / size, L * size) with L = (OH - 1) * wp + OW, grid position
-    p = oh * wp + ow of channel c at [n, c // size, p * size + c % size], zeros in the
-    padding's columns (ow >= OW); and the bias gradient, gy summed over all but C.
+def _gy_blocks(gy, size):
+    """(gyt, grad_b): gy (N, C, OH, OW) in blocks of ``size`` channels, channels last:
+    (N, C / size, OH * OW * size), output p = oh * OW + ow of channel c at
+    [n, c // size, p * size + c % size]; and the bias gradient, gy summed over all but C.
 
     W x W blocks (W channels x W positions of a row) are transposed in registers
     (:func:`.simd.transpose`)."""
     n_batch, c_out, out_h, out_w = gy.shape
     w = simd.width(gy[0, 0, 0])
     n_blocks = c_out // size
-    length = (out_h - 1) * wp + out_w
+    length = out_h * out_w
     gyt = np.empty((n_batch, n_blocks, length * size), dtype=gy.dtype)
     partial = np.empty((n_batch, c_out), dtype=np.float64)
     for n in prange(n_batch):
@@ -235,8 +239,7 @@ def _gy_blocks(gy, wp, size):
         for block in range(n_blocks):
             dst = gyt[n, block]
             for oh in range(out_h):
-                row = oh * wp * size
-                dst[row + out_w * size:min(row + wp * size, length * size)] = 0
+                row = oh * out_w * size
                 for c0 in range(0, size, w):
                     for ow0 in range(0, out_w, w):
                         count = out_w - ow0
@@ -271,8 +274,8 @@ def _weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, rows, row_length, row
     """sums[(k0 + t) * 2W:(k0 + t + 1) * 2W] += the sums over samples n0:n1 and output
     positions p = r * row_length + j (rows r, j < row_length) of
     xflat[n, taps[k0 + t] + r * row_step + j * step] * gyt[n, block, p * 2W:(p + 1) * 2W],
-    for the 12 taps t (``taps`` holds whole tiles). At stride 1, one row: the flat grid;
-    ``step``, the stride along a row, is passed as a constant."""
+    for the 12 taps t (``taps`` holds whole tiles); ``step``, the stride along a row, is passed
+    as a constant."""
     w = simd.width(sums)
     o = k0 * 2 * w
     s00, s01 = simd.load_first(sums, o, w), simd.load_first(sums, o + w, w)
@@ -323,16 +326,15 @@ def _weight_grad_task(xflat, gyt, taps, block, k0, k1, per_chunk, out_h, out_w, 
                       sums):
     """sums (K' * 2W) of block ``block``'s channels, taps k0:k1 (whole tiles): the weight
     gradient's sums over all samples, per_chunk samples at a time (each tile of the task
-    reads that chunk's gy while it is in cache). At stride 1 over the flat grid (rows wp
-    apart), at stride 2 over the out_h rows of out_w outputs."""
+    reads that chunk's gy while it is in cache), by the out_h rows of out_w outputs (the
+    input's rows stride * wp apart)."""
     w = simd.width(sums)
     sums[k0 * 2 * w:k1 * 2 * w] = 0
     for n0 in range(0, xflat.shape[0], per_chunk):
         n1 = min(xflat.shape[0], n0 + per_chunk)
         for k in range(k0, k1, TILE_PIXELS):
             if stride == 1:
-                _weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, 1,
-                                  (out_h - 1) * wp + out_w, 0, 1, sums)
+                _weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, wp, 1, sums)
             else:
                 _weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, 2 * wp, 2,
                                   sums)
@@ -362,7 +364,7 @@ def conv2d_weight_grad_channels(gy, xflat, taps, wp, stride, per_chunk, per_task
     whole = np.empty(n_tiles * TILE_PIXELS, dtype=np.int64)  # the last tap repeated
     whole[:k_size] = taps
     whole[k_size:] = taps[k_size - 1]
-    gyt, grad_b = _gy_blocks(gy, wp if stride == 1 else out_w, size)  # OH x OW at stride 2
+    gyt, grad_b = _gy_blocks(gy, size)
     n_parts = -(-n_tiles // per_task)
     sums = np.empty((n_blocks, n_tiles * TILE_PIXELS * size), dtype=gy.dtype)
     for task in prange(n_blocks * n_parts):
@@ -380,12 +382,24 @@ def conv2d_weight_grad_channels(gy, xflat, taps, wp, stride, per_chunk, per_task
 
 # ------------------------------------------------------------------------------ entry points
 
+def tiles_by_rows(stride, out_h, out_w, wp):
+    """Whether the forward's tiles run along the output rows: at stride 2, and at stride 1
+    where they compute fewer positions than tiles along the flat grid, whose rows hold
+    ``wp - out_w`` padding columns (12 outputs a row: 144 positions for 168 on the grid)."""
+    if out_w < TILE_PIXELS:
+        return False
+    rows = out_h * -(-out_w // TILE_PIXELS) * TILE_PIXELS
+    grid = -(-((out_h - 1) * wp + out_w) // TILE_PIXELS) * TILE_PIXELS
+    return tuple(stride) != (1, 1) or rows <= grid
+
+
 def forward_channels(xp, w, b, stride, dilation, out_h, out_w):
     """:func:`conv2d_forward_channels` of the padded input xp (N, C_in, Hp, Wp)."""
     n_batch, c_in, hp, wp = xp.shape
     return conv2d_forward_channels(xp.reshape(n_batch, c_in * hp * wp), pack(w), b,
                                    grid_taps(c_in, w.shape[2:], hp, wp, dilation), wp,
-                                   stride[0], out_h, out_w, forward_channels_job(xp.dtype))
+                                   stride[0], int(tiles_by_rows(stride, out_h, out_w, wp)),
+                                   out_h, out_w, forward_channels_job(xp.dtype))
 
 
 def weight_grad_channels(gy, xp, kernel, stride, dilation):
@@ -395,7 +409,7 @@ def weight_grad_channels(gy, xp, kernel, stride, dilation):
     n_batch, c_in, hp, wp = xp.shape
     c_out, out_h, out_w = gy.shape[1:]
     size = block_channels(xp.itemsize)
-    length = (out_h - 1) * wp + out_w if stride[0] == 1 else out_h * out_w
+    length = out_h * out_w
     n_tiles = -(-c_in * kernel[0] * kernel[1] // TILE_PIXELS)
     per_chunk = max(1, min(n_batch, GY_SAMPLES_BYTES // (length * size * xp.itemsize)))
     per_task = max(1, n_tiles * (c_out // size) // TASKS)
