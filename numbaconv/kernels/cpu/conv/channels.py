@@ -1,14 +1,16 @@
-"""The output-channel kernels: a stride-1 convolution with the output channels along the
-vectors, for layers with many output channels (ResNet's 3x3 layers).
+"""The output-channel kernels: a convolution with the output channels along the vectors,
+for layers with many output channels (ResNet's 3x3 layers, its stem).
 
-On the flat stride-1 grid of :mod:`.flat` (sample n's output (oh, ow) at position
-``oh * Wp + ow`` of its padded input's width ``Wp``; kernel tap k reads the input at a fixed
-offset from it), a tile of :data:`TILE_PIXELS` consecutive positions x two vectors of output
-channels (2W: 32 float32 or 16 float64) keeps its 24 sums in registers across all taps: per
-tap, two weight vectors are loaded and each of the 12 input values is broadcast into two
-multiply-adds. Every weight load serves 12 pixels and every input load 2W channels, with no
-copy of the input and no vector lanes left empty on a small map (where the flat kernels'
-pixel vectors run past a row, and the column kernels copy every tap's input):
+A tile of :data:`TILE_PIXELS` outputs x two vectors of output channels (2W: 32 float32 or 16
+float64) keeps its 24 sums in registers across all taps: per tap, two weight vectors are
+loaded and each of the 12 input values is broadcast into two multiply-adds. Every weight load
+serves 12 pixels and every input load 2W channels, with no copy of the input and no vector
+lanes left empty on a small map (where the flat kernels' pixel vectors run past a row, and
+the column kernels copy every tap's input). Kernel tap k reads the padded input at a fixed
+offset from an output's position (:func:`grid_taps`); a tile's 12 outputs are consecutive
+along an output row (stride 1 or 2), or at stride 1 consecutive positions of the flat grid
+of :mod:`.flat` (output (oh, ow) at ``oh * Wp + ow``, ``Wp - OW`` padding columns a row),
+whichever computes fewer positions (:func:`tiles_by_rows`):
 
     xflat  (N, C_in * Hp * Wp)   the padded input, flat per sample
     packed (C_out / 2W, K, 2W)   the weights, each block's 2W channels contiguous per tap
@@ -20,13 +22,13 @@ task owns a sample and a block of channels, so results do not depend on the numb
 threads.
 
 The weight gradient turns the tile around: 12 taps x two vectors of output channels, summed
-over every position of the grid and every sample, from gy laid out channels-last on the grid
-in blocks of 2W channels (gyt (N, C_out / 2W, L * 2W), zeros in the padding's columns) and
-the 12 taps' input values broadcast. Its tasks own a block of channels and a run of taps.
+over every output of every sample, row by row, from gy laid out channels-last in blocks of
+2W channels (gyt (N, C_out / 2W, OH * OW * 2W)) and the 12 taps' input values broadcast. Its
+tasks own a block of channels and a run of taps.
 
-The forward sums every output's taps in weight order, so inf and NaN propagate as in the
-sums themselves; the weight gradient needs a finite input (the padding's columns multiply it
-by gy's zeros), as the other kernels' weight gradients do.
+Every product either kernel sums is one of the convolution's own, in the order of the taps
+(forward) or the samples and outputs (weight gradient), so inf and NaN propagate as in the
+sums themselves.
 """
 
 import functools
@@ -351,8 +353,8 @@ def weight_grad_channels_job(dtype) -> Job:
 def conv2d_weight_grad_channels(gy, xflat, taps, wp, stride, per_chunk, per_task, job):
     """``(grad_w, grad_b)`` of the convolution of :func:`conv2d_forward_channels` (stride 1
     or 2) at gy (N, C_out, OH, OW): grad_w as (C_out, K) (K = len(taps)), xflat and taps as
-    there (the input finite). Each task sums ``per_task`` tiles of taps over per_chunk
-    samples at a time. ``job``: :func:`weight_grad_channels_job` of the dtype.
+    there. Each task sums ``per_task`` tiles of taps over per_chunk samples at a time.
+    ``job``: :func:`weight_grad_channels_job` of the dtype.
 
     Each task owns a block of channels and a run of whole tiles of taps and sums over every
     sample, in order: no partial gradients, no dependence on the number of threads."""
@@ -404,8 +406,8 @@ def forward_channels(xp, w, b, stride, dilation, out_h, out_w):
 
 def weight_grad_channels(gy, xp, kernel, stride, dilation):
     """``(grad_w (C_out, C_in, KH, KW), grad_b)`` by :func:`conv2d_weight_grad_channels` of
-    the padded, finite input xp (N, C_in, Hp, Wp): at least :data:`TASKS` tasks where there
-    are tiles for them, and chunks of samples whose gy blocks fit :data:`GY_SAMPLES_BYTES`."""
+    the padded input xp (N, C_in, Hp, Wp): at least :data:`TASKS` tasks where there are
+    tiles for them, and chunks of samples whose gy blocks fit :data:`GY_SAMPLES_BYTES`."""
     n_batch, c_in, hp, wp = xp.shape
     c_out, out_h, out_w = gy.shape[1:]
     size = block_channels(xp.itemsize)
