@@ -245,7 +245,9 @@ def test_a_rank_that_raises_ends_every_rank_with_one_line(tiny, tmp_path):
 def test_an_error_every_rank_meets_is_reported_once(tmp_path, options, message):
     result = _call([_mpiexec(), "-n", 2, sys.executable, "-m", "numbaconv", "run", "lenet",
                     *options], cwd=tmp_path)
-    assert result.returncode == 1
+    # rank 0's status; or, where rank 1 was still starting when rank 0 ended (seen once under
+    # a full test run's load), the SIGKILL MPICH ended it with
+    assert result.returncode in (1, 9), result.stdout
     lines = _error_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
 
