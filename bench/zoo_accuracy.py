@@ -4,22 +4,25 @@ test accuracy after each epoch: the PyTorch side of docs/results.md's zoo table.
     python bench/zoo_accuracy.py googlenet --size 28 --epochs 1
     python bench/zoo_accuracy.py alexnet --size 65 --threads 1
 
-The networks are D2L's PyTorch definitions (d2l-en v0.17, chapter 7, with explicit in-channels);
-AlexNet's and VGG's first Linear takes what their convolutions leave of a ``--size`` image (D2L's
-6400 and 128x7x7 at 224). The loop is D2L's ``train_ch6``: Xavier-uniform weights for every
+The networks are D2L's PyTorch definitions (d2l-en v0.17, chapter 7, with explicit in-channels),
+the twins of numbaconv/benchmarks/twins.py that the parity tests check; AlexNet's and VGG's
+first Linear takes what their convolutions leave of a ``--size`` image (D2L's 6400 and 128x7x7
+at 224). The loop is D2L's ``train_ch6``: Xavier-uniform weights for every
 Linear and Conv2d (biases at PyTorch's default), SGD at the model's D2L learning rate,
 cross-entropy, the training set shuffled each epoch in D2L's batch size; the test accuracy in
 evaluation mode. Images are scaled to [0, 1] (``/255``, as numbaconv's loader and D2L's
 ``ToTensor`` do) and each batch is resized to ``--size`` by
 ``F.interpolate(mode="bilinear", align_corners=False)``, as ``numbaconv run --resize`` does.
 
-Imports PyTorch and NumPy only (no numbaconv), so its numbers are PyTorch's own.
+Imports PyTorch and NumPy only (twins.py is loaded by its path, not as part of numbaconv), so its
+numbers are PyTorch's own.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import os
 import sys
 import time
@@ -27,6 +30,7 @@ import time
 import numpy as np
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: D2L's recipe per network (SGD): learning rate and batch size; numbaconv registers the same
 #: as each model's ``TRAIN_DEFAULTS`` (tests/test_zoo_accuracy_script.py checks).
@@ -83,142 +87,23 @@ def load_fashion_mnist(data_dir: str):
 
 # ------------------------------------------------------------------------------ D2L's networks
 
+def _twins():
+    """numbaconv/benchmarks/twins.py (D2L's PyTorch networks), loaded by its path: the
+    process imports no numbaconv."""
+    spec = importlib.util.spec_from_file_location(
+        "twins", os.path.join(ROOT, "numbaconv", "benchmarks", "twins.py"))
+    twins = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(twins)
+    return twins
+
+
 def build(name: str, size: int, torch, in_channels: int = 1, num_classes: int = 10):
     """D2L's PyTorch network ``name`` for ``(N, in_channels, size, size)`` images."""
-    nn, F = torch.nn, torch.nn.functional
-
-    def flat_features(features):
-        with torch.no_grad():
-            return features(torch.zeros(1, in_channels, size, size)).shape[1]
-
-    def dense_head(features):  # AlexNet's and VGG's
-        flat = flat_features(nn.Sequential(*features))
-        return nn.Sequential(
-            *features,
-            nn.Linear(flat, 4096), nn.ReLU(), nn.Dropout(p=0.5),
-            nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(p=0.5),
-            nn.Linear(4096, num_classes))
-
-    if name == "alexnet":
-        return dense_head([
-            nn.Conv2d(in_channels, 96, kernel_size=11, stride=4, padding=1), nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(96, 256, kernel_size=5, padding=2), nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(256, 384, kernel_size=3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 384, kernel_size=3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Flatten()])
-
-    if name == "vgg11":
-        ratio = 4  # D2L's small VGG-11
-        conv_arch = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
-        blocks, channels = [], in_channels
-        for num_convs, out_channels in conv_arch:
-            layers = []
-            for _ in range(num_convs):
-                layers += [nn.Conv2d(channels, out_channels // ratio, kernel_size=3, padding=1),
-                           nn.ReLU()]
-                channels = out_channels // ratio
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            blocks.append(nn.Sequential(*layers))
-        return dense_head(blocks + [nn.Flatten()])
-
-    if name == "nin":
-        def nin_block(in_c, out_c, kernel_size, strides, padding):
-            return nn.Sequential(
-                nn.Conv2d(in_c, out_c, kernel_size, strides, padding), nn.ReLU(),
-                nn.Conv2d(out_c, out_c, kernel_size=1), nn.ReLU(),
-                nn.Conv2d(out_c, out_c, kernel_size=1), nn.ReLU())
-
-        return nn.Sequential(
-            nin_block(in_channels, 96, kernel_size=11, strides=4, padding=0),
-            nn.MaxPool2d(3, stride=2),
-            nin_block(96, 256, kernel_size=5, strides=1, padding=2),
-            nn.MaxPool2d(3, stride=2),
-            nin_block(256, 384, kernel_size=3, strides=1, padding=1),
-            nn.MaxPool2d(3, stride=2),
-            nn.Dropout(0.5),
-            nin_block(384, num_classes, kernel_size=3, strides=1, padding=1),
-            nn.AdaptiveAvgPool2d((1, 1)),
-            nn.Flatten())
-
-    if name == "googlenet":
-        class Inception(nn.Module):
-            def __init__(self, in_c, c1, c2, c3, c4):
-                super().__init__()
-                self.p1_1 = nn.Conv2d(in_c, c1, kernel_size=1)
-                self.p2_1 = nn.Conv2d(in_c, c2[0], kernel_size=1)
-                self.p2_2 = nn.Conv2d(c2[0], c2[1], kernel_size=3, padding=1)
-                self.p3_1 = nn.Conv2d(in_c, c3[0], kernel_size=1)
-                self.p3_2 = nn.Conv2d(c3[0], c3[1], kernel_size=5, padding=2)
-                self.p4_1 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
-                self.p4_2 = nn.Conv2d(in_c, c4, kernel_size=1)
-
-            def forward(self, x):
-                p1 = F.relu(self.p1_1(x))
-                p2 = F.relu(self.p2_2(F.relu(self.p2_1(x))))
-                p3 = F.relu(self.p3_2(F.relu(self.p3_1(x))))
-                p4 = F.relu(self.p4_2(self.p4_1(x)))
-                return torch.cat((p1, p2, p3, p4), dim=1)
-
-        def pool():
-            return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-
-        b1 = nn.Sequential(nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
-                           nn.ReLU(), pool())
-        b2 = nn.Sequential(nn.Conv2d(64, 64, kernel_size=1), nn.ReLU(),
-                           nn.Conv2d(64, 192, kernel_size=3, padding=1), nn.ReLU(), pool())
-        b3 = nn.Sequential(Inception(192, 64, (96, 128), (16, 32), 32),
-                           Inception(256, 128, (128, 192), (32, 96), 64), pool())
-        b4 = nn.Sequential(Inception(480, 192, (96, 208), (16, 48), 64),
-                           Inception(512, 160, (112, 224), (24, 64), 64),
-                           Inception(512, 128, (128, 256), (24, 64), 64),
-                           Inception(512, 112, (144, 288), (32, 64), 64),
-                           Inception(528, 256, (160, 320), (32, 128), 128), pool())
-        b5 = nn.Sequential(Inception(832, 256, (160, 320), (32, 128), 128),
-                           Inception(832, 384, (192, 384), (48, 128), 128),
-                           nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())
-        return nn.Sequential(b1, b2, b3, b4, b5, nn.Linear(1024, num_classes))
-
-    if name == "densenet":
-        def conv_block(in_c, out_c):
-            return nn.Sequential(nn.BatchNorm2d(in_c), nn.ReLU(),
-                                 nn.Conv2d(in_c, out_c, kernel_size=3, padding=1))
-
-        class DenseBlock(nn.Module):
-            def __init__(self, num_convs, in_c, out_c):
-                super().__init__()
-                self.net = nn.Sequential(*[conv_block(out_c * i + in_c, out_c)
-                                           for i in range(num_convs)])
-
-            def forward(self, x):
-                for blk in self.net:
-                    x = torch.cat((x, blk(x)), dim=1)
-                return x
-
-        def transition_block(in_c, out_c):
-            return nn.Sequential(nn.BatchNorm2d(in_c), nn.ReLU(),
-                                 nn.Conv2d(in_c, out_c, kernel_size=1),
-                                 nn.AvgPool2d(kernel_size=2, stride=2))
-
-        b1 = nn.Sequential(nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
-                           nn.BatchNorm2d(64), nn.ReLU(),
-                           nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-        channels, growth_rate, arch = 64, 32, (4, 4, 4, 4)
-        blocks = []
-        for i, num_convs in enumerate(arch):
-            blocks.append(DenseBlock(num_convs, channels, growth_rate))
-            channels += num_convs * growth_rate
-            if i != len(arch) - 1:
-                blocks.append(transition_block(channels, channels // 2))
-                channels //= 2
-        return nn.Sequential(b1, *blocks, nn.BatchNorm2d(channels), nn.ReLU(),
-                             nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
-                             nn.Linear(channels, num_classes))
-
-    raise ValueError(f"model must be one of {', '.join(RECIPES)}, got {name!r}")
+    if name not in RECIPES:
+        raise ValueError(f"model must be one of {', '.join(RECIPES)}, got {name!r}")
+    options = {"input_size": size} if name in ("alexnet", "vgg11") else {}
+    return _twins().TWINS[name](torch, num_classes=num_classes, in_channels=in_channels,
+                                **options)
 
 
 # ------------------------------------------------------------------------------ D2L's train_ch6

@@ -1,13 +1,16 @@
 """D2L's chapter 7 models: registered with D2L's recipe, PyTorch's parameter counts, and the
-same forward and backward as their PyTorch twins (tests/torch_zoo.py) holding the same weights.
+same forward and backward as their PyTorch twins (numbaconv.benchmarks.twins) holding the same
+weights.
 """
 
+import functools
 import re
 
 import numpy as np
 import pytest
 
 import numbaconv
+from numbaconv.benchmarks.twins import TWINS
 from numbaconv.benchmarks.zoo import load_twin, resnet_name
 from numbaconv.layers import Dropout, build_layer, layer_spec
 from numbaconv.layers.containers import format_summary, summary
@@ -30,14 +33,13 @@ RECIPES = {
 
 @pytest.fixture(scope="module")
 def zoo(torch):
-    import torch_zoo
-
-    return torch_zoo
+    """Model name -> its PyTorch twin's constructor (:data:`numbaconv.benchmarks.twins.TWINS`)."""
+    return {name: functools.partial(twin, torch) for name, twin in TWINS.items()}
 
 
 def torch_twin(zoo, name, options):
     """The PyTorch twin of ``numbaconv.build_model(name, **options)``."""
-    return getattr(zoo, name)(**options)
+    return zoo[name](**options)
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -94,9 +96,9 @@ def test_smallest_input_is_pytorchs(torch, zoo, name):
     model = numbaconv.build_model(name, rng=0, **SMALL.get(name, {}))
     side = smallest_input(model)
     if name in SMALL:
-        expected = torch_smallest(torch, lambda s: getattr(zoo, name)(input_size=s))
+        expected = torch_smallest(torch, lambda s: zoo[name](input_size=s))
     else:
-        expected = torch_smallest(torch, lambda s: getattr(zoo, name)())
+        expected = torch_smallest(torch, lambda s: zoo[name]())
     assert side == expected
     check_input_size(model, side, name)
     if side > 1:
