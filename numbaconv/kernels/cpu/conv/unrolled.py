@@ -105,15 +105,43 @@ def _plan_of(x_shape, w_shape, out_h, out_w, geometry):
                  int(w_shape[3]), tuple(int(g) for g in geometry))
 
 
-def _swap_outer(a):
+SWAP_ROWS = 64  # rows of a read across at a time by _swap_outer (their lines stay in L1)
+
+
+@njit(parallel=True, cache=True)
+def _swap_outer(a, bias, sums):
     """a (A, B, C) as (C, B, A), C-contiguous: samples x channels x pixels to pixels x
-    channels x samples and back (NumPy's copy: 5x faster than a loop over the elements)."""
-    return np.ascontiguousarray(a.transpose(2, 1, 0))
+    channels x samples and back, each b by a task of its own. ``bias`` (B,) is added to
+    a[:, b, :] on the way, ``sums`` (B,) gets the float64 sum of each a[:, b, :] (gy's bias
+    gradient); pass empty arrays for neither. (NumPy's copy runs on one thread, and reads
+    across rows of 144 pixels 9x slower.)"""
+    n_a, n_b, n_c = a.shape
+    out = np.empty((n_c, n_b, n_a), dtype=a.dtype)
+    for b in prange(n_b):
+        for i0 in range(0, n_a, SWAP_ROWS):
+            for j in range(n_c):
+                for i in range(i0, min(n_a, i0 + SWAP_ROWS)):
+                    out[j, b, i] = a[i, b, j]
+        if bias.size:
+            out[:, b, :] += bias[b]
+        if sums.size:
+            total = 0.0
+            for i in range(n_a):
+                for j in range(n_c):
+                    total += a[i, b, j]
+            sums[b] = total
+    return out
+
+
+def _swapped(a, bias=None, sums=None):
+    """:func:`_swap_outer` with ``bias`` and ``sums`` optional."""
+    return _swap_outer(a, np.empty(0, dtype=a.dtype) if bias is None else bias,
+                       np.empty(0) if sums is None else sums)
 
 
 def _pixel_rows(a):
     """a (N, C, P) as (P, N, C): a pixel's samples x channels matrix each."""
-    return np.ascontiguousarray(a.transpose(2, 0, 1))
+    return _swapped(a.transpose(1, 0, 2))
 
 
 # The weights' rearrangements, in parallel (NumPy's copies run on one thread: at 512
@@ -160,23 +188,23 @@ def forward_unrolled(x, w, b, geometry, out_h, out_w):
     """y (N, C_out, out_h, out_w) of x (N, C_in, H, W); ``geometry`` = (stride_h, stride_w,
     dilation_h, dilation_w, top, left)."""
     live, by_output, _, _ = _plan_of(x.shape, w.shape, out_h, out_w, geometry)
-    y_t = _pair_products(_live_weights(_flat(w), live, False), _swap_outer(_flat(x)),
+    y_t = _pair_products(_live_weights(_flat(w), live, False), _swapped(_flat(x)),
                          *by_output)
-    y = _swap_outer(y_t).reshape(x.shape[0], w.shape[0], out_h, out_w)
-    y += b[:, None, None].astype(y.dtype, copy=False)
-    return y
+    return _swapped(y_t, bias=b.astype(x.dtype, copy=False)).reshape(
+        x.shape[0], w.shape[0], out_h, out_w)
 
 
 def backward_unrolled(gy, x, w, geometry, need_input_grad):
     """``(grad_x or None, grad_w, grad_b)`` of :func:`forward_unrolled` at gy."""
     live, _, by_tap, by_input = _plan_of(x.shape, w.shape, gy.shape[2], gy.shape[3], geometry)
-    gy_pixels = _swap_outer(_flat(gy))  # (OH * OW, C_out, N)
+    sums = np.empty(gy.shape[1])
+    gy_pixels = _swapped(_flat(gy), sums=sums)  # (OH * OW, C_out, N)
     grad_live = _pair_products(gy_pixels, _pixel_rows(_flat(x)), *by_tap)
     grad_w = _taps_gradient(grad_live, live, w.shape[2] * w.shape[3]).reshape(w.shape)
-    grad_b = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype)
+    grad_b = sums.astype(gy.dtype)
     grad_x = None
     if need_input_grad:
         grad_pixels = _pair_products(_live_weights(_flat(w), live, True), gy_pixels,
                                      *by_input)
-        grad_x = _swap_outer(grad_pixels).reshape(x.shape)
+        grad_x = _swapped(grad_pixels).reshape(x.shape)
     return grad_x, grad_w, grad_b
