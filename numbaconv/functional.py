@@ -276,7 +276,8 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
         if cpu_conv.use_column_side(x.shape, w.shape, geo.groups, geo.stride,
                                     geo.output_shape):
             grad_x, grad_w, grad_b = cpu_conv.backward_columns(
-                gy, x, w, geo.padding, geo.stride, geo.dilation, need_input_grad)
+                gy, x, w, geo.padding, geo.stride, geo.dilation, need_input_grad,
+                need_bias_grad)
             grad_b = _into(grad_bias, grad_b) if need_bias_grad else None
             return grad_x, _into(grad_weight, grad_w), grad_b
         xp, finite = cpu_conv.pad(x, geo.padding, check_finite=True)

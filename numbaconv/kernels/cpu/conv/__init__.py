@@ -234,20 +234,22 @@ def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
                                   forward_columns_job(x.dtype))
 
 
-def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
-    """``(grad_x or None, grad_w, grad_b)`` by the column kernels (x unpadded), the weight
-    gradient at stride 2 by :func:`weight_grad_channels` where
+def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad, need_bias_grad):
+    """``(grad_x or None, grad_w, grad_b or None)`` by the column kernels (x unpadded), the
+    weight gradient at stride 2 by :func:`weight_grad_channels` where
     :func:`use_strided_channel_vectors` says so, or on small maps by
     :func:`backward_unrolled`."""
     if use_unrolled(x.shape, w.shape, 1, gy.shape):
         (top, _), (left, _) = padding
         return backward_unrolled(gy, np.ascontiguousarray(x), w,
-                                 (*stride, *dilation, top, left), need_input_grad)
+                                 (*stride, *dilation, top, left), need_input_grad,
+                                 need_bias_grad)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, gy.shape[2], gy.shape[3])
     grad_w = np.zeros_like(w)
     if plan.empty:
+        grad_b = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype)
         return (np.zeros_like(x) if need_input_grad else None), grad_w, \
-            gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype)
+            grad_b if need_bias_grad else None
     live_w = np.ascontiguousarray(w[:, :, plan.rows, plan.cols])
     if not np.isfinite(live_w.sum()):  # scratch columns would carry 0 * inf into grad_x
         plan.wide = False
@@ -266,7 +268,7 @@ def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad):
         grad = conv2d_input_grad_columns(gy, live_w, xk.shape[2], xk.shape[3],
                                          *plan.geometry(), input_grad_columns_job(x.dtype))
         grad_x = plan.input_grad(grad, x.shape)
-    return grad_x, grad_w, grad_b
+    return grad_x, grad_w, grad_b if need_bias_grad else None
 
 
 def weight_grad(gy, xp, kernel, stride, dilation, groups):
