@@ -17,7 +17,8 @@ whichever computes fewer positions (:func:`tiles_by_rows`):
     y      (N, C_out, OH, OW)
 
 The sums of a tile are written to a scratch row per position (the task's block of 2W
-channels), then spread to y's planes; positions in the padding's columns are dropped. A
+channels) and spread to y's planes, a tile along a row at once, the flat grid's tiles after
+the last one (positions in the padding's columns dropped). A
 task owns a sample and a block of channels, so results do not depend on the number of
 threads.
 
@@ -128,10 +129,27 @@ def _tile(xs, weights, taps, p0, step, bias0, bias1, sums, o):
                            (sa0, sa1), (sb0, sb1)))
 
 
+@njit(inline="always")
+def _spread(sums, o, count, y, n, c0, oh, ow, square):
+    """y[n, c0:c0 + 2W, oh, ow:ow + count] = the sums of ``count`` (<= W) consecutive
+    outputs of a row, at positions o, o + 1, ... of the scratch ``sums`` (2W channels each),
+    by two W x W squares transposed in registers (:func:`.simd.transpose`; ``square`` holds
+    W * W values)."""
+    w = simd.width(square)
+    for half in range(0, 2 * w, w):
+        for i in range(count):
+            simd.store_first(square, i * w, simd.load_first(sums, (o + i) * 2 * w + half, w), w)
+        simd.transpose(square)
+        for j in range(w):
+            simd.store_first(y[n, c0 + half + j, oh], ow, simd.load_first(square, j * w, w),
+                             count)
+
+
 @njit(cache=True, fastmath=FAST)
 def _forward_task(xflat, packed, b, taps, n, block, wp, stride, by_rows, y, sums):
-    """y[n, block's 2W channels] for :func:`conv2d_forward_channels`; ``sums`` (>= the
-    flat grid's length, or OH * OW by rows, x 2W) is scratch."""
+    """y[n, block's 2W channels] for :func:`conv2d_forward_channels`; ``sums`` (2W values
+    for each of TILE_PIXELS positions by rows, of the flat grid's positions else) is
+    scratch."""
     out_h, out_w = y.shape[2], y.shape[3]
     xs = xflat[n]
     w = simd.width(xs)
@@ -140,39 +158,28 @@ def _forward_task(xflat, packed, b, taps, n, block, wp, stride, by_rows, y, sums
     c0 = block * block_size
     bias0 = simd.load_first(b, c0, w)
     bias1 = simd.load_first(b, c0 + w, w)
-    if by_rows:  # tiles along each output row (the last one ending at the row's end)
-        pitch = out_w
+    square = np.empty(w * w, dtype=y.dtype)
+    if by_rows:  # tiles along each output row (the last one ending at the row's end), each
+        # spread to y while its sums are in L1
         for oh in range(out_h):
             for ow0 in range(0, out_w, TILE_PIXELS):
                 ow = min(ow0, out_w - TILE_PIXELS)
                 if stride == 1:
-                    _tile(xs, weights, taps, oh * wp + ow, 1, bias0, bias1, sums,
-                          oh * out_w + ow)
+                    _tile(xs, weights, taps, oh * wp + ow, 1, bias0, bias1, sums, 0)
                 else:
-                    _tile(xs, weights, taps, 2 * (oh * wp + ow), 2, bias0, bias1, sums,
-                          oh * out_w + ow)
-    else:  # stride 1: tiles along the flat grid, rows Wp apart
-        pitch = wp
+                    _tile(xs, weights, taps, 2 * (oh * wp + ow), 2, bias0, bias1, sums, 0)
+                for i in range(0, TILE_PIXELS, w):
+                    _spread(sums, i, min(w, TILE_PIXELS - i), y, n, c0, oh, ow + i, square)
+    else:  # stride 1: tiles along the flat grid, rows Wp apart, then spread row by row
         length = (out_h - 1) * wp + out_w
         for p0 in range(0, length, TILE_PIXELS):
             # the last tile ends at the grid's end (recomputing a few positions of the one
             # before): no tile reads past the sample's input
             p = min(p0, length - TILE_PIXELS)
             _tile(xs, weights, taps, p, 1, bias0, bias1, sums, p)
-    # to y's planes by W x W squares (W positions of a row x W channels) transposed in
-    # registers (:func:`.simd.transpose`)
-    square = np.empty(w * w, dtype=y.dtype)
-    for oh in range(out_h):
-        for ow0 in range(0, out_w, w):
-            count = min(w, out_w - ow0)
-            for half in range(0, block_size, w):
-                for i in range(count):
-                    simd.store_first(square, i * w, simd.load_first(
-                        sums, (oh * pitch + ow0 + i) * block_size + half, w), w)
-                simd.transpose(square)
-                for j in range(w):
-                    simd.store_first(y[n, c0 + half + j, oh], ow0,
-                                     simd.load_first(square, j * w, w), count)
+        for oh in range(out_h):  # positions in the padding's columns are dropped
+            for ow in range(0, out_w, w):
+                _spread(sums, oh * wp + ow, min(w, out_w - ow), y, n, c0, oh, ow, square)
 
 
 @functools.cache
@@ -191,7 +198,7 @@ def conv2d_forward_channels(xflat, packed, b, taps, wp, stride, by_rows, out_h, 
     flat grid. ``job``: :func:`forward_channels_job` of the dtype."""
     n_batch = xflat.shape[0]
     n_blocks, block_size = packed.shape[0], packed.shape[2]
-    positions = out_h * out_w if by_rows else (out_h - 1) * wp + out_w
+    positions = TILE_PIXELS if by_rows else (out_h - 1) * wp + out_w
     y = np.empty((n_batch, n_blocks * block_size, out_h, out_w), dtype=xflat.dtype)
     for task in prange(n_batch * n_blocks):
         job(xflat, packed, b, taps, np.int64(task // n_blocks), np.int64(task % n_blocks), wp,
