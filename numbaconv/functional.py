@@ -277,7 +277,7 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
                                     geo.output_shape):
             grad_x, grad_w, grad_b = cpu_conv.backward_columns(
                 gy, x, w, geo.padding, geo.stride, geo.dilation, need_input_grad,
-                need_bias_grad)
+                need_bias_grad, grad_weight)
             grad_b = _into(grad_bias, grad_b) if need_bias_grad else None
             return grad_x, _into(grad_weight, grad_w), grad_b
         xp, finite = cpu_conv.pad(x, geo.padding, check_finite=True)
@@ -312,8 +312,9 @@ def _check_outputs(x, **outputs):
 
 
 def _into(out, value):
-    """``value``, copied into ``out`` when given (then ``out`` is returned)."""
-    if out is None:
+    """``value``, copied into ``out`` when given (then ``out`` is returned; a kernel may have
+    written into it already)."""
+    if out is None or out is value:
         return value
     np.copyto(out, value)
     return out

@@ -65,6 +65,24 @@ def test_linear_backward_writes_into_given_arrays_and_skips_the_input_gradient()
         nc.linear_backward(gy, x, w, grad_weight=np.zeros((3, 2), np.float32).T)
 
 
+@pytest.mark.parametrize("n, channels, side", [(32, 32, 3), (4, 32, 3), (2, 3, 8)],
+                         ids=["unrolled", "columns", "flat"])
+def test_conv2d_backward_writes_into_given_arrays(n, channels, side):
+    """Each CPU path writes the weight and bias gradients into a layer's arrays (the unrolled
+    kernels directly), equal to the ones it returns without them."""
+    x, w = randn((n, channels, side, side), 1), randn((channels, channels, 3, 3), 2)
+    gy = randn((n, channels, side, side), 3)
+    expected = nc.conv2d_backward(gy, x, w, padding=1)
+    grad_w = np.full(w.shape, 9.0, np.float32)
+    grad_b = np.full(channels, 9.0, np.float32)
+    grad_x, gw, gb = nc.conv2d_backward(gy, x, w, padding=1, grad_weight=grad_w,
+                                        grad_bias=grad_b)
+    assert gw is grad_w and gb is grad_b
+    np.testing.assert_array_equal(grad_x, expected[0])
+    np.testing.assert_array_equal(grad_w, expected[1])
+    np.testing.assert_array_equal(grad_b, expected[2])
+
+
 def test_linear_argument_errors_name_the_argument_and_shapes():
     x, w = randn((5, 7), 1), randn((4, 7), 2)
     with pytest.raises(ValueError, match=r"in_features=7.*weight shape \(4, 7\).*\(5, 6\)"):

@@ -234,16 +234,18 @@ def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
                                   forward_columns_job(x.dtype))
 
 
-def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad, need_bias_grad):
+def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad, need_bias_grad,
+                     grad_weight=None):
     """``(grad_x or None, grad_w, grad_b or None)`` by the column kernels (x unpadded), the
     weight gradient at stride 2 by :func:`weight_grad_channels` where
     :func:`use_strided_channel_vectors` says so, or on small maps by
-    :func:`backward_unrolled`."""
+    :func:`backward_unrolled`, which writes grad_w into ``grad_weight`` where given (a
+    layer's gradient: no copy)."""
     if use_unrolled(x.shape, w.shape, 1, gy.shape):
         (top, _), (left, _) = padding
         return backward_unrolled(gy, np.ascontiguousarray(x), w,
                                  (*stride, *dilation, top, left), need_input_grad,
-                                 need_bias_grad)
+                                 need_bias_grad, grad_weight)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, gy.shape[2], gy.shape[3])
     grad_w = np.zeros_like(w)
     if plan.empty:

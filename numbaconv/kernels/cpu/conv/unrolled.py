@@ -182,17 +182,15 @@ def _live_weights_transposed(w, live):
 
 
 @njit(parallel=True, cache=True)
-def _taps_gradient(grad_live, live, n_taps):
-    """The weight gradient (C_out, C_in, n_taps) from the live taps' (len(live), C_out,
+def _taps_gradient(grad_live, live, grad_w):
+    """grad_w (C_out, C_in, T) = the weight gradient from the live taps' (len(live), C_out,
     C_in): zeros at the taps that join no pair."""
     c_out, c_in = grad_live.shape[1], grad_live.shape[2]
-    grad_w = np.empty((c_out, c_in, n_taps), dtype=grad_live.dtype)
     for m in prange(c_out):
-        for c in range(c_in):
+        for c in range(UINT(c_in)):
             grad_w[m, c, :] = 0
-            for j in range(live.size):
+            for j in range(UINT(live.size)):
                 grad_w[m, c, live[j]] = grad_live[j, m, c]
-    return grad_w
 
 
 def _flat(a):
@@ -210,12 +208,14 @@ def forward_unrolled(x, w, b, geometry, out_h, out_w):
         x.shape[0], w.shape[0], out_h, out_w)
 
 
-def backward_unrolled(gy, x, w, geometry, need_input_grad, need_bias_grad):
-    """``(grad_x or None, grad_w, grad_b or None)`` of :func:`forward_unrolled` at gy."""
+def backward_unrolled(gy, x, w, geometry, need_input_grad, need_bias_grad, grad_weight=None):
+    """``(grad_x or None, grad_w, grad_b or None)`` of :func:`forward_unrolled` at gy;
+    grad_w written into ``grad_weight`` (C-contiguous, w's shape) where given."""
     live, _, by_tap, by_input = _plan_of(x.shape, w.shape, gy.shape[2], gy.shape[3], geometry)
     gy_pixels = _swapped(_flat(gy))  # (OH * OW, C_out, N)
     grad_live = _pair_products(gy_pixels, _pixel_rows(_flat(x)), *by_tap)
-    grad_w = _taps_gradient(grad_live, live, w.shape[2] * w.shape[3]).reshape(w.shape)
+    grad_w = np.empty_like(w) if grad_weight is None else grad_weight
+    _taps_gradient(grad_live, live, grad_w.reshape(w.shape[0], w.shape[1], -1))
     grad_b = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype) if need_bias_grad \
         else None
     grad_x = None
