@@ -6,9 +6,11 @@ optimizer after the move) and ``step(grads)`` takes a dict of gradients with the
 and shapes on the same device (e.g. ``model.named_grads()`` after a backward). There is no
 ``zero_grad``: layers overwrite their gradients on every backward.
 
-Updates run in place in the parameters' dtype: float32 stays float32. On the CPU the
-temporaries live in two scratch buffers per dtype (sized for the largest parameter)
-allocated on the first step, so a step allocates no array as large as a parameter; on a GPU
+Updates run in place in the parameters' dtype: float32 stays float32. On the CPU, SGD's
+update is one parallel pass per parameter (:mod:`numbaconv.kernels.cpu.optim`; its
+parameters C-contiguous float32 or float64 arrays, as a model's are); Adam's temporaries
+live in two scratch buffers per dtype (sized for the largest parameter) allocated on the
+first step, so a step allocates no array as large as a parameter; on a GPU
 each parameter takes one kernel launch (:mod:`numbaconv.kernels.cuda.ops`), and the state
 (momentum buffers, Adam's moments) lives on the device with the parameters.
 
@@ -26,6 +28,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .devices import device_of, host_copy
+from .kernels.cpu import optim as cpu_optim
 from .kernels.cuda.device import is_device_array
 
 
@@ -169,6 +172,12 @@ class SGD(Optimizer):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params)
+        for name, p in self.params.items():
+            if isinstance(p, np.ndarray) and (p.dtype not in (np.float32, np.float64)
+                                              or not p.flags.c_contiguous):
+                raise TypeError(f"SGD updates float32 or float64 C-contiguous parameters; "
+                                f"{name!r} is {p.dtype}"
+                                f"{'' if p.flags.c_contiguous else ', not C-contiguous'}")
         self.lr = float(lr)
         self.momentum = float(momentum)
         self.dampening = float(dampening)
@@ -182,35 +191,12 @@ class SGD(Optimizer):
             if is_device_array(p):
                 self._device_step(name, p, grads[name], buffers)
                 continue
-            d = grads[name]
-            in_scratch = False
-            if self.weight_decay != 0.0:
-                s = self._scratch(0, p)
-                np.multiply(p, self.weight_decay, out=s)
-                s += d
-                d, in_scratch = s, True
-            if self.momentum != 0.0:
-                buf = buffers.get(name)
-                if buf is None:
-                    buf = buffers[name] = np.array(d, dtype=p.dtype, copy=True)
-                else:
-                    buf *= self.momentum
-                    if self.dampening != 0.0:
-                        t = self._scratch(1, p)
-                        np.multiply(d, 1.0 - self.dampening, out=t)
-                        buf += t
-                    else:
-                        buf += d
-                if self.nesterov:
-                    t = self._scratch(1, p)
-                    np.multiply(buf, self.momentum, out=t)
-                    t += d
-                    d, in_scratch = t, True
-                else:
-                    d, in_scratch = buf, False
-            out = d if in_scratch else self._scratch(1, p)
-            np.multiply(d, self.lr, out=out)
-            p -= out
+            buf, first = buffers.get(name), False
+            if self.momentum != 0.0 and buf is None:
+                buf, first = np.empty_like(p), True
+                buffers[name] = buf
+            cpu_optim.sgd_step(p, grads[name], buf, self.lr, self.momentum, self.dampening,
+                               self.weight_decay, self.nesterov, first)
         self.step_count += 1
 
     def _device_step(self, name, p, grad, buffers) -> None:

@@ -40,7 +40,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["precompile", "kernels_for", "compile_message", "KERNELS"]
+__all__ = ["precompile", "kernels_for", "optimizer_kernels", "compile_message", "KERNELS"]
 
 JOB_PREFIX = "job:"
 #: compile unit (see :func:`units`) -> rough compile seconds on an empty cache (CPU seconds on
@@ -104,6 +104,9 @@ KERNELS = {
     "_tile": 0.3,
     "_weight_grad_tile": 0.5,
     "_gy_blocks": 1.3,
+    # SGD's update (numbaconv.kernels.cpu.optim), serial and parallel
+    "_sgd_into": 0.5,
+    "_sgd_parallel": 0.8,
 }
 #: functions that units call, compiled as units of their own before those -> their callers:
 #: those several units call (else two processes could compile one at the same time, each for a
@@ -209,12 +212,12 @@ def _stage(unit: str) -> int:
 
 
 def _dispatcher(name: str):
-    from .kernels.cpu import activation, conv, conv_act_pool, dense, pool
+    from .kernels.cpu import activation, conv, conv_act_pool, dense, optim, pool
 
     if name.startswith(JOB_PREFIX):
         return job(name[len(JOB_PREFIX):], np.float32).dispatcher
     for module in (conv, conv.tiles, conv.lanes, conv.columns, conv.channels, pool, activation,
-                   dense):
+                   dense, optim):
         if hasattr(module, name):
             return getattr(module, name)
     for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values()):
@@ -252,7 +255,12 @@ def _signature(name: str, dtype) -> tuple:
     i64 = types.int64
     vector = simd.Vector(a1.dtype, simd.VECTOR_BYTES // np.dtype(dtype).itemsize)
     taps = typeof(np.empty(1, dtype=np.int64))
+    # SGD's update: the parameter, its gradient and its buffer, four hyperparameters in the
+    # dtype, three flags
+    sgd = (a1, a1, a1) + (a1.dtype,) * 4 + (types.boolean,) * 3
     return {
+        "_sgd_into": sgd,
+        "_sgd_parallel": sgd,
         "_shifted_matmul_acc": (a2, a2, taps, taps, i64, a2, i64, i64),
         "_abt_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
         "_abt_lanes_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
@@ -564,6 +572,19 @@ def _one_pass_applies(conv, input_shape) -> bool:
                                  output[3])
 
 
+def optimizer_kernels(model, optimizer: str | None) -> list[str]:
+    """Names of the CPU kernels optimizer ``optimizer`` ('sgd', 'adam' or None) calls to
+    update ``model``'s parameters (see :data:`KERNELS`): SGD's serial update, and its
+    parallel one where a parameter is larger than a chunk on more than one thread; Adam
+    computes in NumPy."""
+    from .kernels.cpu.elementwise import serial
+
+    if optimizer != "sgd":
+        return []
+    sizes = [p.size for p in model.named_params().values()]
+    return ["_sgd_into"] + (["_sgd_parallel"] if not all(map(serial, sizes)) else [])
+
+
 def _model_dtypes(model) -> list[str]:
     dtypes = sorted({p.dtype.name for p in model.named_params().values()})
     return dtypes or ["float32"]
@@ -617,10 +638,11 @@ def compile_message(tasks: list[tuple[str, str]], processes: int) -> str:
 
 
 def precompile(model, processes: int | None = None, meanwhile=None, input_shape=None,
-               announce=None) -> int:
+               announce=None, optimizer: str | None = None) -> int:
     """Make sure every CPU kernel ``model`` needs (for batches of ``input_shape``, if given:
     see :func:`kernels_for`) is compiled and cached, with its job and the shared functions it
-    calls (:func:`units`); returns how many of those units were missing from the cache.
+    calls (:func:`units`), and those of ``optimizer`` (:func:`optimizer_kernels`); returns how
+    many of those units were missing from the cache.
 
     ``processes`` (default: the usable cores) caps the processes compiling at once, this one
     included. ``meanwhile``, a function of no arguments, runs in this process once the child
@@ -632,7 +654,8 @@ def precompile(model, processes: int | None = None, meanwhile=None, input_shape=
     """
     tasks = [task for task in dict.fromkeys(
         (unit, dtype) for dtype in _model_dtypes(model)
-        for name in kernels_for(model, input_shape) for unit in units(name))
+        for name in kernels_for(model, input_shape) + optimizer_kernels(model, optimizer)
+        for unit in units(name))
         if not is_cached(*task)]
     if not tasks:
         if meanwhile is not None:

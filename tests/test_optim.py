@@ -75,6 +75,43 @@ def test_sgd_matches_torch(torch, kwargs, dtype):
         np.testing.assert_allclose(ours[k], ref[k], err_msg=k, **TOL)
 
 
+@pytest.mark.parametrize("kwargs", SGD_CASES, ids=str)
+def test_sgd_on_parameters_of_many_chunks_matches_torch_on_any_thread_count(torch, kwargs):
+    """Parameters over one chunk take the parallel kernel: torch's numbers, and the same bits
+    on 1 and 2 threads (each chunk is one iteration's)."""
+    from numbaconv.kernels.cpu.elementwise import CHUNK
+    from numbaconv.threads import set_threads
+
+    rng = np.random.default_rng(7)
+    start = rng.standard_normal(3 * CHUNK + 5).astype(np.float32)
+    grads = [rng.standard_normal(start.size).astype(np.float32) for _ in range(3)]
+    results = []
+    for threads in (1, 2):
+        set_threads(threads)
+        try:
+            params = {"w": start.copy()}
+            opt = SGD(params, **kwargs)
+            for g in grads:
+                opt.step({"w": g})
+            results.append(params["w"])
+        finally:
+            set_threads(None)
+    np.testing.assert_array_equal(results[0], results[1])
+    w = torch.from_numpy(start.copy()).requires_grad_(True)
+    opt = torch.optim.SGD([w], **kwargs)
+    for g in grads:
+        w.grad = torch.from_numpy(g)
+        opt.step()
+    np.testing.assert_allclose(results[0], w.detach().numpy(), **TOL)
+
+
+def test_sgd_refuses_parameters_its_kernel_cannot_update():
+    with pytest.raises(TypeError, match="'w' is float16"):
+        SGD({"w": np.zeros(4, np.float16)}, lr=0.1)
+    with pytest.raises(TypeError, match="'w' is float32, not C-contiguous"):
+        SGD({"w": np.zeros((4, 3), np.float32).T}, lr=0.1)
+
+
 ADAM_CASES = [
     dict(),
     dict(lr=1e-2, weight_decay=1e-2),

@@ -113,6 +113,28 @@ def test_signatures_of_the_output_channel_kernels_are_those_of_real_calls():
     _check_signatures(model, np.random.default_rng(0).random(CHANNELS_INPUT, dtype=np.float32))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_optimizers_kernels_and_their_signatures_are_those_of_real_calls(dtype):
+    """A 400 x 120 weight (LeNet's) is over a chunk: SGD's parallel update too on 2 threads,
+    the serial one for the bias; Adam calls no kernel."""
+    from numbaconv.layers import Linear, Sequential
+    from numbaconv.optim import SGD
+    from numbaconv.threads import set_threads
+
+    model = Sequential([Linear(400, 120, rng=0, dtype=dtype)])
+    assert P.optimizer_kernels(model, "adam") == [] and P.optimizer_kernels(model, None) == []
+    set_threads(2)
+    try:
+        assert P.optimizer_kernels(model, "sgd") == ["_sgd_into", "_sgd_parallel"]
+        params = model.named_params()
+        SGD(params, lr=0.1, momentum=0.9).step({k: np.ones_like(v) for k, v in params.items()})
+    finally:
+        set_threads(None)
+    for name in ("_sgd_into", "_sgd_parallel"):
+        compiled = [tuple(sig) for sig in P._dispatcher(name).signatures]
+        assert P.signature(name, dtype) in compiled, (name, compiled)
+
+
 @pytest.mark.parametrize("unit", ["conv2d_forward_columns", "job:conv2d_input_grad_columns",
                                   "_place_planes", "conv2d_weight_grad_channels",
                                   "job:conv2d_forward_channels"])
@@ -333,10 +355,12 @@ WARM_RUN = textwrap.dedent("""
     from numbaconv.layers import Conv2d
     from numbaconv.layers import Sequential
 
+    from numbaconv.optim import SGD
+
     model = Sequential([Conv2d(1, 2, 3)])
     x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
     if sys.argv[1] == "precompile":
-        print(P.precompile(model, processes=2, input_shape=x.shape))
+        print(P.precompile(model, processes=2, input_shape=x.shape, optimizer="sgd"))
     else:  # a training step after the precompile, in a new process: everything from the cache
         compiled = []
 
@@ -350,6 +374,7 @@ WARM_RUN = textwrap.dedent("""
         event.register("numba:compile", Compiles())
         y = model.forward(x, training=True)
         model.backward(np.ones_like(y), need_input_grad=False)
+        SGD(model.named_params(), lr=0.1).step(model.named_grads())
         print(compiled)
 """)
 

@@ -317,7 +317,8 @@ def _train(target, epochs, batch_size, lr, optimizer, seed, data_dir, device, th
                            _load_training_data(data_dir, data_info, progress=root)),
                        input_shape=(settings.batch_size,) + input_shape(settings.resize,
                                                                         data_info.shape),
-                       announce=lambda line: click.echo(line, err=True))
+                       announce=lambda line: click.echo(line, err=True),
+                       optimizer=settings.optimizer)
             return loaded[0]
 
         # under MPI, one rank per machine first: it fills the kernel and data caches

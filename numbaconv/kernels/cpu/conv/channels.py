@@ -40,7 +40,7 @@ from numba import njit, prange
 from .. import simd
 from ..jobs import INT, INTS, Job, array
 from .common import FAST
-from .tiles import UINT
+from .tiles import UINT, ZERO
 
 TILE_PIXELS = 12  # positions (the weight gradient's taps) per tile: 24 sums, two weight
 # vectors and a broadcast in the 32 vector registers of AVX-512 (more spill)
@@ -165,9 +165,9 @@ def _forward_task(xflat, packed, b, taps, n, block, wp, stride, by_rows, y, sums
             for ow0 in range(0, out_w, TILE_PIXELS):
                 ow = min(ow0, out_w - TILE_PIXELS)
                 if stride == 1:
-                    _tile(xs, weights, taps, oh * wp + ow, 1, bias0, bias1, sums, 0)
+                    _tile(xs, weights, taps, oh * wp + ow, 1, bias0, bias1, sums, ZERO)
                 else:
-                    _tile(xs, weights, taps, 2 * (oh * wp + ow), 2, bias0, bias1, sums, 0)
+                    _tile(xs, weights, taps, 2 * (oh * wp + ow), 2, bias0, bias1, sums, ZERO)
                 for i in range(0, TILE_PIXELS, w):
                     _spread(sums, i, min(w, TILE_PIXELS - i), y, n, c0, oh, ow + i, square)
     else:  # stride 1: tiles along the flat grid, rows Wp apart, then spread row by row
