@@ -75,11 +75,12 @@ def _pair_products(a, b, starts, a_index, b_index):
     a[a_index[j]] (R, K) @ b[b_index[j]] (K, P), in that order; by blocks of ROW_BLOCK rows
     of each group in parallel."""
     n_groups, rows, p_size = starts.size - 1, a.shape[1], b.shape[2]
-    c = np.zeros((n_groups, rows, p_size), dtype=b.dtype)
+    c = np.empty((n_groups, rows, p_size), dtype=b.dtype)
     n_blocks = -(-rows // ROW_BLOCK)
     for task in prange(n_groups * n_blocks):
         g, r0 = task // n_blocks, task % n_blocks * ROW_BLOCK
         r1 = min(rows, r0 + ROW_BLOCK)
+        c[g, r0:r1] = 0  # by the task, in parallel
         for j in range(starts[g], starts[g + 1]):
             _gemm_acc(a[a_index[j], r0:r1], b[b_index[j]], c[g, r0:r1], p_size, K_BLOCK)
     return c
