@@ -605,6 +605,8 @@ def test_column_kernels_chunk_many_samples_like_the_reference(nc, case, n):
     ((6, 32, 2, 2, 24), 1, 1, 1, False),    # 2x2 maps, few samples: columns
     ((32, 32, 2, 1, 24), 1, (2, 1), (2, 1), True),  # unrolled, dilated, padding beyond reach
     ((40, 32, 2, 2, 40), 2, 1, 1, True),    # 2x2 -> 1x1 at stride 2: four taps live
+    ((32, 64, 16, 16, 24), 2, 1, 1, True),  # 16x16 -> 8x8 at stride 2, 64 channels: unrolled
+    ((32, 32, 16, 16, 24), 2, 1, 1, False),  # the same with 32 channels: columns
     ((3, 32, 9, 8, 20), 2, 2, 2, False),    # dilated
     ((3, 30, 8, 9, 20), (2, 1), ((2, 0), (0, 3)), 1, False),  # asymmetric padding and stride
 ])

@@ -29,7 +29,9 @@ from numba import njit, prange
 from .columns import K_BLOCK, many_channels
 from .tiles import UINT, _gemm_acc
 
-MAX_OUT_MAP = 49  # output pixels per channel at most (7x7 maps)
+MAX_OUT_MAP = 49  # output pixels per channel at most (7x7 maps), or at a stride of 2 and
+MAX_STRIDED_OUT_MAP = 144  # more (12x12: ResNet's 64 -> 128 layer at 96x96) from
+MIN_STRIDED_C_IN = 64  # this many input channels
 MIN_BATCH = 32  # samples from which the products' vectors are full enough (half a tile)
 ROW_BLOCK = 64  # rows of a group's result per parallel task
 
@@ -38,13 +40,16 @@ def use_unrolled(x_shape, weight_shape, groups, out_shape):
     """Whether a convolution takes the unrolled kernels: groups of 1 and
     :func:`.columns.many_channels`, batches of :data:`MIN_BATCH` samples or more (the
     samples are the products' vectors), outputs of at most :data:`MAX_OUT_MAP` pixels per
-    channel, and no more input pixels than outputs times taps (each input pixel rearranged
+    channel (:data:`MAX_STRIDED_OUT_MAP` where the input has 4 times as many and
+    :data:`MIN_STRIDED_C_IN` channels: the column kernels' input gradient at a stride took
+    longer), and no more input pixels than outputs times taps (each input pixel rearranged
     is read about once or more: not a 1x1 kernel at stride 2, whose columns copy only the
     pixels it reads)."""
-    out_pixels = out_shape[2] * out_shape[3]
+    out_pixels, in_pixels = out_shape[2] * out_shape[3], x_shape[2] * x_shape[3]
+    strided = in_pixels >= 4 * out_pixels and x_shape[1] >= MIN_STRIDED_C_IN
     return (groups == 1 and many_channels(weight_shape) and x_shape[0] >= MIN_BATCH
-            and out_pixels <= MAX_OUT_MAP
-            and x_shape[2] * x_shape[3] <= out_pixels * weight_shape[2] * weight_shape[3])
+            and out_pixels <= (MAX_STRIDED_OUT_MAP if strided else MAX_OUT_MAP)
+            and in_pixels <= out_pixels * weight_shape[2] * weight_shape[3])
 
 
 def _pairs(height, width, out_h, out_w, kh_size, kw_size, geometry):
