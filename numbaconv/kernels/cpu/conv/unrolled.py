@@ -1,6 +1,7 @@
-"""The unrolled kernels: on small maps (ResNet-18's maps of 6x6 and below at 96x96, of 7x7 and
-below at 28x28), a convolution is a sum of matrix products, one per pair of an output pixel and an
-input pixel that a kernel tap joins, with the batch's samples along the vectors:
+"""The unrolled kernels: on small maps (ResNet-18's maps of 6x6 and below at 96x96 and its
+stride-2 layer onto 12x12, of 7x7 and below at 28x28), a convolution is a sum of matrix products,
+one per pair of an output pixel and an input pixel that a kernel tap joins, with the batch's
+samples along the vectors:
 
     y[:, o, :] (C_out, N) = sum over the pairs (o, i, tap t) of  w[:, :, t] (C_out, C_in) @
                             x[:, i, :] (C_in, N)
@@ -18,7 +19,9 @@ gradients are sums of products over the same pairs, grouped by what they write:
 with the arrays laid out pixel-major (``x[i]`` is one pixel's (C_in, N) matrix, ...). One
 parallel kernel, :func:`_pair_products`, computes all three; each task owns a block of rows
 of one group's result and sums its pairs in a fixed order, so results do not depend on the
-number of threads. :func:`use_unrolled` says where they serve.
+number of threads. The rearrangements around the products (x, gy and the results between
+the two layouts, the live taps' weights) are parallel Numba loops too. :func:`use_unrolled`
+says where they serve.
 """
 
 import functools
@@ -29,9 +32,9 @@ from numba import njit, prange
 from .columns import K_BLOCK, many_channels
 from .tiles import UINT, _gemm_acc
 
-MAX_OUT_MAP = 49  # output pixels per channel at most (7x7 maps), or at a stride of 2 and
-MAX_STRIDED_OUT_MAP = 144  # more (12x12: ResNet's 64 -> 128 layer at 96x96) from
-MIN_STRIDED_C_IN = 64  # this many input channels
+MAX_OUT_MAP = 49  # output pixels per channel at most (7x7 maps) ...
+MAX_STRIDED_OUT_MAP = 144  # ... or 12x12 at a stride of 2 (ResNet's 64 -> 128 at 96x96) ...
+MIN_STRIDED_C_IN = 64  # ... from this many input channels
 MIN_BATCH = 32  # samples from which the products' vectors are full enough (half a tile)
 ROW_BLOCK = 64  # rows of a group's result per parallel task
 
@@ -147,7 +150,7 @@ def _pixel_rows(a):
 
 
 # The weights' rearrangements, in parallel (NumPy's copies run on one thread: at 512
-# channels the live taps' weights took 3.5 ms, here 1.4 on one thread); each iteration
+# channels the live taps' weights took 3.5 ms, here 0.8 on one thread); each iteration
 # writes its own rows.
 
 @njit(parallel=True, cache=True)
