@@ -94,8 +94,10 @@ KERNELS = {
     JOB_PREFIX + "conv2d_weight_grad_channels": 0.2,
     # the shared products (SHARED)
     "_shifted_matmul_acc": 1.1,
+    "_shifted_matmul6_acc": 1.2,
     "_abt_acc": 0.8,
     "_abt_lanes_acc": 0.7,
+    "_abt6_lanes_acc": 0.8,
     "_interleave": 0.4,
     "_deinterleave": 0.4,
     "_gemm_acc": 1.5,
@@ -111,11 +113,17 @@ KERNELS = {
 #: processes can share their callers' work (the weight gradient with _gy_blocks in it: 2.6 s)
 SHARED = {
     "_shifted_matmul_acc": (
-        "matmul_acc", JOB_PREFIX + "conv2d_forward", JOB_PREFIX + "conv2d_forward_lanes",
+        JOB_PREFIX + "conv2d_forward", JOB_PREFIX + "conv2d_forward_lanes",
         JOB_PREFIX + "conv2d_input_grad_lanes",
         *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward"
           for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
+    # the six-row tiles, for row counts that are no multiple of 4 (LeNet's first layer)
+    "_shifted_matmul6_acc": (
+        JOB_PREFIX + "conv2d_forward",
+        *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward"
+          for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_abt_acc": (JOB_PREFIX + "conv2d_weight_grad", JOB_PREFIX + "conv2d_weight_grad_columns"),
+    "_abt6_lanes_acc": (JOB_PREFIX + "conv2d_weight_grad_rows",),
     "_abt_lanes_acc": (JOB_PREFIX + "conv2d_weight_grad_rows",
                        JOB_PREFIX + "conv2d_weight_grad_lanes",
                        JOB_PREFIX + "conv2d_weight_grad_columns"),
@@ -256,6 +264,8 @@ def _signature(name: str, dtype) -> tuple:
         "_shifted_matmul_acc": (a2, a2, taps, taps, i64, a2, i64, i64),
         "_abt_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
         "_abt_lanes_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
+        "_shifted_matmul6_acc": (a2, a2, taps, taps, i64, a2, i64, i64),
+        "_abt6_lanes_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
         "_interleave": (a4, i64, i64, i64, a2),
         "_deinterleave": (a2, i64, i64, i64, a4),
         # the column jobs pass the module's constant K_BLOCK: typed as that literal

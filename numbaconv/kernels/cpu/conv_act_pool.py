@@ -42,15 +42,11 @@ def _fused_kernel(activation, pool):
     branches only), named e.g. ``conv2d_sigmoid_avg_pool_forward``."""
     def block(xflat, weights, b, chan, offset, wp, n, g, row0, n_rows, out, z, y):
         """Rows row0:row0 + n_rows of sample n, group g: summed into ``out`` (C_out_g,
-        rows * wp), activated there, copied to z and pooled into y."""
+        rows * wp), copied to z, activated there and pooled into y."""
         c_out_g = weights.shape[0]
         out_w = z.shape[3]
         block_sums(xflat, weights, b, chan, offset, row0 * wp, (n_rows - 1) * wp + out_w, n,
                    g, out)
-        if activation == act.SIGMOID:  # one pass over the block, scratch columns included
-            act._sigmoid_in_place(out.reshape(out.size))
-        else:
-            act._relu_in_place(out.reshape(out.size))
         for m in range(c_out_g):
             co = g * c_out_g + m
             for r in range(n_rows):
@@ -58,9 +54,14 @@ def _fused_kernel(activation, pool):
                 dst = z[n, co, row0 + r]
                 for ow in range(out_w):
                     dst[ow] = src[ow]
+            # activated where they lie in z, contiguous: no scratch columns, and in L1
+            rows = z[n, co, row0:row0 + n_rows].reshape(n_rows * out_w)
+            if activation == act.SIGMOID:
+                act._sigmoid_in_place(rows)
+            else:
+                act._relu_in_place(rows)
             for r in range(0, n_rows - 1, 2):  # pooled while in cache
-                top = out[m, r * wp:r * wp + out_w]
-                bottom = out[m, (r + 1) * wp:(r + 1) * wp + out_w]
+                top, bottom = z[n, co, row0 + r], z[n, co, row0 + r + 1]
                 if pool == act.AVG:
                     act.avg2x2_row(top, bottom, y[n, co, (row0 + r) // 2])
                 else:
@@ -81,8 +82,7 @@ def _fused_kernel(activation, pool):
         n_tasks = min(n_jobs, TASKS)
         # one call of the block job per job (see numbaconv.kernels.cpu.jobs)
         for task in prange(n_tasks):  # one scratch block per task, as conv2d_forward
-            # zeros: the activation passes over whole rows, the last one's tail included
-            out = np.zeros((c_out_g, rows * wp), dtype=xp.dtype)
+            out = np.empty((c_out_g, rows * wp), dtype=xp.dtype)
             for j in range(task * n_jobs // n_tasks, (task + 1) * n_jobs // n_tasks):
                 row0 = np.int64(j % n_blocks * rows)
                 g = np.int64(j // n_blocks % groups)

@@ -21,7 +21,15 @@ from numba import njit, prange
 from .. import simd
 from ..jobs import INT, INTS, Job, array
 from .common import FAST, _grouped_weights, _sum_partials, _taps, _zero_partials
-from .tiles import ZERO, _abt_acc, _abt_lanes_acc, _add_lane_sums, _shifted_matmul_acc
+from .tiles import (
+    ZERO,
+    _abt6_lanes_acc,
+    _abt_acc,
+    _abt_lanes_acc,
+    _add_lane_sums,
+    _shifted_matmul6_acc,
+    _shifted_matmul_acc,
+)
 
 OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L2-resident
 WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
@@ -43,8 +51,11 @@ def block_sums(xflat, weights, b, chan, offset, base, length, n, g, out):
     c_out_g, c_in_g = weights.shape[0], chan[-1] + 1
     for m in range(c_out_g):  # start from the bias: no add afterwards
         out[m, :length] = b[g * c_out_g + m]
-    _shifted_matmul_acc(weights, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, base, out,
-                        ZERO, length)
+    src = xflat[n, g * c_in_g:(g + 1) * c_in_g]
+    if c_out_g % 4 and c_out_g >= 6:  # six-row tiles rather than four-row and two-row ones
+        _shifted_matmul6_acc(weights, src, chan, offset, base, out, ZERO, length)
+    else:
+        _shifted_matmul_acc(weights, src, chan, offset, base, out, ZERO, length)
 
 
 @njit(cache=True, fastmath=FAST)
@@ -168,8 +179,13 @@ def _weight_grad_rows(gy, xflat, chan, offset, stride_h, wp, n_start, n_stop, g,
             for p in range(out_h * out_w):
                 total += a[m, p]
             partial_bias[m] += total
-        _abt_lanes_acc(a, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, acc, ZERO, ZERO,
-                       out_h, out_w, stride_h * wp, out_w)
+        src = xflat[n, g * c_in_g:(g + 1) * c_in_g]
+        if c_out_g % 4 and c_out_g >= 6:  # six-row tiles rather than duplicated rows
+            _abt6_lanes_acc(a, src, chan, offset, acc, ZERO, ZERO, out_h, out_w, stride_h * wp,
+                            out_w)
+        else:
+            _abt_lanes_acc(a, src, chan, offset, acc, ZERO, ZERO, out_h, out_w, stride_h * wp,
+                           out_w)
     _add_lane_sums(acc, partial)
 
 

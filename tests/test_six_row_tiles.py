@@ -1,0 +1,154 @@
+"""The six-row tiles of the padded-width kernels (LeNet's first layer, 6 output channels): the
+forward's product and the weight gradient's lane sums equal the four-row kernels' bit for bit
+(the same sums in the same order), and the convolutions that take them match the float64
+reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference as ref
+from support import assert_close, tol
+
+from numbaconv.kernels.cpu.conv import tiles
+from numbaconv.kernels.cpu.conv.common import _taps
+from numbaconv.kernels.cpu.conv.flat import weight_grad_from_rows
+from numbaconv.kernels.cpu.conv.lanes import use_lanes
+
+DTYPES = (np.float32, np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m_size", [6, 7, 9, 10, 12, 13])
+@pytest.mark.parametrize("p_size", [1, 15, 64, 100, 892])
+def test_six_row_product_equals_the_four_row_one(dtype, m_size, p_size):
+    rng = np.random.default_rng(m_size * 1000 + p_size)
+    chan, offset = _taps(2, 3, 5, 1, 2, 37)  # 2 channels, 30 taps, dilated columns
+    a = rng.normal(size=(m_size, chan.shape[0])).astype(dtype)
+    src = rng.normal(size=(2, p_size + 3 + offset[-1])).astype(dtype)
+    start = rng.normal(size=(m_size, p_size + 5)).astype(dtype)
+    c4, c6 = start.copy(), start.copy()
+    tiles._shifted_matmul_acc(a, src, chan, offset, np.int64(3), c4, np.int64(2),
+                              np.int64(p_size))
+    tiles._shifted_matmul6_acc(a, src, chan, offset, np.int64(3), c6, np.int64(2),
+                               np.int64(p_size))
+    np.testing.assert_array_equal(c6, c4)
+    taps = np.stack([src[chan[k], 3 + offset[k]:3 + offset[k] + p_size]
+                     for k in range(chan.shape[0])]).astype(np.float64)
+    expected = start.astype(np.float64)
+    expected[:, 2:2 + p_size] += a.astype(np.float64) @ taps
+    assert_close(c6, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m_size", [6, 7, 11, 13])
+@pytest.mark.parametrize("k_size", [1, 4, 6, 25])
+def test_six_row_lane_sums_equal_the_four_row_ones(dtype, m_size, k_size):
+    rng = np.random.default_rng(m_size * 100 + k_size)
+    w = 64 // np.dtype(dtype).itemsize
+    n_rows, length, a_step, src_step = 5, 23, 23, 30
+    chan, offset = _taps(1, 1, k_size, 1, 1, src_step)
+    a = rng.normal(size=(m_size, n_rows * a_step + 2)).astype(dtype)
+    src = rng.normal(size=(1, n_rows * src_step + k_size + 4)).astype(dtype)
+    start = rng.normal(size=(m_size, k_size * w)).astype(dtype)
+    acc4, acc6 = start.copy(), start.copy()
+    args = (np.int64(2), np.int64(1), np.int64(n_rows), np.int64(a_step), np.int64(src_step),
+            np.int64(length))
+    tiles._abt_lanes_acc(a, src, chan, offset, acc4, *args)
+    tiles._abt6_lanes_acc(a, src, chan, offset, acc6, *args)
+    np.testing.assert_array_equal(acc6, acc4)
+    # and the lane sums add up to their start plus the products (float64)
+    got = acc6.astype(np.float64).reshape(m_size, k_size, w).sum(axis=2)
+    expected = start.astype(np.float64).reshape(m_size, k_size, w).sum(axis=2)
+    for r in range(n_rows):
+        rows = a[:, 2 + r * a_step:2 + r * a_step + length].astype(np.float64)
+        taps = np.stack([src[0, 1 + r * src_step + offset[k]:1 + r * src_step + offset[k]
+                             + length] for k in range(k_size)]).astype(np.float64)
+        expected += rows @ taps.T
+    np.testing.assert_allclose(got, expected, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kernel, padding", [
+    # (N, C_in, H, W, C_out)
+    ((3, 1, 28, 28, 6), (5, 5), 2),  # LeNet's first layer
+    ((2, 1, 13, 31, 7), (3, 5), 1),
+    ((2, 2, 9, 23, 10), (3, 4), (1, 0)),
+    ((5, 1, 7, 19, 13), (2, 3), 0),
+])
+def test_convolutions_on_six_row_tiles_match_reference(nc, dtype, shape, kernel, padding):
+    n, c_in, h, w, c_out = shape
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(n, c_in, h, w)).astype(dtype)
+    weight = rng.normal(size=(c_out, c_in) + kernel).astype(dtype)
+    b = rng.normal(size=c_out).astype(dtype)
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    # the padded-width kernels, and the weight gradient from gy's rows
+    assert not use_lanes((n, c_in, h + 2 * ph, w + 2 * pw), x.itemsize, 1, 1, w)
+    assert weight_grad_from_rows(weight.shape, 1, 1)
+    y = nc.conv2d(x, weight, b, padding=padding)
+    assert_close(y, ref.conv2d(x, weight, b, padding=padding), dtype, "forward")
+    gy = rng.normal(size=y.shape).astype(dtype)
+    _, gw, gb = nc.conv2d_backward(gy, x, weight, padding=padding, need_input_grad=False)
+    _, egw, egb = ref.conv2d_backward(gy, x, weight, padding=padding)
+    assert_close(gw, egw, dtype, "grad_weight")
+    assert_close(gb, egb, dtype, "grad_bias")
+
+
+def test_six_row_kernels_do_not_depend_on_the_thread_count(nc):
+    from numbaconv.threads import set_threads
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(37, 1, 28, 28)).astype(np.float32)
+    w = rng.normal(size=(6, 1, 5, 5)).astype(np.float32)
+    gy = rng.normal(size=(37, 6, 28, 28)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        set_threads(threads)
+        try:
+            results.append((nc.conv2d(x, w, padding=2),)
+                           + nc.conv2d_backward(gy, x, w, padding=2, need_input_grad=False)[1:]
+                           + nc.conv2d_act_pool(x, w, padding=2, activation="sigmoid",
+                                                pool="avg"))
+        finally:
+            set_threads(None)
+    for one, two in zip(*results, strict=True):
+        np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m_size", [1, 2, 4, 5, 6, 9, 10, 11, 13])
+@pytest.mark.parametrize("k_size, p_size", [(1, 1), (7, 10), (130, 64), (65, 120), (3, 130)])
+def test_six_row_plain_product_equals_the_four_row_one(dtype, m_size, k_size, p_size):
+    rng = np.random.default_rng(m_size * 7 + k_size)
+    a = rng.normal(size=(m_size, k_size)).astype(dtype)
+    b = rng.normal(size=(k_size, p_size + 3)).astype(dtype)
+    start = rng.normal(size=(m_size, p_size + 3)).astype(dtype)
+    c4, c6 = start.copy(), start.copy()
+    tiles._gemm_acc(a, b, c4, np.int64(p_size), 64)
+    tiles._gemm6_acc(a, b, c6, np.int64(p_size), 64)
+    np.testing.assert_array_equal(c6, c4)
+    expected = start.astype(np.float64)
+    expected[:, :p_size] += a.astype(np.float64) @ b[:, :p_size].astype(np.float64)
+    assert_close(c6, expected, dtype)
+
+
+@pytest.mark.parametrize("m_size", [1, 5, 84, 120, 256, 257])
+def test_matmul_does_not_depend_on_the_thread_count(m_size):
+    from numbaconv.kernels.cpu.dense import matmul_acc
+    from numbaconv.threads import set_threads
+
+    rng = np.random.default_rng(m_size)
+    a = rng.normal(size=(m_size, 70)).astype(np.float32)
+    b = rng.normal(size=(70, 120)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        set_threads(threads)
+        try:
+            c = np.ones((m_size, 120), dtype=np.float32)
+            matmul_acc(a, b, c)
+            results.append(c)
+        finally:
+            set_threads(None)
+    np.testing.assert_array_equal(results[0], results[1])
+    assert_close(results[0], 1 + a.astype(np.float64) @ b, np.float32)
