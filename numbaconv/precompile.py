@@ -66,11 +66,17 @@ KERNELS = {
     # the one-pass convolution + activation + pool forwards (one_pass_kernel_name)
     **{f"conv2d_{activation}_{pool}_pool_forward": 1.5
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
+    # the one-pass activation + pool backward and weight gradient of a first stage
+    # (one_pass_weight_grad_name)
+    **{f"conv2d_{activation}_{pool}_pool_weight_grad": 1.5
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     "sigmoid_forward": 0.6,
     "sigmoid_backward": 0.4,
     "matmul_acc": 1.7,
     # the jobs (see numbaconv.kernels.cpu.jobs)
     **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 1.1
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
+    **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_weight_grad": 0.8
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     JOB_PREFIX + "conv2d_forward": 0.5,
     JOB_PREFIX + "conv2d_forward_lanes": 0.4,
@@ -123,10 +129,14 @@ SHARED = {
         *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward"
           for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_abt_acc": (JOB_PREFIX + "conv2d_weight_grad", JOB_PREFIX + "conv2d_weight_grad_columns"),
-    "_abt6_lanes_acc": (JOB_PREFIX + "conv2d_weight_grad_rows",),
+    "_abt6_lanes_acc": (JOB_PREFIX + "conv2d_weight_grad_rows",
+                        *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_weight_grad"
+                          for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_abt_lanes_acc": (JOB_PREFIX + "conv2d_weight_grad_rows",
                        JOB_PREFIX + "conv2d_weight_grad_lanes",
-                       JOB_PREFIX + "conv2d_weight_grad_columns"),
+                       JOB_PREFIX + "conv2d_weight_grad_columns",
+                       *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_weight_grad"
+                         for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_interleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_weight_grad_lanes",
                     JOB_PREFIX + "conv2d_input_grad_lanes"),
     "_deinterleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_input_grad_lanes"),
@@ -166,6 +176,15 @@ def one_pass_kernel_name(activation: int, pool: int) -> str:
     return FUSED[activation, pool].py_func.__name__
 
 
+def one_pass_weight_grad_name(activation: int, pool: int) -> str:
+    """The name of the one-pass activation + pool backward and weight gradient kernel of a
+    first stage (see :mod:`numbaconv.kernels.cpu.conv_act_pool`) for activation and pool
+    codes."""
+    from .kernels.cpu.conv_act_pool import FUSED_WEIGHT_GRAD
+
+    return FUSED_WEIGHT_GRAD[activation, pool].py_func.__name__
+
+
 def job(name: str, dtype):
     """The :class:`~numbaconv.kernels.cpu.jobs.Job` kernel ``name`` takes as its last
     argument for arrays of ``dtype`` (its per-job function, compiled on its own), or None.
@@ -188,6 +207,9 @@ def job(name: str, dtype):
     for codes, kernel in conv_act_pool.FUSED.items():
         if kernel.py_func.__name__ == name:
             return conv_act_pool.block_job(*codes, np.dtype(dtype))
+    for codes, kernel in conv_act_pool.FUSED_WEIGHT_GRAD.items():
+        if kernel.py_func.__name__ == name:
+            return conv_act_pool.weight_grad_job(*codes, np.dtype(dtype))
     return None
 
 
@@ -225,7 +247,8 @@ def _dispatcher(name: str):
                    dense):
         if hasattr(module, name):
             return getattr(module, name)
-    for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values()):
+    for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values(),
+                    conv_act_pool.FUSED_WEIGHT_GRAD.values()):
         for kernel in kernels:
             if kernel.py_func.__name__ == name:
                 return kernel
@@ -300,7 +323,9 @@ def _signature(name: str, dtype) -> tuple:
         "fused_forward": (a4,),
         "fused_backward": (a4, a4),
         "one_pass": (a4, a4, a1) + (i64,) * 5,
+        "one_pass_weight_grad": (a4, a4, a4) + (i64,) * 4,
     }["one_pass" if name.startswith("conv2d_") and name.endswith("_pool_forward") else
+      "one_pass_weight_grad" if name.endswith("_pool_weight_grad") else
       name if not name.endswith(("_pool_forward", "_pool_backward")) else
       "fused_" + name.rsplit("_", 1)[1]]
 
@@ -501,12 +526,17 @@ def _fused_kernels(fused, input_shape, need_input_grad: bool) -> list[str]:
     act_pool_forward, act_pool_backward = fused_kernel_names(*codes)
     if input_shape is None:
         return forward + backward + [one_pass_kernel_name(*codes), act_pool_forward,
-                                     act_pool_backward]
+                                     act_pool_backward] + (
+            [] if need_input_grad else [one_pass_weight_grad_name(*codes)])
+    if not need_input_grad and _one_pass_weight_grad_applies(conv, input_shape):
+        backward = backward[:-1] + [one_pass_weight_grad_name(*codes)]  # the pads, then it
+        act_pool_backward = None
     if _one_pass_applies(conv, input_shape):  # which pads x as the flat kernels do
         _, _, padding, _, _ = _conv_geometry(conv, input_shape)
-        return (_pad_kernels(input_shape, padding) + [one_pass_kernel_name(*codes)] + backward
-                + [act_pool_backward])
-    return forward + backward + [act_pool_forward, act_pool_backward]
+        forward = _pad_kernels(input_shape, padding) + [one_pass_kernel_name(*codes)]
+        act_pool_forward = None
+    return [kernel for kernel in forward + backward + [act_pool_forward, act_pool_backward]
+            if kernel is not None]
 
 
 def kernels_for(model, input_shape=None) -> list[str]:
@@ -572,6 +602,19 @@ def _one_pass_applies(conv, input_shape) -> bool:
     stride, _, _, padded, output = _conv_geometry(conv, input_shape)
     return conv_act_pool.applies(padded, conv.params["weight"].itemsize, stride, conv.groups,
                                  output[3])
+
+
+def _one_pass_weight_grad_applies(conv, input_shape) -> bool:
+    """Whether a first stage's backward takes the one-pass weight-gradient kernel for inputs
+    of ``input_shape``: the tests ``functional._one_pass_weight_grad`` makes at run time."""
+    from .kernels.cpu import conv as cpu_conv
+    from .kernels.cpu import conv_act_pool
+
+    stride, _, _, padded, output = _conv_geometry(conv, input_shape)
+    weight = conv.params["weight"]
+    return (not cpu_conv.use_column_side(input_shape, weight.shape, conv.groups, stride, output)
+            and conv_act_pool.weight_grad_applies(padded, weight.shape, weight.itemsize, stride,
+                                                  conv.groups, *output[2:]))
 
 
 def _model_dtypes(model) -> list[str]:

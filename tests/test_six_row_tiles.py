@@ -106,10 +106,12 @@ def test_six_row_kernels_do_not_depend_on_the_thread_count(nc):
     for threads in (1, 2):
         set_threads(threads)
         try:
-            results.append((nc.conv2d(x, w, padding=2),)
+            z, y = nc.conv2d_act_pool(x, w, padding=2, activation="sigmoid", pool="avg")
+            results.append((nc.conv2d(x, w, padding=2), z, y)
                            + nc.conv2d_backward(gy, x, w, padding=2, need_input_grad=False)[1:]
-                           + nc.conv2d_act_pool(x, w, padding=2, activation="sigmoid",
-                                                pool="avg"))
+                           + nc.conv2d_act_pool_backward(gy[:, :, ::2, ::2], x, z, w, padding=2,
+                                                         activation="sigmoid", pool="avg",
+                                                         need_input_grad=False)[1:])
         finally:
             set_threads(None)
     for one, two in zip(*results, strict=True):
@@ -152,3 +154,44 @@ def test_matmul_does_not_depend_on_the_thread_count(m_size):
             set_threads(None)
     np.testing.assert_array_equal(results[0], results[1])
     assert_close(results[0], 1 + a.astype(np.float64) @ b, np.float32)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+@pytest.mark.parametrize("pool", ["avg", "max"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size, special", [((28, 28), None), ((13, 15), None),
+                                           ((12, 12), np.inf), ((12, 12), np.nan)])
+def test_one_pass_first_stage_backward_equals_the_unfused_one(nc, activation, pool, dtype, size,
+                                                               special):
+    """A first stage's backward (no input gradient) in one pass
+    (conv_act_pool.conv_act_pool_weight_grad): the activation + pool backward and the weight
+    gradient bit for bit; with inf or NaN in x the unfused exact path (equal as well)."""
+    from numbaconv.kernels.cpu import activation as act
+    from numbaconv.kernels.cpu import conv_act_pool
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(37, 1) + size).astype(dtype)
+    if special is not None:
+        x[3, 0, 4, 5] = special
+    w = rng.normal(size=(6, 1, 5, 5)).astype(dtype) * 0.3
+    b = rng.normal(size=6).astype(dtype)
+    z, y = nc.conv2d_act_pool(x, w, b, padding=2, activation=activation, pool=pool)
+    assert conv_act_pool.weight_grad_applies((37, 1, size[0] + 4, size[1] + 4), w.shape,
+                                             x.itemsize, (1, 1), 1, *z.shape[2:])
+    g = rng.normal(size=y.shape).astype(dtype)
+    grad_w, grad_b = np.empty_like(w), np.empty_like(b)
+    got = nc.conv2d_act_pool_backward(g, x, z, w, padding=2, activation=activation, pool=pool,
+                                      need_input_grad=False, grad_weight=grad_w,
+                                      grad_bias=grad_b)
+    assert got[0] is None and got[1] is grad_w and got[2] is grad_b
+    codes = (act.SIGMOID if activation == "sigmoid" else act.RELU,
+             act.AVG if pool == "avg" else act.MAX)
+    grad_z = act.act_pool_backward(g, z, *codes)
+    _, expected_w, expected_b = nc.conv2d_backward(grad_z, x, w, padding=2,
+                                                   need_input_grad=False)
+    np.testing.assert_array_equal(grad_w, expected_w)
+    np.testing.assert_array_equal(grad_b, expected_b)
+    if special is None:
+        _, ref_w, ref_b = ref.conv2d_backward(grad_z, x, w, padding=2)
+        assert_close(grad_w, ref_w, dtype, "grad_weight")
+        assert_close(grad_b, ref_b, dtype, "grad_bias")

@@ -22,9 +22,20 @@ import numpy as np
 from numba import njit, prange
 
 from . import activation as act
-from .conv.common import _grouped_weights, _taps
-from .conv.flat import TASKS, _block_rows, block_sums
+from . import simd
+from .conv.channels import use_channel_vectors
+from .conv.columns import weight_grad_by_columns
+from .conv.common import FAST, _grouped_weights, _sum_partials, _taps, _zero_partials
+from .conv.flat import (
+    TASKS,
+    WEIGHT_GRAD_CHUNKS,
+    _block_rows,
+    block_sums,
+    rows_sample_acc,
+    weight_grad_from_rows,
+)
 from .conv.lanes import use_lanes
+from .conv.tiles import _add_lane_sums
 from .jobs import INT, INTS, Job, array
 
 
@@ -127,3 +138,95 @@ def conv_act_pool_forward(xp, w, b, dilation, groups, out_h, out_w, activation, 
     :func:`applies` says so."""
     return FUSED[activation, pool](xp, w, b, *dilation, groups, out_h, out_w,
                                    block_job(activation, pool, xp.dtype))
+
+
+# The backward of a first stage (no input gradient), where its convolution's weight gradient
+# reads the gradient's rows where they are (conv.flat.conv2d_weight_grad_rows; LeNet's first
+# layer). Unfused, the activation and pool backward writes the gradient at z (at LeNet's
+# first layer, batch 256: 4.8 MB) and the weight gradient reads it back: here each task
+# computes one sample's gradient at z into an L1 scratch, by the unfused functions, and
+# takes its weight gradient from there.
+
+def _fused_weight_grad_kernel(activation, pool):
+    """The weight-gradient kernel of one activation and pool pair (codes as in
+    :mod:`numbaconv.kernels.cpu.activation`), named e.g.
+    ``conv2d_sigmoid_avg_pool_weight_grad``, and its chunk job's function."""
+    def chunk(grad_y, z, xflat, chan, offset, wp, n_start, n_stop, partial, partial_bias):
+        """partial (C_out, K) += the weight gradient of samples n_start:n_stop and
+        partial_bias (C_out,) += their bias gradient, from grad_y at the pool's output."""
+        c_out, out_h, out_w = z.shape[1], z.shape[2], z.shape[3]
+        grad = np.empty((c_out, out_h, out_w), dtype=z.dtype)
+        flat = grad.reshape(c_out * out_h * out_w)
+        rows = grad.reshape(c_out, out_h * out_w)
+        acc = np.zeros((c_out, chan.shape[0] * simd.width(flat)), dtype=z.dtype)
+        for n in range(n_start, n_stop):
+            if pool == act.AVG:
+                act._avg2x2_backward(grad_y[n], grad)
+            else:
+                act._max2x2_backward(z[n], grad_y[n], grad)
+            if activation == act.SIGMOID:
+                act._times_sigmoid_derivative(flat, z[n].reshape(flat.size))
+            else:
+                act._times_relu_derivative(flat, z[n].reshape(flat.size))
+            rows_sample_acc(rows, xflat[n], chan, offset, out_h, out_w, wp, acc,
+                            partial_bias)
+        _add_lane_sums(acc, partial)
+
+    def weight_grad(grad_y, z, xp, kh_size, kw_size, dilation_h, dilation_w, job):
+        n_batch, c_in, hp, wp = xp.shape
+        c_out = z.shape[1]
+        chan, offset = _taps(c_in, kh_size, kw_size, dilation_h, dilation_w, wp)
+        xflat = xp.reshape(n_batch, c_in, hp * wp)
+        n_chunks = min(n_batch, WEIGHT_GRAD_CHUNKS)
+        partial, partial_bias = _zero_partials(n_chunks, 1, c_out, chan.shape[0], xp)
+        for part in prange(n_chunks):  # as conv.flat.conv2d_weight_grad_rows, one group
+            job(grad_y, z, xflat, chan, offset, wp, part * n_batch // n_chunks,
+                (part + 1) * n_batch // n_chunks, partial[part, 0], partial_bias[part, 0, :, 0])
+        return _sum_partials(partial, partial_bias, c_in, kh_size, kw_size)
+
+    name = f"conv2d_{act.ACTIVATION_NAMES[activation]}_{act.POOL_NAMES[pool]}_pool"
+    chunk.__name__ = chunk.__qualname__ = f"_{name}_weight_grad_chunk"
+    weight_grad = types.FunctionType(weight_grad.__code__, globals(), f"{name}_weight_grad")
+    weight_grad.__qualname__ = weight_grad.__name__
+    return njit(parallel=True, cache=True)(weight_grad), njit(cache=True, fastmath=FAST)(chunk)
+
+
+#: (activation, pool) -> (the fused stage's weight-gradient kernel, its chunk job's function)
+_WEIGHT_GRAD_KERNELS = {(activation, pool): _fused_weight_grad_kernel(activation, pool)
+                        for activation in act.ACTIVATION_NAMES for pool in act.POOL_NAMES}
+#: (activation, pool) -> the fused stage's weight-gradient kernel
+FUSED_WEIGHT_GRAD = {codes: kernel for codes, (kernel, _) in _WEIGHT_GRAD_KERNELS.items()}
+
+
+@functools.cache
+def weight_grad_job(activation, pool, dtype) -> Job:
+    """The chunk job of :data:`FUSED_WEIGHT_GRAD` ``[activation, pool]`` for arrays of
+    ``dtype``."""
+    a4 = array(dtype, 4)
+    return Job(_WEIGHT_GRAD_KERNELS[activation, pool][1],
+               (a4, a4, array(dtype, 3), INTS, INTS, INT, INT, INT, array(dtype, 2),
+                array(dtype, 1, "A")))
+
+
+def weight_grad_applies(padded_shape, weight_shape, itemsize, stride, groups, out_h,
+                        out_w) -> bool:
+    """Whether :func:`conv_act_pool_weight_grad` serves a stage's backward without an input
+    gradient: unit stride, one group, on the padded-width kernels (as :func:`applies`), and
+    where ``conv.weight_grad`` takes :func:`numbaconv.kernels.cpu.conv.conv2d_weight_grad_rows`
+    (its choices before that one: not the output-channel kernels, nor the column ones)."""
+    return (groups == 1 and applies(padded_shape, itemsize, stride, groups, out_w)
+            and not use_channel_vectors(weight_shape, 1, stride, out_h, out_w,
+                                        padded_shape[3], itemsize)
+            and not weight_grad_by_columns(weight_shape, 1, itemsize,
+                                           min(padded_shape[0], WEIGHT_GRAD_CHUNKS))
+            and weight_grad_from_rows(weight_shape, 1, 1))
+
+
+def conv_act_pool_weight_grad(grad_y, z, xp, kernel, dilation, activation, pool):
+    """(grad_w (C_out, C_in, KH, KW), grad_b (C_out,)) of a fused stage from grad_y (N, C_out,
+    out_h // 2, out_w // 2) at its output, its activated convolution z (N, C_out, out_h,
+    out_w) and padded, finite input xp, all C-contiguous, where :func:`weight_grad_applies`
+    says so: ``conv.weight_grad`` of ``activation.act_pool_backward``'s gradient bit for
+    bit, without that gradient written out."""
+    return FUSED_WEIGHT_GRAD[activation, pool](grad_y, z, xp, *kernel, *dilation,
+                                               weight_grad_job(activation, pool, xp.dtype))

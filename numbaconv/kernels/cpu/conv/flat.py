@@ -162,6 +162,25 @@ def _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp, n_start,
                      ZERO, (n_rows - 1) * wp + dense_w)
 
 
+@njit(inline="always")
+def rows_sample_acc(a, src, chan, offset, out_h, out_w, row_step, acc, partial_bias):
+    """The weight gradient of one sample and group at column stride 1 from its gradient's
+    rows ``a`` (C_out_g, out_h * out_w) where they are and its input planes ``src`` (C_in_g,
+    Hp * Wp), the taps' rows ``row_step`` apart: partial_bias (C_out_g,) += the sums of a's
+    rows, acc (C_out_g, K * W) += the lane sums of :func:`.tiles._abt_lanes_acc`."""
+    c_out_g = a.shape[0]
+    zero = a.dtype.type(0)
+    for m in range(c_out_g):
+        total = zero
+        for p in range(out_h * out_w):
+            total += a[m, p]
+        partial_bias[m] += total
+    if c_out_g % 4 and c_out_g >= 6:  # six-row tiles rather than duplicated rows
+        _abt6_lanes_acc(a, src, chan, offset, acc, ZERO, ZERO, out_h, out_w, row_step, out_w)
+    else:
+        _abt_lanes_acc(a, src, chan, offset, acc, ZERO, ZERO, out_h, out_w, row_step, out_w)
+
+
 @njit(cache=True, fastmath=FAST)
 def _weight_grad_rows(gy, xflat, chan, offset, stride_h, wp, n_start, n_stop, g, partial,
                       partial_bias):
@@ -171,21 +190,10 @@ def _weight_grad_rows(gy, xflat, chan, offset, stride_h, wp, n_start, n_stop, g,
     c_in_g = chan[-1] + 1
     out_h, out_w = gy.shape[2], gy.shape[3]
     acc = np.zeros((c_out_g, chan.shape[0] * simd.width(xflat[0, 0])), dtype=xflat.dtype)
-    zero = xflat.dtype.type(0)
     for n in range(n_start, n_stop):
-        a = gy[n, g * c_out_g:(g + 1) * c_out_g].reshape(c_out_g, out_h * out_w)
-        for m in range(c_out_g):
-            total = zero
-            for p in range(out_h * out_w):
-                total += a[m, p]
-            partial_bias[m] += total
-        src = xflat[n, g * c_in_g:(g + 1) * c_in_g]
-        if c_out_g % 4 and c_out_g >= 6:  # six-row tiles rather than duplicated rows
-            _abt6_lanes_acc(a, src, chan, offset, acc, ZERO, ZERO, out_h, out_w, stride_h * wp,
-                            out_w)
-        else:
-            _abt_lanes_acc(a, src, chan, offset, acc, ZERO, ZERO, out_h, out_w, stride_h * wp,
-                           out_w)
+        rows_sample_acc(gy[n, g * c_out_g:(g + 1) * c_out_g].reshape(c_out_g, out_h * out_w),
+                        xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, out_h, out_w,
+                        stride_h * wp, acc, partial_bias)
     _add_lane_sums(acc, partial)
 
 
