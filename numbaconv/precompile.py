@@ -322,8 +322,8 @@ def _signature(name: str, dtype) -> tuple:
         "matmul_acc": (a2, a2, a2),
         "fused_forward": (a4,),
         "fused_backward": (a4, a4),
-        "one_pass": (a4, a4, a1) + (i64,) * 5,
-        "one_pass_weight_grad": (a4, a4, a4) + (i64,) * 4,
+        "one_pass": (a4, a4, a1) + (i64,) * 8,
+        "one_pass_weight_grad": (a4, a4, a4) + (i64,) * 8,
     }["one_pass" if name.startswith("conv2d_") and name.endswith("_pool_forward") else
       "one_pass_weight_grad" if name.endswith("_pool_weight_grad") else
       name if not name.endswith(("_pool_forward", "_pool_backward")) else
@@ -528,13 +528,11 @@ def _fused_kernels(fused, input_shape, need_input_grad: bool) -> list[str]:
         return forward + backward + [one_pass_kernel_name(*codes), act_pool_forward,
                                      act_pool_backward] + (
             [] if need_input_grad else [one_pass_weight_grad_name(*codes)])
+    # the one-pass kernels pad x themselves, a block at a time
     if not need_input_grad and _one_pass_weight_grad_applies(conv, input_shape):
-        backward = backward[:-1] + [one_pass_weight_grad_name(*codes)]  # the pads, then it
-        act_pool_backward = None
-    if _one_pass_applies(conv, input_shape):  # which pads x as the flat kernels do
-        _, _, padding, _, _ = _conv_geometry(conv, input_shape)
-        forward = _pad_kernels(input_shape, padding) + [one_pass_kernel_name(*codes)]
-        act_pool_forward = None
+        backward, act_pool_backward = [one_pass_weight_grad_name(*codes)], None
+    if _one_pass_applies(conv, input_shape):
+        forward, act_pool_forward = [one_pass_kernel_name(*codes)], None
     return [kernel for kernel in forward + backward + [act_pool_forward, act_pool_backward]
             if kernel is not None]
 

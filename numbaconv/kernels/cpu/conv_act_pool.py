@@ -47,17 +47,43 @@ def _rows_per_block(c_out_g, out_h, wp):
     return rows if rows >= out_h else max(2, rows - rows % 2)
 
 
+@njit(inline="always")
+def _pad_rows(x, n, c0, n_chan, top, left, row0, n_rows, wp, xs):
+    """xs[0, c, :n_rows * wp] = rows row0:row0 + n_rows of channel c of sample n of x
+    (unpadded) zero-padded by ``top`` rows and ``left`` columns to ``wp`` columns, for
+    c0 <= c < c0 + n_chan: the padded input a block reads, padded in cache rather than in a
+    pass of its own over the whole batch (a serial NumPy one)."""
+    height, width = x.shape[2], x.shape[3]
+    zero = xs.dtype.type(0)
+    for c in range(c0, c0 + n_chan):
+        dst = xs[0, c]
+        for i in range(n_rows * wp):
+            dst[i] = zero
+        for r in range(n_rows):
+            h = row0 + r - top
+            if 0 <= h < height:
+                src = x[n, c, h]
+                base = r * wp + left
+                for col in range(width):
+                    dst[base + col] = src[col]
+
+
 def _fused_kernel(activation, pool):
     """The forward kernel of one activation and pool pair (codes as in
     :mod:`numbaconv.kernels.cpu.activation`; closure constants, so each pair compiles its own
     branches only), named e.g. ``conv2d_sigmoid_avg_pool_forward``."""
-    def block(xflat, weights, b, chan, offset, wp, n, g, row0, n_rows, out, z, y):
-        """Rows row0:row0 + n_rows of sample n, group g: summed into ``out`` (C_out_g,
-        rows * wp), copied to z, activated there and pooled into y."""
+    def block(x, weights, b, chan, offset, top, left, wp, n, g, row0, n_rows, xs, out, z,
+              y):
+        """Rows row0:row0 + n_rows of sample n, group g: their input rows padded into ``xs``
+        (1, C_in, >= their flat length), summed into ``out`` (C_out_g, rows * wp), copied to
+        z, activated there and pooled into y."""
         c_out_g = weights.shape[0]
+        c_in_g = chan[-1] + 1
         out_w = z.shape[3]
-        block_sums(xflat, weights, b, chan, offset, row0 * wp, (n_rows - 1) * wp + out_w, n,
-                   g, out)
+        # the rows the block's taps reach: its own and the kernel's extent below them
+        _pad_rows(x, n, g * c_in_g, c_in_g, top, left, row0, n_rows + offset[-1] // wp, wp,
+                  xs)
+        block_sums(xs, weights, b, chan, offset, 0, (n_rows - 1) * wp + out_w, 0, g, out)
         for m in range(c_out_g):
             co = g * c_out_g + m
             for r in range(n_rows):
@@ -78,27 +104,29 @@ def _fused_kernel(activation, pool):
                 else:
                     act.max2x2_row(top, bottom, y[n, co, (row0 + r) // 2])
 
-    def forward(xp, w, b, dilation_h, dilation_w, groups, out_h, out_w, job):
-        n_batch, c_in, hp, wp = xp.shape
+    def forward(x, w, b, top, left, wp, dilation_h, dilation_w, groups, out_h, out_w, job):
+        n_batch, c_in = x.shape[0], x.shape[1]
         c_out, c_in_g, kh_size, kw_size = w.shape
         c_out_g = c_out // groups
         weights = _grouped_weights(w, groups)
         chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
         rows = _rows_per_block(c_out_g, out_h, wp)
         n_blocks = (out_h + rows - 1) // rows
-        xflat = xp.reshape(n_batch, c_in, hp * wp)
-        z = np.empty((n_batch, c_out, out_h, out_w), dtype=xp.dtype)
-        y = np.empty((n_batch, c_out, out_h // 2, out_w // 2), dtype=xp.dtype)
+        span = rows + offset[-1] // wp  # padded input rows of a block
+        z = np.empty((n_batch, c_out, out_h, out_w), dtype=x.dtype)
+        y = np.empty((n_batch, c_out, out_h // 2, out_w // 2), dtype=x.dtype)
         n_jobs = n_batch * groups * n_blocks
         n_tasks = min(n_jobs, TASKS)
         # one call of the block job per job (see numbaconv.kernels.cpu.jobs)
         for task in prange(n_tasks):  # one scratch block per task, as conv2d_forward
-            out = np.empty((c_out_g, rows * wp), dtype=xp.dtype)
+            xs = np.empty((1, c_in, span * wp), dtype=x.dtype)
+            out = np.empty((c_out_g, rows * wp), dtype=x.dtype)
             for j in range(task * n_jobs // n_tasks, (task + 1) * n_jobs // n_tasks):
                 row0 = np.int64(j % n_blocks * rows)
                 g = np.int64(j // n_blocks % groups)
-                job(xflat, weights[g], b, chan, offset, wp, np.int64(j // (groups * n_blocks)),
-                    g, row0, min(rows, out_h - row0), out, z, y)
+                job(x, weights[g], b, chan, offset, top, left, wp,
+                    np.int64(j // (groups * n_blocks)), g, row0, min(rows, out_h - row0), xs,
+                    out, z, y)
         return z, y
 
     name = f"conv2d_{act.ACTIVATION_NAMES[activation]}_{act.POOL_NAMES[pool]}_pool"
@@ -121,9 +149,9 @@ FUSED = {codes: kernel for codes, (kernel, _) in _KERNELS.items()}
 @functools.cache
 def block_job(activation, pool, dtype) -> Job:
     """The block job of :data:`FUSED` ``[activation, pool]`` for arrays of ``dtype``."""
-    a2, a4 = array(dtype, 2), array(dtype, 4)
-    return Job(_KERNELS[activation, pool][1], (array(dtype, 3), a2, array(dtype, 1), INTS, INTS)
-               + (INT,) * 5 + (a2, a4, a4))
+    a2, a3, a4 = array(dtype, 2), array(dtype, 3), array(dtype, 4)
+    return Job(_KERNELS[activation, pool][1], (a4, a2, array(dtype, 1), INTS, INTS)
+               + (INT,) * 7 + (a3, a2, a4, a4))
 
 
 def applies(padded_shape, itemsize, stride, groups, out_w) -> bool:
@@ -132,12 +160,14 @@ def applies(padded_shape, itemsize, stride, groups, out_w) -> bool:
     return tuple(stride) == (1, 1) and not use_lanes(padded_shape, itemsize, 1, groups, out_w)
 
 
-def conv_act_pool_forward(xp, w, b, dilation, groups, out_h, out_w, activation, pool):
-    """(z, y): z (N, C_out, out_h, out_w) = activation(conv2d(xp, w, b)) at stride 1, and
-    y (N, C_out, out_h // 2, out_w // 2) its 2x2 pool; xp padded, all C-contiguous, where
-    :func:`applies` says so."""
-    return FUSED[activation, pool](xp, w, b, *dilation, groups, out_h, out_w,
-                                   block_job(activation, pool, xp.dtype))
+def conv_act_pool_forward(x, w, b, padding, dilation, groups, out_h, out_w, activation, pool):
+    """(z, y): z (N, C_out, out_h, out_w) = activation(conv2d(x, w, b)) at stride 1, x
+    zero-padded by ``padding`` ((top, bottom), (left, right)), and y (N, C_out, out_h // 2,
+    out_w // 2) its 2x2 pool; all C-contiguous, where :func:`applies` says so (of the padded
+    shape)."""
+    (top, _), (left, right) = padding
+    return FUSED[activation, pool](x, w, b, top, left, left + x.shape[3] + right, *dilation,
+                                   groups, out_h, out_w, block_job(activation, pool, x.dtype))
 
 
 # The backward of a first stage (no input gradient), where its convolution's weight gradient
@@ -151,10 +181,14 @@ def _fused_weight_grad_kernel(activation, pool):
     """The weight-gradient kernel of one activation and pool pair (codes as in
     :mod:`numbaconv.kernels.cpu.activation`), named e.g.
     ``conv2d_sigmoid_avg_pool_weight_grad``, and its chunk job's function."""
-    def chunk(grad_y, z, xflat, chan, offset, wp, n_start, n_stop, partial, partial_bias):
+    def chunk(grad_y, z, x, chan, offset, top, left, hp, wp, n_start, n_stop, partial,
+              partial_bias):
         """partial (C_out, K) += the weight gradient of samples n_start:n_stop and
-        partial_bias (C_out,) += their bias gradient, from grad_y at the pool's output."""
+        partial_bias (C_out,) += their bias gradient, from grad_y at the pool's output; each
+        sample's input x (unpadded) padded into a scratch (top rows, left columns, hp x wp)."""
         c_out, out_h, out_w = z.shape[1], z.shape[2], z.shape[3]
+        c_in = x.shape[1]
+        xs = np.empty((1, c_in, hp * wp), dtype=x.dtype)
         grad = np.empty((c_out, out_h, out_w), dtype=z.dtype)
         flat = grad.reshape(c_out * out_h * out_w)
         rows = grad.reshape(c_out, out_h * out_w)
@@ -168,19 +202,19 @@ def _fused_weight_grad_kernel(activation, pool):
                 act._times_sigmoid_derivative(flat, z[n].reshape(flat.size))
             else:
                 act._times_relu_derivative(flat, z[n].reshape(flat.size))
-            rows_sample_acc(rows, xflat[n], chan, offset, out_h, out_w, wp, acc,
-                            partial_bias)
+            _pad_rows(x, n, 0, c_in, top, left, 0, hp, wp, xs)
+            rows_sample_acc(rows, xs[0], chan, offset, out_h, out_w, wp, acc, partial_bias)
         _add_lane_sums(acc, partial)
 
-    def weight_grad(grad_y, z, xp, kh_size, kw_size, dilation_h, dilation_w, job):
-        n_batch, c_in, hp, wp = xp.shape
+    def weight_grad(grad_y, z, x, top, left, hp, wp, kh_size, kw_size, dilation_h,
+                    dilation_w, job):
+        n_batch, c_in = x.shape[0], x.shape[1]
         c_out = z.shape[1]
         chan, offset = _taps(c_in, kh_size, kw_size, dilation_h, dilation_w, wp)
-        xflat = xp.reshape(n_batch, c_in, hp * wp)
         n_chunks = min(n_batch, WEIGHT_GRAD_CHUNKS)
-        partial, partial_bias = _zero_partials(n_chunks, 1, c_out, chan.shape[0], xp)
+        partial, partial_bias = _zero_partials(n_chunks, 1, c_out, chan.shape[0], x)
         for part in prange(n_chunks):  # as conv.flat.conv2d_weight_grad_rows, one group
-            job(grad_y, z, xflat, chan, offset, wp, part * n_batch // n_chunks,
+            job(grad_y, z, x, chan, offset, top, left, hp, wp, part * n_batch // n_chunks,
                 (part + 1) * n_batch // n_chunks, partial[part, 0], partial_bias[part, 0, :, 0])
         return _sum_partials(partial, partial_bias, c_in, kh_size, kw_size)
 
@@ -204,8 +238,7 @@ def weight_grad_job(activation, pool, dtype) -> Job:
     ``dtype``."""
     a4 = array(dtype, 4)
     return Job(_WEIGHT_GRAD_KERNELS[activation, pool][1],
-               (a4, a4, array(dtype, 3), INTS, INTS, INT, INT, INT, array(dtype, 2),
-                array(dtype, 1, "A")))
+               (a4, a4, a4, INTS, INTS) + (INT,) * 6 + (array(dtype, 2), array(dtype, 1, "A")))
 
 
 def weight_grad_applies(padded_shape, weight_shape, itemsize, stride, groups, out_h,
@@ -222,11 +255,14 @@ def weight_grad_applies(padded_shape, weight_shape, itemsize, stride, groups, ou
             and weight_grad_from_rows(weight_shape, 1, 1))
 
 
-def conv_act_pool_weight_grad(grad_y, z, xp, kernel, dilation, activation, pool):
+def conv_act_pool_weight_grad(grad_y, z, x, padding, kernel, dilation, activation, pool):
     """(grad_w (C_out, C_in, KH, KW), grad_b (C_out,)) of a fused stage from grad_y (N, C_out,
     out_h // 2, out_w // 2) at its output, its activated convolution z (N, C_out, out_h,
-    out_w) and padded, finite input xp, all C-contiguous, where :func:`weight_grad_applies`
-    says so: ``conv.weight_grad`` of ``activation.act_pool_backward``'s gradient bit for
-    bit, without that gradient written out."""
-    return FUSED_WEIGHT_GRAD[activation, pool](grad_y, z, xp, *kernel, *dilation,
-                                               weight_grad_job(activation, pool, xp.dtype))
+    out_w) and finite input x, zero-padded by ``padding`` ((top, bottom), (left, right)), all
+    C-contiguous, where :func:`weight_grad_applies` says so: ``conv.weight_grad`` of
+    ``activation.act_pool_backward``'s gradient bit for bit, without that gradient written
+    out."""
+    (top, bottom), (left, right) = padding
+    return FUSED_WEIGHT_GRAD[activation, pool](
+        grad_y, z, x, top, left, top + x.shape[2] + bottom, left + x.shape[3] + right,
+        *kernel, *dilation, weight_grad_job(activation, pool, x.dtype))
