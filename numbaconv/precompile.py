@@ -66,6 +66,9 @@ KERNELS = {
     # the one-pass convolution + activation + pool forwards (one_pass_kernel_name)
     **{f"conv2d_{activation}_{pool}_pool_forward": 1.5
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
+    # and on the interleaved-samples layout (one_pass_lanes_kernel_name)
+    **{f"conv2d_{activation}_{pool}_pool_forward_lanes": 1.2
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     # the one-pass activation + pool backward and weight gradient of a first stage
     # (one_pass_weight_grad_name)
     **{f"conv2d_{activation}_{pool}_pool_weight_grad": 1.5
@@ -77,6 +80,8 @@ KERNELS = {
     **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 1.1
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_weight_grad": 0.8
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
+    **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes": 0.8
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     JOB_PREFIX + "conv2d_forward": 0.5,
     JOB_PREFIX + "conv2d_forward_lanes": 0.4,
@@ -121,6 +126,8 @@ SHARED = {
     "_shifted_matmul_acc": (
         JOB_PREFIX + "conv2d_forward", JOB_PREFIX + "conv2d_forward_lanes",
         JOB_PREFIX + "conv2d_input_grad_lanes",
+        *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes"
+          for activation in ("sigmoid", "relu") for pool in ("avg", "max")),
         *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward"
           for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     # the six-row tiles, for row counts that are no multiple of 4 (LeNet's first layer)
@@ -138,8 +145,12 @@ SHARED = {
                        *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_weight_grad"
                          for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_interleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_weight_grad_lanes",
-                    JOB_PREFIX + "conv2d_input_grad_lanes"),
-    "_deinterleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_input_grad_lanes"),
+                    JOB_PREFIX + "conv2d_input_grad_lanes",
+                    *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes"
+                      for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
+    "_deinterleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_input_grad_lanes",
+                      *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes"
+                        for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_gemm_acc": (JOB_PREFIX + "conv2d_forward_columns", JOB_PREFIX + "conv2d_input_grad_columns"),
     # the columns of a chunk of samples: conv2d_forward_columns's first job (COLUMN_JOBS), and
     # called by the weight gradient's job
@@ -176,6 +187,14 @@ def one_pass_kernel_name(activation: int, pool: int) -> str:
     return FUSED[activation, pool].py_func.__name__
 
 
+def one_pass_lanes_kernel_name(activation: int, pool: int) -> str:
+    """The name of the one-pass forward kernel on the interleaved-samples layout (see
+    :mod:`numbaconv.kernels.cpu.conv_act_pool`) for activation and pool codes."""
+    from .kernels.cpu.conv_act_pool import FUSED_LANES
+
+    return FUSED_LANES[activation, pool].py_func.__name__
+
+
 def one_pass_weight_grad_name(activation: int, pool: int) -> str:
     """The name of the one-pass activation + pool backward and weight gradient kernel of a
     first stage (see :mod:`numbaconv.kernels.cpu.conv_act_pool`) for activation and pool
@@ -210,6 +229,9 @@ def job(name: str, dtype):
     for codes, kernel in conv_act_pool.FUSED_WEIGHT_GRAD.items():
         if kernel.py_func.__name__ == name:
             return conv_act_pool.weight_grad_job(*codes, np.dtype(dtype))
+    for codes, kernel in conv_act_pool.FUSED_LANES.items():
+        if kernel.py_func.__name__ == name:
+            return conv_act_pool.lanes_job(*codes, np.dtype(dtype))
     return None
 
 
@@ -248,7 +270,7 @@ def _dispatcher(name: str):
         if hasattr(module, name):
             return getattr(module, name)
     for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values(),
-                    conv_act_pool.FUSED_WEIGHT_GRAD.values()):
+                    conv_act_pool.FUSED_WEIGHT_GRAD.values(), conv_act_pool.FUSED_LANES.values()):
         for kernel in kernels:
             if kernel.py_func.__name__ == name:
                 return kernel
@@ -324,7 +346,9 @@ def _signature(name: str, dtype) -> tuple:
         "fused_backward": (a4, a4),
         "one_pass": (a4, a4, a1) + (i64,) * 8,
         "one_pass_weight_grad": (a4, a4, a4) + (i64,) * 8,
+        "one_pass_lanes": (a4, a4, a1) + (i64,) * 5,
     }["one_pass" if name.startswith("conv2d_") and name.endswith("_pool_forward") else
+      "one_pass_lanes" if name.endswith("_pool_forward_lanes") else
       "one_pass_weight_grad" if name.endswith("_pool_weight_grad") else
       name if not name.endswith(("_pool_forward", "_pool_backward")) else
       "fused_" + name.rsplit("_", 1)[1]]
@@ -519,20 +543,29 @@ def _leaf_kernels(layer, input_shape, need_input_grad: bool) -> list[str]:
 def _fused_kernels(fused, input_shape, need_input_grad: bool) -> list[str]:
     """The kernels a fused ``Conv2d -> activation -> pool`` stage calls: the convolution's
     and the fused activation + pool ones, or for its forward the one-pass kernel where that
-    serves (a unit stride, wide images)."""
+    serves (a unit stride; narrow images on the interleaved-samples layout)."""
+    from .kernels.cpu import conv as cpu_conv
+
     conv = fused.layers[0]
     codes = (fused.activation_code, fused.pool_code)
     forward, backward = _conv_kernels(conv, input_shape, need_input_grad)
     act_pool_forward, act_pool_backward = fused_kernel_names(*codes)
     if input_shape is None:
-        return forward + backward + [one_pass_kernel_name(*codes), act_pool_forward,
+        return forward + backward + [one_pass_kernel_name(*codes),
+                                     one_pass_lanes_kernel_name(*codes), act_pool_forward,
                                      act_pool_backward] + (
             [] if need_input_grad else [one_pass_weight_grad_name(*codes)])
     # the one-pass kernels pad x themselves, a block at a time
     if not need_input_grad and _one_pass_weight_grad_applies(conv, input_shape):
         backward, act_pool_backward = [one_pass_weight_grad_name(*codes)], None
     if _one_pass_applies(conv, input_shape):
-        forward, act_pool_forward = [one_pass_kernel_name(*codes)], None
+        _, _, padding, padded, output = _conv_geometry(conv, input_shape)
+        if cpu_conv.use_lanes(padded, conv.params["weight"].itemsize, 1, conv.groups,
+                              output[3]):  # which pads x first
+            forward = _pad_kernels(input_shape, padding) + [one_pass_lanes_kernel_name(*codes)]
+        else:
+            forward = [one_pass_kernel_name(*codes)]
+        act_pool_forward = None
     return [kernel for kernel in forward + backward + [act_pool_forward, act_pool_backward]
             if kernel is not None]
 

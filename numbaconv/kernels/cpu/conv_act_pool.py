@@ -1,18 +1,21 @@
 """Numba CPU kernels: a stride-1 convolution, its activation and a 2x2 pool in one pass.
 
-For the fused ``Conv2d -> Sigmoid|ReLU -> 2x2 pool`` stages of :mod:`numbaconv.layers.fusion` whose
-convolution has unit stride and takes the padded-width kernels (where
-:func:`numbaconv.kernels.cpu.conv.use_lanes` says no, e.g. LeNet's first layer). Unfused, the
-convolution copies its outputs from its scratch block to ``z``, and the activation + pool pass
-then reads ``z`` back and rewrites it: at LeNet's first layer, batch 256, that is 1.2 M values
-(4.8 MB) written, read and written again, more than L2 holds. Here each parallel task computes
-a block of output rows of one sample into its scratch (the convolution's own product,
-:func:`numbaconv.kernels.cpu.conv.block_sums`), activates them there, writes them to ``z``
-once (the backward differentiates them) and pools them while they are in cache.
+For the fused ``Conv2d -> Sigmoid|ReLU -> 2x2 pool`` stages of :mod:`numbaconv.layers.fusion`
+whose convolution has unit stride. Unfused, the convolution copies its outputs from its
+scratch block to ``z``, and the activation + pool pass then reads ``z`` back and rewrites it:
+at LeNet's first layer, batch 256, that is 1.2 M values (4.8 MB) written, read and written
+again, more than L2 holds. Here each parallel task pads the input rows of a block of output
+rows of one sample into cache, computes the block into its scratch (the convolution's own
+product, :func:`numbaconv.kernels.cpu.conv.block_sums`), writes it to ``z`` once (the backward
+differentiates it), activates it there and pools it while it is in cache. Narrow images
+(:func:`numbaconv.kernels.cpu.conv.use_lanes`, LeNet's second layer) take the same steps on
+the interleaved-samples layout (:func:`_fused_lanes_kernel`).
 
-Results equal ``conv.forward`` followed by ``activation.act_pool_forward`` bit for bit: the
-same sums in the same order, then the same activation and pool functions
-(``tests/test_fusion.py``).
+A first stage's backward (no input gradient) whose weight gradient reads the gradient's rows
+(LeNet's first layer) also takes one pass: :func:`conv_act_pool_weight_grad`.
+
+Results equal the unfused functions' bit for bit: the same sums in the same order, then the
+same activation and pool functions (``tests/test_fusion.py``, ``tests/test_lenet_kernels.py``).
 """
 
 import functools
@@ -23,6 +26,7 @@ from numba import njit, prange
 
 from . import activation as act
 from . import simd
+from .conv import pad
 from .conv.channels import use_channel_vectors
 from .conv.columns import weight_grad_by_columns
 from .conv.common import FAST, _grouped_weights, _sum_partials, _taps, _zero_partials
@@ -34,8 +38,8 @@ from .conv.flat import (
     rows_sample_acc,
     weight_grad_from_rows,
 )
-from .conv.lanes import use_lanes
-from .conv.tiles import _add_lane_sums
+from .conv.lanes import LANES, _deinterleave, _interleave, use_lanes
+from .conv.tiles import _add_lane_sums, _shifted_matmul_acc
 from .jobs import INT, INTS, Job, array
 
 
@@ -154,20 +158,116 @@ def block_job(activation, pool, dtype) -> Job:
                + (INT,) * 7 + (a3, a2, a4, a4))
 
 
+def _fused_lanes_kernel(activation, pool):
+    """The forward kernel of one activation and pool pair on the interleaved-samples layout
+    of :mod:`numbaconv.kernels.cpu.conv.lanes` (narrow images: LeNet's second layer), named
+    e.g. ``conv2d_sigmoid_avg_pool_forward_lanes``, and its block job's function.
+
+    As ``conv2d_forward_lanes``, each job sums LANES samples' outputs interleaved pixel by
+    pixel; here it then activates them there and pools them, every pixel's LANES values a
+    contiguous run (the pool's arithmetic along vectors), and writes z and y from there:
+    unfused, the activation and pool pass reads z back, its windows across rows of 10."""
+    def block(xp, weights, b, chan, offset, n0, g, z, y):
+        """Samples n0:n0 + LANES, group g: z and y of them."""
+        c_out_g = weights.shape[0]
+        c_in_g = chan[-1] + 1
+        hp, wp = xp.shape[2], xp.shape[3]
+        out_h, out_w = z.shape[2], z.shape[3]
+        pool_h, pool_w = out_h // 2, out_w // 2
+        buf = np.zeros((c_in_g, hp * wp * LANES), dtype=xp.dtype)
+        _interleave(xp, n0, g * c_in_g, c_in_g, buf)
+        out = np.empty((c_out_g, out_h * out_w * LANES), dtype=xp.dtype)
+        for m in range(c_out_g):  # the sums of conv2d_forward_lanes at stride 1
+            out[m].fill(b[g * c_out_g + m])
+        row = out_w * LANES
+        for oh in range(out_h):
+            _shifted_matmul_acc(weights, buf, chan, offset, oh * wp * LANES, out, oh * row, row)
+        if activation == act.SIGMOID:  # all lanes (the empty ones past the batch too)
+            act._sigmoid_in_place(out.reshape(out.size))
+        else:
+            act._relu_in_place(out.reshape(out.size))
+        pooled = np.empty((c_out_g, pool_h * pool_w * LANES), dtype=xp.dtype)
+        zero = xp.dtype.type(0)
+        quarter = xp.dtype.type(0.25)
+        for m in range(c_out_g):
+            src, dst = out[m], pooled[m]
+            for oh in range(pool_h):
+                for ow in range(pool_w):
+                    t = (2 * oh * out_w + 2 * ow) * LANES  # the window's top left
+                    d = (oh * pool_w + ow) * LANES
+                    if pool == act.AVG:  # summed in the average pool's order
+                        for lane in range(LANES):
+                            dst[d + lane] = ((((zero + src[t + lane]) + src[t + LANES + lane])
+                                              + src[t + row + lane])
+                                             + src[t + row + LANES + lane]) * quarter
+                    else:  # the max pool's rule: the first maximum wins, a NaN always
+                        for lane in range(LANES):
+                            best = src[t + lane]
+                            for value in (src[t + LANES + lane], src[t + row + lane],
+                                          src[t + row + LANES + lane]):
+                                best = value if (value > best) | (value != value) else best
+                            dst[d + lane] = best
+        _deinterleave(out, n0, g * c_out_g, c_out_g, z)
+        _deinterleave(pooled, n0, g * c_out_g, c_out_g, y)
+
+    def forward(xp, w, b, dilation_h, dilation_w, groups, out_h, out_w, job):
+        n_batch, c_in, hp, wp = xp.shape
+        c_out, c_in_g, kh_size, kw_size = w.shape
+        weights = _grouped_weights(w, groups)
+        chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
+        offset *= LANES
+        n_blocks = (n_batch + LANES - 1) // LANES
+        z = np.empty((n_batch, c_out, out_h, out_w), dtype=xp.dtype)
+        y = np.empty((n_batch, c_out, out_h // 2, out_w // 2), dtype=xp.dtype)
+        for job_index in prange(n_blocks * groups):  # a block of LANES samples of one group
+            g = np.int64(job_index % groups)
+            job(xp, weights[g], b, chan, offset, np.int64(job_index // groups * LANES), g, z,
+                y)
+        return z, y
+
+    name = f"conv2d_{act.ACTIVATION_NAMES[activation]}_{act.POOL_NAMES[pool]}_pool"
+    block.__name__ = block.__qualname__ = f"_{name}_lanes_block"
+    forward = types.FunctionType(forward.__code__, globals(), f"{name}_forward_lanes")
+    forward.__qualname__ = forward.__name__
+    return njit(parallel=True, cache=True)(forward), njit(cache=True)(block)
+
+
+#: (activation, pool) -> (the fused forward kernel on the interleaved layout, its job's
+#: function)
+_LANES_KERNELS = {(activation, pool): _fused_lanes_kernel(activation, pool)
+                  for activation in act.ACTIVATION_NAMES for pool in act.POOL_NAMES}
+#: (activation, pool) -> the fused forward kernel on the interleaved layout
+FUSED_LANES = {codes: kernel for codes, (kernel, _) in _LANES_KERNELS.items()}
+
+
+@functools.cache
+def lanes_job(activation, pool, dtype) -> Job:
+    """The block job of :data:`FUSED_LANES` ``[activation, pool]`` for arrays of ``dtype``."""
+    a4 = array(dtype, 4)
+    return Job(_LANES_KERNELS[activation, pool][1],
+               (a4, array(dtype, 2), array(dtype, 1), INTS, INTS, INT, INT, a4, a4))
+
+
 def applies(padded_shape, itemsize, stride, groups, out_w) -> bool:
-    """Whether :func:`conv_act_pool_forward` serves a convolution: unit stride, and the
-    padded-width kernels (not the narrow images' interleaved ones)."""
-    return tuple(stride) == (1, 1) and not use_lanes(padded_shape, itemsize, 1, groups, out_w)
+    """Whether :func:`conv_act_pool_forward` serves a convolution: unit stride (on the
+    padded-width kernels or, where :func:`numbaconv.kernels.cpu.conv.use_lanes` says so, the
+    interleaved-samples ones)."""
+    return tuple(stride) == (1, 1)
 
 
 def conv_act_pool_forward(x, w, b, padding, dilation, groups, out_h, out_w, activation, pool):
     """(z, y): z (N, C_out, out_h, out_w) = activation(conv2d(x, w, b)) at stride 1, x
     zero-padded by ``padding`` ((top, bottom), (left, right)), and y (N, C_out, out_h // 2,
-    out_w // 2) its 2x2 pool; all C-contiguous, where :func:`applies` says so (of the padded
-    shape)."""
-    (top, _), (left, right) = padding
-    return FUSED[activation, pool](x, w, b, top, left, left + x.shape[3] + right, *dilation,
-                                   groups, out_h, out_w, block_job(activation, pool, x.dtype))
+    out_w // 2) its 2x2 pool; all C-contiguous, where :func:`applies` says so."""
+    (top, bottom), (left, right) = padding
+    padded_shape = (x.shape[0], x.shape[1], top + x.shape[2] + bottom,
+                    left + x.shape[3] + right)
+    if use_lanes(padded_shape, x.itemsize, 1, groups, out_w):
+        xp, _ = pad(x, padding)
+        return FUSED_LANES[activation, pool](xp, w, b, *dilation, groups, out_h, out_w,
+                                             lanes_job(activation, pool, x.dtype))
+    return FUSED[activation, pool](x, w, b, top, left, padded_shape[3], *dilation, groups,
+                                   out_h, out_w, block_job(activation, pool, x.dtype))
 
 
 # The backward of a first stage (no input gradient), where its convolution's weight gradient
@@ -248,6 +348,7 @@ def weight_grad_applies(padded_shape, weight_shape, itemsize, stride, groups, ou
     where ``conv.weight_grad`` takes :func:`numbaconv.kernels.cpu.conv.conv2d_weight_grad_rows`
     (its choices before that one: not the output-channel kernels, nor the column ones)."""
     return (groups == 1 and applies(padded_shape, itemsize, stride, groups, out_w)
+            and not use_lanes(padded_shape, itemsize, 1, groups, out_w)
             and not use_channel_vectors(weight_shape, 1, stride, out_h, out_w,
                                         padded_shape[3], itemsize)
             and not weight_grad_by_columns(weight_shape, 1, itemsize,

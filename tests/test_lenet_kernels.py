@@ -1,7 +1,7 @@
-"""The six-row tiles of the padded-width kernels (LeNet's first layer, 6 output channels): the
-forward's product and the weight gradient's lane sums equal the four-row kernels' bit for bit
-(the same sums in the same order), and the convolutions that take them match the float64
-reference."""
+"""The kernels written for LeNet's shapes, each against the kernels it replaces (bit for bit)
+and the float64 reference: the six-row tiles of the padded-width convolution (6 output
+channels) and of the dense products, the first stage's one-pass backward (activation, pool
+and weight gradient) and the fused forward on the interleaved-samples layout (conv2)."""
 
 from __future__ import annotations
 
@@ -195,3 +195,34 @@ def test_one_pass_first_stage_backward_equals_the_unfused_one(nc, activation, po
         _, ref_w, ref_b = ref.conv2d_backward(grad_z, x, w, padding=2)
         assert_close(grad_w, ref_w, dtype, "grad_weight")
         assert_close(grad_b, ref_b, dtype, "grad_bias")
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+@pytest.mark.parametrize("pool", ["avg", "max"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("groups, dilation, special", [(1, 1, None), (2, (2, 1), None),
+                                                       (1, 1, np.nan), (1, 1, np.inf)])
+def test_one_pass_forward_on_interleaved_samples_equals_the_unfused_one(
+        nc, activation, pool, dtype, groups, dilation, special):
+    """The fused stage's forward on the interleaved-samples layout (LeNet's conv2: 14 x 14
+    maps) equals conv2d then the activation + pool pass bit for bit, NaN and inf as they
+    propagate there (50 samples: a second block with 14 empty lanes)."""
+    from numbaconv.kernels.cpu import activation as act
+    from numbaconv.kernels.cpu.conv.lanes import use_lanes
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(50, 6, 14, 14)).astype(dtype)
+    if special is not None:
+        x[1, 2, 3:5, 4] = special
+        x[45, 0, 7, 7] = -special
+    w = rng.normal(size=(16, 6 // groups, 5, 5)).astype(dtype) * 0.2
+    b = rng.normal(size=16).astype(dtype)
+    z, y = nc.conv2d_act_pool(x, w, b, padding=(1, 0), dilation=dilation, groups=groups,
+                              activation=activation, pool=pool)
+    assert use_lanes((50, 6, 16, 14), x.itemsize, 1, groups, z.shape[3])
+    expected_z = nc.conv2d(x, w, b, padding=(1, 0), dilation=dilation, groups=groups)
+    codes = (act.SIGMOID if activation == "sigmoid" else act.RELU,
+             act.AVG if pool == "avg" else act.MAX)
+    expected_y = act.act_pool_forward(expected_z, *codes)  # activates expected_z in place
+    np.testing.assert_array_equal(z, expected_z)
+    np.testing.assert_array_equal(y, expected_y)
