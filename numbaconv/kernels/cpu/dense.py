@@ -17,6 +17,7 @@ from .conv.tiles import _gemm6_acc
 ROWS_PER_TASK = 22  # at most about the rows of c per parallel task, in six-row tiles:
                     # LeNet's 256, 120 and 84 rows make 12, 6 and 4 tasks (even counts: two
                     # threads share them evenly)
+SERIAL_PRODUCT = 1 << 19  # multiply-adds below which a product runs on one thread
 K_BLOCK = 64  # taps per block: a 64 x 64 panel of float32 b (16 KiB) in L1 (64 and 128
               # measured alike, 1024 (no blocking) 1.2x slower)
 
@@ -30,8 +31,13 @@ def _rows_acc(a, b, c):
 
 @njit(parallel=True, cache=True)
 def matmul_acc(a, b, c):
-    """c (M, P) += a (M, K) @ b (K, P); all C-contiguous, of one float dtype."""
+    """c (M, P) += a (M, K) @ b (K, P); all C-contiguous, of one float dtype. Small products
+    run on the calling thread alone (the same sums): starting the parallel loop costs more
+    than they do (LeNet's 84 -> 10 layer's, 0.2 M multiply-adds each)."""
     m_size = a.shape[0]
+    if m_size * a.shape[1] * b.shape[1] < SERIAL_PRODUCT:
+        _rows_acc(a, b, c)
+        return
     tiles = (m_size + 5) // 6
     n_tasks = max(1, (m_size + ROWS_PER_TASK - 1) // ROWS_PER_TASK)
     for task in prange(n_tasks):  # whole six-row tiles per task, the last one short
