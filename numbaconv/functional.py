@@ -227,8 +227,9 @@ def _conv2d_act_pool(x, weight, bias, stride, padding, dilation, groups, activat
 def _one_pass(x, weight, bias, geo, activation, pool):
     out_h, out_w = geo.output_shape[2:]
     padded_shape = (x.shape[0], x.shape[1]) + geo.padded
-    if 0 in geo.output_shape or not (conv_act_pool.applies(padded_shape, x.itemsize, geo.stride,
-                                                           geo.groups, out_w)):
+    if 0 in geo.output_shape or not conv_act_pool.applies(x.shape, padded_shape, weight.shape,
+                                                          x.itemsize, geo.stride, geo.groups,
+                                                          out_h, out_w):
         return None
     b = np.zeros(weight.shape[0], dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
     return conv_act_pool.conv_act_pool_forward(np.ascontiguousarray(x),

@@ -631,8 +631,9 @@ def _one_pass_applies(conv, input_shape) -> bool:
     from .kernels.cpu import conv_act_pool
 
     stride, _, _, padded, output = _conv_geometry(conv, input_shape)
-    return conv_act_pool.applies(padded, conv.params["weight"].itemsize, stride, conv.groups,
-                                 output[3])
+    weight = conv.params["weight"]
+    return conv_act_pool.applies(input_shape, padded, weight.shape, weight.itemsize, stride,
+                                 conv.groups, *output[2:])
 
 
 def _one_pass_weight_grad_applies(conv, input_shape) -> bool:

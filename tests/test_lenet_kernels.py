@@ -226,3 +226,17 @@ def test_one_pass_forward_on_interleaved_samples_equals_the_unfused_one(
     expected_y = act.act_pool_forward(expected_z, *codes)  # activates expected_z in place
     np.testing.assert_array_equal(z, expected_z)
     np.testing.assert_array_equal(y, expected_y)
+
+
+def test_one_pass_forward_on_interleaved_samples_only_where_the_unfused_one_takes_them():
+    """LeNet's conv2 (6 -> 16, 14 x 14) takes the fused forward on the interleaved layout;
+    many channels on small maps (64 -> 64, 3 x 3 on 6 x 6: the column kernels unfused) stay
+    unfused."""
+    from numbaconv.kernels.cpu import conv
+    from numbaconv.kernels.cpu.conv_act_pool import applies
+
+    assert conv.use_lanes((256, 6, 14, 14), 4, 1, 1, 10)
+    assert applies((256, 6, 14, 14), (256, 6, 14, 14), (16, 6, 5, 5), 4, (1, 1), 1, 10, 10)
+    assert conv.use_lanes((64, 64, 8, 8), 4, 1, 1, 6)
+    assert conv.use_column_side((64, 64, 6, 6), (64, 64, 3, 3), 1, (1, 1), (64, 64, 6, 6))
+    assert not applies((64, 64, 6, 6), (64, 64, 8, 8), (64, 64, 3, 3), 4, (1, 1), 1, 6, 6)

@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from . import activation as act
 from . import simd
-from .conv import pad
+from .conv import pad, use_column_side
 from .conv.channels import use_channel_vectors
 from .conv.columns import weight_grad_by_columns
 from .conv.common import FAST, _grouped_weights, _sum_partials, _taps, _zero_partials
@@ -248,11 +248,21 @@ def lanes_job(activation, pool, dtype) -> Job:
                (a4, array(dtype, 2), array(dtype, 1), INTS, INTS, INT, INT, a4, a4))
 
 
-def applies(padded_shape, itemsize, stride, groups, out_w) -> bool:
-    """Whether :func:`conv_act_pool_forward` serves a convolution: unit stride (on the
-    padded-width kernels or, where :func:`numbaconv.kernels.cpu.conv.use_lanes` says so, the
-    interleaved-samples ones)."""
-    return tuple(stride) == (1, 1)
+def applies(x_shape, padded_shape, weight_shape, itemsize, stride, groups, out_h,
+            out_w) -> bool:
+    """Whether :func:`conv_act_pool_forward` serves a convolution of x (unpadded): unit
+    stride, on the padded-width kernels or, where
+    :func:`numbaconv.kernels.cpu.conv.use_lanes` says so, the interleaved-samples ones where
+    the unfused forward takes those too (not the column or output-channel kernels, which
+    serve many channels on small maps better)."""
+    if tuple(stride) != (1, 1):
+        return False
+    if not use_lanes(padded_shape, itemsize, 1, groups, out_w):
+        return True
+    output_shape = (x_shape[0], weight_shape[0], out_h, out_w)
+    return not (use_column_side(x_shape, weight_shape, groups, (1, 1), output_shape)
+                or use_channel_vectors(weight_shape, groups, (1, 1), out_h, out_w,
+                                       padded_shape[3], itemsize))
 
 
 def conv_act_pool_forward(x, w, b, padding, dilation, groups, out_h, out_w, activation, pool):
@@ -347,7 +357,7 @@ def weight_grad_applies(padded_shape, weight_shape, itemsize, stride, groups, ou
     gradient: unit stride, one group, on the padded-width kernels (as :func:`applies`), and
     where ``conv.weight_grad`` takes :func:`numbaconv.kernels.cpu.conv.conv2d_weight_grad_rows`
     (its choices before that one: not the output-channel kernels, nor the column ones)."""
-    return (groups == 1 and applies(padded_shape, itemsize, stride, groups, out_w)
+    return (groups == 1 and tuple(stride) == (1, 1)
             and not use_lanes(padded_shape, itemsize, 1, groups, out_w)
             and not use_channel_vectors(weight_shape, 1, stride, out_h, out_w,
                                         padded_shape[3], itemsize)
