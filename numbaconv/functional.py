@@ -227,12 +227,13 @@ def _conv2d_act_pool(x, weight, bias, stride, padding, dilation, groups, activat
 def _one_pass(x, weight, bias, geo, activation, pool):
     out_h, out_w = geo.output_shape[2:]
     padded_shape = (x.shape[0], x.shape[1]) + geo.padded
-    if 0 in geo.output_shape or not (conv_act_pool.applies(padded_shape, x.itemsize, geo.stride,
-                                                           geo.groups, out_w)):
+    if 0 in geo.output_shape or not conv_act_pool.applies(x.shape, padded_shape, weight.shape,
+                                                          x.itemsize, geo.stride, geo.groups,
+                                                          out_h, out_w):
         return None
     b = np.zeros(weight.shape[0], dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
-    xp, _ = cpu_conv.pad(x, geo.padding)
-    return conv_act_pool.conv_act_pool_forward(xp, np.ascontiguousarray(weight), b,
+    return conv_act_pool.conv_act_pool_forward(np.ascontiguousarray(x),
+                                               np.ascontiguousarray(weight), b, geo.padding,
                                                geo.dilation, geo.groups, out_h, out_w,
                                                activation, pool)
 
@@ -389,10 +390,45 @@ def conv2d_act_pool_backward(grad_y, x, z, weight, stride=1, padding=0, dilation
     if _check_device(z, {"grad_y": grad_y}):
         grad_z = _cuda().act_pool2x2_backward(grad_y, z, activation, pool)
     else:
+        if not need_input_grad:  # a first stage: maybe in one pass
+            grads = _one_pass_weight_grad(grad_y, x, z, weight, stride, padding, dilation,
+                                          groups, codes, grad_weight, grad_bias)
+            if grads is not None:
+                grad_w, grad_b = grads
+                return None, grad_w, grad_b if need_bias_grad else None
         grad_z = cpu_activation.act_pool_backward(np.ascontiguousarray(grad_y), z, *codes)
     return conv2d_backward(grad_z, x, weight, stride, padding, dilation, groups,
                            need_input_grad, need_bias_grad, grad_weight=grad_weight,
                            grad_bias=grad_bias)
+
+
+def _one_pass_weight_grad(grad_y, x, z, weight, stride, padding, dilation, groups, codes,
+                          grad_weight, grad_bias):
+    """(grad_weight, grad_bias) of a fused stage without its input gradient by
+    :func:`conv_act_pool.conv_act_pool_weight_grad` (the gradient at z never written out),
+    where it applies and the arrays are finite and of one dtype; else None (the unfused
+    functions, which also raise the errors)."""
+    if not (isinstance(x, np.ndarray) and isinstance(weight, np.ndarray)):
+        return None
+    geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
+    padded_shape = (x.shape[0], x.shape[1]) + geo.padded
+    if (tuple(z.shape) != tuple(geo.output_shape) or 0 in geo.output_shape
+            or not x.dtype == weight.dtype == z.dtype == grad_y.dtype
+            or cpu_conv.use_column_side(x.shape, weight.shape, geo.groups, geo.stride,
+                                        geo.output_shape)
+            or not conv_act_pool.weight_grad_applies(padded_shape, weight.shape, x.itemsize,
+                                                     geo.stride, geo.groups,
+                                                     *geo.output_shape[2:])):
+        return None
+    _check_outputs(x, grad_weight=(grad_weight, weight.shape),
+                   grad_bias=(grad_bias, (weight.shape[0],)))
+    # a finite sum: every value finite (a sum that overflows takes the exact path as well)
+    if not (np.isfinite(x.sum()) and np.isfinite(weight.sum())):  # the unfused exact path
+        return None
+    grad_w, grad_b = conv_act_pool.conv_act_pool_weight_grad(
+        np.ascontiguousarray(grad_y), np.ascontiguousarray(z), np.ascontiguousarray(x),
+        geo.padding, geo.kernel, geo.dilation, *codes)
+    return _into(grad_weight, grad_w), _into(grad_bias, grad_b)
 
 
 # --------------------------------------------------------------------------- pooling

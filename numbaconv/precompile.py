@@ -66,11 +66,22 @@ KERNELS = {
     # the one-pass convolution + activation + pool forwards (one_pass_kernel_name)
     **{f"conv2d_{activation}_{pool}_pool_forward": 1.5
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
+    # and on the interleaved-samples layout (one_pass_lanes_kernel_name)
+    **{f"conv2d_{activation}_{pool}_pool_forward_lanes": 1.2
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
+    # the one-pass activation + pool backward and weight gradient of a first stage
+    # (one_pass_weight_grad_name)
+    **{f"conv2d_{activation}_{pool}_pool_weight_grad": 1.5
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     "sigmoid_forward": 0.6,
     "sigmoid_backward": 0.4,
     "matmul_acc": 1.7,
     # the jobs (see numbaconv.kernels.cpu.jobs)
     **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 1.1
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
+    **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_weight_grad": 0.8
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
+    **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes": 0.8
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     JOB_PREFIX + "conv2d_forward": 0.5,
     JOB_PREFIX + "conv2d_forward_lanes": 0.4,
@@ -94,8 +105,10 @@ KERNELS = {
     JOB_PREFIX + "conv2d_weight_grad_channels": 0.2,
     # the shared products (SHARED)
     "_shifted_matmul_acc": 1.1,
+    "_shifted_matmul6_acc": 1.2,
     "_abt_acc": 0.8,
     "_abt_lanes_acc": 0.7,
+    "_abt6_lanes_acc": 0.8,
     "_interleave": 0.4,
     "_deinterleave": 0.4,
     "_gemm_acc": 1.5,
@@ -114,17 +127,33 @@ KERNELS = {
 #: processes can share their callers' work (the weight gradient with _gy_blocks in it: 2.6 s)
 SHARED = {
     "_shifted_matmul_acc": (
-        "matmul_acc", JOB_PREFIX + "conv2d_forward", JOB_PREFIX + "conv2d_forward_lanes",
+        JOB_PREFIX + "conv2d_forward", JOB_PREFIX + "conv2d_forward_lanes",
         JOB_PREFIX + "conv2d_input_grad_lanes",
+        *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes"
+          for activation in ("sigmoid", "relu") for pool in ("avg", "max")),
+        *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward"
+          for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
+    # the six-row tiles, for row counts that are no multiple of 4 (LeNet's first layer)
+    "_shifted_matmul6_acc": (
+        JOB_PREFIX + "conv2d_forward",
         *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward"
           for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_abt_acc": (JOB_PREFIX + "conv2d_weight_grad", JOB_PREFIX + "conv2d_weight_grad_columns"),
+    "_abt6_lanes_acc": (JOB_PREFIX + "conv2d_weight_grad_rows",
+                        *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_weight_grad"
+                          for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_abt_lanes_acc": (JOB_PREFIX + "conv2d_weight_grad_rows",
                        JOB_PREFIX + "conv2d_weight_grad_lanes",
-                       JOB_PREFIX + "conv2d_weight_grad_columns"),
+                       JOB_PREFIX + "conv2d_weight_grad_columns",
+                       *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_weight_grad"
+                         for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_interleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_weight_grad_lanes",
-                    JOB_PREFIX + "conv2d_input_grad_lanes"),
-    "_deinterleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_input_grad_lanes"),
+                    JOB_PREFIX + "conv2d_input_grad_lanes",
+                    *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes"
+                      for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
+    "_deinterleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_input_grad_lanes",
+                      *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes"
+                        for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_gemm_acc": (JOB_PREFIX + "conv2d_forward_columns", JOB_PREFIX + "conv2d_input_grad_columns"),
     # the columns of a chunk of samples: conv2d_forward_columns's first job (COLUMN_JOBS), and
     # called by the weight gradient's job
@@ -161,6 +190,23 @@ def one_pass_kernel_name(activation: int, pool: int) -> str:
     return FUSED[activation, pool].py_func.__name__
 
 
+def one_pass_lanes_kernel_name(activation: int, pool: int) -> str:
+    """The name of the one-pass forward kernel on the interleaved-samples layout (see
+    :mod:`numbaconv.kernels.cpu.conv_act_pool`) for activation and pool codes."""
+    from .kernels.cpu.conv_act_pool import FUSED_LANES
+
+    return FUSED_LANES[activation, pool].py_func.__name__
+
+
+def one_pass_weight_grad_name(activation: int, pool: int) -> str:
+    """The name of the one-pass activation + pool backward and weight gradient kernel of a
+    first stage (see :mod:`numbaconv.kernels.cpu.conv_act_pool`) for activation and pool
+    codes."""
+    from .kernels.cpu.conv_act_pool import FUSED_WEIGHT_GRAD
+
+    return FUSED_WEIGHT_GRAD[activation, pool].py_func.__name__
+
+
 def job(name: str, dtype):
     """The :class:`~numbaconv.kernels.cpu.jobs.Job` kernel ``name`` takes as its last
     argument for arrays of ``dtype`` (its per-job function, compiled on its own), or None.
@@ -183,6 +229,12 @@ def job(name: str, dtype):
     for codes, kernel in conv_act_pool.FUSED.items():
         if kernel.py_func.__name__ == name:
             return conv_act_pool.block_job(*codes, np.dtype(dtype))
+    for codes, kernel in conv_act_pool.FUSED_WEIGHT_GRAD.items():
+        if kernel.py_func.__name__ == name:
+            return conv_act_pool.weight_grad_job(*codes, np.dtype(dtype))
+    for codes, kernel in conv_act_pool.FUSED_LANES.items():
+        if kernel.py_func.__name__ == name:
+            return conv_act_pool.lanes_job(*codes, np.dtype(dtype))
     return None
 
 
@@ -220,7 +272,8 @@ def _dispatcher(name: str):
                    dense, optim):
         if hasattr(module, name):
             return getattr(module, name)
-    for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values()):
+    for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values(),
+                    conv_act_pool.FUSED_WEIGHT_GRAD.values(), conv_act_pool.FUSED_LANES.values()):
         for kernel in kernels:
             if kernel.py_func.__name__ == name:
                 return kernel
@@ -264,6 +317,8 @@ def _signature(name: str, dtype) -> tuple:
         "_shifted_matmul_acc": (a2, a2, taps, taps, i64, a2, i64, i64),
         "_abt_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
         "_abt_lanes_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
+        "_shifted_matmul6_acc": (a2, a2, taps, taps, i64, a2, i64, i64),
+        "_abt6_lanes_acc": (a2, a2, taps, taps, a2) + (i64,) * 6,
         "_interleave": (a4, i64, i64, i64, a2),
         "_deinterleave": (a2, i64, i64, i64, a4),
         # the column jobs pass the module's constant K_BLOCK: typed as that literal
@@ -297,8 +352,12 @@ def _signature(name: str, dtype) -> tuple:
         "matmul_acc": (a2, a2, a2),
         "fused_forward": (a4,),
         "fused_backward": (a4, a4),
-        "one_pass": (a4, a4, a1) + (i64,) * 5,
+        "one_pass": (a4, a4, a1) + (i64,) * 8,
+        "one_pass_weight_grad": (a4, a4, a4) + (i64,) * 8,
+        "one_pass_lanes": (a4, a4, a1) + (i64,) * 5,
     }["one_pass" if name.startswith("conv2d_") and name.endswith("_pool_forward") else
+      "one_pass_lanes" if name.endswith("_pool_forward_lanes") else
+      "one_pass_weight_grad" if name.endswith("_pool_weight_grad") else
       name if not name.endswith(("_pool_forward", "_pool_backward")) else
       "fused_" + name.rsplit("_", 1)[1]]
 
@@ -492,19 +551,31 @@ def _leaf_kernels(layer, input_shape, need_input_grad: bool) -> list[str]:
 def _fused_kernels(fused, input_shape, need_input_grad: bool) -> list[str]:
     """The kernels a fused ``Conv2d -> activation -> pool`` stage calls: the convolution's
     and the fused activation + pool ones, or for its forward the one-pass kernel where that
-    serves (a unit stride, wide images)."""
+    serves (a unit stride; narrow images on the interleaved-samples layout)."""
+    from .kernels.cpu import conv as cpu_conv
+
     conv = fused.layers[0]
     codes = (fused.activation_code, fused.pool_code)
     forward, backward = _conv_kernels(conv, input_shape, need_input_grad)
     act_pool_forward, act_pool_backward = fused_kernel_names(*codes)
     if input_shape is None:
-        return forward + backward + [one_pass_kernel_name(*codes), act_pool_forward,
-                                     act_pool_backward]
-    if _one_pass_applies(conv, input_shape):  # which pads x as the flat kernels do
-        _, _, padding, _, _ = _conv_geometry(conv, input_shape)
-        return (_pad_kernels(input_shape, padding) + [one_pass_kernel_name(*codes)] + backward
-                + [act_pool_backward])
-    return forward + backward + [act_pool_forward, act_pool_backward]
+        return forward + backward + [one_pass_kernel_name(*codes),
+                                     one_pass_lanes_kernel_name(*codes), act_pool_forward,
+                                     act_pool_backward] + (
+            [] if need_input_grad else [one_pass_weight_grad_name(*codes)])
+    # the one-pass kernels pad x themselves, a block at a time
+    if not need_input_grad and _one_pass_weight_grad_applies(conv, input_shape):
+        backward, act_pool_backward = [one_pass_weight_grad_name(*codes)], None
+    if _one_pass_applies(conv, input_shape):
+        _, _, padding, padded, output = _conv_geometry(conv, input_shape)
+        if cpu_conv.use_lanes(padded, conv.params["weight"].itemsize, 1, conv.groups,
+                              output[3]):  # which pads x first
+            forward = _pad_kernels(input_shape, padding) + [one_pass_lanes_kernel_name(*codes)]
+        else:
+            forward = [one_pass_kernel_name(*codes)]
+        act_pool_forward = None
+    return [kernel for kernel in forward + backward + [act_pool_forward, act_pool_backward]
+            if kernel is not None]
 
 
 def kernels_for(model, input_shape=None) -> list[str]:
@@ -568,8 +639,22 @@ def _one_pass_applies(conv, input_shape) -> bool:
     from .kernels.cpu import conv_act_pool
 
     stride, _, _, padded, output = _conv_geometry(conv, input_shape)
-    return conv_act_pool.applies(padded, conv.params["weight"].itemsize, stride, conv.groups,
-                                 output[3])
+    weight = conv.params["weight"]
+    return conv_act_pool.applies(input_shape, padded, weight.shape, weight.itemsize, stride,
+                                 conv.groups, *output[2:])
+
+
+def _one_pass_weight_grad_applies(conv, input_shape) -> bool:
+    """Whether a first stage's backward takes the one-pass weight-gradient kernel for inputs
+    of ``input_shape``: the tests ``functional._one_pass_weight_grad`` makes at run time."""
+    from .kernels.cpu import conv as cpu_conv
+    from .kernels.cpu import conv_act_pool
+
+    stride, _, _, padded, output = _conv_geometry(conv, input_shape)
+    weight = conv.params["weight"]
+    return (not cpu_conv.use_column_side(input_shape, weight.shape, conv.groups, stride, output)
+            and conv_act_pool.weight_grad_applies(padded, weight.shape, weight.itemsize, stride,
+                                                  conv.groups, *output[2:]))
 
 
 def optimizer_kernels(model, optimizer: str | None) -> list[str]:

@@ -68,9 +68,13 @@ def test_kernels_for_lenet(activation, pool, fuse):
     names = P.kernels_for(model)
     # fused: the conv/act/pool stages call the fused kernels, not the pool's
     expected = CONV_KERNELS + ["conv2d_weight_grad"]  # conv2's, 16 x 150 weights
-    expected += ([f"conv2d_{activation}_{pool}_pool_forward", f"{activation}_{pool}_pool_forward",
-                                f"{activation}_{pool}_pool_backward"] if fuse else
-                               [f"{pool}_pool2d_forward", f"{pool}_pool2d_backward"])
+    # (the one-pass forward on both layouts), and conv1's stage its backward in one pass (no
+    # input gradient)
+    expected += ([f"conv2d_{activation}_{pool}_pool_forward",
+                  f"conv2d_{activation}_{pool}_pool_forward_lanes",
+                  f"{activation}_{pool}_pool_forward", f"{activation}_{pool}_pool_backward",
+                  f"conv2d_{activation}_{pool}_pool_weight_grad"] if fuse else
+                 [f"{pool}_pool2d_forward", f"{pool}_pool2d_backward"])
     expected += ["matmul_acc"]  # the dense layers' products
     if activation == "sigmoid":  # the dense layers' sigmoids (and conv's when unfused)
         expected += ["sigmoid_forward", "sigmoid_backward"]
@@ -445,25 +449,27 @@ def test_kernels_for_an_input_shape_are_those_its_layers_choose():
     model = lenet("sigmoid", "avg", rng=0)
     # at batch 256, conv1 (32-wide padded rows, 28 outputs) takes the padded-width kernels,
     # conv2 (14 wide, 10 outputs) the interleaved-samples ones; conv1 needs no input gradient
-    # (conv1's forward, activation and pool in one pass)
+    # (each stage's forward, activation and pool in one pass, and conv1's backward's
+    # activation and pool with the weight gradient)
     assert P.kernels_for(model, (256, 1, 28, 28)) == [
-        "conv2d_sigmoid_avg_pool_forward", "conv2d_weight_grad_rows",
-        "sigmoid_avg_pool_backward", "conv2d_forward_lanes", "conv2d_weight_grad_lanes",
-        "conv2d_input_grad_lanes", "sigmoid_avg_pool_forward", "matmul_acc",
+        "conv2d_sigmoid_avg_pool_forward", "conv2d_sigmoid_avg_pool_weight_grad",
+        "conv2d_sigmoid_avg_pool_forward_lanes", "conv2d_weight_grad_lanes",
+        "conv2d_input_grad_lanes", "sigmoid_avg_pool_backward", "matmul_acc",
         "sigmoid_forward", "sigmoid_backward"]
     # one sample fills too few lanes: conv2 takes the padded-width kernels (and the one-pass
     # forward), its input gradient a convolution of the spread gy (14 + 4 wide, for 14
     # outputs: padded-width)
     assert P.kernels_for(model, (1, 1, 28, 28))[:6] == [
-        "conv2d_sigmoid_avg_pool_forward", "conv2d_weight_grad_rows",
-        "sigmoid_avg_pool_backward", "conv2d_weight_grad", "conv2d_forward", "matmul_acc"]
+        "conv2d_sigmoid_avg_pool_forward", "conv2d_sigmoid_avg_pool_weight_grad",
+        "conv2d_weight_grad", "conv2d_forward", "sigmoid_avg_pool_backward", "matmul_acc"]
 
 
 def test_kernels_for_a_list_of_layers():
     from numbaconv.layers import Conv2d, MaxPool2d, ReLU
 
     assert P.kernels_for([Conv2d(1, 2, 3), ReLU(), MaxPool2d(2)]) == CONV_KERNELS + [
-        "conv2d_relu_max_pool_forward", "relu_max_pool_forward", "relu_max_pool_backward"]
+        "conv2d_relu_max_pool_forward", "conv2d_relu_max_pool_forward_lanes",
+        "relu_max_pool_forward", "relu_max_pool_backward", "conv2d_relu_max_pool_weight_grad"]
 
 
 def test_kernels_for_a_tree_are_those_of_every_layer_for_its_input():
@@ -482,7 +488,7 @@ def test_kernels_for_a_tree_are_those_of_every_layer_for_its_input():
         "conv2d_weight_grad_columns", "conv2d_weight_grad", "conv2d_weight_grad_lanes",
         "conv2d_input_grad_lanes", "conv2d_input_grad_columns", "conv2d_weight_grad_rows",
         "max_pool2d_forward", "max_pool2d_backward", "conv2d_relu_max_pool_forward",
-        "relu_max_pool_forward", "relu_max_pool_backward"]
+        "conv2d_relu_max_pool_forward_lanes", "relu_max_pool_forward", "relu_max_pool_backward"]
 
 
 def test_kernels_for_the_output_channel_kernels_are_those_each_gradient_chooses():

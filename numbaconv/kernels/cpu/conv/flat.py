@@ -21,7 +21,15 @@ from numba import njit, prange
 from .. import simd
 from ..jobs import INT, INTS, Job, array
 from .common import FAST, _grouped_weights, _sum_partials, _taps, _zero_partials
-from .tiles import ZERO, _abt_acc, _abt_lanes_acc, _add_lane_sums, _shifted_matmul_acc
+from .tiles import (
+    ZERO,
+    _abt6_lanes_acc,
+    _abt_acc,
+    _abt_lanes_acc,
+    _add_lane_sums,
+    _shifted_matmul6_acc,
+    _shifted_matmul_acc,
+)
 
 OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L2-resident
 WEIGHT_GRAD_CHUNKS = 32  # batch chunks with their own weight-gradient sums
@@ -43,8 +51,11 @@ def block_sums(xflat, weights, b, chan, offset, base, length, n, g, out):
     c_out_g, c_in_g = weights.shape[0], chan[-1] + 1
     for m in range(c_out_g):  # start from the bias: no add afterwards
         out[m, :length] = b[g * c_out_g + m]
-    _shifted_matmul_acc(weights, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, base, out,
-                        ZERO, length)
+    src = xflat[n, g * c_in_g:(g + 1) * c_in_g]
+    if c_out_g % 4 and c_out_g >= 6:  # six-row tiles rather than four-row and two-row ones
+        _shifted_matmul6_acc(weights, src, chan, offset, base, out, ZERO, length)
+    else:
+        _shifted_matmul_acc(weights, src, chan, offset, base, out, ZERO, length)
 
 
 @njit(cache=True, fastmath=FAST)
@@ -151,6 +162,25 @@ def _weight_grad_chunk(gy, xflat, chan, offset, stride_h, stride_w, wp, n_start,
                      ZERO, (n_rows - 1) * wp + dense_w)
 
 
+@njit(inline="always")
+def rows_sample_acc(a, src, chan, offset, out_h, out_w, row_step, acc, partial_bias):
+    """The weight gradient of one sample and group at column stride 1 from its gradient's
+    rows ``a`` (C_out_g, out_h * out_w) where they are and its input planes ``src`` (C_in_g,
+    Hp * Wp), the taps' rows ``row_step`` apart: partial_bias (C_out_g,) += the sums of a's
+    rows, acc (C_out_g, K * W) += the lane sums of :func:`.tiles._abt_lanes_acc`."""
+    c_out_g = a.shape[0]
+    zero = a.dtype.type(0)
+    for m in range(c_out_g):
+        total = zero
+        for p in range(out_h * out_w):
+            total += a[m, p]
+        partial_bias[m] += total
+    if c_out_g % 4 and c_out_g >= 6:  # six-row tiles rather than duplicated rows
+        _abt6_lanes_acc(a, src, chan, offset, acc, ZERO, ZERO, out_h, out_w, row_step, out_w)
+    else:
+        _abt_lanes_acc(a, src, chan, offset, acc, ZERO, ZERO, out_h, out_w, row_step, out_w)
+
+
 @njit(cache=True, fastmath=FAST)
 def _weight_grad_rows(gy, xflat, chan, offset, stride_h, wp, n_start, n_stop, g, partial,
                       partial_bias):
@@ -160,16 +190,10 @@ def _weight_grad_rows(gy, xflat, chan, offset, stride_h, wp, n_start, n_stop, g,
     c_in_g = chan[-1] + 1
     out_h, out_w = gy.shape[2], gy.shape[3]
     acc = np.zeros((c_out_g, chan.shape[0] * simd.width(xflat[0, 0])), dtype=xflat.dtype)
-    zero = xflat.dtype.type(0)
     for n in range(n_start, n_stop):
-        a = gy[n, g * c_out_g:(g + 1) * c_out_g].reshape(c_out_g, out_h * out_w)
-        for m in range(c_out_g):
-            total = zero
-            for p in range(out_h * out_w):
-                total += a[m, p]
-            partial_bias[m] += total
-        _abt_lanes_acc(a, xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, acc, ZERO, ZERO,
-                       out_h, out_w, stride_h * wp, out_w)
+        rows_sample_acc(gy[n, g * c_out_g:(g + 1) * c_out_g].reshape(c_out_g, out_h * out_w),
+                        xflat[n, g * c_in_g:(g + 1) * c_in_g], chan, offset, out_h, out_w,
+                        stride_h * wp, acc, partial_bias)
     _add_lane_sums(acc, partial)
 
 
