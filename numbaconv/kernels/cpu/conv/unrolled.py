@@ -118,35 +118,48 @@ SWAP_ROWS = 64  # rows of a read across at a time by _swap_outer (their lines st
 
 
 @njit(parallel=True, cache=True)
-def _swap_outer(a, bias):
-    """a (A, B, C) as (C, B, A), C-contiguous: samples x channels x pixels to pixels x
-    channels x samples and back, each b by a task of its own, ``bias`` (B,) added to
-    a[:, b, :] on the way (an empty array: none). NumPy's copy runs on one thread, and reads
-    across rows of 144 pixels 9x slower; the loops index with unsigned integers, as the
-    products' (:data:`.tiles.UINT`: 2x faster at 64 x 64 x 49)."""
-    n_a, n_b, n_c = a.shape
-    out = np.empty((n_c, n_b, n_a), dtype=a.dtype)
-    for b in prange(n_b):
-        src = a[:, b, :]
-        for i0 in range(0, n_a, SWAP_ROWS):
-            i1 = min(n_a, i0 + SWAP_ROWS)
-            for j in range(UINT(n_c)):
-                dst = out[j, b]
-                for i in range(UINT(i0), UINT(i1)):
-                    dst[i] = src[i, j]
-        if bias.size:
-            out[:, b, :] += bias[b]
+def _swap_outer(src, rows, channels, length, row_stride, channel_stride, bias):
+    """out (length, channels, rows), C-contiguous, out[j, b, i] = src[i * row_stride + b *
+    channel_stride + j] (+ bias[b] where ``bias`` is not empty): a (rows, channels, length)
+    array's outer axes swapped (samples x channels x pixels to pixels x channels x samples
+    and back), src its flat data; each b by a task of its own.
+
+    NumPy's copy runs on one thread, and reads across rows of 144 pixels 9x slower. The loops
+    index flat arrays with unsigned integers (as the products do, :data:`.tiles.UINT`) and add
+    the bias as they copy: a view per row and a pass of its own for the bias took 4x as long
+    where rows are short (1x1 maps)."""
+    out = np.empty((length, channels, rows), dtype=src.dtype)
+    dst = out.reshape(out.size)
+    n_rows, n_length = UINT(rows), UINT(length)
+    for b in prange(channels):
+        d_channel, s_channel = UINT(b) * n_rows, UINT(b * channel_stride)
+        for i0 in range(0, rows, SWAP_ROWS):
+            i1 = min(rows, i0 + SWAP_ROWS)
+            for j in range(n_length):
+                d = j * UINT(channels) * n_rows + d_channel
+                if bias.size:
+                    add = bias[b]
+                    for i in range(UINT(i0), UINT(i1)):
+                        dst[d + i] = src[i * UINT(row_stride) + s_channel + j] + add
+                else:
+                    for i in range(UINT(i0), UINT(i1)):
+                        dst[d + i] = src[i * UINT(row_stride) + s_channel + j]
     return out
 
 
 def _swapped(a, bias=None):
-    """:func:`_swap_outer`, ``bias`` optional."""
-    return _swap_outer(a, np.empty(0, dtype=a.dtype) if bias is None else bias)
+    """a (A, B, C), C-contiguous, as (C, B, A) (:func:`_swap_outer`), ``bias`` (B,) added."""
+    n_a, n_b, n_c = a.shape
+    return _swap_outer(a.reshape(-1), n_a, n_b, n_c, n_b * n_c, n_c,
+                       np.empty(0, dtype=a.dtype) if bias is None else bias)
 
 
 def _pixel_rows(a):
-    """a (N, C, P) as (P, N, C): a pixel's samples x channels matrix each."""
-    return _swapped(a.transpose(1, 0, 2))
+    """a (N, C, P), C-contiguous, as (P, N, C): a pixel's samples x channels matrix each
+    (:func:`_swap_outer` of a seen as (C, N, P))."""
+    n, channels, length = a.shape
+    return _swap_outer(a.reshape(-1), channels, n, length, length, channels * length,
+                       np.empty(0, dtype=a.dtype))
 
 
 # The weights' rearrangements, in parallel (NumPy's copies run on one thread: at 512
