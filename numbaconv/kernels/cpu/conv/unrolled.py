@@ -169,12 +169,16 @@ def _pixel_rows(a):
 @njit(parallel=True, cache=True)
 def _live_weights(w, live):
     """The live taps' weights of w (C_out, C_in, T): (len(live), C_out, C_in)."""
-    c_out, c_in = w.shape[0], w.shape[1]
+    c_out, c_in, n_taps = w.shape
     out = np.empty((live.size, c_out, c_in), dtype=w.dtype)
+    src, dst = w.reshape(w.size), out.reshape(out.size)  # flat, as _swap_outer's
+    rows, inputs, taps = UINT(c_out), UINT(c_in), UINT(n_taps)
     for m in prange(c_out):
-        for c in range(UINT(c_in)):
-            for j in range(UINT(live.size)):
-                out[j, m, c] = w[m, c, live[j]]
+        row = UINT(m)
+        for j in range(UINT(live.size)):
+            d, s = (j * rows + row) * inputs, row * inputs * taps + UINT(live[j])
+            for c in range(inputs):
+                dst[d + c] = src[s + c * taps]
     return out
 
 
@@ -207,12 +211,18 @@ def _live_weights_transposed(w, live):
 def _taps_gradient(grad_live, live, grad_w):
     """grad_w (C_out, C_in, T) = the weight gradient from the live taps' (len(live), C_out,
     C_in): zeros at the taps that join no pair."""
-    c_out, c_in = grad_live.shape[1], grad_live.shape[2]
+    c_out, c_in, n_taps = grad_w.shape
+    src, dst = grad_live.reshape(grad_live.size), grad_w.reshape(grad_w.size)
+    rows, inputs, taps = UINT(c_out), UINT(c_in), UINT(n_taps)
+    zero = grad_w.dtype.type(0)
     for m in prange(c_out):
-        for c in range(UINT(c_in)):
-            grad_w[m, c, :] = 0
-            for j in range(UINT(live.size)):
-                grad_w[m, c, live[j]] = grad_live[j, m, c]
+        row = UINT(m)
+        for i in range(row * inputs * taps, (row + UINT(1)) * inputs * taps):
+            dst[i] = zero
+        for j in range(UINT(live.size)):
+            d, s = row * inputs * taps + UINT(live[j]), (j * rows + row) * inputs
+            for c in range(inputs):
+                dst[d + c * taps] = src[s + c]
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
