@@ -67,19 +67,19 @@ KERNELS = {
     **{f"conv2d_{activation}_{pool}_pool_forward": 1.5
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     # and on the interleaved-samples layout (one_pass_lanes_kernel_name)
-    **{f"conv2d_{activation}_{pool}_pool_forward_lanes": 1.2
+    **{f"conv2d_{activation}_{pool}_pool_forward_lanes": 0.6
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     # the one-pass activation + pool backward and weight gradient of a first stage
     # (one_pass_weight_grad_name)
     **{f"conv2d_{activation}_{pool}_pool_weight_grad": 1.5
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
-    "sigmoid_forward": 0.6,
+    "sigmoid_forward": 0.8,
     "sigmoid_backward": 0.4,
-    "matmul_acc": 1.7,
+    "matmul_acc": 2.4,
     # the jobs (see numbaconv.kernels.cpu.jobs)
-    **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 1.1
+    **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 3.7
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
-    **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_weight_grad": 0.8
+    **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_weight_grad": 1.3
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes": 0.8
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
@@ -105,7 +105,7 @@ KERNELS = {
     JOB_PREFIX + "conv2d_weight_grad_channels": 0.2,
     # the shared products (SHARED)
     "_shifted_matmul_acc": 1.1,
-    "_shifted_matmul6_acc": 1.2,
+    "_shifted_matmul6_acc": 2.5,
     "_abt_acc": 0.8,
     "_abt_lanes_acc": 0.7,
     "_abt6_lanes_acc": 0.8,
