@@ -72,6 +72,18 @@ def _pad_rows(x, n, c0, n_chan, top, left, row0, n_rows, wp, xs):
                     dst[base + col] = src[col]
 
 
+def _compiled(activation, pool, kernel, kernel_suffix, job, job_suffix, fastmath=False):
+    """(kernel, job) of one activation and pool pair, compiled: the parallel kernel named
+    e.g. ``conv2d_sigmoid_avg_pool`` + ``kernel_suffix``, without a closure (it has no free
+    variables: Numba's cache keys a function by its closure's pickled contents), and its job's
+    function, ``_conv2d_sigmoid_avg_pool`` + ``job_suffix`` (with ``fastmath`` as given)."""
+    name = f"conv2d_{act.ACTIVATION_NAMES[activation]}_{act.POOL_NAMES[pool]}_pool"
+    job.__name__ = job.__qualname__ = f"_{name}{job_suffix}"
+    kernel = types.FunctionType(kernel.__code__, globals(), f"{name}{kernel_suffix}")
+    kernel.__qualname__ = kernel.__name__
+    return njit(parallel=True, cache=True)(kernel), njit(cache=True, fastmath=fastmath)(job)
+
+
 def _fused_kernel(activation, pool):
     """The forward kernel of one activation and pool pair (codes as in
     :mod:`numbaconv.kernels.cpu.activation`; closure constants, so each pair compiles its own
@@ -133,13 +145,7 @@ def _fused_kernel(activation, pool):
                     out, z, y)
         return z, y
 
-    name = f"conv2d_{act.ACTIVATION_NAMES[activation]}_{act.POOL_NAMES[pool]}_pool"
-    block.__name__ = block.__qualname__ = f"_{name}_block"
-    # the kernel without a closure (it has no free variables): Numba's cache keys a function
-    # by its closure's pickled contents
-    forward = types.FunctionType(forward.__code__, globals(), f"{name}_forward")
-    forward.__qualname__ = forward.__name__
-    return njit(parallel=True, cache=True)(forward), njit(cache=True)(block)
+    return _compiled(activation, pool, forward, "_forward", block, "_block")
 
 
 #: (activation, pool) -> (the fused convolution + activation + pool forward kernel, its block
@@ -225,11 +231,7 @@ def _fused_lanes_kernel(activation, pool):
                 y)
         return z, y
 
-    name = f"conv2d_{act.ACTIVATION_NAMES[activation]}_{act.POOL_NAMES[pool]}_pool"
-    block.__name__ = block.__qualname__ = f"_{name}_lanes_block"
-    forward = types.FunctionType(forward.__code__, globals(), f"{name}_forward_lanes")
-    forward.__qualname__ = forward.__name__
-    return njit(parallel=True, cache=True)(forward), njit(cache=True)(block)
+    return _compiled(activation, pool, forward, "_forward_lanes", block, "_lanes_block")
 
 
 #: (activation, pool) -> (the fused forward kernel on the interleaved layout, its job's
@@ -328,11 +330,8 @@ def _fused_weight_grad_kernel(activation, pool):
                 (part + 1) * n_batch // n_chunks, partial[part, 0], partial_bias[part, 0, :, 0])
         return _sum_partials(partial, partial_bias, c_in, kh_size, kw_size)
 
-    name = f"conv2d_{act.ACTIVATION_NAMES[activation]}_{act.POOL_NAMES[pool]}_pool"
-    chunk.__name__ = chunk.__qualname__ = f"_{name}_weight_grad_chunk"
-    weight_grad = types.FunctionType(weight_grad.__code__, globals(), f"{name}_weight_grad")
-    weight_grad.__qualname__ = weight_grad.__name__
-    return njit(parallel=True, cache=True)(weight_grad), njit(cache=True, fastmath=FAST)(chunk)
+    return _compiled(activation, pool, weight_grad, "_weight_grad", chunk,
+                     "_weight_grad_chunk", fastmath=FAST)
 
 
 #: (activation, pool) -> (the fused stage's weight-gradient kernel, its chunk job's function)
