@@ -29,6 +29,7 @@ from .tiles import (
     _add_lane_sums,
     _shifted_matmul6_acc,
     _shifted_matmul_acc,
+    six_row_tiles,
 )
 
 OUT_BUFFER = 65536  # elements of one block's output rows: 256 KiB of float32, L2-resident
@@ -52,7 +53,7 @@ def block_sums(xflat, weights, b, chan, offset, base, length, n, g, out):
     for m in range(c_out_g):  # start from the bias: no add afterwards
         out[m, :length] = b[g * c_out_g + m]
     src = xflat[n, g * c_in_g:(g + 1) * c_in_g]
-    if c_out_g % 4 and c_out_g >= 6:  # six-row tiles rather than four-row and two-row ones
+    if six_row_tiles(c_out_g):
         _shifted_matmul6_acc(weights, src, chan, offset, base, out, ZERO, length)
     else:
         _shifted_matmul_acc(weights, src, chan, offset, base, out, ZERO, length)
@@ -175,7 +176,7 @@ def rows_sample_acc(a, src, chan, offset, out_h, out_w, row_step, acc, partial_b
         for p in range(out_h * out_w):
             total += a[m, p]
         partial_bias[m] += total
-    if c_out_g % 4 and c_out_g >= 6:  # six-row tiles rather than duplicated rows
+    if six_row_tiles(c_out_g):
         _abt6_lanes_acc(a, src, chan, offset, acc, ZERO, ZERO, out_h, out_w, row_step, out_w)
     else:
         _abt_lanes_acc(a, src, chan, offset, acc, ZERO, ZERO, out_h, out_w, row_step, out_w)

@@ -18,7 +18,13 @@ from numba import njit, prange
 from .. import simd
 from ..jobs import INT, INTS, Job, array
 from .common import FAST, _grouped_weights, _sum_partials, _taps, _zero_partials
-from .tiles import _abt_lanes_acc, _add_lane_sums, _shifted_matmul6_acc, _shifted_matmul_acc
+from .tiles import (
+    _abt_lanes_acc,
+    _add_lane_sums,
+    _shifted_matmul6_acc,
+    _shifted_matmul_acc,
+    six_row_tiles,
+)
 
 LANES = 32  # samples interleaved by the narrow-image kernels (rows of 32 x OW values)
 WEIGHT_GRAD_ROWS = 5  # rows of LANES samples per pass of the weight-gradient tiles (1, 2, 10 slow)
@@ -191,7 +197,7 @@ def _input_grad_lanes(gy, wt, stride_h, dilation_h, dilation_w, n0, g, grad_xp):
     offset = np.zeros(c_out_g, dtype=np.int64)
     acc = np.zeros((c_in_g, hp * wp * LANES), dtype=gy.dtype)
     row = out_w * LANES
-    six = c_in_g % 4 and c_in_g >= 6  # six-row tiles (LeNet's conv2: 6 input channels)
+    six = six_row_tiles(c_in_g)  # LeNet's conv2: 6 input channels
     for oh in range(out_h):
         for kh in range(kh_size):
             dst_row = (oh * stride_h + kh * dilation_h) * wp

@@ -339,6 +339,15 @@ def _tile6(a, src, chan, offset, q, c, i, p, n0, n1, n2, n3, k0, k1):
     simd.store_first(c5, p + 3 * w, s53, n3)
 
 
+@njit(inline="always")
+def six_row_tiles(rows):
+    """Whether a product with ``rows`` rows takes the six-row tiles
+    (:func:`_shifted_matmul6_acc`, :func:`_abt6_lanes_acc`): six rows or more that are no
+    multiple of 4, where the four-row tiles would leave a two-row remainder (LeNet's 6
+    channels)."""
+    return rows % 4 != 0 and rows >= 6
+
+
 @njit(cache=True, fastmath=FAST)
 def _shifted_matmul6_acc(a, src, chan, offset, base, c, cbase, p_size):
     """:func:`_shifted_matmul_acc` with the rows in tiles of six (:func:`_tile6`), those past
