@@ -188,24 +188,14 @@ class SGD(Optimizer):
         grads = self._checked_grads(grads)
         buffers = self.state["momentum_buffer"]
         for name, p in self.params.items():
-            if is_device_array(p):
-                self._device_step(name, p, grads[name], buffers)
-                continue
             buf, first = buffers.get(name), False
-            if self.momentum != 0.0 and buf is None:
-                buf, first = np.empty_like(p), True
+            if self.momentum != 0.0 and buf is None:  # on the parameter's device
+                buf, first = device_of(p).zeros(p.shape, p.dtype), True
                 buffers[name] = buf
-            cpu_optim.sgd_step(p, grads[name], buf, self.lr, self.momentum, self.dampening,
-                               self.weight_decay, self.nesterov, first)
-        self.step_count += 1
-
-    def _device_step(self, name, p, grad, buffers) -> None:
-        buf, first = buffers.get(name), False
-        if self.momentum != 0.0 and buf is None:
-            buf, first = device_of(p).zeros(p.shape, p.dtype), True
-            buffers[name] = buf
-        _cuda_ops().sgd_step(p, grad, buf, self.lr, self.momentum, self.weight_decay,
+            kernels = _cuda_ops() if is_device_array(p) else cpu_optim
+            kernels.sgd_step(p, grads[name], buf, self.lr, self.momentum, self.weight_decay,
                              self.nesterov, self.dampening, first)
+        self.step_count += 1
 
 
 class Adam(Optimizer):

@@ -47,11 +47,13 @@ def _sgd_parallel(p, grad, buf, lr, momentum, one_minus_dampening, weight_decay,
                   nesterov)
 
 
-def sgd_step(param, grad, buffer, lr, momentum, dampening, weight_decay, nesterov, first):
+def sgd_step(param, grad, buffer, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
+             dampening=0.0, first=False):
     """One in-place SGD step of ``param`` (C-contiguous, float32 or float64) from ``grad``
-    (its shape; converted to its dtype); ``buffer``, the momentum buffer (param's shape and
-    dtype, C-contiguous), is updated in place and may be None where momentum is 0; ``first``:
-    its first step (the buffer becomes the gradient)."""
+    (its shape; converted to its dtype), with the GPU's :func:`numbaconv.kernels.cuda.ops.sgd_step`
+    arguments: ``buffer``, the momentum buffer (param's shape and dtype, C-contiguous), is
+    updated in place and may be None where momentum is 0; ``first``: its first step (the buffer
+    becomes the gradient)."""
     cast = param.dtype.type
     p = param.reshape(-1)
     g = np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1)
