@@ -324,14 +324,14 @@ def _signature(name: str, dtype) -> tuple:
         # the column jobs pass the module's constant K_BLOCK: typed as that literal
         "_gemm_acc": (a2, a2, a2, i64, types.literal(columns.K_BLOCK)),
         "_gy_columns": (a4, i64, i64),
-        "_place_planes": (a4,) + (i64,) * 10,
+        "_place_planes": (a4, a4) + (i64,) * 8,
         # the forward's tile takes the stride along a row as a literal (the job's stride-1
         # calls: its stride-2 ones compile with the job) and the bias's two vectors
         "_tile": (a1, a1, taps, i64, types.literal(1), vector, vector, a1, i64),
         # the weight gradient's tile at stride 1, the stride a literal (its stride-2 calls
         # compile with the job)
         "_weight_grad_tile": (a2, a3, taps) + (i64,) * 7 + (types.literal(1), a1),
-        "_gy_blocks": (a4, i64),
+        "_gy_blocks": (a4, i64, a3),
         "conv2d_forward": (a4, a4, a1) + (i64,) * 7,
         "conv2d_forward_lanes": (a4, a4, a1) + (i64,) * 6,
         "conv2d_weight_grad": (a4, a4) + (i64,) * 7,
@@ -341,8 +341,8 @@ def _signature(name: str, dtype) -> tuple:
         "conv2d_forward_columns": (a4, a4, a1) + (i64,) * 9,
         "conv2d_weight_grad_columns": (a4, a4) + (i64,) * 9,
         "conv2d_input_grad_columns": (a4, a4) + (i64,) * 9,
-        "conv2d_forward_channels": (a2, a3, a1, taps) + (i64,) * 5,
-        "conv2d_weight_grad_channels": (a4, a2, taps) + (i64,) * 4,
+        "conv2d_forward_channels": (a2, a3, a1, taps) + (i64,) * 3 + (a4,),
+        "conv2d_weight_grad_channels": (a4, a2, taps) + (i64,) * 4 + (a3,),
         "avg_pool2d_forward": (a4,) + (i64,) * 8 + (types.boolean, i64),
         "avg_pool2d_backward": (a4,) + (i64,) * 8 + (types.boolean, i64),
         "max_pool2d_forward": (a4,) + (i64,) * 10,

@@ -12,7 +12,7 @@ import pytest
 import reference as ref
 
 from numbaconv import functional as F
-from numbaconv.kernels.cpu import elementwise, norm
+from numbaconv.kernels.cpu import buffers, elementwise, norm
 from numbaconv.threads import set_threads
 
 DTYPES = (np.float32, np.float64)
@@ -61,14 +61,14 @@ def test_relu_and_add_are_numpys_bit_for_bit(threads, dtype, size):
         np.testing.assert_array_equal(bits(F.add(x, g)), bits(np.add(x, g)))
 
 
-@pytest.mark.parametrize("size", [3 * elementwise.CHUNK + 5, elementwise.HUGE_PAGE_BYTES // 4])
+@pytest.mark.parametrize("size", [3 * elementwise.CHUNK + 5, buffers.HUGE_PAGE_BYTES // 4])
 def test_outputs_above_one_chunk_start_on_a_cache_line(size):
     x = special_values(size, np.float32, 4)
     outputs = [F.relu(x), F.relu_backward(x, x)]
     if not elementwise.serial(size):  # (serially the sum is NumPy's own)
         outputs.append(F.add(x, x))
     for y in outputs:
-        assert y.ctypes.data % elementwise.LINE == 0 and y.flags.c_contiguous
+        assert y.ctypes.data % buffers.LINE == 0 and y.flags.c_contiguous
         assert y.shape == x.shape
 
 

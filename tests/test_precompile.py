@@ -145,7 +145,7 @@ def test_the_optimizers_kernels_and_their_signatures_are_those_of_real_calls(dty
 def test_a_wrong_signature_is_found(monkeypatch, unit):
     signature = P.signature
     wrong = {"conv2d_forward_columns": -2, "job:conv2d_input_grad_columns": 3,
-             "_place_planes": 1, "conv2d_weight_grad_channels": 3,
+             "_place_planes": 2, "conv2d_weight_grad_channels": 3,
              "job:conv2d_forward_channels": 4}[unit]  # an argument whose type becomes another's
 
     def with_a_wrong_type(name, dtype):

@@ -19,9 +19,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import buffers
+from .buffers import LINE
+
 CHUNK = 32768  # elements per parallel iteration (128 KiB of float32)
-LINE = 64  # bytes in a cache line, and in an AVX-512 vector
-HUGE_PAGE_BYTES = 4 << 20  # NumPy's arrays from this size ask for transparent huge pages
 
 
 @njit(cache=True)
@@ -40,11 +41,9 @@ def empty(size: int, like):
     a pass over (64, 64, 48, 48)), and the start is found in Python (1-2 us)."""
     if size <= CHUNK:
         return np.empty(size, dtype=like.dtype)
-    if size * like.itemsize < HUGE_PAGE_BYTES:
+    if size * like.itemsize < buffers.HUGE_PAGE_BYTES:
         return _line_aligned(size, like)
-    raw = np.empty(size + LINE // like.itemsize, dtype=like.dtype)
-    start = (LINE - raw.ctypes.data % LINE) % LINE // like.itemsize
-    return raw[start:start + size]
+    return buffers.empty(size, like.dtype)
 
 
 @njit(cache=True)

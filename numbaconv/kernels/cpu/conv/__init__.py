@@ -32,6 +32,7 @@ transposed kernel, and runs through :func:`forward` (or, on the lanes layout, sc
 
 import numpy as np
 
+from .. import buffers
 from .channels import (
     forward_channels,
     use_channel_vectors,
@@ -94,15 +95,15 @@ def place(src, out_h, out_w, rows, cols, check_finite=False):
     whether those values are all finite (else None).
 
     Large arrays take one parallel pass (a serial zero-fill and copy of the 64-channel
-    layer's 27 MB input cost about 6 ms); small ones NumPy's."""
+    layer's 27 MB input cost about 6 ms) into :func:`.buffers.empty`; small ones NumPy's."""
     (dst_rows, src_rows), (dst_cols, src_cols) = rows, cols
     n_rows = max(0, src_rows.stop - src_rows.start)
     n_cols = max(0, src_cols.stop - src_cols.start)
     if src.shape[0] * src.shape[1] * out_h * out_w >= PLACE_IN_PARALLEL:
-        out, finite = _place_planes(np.ascontiguousarray(src), out_h, out_w, src_rows.start,
-                                    n_rows, dst_rows.start, dst_rows.step or 1,
-                                    src_cols.start, n_cols, dst_cols.start,
-                                    dst_cols.step or 1)
+        out = buffers.empty(src.shape[:2] + (out_h, out_w), src.dtype)
+        finite = _place_planes(np.ascontiguousarray(src), out, src_rows.start, n_rows,
+                               dst_rows.start, dst_rows.step or 1, src_cols.start, n_cols,
+                               dst_cols.start, dst_cols.step or 1)
         return out, finite if check_finite else None
     out = np.zeros(src.shape[:2] + (out_h, out_w), dtype=src.dtype)
     values = src[:, :, src_rows, src_cols]

@@ -37,7 +37,7 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from .. import simd
+from .. import buffers, simd
 from ..jobs import INT, INTS, Job, array
 from .common import FAST
 from .tiles import UINT, ZERO
@@ -191,19 +191,17 @@ def forward_channels_job(dtype) -> Job:
 
 
 @njit(parallel=True, cache=True)
-def conv2d_forward_channels(xflat, packed, b, taps, wp, stride, by_rows, out_h, out_w, job):
-    """The convolution's outputs y (N, C_out, out_h, out_w) at ``stride`` (1 or 2, both axes)
-    from xflat (N, C_in * Hp * Wp), with ``wp`` = Wp, the weights :func:`pack` packs and the
-    :func:`grid_taps`, by tiles along the output rows or (``by_rows`` 0, stride 1) along the
-    flat grid. ``job``: :func:`forward_channels_job` of the dtype."""
-    n_batch = xflat.shape[0]
+def conv2d_forward_channels(xflat, packed, b, taps, wp, stride, by_rows, y, job):
+    """Writes the convolution's outputs y (N, C_out, OH, OW) at ``stride`` (1 or 2, both
+    axes) from xflat (N, C_in * Hp * Wp), with ``wp`` = Wp, the weights :func:`pack` packs
+    and the :func:`grid_taps`, by tiles along the output rows or (``by_rows`` 0, stride 1)
+    along the flat grid. ``job``: :func:`forward_channels_job` of the dtype."""
+    n_batch, out_h, out_w = y.shape[0], y.shape[2], y.shape[3]
     n_blocks, block_size = packed.shape[0], packed.shape[2]
     positions = TILE_PIXELS if by_rows else (out_h - 1) * wp + out_w
-    y = np.empty((n_batch, n_blocks * block_size, out_h, out_w), dtype=xflat.dtype)
     for task in prange(n_batch * n_blocks):
         job(xflat, packed, b, taps, np.int64(task // n_blocks), np.int64(task % n_blocks), wp,
             stride, by_rows, y, np.empty(positions * block_size, dtype=xflat.dtype))
-    return y
 
 
 def pack(w):
@@ -230,10 +228,10 @@ GY_SAMPLES_BYTES = 1 << 18  # gy's block of channels for the samples a tile sums
 
 
 @njit(parallel=True, cache=True)
-def _gy_blocks(gy, size):
-    """(gyt, grad_b): gy (N, C, OH, OW) in blocks of ``size`` channels, channels last:
+def _gy_blocks(gy, size, gyt):
+    """Writes gyt, gy (N, C, OH, OW) in blocks of ``size`` channels, channels last:
     (N, C / size, OH * OW * size), output p = oh * OW + ow of channel c at
-    [n, c // size, p * size + c % size]; and the bias gradient, gy summed over all but C.
+    [n, c // size, p * size + c % size]; returns the bias gradient, gy summed over all but C.
 
     W x W blocks (W channels x W positions of a row) are transposed in registers
     (:func:`.simd.transpose`)."""
@@ -241,7 +239,6 @@ def _gy_blocks(gy, size):
     w = simd.width(gy[0, 0, 0])
     n_blocks = c_out // size
     length = out_h * out_w
-    gyt = np.empty((n_batch, n_blocks, length * size), dtype=gy.dtype)
     partial = np.empty((n_batch, c_out), dtype=np.float64)
     for n in prange(n_batch):
         square = np.empty(w * w, dtype=gy.dtype)
@@ -274,7 +271,7 @@ def _gy_blocks(gy, size):
         for n in range(n_batch):
             total += partial[n, c]
         grad_b[c] = total
-    return gyt, grad_b
+    return grad_b
 
 
 @njit(cache=True, fastmath=FAST)
@@ -357,11 +354,12 @@ def weight_grad_channels_job(dtype) -> Job:
 
 
 @njit(parallel=True, cache=True)
-def conv2d_weight_grad_channels(gy, xflat, taps, wp, stride, per_chunk, per_task, job):
+def conv2d_weight_grad_channels(gy, xflat, taps, wp, stride, per_chunk, per_task, gyt, job):
     """``(grad_w, grad_b)`` of the convolution of :func:`conv2d_forward_channels` (stride 1
     or 2) at gy (N, C_out, OH, OW): grad_w as (C_out, K) (K = len(taps)), xflat and taps as
     there. Each task sums ``per_task`` tiles of taps over per_chunk samples at a time.
-    ``job``: :func:`weight_grad_channels_job` of the dtype.
+    ``gyt`` is scratch for :func:`_gy_blocks` (N, C_out / 2W, OH * OW * 2W); ``job``:
+    :func:`weight_grad_channels_job` of the dtype.
 
     Each task owns a block of channels and a run of whole tiles of taps and sums over every
     sample, in order: no partial gradients, no dependence on the number of threads."""
@@ -373,7 +371,7 @@ def conv2d_weight_grad_channels(gy, xflat, taps, wp, stride, per_chunk, per_task
     whole = np.empty(n_tiles * TILE_PIXELS, dtype=np.int64)  # the last tap repeated
     whole[:k_size] = taps
     whole[k_size:] = taps[k_size - 1]
-    gyt, grad_b = _gy_blocks(gy, size)
+    grad_b = _gy_blocks(gy, size, gyt)
     n_parts = -(-n_tiles // per_task)
     sums = np.empty((n_blocks, n_tiles * TILE_PIXELS * size), dtype=gy.dtype)
     for task in prange(n_blocks * n_parts):
@@ -405,10 +403,12 @@ def tiles_by_rows(stride, out_h, out_w, wp):
 def forward_channels(xp, w, b, stride, dilation, out_h, out_w):
     """:func:`conv2d_forward_channels` of the padded input xp (N, C_in, Hp, Wp)."""
     n_batch, c_in, hp, wp = xp.shape
-    return conv2d_forward_channels(xp.reshape(n_batch, c_in * hp * wp), pack(w), b,
-                                   grid_taps(c_in, w.shape[2:], hp, wp, dilation), wp,
-                                   stride[0], int(tiles_by_rows(stride, out_h, out_w, wp)),
-                                   out_h, out_w, forward_channels_job(xp.dtype))
+    y = buffers.empty((n_batch, w.shape[0], out_h, out_w), xp.dtype)
+    conv2d_forward_channels(xp.reshape(n_batch, c_in * hp * wp), pack(w), b,
+                            grid_taps(c_in, w.shape[2:], hp, wp, dilation), wp, stride[0],
+                            int(tiles_by_rows(stride, out_h, out_w, wp)), y,
+                            forward_channels_job(xp.dtype))
+    return y
 
 
 def weight_grad_channels(gy, xp, kernel, stride, dilation):
@@ -422,7 +422,8 @@ def weight_grad_channels(gy, xp, kernel, stride, dilation):
     n_tiles = -(-c_in * kernel[0] * kernel[1] // TILE_PIXELS)
     per_chunk = max(1, min(n_batch, GY_SAMPLES_BYTES // (length * size * xp.itemsize)))
     per_task = max(1, n_tiles * (c_out // size) // TASKS)
+    gyt = buffers.empty((n_batch, c_out // size, length * size), gy.dtype)
     grad_w, grad_b = conv2d_weight_grad_channels(
         gy, xp.reshape(n_batch, c_in * hp * wp), grid_taps(c_in, kernel, hp, wp, dilation), wp,
-        stride[0], per_chunk, per_task, weight_grad_channels_job(xp.dtype))
+        stride[0], per_chunk, per_task, gyt, weight_grad_channels_job(xp.dtype))
     return grad_w.reshape(c_out, c_in, *kernel), grad_b

@@ -5,12 +5,12 @@ from numba import njit, prange
 
 
 @njit(parallel=True, cache=True)
-def _place_planes(src, out_h, out_w, src_r0, n_rows, dst_r0, row_step, src_c0, n_cols, dst_c0,
+def _place_planes(src, out, src_r0, n_rows, dst_r0, row_step, src_c0, n_cols, dst_c0,
                   col_step):
-    """(out, finite) for :func:`place`: one plane per parallel task, zeroed and filled while
-    it is in cache, and whether the placed values are all finite."""
+    """out (N, C, out_h, out_w) for :func:`place`, one plane per parallel task, zeroed and
+    filled while it is in cache; returns whether the placed values are all finite."""
     n_batch, channels = src.shape[0], src.shape[1]
-    out = np.empty((n_batch, channels, out_h, out_w), dtype=src.dtype)
+    out_h, out_w = out.shape[2], out.shape[3]
     flat = out.reshape(n_batch * channels, out_h * out_w)
     bad = np.zeros(n_batch * channels, dtype=np.bool_)
     zero = src.dtype.type(0)
@@ -35,4 +35,4 @@ def _place_planes(src, out_h, out_w, src_r0, n_rows, dst_r0, row_step, src_c0, n
                     dst[base + j * col_step] = value
                     not_finite |= (value - value) != (value - value)
         bad[plane] = not_finite
-    return out, not bad.any()
+    return not bad.any()
