@@ -30,6 +30,7 @@ import numpy as np
 from . import shapes
 from .kernels.cpu import activation as cpu_activation
 from .kernels.cpu import adaptive_pool as cpu_adaptive_pool
+from .kernels.cpu import buffers as cpu_buffers
 from .kernels.cpu import conv as cpu_conv
 from .kernels.cpu import conv_act_pool
 from .kernels.cpu import elementwise as cpu_elementwise
@@ -1115,7 +1116,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     x3 = np.ascontiguousarray(x).reshape(n, channels, length)
     weight = np.ones(channels, x.dtype) if weight is None else np.ascontiguousarray(weight)
     bias = np.zeros(channels, x.dtype) if bias is None else np.ascontiguousarray(bias)
-    y = np.empty_like(x3)
+    y = cpu_buffers.empty(x3.shape, x3.dtype)
     invstd = np.empty(channels, dtype=np.float64)
     if training:
         mean = np.empty(channels, dtype=np.float64)
@@ -1181,7 +1182,8 @@ def batch_norm_backward(grad_y, x, save_mean, save_invstd, weight=None, batch_st
     x3 = np.ascontiguousarray(x).reshape(n, channels, length)
     g3 = np.ascontiguousarray(grad_y).reshape(n, channels, length)
     weight = np.ones(channels, x.dtype) if weight is None else np.ascontiguousarray(weight)
-    grad_x = np.empty_like(x3) if need_input_grad else np.empty((0, 0, 1), dtype=x.dtype)
+    grad_x = cpu_buffers.empty(x3.shape, x3.dtype) if need_input_grad else \
+        np.empty((0, 0, 1), dtype=x.dtype)
     grad_w = np.empty(channels, dtype=x.dtype) if grad_weight is None else grad_weight
     grad_b = np.empty(channels, dtype=x.dtype) if grad_bias is None else grad_bias
     cpu_norm.batch_norm_backward(g3, x3, *saved, weight, bool(batch_stats),

@@ -1,4 +1,5 @@
-"""Large output and scratch arrays for the CPU kernels, allocated by NumPy in Python.
+"""Large output and scratch arrays for the CPU kernels: allocated by NumPy in Python, and
+reused.
 
 An array a Numba kernel makes comes from its runtime's ``malloc``: from a few MiB up that is a
 fresh mapping of 4 KiB pages, each faulted in (and zeroed) on first touch, one at a time
@@ -7,25 +8,84 @@ the kernel for transparent huge pages for arrays of :data:`HUGE_PAGE_BYTES` and 
 (``madvise``), so the same array maps in 2 MiB at a time. The kernels that read such arrays
 across channel planes (the padded input of a convolution: taps a plane apart) gain most:
 the 64-channel layer's backward at 56x56, batch 32, took 165 ms of user time and 9,000 page
-faults on 4 KiB pages, 132 ms and 39 faults on huge ones (Intel Xeon, one thread). So the
-kernels that make such arrays take them from :func:`empty`.
+faults on 4 KiB pages, 132 ms and 39 faults on huge ones (Intel Xeon, one thread).
+
+Even on huge pages a fresh mapping is zeroed by the kernel before use, on the thread that
+touches it first, and ``free`` hands large blocks straight back to the kernel. So the
+memory of an array from :func:`empty` returns here when the array and all its views are
+gone, and the next request of about the same size (the same layer in the next batch) takes
+it: up to :data:`MAX_HELD_BYTES` are kept (0 keeps none; :func:`release` gives them back),
+the most recently freed first.
 """
+
+import threading
 
 import numpy as np
 
 LINE = 64  # bytes in a cache line, and in an AVX-512 vector
 HUGE_PAGE_BYTES = 4 << 20  # NumPy's arrays from this size ask for transparent huge pages
+SIZE_CLASS = 2 << 20  # requests are rounded up to this to share blocks (untouched pages of a
+# block are never made resident)
+MAX_HELD_BYTES = 256 << 20
+
+_lock = threading.Lock()
+_free: dict[int, list[np.ndarray]] = {}  # raw blocks by size, most recently freed last
+_held = 0  # bytes in _free
+
+
+class _Lease:
+    """The owner of an array from :func:`empty` (its ``base``): gives the raw block back
+    when the array and its views are gone."""
+
+    def __init__(self, raw: np.ndarray, shape, dtype: np.dtype):
+        self.raw = raw
+        start = raw.ctypes.data + (LINE - raw.ctypes.data % LINE) % LINE
+        self.__array_interface__ = {"data": (start, False), "shape": tuple(shape),
+                                    "typestr": dtype.str, "version": 3}
+
+    def __del__(self):
+        global _held
+        raw = self.raw
+        with _lock:
+            if _held + raw.nbytes <= MAX_HELD_BYTES:
+                _free.setdefault(raw.nbytes, []).append(raw)
+                _held += raw.nbytes
+
+
+def _block(nbytes: int) -> np.ndarray:
+    """A raw block of at least ``nbytes`` plus a line: a freed one of its size class, or a
+    new one from NumPy."""
+    global _held
+    size = -(-(nbytes + LINE) // SIZE_CLASS) * SIZE_CLASS
+    with _lock:
+        blocks = _free.get(size)
+        if blocks:
+            _held -= size
+            return blocks.pop()
+    return np.empty(size, dtype=np.uint8)
 
 
 def empty(shape, dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array. From :data:`HUGE_PAGE_BYTES` it is NumPy's (on
-    huge pages where the kernel gives them) and its data starts on a cache line (NumPy's
-    start 16 bytes in, where every 64-byte vector store straddles two lines); below, a plain
-    ``np.empty``."""
+    """An uninitialised C-contiguous array. From :data:`HUGE_PAGE_BYTES` on a block of NumPy's
+    (on huge pages where the kernel gives them), reused once freed (see the module), its
+    data starting on a cache line (NumPy's start 16 bytes in, where every 64-byte vector
+    store straddles two lines); below, a plain ``np.empty``."""
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape))
-    if size * dtype.itemsize < HUGE_PAGE_BYTES:
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if nbytes < HUGE_PAGE_BYTES:
         return np.empty(shape, dtype=dtype)
-    raw = np.empty(size + LINE // dtype.itemsize, dtype=dtype)
-    start = (LINE - raw.ctypes.data % LINE) % LINE // dtype.itemsize
-    return raw[start:start + size].reshape(shape)
+    return np.asarray(_Lease(_block(nbytes), shape, dtype))
+
+
+def held_bytes() -> int:
+    """The bytes of freed blocks kept for reuse."""
+    return _held
+
+
+def release() -> None:
+    """Give every kept block back to the system."""
+    global _held
+    with _lock:
+        _free.clear()
+        _held = 0
