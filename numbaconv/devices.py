@@ -13,8 +13,9 @@ loop talks to the device only through this module, so it is one loop for both::
     for start in range(0, len(train_x), batch):
         x, y = device.take(images, labels, order, start, start + batch)
         logits = model.forward(x, training=True)
-        totals.add(0, F.cross_entropy(logits, y), scale=len(x))
-        model.backward(F.cross_entropy_backward(logits, y), need_input_grad=False)
+        loss, grad_logits = F.cross_entropy_with_grad(logits, y)
+        totals.add(0, loss, scale=len(x))
+        model.backward(grad_logits, need_input_grad=False)
         optimizer.step(model.named_grads())
         totals.add(1, F.correct(logits, y))
     loss_sum, hits = totals.read()                 # the epoch's one device-to-host copy

@@ -48,7 +48,7 @@ __all__ = [
     "linear", "linear_backward",
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
     "dropout", "dropout_backward",
-    "cross_entropy", "cross_entropy_backward", "correct",
+    "cross_entropy", "cross_entropy_backward", "cross_entropy_with_grad", "correct",
     "corr2d", "convolve2d",
     "add", "concat_channels", "split_channels", "count_nonfinite", "resize_bilinear",
     "batch_norm", "batch_norm_backward",
@@ -642,7 +642,7 @@ def _check_linear(x, weight, bias) -> int:
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must have out_features={weight.shape[0]} entries (weight "
                              f"shape {tuple(weight.shape)}), got shape {tuple(bias.shape)}")
-    return int(np.prod(x.shape[:-1], dtype=np.int64))
+    return math.prod(x.shape[:-1])
 
 
 def linear_backward(grad_y, x, weight, need_input_grad=True, need_bias_grad=True, *,
@@ -870,9 +870,7 @@ def cross_entropy(logits, labels):
     logits, labels, on_device = _loss_arguments(logits, labels, "cross_entropy")
     if on_device:
         return _cuda().cross_entropy(logits, labels)
-    n = logits.shape[0]
-    logp = log_softmax(logits)
-    return np.array(-float(logp[np.arange(n), labels].sum(dtype=np.float64)) / n)
+    return _mean_loss(log_softmax(logits), labels)
 
 
 def cross_entropy_backward(logits, labels):
@@ -881,11 +879,33 @@ def cross_entropy_backward(logits, labels):
     logits, labels, on_device = _loss_arguments(logits, labels, "cross_entropy_backward")
     if on_device:
         return _cuda().cross_entropy_backward(logits, labels)
-    n = logits.shape[0]
+    return _loss_grad(log_softmax(logits), labels)
+
+
+def cross_entropy_with_grad(logits, labels):
+    """``(cross_entropy(logits, labels), cross_entropy_backward(logits, labels))``, the same
+    values, with the arguments checked and (on the CPU) the log-softmax computed once: a
+    training step's loss and the gradient its backward starts from."""
+    logits, labels, on_device = _loss_arguments(logits, labels, "cross_entropy_with_grad")
+    if on_device:
+        cuda = _cuda()
+        return cuda.cross_entropy(logits, labels), cuda.cross_entropy_backward(logits, labels)
     logp = log_softmax(logits)
+    loss = _mean_loss(logp, labels)
+    return loss, _loss_grad(logp, labels)
+
+
+def _mean_loss(logp, labels):
+    """The 0-d float64 mean of -logp[i, labels[i]] (per-row values summed in float64)."""
+    n = logp.shape[0]
+    return np.array(-float(logp[np.arange(n), labels].sum(dtype=np.float64)) / n)
+
+
+def _loss_grad(logp, labels):
+    """(exp(logp) - one_hot(labels)) / N, computed in logp's array."""
     grad = np.exp(logp, out=logp)
-    grad[np.arange(n), labels] -= 1
-    grad /= n
+    grad[np.arange(logp.shape[0]), labels] -= 1
+    grad /= logp.shape[0]
     return grad
 
 

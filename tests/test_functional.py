@@ -178,6 +178,22 @@ def test_loss_values_equal_softmax_cross_entropy_bit_for_bit():
     np.testing.assert_array_equal(nc.cross_entropy_backward(logits, labels), grad)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_with_grad_is_the_loss_and_its_gradient_exactly(dtype):
+    logits = randn((64, 10), 3, dtype, scale=20)
+    labels = np.random.default_rng(4).integers(0, 10, 64)
+    kept = logits.copy()
+    loss, grad = nc.cross_entropy_with_grad(logits, labels)
+    assert loss.shape == () and loss.dtype == np.float64 and grad.dtype == dtype
+    assert float(loss) == float(nc.cross_entropy(logits, labels))
+    np.testing.assert_array_equal(grad, nc.cross_entropy_backward(logits, labels))
+    np.testing.assert_array_equal(logits, kept)  # the logits are left as they were
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        nc.cross_entropy_with_grad(logits, labels + 1)
+    with pytest.raises(ValueError, match="cross_entropy_with_grad needs at least one"):
+        nc.cross_entropy_with_grad(logits[:0], labels[:0])
+
+
 def test_loss_argument_errors():
     logits = randn((3, 4), 1)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):

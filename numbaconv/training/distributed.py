@@ -267,8 +267,9 @@ class Distributed:
             if hi > lo:
                 x, y = device.take(loop.train_x, loop.train_y, order, lo, hi)
                 logits = model.forward(loop._resized(x), training=True)
-                share_loss = F.cross_entropy(logits, y)  # the mean over this rank's rows
-                model.backward(F.cross_entropy_backward(logits, y), need_input_grad=False)
+                # the mean over this rank's rows, and its gradient
+                share_loss, grad_logits = F.cross_entropy_with_grad(logits, y)
+                model.backward(grad_logits, need_input_grad=False)
                 # the batch's mean gradient is the sum of the shares' means, each weighted by
                 # its share of the rows
                 flat.pack(grads, (hi - lo) / (stop - start), float(share_loss) * (hi - lo))

@@ -276,10 +276,10 @@ class Loop:
             stop = min(start + settings.batch_size, self.n_train)
             x, y = device.take(self.train_x, self.train_y, order, start, stop)
             logits = model.forward(self._resized(x), training=True)
-            batch_loss = F.cross_entropy(logits, y)
+            batch_loss, grad_logits = F.cross_entropy_with_grad(logits, y)
             if check_each_batch and not np.isfinite(batch_loss):
                 raise Diverged(epoch, settings.lr, batch)
-            model.backward(F.cross_entropy_backward(logits, y), need_input_grad=False)
+            model.backward(grad_logits, need_input_grad=False)
             self.optimizer.step(grads)
             totals.add(loss, batch_loss, scale=stop - start)
             totals.add(hits, F.correct(logits, y))

@@ -105,6 +105,9 @@ def test_linear_activations_and_the_loss(dtype, rng):
     np.testing.assert_allclose(to_host(loss), F.cross_entropy(logits, labels), **TOL[dtype])
     assert_same(F.cross_entropy_backward(dlogits, dlabels),
                 F.cross_entropy_backward(logits, labels), "cross_entropy_backward")
+    dloss, dgrad = F.cross_entropy_with_grad(dlogits, dlabels)
+    np.testing.assert_allclose(to_host(dloss), to_host(loss), **TOL[dtype])
+    assert_same(dgrad, F.cross_entropy_backward(logits, labels), "cross_entropy_with_grad")
     assert to_host(F.correct(dlogits, dlabels)) == F.correct(logits, labels)
 
 
