@@ -3,7 +3,10 @@ memory reused once every view of them is gone."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -102,3 +105,29 @@ def test_threads_never_get_a_block_in_use():
     for thread in threads:
         thread.join()
     assert not errors
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+def test_a_forked_child_uses_the_pool_while_a_parent_thread_holds_its_lock():
+    a = buffers.empty(BIG, np.float32)
+    del a  # a kept block, which the child reuses
+    with buffers._POOL.lock:  # as another thread of the parent might at the fork
+        pid = os.fork()
+        if pid == 0:  # the child: must not wait for the parent's lock
+            try:
+                b = buffers.empty(BIG, np.float32)
+                b[...] = 1
+                del b
+                os._exit(0 if buffers.held_bytes() > 0 else 3)
+            finally:
+                os._exit(4)
+    for _ in range(200):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the child waited for the parent's lock")
+    assert os.waitstatus_to_exitcode(status) == 0

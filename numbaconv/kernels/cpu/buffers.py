@@ -15,54 +15,76 @@ touches it first, and ``free`` hands large blocks straight back to the kernel. S
 memory of an array from :func:`empty` returns here when the array and all its views are
 gone, and the next request of about the same size (the same layer in the next batch) takes
 it: up to :data:`MAX_HELD_BYTES` are kept (0 keeps none; :func:`release` gives them back),
-the most recently freed first.
+the most recently freed first. The kept memory is resident: a training step's peak is then
+at most that much above its live arrays' (ResNet-18 at 96x96, batch 64: 749 MiB against 674
+MiB without, PyTorch's 848).
 """
 
+import os
 import threading
 
 import numpy as np
+
+from ...memory import physical_memory
 
 LINE = 64  # bytes in a cache line, and in an AVX-512 vector
 HUGE_PAGE_BYTES = 4 << 20  # NumPy's arrays from this size ask for transparent huge pages
 SIZE_CLASS = 2 << 20  # requests are rounded up to this to share blocks (untouched pages of a
 # block are never made resident)
-MAX_HELD_BYTES = 256 << 20
+#: the most memory kept for reuse: 256 MiB, or a sixteenth of a smaller machine's
+MAX_HELD_BYTES = min(256 << 20, physical_memory() // 16)
 
-_lock = threading.Lock()
-_free: dict[int, list[np.ndarray]] = {}  # raw blocks by size, most recently freed last
-_held = 0  # bytes in _free
+
+class _Pool:
+    """Freed blocks by size, most recently freed last, and their total (under a lock: any
+    thread may free an array)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.free: dict[int, list[np.ndarray]] = {}
+        self.held = 0
+
+    def take(self, size: int) -> np.ndarray | None:
+        with self.lock:
+            blocks = self.free.get(size)
+            if not blocks:
+                return None
+            self.held -= size
+            return blocks.pop()
+
+    def give(self, raw: np.ndarray) -> None:
+        with self.lock:
+            if self.held + raw.nbytes <= MAX_HELD_BYTES:
+                self.free.setdefault(raw.nbytes, []).append(raw)
+                self.held += raw.nbytes
+
+    def clear(self) -> None:
+        with self.lock:
+            self.free.clear()
+            self.held = 0
+
+    def after_fork(self) -> None:
+        """In a child process: a new lock (another thread may have held the parent's)."""
+        self.lock = threading.Lock()
+
+
+_POOL = _Pool()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL.after_fork)
 
 
 class _Lease:
-    """The owner of an array from :func:`empty` (its ``base``): gives the raw block back
-    when the array and its views are gone."""
+    """The owner of an array from :func:`empty` (its ``base``): gives the raw block back to
+    the pool when the array and its views are gone."""
 
     def __init__(self, raw: np.ndarray, shape, dtype: np.dtype):
-        self.raw = raw
+        self.raw, self.pool = raw, _POOL
         start = raw.ctypes.data + (LINE - raw.ctypes.data % LINE) % LINE
         self.__array_interface__ = {"data": (start, False), "shape": tuple(shape),
                                     "typestr": dtype.str, "version": 3}
 
     def __del__(self):
-        global _held
-        raw = self.raw
-        with _lock:
-            if _held + raw.nbytes <= MAX_HELD_BYTES:
-                _free.setdefault(raw.nbytes, []).append(raw)
-                _held += raw.nbytes
-
-
-def _block(nbytes: int) -> np.ndarray:
-    """A raw block of at least ``nbytes`` plus a line: a freed one of its size class, or a
-    new one from NumPy."""
-    global _held
-    size = -(-(nbytes + LINE) // SIZE_CLASS) * SIZE_CLASS
-    with _lock:
-        blocks = _free.get(size)
-        if blocks:
-            _held -= size
-            return blocks.pop()
-    return np.empty(size, dtype=np.uint8)
+        self.pool.give(self.raw)
 
 
 def empty(shape, dtype) -> np.ndarray:
@@ -75,17 +97,18 @@ def empty(shape, dtype) -> np.ndarray:
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if nbytes < HUGE_PAGE_BYTES:
         return np.empty(shape, dtype=dtype)
-    return np.asarray(_Lease(_block(nbytes), shape, dtype))
+    size = -(-(nbytes + LINE) // SIZE_CLASS) * SIZE_CLASS
+    raw = _POOL.take(size)
+    if raw is None:
+        raw = np.empty(size, dtype=np.uint8)
+    return np.asarray(_Lease(raw, shape, dtype))
 
 
 def held_bytes() -> int:
     """The bytes of freed blocks kept for reuse."""
-    return _held
+    return _POOL.held
 
 
 def release() -> None:
     """Give every kept block back to the system."""
-    global _held
-    with _lock:
-        _free.clear()
-        _held = 0
+    _POOL.clear()
