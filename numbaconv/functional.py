@@ -493,8 +493,10 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
         y, indices = _cuda("pool").max_pool2d_forward(
             x, geo.kernel, geo.stride, geo.padding, geo.dilation, (out_h, out_w))
     else:
-        y, indices = cpu_pool.max_pool2d_forward(np.ascontiguousarray(x), *geo.args(),
-                                                 *geo.dilation, out_h, out_w)
+        y = cpu_buffers.empty(geo.output_shape, x.dtype)
+        indices = cpu_buffers.empty(geo.output_shape, np.int64)
+        cpu_pool.max_pool2d_forward(np.ascontiguousarray(x), *geo.args(), *geo.dilation, y,
+                                    indices)
     return (y, indices) if return_indices else y
 
 
@@ -531,15 +533,22 @@ def max_pool2d_backward(grad_y, indices, input_shape, kernel_size=None, stride=N
     if tuple(grad_y.shape[:2]) != input_shape[:2]:
         raise ValueError(f"grad_y shape {tuple(grad_y.shape)} does not match input_shape "
                          f"{input_shape} in N and C")
-    height, width = input_shape[2:]
     if on_device:
         if kernel_size is None:
             return _cuda("pool").max_pool2d_backward(grad_y, indices, input_shape)
         geo = _PoolGeometry(input_shape, kernel_size, stride, padding, dilation, False)
         return _cuda("pool").max_pool2d_backward(grad_y, indices, input_shape, geo.kernel,
                                                  geo.stride, geo.padding, geo.dilation)
-    return cpu_pool.max_pool2d_backward(np.ascontiguousarray(grad_y),
-                                        np.ascontiguousarray(indices), height, width)
+    return _max_pool_backward_cpu(grad_y, indices, input_shape)
+
+
+def _max_pool_backward_cpu(grad_y, indices, input_shape):
+    """grad_x (N, C, H, W) of a max pool (plain or adaptive) on the CPU."""
+    n, channels, height, width = input_shape
+    grad_x = cpu_buffers.empty(input_shape, grad_y.dtype)
+    cpu_pool.max_pool2d_backward(np.ascontiguousarray(grad_y), np.ascontiguousarray(indices),
+                                 grad_x.reshape(n, channels, height * width))
+    return grad_x
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -567,8 +576,10 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
         return _cuda("pool").avg_pool2d_forward(
             x, geo.kernel, geo.stride, geo.padding, (out_h, out_w), bool(count_include_pad),
             divisor)
-    return cpu_pool.avg_pool2d_forward(np.ascontiguousarray(x), *geo.args(), out_h, out_w,
-                                       bool(count_include_pad), divisor)
+    y = cpu_buffers.empty(geo.output_shape, x.dtype)
+    cpu_pool.avg_pool2d_forward(np.ascontiguousarray(x), *geo.args(), bool(count_include_pad),
+                                divisor, y)
+    return y
 
 
 def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0,
@@ -597,8 +608,10 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
         return _cuda("pool").avg_pool2d_backward(
             grad_y, input_shape, geo.kernel, geo.stride, geo.padding, bool(count_include_pad),
             divisor)
-    return cpu_pool.avg_pool2d_backward(np.ascontiguousarray(grad_y), *input_shape[2:],
-                                        *geo.args(), bool(count_include_pad), divisor)
+    grad_x = cpu_buffers.empty(input_shape, grad_y.dtype)
+    cpu_pool.avg_pool2d_backward(np.ascontiguousarray(grad_y), *geo.args(),
+                                 bool(count_include_pad), divisor, grad_x)
+    return grad_x
 
 
 # --------------------------------------------------------------------------- dense
@@ -1366,5 +1379,4 @@ def adaptive_max_pool2d_backward(grad_y, indices, input_shape):
     _check_max_indices(indices, grad_y, on_device)
     if on_device:
         return _cuda("pool").max_pool2d_backward(grad_y, indices, input_shape)
-    return cpu_pool.max_pool2d_backward(np.ascontiguousarray(grad_y),
-                                        np.ascontiguousarray(indices), *input_shape[2:])
+    return _max_pool_backward_cpu(grad_y, indices, input_shape)

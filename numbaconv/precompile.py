@@ -308,6 +308,7 @@ def _signature(name: str, dtype) -> tuple:
     i64 = types.int64
     vector = simd.Vector(a1.dtype, simd.VECTOR_BYTES // np.dtype(dtype).itemsize)
     taps = typeof(np.empty(1, dtype=np.int64))
+    indices4 = typeof(np.empty((1,) * 4, dtype=np.int64))  # a max pool's
     # SGD's update: the parameter, its gradient and its buffer, four hyperparameters in the
     # dtype, three flags
     sgd = (a1, a1, a1) + (a1.dtype,) * 4 + (types.boolean,) * 3
@@ -343,10 +344,10 @@ def _signature(name: str, dtype) -> tuple:
         "conv2d_input_grad_columns": (a4, a4) + (i64,) * 9,
         "conv2d_forward_channels": (a2, a3, a1, taps) + (i64,) * 3 + (a4,),
         "conv2d_weight_grad_channels": (a4, a2, taps) + (i64,) * 4 + (a3,),
-        "avg_pool2d_forward": (a4,) + (i64,) * 8 + (types.boolean, i64),
-        "avg_pool2d_backward": (a4,) + (i64,) * 8 + (types.boolean, i64),
-        "max_pool2d_forward": (a4,) + (i64,) * 10,
-        "max_pool2d_backward": (a4, typeof(np.empty((1,) * 4, dtype=np.int64)), i64, i64),
+        "avg_pool2d_forward": (a4,) + (i64,) * 6 + (types.boolean, i64, a4),
+        "avg_pool2d_backward": (a4,) + (i64,) * 6 + (types.boolean, i64, a4),
+        "max_pool2d_forward": (a4,) + (i64,) * 8 + (a4, indices4),
+        "max_pool2d_backward": (a4, indices4, a3),
         "sigmoid_forward": (a1,),
         "sigmoid_backward": (a1, a1),
         "matmul_acc": (a2, a2, a2),

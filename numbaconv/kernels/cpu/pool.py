@@ -99,11 +99,11 @@ def _stem_max_plane(src, dst, index, pad_h, row_best, row_position):
 
 @njit(parallel=True, cache=True)
 def max_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                       dilation_h, dilation_w, out_h, out_w):
-    """Returns (y, indices), both (N, C, out_h, out_w); indices are flat ``h * W + w``."""
+                       dilation_h, dilation_w, y, indices):
+    """Writes y and the int64 indices, both (N, C, out_h, out_w); indices are flat
+    ``h * W + w``."""
     n_batch, channels, height, width = x.shape
-    y = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
-    indices = np.empty((n_batch, channels, out_h, out_w), dtype=np.int64)
+    out_w = y.shape[3]
     stem = (kernel_h == 3 and kernel_w == 3 and stride_h == 2 and stride_w == 2
             and dilation_h == 1 and dilation_w == 1 and pad_h <= 1 and pad_w == 1
             and width == 2 * out_w)
@@ -117,18 +117,14 @@ def max_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
         else:
             _max_plane(x[n, c], y[n, c], indices[n, c], kernel_h, kernel_w, stride_h,
                        stride_w, pad_h, pad_w, dilation_h, dilation_w)
-    return y, indices
 
 
 @njit(parallel=True, cache=True)
-def max_pool2d_backward(grad_y, indices, height, width):
-    """Routes each output gradient to the input position that won its window.
-
-    Indices outside the plane (windows wholly in the padding) pass nothing.
-    """
-    n_batch, channels = grad_y.shape[0], grad_y.shape[1]
-    plane_size = height * width
-    grad_x = np.empty((n_batch, channels, height * width), dtype=grad_y.dtype)
+def max_pool2d_backward(grad_y, indices, grad_x):
+    """Writes grad_x (N, C, H * W): each output gradient routed to the input position that
+    won its window. Indices outside the plane (windows wholly in the padding) pass
+    nothing."""
+    n_batch, channels, plane_size = grad_x.shape
     zero = grad_y.dtype.type(0)
     for plane in prange(n_batch * channels):
         n = plane // channels
@@ -143,7 +139,6 @@ def max_pool2d_backward(grad_y, indices, height, width):
                 i = idx[oh, ow]
                 if 0 <= i < plane_size:
                     out[i] += g[oh, ow]
-    return grad_x.reshape(n_batch, channels, height, width)
 
 
 @njit(cache=True)
@@ -257,13 +252,13 @@ def _avg_backward_plane(g, out, h_start, h_stop, h_padded, w_start, w_stop, w_pa
 
 
 @njit(parallel=True, cache=True)
-def avg_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w,
-                       count_include_pad, divisor):
-    """Returns y (N, C, out_h, out_w); a non-zero ``divisor`` overrides the window count."""
+def avg_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                       count_include_pad, divisor, y):
+    """Writes y (N, C, out_h, out_w); a non-zero ``divisor`` overrides the window count."""
     n_batch, channels, height, width = x.shape
+    out_h, out_w = y.shape[2], y.shape[3]
     h_start, h_stop, h_padded = _avg_windows(out_h, kernel_h, stride_h, pad_h, height)
     w_start, w_stop, w_padded = _avg_windows(out_w, kernel_w, stride_w, pad_w, width)
-    y = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
     tiled = _tiled(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w,
                    height, width)
     full = divisor if divisor != 0 else kernel_h * kernel_w
@@ -275,17 +270,16 @@ def avg_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, 
         else:
             _avg_forward_plane(x[n, c], y[n, c], h_start, h_stop, h_padded, w_start, w_stop,
                                w_padded, count_include_pad, divisor)
-    return y
 
 
 @njit(parallel=True, cache=True)
-def avg_pool2d_backward(grad_y, height, width, kernel_h, kernel_w, stride_h, stride_w,
-                        pad_h, pad_w, count_include_pad, divisor):
-    """Spreads each output gradient evenly over its window: grad_x (N, C, height, width)."""
+def avg_pool2d_backward(grad_y, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                        count_include_pad, divisor, grad_x):
+    """Writes grad_x (N, C, H, W): each output gradient spread evenly over its window."""
     n_batch, channels, out_h, out_w = grad_y.shape
+    height, width = grad_x.shape[2], grad_x.shape[3]
     h_start, h_stop, h_padded = _avg_windows(out_h, kernel_h, stride_h, pad_h, height)
     w_start, w_stop, w_padded = _avg_windows(out_w, kernel_w, stride_w, pad_w, width)
-    grad_x = np.empty((n_batch, channels, height, width), dtype=grad_y.dtype)
     tiled = _tiled(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w,
                    height, width)
     full = divisor if divisor != 0 else kernel_h * kernel_w
@@ -301,4 +295,3 @@ def avg_pool2d_backward(grad_y, height, width, kernel_h, kernel_w, stride_h, str
         else:
             _avg_backward_plane(grad_y[n, c], grad_x[n, c], h_start, h_stop, h_padded,
                                 w_start, w_stop, w_padded, count_include_pad, divisor)
-    return grad_x
