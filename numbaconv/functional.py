@@ -51,7 +51,7 @@ __all__ = [
     "cross_entropy", "cross_entropy_backward", "cross_entropy_with_grad", "correct",
     "corr2d", "convolve2d",
     "add", "concat_channels", "split_channels", "count_nonfinite", "resize_bilinear",
-    "batch_norm", "batch_norm_backward",
+    "batch_norm", "batch_norm_relu", "batch_norm_backward",
     "adaptive_pool2d_output_shape", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
     "adaptive_max_pool2d", "adaptive_max_pool2d_backward",
 ]
@@ -1118,6 +1118,26 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         ``1 / sqrt(var + eps)`` that normalised x, on x's device, for
         :func:`batch_norm_backward`
     """
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                       num_batches_tracked, relu=False)
+
+
+def batch_norm_relu(x, running_mean=None, running_var=None, weight=None, bias=None,
+                    training=False, momentum=0.1, eps=1e-5, *, num_batches_tracked=None):
+    """``relu(batch_norm(x, ...))``, with :func:`batch_norm`'s arguments and bookkeeping, the
+    same values bit for bit; on the CPU in one pass (``Sequential``'s fused
+    ``BatchNorm -> ReLU`` stage: the normalised values are never written).
+
+    Returns
+    -------
+    (y, save_mean, save_invstd) : as :func:`batch_norm`'s, y its max with 0 (NaN stays NaN)
+    """
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                       num_batches_tracked, relu=True)
+
+
+def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                num_batches_tracked, relu):
     n, channels, length = _channels_of(x)
     _check_per_channel(x, channels, running_mean=running_mean, running_var=running_var,
                        weight=weight, bias=bias)
@@ -1145,6 +1165,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         y, mean, invstd = _cuda("norm").batch_norm_forward(
             x.reshape(n, channels, length), weight, bias, running_mean, running_var,
             num_batches_tracked, bool(training), momentum, eps)
+        if relu:
+            y = _cuda().relu_forward(y)
         return y.reshape(x.shape), mean, invstd
     x3 = np.ascontiguousarray(x).reshape(n, channels, length)
     weight = np.ones(channels, x.dtype) if weight is None else np.ascontiguousarray(weight)
@@ -1161,14 +1183,14 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
             factor = 1.0 / int(num_batches_tracked) if momentum is None else float(momentum)
         else:  # (0,) arrays: no running statistics to update
             running_mean = running_var = np.empty(0, dtype=x.dtype)
-        cpu_norm.batch_norm_forward_batch_stats(x3, weight, bias, eps, y, mean, var, invstd,
-                                                running_mean, running_var, factor)
+        cpu_norm.batch_norm_forward_batch_stats(x3, weight, bias, eps, relu, y, mean, var,
+                                                invstd, running_mean, running_var, factor)
     else:
         mean = np.empty(channels, dtype=np.float64)
         cpu_norm.batch_norm_forward_fixed_stats(x3, weight, bias, eps,
                                                 np.ascontiguousarray(running_mean),
-                                                np.ascontiguousarray(running_var), y, mean,
-                                                invstd)
+                                                np.ascontiguousarray(running_var), relu, y,
+                                                mean, invstd)
     return y.reshape(x.shape), mean, invstd
 
 

@@ -605,6 +605,7 @@ def _tree_kernels(layer, input_shape, need_input_grad: bool, names: list[str]):
     the layer's backward computes its input's gradient (as ``Sequential.backward`` passes it:
     not for the model's first stage, nor for every first stage within)."""
     from .layers import Sequential
+    from .layers.fusion import ConvActPool
 
     def add(kernels):
         for kernel in kernels:
@@ -618,8 +619,11 @@ def _tree_kernels(layer, input_shape, need_input_grad: bool, names: list[str]):
     if isinstance(layer, Sequential):  # stage by stage, each on the one before's output
         for stage in layer.stages():
             need = need_input_grad or stage.start > 0
-            if stage.fused is None:
-                shape = _tree_kernels(layer.layers[stage.start], shape, need, names)
+            if not isinstance(stage.fused, ConvActPool):  # a layer, or a batch norm and its
+                # ReLU (their kernels, those of the layers)
+                for i in range(stage.start, stage.stop):
+                    shape = _tree_kernels(layer.layers[i], shape, need or i > stage.start,
+                                          names)
                 continue
             add(_fused_kernels(stage.fused, shape, need))
             for child in layer.layers[stage.start:stage.stop]:

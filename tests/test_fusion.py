@@ -281,3 +281,85 @@ def test_fused_stage_errors():
         model.backward(np.ones((1, 2, 2, 2), np.float64))
     with pytest.raises(ValueError, match="too small"):  # the pool's own message
         model.forward(np.ones((1, 1, 3, 3), np.float32))
+
+
+# ------------------------------------------------------------------------ batch norm -> ReLU
+
+def _norm_pair(norm_cls, dtype, shape, seed=3):
+    """Two equal networks with BatchNorm -> ReLU twice (fused and not) and an input."""
+    from numbaconv.layers import BatchNorm1d, BatchNorm2d
+
+    def build(fuse):
+        rng = np.random.default_rng(seed)
+        if norm_cls is BatchNorm2d:
+            layers = [Conv2d(shape[1], 4, 3, padding=1, rng=rng, dtype=dtype),
+                      BatchNorm2d(4, dtype=dtype), ReLU(),
+                      Conv2d(4, 4, 1, rng=rng, dtype=dtype), BatchNorm2d(4, dtype=dtype),
+                      ReLU()]
+        else:
+            layers = [Linear(shape[1], 6, rng=rng, dtype=dtype), BatchNorm1d(6, dtype=dtype),
+                      ReLU(), Linear(6, 5, rng=rng, dtype=dtype),
+                      BatchNorm1d(5, momentum=None, dtype=dtype), ReLU()]
+        net = Sequential(layers, fuse=fuse)
+        for layer in net[1::3]:  # the batch norms' scales and shifts, not 1 and 0
+            layer.params["weight"][...] = rng.uniform(0.2, 1.5, layer.num_features)
+            layer.params["bias"][...] = rng.uniform(-0.5, 0.5, layer.num_features)
+        return net
+    x = np.random.default_rng(seed + 1).standard_normal(shape).astype(dtype)
+    return build(True), build(False), x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("norm, shape", [("2d", (5, 3, 7, 9)), ("2d", (4, 2, 12, 12)),
+                                         ("1d", (16, 7))])
+def test_batch_norm_relu_equals_the_two_layers_bit_for_bit(norm, shape, dtype):
+    from numbaconv.layers import BatchNorm1d, BatchNorm2d
+    from numbaconv.layers.fusion import NormReLU
+
+    fused_net, plain_net, x = _norm_pair(BatchNorm2d if norm == "2d" else BatchNorm1d, dtype,
+                                         shape)
+    assert [type(s.fused) for s in fused_net.stages()] == [type(None), NormReLU] * 2
+    assert all(s.fused is None for s in plain_net.stages())
+    rng = np.random.default_rng(9)
+    for training in (True, False, True):
+        y_fused = fused_net.forward(x, training=training)
+        y_plain = plain_net.forward(x, training=training)
+        np.testing.assert_array_equal(y_fused, y_plain)
+        assert (y_fused == 0).any() and (y_fused > 0).any()  # both sides of the ReLU
+        g = rng.standard_normal(y_fused.shape).astype(dtype)
+        np.testing.assert_array_equal(fused_net.backward(g), plain_net.backward(g))
+        for key, grad in plain_net.named_grads().items():
+            np.testing.assert_array_equal(fused_net.named_grads()[key], grad, err_msg=key)
+        for key, value in plain_net.state_dict().items():  # running statistics too
+            np.testing.assert_array_equal(fused_net.state_dict()[key], value, err_msg=key)
+
+
+def test_batch_norm_relu_keeps_nan_and_gives_positive_zero():
+    x = np.array([[np.nan, -0.0, 0.0, -np.inf, np.inf, -1.0, 2.0]], np.float32).T[None]
+    x = np.repeat(x, 2, axis=0).reshape(2, 7, 1)  # (N, C, L): a channel per value
+    mean, var = np.zeros(7, np.float32), np.ones(7, np.float32)
+    y, _, _ = F.batch_norm_relu(x, mean, var, eps=0.0)
+    expected = np.maximum(F.batch_norm(x, mean, var, eps=0.0)[0], 0)
+    np.testing.assert_array_equal(y, expected)  # NaN where NaN, +0.0 for -0.0
+    assert not np.signbit(y[np.isfinite(y)]).any()
+    with pytest.raises(ValueError, match="needs running_mean and running_var"):
+        F.batch_norm_relu(x)
+
+
+def test_what_fuses_with_relu():
+    from numbaconv.layers import BatchNorm1d, BatchNorm2d
+    from numbaconv.layers.fusion import NormReLU, norm_relu_fusable
+
+    class MyNorm(BatchNorm2d):
+        pass
+
+    assert norm_relu_fusable(BatchNorm2d(3), ReLU()) and norm_relu_fusable(BatchNorm1d(3), ReLU())
+    assert not norm_relu_fusable(BatchNorm2d(3), Sigmoid())
+    assert not norm_relu_fusable(MyNorm(3), ReLU())  # subclasses may compute otherwise
+    assert not norm_relu_fusable(ReLU(), BatchNorm2d(3))
+    with pytest.raises(ValueError, match="cannot fuse"):
+        NormReLU(BatchNorm2d(3), Tanh())
+    # a conv -> ReLU -> pool triple takes precedence; a BatchNorm -> ReLU after it pairs
+    net = Sequential([Conv2d(1, 2, 3), ReLU(), MaxPool2d(2), BatchNorm2d(2), ReLU()])
+    assert [(s.start, s.stop, type(s.fused).__name__) for s in net.stages()] == [
+        (0, 3, "ConvActPool"), (3, 5, "NormReLU")]

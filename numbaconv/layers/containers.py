@@ -25,7 +25,7 @@ import numpy as np
 from .. import functional as F
 from ..init import as_generator
 from .base import Layer, ShapeError
-from .fusion import ConvActPool, fusable
+from .fusion import ConvActPool, NormReLU, fusable, norm_relu_fusable
 
 __all__ = ["Sequential", "Residual", "Concat", "CONTAINER_TYPES", "layer_spec", "build_layer",
            "SummaryRow", "summary", "format_summary", "MAX_DEPTH"]
@@ -76,11 +76,12 @@ def _child_shape(path: str, layer: Layer, shape: tuple) -> tuple:
 
 class Stage(NamedTuple):
     """One step of :meth:`Sequential.stages`: ``layers[start:stop]``, run by ``fused`` (a
-    :class:`~numbaconv.layers.fusion.ConvActPool`) or, when it is ``None``, by the one layer."""
+    :class:`~numbaconv.layers.fusion.ConvActPool` or
+    :class:`~numbaconv.layers.fusion.NormReLU`) or, when it is ``None``, by the one layer."""
 
     start: int
     stop: int
-    fused: ConvActPool | None
+    fused: ConvActPool | NormReLU | None
 
 
 class Sequential(Layer):
@@ -90,9 +91,9 @@ class Sequential(Layer):
     List-like (``len``, indexing, slicing to a new ``Sequential`` sharing the layers,
     iteration, ``append``). Its children are named ``"0"``, ``"1"``...
 
-    With ``fuse=True`` (the default) the passes run ``Conv2d → Sigmoid|ReLU → pool`` as one
-    fused stage where they can (see :mod:`numbaconv.layers.fusion` and :meth:`stages`); the
-    results are the same as with ``fuse=False``, only faster.
+    With ``fuse=True`` (the default) the passes run ``Conv2d → Sigmoid|ReLU → pool`` and
+    ``BatchNorm → ReLU`` as fused stages where they can (see :mod:`numbaconv.layers.fusion`
+    and :meth:`stages`); the results are the same as with ``fuse=False``, only faster.
     """
 
     def __init__(self, *layers, fuse: bool = True):
@@ -103,7 +104,8 @@ class Sequential(Layer):
         self.layers: list[Layer] = [_check_layer(layer, f"layer {i}")
                                     for i, layer in enumerate(layers)]
         self.fuse = bool(fuse)
-        self._fused: dict[int, ConvActPool] = {}  # by start index; reused while layers match
+        # by start index; reused while the layers match
+        self._fused: dict[int, ConvActPool | NormReLU] = {}
         self._last_stages: list[Stage] | None = None  # the stages of the last forward
 
     # list-like -------------------------------------------------------------------------
@@ -133,15 +135,20 @@ class Sequential(Layer):
 
     def stages(self) -> list[Stage]:
         """How :meth:`forward` runs the layers: one :class:`Stage` per layer, or per fused
-        ``Conv2d → activation → pool`` triple when ``fuse`` is on."""
+        ``Conv2d → activation → pool`` triple or ``BatchNorm → ReLU`` pair when ``fuse`` is
+        on."""
         stages, i, layers = [], 0, self.layers
         while i < len(layers):
-            if self.fuse and i + 3 <= len(layers) and fusable(*layers[i:i + 3]):
-                group = self._fused.get(i)
-                if group is None or group.layers != tuple(layers[i:i + 3]):
-                    group = self._fused[i] = ConvActPool(*layers[i:i + 3])
-                stages.append(Stage(i, i + 3, group))
-                i += 3
+            for size, kind, can_fuse in ((3, ConvActPool, fusable),
+                                         (2, NormReLU, norm_relu_fusable)):
+                group_layers = tuple(layers[i:i + size])
+                if self.fuse and len(group_layers) == size and can_fuse(*group_layers):
+                    group = self._fused.get(i)
+                    if type(group) is not kind or group.layers != group_layers:
+                        group = self._fused[i] = kind(*group_layers)
+                    stages.append(Stage(i, i + size, group))
+                    i += size
+                    break
             else:
                 stages.append(Stage(i, i + 1, None))
                 i += 1

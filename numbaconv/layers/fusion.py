@@ -1,4 +1,5 @@
-"""Fusion in ``Sequential``: a convolution, its activation and a pooling run as one stage.
+"""Fusion in ``Sequential``: a convolution, its activation and a pooling run as one stage;
+a batch norm and its ReLU as another.
 
 ``Sequential`` runs ``Conv2d → Sigmoid|ReLU → AvgPool2d|MaxPool2d`` through :class:`ConvActPool`
 when the pool has D2L's 2x2 windows (kernel 2, stride 2, no padding, no dilation, floor mode),
@@ -18,6 +19,13 @@ When they did run their own forwards since (a loop calling ``layer.forward`` one
 :meth:`ConvActPool.current` is False and ``Sequential`` runs their own backwards instead. Layer
 subclasses are never fused (they may change what the layer computes), nor is anything with
 another activation (``Tanh``), other pools or other windows.
+
+``BatchNorm2d|BatchNorm1d -> ReLU`` (every block of ResNet, GoogLeNet's, DenseNet's) runs
+through :class:`NormReLU`: the normalisation writes ``max(y, 0)`` in its own pass
+(:func:`numbaconv.functional.batch_norm_relu`), so the normalised values are never written
+nor read again (on a GPU: two launches, as unfused). Each layer keeps the state its own
+forward would (the batch norm its input and statistics, the ReLU its output), so the
+backward is the two layers' own, and results equal the unfused layers' bit for bit.
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ from .. import functional as F
 from ..shapes import as_pair
 from .activation import ReLU, Sigmoid
 from .conv import Conv2d
+from .norm import BatchNorm1d, BatchNorm2d
 from .pool import AvgPool2d, MaxPool2d
 
-__all__ = ["ConvActPool", "fusable"]
+__all__ = ["ConvActPool", "fusable", "NormReLU", "norm_relu_fusable"]
 
 _ACTIVATIONS = {Sigmoid: "sigmoid", ReLU: "relu"}
 _POOLS = {AvgPool2d: "avg", MaxPool2d: "max"}
@@ -98,3 +107,34 @@ class ConvActPool:
             conv.dilation, conv.groups, self.activation, self.pool, need_input_grad, conv.bias,
             grad_weight=conv.grads["weight"], grad_bias=conv.grads.get("bias"))
         return grad_x
+
+
+def norm_relu_fusable(norm, activation) -> bool:
+    """Whether these two consecutive layers can run as one :class:`NormReLU`."""
+    return type(norm) in (BatchNorm2d, BatchNorm1d) and type(activation) is ReLU
+
+
+class NormReLU:
+    """``relu(norm(x))`` in one pass; each layer keeps its own forward's state, so the
+    backward is theirs."""
+
+    def __init__(self, norm, activation):
+        if not norm_relu_fusable(norm, activation):
+            raise ValueError(f"cannot fuse {norm!r}, {activation!r}")
+        self.layers = (norm, activation)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """x -> relu(norm(x)), x's shape."""
+        norm, activation = self.layers
+        y = norm.forward_relu(x, training=training)
+        activation.saved = y
+        return y
+
+    def current(self) -> bool:
+        """Always: the layers hold their state themselves."""
+        return True
+
+    def backward(self, grad_y: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """The two layers' backwards; writes the batch norm's ``grads``."""
+        norm, activation = self.layers
+        return norm.backward(activation.backward(grad_y), need_input_grad=need_input_grad)

@@ -89,12 +89,21 @@ class _BatchNorm(Layer):
     def forward(self, x, training: bool = False):
         """Normalise by the batch's statistics when ``training`` (moving the running ones),
         else by the running statistics; without running statistics always by the batch's."""
+        return self._normalised(F.batch_norm, x, training)
+
+    def forward_relu(self, x, training: bool = False):
+        """``relu(self.forward(x, training))`` in one pass (:func:`functional.batch_norm_relu`),
+        keeping this layer's state as :meth:`forward` does: ``Sequential``'s fused
+        ``BatchNorm -> ReLU`` stage (the ReLU's state is the result)."""
+        return self._normalised(F.batch_norm_relu, x, training)
+
+    def _normalised(self, function, x, training):
         self.output_shape(np.shape(x))
         if x.dtype != self.dtype:
             raise TypeError(f"{self!r}: input dtype {x.dtype} does not match the layer's "
                             f"dtype {self.dtype}")
         batch_stats = bool(training) or not self.track_running_stats
-        y, mean, invstd = F.batch_norm(
+        y, mean, invstd = function(
             x, self.running_mean, self.running_var, self.params.get("weight"),
             self.params.get("bias"), training=batch_stats, momentum=self.momentum,
             eps=self.eps, num_batches_tracked=self.buffers.get("num_batches_tracked"))

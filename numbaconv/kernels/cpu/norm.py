@@ -34,6 +34,10 @@ Forward with the batch's statistics (training)::
     y = x * scale + shift,  scale = weight * invstd,  shift = bias - mean * scale
     running = (1 - momentum) * running + momentum * batch   (unbiased var; NumPy's roundings)
 
+With ``relu`` the forward writes ``max(y, 0)`` instead of ``y`` (``Sequential``'s fused
+``BatchNorm -> ReLU`` stage), in the same pass: NumPy's ``maximum`` of each value y would
+hold (NaN stays NaN, -0.0 gives +0.0), so the result equals the two layers' bit for bit.
+
 Backward, with ``xhat = (x - mean) * invstd``::
 
     grad_bias = sum(grad_y);  grad_weight = sum(grad_y * xhat)
@@ -112,14 +116,27 @@ def _spread_over(values, length):
     return columns
 
 
+@njit(inline="always")
+def _relu(v, zero):
+    """max(v, 0) as the ReLU layer computes it (NaN stays NaN, -0.0 gives +0.0); ``zero``
+    of v's dtype."""
+    return v if (v > zero or v != v) else zero
+
+
 @njit(fastmath=REASSOC, cache=True)
-def _normalise(x2, start, stop, scale, shift, y2):
-    """y2[n, start:stop] = x2[n, start:stop] * scale + shift, in the input's dtype."""
+def _normalise(x2, start, stop, scale, shift, relu, y2):
+    """y2[n, start:stop] = x2[n, start:stop] * scale + shift, in the input's dtype (with
+    ``relu`` its max with 0)."""
+    zero = y2.dtype.type(0)
     for n in range(x2.shape[0]):
         row = x2[n, start:stop]
         out = y2[n, start:stop]
-        for j in range(scale.shape[0]):
-            out[j] = row[j] * scale[j] + shift[j]
+        if relu:
+            for j in range(scale.shape[0]):
+                out[j] = _relu(row[j] * scale[j] + shift[j], zero)
+        else:
+            for j in range(scale.shape[0]):
+                out[j] = row[j] * scale[j] + shift[j]
 
 
 # Long rows (L >= ROW_LENGTH): each channel's segments are reduced in registers and its
@@ -149,17 +166,23 @@ def _segments_squares(x2, start, stop, mu):
 
 
 @njit(fastmath=REASSOC, cache=True)
-def _segments_normalise(x2, start, stop, scale, shift, y2):
-    """y2[:, start:stop] = x2[:, start:stop] * scale + shift (scalars of the input's dtype)."""
+def _segments_normalise(x2, start, stop, scale, shift, relu, y2):
+    """y2[:, start:stop] = x2[:, start:stop] * scale + shift (scalars of the input's dtype;
+    with ``relu`` its max with 0)."""
+    zero = y2.dtype.type(0)
     for n in range(x2.shape[0]):
         row = x2[n, start:stop]
         out = y2[n, start:stop]
-        for i in range(row.shape[0]):
-            out[i] = row[i] * scale + shift
+        if relu:
+            for i in range(row.shape[0]):
+                out[i] = _relu(row[i] * scale + shift, zero)
+        else:
+            for i in range(row.shape[0]):
+                out[i] = row[i] * scale + shift
 
 
 @njit(cache=True)
-def _batch_stats_task(x2, length, c0, c1, weight, bias, eps, y2, mean, var, invstd):
+def _batch_stats_task(x2, length, c0, c1, weight, bias, eps, relu, y2, mean, var, invstd):
     """Channels c0..c1 - 1 of :func:`batch_norm_forward_batch_stats`."""
     count = x2.shape[0] * length
     dtype = x2.dtype.type
@@ -173,7 +196,7 @@ def _batch_stats_task(x2, length, c0, c1, weight, bias, eps, y2, mean, var, invs
             var[c] = sigma2
             invstd[c] = inv
             s = weight[c] * inv
-            _segments_normalise(x2, start, stop, dtype(s), dtype(bias[c] - mu * s), y2)
+            _segments_normalise(x2, start, stop, dtype(s), dtype(bias[c] - mu * s), relu, y2)
         return
     start, stop = c0 * length, c1 * length
     acc = np.empty(stop - start)
@@ -194,15 +217,16 @@ def _batch_stats_task(x2, length, c0, c1, weight, bias, eps, y2, mean, var, invs
         shift[k] = dtype(bias[c] - mean[c] * s)
     scale = _spread_over(scale, length)
     shift = _spread_over(shift, length)
-    _normalise(x2, start, stop, scale, shift, y2)
+    _normalise(x2, start, stop, scale, shift, relu, y2)
 
 
 @njit(parallel=True, cache=True)
-def batch_norm_forward_batch_stats(x, weight, bias, eps, y, mean, var, invstd, running_mean,
-                                   running_var, momentum):
+def batch_norm_forward_batch_stats(x, weight, bias, eps, relu, y, mean, var, invstd,
+                                   running_mean, running_var, momentum):
     """Normalise each channel of x (N, C, L) by its own mean and biased variance; writes y
-    (x's shape and dtype) and the float64 (C,) mean, biased var and invstd. Updates the
-    running (C,) statistics in x's dtype with ``momentum`` unless they are empty (0,)."""
+    (x's shape and dtype; with ``relu`` its max with 0) and the float64 (C,) mean, biased
+    var and invstd. Updates the running (C,) statistics in x's dtype with ``momentum``
+    unless they are empty (0,)."""
     n_batch, channels, length = x.shape
     x2 = x.reshape(n_batch, channels * length)
     y2 = y.reshape(n_batch, channels * length)
@@ -212,12 +236,12 @@ def batch_norm_forward_batch_stats(x, weight, bias, eps, y, mean, var, invstd, r
         for task in range(tasks):
             c0 = task * per_task
             _batch_stats_task(x2, length, c0, min(channels, c0 + per_task), weight, bias, eps,
-                              y2, mean, var, invstd)
+                              relu, y2, mean, var, invstd)
     else:
         for task in prange(tasks):
             c0 = task * per_task
             _batch_stats_task(x2, length, c0, min(channels, c0 + per_task), weight, bias, eps,
-                              y2, mean, var, invstd)
+                              relu, y2, mean, var, invstd)
     if running_mean.shape[0] != 0:
         _update_running(running_mean, running_var, mean, var, momentum, n_batch * length)
 
@@ -236,10 +260,11 @@ def _update_running(running_mean, running_var, mean, var, momentum, count):
 
 
 @njit(fastmath=REASSOC, cache=True)
-def _fixed_stats_rows(x2, first, last, length, scale, shift, y2):
+def _fixed_stats_rows(x2, first, last, length, scale, shift, relu, y2):
     """Rows first..last - 1 (samples) of :func:`batch_norm_forward_fixed_stats`, in memory
     order: per (n, c) plane with the channel's scalars for long rows, else along the whole
     row with ``scale`` and ``shift`` spread over the columns."""
+    zero = y2.dtype.type(0)
     for n in range(first, last):
         row = x2[n]
         out = y2[n]
@@ -248,18 +273,27 @@ def _fixed_stats_rows(x2, first, last, length, scale, shift, y2):
                 s, b = scale[c], shift[c]
                 plane = row[c * length:(c + 1) * length]
                 plane_out = out[c * length:(c + 1) * length]
-                for i in range(length):
-                    plane_out[i] = plane[i] * s + b
+                if relu:
+                    for i in range(length):
+                        plane_out[i] = _relu(plane[i] * s + b, zero)
+                else:
+                    for i in range(length):
+                        plane_out[i] = plane[i] * s + b
+        elif relu:
+            for j in range(row.shape[0]):
+                out[j] = _relu(row[j] * scale[j] + shift[j], zero)
         else:
             for j in range(row.shape[0]):
                 out[j] = row[j] * scale[j] + shift[j]
 
 
 @njit(parallel=True, cache=True)
-def batch_norm_forward_fixed_stats(x, weight, bias, eps, mean, var, y, save_mean, invstd):
+def batch_norm_forward_fixed_stats(x, weight, bias, eps, mean, var, relu, y, save_mean,
+                                   invstd):
     """Normalise each channel of x (N, C, L) by the given (running) mean and variance;
-    writes y and the float64 (C,) mean and invstd. Nothing is summed, so the pass runs in
-    memory order, a run of samples per task (the order a prefetcher follows best)."""
+    writes y (with ``relu`` its max with 0) and the float64 (C,) mean and invstd. Nothing
+    is summed, so the pass runs in memory order, a run of samples per task (the order a
+    prefetcher follows best)."""
     n_batch, channels, length = x.shape
     x2 = x.reshape(n_batch, channels * length)
     y2 = y.reshape(n_batch, channels * length)
@@ -280,12 +314,12 @@ def batch_norm_forward_fixed_stats(x, weight, bias, eps, mean, var, y, save_mean
     per_task = max(1, TASK_ELEMENTS // max(1, channels * length))
     tasks = (n_batch + per_task - 1) // per_task
     if x.size <= SERIAL_ELEMENTS:
-        _fixed_stats_rows(x2, 0, n_batch, length, scale, shift, y2)
+        _fixed_stats_rows(x2, 0, n_batch, length, scale, shift, relu, y2)
     else:
         for task in prange(tasks):
             first = task * per_task
             _fixed_stats_rows(x2, first, min(n_batch, first + per_task), length, scale, shift,
-                              y2)
+                              relu, y2)
 
 
 @njit(fastmath=REASSOC, cache=True)
