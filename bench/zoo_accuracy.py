@@ -3,6 +3,7 @@ test accuracy after each epoch: the PyTorch side of docs/results.md's zoo table.
 
     python bench/zoo_accuracy.py googlenet --size 28 --epochs 1
     python bench/zoo_accuracy.py alexnet --size 65 --threads 1
+    python bench/zoo_accuracy.py resnet18 --size 28 --epochs 2 --seed 1
 
 The networks are D2L's PyTorch definitions (d2l-en v0.17, chapter 7, with explicit in-channels),
 the twins of numbaconv/benchmarks/twins.py that the parity tests check; AlexNet's and VGG's
@@ -40,6 +41,7 @@ RECIPES = {
     "nin": {"lr": 0.1, "batch_size": 128},
     "googlenet": {"lr": 0.1, "batch_size": 128},
     "densenet": {"lr": 0.1, "batch_size": 256},
+    "resnet18": {"lr": 0.05, "batch_size": 256},
 }
 
 #: Batches the test set is evaluated in (a memory bound only; the accuracy does not depend on it).

@@ -22,7 +22,8 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 #: The sizes docs/results.md records each network at (model options as `numbaconv run -o`).
 RECORDED = {"googlenet": (28, {}), "densenet": (29, {}), "nin": (67, {}),
-            "vgg11": (32, {"input_size": 32}), "alexnet": (65, {"input_size": 65})}
+            "vgg11": (32, {"input_size": 32}), "alexnet": (65, {"input_size": 65}),
+            "resnet18": (28, {})}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def script():
 
 @pytest.mark.parametrize("name", sorted(RECORDED))
 def test_recipe_is_numbaconvs(script, name):
-    module = "vgg" if name == "vgg11" else name
+    module = {"vgg11": "vgg", "resnet18": "resnet"}.get(name, name)
     defaults = importlib.import_module(f"numbaconv.models.{module}").TRAIN_DEFAULTS
     assert defaults["optimizer"] == "sgd"
     assert script.RECIPES[name] == {"lr": defaults["lr"], "batch_size": defaults["batch_size"]}
@@ -59,7 +60,7 @@ def test_defaults_come_from_the_recipe(script):
 
 @pytest.mark.parametrize("argv, message", [
     (["googlenet"], "--size"),
-    (["resnet18", "--size", "28"], "invalid choice"),
+    (["lenet", "--size", "28"], "invalid choice"),
     (["nin", "--size", "0"], "--size must be at least 1"),
     (["nin", "--size", "67", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["nin", "--size", "67", "--lr", "-1"], "--lr must be positive"),
