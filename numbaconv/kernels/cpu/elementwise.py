@@ -36,9 +36,9 @@ def empty(size: int, like):
     """An uninitialised (size,) array of ``like``'s dtype for a kernel's output. Above one
     chunk its data starts on a cache line: NumPy's start 16 bytes in, where every 64-byte
     vector store straddles two lines (ReLU at 65536 floats in L2: 8.1 us against 6.2 us
-    aligned). Below, the alignment would cost more than it saves. From 4 MiB NumPy
-    allocates (it asks the kernel for transparent huge pages there, which halved the time of
-    a pass over (64, 64, 48, 48)), and the start is found in Python (1-2 us)."""
+    aligned). Below, the alignment would cost more than it saves. From 4 MiB
+    :func:`.buffers.empty` gives it (NumPy's memory, on transparent huge pages, which halved
+    the time of a pass over (64, 64, 48, 48), and reused once freed)."""
     if size <= CHUNK:
         return np.empty(size, dtype=like.dtype)
     if size * like.itemsize < buffers.HUGE_PAGE_BYTES:

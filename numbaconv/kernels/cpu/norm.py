@@ -117,10 +117,11 @@ def _spread_over(values, length):
 
 
 @njit(inline="always")
-def _relu(v, zero):
-    """max(v, 0) as the ReLU layer computes it (NaN stays NaN, -0.0 gives +0.0); ``zero``
-    of v's dtype."""
-    return v if (v > zero or v != v) else zero
+def _output(v, relu, zero):
+    """v, or with ``relu`` max(v, 0) as the ReLU layer computes it (NaN stays NaN, -0.0
+    gives +0.0); ``zero`` of v's dtype. ``relu`` is the same for a whole loop, so the
+    compiler splits the loop in two and each vectorises."""
+    return v if (not relu or v > zero or v != v) else zero
 
 
 @njit(fastmath=REASSOC, cache=True)
@@ -131,12 +132,8 @@ def _normalise(x2, start, stop, scale, shift, relu, y2):
     for n in range(x2.shape[0]):
         row = x2[n, start:stop]
         out = y2[n, start:stop]
-        if relu:
-            for j in range(scale.shape[0]):
-                out[j] = _relu(row[j] * scale[j] + shift[j], zero)
-        else:
-            for j in range(scale.shape[0]):
-                out[j] = row[j] * scale[j] + shift[j]
+        for j in range(scale.shape[0]):
+            out[j] = _output(row[j] * scale[j] + shift[j], relu, zero)
 
 
 # Long rows (L >= ROW_LENGTH): each channel's segments are reduced in registers and its
@@ -173,12 +170,8 @@ def _segments_normalise(x2, start, stop, scale, shift, relu, y2):
     for n in range(x2.shape[0]):
         row = x2[n, start:stop]
         out = y2[n, start:stop]
-        if relu:
-            for i in range(row.shape[0]):
-                out[i] = _relu(row[i] * scale + shift, zero)
-        else:
-            for i in range(row.shape[0]):
-                out[i] = row[i] * scale + shift
+        for i in range(row.shape[0]):
+            out[i] = _output(row[i] * scale + shift, relu, zero)
 
 
 @njit(cache=True)
@@ -273,18 +266,11 @@ def _fixed_stats_rows(x2, first, last, length, scale, shift, relu, y2):
                 s, b = scale[c], shift[c]
                 plane = row[c * length:(c + 1) * length]
                 plane_out = out[c * length:(c + 1) * length]
-                if relu:
-                    for i in range(length):
-                        plane_out[i] = _relu(plane[i] * s + b, zero)
-                else:
-                    for i in range(length):
-                        plane_out[i] = plane[i] * s + b
-        elif relu:
-            for j in range(row.shape[0]):
-                out[j] = _relu(row[j] * scale[j] + shift[j], zero)
+                for i in range(length):
+                    plane_out[i] = _output(plane[i] * s + b, relu, zero)
         else:
             for j in range(row.shape[0]):
-                out[j] = row[j] * scale[j] + shift[j]
+                out[j] = _output(row[j] * scale[j] + shift[j], relu, zero)
 
 
 @njit(parallel=True, cache=True)
