@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 from numbaconv import benchmarks as B
 from numbaconv.benchmarks import cases, zoo
 from numbaconv.cli.bench import bench
+from numbaconv.kernels.cpu import simd
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +62,8 @@ def test_quick_tiny_prints_every_case_with_ratios(torch):
     assert "images/s" in out and "projected full epoch" in out
     assert "LeNet layers <= 1.5x torch" in out
     # the convolutions' GFLOP/s and share of the peak measured on the same thread count
-    assert "peak (FMA loop, 12 chains of 16 float32 lanes)" in out
+    lanes = simd.VECTOR_BYTES // 4
+    assert f"peak (FMA loop, 12 chains of {lanes} float32 lanes)" in out
     assert "GFLOP/s  torch GFLOP/s  % peak  torch % peak" in out
     assert rows["resnet18-96-conv-64to64-3x3s1-fwd"][-4:-1] == [">=", "70%", "peak"]
     assert rows["resnet18-96-conv-64to64-3x3s1-fwd"][7].endswith("%")
@@ -182,9 +184,10 @@ def test_peak_is_an_fma_loop_on_one_and_on_several_threads():
     from numbaconv.benchmarks.peak import CHAINS, fma_loop
 
     total, flops = fma_loop(1000, np.float32(0))
-    assert flops == 2 * CHAINS * 16 * 1000 and np.isfinite(total)
+    lanes = simd.VECTOR_BYTES // 4  # one register: 16 with AVX-512, 8 with AVX2
+    assert flops == 2 * CHAINS * lanes * 1000 and np.isfinite(total)
     peak = B.measure_peak(2, seconds=0.002, repeat=1)
-    assert peak.lanes == 16 and peak.threads == 2
+    assert peak.lanes == lanes and peak.threads == 2
     assert peak.one_thread > 0 and peak.all_threads > 0
     assert peak.at(1) == peak.one_thread and peak.at(2) == peak.all_threads
     assert "GFLOP/s on 1 thread" in peak.describe() and "on 2 threads" in peak.describe()

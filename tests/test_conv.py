@@ -700,7 +700,7 @@ def test_channel_vector_kernels_match_reference(nc, case):
 @given(conv_cases(max_hw=30))
 def test_channel_vector_kernels_at_stride_2_match_reference(nc, case):
     """The randomised geometries at stride 2 with 32 output channels: rows of at least a
-    tile (12 outputs) take the forward by row tiles (the backward stays on the columns)."""
+    tile (TILE_PIXELS outputs) take the forward by row tiles (the backward stays on the columns)."""
     assume(case["padding"] != "same")  # 'same' needs stride 1
     with channel_vectors_for_every_size() as calls:
         check_conv_against_reference(nc, dict(case, groups=1, F=32, C=3, stride=2))
@@ -723,16 +723,21 @@ def test_channel_vector_kernels_sum_many_samples_and_taps_like_the_reference(nc,
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, padding, dilation, by_rows", [
     # (N, C_in, H, W, C_out): ResNet-18's stride-1 layers scaled down; the forward's tiles
-    # along the flat grid, or along the rows where they compute fewer positions
-    ((3, 64, 6, 6, 64), 1, 1, False),
-    ((2, 64, 12, 12, 128), 1, 1, True),
-    ((2, 96, 7, 5, 64), ((2, 0), (0, 3)), 1, False),  # asymmetric padding, a non-square map
-    ((2, 64, 9, 8, 64), 2, 2, False),                 # dilated
-    ((2, 64, 10, 12, 64), 2, 2, True),
+    # along the flat grid, or along the rows where they compute fewer positions, for tiles
+    # of 12 outputs (32 vector registers) and of 6 (16 registers): {TILE_PIXELS: by rows}
+    ((3, 64, 6, 6, 64), 1, 1, {12: False, 6: True}),
+    ((3, 64, 7, 7, 64), 1, 1, {12: False, 6: False}),
+    ((2, 64, 12, 12, 128), 1, 1, {12: True, 6: True}),
+    ((2, 96, 7, 5, 64), ((2, 0), (0, 3)), 1, {12: False, 6: True}),  # asymmetric padding
+    ((2, 64, 9, 8, 64), 2, 2, {12: False, 6: True}),                 # dilated
+    ((2, 64, 10, 12, 64), 2, 2, {12: True, 6: True}),
 ])
 def test_channel_vector_kernels_at_resnet_like_shapes_match_reference(nc, dtype, shape,
                                                                       padding, dilation,
                                                                       by_rows):
+    from numbaconv.kernels.cpu.conv import channels
+
+    by_rows = by_rows[channels.TILE_PIXELS]
     n, c_in, h, w, c_out = shape
     with counting_channel_vector_calls() as (forward, weight_grad):
         check_conv_against_reference(nc, dict(

@@ -45,7 +45,7 @@ def test_six_row_product_equals_the_four_row_one(dtype, m_size, p_size):
 @pytest.mark.parametrize("k_size", [1, 4, 6, 25])
 def test_six_row_lane_sums_equal_the_four_row_ones(dtype, m_size, k_size):
     rng = np.random.default_rng(m_size * 100 + k_size)
-    w = 64 // np.dtype(dtype).itemsize
+    w = tiles.simd.VECTOR_BYTES // np.dtype(dtype).itemsize
     n_rows, length, a_step, src_step = 5, 23, 23, 30
     chan, offset = _taps(1, 1, k_size, 1, 1, src_step)
     a = rng.normal(size=(m_size, n_rows * a_step + 2)).astype(dtype)

@@ -57,8 +57,9 @@ def _transpose(block):
     simd.transpose(block)
 
 
-@pytest.mark.parametrize("dtype, width", [(np.float32, 16), (np.float64, 8)])
-def test_transpose_transposes_the_leading_square_in_place(dtype, width):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_transposes_the_leading_square_in_place(dtype):
+    width = simd.VECTOR_BYTES // np.dtype(dtype).itemsize
     block = np.arange(width * width + 3, dtype=dtype)
     _transpose(block)
     expected = np.arange(width * width, dtype=dtype).reshape(width, width).T.reshape(-1)
@@ -66,9 +67,23 @@ def test_transpose_transposes_the_leading_square_in_place(dtype, width):
     np.testing.assert_array_equal(block[width * width:], np.arange(3) + width * width)
 
 
-@pytest.mark.parametrize("dtype, width", [(np.float32, 16), (np.float64, 8)])
-def test_width_is_64_bytes(dtype, width):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_width_is_one_register(dtype):
+    width = {True: 64, False: 32}[simd.has_avx512()] // np.dtype(dtype).itemsize
     assert _width(np.zeros(3, dtype)) == width == simd.VECTOR_BYTES // np.dtype(dtype).itemsize
+    assert simd.REGISTERS == (32 if simd.has_avx512() else 16)
+
+
+def test_avx512_is_read_from_the_features_numba_compiles_for(monkeypatch):
+    from numba.core import config
+
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,+avx512f")
+    assert simd.has_avx512()
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,-avx512f")
+    assert not simd.has_avx512()
+    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    monkeypatch.setattr(config, "CPU_NAME", "generic")
+    assert not simd.has_avx512()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -91,7 +106,7 @@ def test_whole_vector_load_store_and_splat(dtype):
     row = np.arange(1, 21, dtype=dtype)
     out = np.zeros(20, dtype)
     _splat_add(row, 2, out)
-    w = 64 // np.dtype(dtype).itemsize
+    w = simd.VECTOR_BYTES // np.dtype(dtype).itemsize
     np.testing.assert_array_equal(out[:w], 3 * row[:w])
     assert (out[w:] == 0).all()
 

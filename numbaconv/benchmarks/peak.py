@@ -1,8 +1,8 @@
 """The machine's peak float32 throughput: a loop of nothing but fused multiply-adds.
 
 :func:`measure_peak` times a Numba loop of independent multiply-add chains on the SIMD vectors
-numbaconv's kernels use (:mod:`numbaconv.kernels.cpu.simd`: 16 float32 lanes, one AVX-512
-register where the CPU has AVX-512), on one thread and on ``threads`` threads at once (one
+numbaconv's kernels use (:mod:`numbaconv.kernels.cpu.simd`: one register, 16 float32 lanes
+with AVX-512, 8 with AVX2), on one thread and on ``threads`` threads at once (one
 copy of the loop per thread, started together, timed as a whole). An FMA counts as 2
 floating-point operations. A convolution's GFLOP/s over this peak is the share of the
 machine's arithmetic it uses.
@@ -22,7 +22,8 @@ from ..kernels.cpu.simd import fma, splat, total, width
 __all__ = ["CHAINS", "Peak", "measure_peak", "fma_loop"]
 
 #: Independent accumulators: an FMA's latency (4 cycles) times the FMA units (2) and then
-#: some, so each unit starts one every cycle.
+#: some, so each unit starts one every cycle; with the two constants, 14 registers (AVX2 has
+#: 16).
 CHAINS = 12
 
 

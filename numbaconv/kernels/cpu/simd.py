@@ -5,8 +5,11 @@ may write to the same memory: a matrix product written with loops over arrays lo
 stores its sums at every step. With values of type ``Vector`` (an LLVM ``<W x float>``), a
 kernel can hold a tile of sums in registers across a whole reduction and write it once.
 
-A vector is 64 bytes: one AVX-512 register (16 float32 or 8 float64 values), two AVX2 ones
-where the CPU has no AVX-512 (LLVM splits the operations). Every function takes a 1-D
+A vector is one register of the CPU Numba compiles for: 64 bytes with AVX-512 (16 float32 or
+8 float64 values; 32 registers), 32 bytes without (AVX2: 8 float32; 16 registers). Kernels
+size their register tiles by :data:`REGISTERS`: a tile made for 32 registers spills on a
+CPU with 16 (the output-channel kernels ran at half PyTorch's speed on an AVX2-only AMD EPYC
+with 64-byte vectors). Every function takes a 1-D
 C-contiguous float array (a row view) that gives the element type; indexes are in elements
 and unchecked, like Numba's own array accesses.
 
@@ -30,10 +33,29 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["VECTOR_BYTES", "Vector", "fma", "load_first", "splat", "store_first", "total",
-           "transpose", "width"]
+__all__ = ["REGISTERS", "VECTOR_BYTES", "Vector", "fma", "has_avx512", "load_first", "splat",
+           "store_first", "total", "transpose", "width"]
 
-VECTOR_BYTES = 64
+
+
+def has_avx512() -> bool:
+    """Whether Numba compiles for a CPU with AVX-512: the features it was told to use
+    (``NUMBA_CPU_FEATURES``, which :mod:`numbaconv.vectors` sets on such CPUs), else the
+    host's; a CPU named by ``NUMBA_CPU_NAME`` alone (``generic``, say) counts as without."""
+    from numba.core import config
+
+    if config.CPU_FEATURES is not None:
+        return "+avx512f" in config.CPU_FEATURES.split(",")
+    if config.CPU_NAME not in (None, "host"):
+        return False
+    import llvmlite.binding as llvm
+
+    return bool(llvm.get_host_cpu_features().get("avx512f"))
+
+
+_AVX512 = has_avx512()
+VECTOR_BYTES = 64 if _AVX512 else 32  # one register
+REGISTERS = 32 if _AVX512 else 16  # vector registers
 
 
 class Vector(types.Type):

@@ -2,12 +2,14 @@
 for layers with many output channels (ResNet's 3x3 layers, its stem).
 
 A tile of :data:`TILE_PIXELS` outputs x two vectors of output channels (2W: 32 float32 or 16
-float64) keeps its 24 sums in registers across all taps: per tap, two weight vectors are
-loaded and each of the 12 input values is broadcast into two multiply-adds. Every weight load
-serves 12 pixels and every input load 2W channels, with no copy of the input and no vector
+float64 with AVX-512, 16 or 8 with AVX2) keeps its sums in registers across all taps: per
+tap, two weight vectors are loaded and each of the tile's input values is broadcast into two
+multiply-adds. A tile is 12 outputs (24 sums) where the CPU has 32 vector registers, 6 (12
+sums, the shape of BLIS's AVX2 product) where it has 16. Every weight load serves the tile's
+pixels and every input load 2W channels, with no copy of the input and no vector
 lanes left empty on a small map (where the flat kernels' pixel vectors run past a row, and
 the column kernels copy every tap's input). Kernel tap k reads the padded input at a fixed
-offset from an output's position (:func:`grid_taps`); a tile's 12 outputs are consecutive
+offset from an output's position (:func:`grid_taps`); a tile's outputs are consecutive
 along an output row (stride 1 or 2), or at stride 1 consecutive positions of the flat grid
 of :mod:`.flat` (output (oh, ow) at ``oh * Wp + ow``, ``Wp - OW`` padding columns a row),
 whichever computes fewer positions (:func:`tiles_by_rows`):
@@ -22,9 +24,9 @@ the last one (positions in the padding's columns dropped). A
 task owns a sample and a block of channels, so results do not depend on the number of
 threads.
 
-The weight gradient turns the tile around: 12 taps x two vectors of output channels, summed
+The weight gradient turns the tile around: TILE_PIXELS taps x two vectors of output channels, summed
 over every output of every sample, row by row, from gy laid out channels-last in blocks of
-2W channels (gyt (N, C_out / 2W, OH * OW * 2W)) and the 12 taps' input values broadcast. Its
+2W channels (gyt (N, C_out / 2W, OH * OW * 2W)) and the taps' input values broadcast. Its
 tasks own a block of channels and a run of taps.
 
 Every product either kernel sums is one of the convolution's own, in the order of the taps
@@ -40,10 +42,10 @@ from numba import njit, prange
 from .. import buffers, simd
 from ..jobs import INT, INTS, Job, array
 from .common import FAST
-from .tiles import UINT, ZERO
+from .tiles import UINT, WIDE, ZERO
 
-TILE_PIXELS = 12  # positions (the weight gradient's taps) per tile: 24 sums, two weight
-# vectors and a broadcast in the 32 vector registers of AVX-512 (more spill)
+TILE_PIXELS = 12 if WIDE else 6  # positions (the weight gradient's taps) per tile: 24 (12)
+# sums, two weight vectors and a broadcast in 32 (16) vector registers; more spill
 MIN_C_OUT = 64  # output channels from which these kernels pay (LeNet's 6 and 16 stay flat)
 MIN_K = 32  # weights per output channel, likewise (ResNet's stem has 49)
 
@@ -99,7 +101,8 @@ def _tile(xs, weights, taps, p0, step, bias0, bias1, sums, o):
     """sums[(o + j) * 2W:(o + j + 1) * 2W] = bias + the sums over taps k of
     weights[k * 2W:(k + 1) * 2W] * xs[taps[k] + p0 + j * step], for the TILE_PIXELS outputs
     j (xs: a sample's flat input; taps: each tap's channel plane start plus its offset;
-    ``step``: the stride along a row, passed as a constant so that each j * step is one)."""
+    ``step``: the stride along a row, passed as a constant so that each j * step is one).
+    Without :data:`WIDE` the last six sums are never used, and LLVM drops them."""
     w = simd.width(xs)
     s00, s01, s10, s11, s20, s21 = bias0, bias1, bias0, bias1, bias0, bias1
     s30, s31, s40, s41, s50, s51 = bias0, bias1, bias0, bias1, bias0, bias1
@@ -117,16 +120,19 @@ def _tile(xs, weights, taps, p0, step, bias0, bias1, sums, o):
         s30, s31 = _broadcast_fma(xs, i + UINT(3 * step), w0, w1, s30, s31)
         s40, s41 = _broadcast_fma(xs, i + UINT(4 * step), w0, w1, s40, s41)
         s50, s51 = _broadcast_fma(xs, i + UINT(5 * step), w0, w1, s50, s51)
-        s60, s61 = _broadcast_fma(xs, i + UINT(6 * step), w0, w1, s60, s61)
-        s70, s71 = _broadcast_fma(xs, i + UINT(7 * step), w0, w1, s70, s71)
-        s80, s81 = _broadcast_fma(xs, i + UINT(8 * step), w0, w1, s80, s81)
-        s90, s91 = _broadcast_fma(xs, i + UINT(9 * step), w0, w1, s90, s91)
-        sa0, sa1 = _broadcast_fma(xs, i + UINT(10 * step), w0, w1, sa0, sa1)
-        sb0, sb1 = _broadcast_fma(xs, i + UINT(11 * step), w0, w1, sb0, sb1)
+        if WIDE:
+            s60, s61 = _broadcast_fma(xs, i + UINT(6 * step), w0, w1, s60, s61)
+            s70, s71 = _broadcast_fma(xs, i + UINT(7 * step), w0, w1, s70, s71)
+            s80, s81 = _broadcast_fma(xs, i + UINT(8 * step), w0, w1, s80, s81)
+            s90, s91 = _broadcast_fma(xs, i + UINT(9 * step), w0, w1, s90, s91)
+            sa0, sa1 = _broadcast_fma(xs, i + UINT(10 * step), w0, w1, sa0, sa1)
+            sb0, sb1 = _broadcast_fma(xs, i + UINT(11 * step), w0, w1, sb0, sb1)
     o *= 2 * w
     _store_pairs(sums, o, ((s00, s01), (s10, s11), (s20, s21), (s30, s31), (s40, s41),
-                           (s50, s51), (s60, s61), (s70, s71), (s80, s81), (s90, s91),
-                           (sa0, sa1), (sb0, sb1)))
+                           (s50, s51)))
+    if WIDE:
+        _store_pairs(sums, o + 12 * w, ((s60, s61), (s70, s71), (s80, s81), (s90, s91),
+                                        (sa0, sa1), (sb0, sb1)))
 
 
 @njit(inline="always")
@@ -280,8 +286,8 @@ def _weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, rows, row_length, row
     """sums[(k0 + t) * 2W:(k0 + t + 1) * 2W] += the sums over samples n0:n1 and output
     positions p = r * row_length + j (rows r, j < row_length) of
     xflat[n, taps[k0 + t] + r * row_step + j * step] * gyt[n, block, p * 2W:(p + 1) * 2W],
-    for the 12 taps t (``taps`` holds whole tiles); ``step``, the stride along a row, is passed
-    as a constant."""
+    for the TILE_PIXELS taps t (``taps`` holds whole tiles); ``step``, the stride along a
+    row, is passed as a constant. Without :data:`WIDE` only the first six taps are read."""
     w = simd.width(sums)
     o = k0 * 2 * w
     s00, s01 = simd.load_first(sums, o, w), simd.load_first(sums, o + w, w)
@@ -290,16 +296,21 @@ def _weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, rows, row_length, row
     s30, s31 = simd.load_first(sums, o + 6 * w, w), simd.load_first(sums, o + 7 * w, w)
     s40, s41 = simd.load_first(sums, o + 8 * w, w), simd.load_first(sums, o + 9 * w, w)
     s50, s51 = simd.load_first(sums, o + 10 * w, w), simd.load_first(sums, o + 11 * w, w)
-    s60, s61 = simd.load_first(sums, o + 12 * w, w), simd.load_first(sums, o + 13 * w, w)
-    s70, s71 = simd.load_first(sums, o + 14 * w, w), simd.load_first(sums, o + 15 * w, w)
-    s80, s81 = simd.load_first(sums, o + 16 * w, w), simd.load_first(sums, o + 17 * w, w)
-    s90, s91 = simd.load_first(sums, o + 18 * w, w), simd.load_first(sums, o + 19 * w, w)
-    sa0, sa1 = simd.load_first(sums, o + 20 * w, w), simd.load_first(sums, o + 21 * w, w)
-    sb0, sb1 = simd.load_first(sums, o + 22 * w, w), simd.load_first(sums, o + 23 * w, w)
     t0, t1, t2, t3 = UINT(taps[k0]), UINT(taps[k0 + 1]), UINT(taps[k0 + 2]), UINT(taps[k0 + 3])
-    t4, t5, t6, t7 = UINT(taps[k0 + 4]), UINT(taps[k0 + 5]), UINT(taps[k0 + 6]), UINT(taps[k0 + 7])
-    t8, t9 = UINT(taps[k0 + 8]), UINT(taps[k0 + 9])
-    ta, tb = UINT(taps[k0 + 10]), UINT(taps[k0 + 11])
+    t4, t5 = UINT(taps[k0 + 4]), UINT(taps[k0 + 5])
+    s60, s61, s70, s71, s80, s81 = s00, s01, s00, s01, s00, s01  # typed; kept if WIDE
+    s90, s91, sa0, sa1, sb0, sb1 = s00, s01, s00, s01, s00, s01
+    t6 = t7 = t8 = t9 = ta = tb = t0
+    if WIDE:
+        s60, s61 = simd.load_first(sums, o + 12 * w, w), simd.load_first(sums, o + 13 * w, w)
+        s70, s71 = simd.load_first(sums, o + 14 * w, w), simd.load_first(sums, o + 15 * w, w)
+        s80, s81 = simd.load_first(sums, o + 16 * w, w), simd.load_first(sums, o + 17 * w, w)
+        s90, s91 = simd.load_first(sums, o + 18 * w, w), simd.load_first(sums, o + 19 * w, w)
+        sa0, sa1 = simd.load_first(sums, o + 20 * w, w), simd.load_first(sums, o + 21 * w, w)
+        sb0, sb1 = simd.load_first(sums, o + 22 * w, w), simd.load_first(sums, o + 23 * w, w)
+        t6, t7 = UINT(taps[k0 + 6]), UINT(taps[k0 + 7])
+        t8, t9 = UINT(taps[k0 + 8]), UINT(taps[k0 + 9])
+        ta, tb = UINT(taps[k0 + 10]), UINT(taps[k0 + 11])
     for n in range(n0, n1):
         xs, g = xflat[n], gyt[n, block]
         q = UINT(0)
@@ -316,15 +327,18 @@ def _weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, rows, row_length, row
                 s30, s31 = _broadcast_fma(xs, t3 + p, g0, g1, s30, s31)
                 s40, s41 = _broadcast_fma(xs, t4 + p, g0, g1, s40, s41)
                 s50, s51 = _broadcast_fma(xs, t5 + p, g0, g1, s50, s51)
-                s60, s61 = _broadcast_fma(xs, t6 + p, g0, g1, s60, s61)
-                s70, s71 = _broadcast_fma(xs, t7 + p, g0, g1, s70, s71)
-                s80, s81 = _broadcast_fma(xs, t8 + p, g0, g1, s80, s81)
-                s90, s91 = _broadcast_fma(xs, t9 + p, g0, g1, s90, s91)
-                sa0, sa1 = _broadcast_fma(xs, ta + p, g0, g1, sa0, sa1)
-                sb0, sb1 = _broadcast_fma(xs, tb + p, g0, g1, sb0, sb1)
+                if WIDE:
+                    s60, s61 = _broadcast_fma(xs, t6 + p, g0, g1, s60, s61)
+                    s70, s71 = _broadcast_fma(xs, t7 + p, g0, g1, s70, s71)
+                    s80, s81 = _broadcast_fma(xs, t8 + p, g0, g1, s80, s81)
+                    s90, s91 = _broadcast_fma(xs, t9 + p, g0, g1, s90, s91)
+                    sa0, sa1 = _broadcast_fma(xs, ta + p, g0, g1, sa0, sa1)
+                    sb0, sb1 = _broadcast_fma(xs, tb + p, g0, g1, sb0, sb1)
     _store_pairs(sums, o, ((s00, s01), (s10, s11), (s20, s21), (s30, s31), (s40, s41),
-                           (s50, s51), (s60, s61), (s70, s71), (s80, s81), (s90, s91),
-                           (sa0, sa1), (sb0, sb1)))
+                           (s50, s51)))
+    if WIDE:
+        _store_pairs(sums, o + 12 * w, ((s60, s61), (s70, s71), (s80, s81), (s90, s91),
+                                        (sa0, sa1), (sb0, sb1)))
 
 
 @njit(cache=True, fastmath=FAST)
@@ -392,7 +406,8 @@ def conv2d_weight_grad_channels(gy, xflat, taps, wp, stride, per_chunk, per_task
 def tiles_by_rows(stride, out_h, out_w, wp):
     """Whether the forward's tiles run along the output rows: at stride 2, and at stride 1
     where they compute fewer positions than tiles along the flat grid, whose rows hold
-    ``wp - out_w`` padding columns (12 outputs a row: 144 positions for 168 on the grid)."""
+    ``wp - out_w`` padding columns (12 outputs a row, tiles of 12: 144 positions for 168 on
+    the grid)."""
     if out_w < TILE_PIXELS:
         return False
     rows = out_h * -(-out_w // TILE_PIXELS) * TILE_PIXELS

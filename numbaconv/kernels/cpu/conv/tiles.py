@@ -30,6 +30,10 @@ ZERO = np.int64(0)
 # negative indexes, five scalar instructions per index per tap that crowded the 16
 # multiply-adds out of the core's front end (the products ran 8-10% faster without them).
 UINT = np.uint64
+# Tiles of 16 and 24 sums fill the 32 vector registers of AVX-512; a CPU with 16 (AVX2) would
+# spill them to memory at every tap, so there the products take their two-row tiles (8 sums)
+# and the output-channel kernels their six-position ones (12).
+WIDE = simd.REGISTERS >= 32
 
 
 @njit(inline="always")
@@ -223,19 +227,21 @@ def _shifted_matmul_acc(a, src, chan, offset, base, c, cbase, p_size):
     two-row tiles (:func:`_tile2`; a lone last row computed twice rather than a third
     variant compiled). A 4-row tile with repeated rows instead of the 2-row one was slower
     where LeNet has 6 rows (conv2's input gradient 1.09-1.19x, conv1's forward 1.03x).
+    Without :data:`WIDE`, every row pair by the two-row tile.
     """
     m_size, k_size = a.shape[0], a.shape[1]
     w = simd.width(c[0])
     tile = 4 * w
     p_main = p_size - p_size % tile
     rest = p_size - p_main
-    for i in range(0, m_size - 3, 4):
+    four = m_size - m_size % 4 if WIDE else 0  # the rows in four-row tiles
+    for i in range(0, four, 4):
         for p in range(0, p_main, tile):
             _tile4(a, src, chan, offset, base + p, c, i, cbase + p, w, w, w, w, 0, k_size)
         if rest:
             _tile4(a, src, chan, offset, base + p_main, c, i, cbase + p_main, rest, rest - w,
                    rest - 2 * w, rest - 3 * w, 0, k_size)
-    for i in range(m_size - m_size % 4, m_size, 2):
+    for i in range(four, m_size, 2):
         i1 = min(i + 1, m_size - 1)
         for p in range(0, p_main, tile):
             _tile2(a, src, chan, offset, base + p, c, i, i1, cbase + p, w, w, w, w, 0, k_size)
@@ -344,8 +350,8 @@ def six_row_tiles(rows):
     """Whether a product with ``rows`` rows takes the six-row tiles
     (:func:`_shifted_matmul6_acc`, :func:`_abt6_lanes_acc`): six rows or more that are no
     multiple of 4, where the four-row tiles would leave a two-row remainder (LeNet's 6
-    channels)."""
-    return rows % 4 != 0 and rows >= 6
+    channels), on a CPU with the registers for them (:data:`WIDE`)."""
+    return WIDE and rows % 4 != 0 and rows >= 6
 
 
 @njit(cache=True, fastmath=FAST)
@@ -378,7 +384,8 @@ def _gemm_acc(a, b, c, p_size, k_block):
     :func:`_shifted_matmul_acc`'s tiles with the taps in blocks of ``k_block``: per block, one
     tile-wide panel of b (k_block x 4W values, L1-resident) serves every row of a before the
     next panel is read, where :func:`_shifted_matmul_acc` streams all of b once per 4 rows
-    (1.5x faster where b is larger than L2's share, e.g. 256 x 2304 x 180)."""
+    (1.5x faster where b is larger than L2's share, e.g. 256 x 2304 x 180). Without
+    :data:`WIDE`, every row pair by the two-row tile."""
     m_size, k_size = a.shape[0], a.shape[1]
     w = simd.width(c[0])
     tile = 4 * w
@@ -386,19 +393,20 @@ def _gemm_acc(a, b, c, p_size, k_block):
     no_offsets = np.zeros(k_size, dtype=np.int64)
     p_main = p_size - p_size % tile
     rest = p_size - p_main
+    four = m_size - m_size % 4 if WIDE else 0  # the rows in four-row tiles
     for k0 in range(0, k_size, k_block):
         k1 = min(k_size, k0 + k_block)
         for p in range(0, p_main, tile):  # whole tiles: unmasked
-            for i in range(0, m_size - 3, 4):
+            for i in range(0, four, 4):
                 _gemm_tile4(a, b, c, i, p, w, w, w, w, k0, k1)
-            for i in range(m_size - m_size % 4, m_size, 2):
+            for i in range(four, m_size, 2):
                 _tile2(a, b, taps, no_offsets, p, c, i, min(i + 1, m_size - 1), p, w, w, w, w,
                        k0, k1)
         if rest:
-            for i in range(0, m_size - 3, 4):
+            for i in range(0, four, 4):
                 _gemm_tile4(a, b, c, i, p_main, rest, rest - w, rest - 2 * w, rest - 3 * w, k0,
                             k1)
-            for i in range(m_size - m_size % 4, m_size, 2):
+            for i in range(four, m_size, 2):
                 _tile2(a, b, taps, no_offsets, p_main, c, i, min(i + 1, m_size - 1), p_main,
                        rest, rest - w, rest - 2 * w, rest - 3 * w, k0, k1)
 
@@ -409,7 +417,11 @@ def _gemm6_acc(a, b, c, p_size, k_block):
     past the last multiple of 6 in one of four (:func:`_gemm_tile4`) and pairs
     (:func:`_tile2`); the same sums in the same order. For the dense layers' products
     (LeNet's 256 x 400 by 400 x 120: 1.3x faster than :func:`_shifted_matmul_acc`'s 4 x 4
-    tiles streaming b from L2 per 4 rows)."""
+    tiles streaming b from L2 per 4 rows). Without :data:`WIDE`, :func:`_gemm_acc`'s
+    two-row tiles."""
+    if not WIDE:
+        _gemm_acc(a, b, c, p_size, k_block)
+        return
     m_size, k_size = a.shape[0], a.shape[1]
     w = simd.width(c[0])
     tile = 4 * w
