@@ -60,3 +60,29 @@ def test_without_avx512_nothing_changes(monkeypatch):
 
     monkeypatch.setattr(llvm, "get_host_cpu_features", lambda: NoAvx512(avx2=True))
     assert wide_features() is None
+
+
+@pytest.mark.skipif(not HAS_AVX512, reason="this CPU has no AVX-512: its own run tests the "
+                    "16-register tiles already")
+def test_the_16_register_tiles_compute_the_same_convolutions(tmp_path):
+    """The kernels as a CPU without AVX-512 gets them (32-byte vectors, the output-channel
+    kernels' six-position tiles, the products' two-row ones: ``simd.REGISTERS`` 16), compiled
+    here for this CPU with its AVX-512 features turned off, against the float64 reference:
+    the tests of those kernels, run again in such a process (its own Numba cache)."""
+    import llvmlite.binding as llvm
+
+    narrow = llvm.get_host_cpu_features().flatten().replace("+avx512", "-avx512")
+    environ = {k: v for k, v in os.environ.items() if k != "NUMBACONV_WIDE_VECTORS"}
+    environ.update(NUMBA_CPU_FEATURES=narrow, NUMBA_CACHE_DIR=str(tmp_path))
+    check = subprocess.run(
+        [sys.executable, "-c", "from numbaconv.kernels.cpu import simd; "
+         "print(simd.REGISTERS, simd.VECTOR_BYTES)"],
+        env=environ, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True)
+    assert check.stdout.split() == ["16", "32"]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "tests/test_conv.py", "-k", "channel_vector", "tests/test_lenet_kernels.py",
+         "tests/test_simd.py"],
+        env=environ, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout
