@@ -473,35 +473,6 @@ def _abt_step(x0, x1, x2, x3, a0, a1, a2, a3, px, pa, n, s):
 
 
 @njit(inline="always")
-def _abt_pair_step(x0, x1, x2, x3, a0, a1, px, pa, n, t):
-    """:func:`_abt_step` for two rows of a: 8 sums ``t``, six loads."""
-    v0 = simd.load_first(x0, px, n)
-    v1 = simd.load_first(x1, px, n)
-    v2 = simd.load_first(x2, px, n)
-    v3 = simd.load_first(x3, px, n)
-    g0 = simd.load_first(a0, pa, n)
-    g1 = simd.load_first(a1, pa, n)
-    return (simd.fma(g0, v0, t[0]), simd.fma(g0, v1, t[1]), simd.fma(g0, v2, t[2]),
-            simd.fma(g0, v3, t[3]), simd.fma(g1, v0, t[4]), simd.fma(g1, v1, t[5]),
-            simd.fma(g1, v2, t[6]), simd.fma(g1, v3, t[7]))
-
-
-@njit(inline="always")
-def _abt_pair(x0, x1, x2, x3, a0, a1, a_base, src_base, n_rows, a_step, src_step, length, t):
-    """:func:`_abt_tile`'s sums for two rows of a (8 vectors ``t``), as it takes them."""
-    w = simd.width(a0)
-    main = length - length % w
-    for r in range(n_rows):
-        pa = a_base + r * a_step
-        px = src_base + r * src_step
-        for p in range(0, main, w):
-            t = _abt_pair_step(x0, x1, x2, x3, a0, a1, px + p, pa + p, w, t)
-        if main < length:
-            t = _abt_pair_step(x0, x1, x2, x3, a0, a1, px + main, pa + main, length - main, t)
-    return t
-
-
-@njit(inline="always")
 def _abt_tile(a, src, chan, offset, i, m_last, j, k_last, a_base, src_base, n_rows, a_step,
               src_step, length, s):
     """``s`` (16 vectors: row-major 4 x 4) plus the lane-wise products, over rows r < n_rows
@@ -510,20 +481,13 @@ def _abt_tile(a, src, chan, offset, i, m_last, j, k_last, a_base, src_base, n_ro
     past k_last repeat the last one (their sums are duplicates).
 
     Per W pixels (W = simd.width), eight vector loads feed 16 multiply-adds; the last pixels
-    of a row take one masked vector (lanes past the row are zeros). Without :data:`WIDE`,
-    in two passes of two rows (:func:`_abt_pair`: 8 sums and six loads in 16 registers); the
-    same sums in the same order."""
+    of a row take one masked vector (lanes past the row are zeros)."""
     w = simd.width(a[0])
     a0, a1 = a[i], a[min(i + 1, m_last)]
     a2, a3 = a[min(i + 2, m_last)], a[min(i + 3, m_last)]
     j1, j2, j3 = min(j + 1, k_last), min(j + 2, k_last), min(j + 3, k_last)
     x0, x1 = src[chan[j], offset[j]:], src[chan[j1], offset[j1]:]
     x2, x3 = src[chan[j2], offset[j2]:], src[chan[j3], offset[j3]:]
-    if not WIDE:
-        return _abt_pair(x0, x1, x2, x3, a0, a1, a_base, src_base, n_rows, a_step, src_step,
-                         length, s[:8]) + \
-            _abt_pair(x0, x1, x2, x3, a2, a3, a_base, src_base, n_rows, a_step, src_step,
-                      length, s[8:])
     main = length - length % w
     for r in range(n_rows):
         pa = a_base + r * a_step
