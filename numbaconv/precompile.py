@@ -40,6 +40,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .kernels.cpu.conv.tiles import WIDE
+
 __all__ = ["precompile", "kernels_for", "optimizer_kernels", "compile_message", "KERNELS"]
 
 JOB_PREFIX = "job:"
@@ -166,6 +168,9 @@ SHARED = {
     "_weight_grad_tile": (JOB_PREFIX + "conv2d_weight_grad_channels",),
     "_gy_blocks": ("conv2d_weight_grad_channels",),
 }
+if not WIDE:  # the six-row tiles are never called on a CPU with 16 vector
+    # registers (tiles.six_row_tiles): nothing to compile
+    del SHARED["_shifted_matmul6_acc"], SHARED["_abt6_lanes_acc"]
 #: kernels that take a job before their own (see :func:`job`): the shared function that job
 #: runs (its unit), by kernel
 COLUMN_JOBS = {"conv2d_forward_columns": "_columns_task"}
@@ -300,13 +305,11 @@ def _signature(name: str, dtype) -> tuple:
     """:func:`signature` without a kernel's job."""
     from numba import typeof, types
 
-    from .kernels.cpu import simd
     from .kernels.cpu.conv import columns
 
     array = {d: typeof(np.empty((1,) * d, dtype=dtype)) for d in (1, 2, 3, 4, 5)}
     a1, a2, a3, a4, a5 = array[1], array[2], array[3], array[4], array[5]
     i64 = types.int64
-    vector = simd.Vector(a1.dtype, simd.VECTOR_BYTES // np.dtype(dtype).itemsize)
     taps = typeof(np.empty(1, dtype=np.int64))
     indices4 = typeof(np.empty((1,) * 4, dtype=np.int64))  # a max pool's
     # SGD's update: the parameter, its gradient and its buffer, four hyperparameters in the
@@ -327,8 +330,8 @@ def _signature(name: str, dtype) -> tuple:
         "_gy_columns": (a4, i64, i64),
         "_place_planes": (a4, a4) + (i64,) * 8,
         # the forward's tile takes the stride along a row as a literal (the job's stride-1
-        # calls: its stride-2 ones compile with the job) and the bias's two vectors
-        "_tile": (a1, a1, taps, i64, types.literal(1), vector, vector, a1, i64),
+        # calls: its stride-2 ones compile with the job)
+        "_tile": (a1, a1, taps, i64, i64, i64, types.literal(1), a1, i64),
         # the weight gradient's tile at stride 1, the stride a literal (its stride-2 calls
         # compile with the job)
         "_weight_grad_tile": (a2, a3, taps) + (i64,) * 7 + (types.literal(1), a1),

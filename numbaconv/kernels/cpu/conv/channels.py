@@ -42,10 +42,13 @@ from numba import njit, prange
 from .. import buffers, simd
 from ..jobs import INT, INTS, Job, array
 from .common import FAST
-from .tiles import UINT, WIDE, ZERO
+from .tiles import UINT, WIDE
 
 TILE_PIXELS = 12 if WIDE else 6  # positions (the weight gradient's taps) per tile: 24 (12)
 # sums, two weight vectors and a broadcast in 32 (16) vector registers; more spill
+WEIGHTS_CHUNK_BYTES = 8 << 10  # the forward's taps in chunks whose weights (2W values a tap)
+# stay in L1 while every tile of the sample uses them (a block's weights for all taps, 36-72
+# KiB at ResNet's 64-128 channels, streamed from L2 for every tile)
 MIN_C_OUT = 64  # output channels from which these kernels pay (LeNet's 6 and 16 stay flat)
 MIN_K = 32  # weights per output channel, likewise (ResNet's stem has 49)
 
@@ -96,20 +99,35 @@ def _store_pairs(sums, o, pairs):
         o += 2 * w
 
 
+@njit(inline="always")
+def _load_six(sums, o):
+    """The six pairs of vectors at sums[o:o + 12W], one after the other (12 vectors)."""
+    w = simd.width(sums)
+    return (simd.load_first(sums, o, w), simd.load_first(sums, o + w, w),
+            simd.load_first(sums, o + 2 * w, w), simd.load_first(sums, o + 3 * w, w),
+            simd.load_first(sums, o + 4 * w, w), simd.load_first(sums, o + 5 * w, w),
+            simd.load_first(sums, o + 6 * w, w), simd.load_first(sums, o + 7 * w, w),
+            simd.load_first(sums, o + 8 * w, w), simd.load_first(sums, o + 9 * w, w),
+            simd.load_first(sums, o + 10 * w, w), simd.load_first(sums, o + 11 * w, w))
+
+
 @njit(cache=True, fastmath=FAST)
-def _tile(xs, weights, taps, p0, step, bias0, bias1, sums, o):
-    """sums[(o + j) * 2W:(o + j + 1) * 2W] = bias + the sums over taps k of
-    weights[k * 2W:(k + 1) * 2W] * xs[taps[k] + p0 + j * step], for the TILE_PIXELS outputs
-    j (xs: a sample's flat input; taps: each tap's channel plane start plus its offset;
-    ``step``: the stride along a row, passed as a constant so that each j * step is one).
-    Without :data:`WIDE` the last six sums are never used, and LLVM drops them."""
+def _tile(xs, weights, taps, k0, k1, p0, step, sums, o):
+    """sums[(o + j) * 2W:(o + j + 1) * 2W] += the sums over taps k0 <= k < k1 of
+    weights[k * 2W:(k + 1) * 2W] * xs[taps[k] + p0 + j * step], in the order of the taps, for
+    the TILE_PIXELS outputs j (xs: a sample's flat input; taps: each tap's channel plane
+    start plus its offset; ``step``: the stride along a row, passed as a constant so that
+    each j * step is one). Without :data:`WIDE` only the first six sums are read and
+    written."""
     w = simd.width(xs)
-    s00, s01, s10, s11, s20, s21 = bias0, bias1, bias0, bias1, bias0, bias1
-    s30, s31, s40, s41, s50, s51 = bias0, bias1, bias0, bias1, bias0, bias1
-    s60, s61, s70, s71, s80, s81 = bias0, bias1, bias0, bias1, bias0, bias1
-    s90, s91, sa0, sa1, sb0, sb1 = bias0, bias1, bias0, bias1, bias0, bias1
-    q = UINT(0)
-    for k in range(UINT(0), UINT(taps.size)):
+    o *= 2 * w
+    s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51 = _load_six(sums, o)
+    s60, s61, s70, s71, s80, s81 = s00, s01, s00, s01, s00, s01  # typed; kept if WIDE
+    s90, s91, sa0, sa1, sb0, sb1 = s00, s01, s00, s01, s00, s01
+    if WIDE:
+        s60, s61, s70, s71, s80, s81, s90, s91, sa0, sa1, sb0, sb1 = _load_six(sums, o + 12 * w)
+    q = UINT(k0 * 2 * w)
+    for k in range(UINT(k0), UINT(k1)):
         i = UINT(taps[k] + p0)
         w0 = simd.load_first(weights, q, w)
         w1 = simd.load_first(weights, q + UINT(w), w)
@@ -127,7 +145,6 @@ def _tile(xs, weights, taps, p0, step, bias0, bias1, sums, o):
             s90, s91 = _broadcast_fma(xs, i + UINT(9 * step), w0, w1, s90, s91)
             sa0, sa1 = _broadcast_fma(xs, i + UINT(10 * step), w0, w1, sa0, sa1)
             sb0, sb1 = _broadcast_fma(xs, i + UINT(11 * step), w0, w1, sb0, sb1)
-    o *= 2 * w
     _store_pairs(sums, o, ((s00, s01), (s10, s11), (s20, s21), (s30, s31), (s40, s41),
                            (s50, s51)))
     if WIDE:
@@ -151,11 +168,21 @@ def _spread(sums, o, count, y, n, c0, oh, ow, square):
                              count)
 
 
+@njit(inline="always")
+def _row_tile(t, per_row, out_w):
+    """Output row and first column of tile t of the row tiles, ``per_row`` a row (the last
+    one of a row ending at the row's end, recomputing a few outputs of the one before)."""
+    return t // per_row, min(t % per_row * TILE_PIXELS, out_w - TILE_PIXELS)
+
+
 @njit(cache=True, fastmath=FAST)
 def _forward_task(xflat, packed, b, taps, n, block, wp, stride, by_rows, y, sums):
     """y[n, block's 2W channels] for :func:`conv2d_forward_channels`; ``sums`` (2W values
-    for each of TILE_PIXELS positions by rows, of the flat grid's positions else) is
-    scratch."""
+    for each of TILE_PIXELS positions of every tile) is scratch.
+
+    Every tile starts from the bias in its own slot of ``sums`` and adds the taps a chunk at
+    a time (:data:`WEIGHTS_CHUNK_BYTES`), each chunk over all the tiles: the same sums in
+    the same order as all the taps at once. Then the slots are spread to y."""
     out_h, out_w = y.shape[2], y.shape[3]
     xs = xflat[n]
     w = simd.width(xs)
@@ -164,25 +191,40 @@ def _forward_task(xflat, packed, b, taps, n, block, wp, stride, by_rows, y, sums
     c0 = block * block_size
     bias0 = simd.load_first(b, c0, w)
     bias1 = simd.load_first(b, c0 + w, w)
-    square = np.empty(w * w, dtype=y.dtype)
-    if by_rows:  # tiles along each output row (the last one ending at the row's end), each
-        # spread to y while its sums are in L1
-        for oh in range(out_h):
-            for ow0 in range(0, out_w, TILE_PIXELS):
-                ow = min(ow0, out_w - TILE_PIXELS)
+    for o in range(0, sums.size, block_size):
+        simd.store_first(sums, o, bias0, w)
+        simd.store_first(sums, o + w, bias1, w)
+    per_row = -(-out_w // TILE_PIXELS)
+    length = (out_h - 1) * wp + out_w  # the flat grid's positions
+    n_tiles = sums.size // (TILE_PIXELS * block_size)
+    chunk = max(1, WEIGHTS_CHUNK_BYTES // (block_size * weights.itemsize))
+    for k0 in range(0, taps.size, chunk):
+        k1 = min(taps.size, k0 + chunk)
+        for t in range(n_tiles):
+            o = t * TILE_PIXELS
+            if not by_rows:  # stride 1, along the flat grid (rows Wp apart), the last tile
+                # ending at the grid's end: no tile reads past the sample's input
+                _tile(xs, weights, taps, k0, k1, min(o, length - TILE_PIXELS), 1, sums, o)
+            else:
+                oh, ow = _row_tile(t, per_row, out_w)
                 if stride == 1:
-                    _tile(xs, weights, taps, oh * wp + ow, 1, bias0, bias1, sums, ZERO)
+                    _tile(xs, weights, taps, k0, k1, oh * wp + ow, 1, sums, o)
                 else:
-                    _tile(xs, weights, taps, 2 * (oh * wp + ow), 2, bias0, bias1, sums, ZERO)
-                for i in range(0, TILE_PIXELS, w):
-                    _spread(sums, i, min(w, TILE_PIXELS - i), y, n, c0, oh, ow + i, square)
-    else:  # stride 1: tiles along the flat grid, rows Wp apart, then spread row by row
-        length = (out_h - 1) * wp + out_w
-        for p0 in range(0, length, TILE_PIXELS):
-            # the last tile ends at the grid's end (recomputing a few positions of the one
-            # before): no tile reads past the sample's input
-            p = min(p0, length - TILE_PIXELS)
-            _tile(xs, weights, taps, p, 1, bias0, bias1, sums, p)
+                    _tile(xs, weights, taps, k0, k1, 2 * (oh * wp + ow), 2, sums, o)
+    square = np.empty(w * w, dtype=y.dtype)
+    if by_rows:
+        for t in range(n_tiles):
+            oh, ow = _row_tile(t, per_row, out_w)
+            for i in range(0, TILE_PIXELS, w):
+                _spread(sums, t * TILE_PIXELS + i, min(w, TILE_PIXELS - i), y, n, c0, oh,
+                        ow + i, square)
+    else:
+        # the last tile's slot to its positions, length - TILE_PIXELS on (ascending: the
+        # slot lies at or after them)
+        last = (n_tiles - 1) * TILE_PIXELS * block_size
+        first = (length - TILE_PIXELS) * block_size
+        for i in range(TILE_PIXELS * block_size):
+            sums[first + i] = sums[last + i]
         for oh in range(out_h):  # positions in the padding's columns are dropped
             for ow in range(0, out_w, w):
                 _spread(sums, oh * wp + ow, min(w, out_w - ow), y, n, c0, oh, ow, square)
@@ -204,7 +246,11 @@ def conv2d_forward_channels(xflat, packed, b, taps, wp, stride, by_rows, y, job)
     along the flat grid. ``job``: :func:`forward_channels_job` of the dtype."""
     n_batch, out_h, out_w = y.shape[0], y.shape[2], y.shape[3]
     n_blocks, block_size = packed.shape[0], packed.shape[2]
-    positions = TILE_PIXELS if by_rows else (out_h - 1) * wp + out_w
+    if by_rows:
+        n_tiles = out_h * -(-out_w // TILE_PIXELS)
+    else:
+        n_tiles = -(-((out_h - 1) * wp + out_w) // TILE_PIXELS)
+    positions = n_tiles * TILE_PIXELS  # a slot of TILE_PIXELS positions per tile
     for task in prange(n_batch * n_blocks):
         job(xflat, packed, b, taps, np.int64(task // n_blocks), np.int64(task % n_blocks), wp,
             stride, by_rows, y, np.empty(positions * block_size, dtype=xflat.dtype))
@@ -290,24 +336,14 @@ def _weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, rows, row_length, row
     row, is passed as a constant. Without :data:`WIDE` only the first six taps are read."""
     w = simd.width(sums)
     o = k0 * 2 * w
-    s00, s01 = simd.load_first(sums, o, w), simd.load_first(sums, o + w, w)
-    s10, s11 = simd.load_first(sums, o + 2 * w, w), simd.load_first(sums, o + 3 * w, w)
-    s20, s21 = simd.load_first(sums, o + 4 * w, w), simd.load_first(sums, o + 5 * w, w)
-    s30, s31 = simd.load_first(sums, o + 6 * w, w), simd.load_first(sums, o + 7 * w, w)
-    s40, s41 = simd.load_first(sums, o + 8 * w, w), simd.load_first(sums, o + 9 * w, w)
-    s50, s51 = simd.load_first(sums, o + 10 * w, w), simd.load_first(sums, o + 11 * w, w)
+    s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51 = _load_six(sums, o)
     t0, t1, t2, t3 = UINT(taps[k0]), UINT(taps[k0 + 1]), UINT(taps[k0 + 2]), UINT(taps[k0 + 3])
     t4, t5 = UINT(taps[k0 + 4]), UINT(taps[k0 + 5])
     s60, s61, s70, s71, s80, s81 = s00, s01, s00, s01, s00, s01  # typed; kept if WIDE
     s90, s91, sa0, sa1, sb0, sb1 = s00, s01, s00, s01, s00, s01
     t6 = t7 = t8 = t9 = ta = tb = t0
     if WIDE:
-        s60, s61 = simd.load_first(sums, o + 12 * w, w), simd.load_first(sums, o + 13 * w, w)
-        s70, s71 = simd.load_first(sums, o + 14 * w, w), simd.load_first(sums, o + 15 * w, w)
-        s80, s81 = simd.load_first(sums, o + 16 * w, w), simd.load_first(sums, o + 17 * w, w)
-        s90, s91 = simd.load_first(sums, o + 18 * w, w), simd.load_first(sums, o + 19 * w, w)
-        sa0, sa1 = simd.load_first(sums, o + 20 * w, w), simd.load_first(sums, o + 21 * w, w)
-        sb0, sb1 = simd.load_first(sums, o + 22 * w, w), simd.load_first(sums, o + 23 * w, w)
+        s60, s61, s70, s71, s80, s81, s90, s91, sa0, sa1, sb0, sb1 = _load_six(sums, o + 12 * w)
         t6, t7 = UINT(taps[k0 + 6]), UINT(taps[k0 + 7])
         t8, t9 = UINT(taps[k0 + 8]), UINT(taps[k0 + 9])
         ta, tb = UINT(taps[k0 + 10]), UINT(taps[k0 + 11])
