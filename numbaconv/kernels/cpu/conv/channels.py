@@ -18,16 +18,16 @@ whichever computes fewer positions (:func:`tiles_by_rows`):
     packed (C_out / 2W, K, 2W)   the weights, each block's 2W channels contiguous per tap
     y      (N, C_out, OH, OW)
 
-The sums of a tile are written to a scratch row per position (the task's block of 2W
-channels) and spread to y's planes, a tile along a row at once, the flat grid's tiles after
-the last one (positions in the padding's columns dropped). A
-task owns a sample and a block of channels, so results do not depend on the number of
-threads.
+Each tile keeps its sums in a slot of the task's scratch (2W values a position), from the
+bias on; the taps are added a chunk at a time over every tile (:data:`WEIGHTS_CHUNK_BYTES` of
+weights, which stay in L1), and the finished slots are spread to y's planes (on the flat
+grid, positions in the padding's columns dropped). A task owns a sample and a block of
+channels, so results do not depend on the number of threads.
 
-The weight gradient turns the tile around: TILE_PIXELS taps x two vectors of output channels, summed
-over every output of every sample, row by row, from gy laid out channels-last in blocks of
-2W channels (gyt (N, C_out / 2W, OH * OW * 2W)) and the taps' input values broadcast. Its
-tasks own a block of channels and a run of taps.
+The weight gradient turns the tile around: TILE_PIXELS taps x two vectors of output
+channels, summed over every output of every sample, row by row, from gy laid out
+channels-last in blocks of 2W channels (gyt (N, C_out / 2W, OH * OW * 2W)) and the taps'
+input values broadcast. Its tasks own a block of channels and a run of taps.
 
 Every product either kernel sums is one of the convolution's own, in the order of the taps
 (forward) or the samples and outputs (weight gradient), so inf and NaN propagate as in the
