@@ -85,7 +85,8 @@ def _chunk_samples(k_size, pixels, itemsize, n_batch, tile):
     """Samples per chunk of columns (``pixels`` per sample). Its pixels fill the product's
     tiles (``tile`` pixels wide) as well as they can within twice COLS_BYTES of columns
     (at least one tile): the fewest samples that fill GOOD_FILL of the lanes, else the best
-    fill (ResNet-18's 3x3 maps at 512 channels: 12 samples, 108 of 128 lanes)."""
+    fill (ResNet-18's 3x3 maps at 512 channels, 64-lane tiles of AVX-512: 12 samples, 108 of
+    128 lanes)."""
     least = min(n_batch, -(-tile // pixels))
     most = min(n_batch, max(least, 2 * COLS_BYTES // (itemsize * k_size * pixels)))
     best, best_fill = least, 0.0

@@ -9,7 +9,8 @@ samples along the vectors:
 Only the pairs whose tap reads the input are summed (on a 3x3 map with a 3x3 kernel and
 padding 1, 49 of the 81 products the column kernels compute, 32 of them with zeros of the
 padding), no input is copied into columns, and every product is a whole one: N samples fill
-the register tiles of :func:`.tiles._gemm_acc` (64 float32 lanes), C_in is its sum. The
+the register tiles of :func:`.tiles._gemm_acc` (four vectors: 64 float32 lanes with AVX-512,
+32 with AVX2), C_in is its sum. The
 gradients are sums of products over the same pairs, grouped by what they write:
 
     forward:       y[o]      = sum over the pairs of o:  w[t]   @ x[i]      (by output pixel)
