@@ -37,7 +37,6 @@ __all__ = ["REGISTERS", "VECTOR_BYTES", "Vector", "fma", "has_avx512", "load_fir
            "store_first", "total", "transpose", "width"]
 
 
-
 def has_avx512() -> bool:
     """Whether Numba compiles for a CPU with AVX-512: the features it was told to use
     (``NUMBA_CPU_FEATURES``, which :mod:`numbaconv.vectors` sets on such CPUs), else the

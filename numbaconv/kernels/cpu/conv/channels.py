@@ -111,6 +111,14 @@ def _load_six(sums, o):
             simd.load_first(sums, o + 10 * w, w), simd.load_first(sums, o + 11 * w, w))
 
 
+@njit(inline="always")
+def _last_six(sums, o):
+    """:func:`_load_six` of a tile's last six pairs, at sums[o + 12W:], where tiles have
+    them (:data:`WIDE`); without, the first six again, which nothing uses (LLVM drops
+    them)."""
+    return _load_six(sums, o + 12 * simd.width(sums) if WIDE else o)
+
+
 @njit(cache=True, fastmath=FAST)
 def _tile(xs, weights, taps, k0, k1, p0, step, sums, o):
     """sums[(o + j) * 2W:(o + j + 1) * 2W] += the sums over taps k0 <= k < k1 of
@@ -122,10 +130,7 @@ def _tile(xs, weights, taps, k0, k1, p0, step, sums, o):
     w = simd.width(xs)
     o *= 2 * w
     s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51 = _load_six(sums, o)
-    s60, s61, s70, s71, s80, s81 = s00, s01, s00, s01, s00, s01  # typed; kept if WIDE
-    s90, s91, sa0, sa1, sb0, sb1 = s00, s01, s00, s01, s00, s01
-    if WIDE:
-        s60, s61, s70, s71, s80, s81, s90, s91, sa0, sa1, sb0, sb1 = _load_six(sums, o + 12 * w)
+    s60, s61, s70, s71, s80, s81, s90, s91, sa0, sa1, sb0, sb1 = _last_six(sums, o)
     q = UINT(k0 * 2 * w)
     for k in range(UINT(k0), UINT(k1)):
         i = UINT(taps[k] + p0)
@@ -339,14 +344,10 @@ def _weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, rows, row_length, row
     s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51 = _load_six(sums, o)
     t0, t1, t2, t3 = UINT(taps[k0]), UINT(taps[k0 + 1]), UINT(taps[k0 + 2]), UINT(taps[k0 + 3])
     t4, t5 = UINT(taps[k0 + 4]), UINT(taps[k0 + 5])
-    s60, s61, s70, s71, s80, s81 = s00, s01, s00, s01, s00, s01  # typed; kept if WIDE
-    s90, s91, sa0, sa1, sb0, sb1 = s00, s01, s00, s01, s00, s01
-    t6 = t7 = t8 = t9 = ta = tb = t0
-    if WIDE:
-        s60, s61, s70, s71, s80, s81, s90, s91, sa0, sa1, sb0, sb1 = _load_six(sums, o + 12 * w)
-        t6, t7 = UINT(taps[k0 + 6]), UINT(taps[k0 + 7])
-        t8, t9 = UINT(taps[k0 + 8]), UINT(taps[k0 + 9])
-        ta, tb = UINT(taps[k0 + 10]), UINT(taps[k0 + 11])
+    s60, s61, s70, s71, s80, s81, s90, s91, sa0, sa1, sb0, sb1 = _last_six(sums, o)
+    k6 = k0 + 6 if WIDE else k0  # the last six taps; without WIDE the first six, unused
+    t6, t7, t8 = UINT(taps[k6]), UINT(taps[k6 + 1]), UINT(taps[k6 + 2])
+    t9, ta, tb = UINT(taps[k6 + 3]), UINT(taps[k6 + 4]), UINT(taps[k6 + 5])
     for n in range(n0, n1):
         xs, g = xflat[n], gyt[n, block]
         q = UINT(0)
