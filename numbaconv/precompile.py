@@ -31,6 +31,7 @@ the kernel then compiles on its first call, as without this module.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -726,7 +727,9 @@ def _cores() -> int:
 def compile_message(tasks: list[tuple[str, str]], processes: int) -> str:
     """The line :func:`precompile` announces before compiling ``tasks`` ((kernel name, dtype
     name) pairs) on ``processes`` processes, with about the time it takes."""
-    seconds = sum(KERNELS[name] for name, _ in tasks) / processes + STARTUP_SECONDS
+    # fsum: the same figure whatever the tasks' order (a plain sum that lands near x.5 could
+    # round either way)
+    seconds = math.fsum(KERNELS[name] for name, _ in tasks) / processes + STARTUP_SECONDS
     return f"compiling kernels for this model (first run only, about {seconds:.0f} s)..."
 
 

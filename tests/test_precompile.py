@@ -6,6 +6,7 @@ kernel twice); a child process's compilation must reach the parent through the o
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -338,7 +339,7 @@ def test_the_announcement_says_how_long(monkeypatch):
     model = lenet("sigmoid", "avg", rng=0)
     P.precompile(model, processes=2, input_shape=(256, 1, 28, 28), announce=lines.append)
     assert len(lines) == 1
-    seconds = sum(P.KERNELS[unit] for unit in {unit for name in P.kernels_for(
+    seconds = math.fsum(P.KERNELS[unit] for unit in {unit for name in P.kernels_for(
         model, (256, 1, 28, 28)) for unit in P.units(name)}) / 2
     assert lines[0] == (f"compiling kernels for this model (first run only, about "
                         f"{seconds + P.STARTUP_SECONDS:.0f} s)...")
