@@ -116,3 +116,57 @@ def test_non_contiguous_or_integer_rows_are_typing_errors():
         _width(np.zeros(8, np.float32)[::2])
     with pytest.raises(TypingError, match="C-contiguous float"):
         _width(np.zeros(8, np.int64))
+
+
+@njit
+def _pair_ops(row, out_pairs, out_sums, start, count):
+    """evens/odds of row[start:start + 2 * count], their lane sums and products into
+    out_sums[:count], the pairs swapped into out_pairs[start:start + 2 * count]."""
+    evens, odds = simd.evens_odds(row, start, count)
+    simd.store_first(out_sums, 0, simd.add(evens, odds), count)
+    simd.store_first(out_sums, count, simd.mul(evens, odds), count)
+    simd.store_pairs(out_pairs, start, odds, evens, count)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("start, count", [(0, 1), (3, 5), (1, 8), (0, 16), (2, 0), (5, -1)])
+def test_pairs_read_and_write_exactly_their_lanes(dtype, start, count):
+    rng = np.random.default_rng(count + 7)
+    count = min(count, _width(np.zeros(1, dtype)))  # at most one vector of pairs
+    row = rng.standard_normal(40).astype(dtype)
+    out_pairs = np.full(40, -7.0, dtype)
+    out_sums = np.full(40, -7.0, dtype)
+    _pair_ops(row, out_pairs, out_sums, start, count)
+    n = max(count, 0)
+    evens, odds = row[start:start + 2 * n:2], row[start + 1:start + 2 * n:2]
+    expected_pairs = np.full(40, -7.0, dtype)
+    expected_pairs[start:start + 2 * n:2], expected_pairs[start + 1:start + 2 * n:2] = odds, evens
+    np.testing.assert_array_equal(out_pairs, expected_pairs)
+    np.testing.assert_array_equal(out_sums[:n], evens + odds)
+    np.testing.assert_array_equal(out_sums[n:2 * n], evens * odds)
+    assert (out_sums[2 * n:] == -7.0).all()
+
+
+@njit
+def _copy(src, src_index, dst, dst_index, count):
+    simd.copy_run(src, src_index, dst, dst_index, count)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("count", [0, 1, 7, 16, 28, 33])
+def test_copy_run_copies_exactly_its_run(dtype, count):
+    src = np.arange(50, dtype=dtype)
+    dst = np.full(60, -1.0, dtype)
+    _copy(src, 3, dst, 5, count)
+    expected = np.full(60, -1.0, dtype)
+    expected[5:5 + count] = src[3:3 + count]
+    np.testing.assert_array_equal(dst, expected)
+
+
+def test_lane_ops_of_mismatched_vectors_are_typing_errors():
+    @njit
+    def mixed(a, b):
+        return simd.add(simd.load_first(a, 0, 1), simd.load_first(b, 0, 1))
+
+    with pytest.raises(TypingError, match="add needs two vectors of one type"):
+        mixed(np.zeros(4, np.float32), np.zeros(4, np.float64))

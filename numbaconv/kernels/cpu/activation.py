@@ -28,6 +28,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from . import simd
+
 CHUNK = 16384  # elements per parallel task
 
 # exp(t) = 2**k * exp(r), k = round(t / ln 2), r = t - k ln 2 (Cody-Waite: ln 2 in two parts so
@@ -175,11 +177,16 @@ def _times_relu_derivative(grad, y):
 def avg2x2_row(top, bottom, out):
     """out = means of the 2x2 windows of rows top and bottom (columns < 2 * len(out)), summed
     in the average pool's order."""
-    zero = out.dtype.type(0)
-    quarter = out.dtype.type(0.25)
-    for ow in range(out.shape[0]):
-        w = 2 * ow
-        out[ow] = ((((zero + top[w]) + top[w + 1]) + bottom[w]) + bottom[w + 1]) * quarter
+    w = simd.width(out)
+    zero = simd.splat(out, out.dtype.type(0))
+    quarter = simd.splat(out, out.dtype.type(0.25))
+    for ow in range(0, out.shape[0], w):  # a vector of windows: rows are short (LeNet's 14)
+        n = min(w, out.shape[0] - ow)
+        top_left, top_right = simd.evens_odds(top, 2 * ow, n)
+        bottom_left, bottom_right = simd.evens_odds(bottom, 2 * ow, n)
+        total = simd.add(simd.add(simd.add(simd.add(zero, top_left), top_right), bottom_left),
+                         bottom_right)
+        simd.store_first(out, ow, simd.mul(total, quarter), n)
 
 
 @njit(cache=True)
@@ -233,17 +240,16 @@ def _zero_unpooled(grad, out_h, out_w):
 def _avg2x2_backward(g, grad):
     """Each 2x2 window of grad gets a quarter of its output's gradient (every value of grad
     is written)."""
-    quarter = grad.dtype.type(0.25)
+    w = simd.width(grad[0, 0])
+    quarter = simd.splat(grad[0, 0], grad.dtype.type(0.25))
     for plane in range(g.shape[0]):
         for oh in range(g.shape[1]):
             top, bottom, grad_row = grad[plane, 2 * oh], grad[plane, 2 * oh + 1], g[plane, oh]
-            for ow in range(g.shape[2]):
-                share = grad_row[ow] * quarter
-                w = 2 * ow
-                top[w] = share
-                top[w + 1] = share
-                bottom[w] = share
-                bottom[w + 1] = share
+            for ow in range(0, g.shape[2], w):  # a vector of windows at a time
+                n = min(w, g.shape[2] - ow)
+                share = simd.mul(simd.load_first(grad_row, ow, n), quarter)
+                simd.store_pairs(top, 2 * ow, share, share, n)
+                simd.store_pairs(bottom, 2 * ow, share, share, n)
     _zero_unpooled(grad, g.shape[1], g.shape[2])
 
 

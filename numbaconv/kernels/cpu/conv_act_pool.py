@@ -66,10 +66,7 @@ def _pad_rows(x, n, c0, n_chan, top, left, row0, n_rows, wp, xs):
         for r in range(n_rows):
             h = row0 + r - top
             if 0 <= h < height:
-                src = x[n, c, h]
-                base = r * wp + left
-                for col in range(width):
-                    dst[base + col] = src[col]
+                simd.copy_run(x[n, c, h], 0, dst, r * wp + left, width)
 
 
 def _compiled(activation, pool, kernel, kernel_suffix, job, job_suffix, fastmath=False):
@@ -103,10 +100,7 @@ def _fused_kernel(activation, pool):
         for m in range(c_out_g):
             co = g * c_out_g + m
             for r in range(n_rows):
-                src = out[m, r * wp:r * wp + out_w]
-                dst = z[n, co, row0 + r]
-                for ow in range(out_w):
-                    dst[ow] = src[ow]
+                simd.copy_run(out[m], r * wp, z[n, co, row0 + r], 0, out_w)
             # activated where they lie in z, contiguous: no scratch columns, and in L1
             rows = z[n, co, row0:row0 + n_rows].reshape(n_rows * out_w)
             if activation == act.SIGMOID:

@@ -18,23 +18,31 @@ and unchecked, like Numba's own array accesses.
     store_first(row, i, v, n)   row[i:i + n] = v[:n] (n <= 0: nothing written)
     splat(row, x)               W copies of x
     fma(a, b, c)                a * b + c, rounded once
+    add(a, b), mul(a, b)        a + b, a * b, lane by lane (IEEE: no reordering)
+    evens_odds(row, i, n)       (row[i:i + 2n:2], row[i + 1:i + 2n:2]) and zeros after
+                                (n <= W pairs)
+    store_pairs(row, i, e, o, n)
+                                row[i:i + 2n:2] = e[:n], row[i + 1:i + 2n:2] = o[:n]
     total(v)                    the sum of v's W values (pairwise: halves added, then
                                 their halves, ...)
     transpose(block)            block[:W * W] as a W x W matrix (row-major), transposed in
                                 place through registers (log2(W) rounds of shuffles)
+    copy_run(src, i, dst, j, n) dst[j:j + n] = src[i:i + n], a vector at a time (the last
+                                one masked); the rows must not overlap
 
 With n >= W every lane is in: LLVM turns a mask known to be full into a plain load or
 store, so a kernel's whole tiles (n = width(row)) cost no masking.
 """
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["REGISTERS", "VECTOR_BYTES", "Vector", "fma", "has_avx512", "load_first", "splat",
-           "store_first", "total", "transpose", "width"]
+__all__ = ["REGISTERS", "VECTOR_BYTES", "Vector", "add", "copy_run", "evens_odds", "fma",
+           "has_avx512", "load_first", "mul", "splat", "store_first", "store_pairs", "total",
+           "transpose", "width"]
 
 
 def has_avx512() -> bool:
@@ -195,6 +203,93 @@ def fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
+
+def _lane_op(name, build):
+    """An intrinsic of two vectors of one type, lane by lane, built by ``build(builder, a,
+    b)``."""
+    def typer(typingctx, a, b):
+        if not (isinstance(a, Vector) and a == b):
+            raise TypingError(f"{name} needs two vectors of one type, got {a}, {b}")
+
+        def codegen(context, builder, sig, args):
+            return build(builder, *args)
+
+        return a(a, b), codegen
+
+    typer.__name__ = name
+    return intrinsic(typer)
+
+
+add = _lane_op("add", lambda builder, a, b: builder.fadd(a, b))
+mul = _lane_op("mul", lambda builder, a, b: builder.fmul(a, b))
+
+
+def _pair_halves(context, builder, vector_type, count, count_type):
+    """The masks of the two loads or stores that cover ``count`` pairs (2 * count values)
+    starting at a vector's first lane: the first vector's lanes, then the second's."""
+    width = vector_type.width
+    values = builder.mul(context.cast(builder, count, count_type, types.int32),
+                         ir.Constant(ir.IntType(32), 2))
+    rest = builder.sub(values, ir.Constant(ir.IntType(32), width))
+    return (_first_lanes(context, builder, vector_type, values, types.int32),
+            _first_lanes(context, builder, vector_type, rest, types.int32))
+
+
+def _pair_pointers(context, builder, row_type, row, index, index_type, vector_llvm, width):
+    first = _address(context, builder, row_type, row, index, index_type)
+    second = builder.gep(first, [context.get_constant(types.intp, width)])
+    return (builder.bitcast(first, vector_llvm.as_pointer()),
+            builder.bitcast(second, vector_llvm.as_pointer()))
+
+
+@intrinsic
+def evens_odds(typingctx, row, index, count):
+    vector_type = _vector_for(row)
+
+    def codegen(context, builder, sig, args):
+        vector_llvm = context.get_value_type(vector_type)
+        width = vector_type.width
+        align = ir.Constant(ir.IntType(32), row.dtype.bitwidth // 8)
+        masks = _pair_halves(context, builder, vector_type, args[2], count)
+        pointers = _pair_pointers(context, builder, row, args[0], args[1], index, vector_llvm,
+                                  width)
+        load = _masked(builder, "load", vector_llvm, pointers[0])
+        low, high = (builder.call(load, [pointer, align, mask, ir.Constant(vector_llvm, None)])
+                     for pointer, mask in zip(pointers, masks, strict=True))
+        index_type = ir.VectorType(ir.IntType(32), width)
+        evens, odds = (builder.shuffle_vector(low, high, ir.Constant(
+            index_type, list(range(first, 2 * width, 2)))) for first in (0, 1))
+        return context.make_tuple(builder, sig.return_type, (evens, odds))
+
+    return types.UniTuple(vector_type, 2)(row, index, count), codegen
+
+
+@intrinsic
+def store_pairs(typingctx, row, index, evens, odds, count):
+    vector_type = _vector_for(row)
+    if not evens == odds == vector_type:
+        raise TypingError(f"cannot store {evens}, {odds} as pairs into a {row}")
+
+    def codegen(context, builder, sig, args):
+        vector_llvm = context.get_value_type(vector_type)
+        width = vector_type.width
+        align = ir.Constant(ir.IntType(32), row.dtype.bitwidth // 8)
+        masks = _pair_halves(context, builder, vector_type, args[4], count)
+        pointers = _pair_pointers(context, builder, row, args[0], args[1], index, vector_llvm,
+                                  width)
+        store = _masked(builder, "store", vector_llvm, pointers[0])
+        index_type = ir.VectorType(ir.IntType(32), width)
+        half = width // 2
+        low = builder.shuffle_vector(args[2], args[3], ir.Constant(
+            index_type, [i for j in range(half) for i in (j, width + j)]))
+        high = builder.shuffle_vector(args[2], args[3], ir.Constant(
+            index_type, [i for j in range(half, width) for i in (j, width + j)]))
+        for value, pointer, mask in zip((low, high), pointers, masks, strict=True):
+            builder.call(store, [value, pointer, align, mask])
+        return context.get_dummy_value()
+
+    return types.none(row, index, evens, odds, count), codegen
+
 @intrinsic
 def total(typingctx, v):
     if not isinstance(v, Vector):
@@ -256,3 +351,15 @@ def transpose(typingctx, block):
         return context.get_dummy_value()
 
     return types.none(block), codegen
+
+
+@njit(inline="always")
+def copy_run(src, src_index, dst, dst_index, count):
+    """dst[dst_index:dst_index + count] = src[src_index:src_index + count] by vectors, the
+    last one masked: a short run (a 28-value output row) costs two vector moves, where
+    LLVM's vectorised loop checks the rows for overlap and copies its remainder a value at a
+    time (3x slower on LeNet's rows)."""
+    w = width(dst)
+    for j in range(0, count, w):
+        n = min(w, count - j)
+        store_first(dst, dst_index + j, load_first(src, src_index + j, n), n)

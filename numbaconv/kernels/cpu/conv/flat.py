@@ -75,9 +75,8 @@ def _forward_block(xflat, weights, b, chan, offset, stride_h, stride_w, wp, n, g
                 continue
             dst = y[n, g * c_out_g + m, (row0 + r) // stride_h]
             base = r * wp
-            if stride_w == 1:  # a contiguous copy, vectorised
-                for ow in range(out_w):
-                    dst[ow] = src[base + ow]
+            if stride_w == 1:
+                simd.copy_run(src, base, dst, 0, out_w)
             else:
                 for ow in range(out_w):
                     dst[ow] = src[base + ow * stride_w]
