@@ -397,6 +397,12 @@ def conv2d_act_pool_backward(grad_y, x, z, weight, stride=1, padding=0, dilation
             if grads is not None:
                 grad_w, grad_b = grads
                 return None, grad_w, grad_b if need_bias_grad else None
+        grads = _one_pass_backward_lanes(grad_y, x, z, weight, stride, padding, dilation,
+                                         groups, codes, need_input_grad, grad_weight,
+                                         grad_bias)
+        if grads is not None:
+            grad_x, grad_w, grad_b = grads
+            return grad_x, grad_w, grad_b if need_bias_grad else None
         grad_z = cpu_activation.act_pool_backward(np.ascontiguousarray(grad_y), z, *codes)
     return conv2d_backward(grad_z, x, weight, stride, padding, dilation, groups,
                            need_input_grad, need_bias_grad, grad_weight=grad_weight,
@@ -430,6 +436,34 @@ def _one_pass_weight_grad(grad_y, x, z, weight, stride, padding, dilation, group
         np.ascontiguousarray(grad_y), np.ascontiguousarray(z), np.ascontiguousarray(x),
         geo.padding, geo.kernel, geo.dilation, *codes)
     return _into(grad_weight, grad_w), _into(grad_bias, grad_b)
+
+
+def _one_pass_backward_lanes(grad_y, x, z, weight, stride, padding, dilation, groups, codes,
+                             need_input_grad, grad_weight, grad_bias):
+    """(grad_x or None, grad_weight, grad_bias) of a fused stage on the interleaved-samples
+    layout by :func:`conv_act_pool.conv_act_pool_backward_lanes` (the gradient at z never
+    written out), where it applies and the arrays are finite and of one dtype; else None (the
+    unfused functions, which also raise the errors)."""
+    if not (isinstance(x, np.ndarray) and isinstance(weight, np.ndarray)):
+        return None
+    geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
+    padded_shape = (x.shape[0], x.shape[1]) + geo.padded
+    if (tuple(z.shape) != tuple(geo.output_shape) or 0 in geo.output_shape
+            or not x.dtype == weight.dtype == z.dtype == grad_y.dtype
+            or not conv_act_pool.backward_lanes_applies(x.shape, padded_shape, weight.shape,
+                                                        x.itemsize, geo.stride, geo.groups,
+                                                        *geo.output_shape[2:])):
+        return None
+    _check_outputs(x, grad_weight=(grad_weight, weight.shape),
+                   grad_bias=(grad_bias, (weight.shape[0],)))
+    if not (np.isfinite(x.sum()) and np.isfinite(weight.sum())):  # the unfused exact path
+        return None
+    grad_xp, grad_w, grad_b = conv_act_pool.conv_act_pool_backward_lanes(
+        np.ascontiguousarray(grad_y), np.ascontiguousarray(z), np.ascontiguousarray(x),
+        np.ascontiguousarray(weight), geo.padding, geo.stride, geo.dilation, geo.groups,
+        need_input_grad, *codes)
+    grad_x = geo.crop(grad_xp) if need_input_grad else None
+    return grad_x, _into(grad_weight, grad_w), _into(grad_bias, grad_b)
 
 
 # --------------------------------------------------------------------------- pooling

@@ -76,6 +76,9 @@ KERNELS = {
     # (one_pass_weight_grad_name)
     **{f"conv2d_{activation}_{pool}_pool_weight_grad": 1.5
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
+    # and the one-pass backward on the interleaved-samples layout (one_pass_backward_lanes_name)
+    **{f"conv2d_{activation}_{pool}_pool_backward_lanes": 0.8
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     "sigmoid_forward": 0.8,
     "sigmoid_backward": 0.4,
     "matmul_acc": 2.4,
@@ -85,6 +88,8 @@ KERNELS = {
     **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_weight_grad": 1.3
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes": 0.8
+       for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
+    **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_backward_lanes": 1.5
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     JOB_PREFIX + "conv2d_forward": 0.5,
     JOB_PREFIX + "conv2d_forward_lanes": 0.4,
@@ -124,6 +129,9 @@ KERNELS = {
     "_sgd_into": 0.5,
     "_sgd_parallel": 0.8,
 }
+#: the jobs of the one-pass backwards on the interleaved-samples layout
+_BACKWARD_LANES_JOBS = tuple(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_backward_lanes"
+                             for activation in ("sigmoid", "relu") for pool in ("avg", "max"))
 #: functions that units call, compiled as units of their own before those -> their callers:
 #: those several units call (else two processes could compile one at the same time, each for a
 #: unit of its own), and the output-channel kernels' functions, one caller each, so that two
@@ -131,14 +139,15 @@ KERNELS = {
 SHARED = {
     "_shifted_matmul_acc": (
         JOB_PREFIX + "conv2d_forward", JOB_PREFIX + "conv2d_forward_lanes",
-        JOB_PREFIX + "conv2d_input_grad_lanes",
+        JOB_PREFIX + "conv2d_input_grad_lanes", *_BACKWARD_LANES_JOBS,
         *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes"
           for activation in ("sigmoid", "relu") for pool in ("avg", "max")),
         *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward"
           for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     # the six-row tiles, for row counts that are no multiple of 4 (LeNet's first layer)
     "_shifted_matmul6_acc": (
-        JOB_PREFIX + "conv2d_forward",
+        JOB_PREFIX + "conv2d_forward", JOB_PREFIX + "conv2d_input_grad_lanes",
+        *_BACKWARD_LANES_JOBS,
         *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward"
           for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_abt_acc": (JOB_PREFIX + "conv2d_weight_grad", JOB_PREFIX + "conv2d_weight_grad_columns"),
@@ -147,14 +156,15 @@ SHARED = {
                           for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_abt_lanes_acc": (JOB_PREFIX + "conv2d_weight_grad_rows",
                        JOB_PREFIX + "conv2d_weight_grad_lanes",
-                       JOB_PREFIX + "conv2d_weight_grad_columns",
+                       JOB_PREFIX + "conv2d_weight_grad_columns", *_BACKWARD_LANES_JOBS,
                        *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_weight_grad"
                          for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_interleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_weight_grad_lanes",
-                    JOB_PREFIX + "conv2d_input_grad_lanes",
+                    JOB_PREFIX + "conv2d_input_grad_lanes", *_BACKWARD_LANES_JOBS,
                     *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes"
                       for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_deinterleave": (JOB_PREFIX + "conv2d_forward_lanes", JOB_PREFIX + "conv2d_input_grad_lanes",
+                      *_BACKWARD_LANES_JOBS,
                       *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes"
                         for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_gemm_acc": (JOB_PREFIX + "conv2d_forward_columns", JOB_PREFIX + "conv2d_input_grad_columns"),
@@ -213,6 +223,15 @@ def one_pass_weight_grad_name(activation: int, pool: int) -> str:
     return FUSED_WEIGHT_GRAD[activation, pool].py_func.__name__
 
 
+def one_pass_backward_lanes_name(activation: int, pool: int) -> str:
+    """The name of the one-pass activation + pool backward, weight and input gradient kernel
+    on the interleaved-samples layout (see :mod:`numbaconv.kernels.cpu.conv_act_pool`) for
+    activation and pool codes."""
+    from .kernels.cpu.conv_act_pool import FUSED_BACKWARD_LANES
+
+    return FUSED_BACKWARD_LANES[activation, pool].py_func.__name__
+
+
 def job(name: str, dtype):
     """The :class:`~numbaconv.kernels.cpu.jobs.Job` kernel ``name`` takes as its last
     argument for arrays of ``dtype`` (its per-job function, compiled on its own), or None.
@@ -241,6 +260,9 @@ def job(name: str, dtype):
     for codes, kernel in conv_act_pool.FUSED_LANES.items():
         if kernel.py_func.__name__ == name:
             return conv_act_pool.lanes_job(*codes, np.dtype(dtype))
+    for codes, kernel in conv_act_pool.FUSED_BACKWARD_LANES.items():
+        if kernel.py_func.__name__ == name:
+            return conv_act_pool.backward_lanes_job(*codes, np.dtype(dtype))
     return None
 
 
@@ -279,7 +301,8 @@ def _dispatcher(name: str):
         if hasattr(module, name):
             return getattr(module, name)
     for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values(),
-                    conv_act_pool.FUSED_WEIGHT_GRAD.values(), conv_act_pool.FUSED_LANES.values()):
+                    conv_act_pool.FUSED_WEIGHT_GRAD.values(), conv_act_pool.FUSED_LANES.values(),
+                    conv_act_pool.FUSED_BACKWARD_LANES.values()):
         for kernel in kernels:
             if kernel.py_func.__name__ == name:
                 return kernel
@@ -360,8 +383,10 @@ def _signature(name: str, dtype) -> tuple:
         "one_pass": (a4, a4, a1) + (i64,) * 8,
         "one_pass_weight_grad": (a4, a4, a4) + (i64,) * 8,
         "one_pass_lanes": (a4, a4, a1) + (i64,) * 5,
+        "one_pass_backward_lanes": (a4, a4, a4, a5) + (i64,) * 4,
     }["one_pass" if name.startswith("conv2d_") and name.endswith("_pool_forward") else
       "one_pass_lanes" if name.endswith("_pool_forward_lanes") else
+      "one_pass_backward_lanes" if name.endswith("_pool_backward_lanes") else
       "one_pass_weight_grad" if name.endswith("_pool_weight_grad") else
       name if not name.endswith(("_pool_forward", "_pool_backward")) else
       "fused_" + name.rsplit("_", 1)[1]]
@@ -566,11 +591,15 @@ def _fused_kernels(fused, input_shape, need_input_grad: bool) -> list[str]:
     if input_shape is None:
         return forward + backward + [one_pass_kernel_name(*codes),
                                      one_pass_lanes_kernel_name(*codes), act_pool_forward,
-                                     act_pool_backward] + (
+                                     act_pool_backward, one_pass_backward_lanes_name(*codes)] + (
             [] if need_input_grad else [one_pass_weight_grad_name(*codes)])
     # the one-pass kernels pad x themselves, a block at a time
     if not need_input_grad and _one_pass_weight_grad_applies(conv, input_shape):
         backward, act_pool_backward = [one_pass_weight_grad_name(*codes)], None
+    elif _one_pass_backward_lanes_applies(conv, input_shape):  # which pads x first
+        _, _, padding, _, _ = _conv_geometry(conv, input_shape)
+        backward = _pad_kernels(input_shape, padding) + [one_pass_backward_lanes_name(*codes)]
+        act_pool_backward = None
     if _one_pass_applies(conv, input_shape):
         _, _, padding, padded, output = _conv_geometry(conv, input_shape)
         if cpu_conv.use_lanes(padded, conv.params["weight"].itemsize, 1, conv.groups,
@@ -664,6 +693,19 @@ def _one_pass_weight_grad_applies(conv, input_shape) -> bool:
     return (not cpu_conv.use_column_side(input_shape, weight.shape, conv.groups, stride, output)
             and conv_act_pool.weight_grad_applies(padded, weight.shape, weight.itemsize, stride,
                                                   conv.groups, *output[2:]))
+
+
+def _one_pass_backward_lanes_applies(conv, input_shape) -> bool:
+    """Whether a fused stage's backward takes the one-pass kernel on the interleaved-samples
+    layout for inputs of ``input_shape``: the test ``functional._one_pass_backward_lanes``
+    makes at run time."""
+    from .kernels.cpu import conv_act_pool
+
+    stride, _, _, padded, output = _conv_geometry(conv, input_shape)
+    weight = conv.params["weight"]
+    return conv_act_pool.backward_lanes_applies(input_shape, padded, weight.shape,
+                                                weight.itemsize, stride, conv.groups,
+                                                *output[2:])
 
 
 def optimizer_kernels(model, optimizer: str | None) -> list[str]:

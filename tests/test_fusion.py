@@ -105,6 +105,52 @@ def test_one_pass_convolution_activation_pool_equals_the_layers(activation, pool
                                   plain_net.named_grads()["0.weight"])
 
 
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("pool", sorted(POOLS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# LeNet's second layer at a batch of two blocks and one with a block of 18 empty lanes; groups
+# and padding with odd maps (the last row and column unpooled); a row stride; a dilation
+@pytest.mark.parametrize("x_shape, w_shape, geometry", [
+    ((64, 6, 14, 14), (16, 6, 5, 5), {}),
+    ((50, 6, 14, 14), (16, 6, 5, 5), {}),
+    ((64, 4, 13, 13), (6, 2, 5, 5), {"groups": 2, "padding": 1}),
+    ((64, 3, 14, 14), (4, 3, 5, 5), {"stride": (2, 1), "padding": (1, 2)}),
+    ((64, 6, 14, 14), (16, 6, 5, 5), {"dilation": (2, 1)})])
+def test_one_pass_backward_on_interleaved_samples_equals_the_unfused_functions(
+        activation, pool, dtype, x_shape, w_shape, geometry, monkeypatch):
+    """conv_act_pool.conv_act_pool_backward_lanes (the gradient at z computed, interleaved once
+    and used by both gradients in each block) against the activation and pool backward and
+    the convolution's backward, bit for bit, with and without the input gradient."""
+    from numbaconv.kernels.cpu import conv_act_pool
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = (rng.standard_normal(w_shape) * 0.3).astype(dtype)
+    args = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **geometry}
+    geo = F._ConvGeometry(x, w, args["stride"], args["padding"], args["dilation"],
+                          args["groups"])
+    assert conv_act_pool.backward_lanes_applies(
+        x_shape, x_shape[:2] + geo.padded, w_shape, x.itemsize, geo.stride, geo.groups,
+        *geo.output_shape[2:])
+    z = F.conv2d(x, w, None, **args)
+    z = F.sigmoid(z) if activation == "sigmoid" else F.relu(z)
+    z[0, 0, 0, :2] = z[0, 0, 1, :2] = z[0, 0, 0, 0]  # a tied window
+    gy = rng.standard_normal(z.shape[:2] + (z.shape[2] // 2, z.shape[3] // 2)).astype(dtype)
+    grad_z = K.act_pool_backward(gy, z, *F._fused_codes(activation, pool))
+    expected = {need: F.conv2d_backward(grad_z, x, w, need_input_grad=need, **args)
+                for need in (True, False)}
+    monkeypatch.setattr(K, "act_pool_backward", None)  # the unfused path is not taken
+    for need_input_grad in (True, False):
+        got = F.conv2d_act_pool_backward(gy, x, z, w, activation=activation, pool=pool,
+                                         need_input_grad=need_input_grad, **args)
+        for name, a, b in zip(("grad_x", "grad_w", "grad_b"), got, expected[need_input_grad],
+                              strict=True):
+            if b is None:
+                assert a is None, name
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 def test_layers_run_one_by_one_after_a_fused_forward_get_their_own_backward():
     fused_net, plain_net, x = _pair("relu", "max", np.float32)
     fused_net.forward(x * 3, training=True)  # fused state for another input

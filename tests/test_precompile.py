@@ -74,6 +74,7 @@ def test_kernels_for_lenet(activation, pool, fuse):
     expected += ([f"conv2d_{activation}_{pool}_pool_forward",
                   f"conv2d_{activation}_{pool}_pool_forward_lanes",
                   f"{activation}_{pool}_pool_forward", f"{activation}_{pool}_pool_backward",
+                  f"conv2d_{activation}_{pool}_pool_backward_lanes",
                   f"conv2d_{activation}_{pool}_pool_weight_grad"] if fuse else
                  [f"{pool}_pool2d_forward", f"{pool}_pool2d_backward"])
     expected += ["matmul_acc"]  # the dense layers' products
@@ -450,13 +451,12 @@ def test_kernels_for_an_input_shape_are_those_its_layers_choose():
     model = lenet("sigmoid", "avg", rng=0)
     # at batch 256, conv1 (32-wide padded rows, 28 outputs) takes the padded-width kernels,
     # conv2 (14 wide, 10 outputs) the interleaved-samples ones; conv1 needs no input gradient
-    # (each stage's forward, activation and pool in one pass, and conv1's backward's
-    # activation and pool with the weight gradient)
+    # (each stage's forward, activation and pool in one pass, conv1's backward's activation
+    # and pool with the weight gradient, conv2's with both gradients)
     assert P.kernels_for(model, (256, 1, 28, 28)) == [
         "conv2d_sigmoid_avg_pool_forward", "conv2d_sigmoid_avg_pool_weight_grad",
-        "conv2d_sigmoid_avg_pool_forward_lanes", "conv2d_weight_grad_lanes",
-        "conv2d_input_grad_lanes", "sigmoid_avg_pool_backward", "matmul_acc",
-        "sigmoid_forward", "sigmoid_backward"]
+        "conv2d_sigmoid_avg_pool_forward_lanes", "conv2d_sigmoid_avg_pool_backward_lanes",
+        "matmul_acc", "sigmoid_forward", "sigmoid_backward"]
     # one sample fills too few lanes: conv2 takes the padded-width kernels (and the one-pass
     # forward), its input gradient a convolution of the spread gy (14 + 4 wide, for 14
     # outputs: padded-width)
@@ -470,7 +470,8 @@ def test_kernels_for_a_list_of_layers():
 
     assert P.kernels_for([Conv2d(1, 2, 3), ReLU(), MaxPool2d(2)]) == CONV_KERNELS + [
         "conv2d_relu_max_pool_forward", "conv2d_relu_max_pool_forward_lanes",
-        "relu_max_pool_forward", "relu_max_pool_backward", "conv2d_relu_max_pool_weight_grad"]
+        "relu_max_pool_forward", "relu_max_pool_backward", "conv2d_relu_max_pool_backward_lanes",
+        "conv2d_relu_max_pool_weight_grad"]
 
 
 def test_kernels_for_a_tree_are_those_of_every_layer_for_its_input():
@@ -489,7 +490,8 @@ def test_kernels_for_a_tree_are_those_of_every_layer_for_its_input():
         "conv2d_weight_grad_columns", "conv2d_weight_grad", "conv2d_weight_grad_lanes",
         "conv2d_input_grad_lanes", "conv2d_input_grad_columns", "conv2d_weight_grad_rows",
         "max_pool2d_forward", "max_pool2d_backward", "conv2d_relu_max_pool_forward",
-        "conv2d_relu_max_pool_forward_lanes", "relu_max_pool_forward", "relu_max_pool_backward"]
+        "conv2d_relu_max_pool_forward_lanes", "relu_max_pool_forward", "relu_max_pool_backward",
+        "conv2d_relu_max_pool_backward_lanes"]
 
 
 def test_kernels_for_the_output_channel_kernels_are_those_each_gradient_chooses():

@@ -38,7 +38,14 @@ from .conv.flat import (
     rows_sample_acc,
     weight_grad_from_rows,
 )
-from .conv.lanes import LANES, _deinterleave, _interleave, use_lanes
+from .conv.lanes import (
+    LANES,
+    _deinterleave,
+    _interleave,
+    input_grad_from_lanes,
+    use_lanes,
+    weight_grad_from_lanes,
+)
 from .conv.tiles import _add_lane_sums, _shifted_matmul_acc
 from .jobs import INT, INTS, Job, array
 
@@ -370,3 +377,112 @@ def conv_act_pool_weight_grad(grad_y, z, x, padding, kernel, dilation, activatio
     return FUSED_WEIGHT_GRAD[activation, pool](
         grad_y, z, x, top, left, top + x.shape[2] + bottom, left + x.shape[3] + right,
         *kernel, *dilation, weight_grad_job(activation, pool, x.dtype))
+
+
+# The backward of a stage on the interleaved-samples layout (LeNet's second layer). Unfused,
+# the activation and pool backward writes the gradient at z (at LeNet's second layer, batch
+# 256: 1.6 MB) in a parallel pass of its own, and the weight and input gradients each read it
+# back and interleave it, in a parallel pass each: here each job computes its block's
+# gradient at z by the unfused functions, interleaves it once and takes both gradients from
+# that copy, by the unfused kernels' own code.
+
+def _fused_backward_lanes_kernel(activation, pool):
+    """The backward kernel of one activation and pool pair on the interleaved layout, named
+    e.g. ``conv2d_sigmoid_avg_pool_backward_lanes``, and its block job's function."""
+    def block(grad_y, z, xp, wt, chan, offset, stride_h, dilation_h, dilation_w, n0, g,
+              need_input_grad, partial, partial_bias, grad_xp):
+        """Samples n0:n0 + LANES, group g: partial (C_out_g, K) += their weight gradient,
+        partial_bias (C_out_g,) = their bias gradient and, with need_input_grad, their
+        gradient in grad_xp (padded), from grad_y at the pool's output."""
+        c_in_g, c_out_g = wt.shape[2], wt.shape[3]
+        c0 = g * c_out_g
+        wp = xp.shape[3]
+        out_w = z.shape[3]
+        samples = min(LANES, z.shape[0] - n0)
+        grad_z = np.empty((samples, c_out_g, z.shape[2], out_w), dtype=z.dtype)
+        for i in range(samples):  # as activation.act_pool_backward, plane by plane
+            activated = z[n0 + i, c0:c0 + c_out_g]
+            if pool == act.AVG:
+                act._avg2x2_backward(grad_y[n0 + i, c0:c0 + c_out_g], grad_z[i])
+            else:
+                act._max2x2_backward(activated, grad_y[n0 + i, c0:c0 + c_out_g], grad_z[i])
+            if activation == act.SIGMOID:
+                act._times_sigmoid_derivative(grad_z[i].reshape(-1), activated.reshape(-1))
+            else:
+                act._times_relu_derivative(grad_z[i].reshape(-1), activated.reshape(-1))
+        grads = np.zeros((c_out_g, grad_z.shape[2] * out_w * LANES), dtype=z.dtype)
+        _interleave(grad_z, 0, 0, c_out_g, grads)
+        buf = np.zeros((c_in_g, xp.shape[2] * wp * LANES), dtype=xp.dtype)
+        _interleave(xp, n0, g * c_in_g, c_in_g, buf)
+        weight_grad_from_lanes(grads, buf, chan, offset, stride_h * wp * LANES, out_w,
+                               partial, partial_bias)
+        if need_input_grad:
+            input_grad_from_lanes(grads, wt, stride_h, dilation_h, dilation_w, out_w, n0, g,
+                                  grad_xp)
+
+    def backward(grad_y, z, xp, wt, stride_h, dilation_h, dilation_w, need_input_grad, job):
+        n_batch, c_in, hp, wp = xp.shape
+        groups, kh_size, kw_size, c_in_g, c_out_g = wt.shape
+        chan, offset = _taps(c_in_g, kh_size, kw_size, dilation_h, dilation_w, wp)
+        offset *= LANES
+        n_blocks = (n_batch + LANES - 1) // LANES
+        partial, partial_bias = _zero_partials(n_blocks, groups, groups * c_out_g,
+                                               chan.shape[0], xp)
+        grad_xp = np.empty((n_batch if need_input_grad else 0, c_in, hp, wp), dtype=xp.dtype)
+        for block in prange(n_blocks * groups):  # a block of LANES samples of one group
+            blk, g = np.int64(block // groups), np.int64(block % groups)
+            job(grad_y, z, xp, wt[g], chan, offset, stride_h, dilation_h, dilation_w,
+                blk * LANES, g, need_input_grad, partial[blk, g],
+                partial_bias[blk, 0, g * c_out_g:(g + 1) * c_out_g, 0], grad_xp)
+        grad_w, grad_b = _sum_partials(partial, partial_bias, c_in_g, kh_size, kw_size)
+        return grad_xp, grad_w, grad_b
+
+    return _compiled(activation, pool, backward, "_backward_lanes", block,
+                     "_backward_lanes_block", fastmath=FAST)
+
+
+#: (activation, pool) -> (the fused backward kernel on the interleaved layout, its job's
+#: function)
+_BACKWARD_LANES_KERNELS = {(activation, pool): _fused_backward_lanes_kernel(activation, pool)
+                           for activation in act.ACTIVATION_NAMES for pool in act.POOL_NAMES}
+#: (activation, pool) -> the fused backward kernel on the interleaved layout
+FUSED_BACKWARD_LANES = {codes: kernel for codes, (kernel, _) in _BACKWARD_LANES_KERNELS.items()}
+
+
+@functools.cache
+def backward_lanes_job(activation, pool, dtype) -> Job:
+    """The block job of :data:`FUSED_BACKWARD_LANES` ``[activation, pool]`` for arrays of
+    ``dtype``."""
+    a4 = array(dtype, 4)
+    return Job(_BACKWARD_LANES_KERNELS[activation, pool][1],
+               (a4, a4, a4, a4, INTS, INTS) + (INT,) * 6
+               + (array(dtype, 2), array(dtype, 1, "A"), a4))
+
+
+def backward_lanes_applies(x_shape, padded_shape, weight_shape, itemsize, stride, groups,
+                           out_h, out_w) -> bool:
+    """Whether :func:`conv_act_pool_backward_lanes` serves a stage's backward: where the
+    unfused backward takes the interleaved-samples kernels for the weight gradient and the
+    input gradient (not the column side nor the output-channel kernels)."""
+    output_shape = (x_shape[0], weight_shape[0], out_h, out_w)
+    return (use_lanes(padded_shape, itemsize, stride[1], groups, out_w)
+            and not use_column_side(x_shape, weight_shape, groups, stride, output_shape)
+            and not use_channel_vectors(weight_shape, groups, stride, out_h, out_w,
+                                        padded_shape[3], itemsize))
+
+
+def conv_act_pool_backward_lanes(grad_y, z, x, w, padding, stride, dilation, groups,
+                                 need_input_grad, activation, pool):
+    """(grad_xp (N, C_in, Hp, Wp) of the padded input, or an empty one without
+    ``need_input_grad``; grad_w; grad_b) of a fused stage from grad_y (N, C_out, out_h // 2,
+    out_w // 2) at its output, its activated convolution z and finite input x (unpadded;
+    ``padding`` ((top, bottom), (left, right))), all C-contiguous, where
+    :func:`backward_lanes_applies` says so: bit for bit the unfused
+    ``activation.act_pool_backward`` and the convolution's backward on that layout."""
+    xp, _ = pad(x, padding)
+    c_out, c_in_g, kh, kw = w.shape
+    wt = np.ascontiguousarray(w.reshape(groups, c_out // groups, c_in_g, kh, kw)
+                              .transpose(0, 3, 4, 2, 1))
+    return FUSED_BACKWARD_LANES[activation, pool](
+        grad_y, z, xp, wt, stride[0], *dilation, int(need_input_grad),
+        backward_lanes_job(activation, pool, x.dtype))

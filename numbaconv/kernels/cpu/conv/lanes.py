@@ -142,17 +142,29 @@ def _weight_grad_lanes(gy, xp, chan, offset, stride_h, n0, g, partial, partial_b
     _interleave(xp, n0, g * c_in_g, c_in_g, buf)
     grads = np.zeros((c_out_g, out_h * out_w * LANES), dtype=xp.dtype)
     _interleave(gy, n0, g * c_out_g, c_out_g, grads)
-    zero = gy.dtype.type(0)
+    weight_grad_from_lanes(grads, buf, chan, offset, stride_h * wp * LANES, out_w, partial,
+                           partial_bias)
+
+
+@njit(inline="always")
+def weight_grad_from_lanes(grads, buf, chan, offset, row_step, out_w, partial, partial_bias):
+    """partial (C_out_g, K) += the weight gradient of a block of LANES samples from their
+    gradient ``grads`` (C_out_g, out_h * out_w * LANES) and input ``buf`` (C_in_g, Hp * Wp *
+    LANES), both interleaved, the taps' rows ``row_step`` apart; partial_bias (C_out_g,) =
+    their bias gradient."""
+    c_out_g = grads.shape[0]
+    out_h = grads.shape[1] // (out_w * LANES)
+    zero = grads.dtype.type(0)
     for m in range(c_out_g):  # from the interleaved copy, in L2 (empty lanes are zeros)
         total = zero
         for p in range(grads.shape[1]):
             total += grads[m, p]
         partial_bias[m] = total
-    acc = np.zeros((c_out_g, chan.shape[0] * simd.width(grads[0])), dtype=xp.dtype)
+    acc = np.zeros((c_out_g, chan.shape[0] * simd.width(grads[0])), dtype=grads.dtype)
     row = out_w * LANES
     for oh in range(0, out_h, WEIGHT_GRAD_ROWS):  # rows of a and the taps' rows in L1
-        _abt_lanes_acc(grads, buf, chan, offset, acc, oh * row, oh * stride_h * wp * LANES,
-                       min(WEIGHT_GRAD_ROWS, out_h - oh), row, stride_h * wp * LANES, row)
+        _abt_lanes_acc(grads, buf, chan, offset, acc, oh * row, oh * row_step,
+                       min(WEIGHT_GRAD_ROWS, out_h - oh), row, row_step, row)
     _add_lane_sums(acc, partial)
 
 
@@ -188,14 +200,24 @@ def weight_grad_lanes_job(dtype) -> Job:
 @njit(cache=True, fastmath=FAST)
 def _input_grad_lanes(gy, wt, stride_h, dilation_h, dilation_w, n0, g, grad_xp):
     """grad_xp[n0:n0 + LANES, group g] for :func:`conv2d_input_grad_lanes`."""
-    kh_size, kw_size, c_in_g, c_out_g = wt.shape
-    hp, wp = grad_xp.shape[2], grad_xp.shape[3]
+    c_out_g = wt.shape[3]
     out_h, out_w = gy.shape[2], gy.shape[3]
     grads = np.zeros((c_out_g, out_h * out_w * LANES), dtype=gy.dtype)
     _interleave(gy, n0, g * c_out_g, c_out_g, grads)
+    input_grad_from_lanes(grads, wt, stride_h, dilation_h, dilation_w, out_w, n0, g, grad_xp)
+
+
+@njit(inline="always")
+def input_grad_from_lanes(grads, wt, stride_h, dilation_h, dilation_w, out_w, n0, g, grad_xp):
+    """grad_xp[n0:n0 + LANES, group g] from the block's gradient ``grads`` (C_out_g, out_h *
+    out_w * LANES), interleaved, for :func:`conv2d_input_grad_lanes`: each of its rows
+    scattered into the input rows it came from."""
+    kh_size, kw_size, c_in_g, c_out_g = wt.shape
+    hp, wp = grad_xp.shape[2], grad_xp.shape[3]
+    out_h = grads.shape[1] // (out_w * LANES)
     chan = np.arange(c_out_g)  # the rows of grads, unshifted
     offset = np.zeros(c_out_g, dtype=np.int64)
-    acc = np.zeros((c_in_g, hp * wp * LANES), dtype=gy.dtype)
+    acc = np.zeros((c_in_g, hp * wp * LANES), dtype=grads.dtype)
     row = out_w * LANES
     six = six_row_tiles(c_in_g)  # LeNet's conv2: 6 input channels
     for oh in range(out_h):
