@@ -292,6 +292,34 @@ def test_activation_matches_torch(torch, name):
     check_layer_vs_torch(torch, layer, module, x)
 
 
+def test_sigmoid_scaling_in_one_step_is_the_two_step_product():
+    """The sigmoid's 2**k scaling by ldexp (with AVX-512: vscalefps) gives the two exact
+    power-of-two multiplications' result for every k the sigmoid takes (-126..128), normal,
+    subnormal and overflowing ones."""
+    from numba import njit
+
+    from numbaconv.kernels.cpu.activation import _ldexp32
+
+    @njit
+    def both(values, ks, one_step, two_steps):
+        for i in range(values.size):
+            k = ks[i]
+            one_step[i] = _ldexp32(values[i], k)
+            half = k >> 1
+            scale_1 = np.int32((half + 127) << 23).view(np.float32)
+            scale_2 = np.int32((k - half + 127) << 23).view(np.float32)
+            two_steps[i] = (values[i] * scale_1) * scale_2
+
+    rng = np.random.default_rng(3)
+    ks = np.repeat(np.arange(-126, 129, dtype=np.int32), 400)
+    values = rng.uniform(0.70, 1.42, ks.size).astype(np.float32)  # exp(r), |r| <= ln(2) / 2
+    one_step, two_steps = np.empty_like(values), np.empty_like(values)
+    both(values, ks, one_step, two_steps)
+    np.testing.assert_array_equal(one_step, two_steps)
+    assert np.isinf(one_step[ks == 128]).any()
+    assert (one_step[ks == -126] < np.finfo(np.float32).tiny).any()  # subnormal
+
+
 @pytest.mark.parametrize("cls", [ReLU, Sigmoid, Tanh])
 def test_activation_keeps_float32_and_extreme_inputs_finite(cls):
     x = np.array([[-1e4, -88.0, -1.0, 0.0, 1.0, 88.0, 1e4, 3e38]], dtype=np.float32)
