@@ -144,12 +144,13 @@ SHARED = {
           for activation in ("sigmoid", "relu") for pool in ("avg", "max")),
         *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward"
           for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
-    # the six-row tiles, for row counts that are no multiple of 4 (LeNet's first layer)
+    # the six-row tiles (tiles.shifted_products_acc: LeNet's 6 and 16 channels)
     "_shifted_matmul6_acc": (
-        JOB_PREFIX + "conv2d_forward", JOB_PREFIX + "conv2d_input_grad_lanes",
-        *_BACKWARD_LANES_JOBS,
-        *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward"
-          for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
+        JOB_PREFIX + "conv2d_forward", JOB_PREFIX + "conv2d_forward_lanes",
+        JOB_PREFIX + "conv2d_input_grad_lanes", *_BACKWARD_LANES_JOBS,
+        *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward{layout}"
+          for activation in ("sigmoid", "relu") for pool in ("avg", "max")
+          for layout in ("", "_lanes"))),
     "_abt_acc": (JOB_PREFIX + "conv2d_weight_grad", JOB_PREFIX + "conv2d_weight_grad_columns"),
     "_abt6_lanes_acc": (JOB_PREFIX + "conv2d_weight_grad_rows",
                         *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_weight_grad"
@@ -180,7 +181,7 @@ SHARED = {
     "_gy_blocks": ("conv2d_weight_grad_channels",),
 }
 if not WIDE:  # the six-row tiles are never called on a CPU with 16 vector
-    # registers (tiles.six_row_tiles): nothing to compile
+    # registers (tiles.WIDE): nothing to compile
     del SHARED["_shifted_matmul6_acc"], SHARED["_abt6_lanes_acc"]
 #: kernels that take a job before their own (see :func:`job`): the shared function that job
 #: runs (its unit), by kernel

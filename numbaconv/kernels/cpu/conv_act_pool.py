@@ -46,7 +46,7 @@ from .conv.lanes import (
     use_lanes,
     weight_grad_from_lanes,
 )
-from .conv.tiles import _add_lane_sums, _shifted_matmul_acc
+from .conv.tiles import _add_lane_sums, shifted_products_acc
 from .jobs import INT, INTS, Job, array
 
 
@@ -188,7 +188,8 @@ def _fused_lanes_kernel(activation, pool):
             out[m].fill(b[g * c_out_g + m])
         row = out_w * LANES
         for oh in range(out_h):
-            _shifted_matmul_acc(weights, buf, chan, offset, oh * wp * LANES, out, oh * row, row)
+            shifted_products_acc(weights, buf, chan, offset, oh * wp * LANES, out, oh * row,
+                                 row)
         if activation == act.SIGMOID:  # all lanes (the empty ones past the batch too)
             act._sigmoid_in_place(out.reshape(out.size))
         else:

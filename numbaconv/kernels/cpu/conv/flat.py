@@ -27,8 +27,7 @@ from .tiles import (
     _abt_acc,
     _abt_lanes_acc,
     _add_lane_sums,
-    _shifted_matmul6_acc,
-    _shifted_matmul_acc,
+    shifted_products_acc,
     six_row_tiles,
 )
 
@@ -53,10 +52,7 @@ def block_sums(xflat, weights, b, chan, offset, base, length, n, g, out):
     for m in range(c_out_g):  # start from the bias: no add afterwards
         out[m, :length] = b[g * c_out_g + m]
     src = xflat[n, g * c_in_g:(g + 1) * c_in_g]
-    if six_row_tiles(c_out_g):
-        _shifted_matmul6_acc(weights, src, chan, offset, base, out, ZERO, length)
-    else:
-        _shifted_matmul_acc(weights, src, chan, offset, base, out, ZERO, length)
+    shifted_products_acc(weights, src, chan, offset, base, out, ZERO, length)
 
 
 @njit(cache=True, fastmath=FAST)

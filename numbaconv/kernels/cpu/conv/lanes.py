@@ -18,13 +18,7 @@ from numba import njit, prange
 from .. import simd
 from ..jobs import INT, INTS, Job, array
 from .common import FAST, _grouped_weights, _sum_partials, _taps, _zero_partials
-from .tiles import (
-    _abt_lanes_acc,
-    _add_lane_sums,
-    _shifted_matmul6_acc,
-    _shifted_matmul_acc,
-    six_row_tiles,
-)
+from .tiles import _abt_lanes_acc, _add_lane_sums, shifted_products_acc
 
 LANES = 32  # samples interleaved by the narrow-image kernels (rows of 32 x OW values)
 WEIGHT_GRAD_ROWS = 5  # rows of LANES samples per pass of the weight-gradient tiles (1, 2, 10 slow)
@@ -95,7 +89,7 @@ def _forward_lanes(xp, weights, b, chan, offset, stride_h, n0, g, y):
         out[m].fill(b[g * c_out_g + m])
     row = out_w * LANES
     for oh in range(out_h):
-        _shifted_matmul_acc(weights, buf, chan, offset, oh * stride_h * wp * LANES, out,
+        shifted_products_acc(weights, buf, chan, offset, oh * stride_h * wp * LANES, out,
                             oh * row, row)
     _deinterleave(out, n0, g * c_out_g, c_out_g, y)
 
@@ -219,17 +213,12 @@ def input_grad_from_lanes(grads, wt, stride_h, dilation_h, dilation_w, out_w, n0
     offset = np.zeros(c_out_g, dtype=np.int64)
     acc = np.zeros((c_in_g, hp * wp * LANES), dtype=grads.dtype)
     row = out_w * LANES
-    six = six_row_tiles(c_in_g)  # LeNet's conv2: 6 input channels
     for oh in range(out_h):
         for kh in range(kh_size):
             dst_row = (oh * stride_h + kh * dilation_h) * wp
             for kw in range(kw_size):
-                if six:
-                    _shifted_matmul6_acc(wt[kh, kw], grads, chan, offset, oh * row, acc,
-                                         (dst_row + kw * dilation_w) * LANES, row)
-                else:
-                    _shifted_matmul_acc(wt[kh, kw], grads, chan, offset, oh * row, acc,
-                                        (dst_row + kw * dilation_w) * LANES, row)
+                shifted_products_acc(wt[kh, kw], grads, chan, offset, oh * row, acc,
+                                     (dst_row + kw * dilation_w) * LANES, row)
     _deinterleave(acc, n0, g * c_in_g, c_in_g, grad_xp)
 
 
