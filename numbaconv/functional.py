@@ -456,7 +456,7 @@ def _one_pass_backward_lanes(grad_y, x, z, weight, stride, padding, dilation, gr
         return None
     _check_outputs(x, grad_weight=(grad_weight, weight.shape),
                    grad_bias=(grad_bias, (weight.shape[0],)))
-    if not (np.isfinite(x.sum()) and np.isfinite(weight.sum())):  # the unfused exact path
+    if not (np.isfinite(x).all() and np.isfinite(weight.sum())):  # the unfused exact path
         return None
     grad_xp, grad_w, grad_b = conv_act_pool.conv_act_pool_backward_lanes(
         np.ascontiguousarray(grad_y), np.ascontiguousarray(z), np.ascontiguousarray(x),
