@@ -429,8 +429,9 @@ def _one_pass_weight_grad(grad_y, x, z, weight, stride, padding, dilation, group
         return None
     _check_outputs(x, grad_weight=(grad_weight, weight.shape),
                    grad_bias=(grad_bias, (weight.shape[0],)))
-    # a finite sum: every value finite (a sum that overflows takes the exact path as well)
-    if not (np.isfinite(x.sum()) and np.isfinite(weight.sum())):  # the unfused exact path
+    # the weight's finite sum: every value finite (a sum that overflows takes the exact path
+    # as well); x's values checked one by one (faster than its sum)
+    if not (np.isfinite(x).all() and np.isfinite(weight.sum())):  # the unfused exact path
         return None
     grad_w, grad_b = conv_act_pool.conv_act_pool_weight_grad(
         np.ascontiguousarray(grad_y), np.ascontiguousarray(z), np.ascontiguousarray(x),
