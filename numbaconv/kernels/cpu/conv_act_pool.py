@@ -12,7 +12,9 @@ differentiates it), activates it there and pools it while it is in cache. Narrow
 the interleaved-samples layout (:func:`_fused_lanes_kernel`).
 
 A first stage's backward (no input gradient) whose weight gradient reads the gradient's rows
-(LeNet's first layer) also takes one pass: :func:`conv_act_pool_weight_grad`.
+(LeNet's first layer) also takes one pass: :func:`conv_act_pool_weight_grad`; so does a
+stage's backward on the interleaved layout (LeNet's second layer), weight and input gradient
+from one interleaved copy of the gradient at z: :func:`conv_act_pool_backward_lanes`.
 
 Results equal the unfused functions' bit for bit: the same sums in the same order, then the
 same activation and pool functions (``tests/test_fusion.py``, ``tests/test_lenet_kernels.py``).
