@@ -409,29 +409,44 @@ def conv2d_act_pool_backward(grad_y, x, z, weight, stride=1, padding=0, dilation
                            grad_bias=grad_bias)
 
 
+def _one_pass_geometry(grad_y, x, z, weight, stride, padding, dilation, groups):
+    """(geometry, padded input shape) of a fused stage's convolution for its one-pass
+    backwards, or None where they cannot serve: not NumPy arrays, not of one dtype, z not of
+    the output's shape, an empty output (the unfused functions then also raise the errors)."""
+    if not (isinstance(x, np.ndarray) and isinstance(weight, np.ndarray)):
+        return None
+    geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
+    if (tuple(z.shape) != tuple(geo.output_shape) or 0 in geo.output_shape
+            or not x.dtype == weight.dtype == z.dtype == grad_y.dtype):
+        return None
+    return geo, (x.shape[0], x.shape[1]) + geo.padded
+
+
+def _finite_for_one_pass(x, weight, grad_weight, grad_bias) -> bool:
+    """Whether x and weight are finite (else the unfused exact path serves), after checking
+    the output arrays given: x value by value (faster than its sum), the weight by its sum (a
+    sum that overflows takes the exact path as well)."""
+    _check_outputs(x, grad_weight=(grad_weight, weight.shape),
+                   grad_bias=(grad_bias, (weight.shape[0],)))
+    return bool(np.isfinite(x).all() and np.isfinite(weight.sum()))
+
+
 def _one_pass_weight_grad(grad_y, x, z, weight, stride, padding, dilation, groups, codes,
                           grad_weight, grad_bias):
     """(grad_weight, grad_bias) of a fused stage without its input gradient by
     :func:`conv_act_pool.conv_act_pool_weight_grad` (the gradient at z never written out),
     where it applies and the arrays are finite and of one dtype; else None (the unfused
     functions, which also raise the errors)."""
-    if not (isinstance(x, np.ndarray) and isinstance(weight, np.ndarray)):
+    found = _one_pass_geometry(grad_y, x, z, weight, stride, padding, dilation, groups)
+    if found is None:
         return None
-    geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
-    padded_shape = (x.shape[0], x.shape[1]) + geo.padded
-    if (tuple(z.shape) != tuple(geo.output_shape) or 0 in geo.output_shape
-            or not x.dtype == weight.dtype == z.dtype == grad_y.dtype
-            or cpu_conv.use_column_side(x.shape, weight.shape, geo.groups, geo.stride,
-                                        geo.output_shape)
+    geo, padded_shape = found
+    if (cpu_conv.use_column_side(x.shape, weight.shape, geo.groups, geo.stride,
+                                 geo.output_shape)
             or not conv_act_pool.weight_grad_applies(padded_shape, weight.shape, x.itemsize,
                                                      geo.stride, geo.groups,
-                                                     *geo.output_shape[2:])):
-        return None
-    _check_outputs(x, grad_weight=(grad_weight, weight.shape),
-                   grad_bias=(grad_bias, (weight.shape[0],)))
-    # the weight's finite sum: every value finite (a sum that overflows takes the exact path
-    # as well); x's values checked one by one (faster than its sum)
-    if not (np.isfinite(x).all() and np.isfinite(weight.sum())):  # the unfused exact path
+                                                     *geo.output_shape[2:])
+            or not _finite_for_one_pass(x, weight, grad_weight, grad_bias)):
         return None
     grad_w, grad_b = conv_act_pool.conv_act_pool_weight_grad(
         np.ascontiguousarray(grad_y), np.ascontiguousarray(z), np.ascontiguousarray(x),
@@ -445,19 +460,14 @@ def _one_pass_backward_lanes(grad_y, x, z, weight, stride, padding, dilation, gr
     layout by :func:`conv_act_pool.conv_act_pool_backward_lanes` (the gradient at z never
     written out), where it applies and the arrays are finite and of one dtype; else None (the
     unfused functions, which also raise the errors)."""
-    if not (isinstance(x, np.ndarray) and isinstance(weight, np.ndarray)):
+    found = _one_pass_geometry(grad_y, x, z, weight, stride, padding, dilation, groups)
+    if found is None:
         return None
-    geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
-    padded_shape = (x.shape[0], x.shape[1]) + geo.padded
-    if (tuple(z.shape) != tuple(geo.output_shape) or 0 in geo.output_shape
-            or not x.dtype == weight.dtype == z.dtype == grad_y.dtype
-            or not conv_act_pool.backward_lanes_applies(x.shape, padded_shape, weight.shape,
-                                                        x.itemsize, geo.stride, geo.groups,
-                                                        *geo.output_shape[2:])):
-        return None
-    _check_outputs(x, grad_weight=(grad_weight, weight.shape),
-                   grad_bias=(grad_bias, (weight.shape[0],)))
-    if not (np.isfinite(x).all() and np.isfinite(weight.sum())):  # the unfused exact path
+    geo, padded_shape = found
+    if (not conv_act_pool.backward_lanes_applies(x.shape, padded_shape, weight.shape,
+                                                 x.itemsize, geo.stride, geo.groups,
+                                                 *geo.output_shape[2:])
+            or not _finite_for_one_pass(x, weight, grad_weight, grad_bias)):
         return None
     grad_xp, grad_w, grad_b = conv_act_pool.conv_act_pool_backward_lanes(
         np.ascontiguousarray(grad_y), np.ascontiguousarray(z), np.ascontiguousarray(x),

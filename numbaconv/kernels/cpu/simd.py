@@ -224,22 +224,24 @@ add = _lane_op("add", lambda builder, a, b: builder.fadd(a, b))
 mul = _lane_op("mul", lambda builder, a, b: builder.fmul(a, b))
 
 
-def _pair_halves(context, builder, vector_type, count, count_type):
-    """The masks of the two loads or stores that cover ``count`` pairs (2 * count values)
-    starting at a vector's first lane: the first vector's lanes, then the second's."""
+def _pair_access(context, builder, what, row_type, row, index, index_type, count,
+                 count_type):
+    """LLVM's masked ``what`` ("load" or "store") of a vector of ``row_type``'s values, and
+    the (pointer, mask) of each of the two vectors that hold ``count`` pairs (2 * count
+    values) from row[index] on."""
+    vector_type = _vector_for(row_type)
+    vector_llvm = context.get_value_type(vector_type)
     width = vector_type.width
     values = builder.mul(context.cast(builder, count, count_type, types.int32),
                          ir.Constant(ir.IntType(32), 2))
     rest = builder.sub(values, ir.Constant(ir.IntType(32), width))
-    return (_first_lanes(context, builder, vector_type, values, types.int32),
-            _first_lanes(context, builder, vector_type, rest, types.int32))
-
-
-def _pair_pointers(context, builder, row_type, row, index, index_type, vector_llvm, width):
+    masks = (_first_lanes(context, builder, vector_type, values, types.int32),
+             _first_lanes(context, builder, vector_type, rest, types.int32))
     first = _address(context, builder, row_type, row, index, index_type)
     second = builder.gep(first, [context.get_constant(types.intp, width)])
-    return (builder.bitcast(first, vector_llvm.as_pointer()),
-            builder.bitcast(second, vector_llvm.as_pointer()))
+    pointers = (builder.bitcast(first, vector_llvm.as_pointer()),
+                builder.bitcast(second, vector_llvm.as_pointer()))
+    return _masked(builder, what, vector_llvm, pointers[0]), tuple(zip(pointers, masks))
 
 
 @intrinsic
@@ -250,12 +252,10 @@ def evens_odds(typingctx, row, index, count):
         vector_llvm = context.get_value_type(vector_type)
         width = vector_type.width
         align = ir.Constant(ir.IntType(32), row.dtype.bitwidth // 8)
-        masks = _pair_halves(context, builder, vector_type, args[2], count)
-        pointers = _pair_pointers(context, builder, row, args[0], args[1], index, vector_llvm,
-                                  width)
-        load = _masked(builder, "load", vector_llvm, pointers[0])
+        load, halves = _pair_access(context, builder, "load", row, args[0], args[1], index,
+                                    args[2], count)
         low, high = (builder.call(load, [pointer, align, mask, ir.Constant(vector_llvm, None)])
-                     for pointer, mask in zip(pointers, masks, strict=True))
+                     for pointer, mask in halves)
         index_type = ir.VectorType(ir.IntType(32), width)
         evens, odds = (builder.shuffle_vector(low, high, ir.Constant(
             index_type, list(range(first, 2 * width, 2)))) for first in (0, 1))
@@ -271,20 +271,17 @@ def store_pairs(typingctx, row, index, evens, odds, count):
         raise TypingError(f"cannot store {evens}, {odds} as pairs into a {row}")
 
     def codegen(context, builder, sig, args):
-        vector_llvm = context.get_value_type(vector_type)
         width = vector_type.width
         align = ir.Constant(ir.IntType(32), row.dtype.bitwidth // 8)
-        masks = _pair_halves(context, builder, vector_type, args[4], count)
-        pointers = _pair_pointers(context, builder, row, args[0], args[1], index, vector_llvm,
-                                  width)
-        store = _masked(builder, "store", vector_llvm, pointers[0])
+        store, halves = _pair_access(context, builder, "store", row, args[0], args[1], index,
+                                     args[4], count)
         index_type = ir.VectorType(ir.IntType(32), width)
         half = width // 2
         low = builder.shuffle_vector(args[2], args[3], ir.Constant(
             index_type, [i for j in range(half) for i in (j, width + j)]))
         high = builder.shuffle_vector(args[2], args[3], ir.Constant(
             index_type, [i for j in range(half, width) for i in (j, width + j)]))
-        for value, pointer, mask in zip((low, high), pointers, masks, strict=True):
+        for value, (pointer, mask) in zip((low, high), halves, strict=True):
             builder.call(store, [value, pointer, align, mask])
         return context.get_dummy_value()
 
