@@ -389,22 +389,26 @@ def conv_act_pool_weight_grad(grad_y, z, x, padding, kernel, dilation, activatio
 # gradient at z by the unfused functions, interleaves it once and takes both gradients from
 # that copy, by the unfused kernels' own code.
 
+@njit(inline="always")
+def _act_pool_backward_planes(activated, pooled, grad, activation, pool):
+    """grad (P, H, W) = the gradient at z of planes ``activated`` (P, H, W) from their pool's
+    gradient ``pooled`` (P, H // 2, W // 2), as activation.act_pool_backward computes it
+    (activation and pool codes as in :mod:`numbaconv.kernels.cpu.activation`; a module
+    function, not a closure: Numba's cache keys a job by its closure's pickled contents, and a
+    dispatcher there pickles differently in every process)."""
+    if pool == act.AVG:
+        act._avg2x2_backward(pooled, grad)
+    else:
+        act._max2x2_backward(activated, pooled, grad)
+    if activation == act.SIGMOID:
+        act._times_sigmoid_derivative(grad.reshape(-1), activated.reshape(-1))
+    else:
+        act._times_relu_derivative(grad.reshape(-1), activated.reshape(-1))
+
+
 def _fused_backward_lanes_kernel(activation, pool):
     """The backward kernel of one activation and pool pair on the interleaved layout, named
     e.g. ``conv2d_sigmoid_avg_pool_backward_lanes``, and its block job's function."""
-    @njit(inline="always")
-    def act_pool_planes(activated, pooled, grad):
-        """grad (P, H, W) = the gradient at z of planes ``activated`` from their pool's
-        gradient ``pooled`` (P, H // 2, W // 2), as activation.act_pool_backward computes it."""
-        if pool == act.AVG:
-            act._avg2x2_backward(pooled, grad)
-        else:
-            act._max2x2_backward(activated, pooled, grad)
-        if activation == act.SIGMOID:
-            act._times_sigmoid_derivative(grad.reshape(-1), activated.reshape(-1))
-        else:
-            act._times_relu_derivative(grad.reshape(-1), activated.reshape(-1))
-
     def block(grad_y, z, xp, wt, chan, offset, stride_h, dilation_h, dilation_w, n0, g,
               need_input_grad, partial, partial_bias, grad_xp):
         """Samples n0:n0 + LANES, group g: partial (C_out_g, K) += their weight gradient,
@@ -418,14 +422,15 @@ def _fused_backward_lanes_kernel(activation, pool):
         grad_z = np.empty((samples, c_out_g, z.shape[2], out_w), dtype=z.dtype)
         if c_out_g == z.shape[1]:  # one group: the block's planes in one call
             planes = samples * c_out_g
-            act_pool_planes(z[n0:n0 + samples].reshape(planes, z.shape[2], out_w),
-                            grad_y[n0:n0 + samples].reshape(planes, grad_y.shape[2],
-                                                            grad_y.shape[3]),
-                            grad_z.reshape(planes, z.shape[2], out_w))
+            _act_pool_backward_planes(
+                z[n0:n0 + samples].reshape(planes, z.shape[2], out_w),
+                grad_y[n0:n0 + samples].reshape(planes, grad_y.shape[2], grad_y.shape[3]),
+                grad_z.reshape(planes, z.shape[2], out_w), activation, pool)
         else:
             for i in range(samples):
-                act_pool_planes(z[n0 + i, c0:c0 + c_out_g], grad_y[n0 + i, c0:c0 + c_out_g],
-                                grad_z[i])
+                _act_pool_backward_planes(z[n0 + i, c0:c0 + c_out_g],
+                                          grad_y[n0 + i, c0:c0 + c_out_g], grad_z[i],
+                                          activation, pool)
         grads = np.zeros((c_out_g, grad_z.shape[2] * out_w * LANES), dtype=z.dtype)
         _interleave(grad_z, 0, 0, c_out_g, grads)
         buf = np.zeros((c_in_g, xp.shape[2] * wp * LANES), dtype=xp.dtype)
