@@ -252,18 +252,14 @@ def job(name: str, dtype):
             "conv2d_weight_grad_channels": channels.weight_grad_channels_job}
     if name in jobs:
         return jobs[name](np.dtype(dtype))
-    for codes, kernel in conv_act_pool.FUSED.items():
-        if kernel.py_func.__name__ == name:
-            return conv_act_pool.block_job(*codes, np.dtype(dtype))
-    for codes, kernel in conv_act_pool.FUSED_WEIGHT_GRAD.items():
-        if kernel.py_func.__name__ == name:
-            return conv_act_pool.weight_grad_job(*codes, np.dtype(dtype))
-    for codes, kernel in conv_act_pool.FUSED_LANES.items():
-        if kernel.py_func.__name__ == name:
-            return conv_act_pool.lanes_job(*codes, np.dtype(dtype))
-    for codes, kernel in conv_act_pool.FUSED_BACKWARD_LANES.items():
-        if kernel.py_func.__name__ == name:
-            return conv_act_pool.backward_lanes_job(*codes, np.dtype(dtype))
+    for kernels, family_job in ((conv_act_pool.FUSED, conv_act_pool.block_job),
+                                (conv_act_pool.FUSED_WEIGHT_GRAD, conv_act_pool.weight_grad_job),
+                                (conv_act_pool.FUSED_LANES, conv_act_pool.lanes_job),
+                                (conv_act_pool.FUSED_BACKWARD_LANES,
+                                 conv_act_pool.backward_lanes_job)):
+        for codes, kernel in kernels.items():
+            if kernel.py_func.__name__ == name:
+                return family_job(*codes, np.dtype(dtype))
     return None
 
 

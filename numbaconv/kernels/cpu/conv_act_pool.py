@@ -90,6 +90,14 @@ def _compiled(activation, pool, kernel, kernel_suffix, job, job_suffix, fastmath
     return njit(parallel=True, cache=True)(kernel), njit(cache=True, fastmath=fastmath)(job)
 
 
+def _by_codes(factory):
+    """(the (kernel, job function) pair ``factory`` compiles for each activation and pool
+    pair, by their codes; the kernels alone, by their codes)."""
+    pairs = {(activation, pool): factory(activation, pool)
+             for activation in act.ACTIVATION_NAMES for pool in act.POOL_NAMES}
+    return pairs, {codes: kernel for codes, (kernel, _) in pairs.items()}
+
+
 def _fused_kernel(activation, pool):
     """The forward kernel of one activation and pool pair (codes as in
     :mod:`numbaconv.kernels.cpu.activation`; closure constants, so each pair compiles its own
@@ -152,11 +160,8 @@ def _fused_kernel(activation, pool):
 
 
 #: (activation, pool) -> (the fused convolution + activation + pool forward kernel, its block
-#: job's function)
-_KERNELS = {(activation, pool): _fused_kernel(activation, pool)
-            for activation in act.ACTIVATION_NAMES for pool in act.POOL_NAMES}
-#: (activation, pool) -> the fused convolution + activation + pool forward kernel
-FUSED = {codes: kernel for codes, (kernel, _) in _KERNELS.items()}
+#: job's function), and -> the kernel alone
+_KERNELS, FUSED = _by_codes(_fused_kernel)
 
 
 @functools.cache
@@ -239,11 +244,8 @@ def _fused_lanes_kernel(activation, pool):
 
 
 #: (activation, pool) -> (the fused forward kernel on the interleaved layout, its job's
-#: function)
-_LANES_KERNELS = {(activation, pool): _fused_lanes_kernel(activation, pool)
-                  for activation in act.ACTIVATION_NAMES for pool in act.POOL_NAMES}
-#: (activation, pool) -> the fused forward kernel on the interleaved layout
-FUSED_LANES = {codes: kernel for codes, (kernel, _) in _LANES_KERNELS.items()}
+#: function), and -> the kernel alone
+_LANES_KERNELS, FUSED_LANES = _by_codes(_fused_lanes_kernel)
 
 
 @functools.cache
@@ -338,11 +340,9 @@ def _fused_weight_grad_kernel(activation, pool):
                      "_weight_grad_chunk", fastmath=FAST)
 
 
-#: (activation, pool) -> (the fused stage's weight-gradient kernel, its chunk job's function)
-_WEIGHT_GRAD_KERNELS = {(activation, pool): _fused_weight_grad_kernel(activation, pool)
-                        for activation in act.ACTIVATION_NAMES for pool in act.POOL_NAMES}
-#: (activation, pool) -> the fused stage's weight-gradient kernel
-FUSED_WEIGHT_GRAD = {codes: kernel for codes, (kernel, _) in _WEIGHT_GRAD_KERNELS.items()}
+#: (activation, pool) -> (the fused stage's weight-gradient kernel, its chunk job's
+#: function), and -> the kernel alone
+_WEIGHT_GRAD_KERNELS, FUSED_WEIGHT_GRAD = _by_codes(_fused_weight_grad_kernel)
 
 
 @functools.cache
@@ -463,11 +463,8 @@ def _fused_backward_lanes_kernel(activation, pool):
 
 
 #: (activation, pool) -> (the fused backward kernel on the interleaved layout, its job's
-#: function)
-_BACKWARD_LANES_KERNELS = {(activation, pool): _fused_backward_lanes_kernel(activation, pool)
-                           for activation in act.ACTIVATION_NAMES for pool in act.POOL_NAMES}
-#: (activation, pool) -> the fused backward kernel on the interleaved layout
-FUSED_BACKWARD_LANES = {codes: kernel for codes, (kernel, _) in _BACKWARD_LANES_KERNELS.items()}
+#: function), and -> the kernel alone
+_BACKWARD_LANES_KERNELS, FUSED_BACKWARD_LANES = _by_codes(_fused_backward_lanes_kernel)
 
 
 @functools.cache

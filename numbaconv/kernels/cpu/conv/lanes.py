@@ -90,7 +90,7 @@ def _forward_lanes(xp, weights, b, chan, offset, stride_h, n0, g, y):
     row = out_w * LANES
     for oh in range(out_h):
         shifted_products_acc(weights, buf, chan, offset, oh * stride_h * wp * LANES, out,
-                            oh * row, row)
+                             oh * row, row)
     _deinterleave(out, n0, g * c_out_g, c_out_g, y)
 
 

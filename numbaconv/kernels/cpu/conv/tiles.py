@@ -372,8 +372,8 @@ def shifted_products_acc(a, src, chan, offset, base, c, cbase, p_size):
 def _shifted_matmul6_acc(a, src, chan, offset, base, c, cbase, p_size):
     """:func:`_shifted_matmul_acc` with the rows in tiles of six (:func:`_tile6`), those past
     the last multiple of 6 by :func:`_shifted_matmul_acc`; the same sums in the same order.
-    For row counts that are no multiple of 4 (LeNet's first layer, 6 x 25 taps: 1.25x faster
-    in cache than its 4-row and 2-row tiles)."""
+    Callers reach it through :func:`shifted_products_acc`, which says for which row counts
+    (LeNet's first layer, 6 x 25 taps: 1.25x faster in cache than 4-row and 2-row tiles)."""
     m_size, k_size = a.shape[0], a.shape[1]
     w = simd.width(c[0])
     tile = 4 * w
