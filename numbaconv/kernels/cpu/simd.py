@@ -203,7 +203,6 @@ def fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
-
 def _lane_op(name, build):
     """An intrinsic of two vectors of one type, lane by lane, built by ``build(builder, a,
     b)``."""
