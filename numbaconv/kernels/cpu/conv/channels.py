@@ -21,8 +21,8 @@ whichever computes fewer positions (:func:`tiles_by_rows`):
 Each tile keeps its sums in a slot of the task's scratch (2W values a position), from the
 bias on; the taps are added a chunk at a time over every tile (:data:`WEIGHTS_CHUNK_BYTES` of
 weights, which stay in L1), and each slot is spread to y's planes as soon as the last
-chunk finishes it (on the flat grid, positions in the padding's columns dropped). A task owns a sample and a block of
-channels, so results do not depend on the number of threads.
+chunk finishes it (on the flat grid, positions in the padding's columns dropped). A task
+owns a sample and a block of channels, so results do not depend on the number of threads.
 
 The weight gradient turns the tile around: TILE_PIXELS taps x two vectors of output
 channels, summed over every output of every sample, row by row, from gy laid out
