@@ -217,8 +217,10 @@ def test_time_case_interleaves_and_takes_medians():
     calls = []
     prepared = B.Prepared(numbaconv=lambda: calls.append("n"), torch=lambda: calls.append("t"))
     result = B.time_case(B.CASES[0], prepared, repeat=4, min_time=0.0)
-    timed = calls[4:]  # after one warm-up and one calibration call per side
-    assert timed == ["n", "t", "t", "n", "n", "t", "t", "n"]
+    # after one warm-up and one calibration call per side (each sample, the calibration
+    # too, starts with an untimed call of its own side)
+    timed = calls[6:]
+    assert timed == ["n", "n", "t", "t", "t", "t", "n", "n", "n", "n", "t", "t", "t", "t", "n", "n"]
     assert len(result.numbaconv_times) == len(result.torch_times) == 4
     assert result.ratio == pytest.approx(result.numbaconv_median / result.torch_median)
 
