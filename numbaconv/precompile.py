@@ -440,21 +440,18 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
         return forward, backward
     stride, dilation, padding, padded, output = _conv_geometry(layer, input_shape)
     if conv.use_column_side(input_shape, weight.shape, layer.groups, stride, output):
-        strided_channels = conv.use_strided_channel_vectors(weight.shape, layer.groups, stride,
-                                                            output[3], weight.itemsize)
-        unrolled = conv.use_unrolled(input_shape, weight.shape, layer.groups, output)
-        if unrolled and not strided_channels:
+        if conv.use_unrolled(input_shape, weight.shape, layer.groups, output):
             # one small parallel kernel, compiled on first use
             return [], []
         plan = conv._ColumnsPlan(input_shape, weight.shape, padding, stride, dilation,
                                  *output[2:])
         if plan.empty:  # every tap reads padding: the bias alone, no kernel
             return [], []
-        if strided_channels:  # the forward by row tiles; the input gradient by the columns
-            # or, where they serve, the unrolled kernels (compiled on first use)
+        if conv.use_strided_channel_vectors(weight.shape, layer.groups, stride, output[3],
+                                            weight.itemsize):  # the forward by row tiles
             pads = _pad_kernels(input_shape, padding)
             return pads + ["conv2d_forward_channels"], pads + ["conv2d_weight_grad_channels"] + (
-                ["conv2d_input_grad_columns"] if need_input_grad and not unrolled else [])
+                ["conv2d_input_grad_columns"] if need_input_grad else [])
         pads = []
         if plan.wide:  # the part of x the live taps read, padded
             n, channels, height, width = input_shape

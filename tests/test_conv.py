@@ -767,35 +767,6 @@ def test_channel_vector_forward_at_stride_2_matches_reference(nc, dtype, shape, 
     assert weight_grad.call_count == 1 and weight_grad.call_args.args[4] == 2
 
 
-def test_stride_2_layer_on_both_sides_takes_channels_and_the_unrolled_input_gradient(nc):
-    """ResNet's 64 -> 128 onto 12x12 (scaled: 64 output channels, 32 samples), where the
-    output-channel and the unrolled kernels both serve: the forward and the weight gradient
-    by the former, the input gradient by the latter; float64 against the reference, float32
-    (sums of 4,608 products per weight) against float64 to 1e-5 of the largest value."""
-    from numbaconv.kernels.cpu import conv
-    from numbaconv.kernels.cpu.conv import unrolled
-
-    shape, w_shape = (32, 64, 24, 24), (64, 64, 3, 3)
-    assert unrolled.use_unrolled(shape, w_shape, 1, (32, 64, 12, 12))
-    case = dict(N=32, C=64, H=24, W=24, F=64, kernel=(3, 3), stride=2, padding=1, dilation=1,
-                groups=1, bias=True, dtype=np.float64, layouts=("C", "C", "C"), seed=4)
-    with counting_channel_vector_calls() as (forward, weight_grad), \
-            mock.patch.object(conv, "input_grad_unrolled",
-                              wraps=unrolled.input_grad_unrolled) as input_grad, \
-            mock.patch.object(conv, "backward_unrolled") as all_unrolled:
-        check_conv_against_reference(nc, case)
-        x, w, b, rng = make_conv_arrays(case)
-        gy = rng.normal(size=(32, 64, 12, 12))
-        results = [(nc.conv2d(x.astype(t), w.astype(t), b.astype(t), stride=2, padding=1),)
-                   + nc.conv2d_backward(gy.astype(t), x.astype(t), w.astype(t), stride=2,
-                                        padding=1) for t in (np.float32, np.float64)]
-    for single, double in zip(*results, strict=True):
-        assert single.dtype == np.float32
-        np.testing.assert_allclose(single, double, rtol=0, atol=1e-5 * np.abs(double).max())
-    assert (forward.call_count, weight_grad.call_count, input_grad.call_count) == (3, 3, 3)
-    assert not all_unrolled.called
-
-
 @pytest.mark.parametrize("value", [np.inf, np.nan])
 def test_channel_vector_kernels_at_stride_2_propagate_non_finite_values_like_reference(nc,
                                                                                        value):

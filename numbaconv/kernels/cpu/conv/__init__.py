@@ -74,7 +74,7 @@ from .lanes import (
     weight_grad_lanes_job,
 )
 from .place import _place_planes
-from .unrolled import backward_unrolled, forward_unrolled, input_grad_unrolled, use_unrolled
+from .unrolled import backward_unrolled, forward_unrolled, use_unrolled
 
 __all__ = [
     "conv2d_forward", "conv2d_weight_grad", "conv2d_weight_grad_rows", "conv2d_forward_lanes",
@@ -217,15 +217,15 @@ def use_column_side(x_shape, weight_shape, groups, stride, out_shape):
 
 def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
     """:func:`conv2d_forward_columns` of x (unpadded; padding ((top, bottom), (left, right))),
-    or at stride 2 where :func:`use_strided_channel_vectors` says so :func:`forward_channels`,
-    or else on small maps :func:`forward_unrolled`."""
-    if use_strided_channel_vectors(w.shape, 1, stride, out_w, x.itemsize):
-        xp, _ = pad(x, padding)
-        return forward_channels(xp, w, b, stride, dilation, out_h, out_w)
+    or on small maps :func:`forward_unrolled`, or at stride 2 where
+    :func:`use_strided_channel_vectors` says so :func:`forward_channels`."""
     if use_unrolled(x.shape, w.shape, 1, (x.shape[0], w.shape[0], out_h, out_w)):
         (top, _), (left, _) = padding
         return forward_unrolled(np.ascontiguousarray(x), w, b, (*stride, *dilation, top, left),
                                 out_h, out_w)
+    if use_strided_channel_vectors(w.shape, 1, stride, out_w, x.itemsize):
+        xp, _ = pad(x, padding)
+        return forward_channels(xp, w, b, stride, dilation, out_h, out_w)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, out_h, out_w)
     if plan.empty:  # the bias alone
         return np.broadcast_to(b[:, None, None], (x.shape[0], w.shape[0], out_h, out_w)).copy()
@@ -241,20 +241,12 @@ def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad, need_
     weight gradient at stride 2 by :func:`weight_grad_channels` where
     :func:`use_strided_channel_vectors` says so, or on small maps by
     :func:`backward_unrolled`, which writes grad_w into ``grad_weight`` where given (a
-    layer's gradient: no copy). Where both serve (ResNet's 64 -> 128 onto 12x12 at 96x96),
-    the weight gradient by the former, the input gradient by :func:`input_grad_unrolled`
-    (each the faster there: the backward 1.25-1.3x faster than all unrolled)."""
-    strided_channels = use_strided_channel_vectors(w.shape, 1, stride, gy.shape[3], x.itemsize)
+    layer's gradient: no copy)."""
     if use_unrolled(x.shape, w.shape, 1, gy.shape):
         (top, _), (left, _) = padding
-        geometry = (*stride, *dilation, top, left)
-        if not strided_channels:
-            return backward_unrolled(gy, np.ascontiguousarray(x), w, geometry,
-                                     need_input_grad, need_bias_grad, grad_weight)
-        grad_w, grad_b = weight_grad_channels(gy, pad(x, padding)[0], w.shape[2:], stride,
-                                              dilation)
-        grad_x = input_grad_unrolled(gy, w, x.shape, geometry) if need_input_grad else None
-        return grad_x, grad_w, grad_b if need_bias_grad else None
+        return backward_unrolled(gy, np.ascontiguousarray(x), w,
+                                 (*stride, *dilation, top, left), need_input_grad,
+                                 need_bias_grad, grad_weight)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, gy.shape[2], gy.shape[3])
     grad_w = np.zeros_like(w)
     if plan.empty:
@@ -264,7 +256,7 @@ def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad, need_
     live_w = np.ascontiguousarray(w[:, :, plan.rows, plan.cols])
     if not np.isfinite(live_w.sum()):  # scratch columns would carry 0 * inf into grad_x
         plan.wide = False
-    if strided_channels:
+    if use_strided_channel_vectors(w.shape, 1, stride, gy.shape[3], x.itemsize):
         # by rows of outputs: every product is one of the sums' own (inf and NaN as there)
         grad_w, grad_b = weight_grad_channels(gy, pad(x, padding)[0], w.shape[2:], stride,
                                               dilation)

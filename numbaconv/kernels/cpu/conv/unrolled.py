@@ -1,7 +1,7 @@
-"""The unrolled kernels: on small maps (ResNet-18's maps of 6x6 and below at 96x96 and the input
-gradient of its stride-2 layer onto 12x12, of 7x7 and below at 28x28), a convolution is a sum
-of matrix products, one per pair of an output pixel and an input pixel that a kernel tap joins,
-with the batch's samples along the vectors:
+"""The unrolled kernels: on small maps (ResNet-18's maps of 6x6 and below at 96x96 and its
+stride-2 layer onto 12x12, of 7x7 and below at 28x28), a convolution is a sum of matrix products,
+one per pair of an output pixel and an input pixel that a kernel tap joins, with the batch's
+samples along the vectors:
 
     y[:, o, :] (C_out, N) = sum over the pairs (o, i, tap t) of  w[:, :, t] (C_out, C_in) @
                             x[:, i, :] (C_in, N)
@@ -265,19 +265,9 @@ def backward_unrolled(gy, x, w, geometry, need_input_grad, need_bias_grad, grad_
     grad_w = np.empty_like(w) if grad_weight is None else grad_weight
     _taps_gradient(grad_live, live, grad_w.reshape(w.shape[0], w.shape[1], -1))
     grad_b = _channel_sums(_flat(gy)).astype(gy.dtype) if need_bias_grad else None
-    grad_x = _input_grad(gy_pixels, w, x.shape, live, by_input) if need_input_grad else None
+    grad_x = None
+    if need_input_grad:
+        grad_pixels = _pair_products(_live_weights_transposed(_flat(w), live), gy_pixels,
+                                     *by_input)
+        grad_x = _swapped(grad_pixels).reshape(x.shape)
     return grad_x, grad_w, grad_b
-
-
-def input_grad_unrolled(gy, w, x_shape, geometry):
-    """grad_x (``x_shape``) of :func:`forward_unrolled` at gy, alone (where another kernel
-    takes the weight gradient)."""
-    live, _, _, by_input = _plan_of(x_shape, w.shape, gy.shape[2], gy.shape[3], geometry)
-    return _input_grad(_swapped(_flat(gy)), w, x_shape, live, by_input)
-
-
-def _input_grad(gy_pixels, w, x_shape, live, by_input):
-    """grad_x (``x_shape``) from gy pixel-major (OH * OW, C_out, N)."""
-    grad_pixels = _pair_products(_live_weights_transposed(_flat(w), live), gy_pixels,
-                                 *by_input)
-    return _swapped(grad_pixels).reshape(x_shape)
