@@ -337,8 +337,8 @@ def _step_build(activation: str, pool: str, optimizer: str, lr: float):
 
         def nc():  # the body of numbaconv.training.Loop.train_epoch, without the metrics
             logits = model.forward(x, training=True)
-            loss = F.cross_entropy(logits, y)
-            model.backward(F.cross_entropy_backward(logits, y), need_input_grad=False)
+            loss, grad_logits = F.cross_entropy_with_grad(logits, y)
+            model.backward(grad_logits, need_input_grad=False)
             opt.step(model.named_grads())
             return loss
 
