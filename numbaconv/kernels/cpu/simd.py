@@ -286,6 +286,7 @@ def store_pairs(typingctx, row, index, evens, odds, count):
 
     return types.none(row, index, evens, odds, count), codegen
 
+
 @intrinsic
 def total(typingctx, v):
     if not isinstance(v, Vector):

@@ -20,9 +20,10 @@ whichever computes fewer positions (:func:`tiles_by_rows`):
 
 Each tile keeps its sums in a slot of the task's scratch (2W values a position), from the
 bias on; the taps are added a chunk at a time over every tile (:data:`WEIGHTS_CHUNK_BYTES` of
-weights, which stay in L1), and each slot is spread to y's planes as soon as the last
-chunk finishes it (on the flat grid, positions in the padding's columns dropped). A task
-owns a sample and a block of channels, so results do not depend on the number of threads.
+weights, which stay in L1), and the finished slots are spread to y's planes (a tile
+along a row as soon as it is final; on the flat grid, at the end, positions in the padding's
+columns dropped). A task owns a sample and a block of channels, so results do not depend on
+the number of threads.
 
 The weight gradient turns the tile around: TILE_PIXELS taps x two vectors of output
 channels, summed over every output of every sample, row by row, from gy laid out
@@ -187,10 +188,11 @@ def _forward_task(xflat, packed, b, taps, n, block, wp, stride, by_rows, y, sums
 
     Every tile starts from the bias in its own slot of ``sums`` and adds the taps a chunk at
     a time (:data:`WEIGHTS_CHUNK_BYTES`), each chunk over all the tiles: the same sums in
-    the same order as all the taps at once. In the last chunk each tile's finished outputs
-    are spread to y right after it, so that y's cache misses overlap the next tiles'
-    products (the spread takes about 10% of a task at ResNet's 24x24 maps; so placed, the
-    tasks by rows ran 1.02-1.07x faster than with every spread at the end)."""
+    the same order as all the taps at once. Tiles along the rows are spread to y as soon as
+    the last chunk finishes each, so that y's cache misses overlap the next tiles' products
+    (the spread takes about 10% of a task at ResNet's 24x24 maps; so placed, those tasks ran
+    1.02-1.07x faster than with every spread at the end); the flat grid's rows, which cross
+    tiles, are spread at the end (placed per tile they ran the same)."""
     out_h, out_w = y.shape[2], y.shape[3]
     xs = xflat[n]
     w = simd.width(xs)
@@ -209,49 +211,30 @@ def _forward_task(xflat, packed, b, taps, n, block, wp, stride, by_rows, y, sums
     square = np.empty(w * w, dtype=y.dtype)
     for k0 in range(0, taps.size, chunk):
         k1 = min(taps.size, k0 + chunk)
-        last_chunk = k1 == taps.size
-        done_rows = 0  # the flat grid's rows spread to y so far
         for t in range(n_tiles):
             o = t * TILE_PIXELS
             if not by_rows:  # stride 1, along the flat grid (rows Wp apart), the last tile
                 # ending at the grid's end: no tile reads past the sample's input
                 _tile(xs, weights, taps, k0, k1, min(o, length - TILE_PIXELS), 1, sums, o)
-                if last_chunk:
-                    done_rows = _spread_grid_rows(sums, t, n_tiles, length, done_rows, y, n,
-                                                  c0, wp, square)
                 continue
             oh, ow = _row_tile(t, per_row, out_w)
             if stride == 1:
                 _tile(xs, weights, taps, k0, k1, oh * wp + ow, 1, sums, o)
             else:
                 _tile(xs, weights, taps, k0, k1, 2 * (oh * wp + ow), 2, sums, o)
-            if last_chunk:
+            if k1 == taps.size:  # the tile is final
                 for i in range(0, TILE_PIXELS, w):
                     _spread(sums, o + i, min(w, TILE_PIXELS - i), y, n, c0, oh, ow + i, square)
-
-
-@njit(inline="always")
-def _spread_grid_rows(sums, t, n_tiles, length, done_rows, y, n, c0, wp, square):
-    """After tile t of the flat grid's ``n_tiles`` is final: spreads to y the grid's rows from
-    ``done_rows`` on that tiles 0..t cover, and returns the rows done. The last tile's slot
-    is first moved to its positions, ``length - TILE_PIXELS`` on (ascending: the slot lies at
-    or after them; the positions it overwrites hold the same sums)."""
-    out_h, out_w = y.shape[2], y.shape[3]
-    w = simd.width(square)
-    block_size = 2 * w
-    covered = (t + 1) * TILE_PIXELS
-    if t == n_tiles - 1:
-        last = t * TILE_PIXELS * block_size
+    if not by_rows:
+        # the last tile's slot to its positions, length - TILE_PIXELS on (ascending: the
+        # slot lies at or after them)
+        last = (n_tiles - 1) * TILE_PIXELS * block_size
         first = (length - TILE_PIXELS) * block_size
         for i in range(TILE_PIXELS * block_size):
             sums[first + i] = sums[last + i]
-        covered = length
-    oh = done_rows
-    while oh < out_h and oh * wp + out_w <= covered:  # the padding's columns are dropped
-        for ow in range(0, out_w, w):
-            _spread(sums, oh * wp + ow, min(w, out_w - ow), y, n, c0, oh, ow, square)
-        oh += 1
-    return oh
+        for oh in range(out_h):  # positions in the padding's columns are dropped
+            for ow in range(0, out_w, w):
+                _spread(sums, oh * wp + ow, min(w, out_w - ow), y, n, c0, oh, ow, square)
 
 
 @functools.cache
