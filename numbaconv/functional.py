@@ -36,7 +36,7 @@ from .kernels.cpu import conv_act_pool
 from .kernels.cpu import elementwise as cpu_elementwise
 from .kernels.cpu import norm as cpu_norm
 from .kernels.cpu import pool as cpu_pool
-from .kernels.cpu.dense import matmul_acc
+from .kernels.cpu.dense import product_acc
 from .kernels.cuda.device import is_device_array as _is_device_array
 from .losses import check_labels, check_logits, log_softmax
 
@@ -681,8 +681,10 @@ def linear(x, weight, bias=None):
         return _cuda().linear_forward(x.reshape(rows, weight.shape[1]), weight,
                                       bias).reshape(shape)
     y = np.empty((rows, out_features), dtype=x.dtype)
-    y[:] = 0 if bias is None else bias  # the product adds to it
-    matmul_acc(np.ascontiguousarray(x.reshape(rows, -1)), np.ascontiguousarray(weight.T), y)
+    if bias is not None:
+        y[:] = bias  # the product adds to it
+    product_acc(np.ascontiguousarray(x.reshape(rows, -1)), np.ascontiguousarray(weight), y,
+                transposed=True, overwrite=bias is None)
     return y.reshape(shape)
 
 
@@ -741,15 +743,14 @@ def linear_backward(grad_y, x, weight, need_input_grad=True, need_bias_grad=True
     gy = np.ascontiguousarray(grad_y.reshape(rows, out_features))
     x_rows = np.ascontiguousarray(x.reshape(rows, in_features))
     grad_w = np.empty(weight.shape, dtype=x.dtype) if grad_weight is None else grad_weight
-    grad_w[:] = 0  # the product adds to it
-    matmul_acc(np.ascontiguousarray(gy.T), x_rows, grad_w)
+    product_acc(np.ascontiguousarray(gy.T), x_rows, grad_w, overwrite=True)
     grad_b = None
     if need_bias_grad:
         grad_b = np.sum(gy, axis=0, out=grad_bias)
     grad_x = None
     if need_input_grad:
-        grad_x = np.zeros((rows, in_features), dtype=x.dtype)
-        matmul_acc(gy, np.ascontiguousarray(weight), grad_x)
+        grad_x = np.empty((rows, in_features), dtype=x.dtype)
+        product_acc(gy, np.ascontiguousarray(weight), grad_x, overwrite=True)
         grad_x = grad_x.reshape(x.shape)
     return grad_x, grad_w, grad_b
 

@@ -82,6 +82,7 @@ KERNELS = {
     "sigmoid_forward": 0.8,
     "sigmoid_backward": 0.4,
     "matmul_acc": 2.4,
+    "packed_matmul_acc": 3.0,
     # the jobs (see numbaconv.kernels.cpu.jobs)
     **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 3.7
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
@@ -375,6 +376,7 @@ def _signature(name: str, dtype) -> tuple:
         "sigmoid_forward": (a1,),
         "sigmoid_backward": (a1, a1),
         "matmul_acc": (a2, a2, a2),
+        "packed_matmul_acc": (a2, a2, a2, types.boolean, types.boolean),
         "fused_forward": (a4,),
         "fused_backward": (a4, a4),
         "one_pass": (a4, a4, a1) + (i64,) * 8,
@@ -565,14 +567,29 @@ def _leaf_kernels(layer, input_shape, need_input_grad: bool) -> list[str]:
     if isinstance(layer, Conv2d):
         forward, backward = _conv_kernels(layer, input_shape, need_input_grad)
         return forward + backward
+    if isinstance(layer, Linear):
+        return _linear_kernels(layer, input_shape)
     needs = {
         AvgPool2d: ("avg_pool2d_forward", "avg_pool2d_backward"),
         MaxPool2d: ("max_pool2d_forward", "max_pool2d_backward"),
         Sigmoid: ("sigmoid_forward", "sigmoid_backward"),
-        Linear: ("matmul_acc",),
     }
     return [kernel for cls, kernels in needs.items() if isinstance(layer, cls)
             for kernel in kernels]
+
+
+def _linear_kernels(layer, input_shape) -> list[str]:
+    """The products a ``Linear`` calls (:func:`numbaconv.kernels.cpu.dense.product_acc`, by the
+    size of their b): its weight is the b of the forward and the input gradient, its input
+    (rows x in_features) that of the weight gradient, which a shorter last batch may leave
+    on :func:`~numbaconv.kernels.cpu.dense.matmul_acc`; without ``input_shape``, any rows."""
+    from .kernels.cpu.dense import uses_packed
+
+    out_features, in_features = layer.params["weight"].shape
+    itemsize = layer.params["weight"].itemsize
+    packed = (input_shape is None or uses_packed(in_features, out_features, itemsize)
+              or uses_packed(math.prod(input_shape[:-1]), in_features, itemsize))
+    return ["matmul_acc"] + (["packed_matmul_acc"] if packed else [])
 
 
 def _fused_kernels(fused, input_shape, need_input_grad: bool) -> list[str]:

@@ -252,6 +252,55 @@ def test_matmul_kernel_matches_float64(dtype, sizes):
     np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * np.sqrt(k) * 4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("sizes", [(70, 300, 530), (5, 129, 64), (13, 17, 300), (1, 40, 20)])
+def test_packed_matmul_matches_float64_and_the_unpacked_sums(dtype, transposed, sizes):
+    """c += a @ B by packed panels (b as (K, P) or transposed (P, K)): several panels of taps
+    (K > PANEL_TAPS, a tail short of a vector), blocks of columns with a masked tail, rows
+    split among tasks in six-row tiles, a four-row and a single-row rest: against a float64
+    product, and bit for bit the sums of :func:`matmul_acc`, which adds the taps in the same
+    order. With ``overwrite`` the values in c are not read."""
+    from numbaconv.kernels.cpu.dense import matmul_acc, packed_matmul_acc
+
+    m, k, p = sizes
+    a, b = randn((m, k), seed=1, dtype=dtype), randn((k, p), seed=2, dtype=dtype)
+    start = randn((m, p), seed=3, dtype=dtype)
+    c = start.copy()
+    packed_matmul_acc(a, np.ascontiguousarray(b.T) if transposed else b, c, transposed, False)
+    expected = start.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * np.sqrt(k) * 4)
+    unpacked = start.copy()
+    matmul_acc(a, b, unpacked)
+    np.testing.assert_array_equal(c, unpacked)
+    c[:] = np.nan
+    packed_matmul_acc(a, np.ascontiguousarray(b.T) if transposed else b, c, transposed, True)
+    zero = np.zeros_like(start)
+    matmul_acc(a, b, zero)
+    np.testing.assert_array_equal(c, zero)
+
+
+def test_product_packs_large_b_only():
+    """product_acc sends a b of PACKED_B_BYTES or more to the packed kernel (a Linear's
+    4096 x 4096 weight), a smaller one (LeNet's) to matmul_acc; both give c += a @ B."""
+    from unittest import mock
+
+    from numbaconv.kernels.cpu import dense
+
+    assert dense.uses_packed(4096, 4096, 4) and not dense.uses_packed(400, 120, 4)
+    a, b = randn((6, 8), seed=1), randn((8, 5), seed=2)
+    for bytes_, kernel in ((1, "packed_matmul_acc"), (1 << 40, "matmul_acc")):
+        with mock.patch.object(dense, "PACKED_B_BYTES", bytes_), \
+                mock.patch.object(dense, kernel, wraps=getattr(dense, kernel)) as called:
+            c = np.ones((6, 5), dtype=np.float32)
+            dense.product_acc(a, np.ascontiguousarray(b.T), c, transposed=True)
+            assert called.call_count == 1
+            np.testing.assert_allclose(c, 1 + a @ b, rtol=1e-5)
+            dense.product_acc(a, b, c, overwrite=True)
+            np.testing.assert_allclose(c, a @ b, rtol=1e-5)
+
+
 def test_linear_takes_non_contiguous_input_and_checks_grad_y():
     layer = Linear(6, 5, rng=0)
     x = randn((6, 9), seed=1).T  # (9, 6), Fortran order

@@ -77,7 +77,8 @@ def test_kernels_for_lenet(activation, pool, fuse):
                   f"conv2d_{activation}_{pool}_pool_backward_lanes",
                   f"conv2d_{activation}_{pool}_pool_weight_grad"] if fuse else
                  [f"{pool}_pool2d_forward", f"{pool}_pool2d_backward"])
-    expected += ["matmul_acc"]  # the dense layers' products
+    # the dense layers' products: for a batch of any size, the weight gradient's packed one too
+    expected += ["matmul_acc", "packed_matmul_acc"]
     if activation == "sigmoid":  # the dense layers' sigmoids (and conv's when unfused)
         expected += ["sigmoid_forward", "sigmoid_backward"]
     assert sorted(names) == sorted(expected)
@@ -463,6 +464,20 @@ def test_kernels_for_an_input_shape_are_those_its_layers_choose():
     assert P.kernels_for(model, (1, 1, 28, 28))[:6] == [
         "conv2d_sigmoid_avg_pool_forward", "conv2d_sigmoid_avg_pool_weight_grad",
         "conv2d_weight_grad", "conv2d_forward", "sigmoid_avg_pool_backward", "matmul_acc"]
+
+
+def test_kernels_for_a_large_linear_include_the_packed_product():
+    """A weight of PACKED_B_BYTES and more (VGG's 4096 x 4096) is packed in every product; a
+    small one with a large batch in the weight gradient's (and a shorter last batch may not
+    be): matmul_acc with it."""
+    from numbaconv.layers import Linear
+
+    layer = Linear(1024, 1024, rng=0)
+    assert layer.params["weight"].nbytes == 4 << 20
+    assert P.kernels_for([layer], (2, 1024)) == ["matmul_acc", "packed_matmul_acc"]
+    assert P.kernels_for([Linear(400, 120, rng=0)], (256, 400)) == ["matmul_acc"]
+    assert P.kernels_for([Linear(400, 120, rng=0)], (4096, 400)) == [
+        "matmul_acc", "packed_matmul_acc"]
 
 
 def test_kernels_for_a_list_of_layers():

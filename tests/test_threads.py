@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
     import numba
     import numpy as np
     import numbaconv.functional as nc
-    from numbaconv.kernels.cpu.dense import matmul_acc
+    from numbaconv.kernels.cpu.dense import matmul_acc, packed_matmul_acc
 
     out_path = sys.argv[1]
     rng = np.random.default_rng(1234)
@@ -69,6 +69,11 @@ SCRIPT = textwrap.dedent("""
         r["dense"] = np.zeros((70, 50), dtype=dtype)  # 16-row tasks, a masked pixel tail
         matmul_acc(x.reshape(8, -1)[:, :60].repeat(9, axis=0)[:70], wn.reshape(-1)[:50]
                    * x.reshape(-1)[:3000].reshape(60, 50), r["dense"])
+        # packed panels: three blocks of columns (a masked tail) x rows split in three
+        r["packed"] = np.zeros((70, 530), dtype=dtype)
+        packed_matmul_acc(np.cos(np.arange(70 * 40)).reshape(70, 40).astype(dtype),
+                          np.sin(np.arange(530 * 40)).reshape(530, 40).astype(dtype),
+                          r["packed"], True, True)
         # many weights (24 x 27): the weight gradient copies gy onto the flat grid
         wb = rng.normal(size=(24, 3, 3, 3)).astype(dtype)
         gyb = rng.normal(size=(8, 24, 16, 16)).astype(dtype)
@@ -161,6 +166,9 @@ def test_threaded_results_match_reference(runs, prefix, dtype):
     dense = x.reshape(8, -1)[:, :60].repeat(9, axis=0)[:70] @ (
         wn.reshape(-1)[:50] * x.reshape(-1)[:3000].reshape(60, 50))
     check(r["dense"], dense, "dense")
+    packed = (np.cos(np.arange(70 * 40)).reshape(70, 40).astype(dtype).astype(np.float64)
+              @ np.sin(np.arange(530 * 40)).reshape(530, 40).astype(dtype).astype(np.float64).T)
+    check(r["packed"], packed, "packed")
 
 
 # ------------------------------------------------------------------------- threading layer
