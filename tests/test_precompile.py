@@ -24,18 +24,19 @@ from numbaconv.models import lenet
 CONV_KERNELS = ["conv2d_forward", "conv2d_forward_lanes", "conv2d_weight_grad_rows",
                 "conv2d_weight_grad_lanes", "conv2d_input_grad_lanes"]
 
-# A tree of containers within containers, for inputs of TREE_INPUT: the column kernels (32
-# output channels), the flat ones (the Concat's 1x1 convolution) and a nested fused stage
-# (one-pass forward, column backward). Source text, for the subprocesses below too.
+# A tree of containers within containers, for inputs of TREE_INPUT: the column kernels (24 and
+# 40 output channels: not whole blocks of the output-channel kernels), the flat
+# ones (the Concat's 1x1 convolution) and a nested fused stage (one-pass forward, column
+# backward). Source text, for the subprocesses below too.
 TREE = textwrap.dedent("""
     from numbaconv.layers import Concat, Conv2d, MaxPool2d, ReLU, Residual, Sequential
 
     def tree():
         return Sequential(
-            Residual([Conv2d(32, 32, 3, padding=1, rng=0)], Conv2d(32, 32, 1, rng=1)), ReLU(),
-            Conv2d(32, 32, 3, stride=2, padding=1, rng=2),
-            Concat([Conv2d(32, 8, 1, rng=3)], [MaxPool2d(3, stride=1, padding=1)]),
-            Sequential(Conv2d(40, 32, 3, padding=1, rng=4), ReLU(), MaxPool2d(2)))
+            Residual([Conv2d(32, 40, 3, padding=1, rng=0)], Conv2d(32, 40, 1, rng=1)), ReLU(),
+            Conv2d(40, 24, 3, stride=2, padding=1, rng=2),
+            Concat([Conv2d(24, 8, 1, rng=3)], [MaxPool2d(3, stride=1, padding=1)]),
+            Sequential(Conv2d(32, 40, 3, padding=1, rng=4), ReLU(), MaxPool2d(2)))
 
     # padded for the Residual's 3x3 convolution, a million values: the parallel padding
     TREE_INPUT = (8, 32, 62, 62)
@@ -493,20 +494,21 @@ def test_kernels_for_a_tree_are_those_of_every_layer_for_its_input():
     # the Residual's 3x3 convolution at stride 1 on 62x62: its input padded in parallel (a
     # million values), the flat kernels without an input gradient (the model's first stage);
     # the strided one's: the column kernels with it; the 1x1s and the nested fused stage's
-    # convolution (stride 1, 31 wide) on the flat kernels, its forward in one pass
+    # convolution (stride 1, 31 wide) on the flat kernels, its forward in one pass, its input
+    # gradient (32 output channels) on the output-channel kernels
     assert P.kernels_for(tree(), TREE_INPUT) == [
         "_place_planes", "conv2d_forward", "conv2d_weight_grad", "conv2d_forward_columns",
         "conv2d_weight_grad_columns", "conv2d_input_grad_columns", "conv2d_weight_grad_rows",
         "max_pool2d_forward", "max_pool2d_backward", "conv2d_relu_max_pool_forward",
-        "relu_max_pool_backward"]
+        "conv2d_forward_channels", "relu_max_pool_backward"]
     # without a shape: every kernel any width could take, the flat ones' both layouts
     assert P.kernels_for(tree()) == [
         "conv2d_forward_columns", "conv2d_forward", "conv2d_forward_lanes",
         "conv2d_weight_grad_columns", "conv2d_weight_grad", "conv2d_weight_grad_lanes",
-        "conv2d_input_grad_lanes", "conv2d_input_grad_columns", "conv2d_weight_grad_rows",
-        "max_pool2d_forward", "max_pool2d_backward", "conv2d_relu_max_pool_forward",
-        "conv2d_relu_max_pool_forward_lanes", "relu_max_pool_forward", "relu_max_pool_backward",
-        "conv2d_relu_max_pool_backward_lanes"]
+        "conv2d_input_grad_lanes", "conv2d_forward_channels", "conv2d_input_grad_columns",
+        "conv2d_weight_grad_rows", "max_pool2d_forward", "max_pool2d_backward",
+        "conv2d_relu_max_pool_forward", "conv2d_relu_max_pool_forward_lanes",
+        "relu_max_pool_forward", "relu_max_pool_backward", "conv2d_relu_max_pool_backward_lanes"]
 
 
 def test_kernels_for_the_output_channel_kernels_are_those_each_gradient_chooses():
