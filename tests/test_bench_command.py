@@ -105,13 +105,17 @@ def test_user_errors(args, message):
 
 @pytest.mark.parametrize("case", B.CASES, ids=lambda case: case.name)
 def test_case_sides_compute_the_same_numbers(torch, case):
-    """Twice in a row (training cases update their weights in between), both sides agree."""
+    """Twice in a row (training cases update their weights in between), both sides agree
+    (where each draws its own dropout masks, both give finite numbers)."""
     prepared = case.setup("tiny", torch)
     assert prepared.torch is not None and prepared.torch_note is None
     for call in (1, 2):
         ours = B.as_arrays(prepared.numbaconv())
         theirs = B.as_arrays(prepared.torch())
         assert len(ours) == len(theirs) > 0, (case.name, call)
+        if not case.same_numbers:
+            assert all(np.isfinite(a).all() for a in ours + theirs), (case.name, call)
+            continue
         for i, (a, b) in enumerate(zip(ours, theirs)):
             assert a.shape == b.shape, (case.name, call, i)
             # float32 sums of thousands of terms: absolute error relative to the largest value
@@ -164,6 +168,24 @@ def test_resnet18_cases_are_its_distinct_convolutions_and_batch_norms():
         assert {f"resnet18-{side}-step", f"resnet18-{side}-eval"} <= names
         assert sum(name.startswith(f"resnet18-{side}-conv-") for name in names) == 22
     assert sum("-bn-" in name for name in names) == 5
+    assert {f"{name}-{side}-step" for name, side in zoo.ZOO_STEPS.items()} <= names
+
+
+def test_zoo_steps_take_each_models_recipe_and_say_where_dropout_differs():
+    """A zoo step case: D2L's batch and learning rate, the model's defaults (DenseNet: 256,
+    0.1); the cases whose sides draw their own dropout masks are those of the networks with
+    dropout layers."""
+    from numbaconv.layers import Dropout
+    from numbaconv.registry import build_model
+
+    full = B.CASES_BY_NAME["densenet-29-step"].setup("full", torch=None)
+    assert full.items == 256 and "SGD lr 0.1" in full.detail
+    for name, side in zoo.ZOO_STEPS.items():
+        options = {"input_size": side} if name in ("alexnet", "vgg11") else {}
+        model = build_model(name, **options)
+        has_dropout = any(isinstance(layer, Dropout) for _, layer in model.named_layers())
+        assert has_dropout == (name in zoo.WITH_DROPOUT), name
+        assert B.CASES_BY_NAME[f"{name}-{side}-step"].same_numbers == (not has_dropout)
 
 
 def test_flops_count_two_per_multiply_add_of_each_pass():

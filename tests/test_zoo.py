@@ -4,14 +4,13 @@ weights.
 """
 
 import functools
-import re
 
 import numpy as np
 import pytest
 
 import numbaconv
 from numbaconv.benchmarks.twins import TWINS
-from numbaconv.benchmarks.zoo import load_twin, resnet_name
+from numbaconv.benchmarks.zoo import load_twin, twin_name
 from numbaconv.layers import Dropout, build_layer, layer_spec
 from numbaconv.layers.containers import format_summary, summary
 from numbaconv.models import check_input_size, smallest_input
@@ -125,28 +124,6 @@ def test_an_image_size_the_built_linear_does_not_take_names_the_model():
 
 # ------------------------------------------------------------------------ parity with PyTorch
 
-INCEPTION_BRANCHES = {("0", "0"): "p1_1", ("1", "0"): "p2_1", ("1", "2"): "p2_2",
-                      ("2", "0"): "p3_1", ("2", "2"): "p3_2", ("3", "1"): "p4_2"}
-
-
-def googlenet_name(path):
-    """numbaconv's GoogLeNet path -> the twin's (Inception's p1_1 ... p4_2)."""
-    match = re.fullmatch(r"([234])\.(\d)\.(\d)\.(\d)\.(\w+)", path)
-    if not match:
-        return path
-    stage, block, branch, layer, param = match.groups()
-    return f"{stage}.{block}.{INCEPTION_BRANCHES[branch, layer]}.{param}"
-
-
-def densenet_name(path):
-    """numbaconv's DenseNet path -> the twin's: dense block ``k``'s ``Concat(Identity(),
-    conv_block)`` number ``i`` is D2L's ``k.net.i``."""
-    return re.sub(r"^([1357])\.(\d)\.1\.", r"\1.net.\2.", path)
-
-
-NAMES = {"resnet18": resnet_name, "googlenet": googlenet_name, "densenet": densenet_name}
-
-
 def masked_dropout(torch, mask):
     """A module multiplying by numbaconv's dropout ``mask`` (0 or 1/(1-p)): the same drops."""
 
@@ -187,7 +164,7 @@ def test_forward_and_backward_match_the_pytorch_twin(torch, zoo, name):
             array[...] = rng.normal(0, 0.5, array.shape)
         elif path.endswith("running_var"):
             array[...] = rng.uniform(0.5, 2.0, array.shape)
-    torch_name = NAMES.get(name, lambda path: path)
+    torch_name = twin_name(name)
     load_twin(torch, model, twin, torch_name)
 
     # evaluation at the smallest input: dropout off, running statistics

@@ -21,7 +21,9 @@ What the PyTorch side runs:
 * evaluation: ``net.eval()`` under ``torch.inference_mode()`` in batches of
   :data:`numbaconv.training.EVAL_BATCH`, the arg-max compared with the labels, as
   :func:`numbaconv.training.evaluate` does;
-* ResNet-18's convolutions, BatchNorms, step and evaluation: :mod:`numbaconv.benchmarks.zoo`.
+* ResNet-18's convolutions, BatchNorms, step and evaluation, and the other networks' steps:
+  :mod:`numbaconv.benchmarks.zoo` (where a network has dropout, each side draws its own masks:
+  those cases say so, :attr:`Case.same_numbers`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class Case:
     description: str
     target: Target | None
     build: Callable[[str, Any], Prepared] = field(repr=False)
+    same_numbers: bool = True      # whether both sides compute the same numbers (not where
+                                   # each draws its own dropout masks)
 
     def setup(self, size: str = "full", torch: Any = "auto") -> Prepared:
         """Build inputs and both callables. ``torch``: the module, ``None`` for numbaconv
@@ -466,9 +470,9 @@ def _cases() -> list[Case]:
         Case("eval-lenet", "eval", "LeNet evaluation on 10000 synthetic test images",
              EVAL, _eval_build),
     ]
-    from .zoo import resnet_cases  # zoo builds on this module's helpers
+    from .zoo import resnet_cases, zoo_step_cases  # zoo builds on this module's helpers
 
-    return cases + resnet_cases()
+    return cases + resnet_cases() + zoo_step_cases()
 
 
 #: Every case, in the order the table lists them.

@@ -1,4 +1,5 @@
-"""ResNet-18 cases: its convolutions and BatchNorms one by one, a training step, evaluation.
+"""ResNet-18 cases: its convolutions and BatchNorms one by one, a training step, evaluation;
+and a training step of each other network of D2L's chapters 7-8 (:data:`ZOO_STEPS`).
 
 The shapes come from the model itself (``numbaconv.build_model("resnet18")``, D2L's
 architecture, 1-channel images) at batch :data:`BATCH` and the input sides :data:`SIDES`:
@@ -32,15 +33,26 @@ from .cases import (
     torch_step,
 )
 from .targets import BATCH_NORM, CONV3X3_PEAK, RESNET_EVAL, RESNET_STEP
-from .twins import torch_resnet18
+from .twins import TWINS, torch_resnet18
 
-__all__ = ["BATCH", "SIDES", "LR", "resnet18_convs", "resnet18_batch_norms", "resnet_name",
-           "load_twin", "resnet_cases"]
+__all__ = ["BATCH", "SIDES", "LR", "ZOO_STEPS", "WITH_DROPOUT", "resnet18_convs",
+           "resnet18_batch_norms", "resnet_name", "googlenet_name", "densenet_name",
+           "twin_name", "load_twin", "resnet_cases", "zoo_step_cases"]
 
 BATCH = 64
 SIDES = (28, 96)
 LR = 0.05          # D2L's ResNet-18 recipe: SGD without momentum
 TINY_BATCH, TINY_SIDE = 2, 40
+#: The other networks' training steps, at the smallest square image each takes (D2L's 224 and
+#: 96 do not fit this machine's runs; docs/results.md trains them at these sizes), in D2L's
+#: batch size with SGD at D2L's learning rate (each model's ``train_defaults``)
+ZOO_STEPS = {"alexnet": 65, "vgg11": 32, "nin": 67, "googlenet": 28, "densenet": 29}
+#: Their batch at the test-suite's size: DenseNet's last BatchNorms see 1x1 maps, and with
+#: 2 values per channel after a step the sides' float32 roundings part by percents
+ZOO_TINY_BATCH = 8
+#: Those with dropout: there each side draws its own masks, so the two steps do not compute
+#: the same numbers (their cost is the same)
+WITH_DROPOUT = frozenset({"alexnet", "vgg11", "nin"})
 
 
 @functools.cache
@@ -171,6 +183,32 @@ def resnet_name(path: str) -> str:
     return re.sub(r"^([1-4])\.(\d)\.0\.shortcut\.", r"\1.\2.conv3.", path)
 
 
+INCEPTION_BRANCHES = {("0", "0"): "p1_1", ("1", "0"): "p2_1", ("1", "2"): "p2_2",
+                      ("2", "0"): "p3_1", ("2", "2"): "p3_2", ("3", "1"): "p4_2"}
+
+
+def googlenet_name(path: str) -> str:
+    """numbaconv's GoogLeNet path -> the twin's (Inception's p1_1 ... p4_2)."""
+    match = re.fullmatch(r"([234])\.(\d)\.(\d)\.(\d)\.(\w+)", path)
+    if not match:
+        return path
+    stage, block, branch, layer, param = match.groups()
+    return f"{stage}.{block}.{INCEPTION_BRANCHES[branch, layer]}.{param}"
+
+
+def densenet_name(path: str) -> str:
+    """numbaconv's DenseNet path -> the twin's: dense block ``k``'s ``Concat(Identity(),
+    conv_block)`` number ``i`` is D2L's ``k.net.i``."""
+    return re.sub(r"^([1357])\.(\d)\.1\.", r"\1.net.\2.", path)
+
+
+def twin_name(name: str):
+    """The path map from zoo model ``name``'s parameters to its twin's (the same path where
+    the layer trees agree)."""
+    return {"resnet18": resnet_name, "googlenet": googlenet_name,
+            "densenet": densenet_name}.get(name, lambda path: path)
+
+
 def load_twin(torch, model, twin, torch_name=resnet_name):
     """Copy ``model``'s parameters and buffers into ``twin`` by ``torch_name``: every tensor
     of the twin gets one."""
@@ -291,3 +329,50 @@ def resnet_cases() -> list[Case]:
                           f"ResNet-18 evaluation of a batch of {BATCH} at {side}x{side} "
                           "(images/s)", RESNET_EVAL, _eval_build(side)))
     return cases
+
+
+def _zoo_step_build(name):
+    def build(size, torch):
+        from .. import functional as F
+        from ..registry import build_model, get_model
+        from ..training import make_optimizer
+
+        side, defaults = ZOO_STEPS[name], get_model(name).train_defaults
+        lr = defaults["lr"]
+        batch = ZOO_TINY_BATCH if size == "tiny" else defaults["batch_size"]
+        rng = np.random.default_rng(7)
+        x = rng.random((batch, 1, side, side), dtype=DTYPE)
+        y = rng.integers(0, 10, size=batch).astype(np.int64)
+        options = {"input_size": side} if name in ("alexnet", "vgg11") else {}
+        model = build_model(name, rng=0, **options)
+        opt = make_optimizer("sgd", model.named_params(), lr)
+
+        def nc():  # the body of numbaconv.training.Loop.train_epoch, without the metrics
+            logits = model.forward(x, training=True)
+            loss, grad_logits = F.cross_entropy_with_grad(logits, y)
+            model.backward(grad_logits, need_input_grad=False)
+            opt.step(model.named_grads())
+            return loss
+
+        prepared = Prepared(nc, None, items=batch,
+                            detail=f"batch {batch}, {side}x{side}, SGD lr {lr:g}")
+        if torch is None:
+            return prepared
+        twin = TWINS[name](torch, num_classes=10, in_channels=1, **options)
+        load_twin(torch, model, twin, twin_name(name))
+        prepared.torch = torch_step(torch, twin, torch.optim.SGD(twin.parameters(), lr=lr), x,
+                                    y)
+        return prepared
+
+    return build
+
+
+def zoo_step_cases() -> list[Case]:
+    """A training step of each network of :data:`ZOO_STEPS`, the twin holding the same weights
+    (no target: the issue's speed targets are ResNet-18's and LeNet's)."""
+    return [Case(f"{name}-{side}-step", "step",
+                 f"{name} training step at {side}x{side}, D2L's batch size, SGD at its learning "
+                 "rate, cross entropy" + (" (each side draws its own dropout masks)"
+                                          if name in WITH_DROPOUT else ""),
+                 None, _zoo_step_build(name), same_numbers=name not in WITH_DROPOUT)
+            for name, side in ZOO_STEPS.items()]
