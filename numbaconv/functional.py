@@ -1046,7 +1046,9 @@ def concat_channels(arrays):
         _check_same_dtype(first, "array 0", array, f"array {i}")
     if _check_device(first, {f"array {i}": a for i, a in enumerate(arrays[1:], start=1)}):
         return _cuda().concat_channels(arrays)
-    return np.concatenate(arrays, axis=1)
+    if np.dtype(first.dtype) not in FLOAT_DTYPES or first.ndim < 2:
+        return np.concatenate(arrays, axis=1)
+    return cpu_elementwise.concat_channels(arrays)
 
 
 def split_channels(array, sizes):

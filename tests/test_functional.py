@@ -253,3 +253,21 @@ def test_layers_reach_kernels_only_through_functional(module):
                    and node.value.id == "np"}
     # dtypes, type names and shape helpers only
     assert numpy_calls <= {"ndarray", "dtype", "float32", "float64", "shape"}, numpy_calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [2, 128])  # NumPy's concatenation; the parallel copy
+def test_concat_channels_is_numpys_concatenation_and_split_its_inverse(dtype, batch):
+    """Three arrays, one a strided view, joined along the channels: at batch 128 the result
+    (over 4 MiB) comes from the reused buffers by one copy per array."""
+    from numbaconv.kernels.cpu import buffers
+
+    parts = [randn((batch, c, 9, 10), seed=c, dtype=dtype) for c in (64, 32, 16)]
+    parts[1] = np.ascontiguousarray(parts[1].transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    joined = nc.concat_channels(parts)
+    np.testing.assert_array_equal(joined, np.concatenate(parts, axis=1))
+    assert (joined.nbytes >= buffers.HUGE_PAGE_BYTES) == (batch == 128)
+    for got, part in zip(nc.split_channels(joined, [64, 32, 16]), parts, strict=True):
+        np.testing.assert_array_equal(got, part)
+    with pytest.raises(ValueError, match="array 1 has shape"):
+        nc.concat_channels([parts[0], parts[1][:, :, :8]])

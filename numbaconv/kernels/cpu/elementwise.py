@@ -1,5 +1,6 @@
-"""Numba CPU kernels for elementwise passes: ReLU forward and backward, and the sum of two
-arrays (a residual connection's, or two branches' gradients).
+"""Numba CPU kernels for elementwise passes: ReLU forward and backward, the sum of two
+arrays (a residual connection's, or two branches' gradients), and the copy of arrays into a
+concatenation's channels (:func:`concat_channels`).
 
 Each is one pass that writes its output: NumPy's ReLU backward (``grad * ~(y <= 0)``) takes
 three passes and a temporary, and NumPy runs on one thread. The arrays are flat, C-contiguous
@@ -14,6 +15,8 @@ The arithmetic is NumPy's, bit for bit: ``maximum(x, 0)`` (NaN stays NaN, -0.0 g
 infinite one NaN), ``a + b`` (the sum runs here only in parallel: serially NumPy's ``add``
 is as fast).
 """
+
+import math
 
 import numba
 import numpy as np
@@ -116,3 +119,31 @@ def add(a, b, out):
     chunk (serially NumPy's ``add`` is as fast, and its call costs less: the kernel's
     dispatch is a third of a 32768-float pass)."""
     _add_parallel(a, b, out)
+
+
+@njit(parallel=True, cache=True)
+def _copy_samples(src, out, start):
+    """out[n, start:start + K] = src[n] for every sample n of src (N, K), out (N, >= K)."""
+    size = src.shape[1]
+    for n in prange(src.shape[0]):
+        dst, row = out[n], src[n]
+        for i in range(size):
+            dst[start + i] = row[i]
+
+
+def concat_channels(arrays):
+    """The float arrays (N, C_i, ...) joined along axis 1, as ``np.concatenate(arrays,
+    axis=1)``: into memory from :func:`.buffers.empty` (a DenseNet step's concatenations,
+    fresh memory each, spent most of their time faulting it in) by one parallel copy per
+    array where the result is that large, else by NumPy."""
+    first = arrays[0]
+    shape = (first.shape[0], sum(a.shape[1] for a in arrays)) + tuple(first.shape[2:])
+    if math.prod(shape) * first.itemsize < buffers.HUGE_PAGE_BYTES:
+        return np.concatenate(arrays, axis=1)
+    out = buffers.empty(shape, first.dtype)
+    rows, start = out.reshape(shape[0], -1), 0
+    for array in arrays:
+        part = np.ascontiguousarray(array).reshape(shape[0], -1)
+        _copy_samples(part, rows, start)
+        start += part.shape[1]
+    return out
