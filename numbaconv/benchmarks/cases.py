@@ -299,6 +299,21 @@ def _lenets(torch, activation, pool, seed=0):
     return model, net
 
 
+def numbaconv_step(model, optimizer, x, y):
+    """A numbaconv training step on the batch (x, y) as a zero-argument callable (the body of
+    :meth:`numbaconv.training.Loop.train_epoch` without the metrics); returns the loss."""
+    from .. import functional as F
+
+    def step():
+        logits = model.forward(x, training=True)
+        loss, grad_logits = F.cross_entropy_with_grad(logits, y)
+        model.backward(grad_logits, need_input_grad=False)
+        optimizer.step(model.named_grads())
+        return loss
+
+    return step
+
+
 def torch_step(torch, net, optimizer, x, y):
     """A PyTorch training step on the batch (x, y) as a zero-argument callable (D2L's loop
     body: zero the gradients, cross entropy, backward, the optimizer's step); returns the
@@ -331,21 +346,12 @@ def _images(rng: np.random.Generator, n: int):
 
 def _step_build(activation: str, pool: str, optimizer: str, lr: float):
     def build(size, torch):
-        from .. import functional as F
         from ..training import make_optimizer
 
         batch = 8 if size == "tiny" else 256
         x, y = _images(np.random.default_rng(2), batch)
         model, net = _lenets(torch, activation, pool)
-        opt = make_optimizer(optimizer, model.named_params(), lr)
-
-        def nc():  # the body of numbaconv.training.Loop.train_epoch, without the metrics
-            logits = model.forward(x, training=True)
-            loss, grad_logits = F.cross_entropy_with_grad(logits, y)
-            model.backward(grad_logits, need_input_grad=False)
-            opt.step(model.named_grads())
-            return loss
-
+        nc = numbaconv_step(model, make_optimizer(optimizer, model.named_params(), lr), x, y)
         prepared = Prepared(nc, None, items=batch,
                             detail=f"batch {batch}, {activation}/{pool}/{optimizer} lr {lr:g}")
         if torch is None:

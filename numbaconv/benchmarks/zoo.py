@@ -29,6 +29,7 @@ from .cases import (
     _t,
     conv_case,
     conv_flops,
+    numbaconv_step,
     passes,
     torch_step,
 )
@@ -246,20 +247,11 @@ def _conv_flops(side, size, mode) -> int:
 
 def _step_build(side):
     def build(size, torch):
-        from .. import functional as F
         from ..training import make_optimizer
 
         x, y = _images(size, side, 5)
         model, twin = _networks(torch)
-        opt = make_optimizer("sgd", model.named_params(), LR)
-
-        def nc():  # the body of numbaconv.training.Loop.train_epoch, without the metrics
-            logits = model.forward(x, training=True)
-            loss, grad_logits = F.cross_entropy_with_grad(logits, y)
-            model.backward(grad_logits, need_input_grad=False)
-            opt.step(model.named_grads())
-            return loss
-
+        nc = numbaconv_step(model, make_optimizer("sgd", model.named_params(), LR), x, y)
         prepared = Prepared(nc, None, items=x.shape[0],
                             detail=f"batch {x.shape[0]}, {x.shape[2]}x{x.shape[3]}, SGD lr {LR:g}",
                             flops=_conv_flops(side, size, "fwdbwd"))
@@ -333,7 +325,6 @@ def resnet_cases() -> list[Case]:
 
 def _zoo_step_build(name):
     def build(size, torch):
-        from .. import functional as F
         from ..registry import build_model, get_model
         from ..training import make_optimizer
 
@@ -345,15 +336,7 @@ def _zoo_step_build(name):
         y = rng.integers(0, 10, size=batch).astype(np.int64)
         options = {"input_size": side} if name in ("alexnet", "vgg11") else {}
         model = build_model(name, rng=0, **options)
-        opt = make_optimizer("sgd", model.named_params(), lr)
-
-        def nc():  # the body of numbaconv.training.Loop.train_epoch, without the metrics
-            logits = model.forward(x, training=True)
-            loss, grad_logits = F.cross_entropy_with_grad(logits, y)
-            model.backward(grad_logits, need_input_grad=False)
-            opt.step(model.named_grads())
-            return loss
-
+        nc = numbaconv_step(model, make_optimizer("sgd", model.named_params(), lr), x, y)
         prepared = Prepared(nc, None, items=batch,
                             detail=f"batch {batch}, {side}x{side}, SGD lr {lr:g}")
         if torch is None:
