@@ -352,9 +352,9 @@ def _signature(name: str, dtype) -> tuple:
         "_gy_columns": (a4, i64, i64),
         "_place_planes": (a4, a4) + (i64,) * 8,
         # the forward's tile takes the stride along a row as a literal (the job's stride-1
-        # calls: its stride-2 ones compile with the job)
+        # calls: its stride-2 and stride-4 ones compile with the job)
         "_tile": (a1, a1, taps, i64, i64, i64, types.literal(1), a1, i64),
-        # the weight gradient's tile at stride 1, the stride a literal (its stride-2 calls
+        # the weight gradient's tile at stride 1, the stride a literal (its stride-2 and -4 calls
         # compile with the job)
         "_weight_grad_tile": (a2, a3, taps) + (i64,) * 7 + (types.literal(1), a1),
         "_gy_blocks": (a4, i64, a3),

@@ -750,21 +750,23 @@ def test_channel_vector_kernels_at_resnet_like_shapes_match_reference(nc, dtype,
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape, kernel, padding", [
-    ((3, 1, 30, 29, 64), 7, 3),   # a stem: 7x7/2, one input channel
-    ((2, 16, 24, 25, 64), 3, 1),  # ResNet's 3x3/2 onto 12x12
-    ((2, 64, 25, 24, 64), 1, 0),  # and its 1x1/2 shortcut
+@pytest.mark.parametrize("shape, kernel, padding, stride", [
+    ((3, 1, 30, 29, 64), 7, 3, 2),   # a stem: 7x7/2, one input channel
+    ((2, 16, 24, 25, 64), 3, 1, 2),  # ResNet's 3x3/2 onto 12x12
+    ((2, 64, 25, 24, 64), 1, 0, 2),  # and its 1x1/2 shortcut
+    ((2, 1, 67, 67, 96), 11, 0, 4),  # NiN's stem, 11x11/4 onto 15x15
+    ((2, 3, 65, 62, 96), 11, 1, 4),  # AlexNet's, three input channels, a narrower row
 ])
-def test_channel_vector_forward_at_stride_2_matches_reference(nc, dtype, shape, kernel,
-                                                              padding):
+def test_channel_vector_forward_at_strides_2_and_4_matches_reference(nc, dtype, shape, kernel,
+                                                                     padding, stride):
     n, c_in, h, w, c_out = shape
     with counting_channel_vector_calls() as (forward, weight_grad):
         check_conv_against_reference(nc, dict(
-            N=n, C=c_in, H=h, W=w, F=c_out, kernel=(kernel, kernel), stride=2,
+            N=n, C=c_in, H=h, W=w, F=c_out, kernel=(kernel, kernel), stride=stride,
             padding=padding, dilation=1, groups=1, bias=True, dtype=dtype,
             layouts=("C", "C", "C"), seed=9))
-    assert forward.call_count == 1 and forward.call_args.args[5] == 2
-    assert weight_grad.call_count == 1 and weight_grad.call_args.args[4] == 2
+    assert forward.call_count == 1 and forward.call_args.args[5] == stride
+    assert weight_grad.call_count == 1 and weight_grad.call_args.args[4] == stride
 
 
 @pytest.mark.parametrize("value", [np.inf, np.nan])

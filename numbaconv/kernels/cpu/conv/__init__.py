@@ -217,7 +217,7 @@ def use_column_side(x_shape, weight_shape, groups, stride, out_shape):
 
 def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
     """:func:`conv2d_forward_columns` of x (unpadded; padding ((top, bottom), (left, right))),
-    or on small maps :func:`forward_unrolled`, or at stride 2 where
+    or on small maps :func:`forward_unrolled`, or at stride 2 or 4 where
     :func:`use_strided_channel_vectors` says so :func:`forward_channels`."""
     if use_unrolled(x.shape, w.shape, 1, (x.shape[0], w.shape[0], out_h, out_w)):
         (top, _), (left, _) = padding
@@ -238,7 +238,7 @@ def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
 def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad, need_bias_grad,
                      grad_weight=None):
     """``(grad_x or None, grad_w, grad_b or None)`` by the column kernels (x unpadded), the
-    weight gradient at stride 2 by :func:`weight_grad_channels` where
+    weight gradient at stride 2 or 4 by :func:`weight_grad_channels` where
     :func:`use_strided_channel_vectors` says so, or on small maps by
     :func:`backward_unrolled`, which writes grad_w into ``grad_weight`` where given (a
     layer's gradient: no copy)."""
