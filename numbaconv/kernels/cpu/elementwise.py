@@ -22,7 +22,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import buffers
+from . import buffers, simd
 from .buffers import LINE
 
 CHUNK = 32768  # elements per parallel iteration (128 KiB of float32)
@@ -124,11 +124,8 @@ def add(a, b, out):
 @njit(parallel=True, cache=True)
 def _copy_samples(src, out, start):
     """out[n, start:start + K] = src[n] for every sample n of src (N, K), out (N, >= K)."""
-    size = src.shape[1]
     for n in prange(src.shape[0]):
-        dst, row = out[n], src[n]
-        for i in range(size):
-            dst[start + i] = row[i]
+        simd.copy_run(src[n], 0, out[n], start, src.shape[1])
 
 
 def concat_channels(arrays):
