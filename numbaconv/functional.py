@@ -198,9 +198,8 @@ def _conv2d_cpu(x, weight, bias, geo):
     if cpu_conv.use_column_side(x.shape, w.shape, geo.groups, geo.stride, geo.output_shape):
         return cpu_conv.forward_columns(x, w, b, geo.padding, geo.stride, geo.dilation, out_h,
                                         out_w)
-    xp, _ = cpu_conv.pad(x, geo.padding)
-    return cpu_conv.forward(xp, w, b, geo.stride, geo.dilation,
-                            geo.groups, out_h, out_w)
+    return cpu_conv.forward(x, w, b, geo.padding, geo.stride, geo.dilation, geo.groups, out_h,
+                            out_w)
 
 
 def _check_bias(bias, x, weight):

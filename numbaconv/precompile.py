@@ -367,7 +367,7 @@ def _signature(name: str, dtype) -> tuple:
         "conv2d_forward_columns": (a4, a4, a1) + (i64,) * 9,
         "conv2d_weight_grad_columns": (a4, a4) + (i64,) * 9,
         "conv2d_input_grad_columns": (a4, a4) + (i64,) * 9,
-        "conv2d_forward_channels": (a2, a3, a1, taps) + (i64,) * 3 + (a4,),
+        "conv2d_forward_channels": (a4, a3, a1, taps) + (i64,) * 7 + (a4,),
         "conv2d_weight_grad_channels": (a4, a2, taps) + (i64,) * 4 + (a3,),
         "avg_pool2d_forward": (a4,) + (i64,) * 6 + (types.boolean, i64, a4),
         "avg_pool2d_backward": (a4,) + (i64,) * 6 + (types.boolean, i64, a4),
@@ -442,17 +442,21 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
         return forward, backward
     stride, dilation, padding, padded, output = _conv_geometry(layer, input_shape)
     if conv.use_column_side(input_shape, weight.shape, layer.groups, stride, output):
+        # the forward by row tiles (padding each sample itself)
+        strided = conv.use_strided_channel_vectors(weight.shape, layer.groups, stride,
+                                                   output[3], weight.itemsize)
+        forward = ["conv2d_forward_channels"] if strided else []
         if conv.use_unrolled(input_shape, weight.shape, layer.groups, output):
             # one small parallel kernel, compiled on first use
-            return [], []
+            return forward, []
         plan = conv._ColumnsPlan(input_shape, weight.shape, padding, stride, dilation,
                                  *output[2:])
-        if plan.empty:  # every tap reads padding: the bias alone, no kernel
-            return [], []
-        if conv.use_strided_channel_vectors(weight.shape, layer.groups, stride, output[3],
-                                            weight.itemsize):  # the forward by row tiles
-            pads = _pad_kernels(input_shape, padding)
-            return pads + ["conv2d_forward_channels"], pads + ["conv2d_weight_grad_channels"] + (
+        if plan.empty:  # every tap reads padding: the bias alone, no kernel (but the
+            # strided forward's)
+            return forward, []
+        if strided:
+            return forward, _pad_kernels(input_shape, padding) + [
+                "conv2d_weight_grad_channels"] + (
                 ["conv2d_input_grad_columns"] if need_input_grad else [])
         pads = []
         if plan.wide:  # the part of x the live taps read, padded
@@ -461,21 +465,26 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
                                  width - plan.x_cols.start), plan.padding)
         return pads + ["conv2d_forward_columns"], pads + columns_backward
     pads = _pad_kernels(input_shape, padding)
-    forward = pads + [_forward_kernel(weight.shape, layer.groups, stride, padded, *output[2:],
-                                      weight.itemsize)]
+    forward = [_forward_kernel(weight.shape, layer.groups, stride, padded, *output[2:],
+                               weight.itemsize)]
+    if forward != ["conv2d_forward_channels"]:  # which pads each sample itself
+        forward = pads + forward
     backward = pads + [_weight_grad_kernel(layer, padded, output)]
     if not need_input_grad:
         return forward, backward
     if conv.use_lanes(padded, weight.itemsize, stride[1], layer.groups, output[3]):
         return forward, backward + ["conv2d_input_grad_lanes"]
-    # a convolution of gy spread onto the input's grid plus the kernel's reach, with the
-    # transposed weights
+    # a convolution of gy spread onto the input's grid plus the kernel's reach (at stride 1
+    # gy padded), with the transposed weights
     n, height, width = input_shape[0], input_shape[2], input_shape[3]
     reach = (dilation[0] * (weight.shape[2] - 1), dilation[1] * (weight.shape[3] - 1))
     spread = (n, weight.shape[0], height + reach[0], width + reach[1])
-    return forward, backward + _places_in_parallel(spread) + [
-        _forward_kernel(_transposed_shape(weight.shape, layer.groups), layer.groups, (1, 1),
-                        spread, height, width, weight.itemsize)]
+    input_grad = _forward_kernel(_transposed_shape(weight.shape, layer.groups), layer.groups,
+                                 (1, 1), spread, height, width, weight.itemsize)
+    if (input_grad == "conv2d_forward_channels"
+            and conv.input_grad_frame(padding, stride, reach) is not None):
+        return forward, backward + [input_grad]
+    return forward, backward + _places_in_parallel(spread) + [input_grad]
 
 
 def _forward_kernel(weight_shape, groups, stride, padded_shape, out_h, out_w,

@@ -705,7 +705,7 @@ def test_channel_vector_kernels_at_stride_2_match_reference(nc, case):
     with channel_vectors_for_every_size() as calls:
         check_conv_against_reference(nc, dict(case, groups=1, F=32, C=3, stride=2))
     if calls.call_count:
-        assert calls.call_args.args[5] == 2  # the kernel's stride
+        assert calls.call_args.args[8] == 2  # the kernel's stride
 
 
 @given(conv_cases(max_hw=7), st.integers(3, 9))
@@ -746,7 +746,32 @@ def test_channel_vector_kernels_at_resnet_like_shapes_match_reference(nc, dtype,
             seed=5))
     # at their real routing: the forward, the input gradient and the weight gradient
     assert (forward.call_count, weight_grad.call_count) == (2, 1)
-    assert forward.call_args_list[0].args[6] == by_rows
+    assert forward.call_args_list[0].args[9] == by_rows
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding", [1, ((2, 0), (0, 3))])
+def test_channel_vector_forward_is_the_same_however_tasks_share_a_samples_blocks(nc, dtype,
+                                                                                padding):
+    """Each task pads its sample itself and computes one block of channels (a small batch)
+    or all of them (a large one): the same bits either way, and the reference's values."""
+    from numbaconv.kernels.cpu.conv import channels
+
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(3, 40, 13, 14)).astype(dtype)
+    w = rng.normal(size=(128, 40, 3, 3)).astype(dtype)  # 4 float32 blocks, 8 float64
+    b = rng.normal(size=128).astype(dtype)
+    results = []
+    for tasks in (1, 1 << 20):  # all of a sample's blocks in one task; a block per task
+        with mock.patch.object(channels, "FORWARD_TASKS", tasks), \
+                counting_channel_vector_calls() as (forward, _):
+            results.append(nc.conv2d(x, w, b, padding=padding))
+        per_task = forward.call_args.args[10]
+        assert per_task == (128 // channels.block_channels(x.itemsize) if tasks == 1 else 1)
+    np.testing.assert_array_equal(results[0], results[1])
+    expected = ref.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                          padding=padding)
+    assert_close(results[0], expected, dtype, "forward")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -765,7 +790,7 @@ def test_channel_vector_forward_at_strides_2_and_4_matches_reference(nc, dtype, 
             N=n, C=c_in, H=h, W=w, F=c_out, kernel=(kernel, kernel), stride=stride,
             padding=padding, dilation=1, groups=1, bias=True, dtype=dtype,
             layouts=("C", "C", "C"), seed=9))
-    assert forward.call_count == 1 and forward.call_args.args[5] == stride
+    assert forward.call_count == 1 and forward.call_args.args[8] == stride
     assert weight_grad.call_count == 1 and weight_grad.call_args.args[4] == stride
 
 

@@ -124,11 +124,17 @@ def pad(x, padding, check_finite=False):
                  (slice(left, left + width, 1), slice(0, width)), check_finite)
 
 
-def forward(xp, w, b, stride, dilation, groups, out_h, out_w):
-    """:func:`forward_channels` where :func:`use_channel_vectors` says so, else
-    :func:`conv2d_forward_lanes` where :func:`use_lanes` does, else :func:`conv2d_forward`."""
-    if use_channel_vectors(w.shape, groups, stride, out_h, out_w, xp.shape[3], xp.itemsize):
-        return forward_channels(xp, w, b, stride, dilation, out_h, out_w)
+def forward(x, w, b, padding, stride, dilation, groups, out_h, out_w):
+    """The convolution of x (N, C_in, H, W) zero-padded by ``padding`` ((top, bottom),
+    (left, right), none negative): by :func:`forward_channels`, which pads each sample
+    itself, where :func:`use_channel_vectors` says so; else of x padded first, by
+    :func:`conv2d_forward_lanes` where :func:`use_lanes` says so, else by
+    :func:`conv2d_forward`."""
+    (top, bottom), (left, right) = padding
+    padded_w = left + x.shape[3] + right
+    if use_channel_vectors(w.shape, groups, stride, out_h, out_w, padded_w, x.itemsize):
+        return forward_channels(x, w, b, padding, stride, dilation, out_h, out_w)
+    xp, _ = pad(x, padding)
     if use_lanes(xp.shape, xp.itemsize, stride[1], groups, out_w):
         return conv2d_forward_lanes(xp, w, b, stride[0], *dilation, groups, out_h, out_w,
                                     forward_lanes_job(xp.dtype))
@@ -217,15 +223,16 @@ def use_column_side(x_shape, weight_shape, groups, stride, out_shape):
 
 def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
     """:func:`conv2d_forward_columns` of x (unpadded; padding ((top, bottom), (left, right))),
-    or on small maps :func:`forward_unrolled`, or at stride 2 or 4 where
-    :func:`use_strided_channel_vectors` says so :func:`forward_channels`."""
+    or at stride 2 or 4 where :func:`use_strided_channel_vectors` says so
+    :func:`forward_channels` (also where the unrolled kernels serve the backward: ResNet's
+    64 -> 128 onto 12x12, batch 64, 14.1 -> 9.7 ms on 1 thread, 6.2 -> 4.5 on 2), or on
+    small maps :func:`forward_unrolled`."""
+    if use_strided_channel_vectors(w.shape, 1, stride, out_w, x.itemsize):
+        return forward_channels(x, w, b, padding, stride, dilation, out_h, out_w)
     if use_unrolled(x.shape, w.shape, 1, (x.shape[0], w.shape[0], out_h, out_w)):
         (top, _), (left, _) = padding
         return forward_unrolled(np.ascontiguousarray(x), w, b, (*stride, *dilation, top, left),
                                 out_h, out_w)
-    if use_strided_channel_vectors(w.shape, 1, stride, out_w, x.itemsize):
-        xp, _ = pad(x, padding)
-        return forward_channels(xp, w, b, stride, dilation, out_h, out_w)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, out_h, out_w)
     if plan.empty:  # the bias alone
         return np.broadcast_to(b[:, None, None], (x.shape[0], w.shape[0], out_h, out_w)).copy()
@@ -343,9 +350,24 @@ def conv2d_input_grad(gy, w, input_shape, padding, stride, dilation, groups):
                                           *dilation, input_grad_lanes_job(gy.dtype))
         return np.ascontiguousarray(grad_xp[:, :, top:top + height, left:left + width])
     reach_h, reach_w = dilation[0] * (kh - 1), dilation[1] * (kw - 1)
+    wt, zeros = transposed_weights(w, groups), np.zeros(c_in, gy.dtype)
+    frame = input_grad_frame(padding, stride, (reach_h, reach_w))
+    if frame is not None:  # gy padded: no spread to make
+        return forward(gy, wt, zeros, frame, (1, 1), dilation, groups, height, width)
     dst_rows, src_rows = _placement(reach_h - top, stride[0], out_h, height + reach_h)
     dst_cols, src_cols = _placement(reach_w - left, stride[1], out_w, width + reach_w)
     spread, _ = place(gy, height + reach_h, width + reach_w, (dst_rows, src_rows),
                       (dst_cols, src_cols))
-    return forward(spread, transposed_weights(w, groups), np.zeros(c_in, gy.dtype), (1, 1),
-                   dilation, groups, height, width)
+    return forward(spread, wt, zeros, ((0, 0), (0, 0)), (1, 1), dilation, groups, height,
+                   width)
+
+
+def input_grad_frame(padding, stride, reach):
+    """The padding of gy that makes the spread of :func:`conv2d_input_grad` at stride 1,
+    ((reach_h - top, reach_h - bottom), (reach_w - left, reach_w - right)), where none is
+    negative; else (a stride, or padding beyond the kernel's reach) None."""
+    (top, bottom), (left, right) = padding
+    frame = ((reach[0] - top, reach[0] - bottom), (reach[1] - left, reach[1] - right))
+    if tuple(stride) != (1, 1) or min(frame[0] + frame[1]) < 0:
+        return None
+    return frame

@@ -14,7 +14,8 @@ along an output row (stride 1, 2 or 4), or at stride 1 consecutive positions of 
 of :mod:`.flat` (output (oh, ow) at ``oh * Wp + ow``, ``Wp - OW`` padding columns a row),
 whichever computes fewer positions (:func:`tiles_by_rows`):
 
-    xflat  (N, C_in * Hp * Wp)   the padded input, flat per sample
+    x      (N, C_in, H, W)       the input, unpadded: the forward pads each sample itself
+    xflat  (N, C_in * Hp * Wp)   the padded input, flat per sample (the weight gradient's)
     packed (C_out / 2W, K, 2W)   the weights, each block's 2W channels contiguous per tap
     y      (N, C_out, OH, OW)
 
@@ -22,8 +23,8 @@ Each tile keeps its sums in a slot of the task's scratch (2W values a position),
 bias on; the taps are added a chunk at a time over every tile (:data:`WEIGHTS_CHUNK_BYTES` of
 weights, which stay in L1), and the finished slots are spread to y's planes (a tile
 along a row as soon as it is final; on the flat grid, at the end, positions in the padding's
-columns dropped). A task owns a sample and a block of channels, so results do not depend on
-the number of threads.
+columns dropped). A forward task owns a sample, which it pads into a scratch of its own,
+and one or more blocks of channels, so results do not depend on the number of threads.
 
 The weight gradient turns the tile around: TILE_PIXELS taps x two vectors of output
 channels, summed over every output of every sample, row by row, from gy laid out
@@ -53,6 +54,8 @@ WEIGHTS_CHUNK_BYTES = 8 << 10  # the forward's taps in chunks whose weights (2W 
 MIN_C_OUT = 32  # output channels from which these kernels pay (LeNet's 6 and 16 stay flat; at
 # DenseNet's 32 on 8x8 maps, batch 256, 160 input channels, forward 27 -> 19 ms, backward 61 -> 35)
 MIN_K = 32  # weights per output channel, likewise (ResNet's stem has 49)
+FORWARD_TASKS = 16  # the forward's tasks at least: below as many samples, a sample's blocks
+# of channels are shared among tasks (each pads the sample again)
 
 
 def block_channels(itemsize) -> int:
@@ -184,78 +187,110 @@ def _row_tile(t, per_row, out_w):
     return t // per_row, min(t % per_row * TILE_PIXELS, out_w - TILE_PIXELS)
 
 
-@njit(cache=True, fastmath=FAST)
-def _forward_task(xflat, packed, b, taps, n, block, wp, stride, by_rows, y, sums):
-    """y[n, block's 2W channels] for :func:`conv2d_forward_channels`; ``sums`` (2W values
-    for each of TILE_PIXELS positions of every tile) is scratch.
+@njit(inline="always")
+def _pad_sample(x, n, top, left, hp, wp, xs):
+    """xs[:C_in * hp * wp] = sample n of x (N, C_in, H, W), zero-padded by ``top`` rows
+    and ``left`` columns (and by the rest of hp x wp below and to the right), flat."""
+    c_in, height, width = x.shape[1], x.shape[2], x.shape[3]
+    zero = xs.dtype.type(0)
+    for c in range(c_in):
+        plane = c * hp * wp
+        for i in range(plane, plane + top * wp):
+            xs[i] = zero
+        for r in range(height):
+            row = plane + (top + r) * wp
+            for i in range(row, row + left):
+                xs[i] = zero
+            simd.copy_run(x[n, c, r], 0, xs, row + left, width)
+            for i in range(row + left + width, row + wp):
+                xs[i] = zero
+        for i in range(plane + (top + height) * wp, plane + hp * wp):
+            xs[i] = zero
 
-    Every tile starts from the bias in its own slot of ``sums`` and adds the taps a chunk at
+
+@njit(cache=True, fastmath=FAST)
+def _forward_task(x, packed, b, taps, n, block0, block1, top, left, hp, wp, stride, by_rows,
+                  y, sums, xs):
+    """y[n, blocks block0:block1 of 2W channels] for :func:`conv2d_forward_channels`;
+    ``sums`` (2W values for each of TILE_PIXELS positions of every tile) and ``xs``
+    (C_in * hp * wp values) are scratch.
+
+    Sample n is padded into ``xs`` once, where the task's blocks read it from L2 (a pass of
+    its own over the batch wrote and read the padded batch through memory: ResNet's 64 ->
+    64 3x3 layer on 24x24, batch 64, 1 thread, 19.3 -> 17.8 ms; its 64 -> 128 at stride 2
+    onto 12x12, 2 threads, 6.2 -> 4.5 ms, where the unrolled kernels had served). Every tile
+    of a block starts from the bias in its own slot of ``sums`` and adds the taps a chunk at
     a time (:data:`WEIGHTS_CHUNK_BYTES`), each chunk over all the tiles: the same sums in
     the same order as all the taps at once. Tiles along the rows are spread to y as soon as
     the last chunk finishes each, so that y's cache misses overlap the next tiles' products
     (the spread takes about 10% of a task at ResNet's 24x24 maps; so placed, those tasks ran
     1.02-1.07x faster than with every spread at the end); the flat grid's rows, which cross
     tiles, are spread at the end (placed per tile they ran the same)."""
+    _pad_sample(x, n, top, left, hp, wp, xs)
     out_h, out_w = y.shape[2], y.shape[3]
-    xs = xflat[n]
     w = simd.width(xs)
     block_size = 2 * w
-    weights = packed[block].reshape(packed.shape[1] * block_size)
-    c0 = block * block_size
-    bias0 = simd.load_first(b, c0, w)
-    bias1 = simd.load_first(b, c0 + w, w)
-    for o in range(0, sums.size, block_size):
-        simd.store_first(sums, o, bias0, w)
-        simd.store_first(sums, o + w, bias1, w)
     per_row = -(-out_w // TILE_PIXELS)
     length = (out_h - 1) * wp + out_w  # the flat grid's positions
     n_tiles = sums.size // (TILE_PIXELS * block_size)
-    chunk = max(1, WEIGHTS_CHUNK_BYTES // (block_size * weights.itemsize))
+    chunk = max(1, WEIGHTS_CHUNK_BYTES // (block_size * xs.itemsize))
     square = np.empty(w * w, dtype=y.dtype)
-    for k0 in range(0, taps.size, chunk):
-        k1 = min(taps.size, k0 + chunk)
-        for t in range(n_tiles):
-            o = t * TILE_PIXELS
-            if not by_rows:  # stride 1, along the flat grid (rows Wp apart), the last tile
-                # ending at the grid's end: no tile reads past the sample's input
-                _tile(xs, weights, taps, k0, k1, min(o, length - TILE_PIXELS), 1, sums, o)
-                continue
-            oh, ow = _row_tile(t, per_row, out_w)
-            if stride == 1:
-                _tile(xs, weights, taps, k0, k1, oh * wp + ow, 1, sums, o)
-            elif stride == 2:
-                _tile(xs, weights, taps, k0, k1, 2 * (oh * wp + ow), 2, sums, o)
-            else:
-                _tile(xs, weights, taps, k0, k1, 4 * (oh * wp + ow), 4, sums, o)
-            if k1 == taps.size:  # the tile is final
-                for i in range(0, TILE_PIXELS, w):
-                    _spread(sums, o + i, min(w, TILE_PIXELS - i), y, n, c0, oh, ow + i, square)
-    if not by_rows:
-        # the last tile's slot to its positions, length - TILE_PIXELS on (ascending: the
-        # slot lies at or after them)
-        last = (n_tiles - 1) * TILE_PIXELS * block_size
-        first = (length - TILE_PIXELS) * block_size
-        for i in range(TILE_PIXELS * block_size):
-            sums[first + i] = sums[last + i]
-        for oh in range(out_h):  # positions in the padding's columns are dropped
-            for ow in range(0, out_w, w):
-                _spread(sums, oh * wp + ow, min(w, out_w - ow), y, n, c0, oh, ow, square)
+    for block in range(block0, block1):
+        weights = packed[block].reshape(packed.shape[1] * block_size)
+        c0 = block * block_size
+        bias0 = simd.load_first(b, c0, w)
+        bias1 = simd.load_first(b, c0 + w, w)
+        for o in range(0, sums.size, block_size):
+            simd.store_first(sums, o, bias0, w)
+            simd.store_first(sums, o + w, bias1, w)
+        for k0 in range(0, taps.size, chunk):
+            k1 = min(taps.size, k0 + chunk)
+            for t in range(n_tiles):
+                o = t * TILE_PIXELS
+                if not by_rows:  # stride 1, along the flat grid (rows Wp apart), the last
+                    # tile ending at the grid's end: no tile reads past the padded sample
+                    _tile(xs, weights, taps, k0, k1, min(o, length - TILE_PIXELS), 1, sums, o)
+                    continue
+                oh, ow = _row_tile(t, per_row, out_w)
+                if stride == 1:
+                    _tile(xs, weights, taps, k0, k1, oh * wp + ow, 1, sums, o)
+                elif stride == 2:
+                    _tile(xs, weights, taps, k0, k1, 2 * (oh * wp + ow), 2, sums, o)
+                else:
+                    _tile(xs, weights, taps, k0, k1, 4 * (oh * wp + ow), 4, sums, o)
+                if k1 == taps.size:  # the tile is final
+                    for i in range(0, TILE_PIXELS, w):
+                        _spread(sums, o + i, min(w, TILE_PIXELS - i), y, n, c0, oh, ow + i,
+                                square)
+        if not by_rows:
+            # the last tile's slot to its positions, length - TILE_PIXELS on (ascending: the
+            # slot lies at or after them)
+            last = (n_tiles - 1) * TILE_PIXELS * block_size
+            first = (length - TILE_PIXELS) * block_size
+            for i in range(TILE_PIXELS * block_size):
+                sums[first + i] = sums[last + i]
+            for oh in range(out_h):  # positions in the padding's columns are dropped
+                for ow in range(0, out_w, w):
+                    _spread(sums, oh * wp + ow, min(w, out_w - ow), y, n, c0, oh, ow, square)
 
 
 @functools.cache
 def forward_channels_job(dtype) -> Job:
     """The job of :func:`conv2d_forward_channels` for arrays of ``dtype``."""
     a1 = array(dtype, 1)
-    return Job(_forward_task, (array(dtype, 2), array(dtype, 3), a1, INTS) + (INT,) * 5
-               + (array(dtype, 4), a1))
+    return Job(_forward_task, (array(dtype, 4), array(dtype, 3), a1, INTS) + (INT,) * 9
+               + (array(dtype, 4), a1, a1))
 
 
 @njit(parallel=True, cache=True)
-def conv2d_forward_channels(xflat, packed, b, taps, wp, stride, by_rows, y, job):
+def conv2d_forward_channels(x, packed, b, taps, top, left, hp, wp, stride, by_rows, per_task,
+                            y, job):
     """Writes the convolution's outputs y (N, C_out, OH, OW) at ``stride`` (1, 2 or 4, both
-    axes) from xflat (N, C_in * Hp * Wp), with ``wp`` = Wp, the weights :func:`pack` packs
-    and the :func:`grid_taps`, by tiles along the output rows or (``by_rows`` 0, stride 1)
-    along the flat grid. ``job``: :func:`forward_channels_job` of the dtype."""
+    axes) from x (N, C_in, H, W) zero-padded by ``top`` rows and ``left`` columns to
+    (hp, wp), with the weights :func:`pack` packs and the :func:`grid_taps` of that padded
+    input, by tiles along the output rows or (``by_rows`` 0, stride 1) along the flat grid.
+    Each task owns a sample and ``per_task`` blocks of channels; ``job``:
+    :func:`forward_channels_job` of the dtype."""
     n_batch, out_h, out_w = y.shape[0], y.shape[2], y.shape[3]
     n_blocks, block_size = packed.shape[0], packed.shape[2]
     if by_rows:
@@ -263,9 +298,13 @@ def conv2d_forward_channels(xflat, packed, b, taps, wp, stride, by_rows, y, job)
     else:
         n_tiles = -(-((out_h - 1) * wp + out_w) // TILE_PIXELS)
     positions = n_tiles * TILE_PIXELS  # a slot of TILE_PIXELS positions per tile
-    for task in prange(n_batch * n_blocks):
-        job(xflat, packed, b, taps, np.int64(task // n_blocks), np.int64(task % n_blocks), wp,
-            stride, by_rows, y, np.empty(positions * block_size, dtype=xflat.dtype))
+    groups = -(-n_blocks // per_task)
+    for task in prange(n_batch * groups):
+        group = task % groups
+        job(x, packed, b, taps, np.int64(task // groups), np.int64(group * per_task),
+            np.int64(min(n_blocks, (group + 1) * per_task)), top, left, hp, wp, stride,
+            by_rows, y, np.empty(positions * block_size, dtype=x.dtype),
+            np.empty(x.shape[1] * hp * wp, dtype=x.dtype))
 
 
 def pack(w):
@@ -462,14 +501,20 @@ def tiles_by_rows(stride, out_h, out_w, wp):
     return tuple(stride) != (1, 1) or rows <= grid
 
 
-def forward_channels(xp, w, b, stride, dilation, out_h, out_w):
-    """:func:`conv2d_forward_channels` of the padded input xp (N, C_in, Hp, Wp)."""
-    n_batch, c_in, hp, wp = xp.shape
-    y = buffers.empty((n_batch, w.shape[0], out_h, out_w), xp.dtype)
-    conv2d_forward_channels(xp.reshape(n_batch, c_in * hp * wp), pack(w), b,
-                            grid_taps(c_in, w.shape[2:], hp, wp, dilation), wp, stride[0],
-                            int(tiles_by_rows(stride, out_h, out_w, wp)), y,
-                            forward_channels_job(xp.dtype))
+def forward_channels(x, w, b, padding, stride, dilation, out_h, out_w):
+    """:func:`conv2d_forward_channels` of x (N, C_in, H, W), zero-padded by ``padding``
+    ((top, bottom), (left, right), none negative): a task a sample where the batch makes
+    :data:`FORWARD_TASKS` tasks, else a sample's blocks shared among tasks."""
+    (top, bottom), (left, right) = padding
+    n_batch, c_in, height, width = x.shape
+    hp, wp = top + height + bottom, left + width + right
+    n_blocks = w.shape[0] // block_channels(x.itemsize)
+    per_task = -(-n_blocks // min(n_blocks, -(-FORWARD_TASKS // n_batch)))
+    y = buffers.empty((n_batch, w.shape[0], out_h, out_w), x.dtype)
+    conv2d_forward_channels(np.ascontiguousarray(x), pack(w), b,
+                            grid_taps(c_in, w.shape[2:], hp, wp, dilation), top, left, hp, wp,
+                            stride[0], int(tiles_by_rows(stride, out_h, out_w, wp)), per_task,
+                            y, forward_channels_job(x.dtype))
     return y
 
 
