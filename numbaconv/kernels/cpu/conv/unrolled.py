@@ -1,5 +1,6 @@
-"""The unrolled kernels: on small maps (ResNet-18's maps of 6x6 and below at 96x96 and its
-stride-2 layer onto 12x12, of 7x7 and below at 28x28), a convolution is a sum of matrix products,
+"""The unrolled kernels: on small maps (ResNet-18's maps of 6x6 and below at 96x96 and the
+backward of its stride-2 layer onto 12x12, whose forward the output-channel kernels take; of
+7x7 and below at 28x28), a convolution is a sum of matrix products,
 one per pair of an output pixel and an input pixel that a kernel tap joins, with the batch's
 samples along the vectors:
 
