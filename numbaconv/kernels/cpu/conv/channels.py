@@ -189,8 +189,8 @@ def _row_tile(t, per_row, out_w):
 
 @njit(inline="always")
 def _pad_sample(x, n, top, left, hp, wp, xs):
-    """xs[:C_in * hp * wp] = sample n of x (N, C_in, H, W), zero-padded by ``top`` rows
-    and ``left`` columns (and by the rest of hp x wp below and to the right), flat."""
+    """xs = sample n of x (N, C_in, H, W), zero-padded by ``top`` rows and ``left`` columns
+    (and by the rest of hp x wp below and to the right), flat, then zeros to its end."""
     c_in, height, width = x.shape[1], x.shape[2], x.shape[3]
     zero = xs.dtype.type(0)
     for c in range(c_in):
@@ -206,6 +206,8 @@ def _pad_sample(x, n, top, left, hp, wp, xs):
                 xs[i] = zero
         for i in range(plane + (top + height) * wp, plane + hp * wp):
             xs[i] = zero
+    for i in range(c_in * hp * wp, xs.size):
+        xs[i] = zero
 
 
 @njit(cache=True, fastmath=FAST)
@@ -213,7 +215,7 @@ def _forward_task(x, packed, b, taps, n, block0, block1, top, left, hp, wp, stri
                   y, sums, xs):
     """y[n, blocks block0:block1 of 2W channels] for :func:`conv2d_forward_channels`;
     ``sums`` (2W values for each of TILE_PIXELS positions of every tile) and ``xs``
-    (C_in * hp * wp values) are scratch.
+    (C_in * hp * wp values and wp more) are scratch.
 
     Sample n is padded into ``xs`` once, where the task's blocks read it from L2 (a pass of
     its own over the batch wrote and read the padded batch through memory: ResNet's 64 ->
@@ -286,11 +288,11 @@ def forward_channels_job(dtype) -> Job:
 def conv2d_forward_channels(x, packed, b, taps, top, left, hp, wp, stride, by_rows, per_task,
                             y, job):
     """Writes the convolution's outputs y (N, C_out, OH, OW) at ``stride`` (1, 2 or 4, both
-    axes) from x (N, C_in, H, W) zero-padded by ``top`` rows and ``left`` columns to
-    (hp, wp), with the weights :func:`pack` packs and the :func:`grid_taps` of that padded
-    input, by tiles along the output rows or (``by_rows`` 0, stride 1) along the flat grid.
-    Each task owns a sample and ``per_task`` blocks of channels; ``job``:
-    :func:`forward_channels_job` of the dtype."""
+    axes) from x (N, C_in, H, W) zero-padded by ``top`` rows and ``left`` columns to hp
+    rows wp apart (:func:`shared_padding_width`), with the weights :func:`pack` packs and
+    the :func:`grid_taps` of that padded input, by tiles along the output rows or
+    (``by_rows`` 0, stride 1) along the flat grid. Each task owns a sample and ``per_task``
+    blocks of channels; ``job``: :func:`forward_channels_job` of the dtype."""
     n_batch, out_h, out_w = y.shape[0], y.shape[2], y.shape[3]
     n_blocks, block_size = packed.shape[0], packed.shape[2]
     if by_rows:
@@ -304,7 +306,7 @@ def conv2d_forward_channels(x, packed, b, taps, top, left, hp, wp, stride, by_ro
         job(x, packed, b, taps, np.int64(task // groups), np.int64(group * per_task),
             np.int64(min(n_blocks, (group + 1) * per_task)), top, left, hp, wp, stride,
             by_rows, y, np.empty(positions * block_size, dtype=x.dtype),
-            np.empty(x.shape[1] * hp * wp, dtype=x.dtype))
+            np.empty(x.shape[1] * hp * wp + wp, dtype=x.dtype))
 
 
 def pack(w):
@@ -501,13 +503,25 @@ def tiles_by_rows(stride, out_h, out_w, wp):
     return tuple(stride) != (1, 1) or rows <= grid
 
 
+def shared_padding_width(width, left, right, out_h, out_w):
+    """The padded width of the forward's scratch: ``width + max(left, right)``, each row's
+    right padding the next row's left (a 3x3 kernel's padding of 1 on DenseNet's 8x8 maps:
+    6 tiles on the flat grid where 7 took every padding column; a row's last taps read on
+    into the next row's zeros, the last row's into the zeros after the sample), or the
+    whole ``left + width + right`` where that grid would hold no tile."""
+    narrow = width + max(left, right)
+    if (out_h - 1) * narrow + out_w >= TILE_PIXELS:
+        return narrow
+    return left + width + right
+
+
 def forward_channels(x, w, b, padding, stride, dilation, out_h, out_w):
     """:func:`conv2d_forward_channels` of x (N, C_in, H, W), zero-padded by ``padding``
     ((top, bottom), (left, right), none negative): a task a sample where the batch makes
     :data:`FORWARD_TASKS` tasks, else a sample's blocks shared among tasks."""
     (top, bottom), (left, right) = padding
     n_batch, c_in, height, width = x.shape
-    hp, wp = top + height + bottom, left + width + right
+    hp, wp = top + height + bottom, shared_padding_width(width, left, right, out_h, out_w)
     n_blocks = w.shape[0] // block_channels(x.itemsize)
     per_task = -(-n_blocks // min(n_blocks, -(-FORWARD_TASKS // n_batch)))
     y = buffers.empty((n_batch, w.shape[0], out_h, out_w), x.dtype)
