@@ -195,6 +195,9 @@ def _conv2d_cpu(x, weight, bias, geo):
     b = np.zeros(weight.shape[0], dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
     out_h, out_w = geo.output_shape[2:]
     w = np.ascontiguousarray(weight)
+    if cpu_conv.use_pointwise(x.shape, w.shape, geo.groups, geo.stride, geo.padding,
+                              x.itemsize):
+        return cpu_conv.forward_pointwise(x, w, b, geo.stride[0])
     if cpu_conv.use_column_side(x.shape, w.shape, geo.groups, geo.stride, geo.output_shape):
         return cpu_conv.forward_columns(x, w, b, geo.padding, geo.stride, geo.dilation, out_h,
                                         out_w)
@@ -274,6 +277,12 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     else:
         w = np.ascontiguousarray(weight)
         gy = np.ascontiguousarray(grad_y)
+        if cpu_conv.use_pointwise(x.shape, w.shape, geo.groups, geo.stride, geo.padding,
+                                  x.itemsize):
+            grad_x, grad_w, grad_b = cpu_conv.backward_pointwise(
+                gy, x, w, geo.stride[0], need_input_grad, need_bias_grad, grad_weight)
+            grad_b = _into(grad_bias, grad_b) if need_bias_grad else None
+            return grad_x, _into(grad_weight, grad_w), grad_b
         if cpu_conv.use_column_side(x.shape, w.shape, geo.groups, geo.stride,
                                     geo.output_shape):
             grad_x, grad_w, grad_b = cpu_conv.backward_columns(

@@ -82,6 +82,11 @@ KERNELS = {
     "sigmoid_forward": 0.8,
     "sigmoid_backward": 0.4,
     "matmul_acc": 2.4,
+    # the pointwise kernels (numbaconv.kernels.cpu.conv.pointwise: 1x1 layers)
+    "conv2d_forward_pointwise": 1.0,
+    "conv2d_weight_grad_pointwise": 1.2,
+    "transpose_samples": 0.3,
+    "_channel_sums": 0.3,
     "packed_matmul_acc": 3.0,
     # the jobs (see numbaconv.kernels.cpu.jobs)
     **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 3.7
@@ -294,8 +299,8 @@ def _dispatcher(name: str):
 
     if name.startswith(JOB_PREFIX):
         return job(name[len(JOB_PREFIX):], np.float32).dispatcher
-    for module in (conv, conv.tiles, conv.lanes, conv.columns, conv.channels, pool, activation,
-                   dense, optim):
+    for module in (conv, conv.tiles, conv.lanes, conv.columns, conv.channels, conv.pointwise,
+                   pool, activation, dense, optim):
         if hasattr(module, name):
             return getattr(module, name)
     for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values(),
@@ -368,6 +373,10 @@ def _signature(name: str, dtype) -> tuple:
         "conv2d_weight_grad_columns": (a4, a4) + (i64,) * 9,
         "conv2d_input_grad_columns": (a4, a4) + (i64,) * 9,
         "conv2d_forward_channels": (a4, a3, a1, taps) + (i64,) * 7 + (a4,),
+        "conv2d_forward_pointwise": (a3, a2, a1, a3),
+        "conv2d_weight_grad_pointwise": (a3, a3, i64, a3, a2),
+        "transpose_samples": (a3, a3),
+        "_channel_sums": (a3,),
         "conv2d_weight_grad_channels": (a4, a2, taps) + (i64,) * 4 + (a3,),
         "avg_pool2d_forward": (a4,) + (i64,) * 6 + (types.boolean, i64, a4),
         "avg_pool2d_backward": (a4,) + (i64,) * 6 + (types.boolean, i64, a4),
@@ -431,6 +440,7 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
     :mod:`numbaconv.kernels.cpu.conv` chooses for that shape; for ``None`` every one its
     inputs' widths could choose (the parallel padding of large inputs aside)."""
     from .kernels.cpu import conv
+    from .shapes import as_pair, conv_padding
 
     weight = layer.params["weight"]
     columns_backward = ["conv2d_weight_grad_columns"] + (
@@ -439,8 +449,18 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
         forward, backward = _conv_kernels_any_width(layer)
         if conv.use_columns(weight.shape, layer.groups, (2, 2), 1):  # at some stride or width
             forward, backward = ["conv2d_forward_columns"] + forward, columns_backward + backward
+        stride = as_pair(layer.stride, "stride")
+        padding = conv_padding(layer.padding, tuple(weight.shape[2:]), stride,
+                               as_pair(layer.dilation, "dilation"))
+        if conv.use_pointwise((1, weight.shape[1], 8 * stride[0], 8 * stride[1]), weight.shape,
+                              layer.groups, stride, padding, weight.itemsize):  # 8x8 outputs
+            forward = ["conv2d_forward_pointwise"] + forward
+            backward = _pointwise_backward(layer, need_input_grad) + backward
         return forward, backward
     stride, dilation, padding, padded, output = _conv_geometry(layer, input_shape)
+    if conv.use_pointwise(input_shape, weight.shape, layer.groups, stride, padding,
+                          weight.itemsize):
+        return ["conv2d_forward_pointwise"], _pointwise_backward(layer, need_input_grad)
     if conv.use_column_side(input_shape, weight.shape, layer.groups, stride, output):
         # the forward by row tiles (padding each sample itself)
         strided = conv.use_strided_channel_vectors(weight.shape, layer.groups, stride,
@@ -485,6 +505,14 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
             and conv.input_grad_frame(padding, stride, reach) is not None):
         return forward, backward + [input_grad]
     return forward, backward + _places_in_parallel(spread) + [input_grad]
+
+
+def _pointwise_backward(layer, need_input_grad: bool) -> list[str]:
+    """The kernels of :func:`numbaconv.kernels.cpu.conv.backward_pointwise` for a ``Conv2d``:
+    the input gradient's is the forward's."""
+    return (["transpose_samples", "conv2d_weight_grad_pointwise"]
+            + (["_channel_sums"] if layer.params.get("bias") is not None else [])
+            + (["conv2d_forward_pointwise"] if need_input_grad else []))
 
 
 def _forward_kernel(weight_shape, groups, stride, padded_shape, out_h, out_w,

@@ -778,7 +778,7 @@ def test_channel_vector_forward_is_the_same_however_tasks_share_a_samples_blocks
 @pytest.mark.parametrize("shape, kernel, padding, stride", [
     ((3, 1, 30, 29, 64), 7, 3, 2),   # a stem: 7x7/2, one input channel
     ((2, 16, 24, 25, 64), 3, 1, 2),  # ResNet's 3x3/2 onto 12x12
-    ((2, 64, 25, 24, 64), 1, 0, 2),  # and its 1x1/2 shortcut
+    ((2, 64, 2, 34, 64), 1, 0, 2),   # a 1x1/2 onto one row of 17 (too few for pointwise)
     ((2, 1, 67, 67, 96), 11, 0, 4),  # NiN's stem, 11x11/4 onto 15x15
     ((2, 3, 65, 62, 96), 11, 1, 4),  # AlexNet's, three input channels, a narrower row
 ])
@@ -792,6 +792,102 @@ def test_channel_vector_forward_at_strides_2_and_4_matches_reference(nc, dtype, 
             layouts=("C", "C", "C"), seed=9))
     assert forward.call_count == 1 and forward.call_args.args[8] == stride
     assert weight_grad.call_count == 1 and weight_grad.call_args.args[4] == stride
+
+
+# --------------------------------------------------------------------------------------------
+# the pointwise kernels (1x1, no padding: a matrix product per sample)
+
+
+@contextlib.contextmanager
+def counting_pointwise_calls():
+    """The calls of the pointwise forward (also the input gradient's) and weight-gradient
+    kernels, counted."""
+    from numbaconv.kernels.cpu.conv import pointwise
+
+    with mock.patch.object(pointwise, "conv2d_forward_pointwise",
+                           wraps=pointwise.conv2d_forward_pointwise) as forward, \
+            mock.patch.object(pointwise, "conv2d_weight_grad_pointwise",
+                              wraps=pointwise.conv2d_weight_grad_pointwise) as weight_grad:
+        yield forward, weight_grad
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, stride", [
+    ((3, 16, 7, 7, 20), 1),     # NiN's 1x1 layers on 7x7 maps, scaled down: 49 pixels
+    ((2, 24, 10, 12, 40), 1),   # 120 pixels: a whole tile and a masked one
+    ((2, 33, 15, 15, 17), 1),   # odd channel counts: the tiles' row and tap tails
+    ((2, 32, 14, 13, 64), 2),   # ResNet's shortcut: every other row and column, 7x7
+    ((2, 16, 23, 24, 16), 2),   # an odd height at stride 2: 12x12
+])
+def test_pointwise_kernels_match_reference(nc, dtype, shape, stride):
+    n, c_in, h, w, c_out = shape
+    with counting_pointwise_calls() as (forward, weight_grad):
+        check_conv_against_reference(nc, dict(
+            N=n, C=c_in, H=h, W=w, F=c_out, kernel=(1, 1), stride=stride, padding=0,
+            dilation=1, groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"), seed=3))
+    # the forward, the input gradient and the weight gradient
+    assert (forward.call_count, weight_grad.call_count) == (2, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_kernels_match_torch(nc, torch, F, dtype, stride):
+    rng = np.random.default_rng(16)
+    x = rng.normal(size=(4, 48, 8 * stride, 8 * stride)).astype(dtype)
+    w = rng.normal(size=(40, 48, 1, 1)).astype(dtype)
+    b = rng.normal(size=40).astype(dtype)
+    yt, xt, wt, bt = torch_conv2d(torch, F, x, w, b, stride, 0, 1, 1)
+    with counting_pointwise_calls() as (forward, weight_grad):
+        y = nc.conv2d(x, w, b, stride=stride)
+        gy = rng.normal(size=y.shape).astype(dtype)
+        gx, gw, gb = nc.conv2d_backward(gy, x, w, stride=stride)
+    assert (forward.call_count, weight_grad.call_count) == (2, 1)
+    yt.backward(torch.tensor(gy))
+    assert_close(y, yt.detach().numpy().astype(np.float64), dtype, "forward vs torch")
+    assert_close(gx, xt.grad.numpy().astype(np.float64), dtype, "grad_x vs torch")
+    assert_close(gw, wt.grad.numpy().astype(np.float64), dtype, "grad_weight vs torch")
+    assert_close(gb, bt.grad.numpy().astype(np.float64), dtype, "grad_bias vs torch")
+
+
+@pytest.mark.parametrize("x_shape, weight_shape, groups, stride, padding, takes", [
+    ((8, 64, 7, 7), (64, 64, 1, 1), 1, (1, 1), ((0, 0), (0, 0)), True),
+    ((8, 64, 8, 8), (32, 64, 1, 1), 1, (1, 1), ((0, 0), (0, 0)), True),
+    ((8, 64, 24, 24), (128, 64, 1, 1), 1, (2, 2), ((0, 0), (0, 0)), True),
+    ((8, 64, 7, 7), (64, 64, 3, 3), 1, (1, 1), ((0, 0), (0, 0)), False),  # not 1x1
+    ((8, 64, 7, 7), (64, 64, 1, 1), 1, (1, 1), ((1, 1), (1, 1)), False),  # padded
+    ((8, 64, 7, 7), (64, 32, 1, 1), 2, (1, 1), ((0, 0), (0, 0)), False),  # grouped
+    ((8, 64, 8, 8), (64, 64, 1, 1), 1, (1, 2), ((0, 0), (0, 0)), False),  # two strides
+    ((8, 8, 7, 7), (64, 8, 1, 1), 1, (1, 1), ((0, 0), (0, 0)), False),    # few channels
+    ((8, 64, 3, 3), (64, 64, 1, 1), 1, (1, 1), ((0, 0), (0, 0)), False),  # 9 pixels
+    ((8, 64, 12, 12), (128, 64, 1, 1), 1, (2, 2), ((0, 0), (0, 0)), False),  # 36 pixels
+])
+def test_use_pointwise(x_shape, weight_shape, groups, stride, padding, takes):
+    from numbaconv.kernels.cpu.conv import use_pointwise
+
+    for itemsize in (4, 8):  # 49 pixels fill 49 of 64 lanes, or of 64 and 32
+        assert use_pointwise(x_shape, weight_shape, groups, stride, padding, itemsize) == takes
+
+
+@pytest.mark.parametrize("where", ["x", "w", "grad_y"])
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_pointwise_kernels_propagate_non_finite_values_like_reference(nc, where, value):
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(2, 16, 8, 8))
+    w = rng.normal(size=(18, 16, 1, 1))
+    if where == "x":
+        x[1, 3, 5, 2] = value
+    elif where == "w":
+        w[4, 7, 0, 0] = value
+    with counting_pointwise_calls() as (forward, _):
+        y = nc.conv2d(x, w)
+        gy = rng.normal(size=y.shape)
+        if where == "grad_y":
+            gy[0, 5, 2, 6] = value
+        got = (y,) + tuple(nc.conv2d_backward(gy, x, w))
+    assert forward.call_count == 2
+    with np.errstate(invalid="ignore"):
+        expected = (ref.conv2d(x, w),) + tuple(ref.conv2d_backward(gy, x, w))
+    assert_non_finite_like_reference(got, expected)
 
 
 @pytest.mark.parametrize("value", [np.inf, np.nan])

@@ -71,6 +71,16 @@ def test_conv2d_backward_finite_differences(nc, args):
     _check_conv(nc, rng, (2, 4, 6, 5), (4, 4 // args.get("groups", 1), 3, 2), args)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_conv2d_backward_finite_differences(nc, stride):
+    """A 1x1 layer the pointwise kernels take (16 channels in, 16 out; 8x8 outputs)."""
+    from numbaconv.kernels.cpu.conv import use_pointwise
+
+    shape_x, shape_w = (1, 16, 8 * stride, 8 * stride), (16, 16, 1, 1)
+    assert use_pointwise(shape_x, shape_w, 1, (stride, stride), ((0, 0), (0, 0)), 8)
+    _check_conv(nc, np.random.default_rng(102), shape_x, shape_w, dict(stride=stride))
+
+
 @settings(max_examples=15)
 @given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 2), st.integers(1, 2),
        st.integers(0, 2), st.integers(1, 2), st.integers(0, 2**32 - 1))

@@ -114,6 +114,15 @@ def test_signatures_of_the_column_kernels_are_those_of_real_calls():
     _check_signatures(model, np.random.default_rng(0).random(TREE_INPUT, dtype=np.float32))
 
 
+def test_signatures_of_the_pointwise_kernels_are_those_of_real_calls():
+    from numbaconv.layers import Conv2d, ReLU, Sequential
+
+    model = Sequential(Conv2d(16, 24, 3, padding=1, rng=0), ReLU(), Conv2d(24, 32, 1, rng=1))
+    assert {"conv2d_forward_pointwise", "conv2d_weight_grad_pointwise", "transpose_samples",
+            "_channel_sums"} <= set(P.kernels_for(model, (4, 16, 8, 8)))
+    _check_signatures(model, np.random.default_rng(0).random((4, 16, 8, 8), dtype=np.float32))
+
+
 def test_signatures_of_the_output_channel_kernels_are_those_of_real_calls():
     model = channels()
     assert {"conv2d_forward_channels", "conv2d_weight_grad_channels"} <= set(
@@ -493,20 +502,24 @@ def test_kernels_for_a_list_of_layers():
 def test_kernels_for_a_tree_are_those_of_every_layer_for_its_input():
     # the Residual's 3x3 convolution at stride 1 on 62x62: its input padded in parallel (a
     # million values), the flat kernels without an input gradient (the model's first stage);
-    # the strided one's: the column kernels with it; the 1x1s and the nested fused stage's
+    # its 1x1 shortcut (40 channels) the pointwise kernels, likewise; the strided one's: the
+    # column kernels with it; the Concat's 1x1 (8 channels) and the nested fused stage's
     # convolution (stride 1, 31 wide) on the flat kernels, its forward in one pass, its input
     # gradient (32 output channels) on the output-channel kernels
+    pointwise = ["conv2d_forward_pointwise", "transpose_samples", "conv2d_weight_grad_pointwise",
+                 "_channel_sums"]
     assert P.kernels_for(tree(), TREE_INPUT) == [
-        "_place_planes", "conv2d_forward", "conv2d_weight_grad", "conv2d_forward_columns",
-        "conv2d_weight_grad_columns", "conv2d_input_grad_columns", "conv2d_weight_grad_rows",
-        "max_pool2d_forward", "max_pool2d_backward", "conv2d_relu_max_pool_forward",
-        "conv2d_forward_channels", "relu_max_pool_backward"]
+        "_place_planes", "conv2d_forward", "conv2d_weight_grad", *pointwise,
+        "conv2d_forward_columns", "conv2d_weight_grad_columns", "conv2d_input_grad_columns",
+        "conv2d_weight_grad_rows", "max_pool2d_forward", "max_pool2d_backward",
+        "conv2d_relu_max_pool_forward", "conv2d_forward_channels", "relu_max_pool_backward"]
     # without a shape: every kernel any width could take, the flat ones' both layouts
     assert P.kernels_for(tree()) == [
         "conv2d_forward_columns", "conv2d_forward", "conv2d_forward_lanes",
         "conv2d_weight_grad_columns", "conv2d_weight_grad", "conv2d_weight_grad_lanes",
-        "conv2d_input_grad_lanes", "conv2d_forward_channels", "conv2d_input_grad_columns",
-        "conv2d_weight_grad_rows", "max_pool2d_forward", "max_pool2d_backward",
+        "conv2d_input_grad_lanes", "conv2d_forward_channels", *pointwise,
+        "conv2d_input_grad_columns", "conv2d_weight_grad_rows", "max_pool2d_forward",
+        "max_pool2d_backward",
         "conv2d_relu_max_pool_forward", "conv2d_relu_max_pool_forward_lanes",
         "relu_max_pool_forward", "relu_max_pool_backward", "conv2d_relu_max_pool_backward_lanes"]
 

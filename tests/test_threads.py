@@ -78,6 +78,13 @@ SCRIPT = textwrap.dedent("""
         wb = rng.normal(size=(24, 3, 3, 3)).astype(dtype)
         gyb = rng.normal(size=(8, 24, 16, 16)).astype(dtype)
         r["convb_gx"], r["convb_gw"], r["convb_gb"] = nc.conv2d_backward(gyb, x, wb, padding=1)
+        # a 1x1 layer at stride 2 (the pointwise kernels: a product per sample; the weight
+        # gradient's tasks own six output channels each)
+        xq, wq = np.tile(x, (1, 6, 1, 1))[:, :17], rng.normal(size=(40, 17, 1, 1)).astype(dtype)
+        r["convq"] = nc.conv2d(xq, wq, None, stride=2)
+        gyq = rng.normal(size=r["convq"].shape).astype(dtype)
+        r["convq_gx"], r["convq_gw"], r["convq_gb"] = nc.conv2d_backward(gyq, xq, wq, stride=2)
+        r["wq"], r["gyq"] = wq, gyq
         # a fused stage's convolution, sigmoid (code 0) and average pool (0) in one pass
         r["cap_z"], r["cap_y"] = nc._conv2d_act_pool(x, w, b, 1, 1, 1, 1, 0, 0)
         r["gy"], r["gyg"], r["gym"], r["gya"], r["gyn"] = gy, gyg, gym, gya, gyn
@@ -154,6 +161,12 @@ def test_threaded_results_match_reference(runs, prefix, dtype):
     for got, exp, name in zip((r["convn_gx"], r["convn_gw"], r["convn_gb"]),
                               ref.conv2d_backward(r["gyn"], xn, wn, dilation=(1, 4)),
                               ("convn_gx", "convn_gw", "convn_gb"), strict=True):
+        check(got, exp, name)
+    xq, wq = np.tile(x, (1, 6, 1, 1))[:, :17], r["wq"]
+    check(r["convq"], ref.conv2d(xq, wq, None, stride=2), "convq")
+    for got, exp, name in zip((r["convq_gx"], r["convq_gw"], r["convq_gb"]),
+                              ref.conv2d_backward(r["gyq"], xq, wq, stride=2),
+                              ("convq_gx", "convq_gw", "convq_gb"), strict=True):
         check(got, exp, name)
     ey, eidx = ref.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True, return_indices=True)
     check(r["max"], ey, "max")

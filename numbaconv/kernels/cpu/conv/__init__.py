@@ -22,6 +22,8 @@ By concern:
 * :mod:`.unrolled`: sums of products over the pairs of pixels a tap joins, the samples along
   the vectors, for small maps (:func:`use_unrolled`; taken by :func:`forward_columns` and
   :func:`backward_columns`, where :func:`use_column_side` sends such layers);
+* :mod:`.pointwise`: 1x1 kernels without padding as a matrix product per sample
+  (:func:`use_pointwise`);
 * :mod:`.direct`: the exact loops for inputs holding inf or NaN;
 * :mod:`.place`: the parallel padding and stride spread for large arrays;
 * this module: the Python functions that pad, choose a kernel and call it.
@@ -74,6 +76,7 @@ from .lanes import (
     weight_grad_lanes_job,
 )
 from .place import _place_planes
+from .pointwise import backward_pointwise, forward_pointwise, use_pointwise
 from .unrolled import backward_unrolled, forward_unrolled, use_unrolled
 
 __all__ = [
@@ -82,7 +85,8 @@ __all__ = [
     "block_sums", "use_lanes", "weight_grad_from_rows", "forward", "weight_grad",
     "conv2d_input_grad", "transposed_weights", "place", "pad", "LANES", "TASKS",
     "PLACE_IN_PARALLEL", "use_columns", "forward_columns", "backward_columns",
-    "use_channel_vectors", "use_column_side",
+    "use_channel_vectors", "use_column_side", "use_pointwise", "forward_pointwise",
+    "backward_pointwise",
 ]
 
 PLACE_IN_PARALLEL = 1 << 20  # output values from which place() runs _place_planes; below, NumPy
