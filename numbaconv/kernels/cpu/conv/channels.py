@@ -11,8 +11,9 @@ lanes left empty on a small map (where the flat kernels' pixel vectors run past 
 the column kernels copy every tap's input). Kernel tap k reads the padded input at a fixed
 offset from an output's position (:func:`grid_taps`); a tile's outputs are consecutive
 along an output row (stride 1, 2 or 4), or at stride 1 consecutive positions of the flat grid
-of :mod:`.flat` (output (oh, ow) at ``oh * Wp + ow``, ``Wp - OW`` padding columns a row),
-whichever computes fewer positions (:func:`tiles_by_rows`):
+of :mod:`.flat` (output (oh, ow) at ``oh * Wp + ow``, ``Wp - OW`` padding columns a row,
+which the forward's rows share: :func:`shared_padding_width`), whichever computes fewer
+positions (:func:`tiles_by_rows`):
 
     x      (N, C_in, H, W)       the input, unpadded: the forward pads each sample itself
     xflat  (N, C_in * Hp * Wp)   the padded input, flat per sample (the weight gradient's)
