@@ -9,7 +9,8 @@ along the vectors:
 
 No input is rearranged and no output spread (the unrolled kernels swap the batch into
 pixel-major order and back; the output-channel kernels spread their tiles to y's planes:
-NiN's 256 -> 256 on 7x7 maps, batch 128, 1 thread, forward 10.4 and 9.0 ms, here 8.3).
+NiN's 256 -> 256 on 7x7 maps, batch 128, 1 thread, forward 10.7 ms by the unrolled
+kernels, here 9.3).
 The products are :func:`.tiles._gemm6_acc`'s register tiles, whose vectors run along the
 pixels: :func:`use_pointwise` takes maps that fill them well. A forward (and input
 gradient) task owns a sample; the weight gradient sums fixed chunks of samples, then the
