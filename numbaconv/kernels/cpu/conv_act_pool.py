@@ -48,6 +48,7 @@ from .conv.lanes import (
     use_lanes,
     weight_grad_from_lanes,
 )
+from .conv.place import pad_rows
 from .conv.tiles import _add_lane_sums, shifted_products_acc
 from .jobs import INT, INTS, Job, array
 
@@ -58,24 +59,6 @@ def _rows_per_block(c_out_g, out_h, wp):
     (whole pooling windows) unless one block takes them all."""
     rows = _block_rows(c_out_g, out_h, wp)
     return rows if rows >= out_h else max(2, rows - rows % 2)
-
-
-@njit(inline="always")
-def _pad_rows(x, n, c0, n_chan, top, left, row0, n_rows, wp, xs):
-    """xs[0, c, :n_rows * wp] = rows row0:row0 + n_rows of channel c of sample n of x
-    (unpadded) zero-padded by ``top`` rows and ``left`` columns to ``wp`` columns, for
-    c0 <= c < c0 + n_chan: the padded input a block reads, padded in cache rather than in a
-    pass of its own over the whole batch (a serial NumPy one)."""
-    height, width = x.shape[2], x.shape[3]
-    zero = xs.dtype.type(0)
-    for c in range(c0, c0 + n_chan):
-        dst = xs[0, c]
-        for i in range(n_rows * wp):
-            dst[i] = zero
-        for r in range(n_rows):
-            h = row0 + r - top
-            if 0 <= h < height:
-                simd.copy_run(x[n, c, h], 0, dst, r * wp + left, width)
 
 
 def _compiled(activation, pool, kernel, kernel_suffix, job, job_suffix, fastmath=False):
@@ -111,7 +94,7 @@ def _fused_kernel(activation, pool):
         c_in_g = chan[-1] + 1
         out_w = z.shape[3]
         # the rows the block's taps reach: its own and the kernel's extent below them
-        _pad_rows(x, n, g * c_in_g, c_in_g, top, left, row0, n_rows + offset[-1] // wp, wp,
+        pad_rows(x, n, g * c_in_g, c_in_g, top, left, row0, n_rows + offset[-1] // wp, wp,
                   xs)
         block_sums(xs, weights, b, chan, offset, 0, (n_rows - 1) * wp + out_w, 0, g, out)
         for m in range(c_out_g):
@@ -320,7 +303,7 @@ def _fused_weight_grad_kernel(activation, pool):
                 act._times_sigmoid_derivative(flat, z[n].reshape(flat.size))
             else:
                 act._times_relu_derivative(flat, z[n].reshape(flat.size))
-            _pad_rows(x, n, 0, c_in, top, left, 0, hp, wp, xs)
+            pad_rows(x, n, 0, c_in, top, left, 0, hp, wp, xs)
             rows_sample_acc(rows, xs[0], chan, offset, out_h, out_w, wp, acc, partial_bias)
         _add_lane_sums(acc, partial)
 

@@ -1,7 +1,10 @@
-"""Zero-padding, and spreading gy onto a stride grid, in one parallel pass for large arrays."""
+"""Zero-padding, and spreading gy onto a stride grid, in one parallel pass for large arrays;
+and the padding of a sample's rows into a task's scratch, inside kernels (:func:`pad_rows`)."""
 
 import numpy as np
 from numba import njit, prange
+
+from .. import simd
 
 
 @njit(parallel=True, cache=True)
@@ -36,3 +39,22 @@ def _place_planes(src, out, src_r0, n_rows, dst_r0, row_step, src_c0, n_cols, ds
                     not_finite |= (value - value) != (value - value)
         bad[plane] = not_finite
     return not bad.any()
+
+
+@njit(inline="always")
+def pad_rows(x, n, c0, n_chan, top, left, row0, n_rows, wp, xs):
+    """xs[0, c, :n_rows * wp] = rows row0:row0 + n_rows of channel c of sample n of x
+    (unpadded) zero-padded by ``top`` rows and ``left`` columns to ``wp`` columns, for
+    c0 <= c < c0 + n_chan: the padded input a kernel's task reads, padded in cache rather
+    than in a pass of its own over the whole batch (the fused stages' blocks, the
+    output-channel forward's samples)."""
+    height, width = x.shape[2], x.shape[3]
+    zero = xs.dtype.type(0)
+    for c in range(c0, c0 + n_chan):
+        dst = xs[0, c]
+        for i in range(n_rows * wp):
+            dst[i] = zero
+        for r in range(n_rows):
+            h = row0 + r - top
+            if 0 <= h < height:
+                simd.copy_run(x[n, c, h], 0, dst, r * wp + left, width)
