@@ -460,7 +460,10 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
     stride, dilation, padding, padded, output = _conv_geometry(layer, input_shape)
     if conv.use_pointwise(input_shape, weight.shape, layer.groups, stride, padding,
                           weight.itemsize):
-        return ["conv2d_forward_pointwise"], _pointwise_backward(layer, need_input_grad)
+        backward = _pointwise_backward(layer, need_input_grad)
+        if need_input_grad and stride[0] != 1:  # placed on x's grid
+            backward += _places_in_parallel(input_shape)
+        return ["conv2d_forward_pointwise"], backward
     if conv.use_column_side(input_shape, weight.shape, layer.groups, stride, output):
         # the forward by row tiles (padding each sample itself)
         strided = conv.use_strided_channel_vectors(weight.shape, layer.groups, stride,

@@ -35,6 +35,7 @@ transposed kernel, and runs through :func:`forward` (or, on the lanes layout, sc
 import numpy as np
 
 from .. import buffers
+from . import pointwise
 from .channels import (
     forward_channels,
     use_channel_vectors,
@@ -76,7 +77,7 @@ from .lanes import (
     weight_grad_lanes_job,
 )
 from .place import _place_planes
-from .pointwise import backward_pointwise, forward_pointwise, use_pointwise
+from .pointwise import forward_pointwise, use_pointwise
 from .unrolled import backward_unrolled, forward_unrolled, use_unrolled
 
 __all__ = [
@@ -126,6 +127,19 @@ def pad(x, padding, check_finite=False):
     return place(x, height + top + bottom, width + left + right,
                  (slice(top, top + height, 1), slice(0, height)),
                  (slice(left, left + width, 1), slice(0, width)), check_finite)
+
+
+def backward_pointwise(gy, x, w, stride, need_input_grad, need_bias_grad, grad_weight=None):
+    """``(grad_x or None, grad_w, grad_b or None)`` by :func:`.pointwise.backward_pointwise`,
+    at a stride its input gradient placed at the pixels the kernel read, zeros between
+    (:func:`place`)."""
+    grad_x, grad_w, grad_b = pointwise.backward_pointwise(gy, x, w, stride, need_input_grad,
+                                                          need_bias_grad, grad_weight)
+    if grad_x is not None and stride != 1:
+        height, width = x.shape[2], x.shape[3]
+        grad_x, _ = place(grad_x, height, width, (slice(0, height, stride), slice(0, gy.shape[2])),
+                          (slice(0, width, stride), slice(0, gy.shape[3])))
+    return grad_x, grad_w, grad_b
 
 
 def forward(x, w, b, padding, stride, dilation, groups, out_h, out_w):

@@ -108,9 +108,10 @@ def forward_pointwise(x, w, b, stride):
 
 
 def backward_pointwise(gy, x, w, stride, need_input_grad, need_bias_grad, grad_weight=None):
-    """``(grad_x or None, grad_w, grad_b or None)`` of :func:`forward_pointwise` at gy
-    (N, C_out, OH, OW); grad_w written into ``grad_weight`` (C-contiguous, w's shape) where
-    given."""
+    """``(grad_xs or None, grad_w, grad_b or None)`` of :func:`forward_pointwise` at gy
+    (N, C_out, OH, OW): grad_xs the gradient of x's sampled pixels (N, C_in, OH, OW; at
+    stride 1, of x), which :func:`numbaconv.kernels.cpu.conv.backward_pointwise` places on
+    x's grid; grad_w written into ``grad_weight`` (C-contiguous, w's shape) where given."""
     c_out, c_in = w.shape[0], w.shape[1]
     n_batch = gy.shape[0]
     gy_flat = np.ascontiguousarray(gy).reshape(n_batch, c_out, -1)
@@ -124,15 +125,10 @@ def backward_pointwise(gy, x, w, stride, need_input_grad, need_bias_grad, grad_w
     partial = np.empty((-(-n_batch // per_chunk), c_out, c_in), dtype=gy.dtype)
     conv2d_weight_grad_pointwise(gy_flat, xt, per_chunk, partial, grad_w.reshape(c_out, c_in))
     grad_b = _channel_sums(gy_flat).astype(gy.dtype) if need_bias_grad else None
-    grad_x = None
+    grad = None
     if need_input_grad:
         grad = buffers.empty((n_batch, c_in, gy_flat.shape[2]), gy.dtype)
         conv2d_forward_pointwise(gy_flat, np.ascontiguousarray(w.reshape(c_out, c_in).T),
                                  np.zeros(c_in, dtype=gy.dtype), grad)
         grad = grad.reshape(n_batch, c_in, gy.shape[2], gy.shape[3])
-        if stride == 1:
-            grad_x = grad
-        else:  # the pixels the kernel read, zeros between
-            grad_x = np.zeros(x.shape, dtype=gy.dtype)
-            grad_x[:, :, ::stride, ::stride] = grad
-    return grad_x, grad_w, grad_b
+    return grad, grad_w, grad_b
