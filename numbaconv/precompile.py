@@ -86,7 +86,7 @@ KERNELS = {
     "conv2d_forward_pointwise": 1.0,
     "conv2d_weight_grad_pointwise": 1.2,
     "transpose_samples": 0.3,
-    "_channel_sums": 0.3,
+    "channel_sums": 0.3,
     "packed_matmul_acc": 3.0,
     # the jobs (see numbaconv.kernels.cpu.jobs)
     **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 3.7
@@ -373,10 +373,10 @@ def _signature(name: str, dtype) -> tuple:
         "conv2d_weight_grad_columns": (a4, a4) + (i64,) * 9,
         "conv2d_input_grad_columns": (a4, a4) + (i64,) * 9,
         "conv2d_forward_channels": (a4, a3, a1, taps) + (i64,) * 7 + (a4,),
-        "conv2d_forward_pointwise": (a3, a2, a1, a3),
+        "conv2d_forward_pointwise": (a4, a2, a1, i64, a3),
         "conv2d_weight_grad_pointwise": (a3, a3, i64, a3, a2),
-        "transpose_samples": (a3, a3),
-        "_channel_sums": (a3,),
+        "transpose_samples": (a4, i64, a3),
+        "channel_sums": (a3,),
         "conv2d_weight_grad_channels": (a4, a2, taps) + (i64,) * 4 + (a3,),
         "avg_pool2d_forward": (a4,) + (i64,) * 6 + (types.boolean, i64, a4),
         "avg_pool2d_backward": (a4,) + (i64,) * 6 + (types.boolean, i64, a4),
@@ -514,7 +514,7 @@ def _pointwise_backward(layer, need_input_grad: bool) -> list[str]:
     """The kernels of :func:`numbaconv.kernels.cpu.conv.backward_pointwise` for a ``Conv2d``:
     the input gradient's is the forward's."""
     return (["transpose_samples", "conv2d_weight_grad_pointwise"]
-            + (["_channel_sums"] if layer.params.get("bias") is not None else [])
+            + (["channel_sums"] if layer.params.get("bias") is not None else [])
             + (["conv2d_forward_pointwise"] if need_input_grad else []))
 
 

@@ -830,6 +830,25 @@ def test_pointwise_kernels_match_reference(nc, dtype, shape, stride):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, stride", [
+    ((2, 33, 7, 7), 1),    # a channel tail and a pixel tail of the W x W squares
+    ((3, 16, 15, 15), 1),
+    ((2, 20, 9, 8), 2),    # sampled: 5 x 4 pixels
+    ((1, 5, 3, 3), 3),     # fewer channels than a square: 1 pixel
+])
+def test_transpose_samples_is_numpys_transpose_of_the_sampled_pixels(dtype, shape, stride):
+    from numbaconv.kernels.cpu.conv.pointwise import transpose_samples
+
+    x = np.random.default_rng(5).normal(size=shape).astype(dtype)
+    sampled = x[:, :, ::stride, ::stride]
+    pixels = sampled.shape[2] * sampled.shape[3]
+    out = np.full((shape[0], pixels, shape[1]), np.nan, dtype=dtype)
+    transpose_samples(x, stride, out)
+    np.testing.assert_array_equal(out, sampled.reshape(shape[0], shape[1], pixels)
+                                  .transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stride", [1, 2])
 def test_pointwise_kernels_match_torch(nc, torch, F, dtype, stride):
     rng = np.random.default_rng(16)

@@ -119,7 +119,7 @@ def test_signatures_of_the_pointwise_kernels_are_those_of_real_calls():
 
     model = Sequential(Conv2d(16, 24, 3, padding=1, rng=0), ReLU(), Conv2d(24, 32, 1, rng=1))
     assert {"conv2d_forward_pointwise", "conv2d_weight_grad_pointwise", "transpose_samples",
-            "_channel_sums"} <= set(P.kernels_for(model, (4, 16, 8, 8)))
+            "channel_sums"} <= set(P.kernels_for(model, (4, 16, 8, 8)))
     _check_signatures(model, np.random.default_rng(0).random((4, 16, 8, 8), dtype=np.float32))
 
 
@@ -507,7 +507,7 @@ def test_kernels_for_a_tree_are_those_of_every_layer_for_its_input():
     # convolution (stride 1, 31 wide) on the flat kernels, its forward in one pass, its input
     # gradient (32 output channels) on the output-channel kernels
     pointwise = ["conv2d_forward_pointwise", "transpose_samples", "conv2d_weight_grad_pointwise",
-                 "_channel_sums"]
+                 "channel_sums"]
     assert P.kernels_for(tree(), TREE_INPUT) == [
         "_place_planes", "conv2d_forward", "conv2d_weight_grad", *pointwise,
         "conv2d_forward_columns", "conv2d_weight_grad_columns", "conv2d_input_grad_columns",

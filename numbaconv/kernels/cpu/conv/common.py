@@ -1,10 +1,10 @@
-"""What the padded-width and the interleaved-samples kernels share: each kernel tap's channel
-and flat offset, the weights grouped per convolution group, and the parallel tasks' partial
-weight and bias gradients, summed in a fixed order (so that results do not depend on the
-number of threads)."""
+"""What several layouts' kernels share: each kernel tap's channel and flat offset, the
+weights grouped per convolution group, the parallel tasks' partial weight and bias
+gradients, summed in a fixed order (so that results do not depend on the number of
+threads), and gy's sums per channel (:func:`channel_sums`)."""
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 FAST = {"reassoc", "contract"}  # reorder sums so they vectorise; NaN and inf still propagate
 
@@ -66,3 +66,19 @@ def _sum_chunks(partial, c_out):
                 total += partial[chunk, g, m, k]
             grad_w[co, k] = total
     return grad_w
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
+def channel_sums(a):
+    """The float64 sums of a (N, C, P) over all but C, each channel by a task of its own
+    (gy's: the bias gradient of the unrolled and pointwise kernels; reassociated so that
+    the sum vectorises)."""
+    n_batch, channels, length = a.shape
+    sums = np.empty(channels)
+    for c in prange(channels):
+        total = 0.0
+        for n in range(n_batch):
+            for p in range(length):
+                total += a[n, c, p]
+        sums[c] = total
+    return sums

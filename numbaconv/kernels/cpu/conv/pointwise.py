@@ -7,10 +7,13 @@ along the vectors:
     input grad:     gx[n] (C_in, P)     = w.T (C_in, C_out) @ gy[n] (C_out, P)
     weight grad:    gw    (C_out, C_in) = sum over the samples n of gy[n] @ x[n].T
 
-No input is rearranged and no output spread (the unrolled kernels swap the batch into
-pixel-major order and back; the output-channel kernels spread their tiles to y's planes:
-NiN's 256 -> 256 on 7x7 maps, batch 128, 1 thread, forward 10.7 ms by the unrolled
-kernels, here 9.3).
+The forward and the input gradient rearrange no input and spread no output (the unrolled
+kernels swap the batch into pixel-major order and back; the output-channel kernels spread
+their tiles to y's planes: NiN's 256 -> 256 on 7x7 maps, batch 128, 1 thread, forward 10.7
+ms by the unrolled kernels, here 9.3); the weight gradient reads x transposed per sample
+(:func:`transpose_samples`). At a stride, each task samples its own sample's pixels (no
+pass of its own over the batch: ResNet's 64 -> 128 shortcut onto 12x12, batch 64, forward
+1.64 -> 1.24 ms on 2 threads).
 The products are :func:`.tiles._gemm6_acc`'s register tiles, whose vectors run along the
 pixels: :func:`use_pointwise` takes maps that fill them well. A forward (and input
 gradient) task owns a sample; the weight gradient sums fixed chunks of samples, then the
@@ -24,8 +27,8 @@ from numba import njit, prange
 
 from .. import buffers, simd
 from .columns import K_BLOCK
+from .common import channel_sums
 from .tiles import _gemm6_acc
-from .unrolled import _channel_sums
 
 MIN_FILL = 0.75  # the share of the tiles' vector lanes the pixels must fill: 49 of 64 (7x7
 # maps, AVX-512) and more; DenseNet's 4x4 and ResNet's 6x6 shortcuts fill 16 and 36 of 64
@@ -48,26 +51,63 @@ def use_pointwise(x_shape, weight_shape, groups, stride, padding, itemsize):
     return pixels / (-(-pixels // lanes) * lanes) >= MIN_FILL
 
 
+@njit(inline="always")
+def _sample(x, n, stride, out_w, dst):
+    """dst (C, P) = x[n] (N, C, H, W) at every ``stride``-th row and column, pixels
+    ``out_w`` a row."""
+    out_h = dst.shape[1] // out_w
+    for c in range(x.shape[1]):
+        for oh in range(out_h):
+            row = x[n, c, oh * stride]
+            for ow in range(out_w):
+                dst[c, oh * out_w + ow] = row[ow * stride]
+
+
 @njit(parallel=True, cache=True)
-def conv2d_forward_pointwise(x, w, b, y):
-    """Writes y (N, C_out, P) = w (C_out, C_in) @ x[n] (N, C_in, P) + b, a task a sample."""
+def conv2d_forward_pointwise(x, w, b, stride, y):
+    """Writes y (N, C_out, P) = w (C_out, C_in) @ x[n] + b, x (N, C_in, H, W) at every
+    ``stride``-th row and column (P pixels), a task a sample, which samples them itself."""
     n_batch, c_out, p_size = y.shape
+    c_in, out_w = x.shape[1], -(-x.shape[3] // stride)
     for n in prange(n_batch):
         c = y[n]
         for m in range(c_out):
             c[m, :] = b[m]
-        _gemm6_acc(w, x[n], c, p_size, K_BLOCK)
+        if stride == 1:
+            src = x[n].reshape(c_in, p_size)
+        else:
+            src = np.empty((c_in, p_size), dtype=x.dtype)
+            _sample(x, n, stride, out_w, src)
+        _gemm6_acc(w, src, c, p_size, K_BLOCK)
 
 
 @njit(parallel=True, cache=True)
-def transpose_samples(x, out):
-    """Writes out (N, P, C) = x (N, C, P) transposed per sample, a task a sample (its C x P
-    values in L2)."""
-    n_batch, channels, p_size = x.shape
+def transpose_samples(x, stride, out):
+    """Writes out (N, P, C) = x (N, C, H, W) at every ``stride``-th row and column (P
+    pixels), transposed per sample, a task a sample (its C x P values in L2): W x W squares
+    (W channels x W pixels) transposed in registers (:func:`.simd.transpose`)."""
+    n_batch, channels, p_size = x.shape[0], x.shape[1], out.shape[1]
+    out_w = -(-x.shape[3] // stride)
+    w = simd.width(out[0, 0])
     for n in prange(n_batch):
-        for c in range(channels):
-            for p in range(p_size):
-                out[n, p, c] = x[n, c, p]
+        if stride == 1:
+            src = x[n].reshape(channels, p_size)
+        else:
+            src = np.empty((channels, p_size), dtype=x.dtype)
+            _sample(x, n, stride, out_w, src)
+        dst = out[n].reshape(p_size * channels)
+        square = np.empty(w * w, dtype=x.dtype)
+        for c0 in range(0, channels, w):
+            n_chan = min(w, channels - c0)
+            for p0 in range(0, p_size, w):
+                count = p_size - p0
+                for i in range(w):  # rows past the last channel: zeros, not read
+                    simd.store_first(square, i * w, simd.load_first(
+                        src[min(c0 + i, channels - 1)], p0, count if i < n_chan else 0), w)
+                simd.transpose(square)
+                for j in range(min(w, count)):
+                    simd.store_first(dst, (p0 + j) * channels + c0,
+                                     simd.load_first(square, j * w, w), n_chan)
 
 
 @njit(parallel=True, cache=True)
@@ -89,21 +129,13 @@ def conv2d_weight_grad_pointwise(gy, xt, per_chunk, partial, grad_w):
             row += partial[chunk, m]
 
 
-def _sampled(a, stride):
-    """a (N, C, H, W) at every ``stride``-th row and column, as (N, C, OH * OW),
-    C-contiguous."""
-    if stride != 1:
-        a = a[:, :, ::stride, ::stride]
-    a = np.ascontiguousarray(a)
-    return a.reshape(a.shape[0], a.shape[1], -1)
-
-
 def forward_pointwise(x, w, b, stride):
     """y (N, C_out, OH, OW) of x (N, C_in, H, W) and w (C_out, C_in, 1, 1) at ``stride``."""
-    xs = _sampled(x, stride)
     out_h, out_w = -(-x.shape[2] // stride), -(-x.shape[3] // stride)
     y = buffers.empty((x.shape[0], w.shape[0], out_h * out_w), x.dtype)
-    conv2d_forward_pointwise(xs, np.ascontiguousarray(w.reshape(w.shape[0], w.shape[1])), b, y)
+    conv2d_forward_pointwise(np.ascontiguousarray(x),
+                             np.ascontiguousarray(w.reshape(w.shape[0], w.shape[1])), b, stride,
+                             y)
     return y.reshape(x.shape[0], w.shape[0], out_h, out_w)
 
 
@@ -114,21 +146,21 @@ def backward_pointwise(gy, x, w, stride, need_input_grad, need_bias_grad, grad_w
     x's grid; grad_w written into ``grad_weight`` (C-contiguous, w's shape) where given."""
     c_out, c_in = w.shape[0], w.shape[1]
     n_batch = gy.shape[0]
-    gy_flat = np.ascontiguousarray(gy).reshape(n_batch, c_out, -1)
+    gy = np.ascontiguousarray(gy)
+    gy_flat = gy.reshape(n_batch, c_out, -1)
     grad_w = grad_weight
     if grad_w is None or not grad_w.flags.c_contiguous:
         grad_w = np.empty_like(w)
-    xs = _sampled(x, stride)
-    xt = buffers.empty((n_batch, xs.shape[2], c_in), x.dtype)
-    transpose_samples(xs, xt)
+    xt = buffers.empty((n_batch, gy_flat.shape[2], c_in), x.dtype)
+    transpose_samples(np.ascontiguousarray(x), stride, xt)
     per_chunk = -(-n_batch // WEIGHT_GRAD_CHUNKS)
-    partial = np.empty((-(-n_batch // per_chunk), c_out, c_in), dtype=gy.dtype)
+    partial = buffers.empty((-(-n_batch // per_chunk), c_out, c_in), gy.dtype)
     conv2d_weight_grad_pointwise(gy_flat, xt, per_chunk, partial, grad_w.reshape(c_out, c_in))
-    grad_b = _channel_sums(gy_flat).astype(gy.dtype) if need_bias_grad else None
+    grad_b = channel_sums(gy_flat).astype(gy.dtype) if need_bias_grad else None
     grad = None
     if need_input_grad:
         grad = buffers.empty((n_batch, c_in, gy_flat.shape[2]), gy.dtype)
-        conv2d_forward_pointwise(gy_flat, np.ascontiguousarray(w.reshape(c_out, c_in).T),
-                                 np.zeros(c_in, dtype=gy.dtype), grad)
+        conv2d_forward_pointwise(gy, np.ascontiguousarray(w.reshape(c_out, c_in).T),
+                                 np.zeros(c_in, dtype=gy.dtype), 1, grad)
         grad = grad.reshape(n_batch, c_in, gy.shape[2], gy.shape[3])
     return grad, grad_w, grad_b

@@ -32,6 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from .columns import K_BLOCK, many_channels
+from .common import channel_sums
 from .tiles import UINT, _gemm_acc
 
 MAX_OUT_MAP = 49  # output pixels per channel at most (7x7 maps) ...
@@ -227,21 +228,6 @@ def _taps_gradient(grad_live, live, grad_w):
                 dst[d + c * taps] = src[s + c]
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc"})
-def _channel_sums(a):
-    """The float64 sums of a (N, C, P) over all but C, each channel by a task of its own
-    (gy's, the bias gradient; reassociated so that the sum vectorises)."""
-    n_batch, channels, length = a.shape
-    sums = np.empty(channels)
-    for c in prange(channels):
-        total = 0.0
-        for n in range(n_batch):
-            for p in range(length):
-                total += a[n, c, p]
-        sums[c] = total
-    return sums
-
-
 def _flat(a):
     """a (N, C, H, W) as (N, C, H * W), C-contiguous."""
     return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
@@ -265,7 +251,7 @@ def backward_unrolled(gy, x, w, geometry, need_input_grad, need_bias_grad, grad_
     grad_live = _pair_products(gy_pixels, _pixel_rows(_flat(x)), *by_tap)
     grad_w = np.empty_like(w) if grad_weight is None else grad_weight
     _taps_gradient(grad_live, live, grad_w.reshape(w.shape[0], w.shape[1], -1))
-    grad_b = _channel_sums(_flat(gy)).astype(gy.dtype) if need_bias_grad else None
+    grad_b = channel_sums(_flat(gy)).astype(gy.dtype) if need_bias_grad else None
     grad_x = None
     if need_input_grad:
         grad_pixels = _pair_products(_live_weights_transposed(_flat(w), live), gy_pixels,
