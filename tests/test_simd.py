@@ -170,3 +170,27 @@ def test_lane_ops_of_mismatched_vectors_are_typing_errors():
 
     with pytest.raises(TypingError, match="add needs two vectors of one type"):
         mixed(np.zeros(4, np.float32), np.zeros(4, np.float64))
+
+
+@njit
+def _prefetch_then_store(row, line_values):
+    """Claims every line of row for writing, then writes 2 * index into each value."""
+    for i in range(0, row.size, line_values):
+        simd.prefetch_write(row, i)
+    for i in range(row.size):
+        row[i] = 2 * i
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prefetch_write_changes_no_value(dtype):
+    row = np.arange(100, dtype=dtype)
+    before = row.copy()
+    njit(lambda r: simd.prefetch_write(r, 37))(row)  # a line in the middle, alone
+    np.testing.assert_array_equal(row, before)
+    _prefetch_then_store(row, simd.LINE_BYTES // row.itemsize)
+    np.testing.assert_array_equal(row, 2 * np.arange(100, dtype=dtype))
+
+
+def test_prefetch_write_of_a_non_float_row_is_a_typing_error():
+    with pytest.raises(TypingError, match="C-contiguous float"):
+        njit(lambda r: simd.prefetch_write(r, 0))(np.zeros(4, np.int64))

@@ -29,6 +29,9 @@ and unchecked, like Numba's own array accesses.
                                 place through registers (log2(W) rounds of shuffles)
     copy_run(src, i, dst, j, n) dst[j:j + n] = src[i:i + n], a vector at a time (the last
                                 one masked); the rows must not overlap
+    prefetch_write(row, i)      asks the CPU to fetch the cache line holding row[i] for
+                                writing, ahead of the stores that need it (a hint: no
+                                value changes; LINE_BYTES a line)
 
 With n >= W every lane is in: LLVM turns a mask known to be full into a plain load or
 store, so a kernel's whole tiles (n = width(row)) cost no masking.
@@ -40,9 +43,9 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["REGISTERS", "VECTOR_BYTES", "Vector", "add", "copy_run", "evens_odds", "fma",
-           "has_avx512", "load_first", "mul", "splat", "store_first", "store_pairs", "total",
-           "transpose", "width"]
+__all__ = ["LINE_BYTES", "REGISTERS", "VECTOR_BYTES", "Vector", "add", "copy_run", "evens_odds",
+           "fma", "has_avx512", "load_first", "mul", "prefetch_write", "splat", "store_first",
+           "store_pairs", "total", "transpose", "width"]
 
 
 def has_avx512() -> bool:
@@ -63,6 +66,7 @@ def has_avx512() -> bool:
 _AVX512 = has_avx512()
 VECTOR_BYTES = 64 if _AVX512 else 32  # one register
 REGISTERS = 32 if _AVX512 else 16  # vector registers
+LINE_BYTES = 64  # a cache line (x86-64)
 
 
 class Vector(types.Type):
@@ -348,6 +352,28 @@ def transpose(typingctx, block):
         return context.get_dummy_value()
 
     return types.none(block), codegen
+
+
+@intrinsic
+def prefetch_write(typingctx, row, index):
+    _vector_for(row)
+
+    def codegen(context, builder, sig, args):
+        import llvmlite.binding as llvm
+
+        address = _address(context, builder, row, args[0], args[1], index)
+        pointer = builder.bitcast(address, ir.IntType(8).as_pointer())
+        int32 = ir.IntType(32)
+        suffix = "p0" if llvm.llvm_version_info[0] >= 17 else "p0i8"  # as in _masked
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [pointer.type] + [int32] * 3),
+            f"llvm.prefetch.{suffix}")
+        # write, keep in all cache levels, data (not instructions)
+        builder.call(function, [pointer, ir.Constant(int32, 1), ir.Constant(int32, 3),
+                                ir.Constant(int32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(row, index), codegen
 
 
 @njit(inline="always")
