@@ -470,7 +470,8 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
                                                    output[3], weight.itemsize)
         forward = ["conv2d_forward_channels"] if strided else []
         if conv.use_unrolled(input_shape, weight.shape, layer.groups, output):
-            # one small parallel kernel, compiled on first use
+            # small parallel kernels, compiled on first use (the products in two variants
+            # where the model has both: weights rearranged, or read in place on small maps)
             return forward, []
         plan = conv._ColumnsPlan(input_shape, weight.shape, padding, stride, dilation,
                                  *output[2:])

@@ -22,8 +22,11 @@ with the arrays laid out pixel-major (``x[i]`` is one pixel's (C_in, N) matrix, 
 parallel kernel, :func:`_pair_products`, computes all three; each task owns a block of rows
 of one group's result and sums its pairs in a fixed order, so results do not depend on the
 number of threads. The rearrangements around the products (x, gy and the results between
-the two layouts, the live taps' weights) are parallel Numba loops too. :func:`use_unrolled`
-says where they serve.
+the two layouts, the live taps' weights) are parallel Numba loops too; where each live tap
+serves only a few pairs (:func:`_weights_in_place`: maps of 4x4 and below), the products read
+the weights in w itself instead, a tap's matrix at a stride of the kernel's size, for a
+rearrangement of w is a pass over all of it at every call. :func:`use_unrolled` says where
+they serve.
 """
 
 import functools
@@ -40,6 +43,7 @@ MAX_STRIDED_OUT_MAP = 144  # ... or 12x12 at a stride of 2 (ResNet's 64 -> 128 a
 MIN_STRIDED_C_IN = 64  # ... from this many input channels
 MIN_BATCH = 32  # samples from which the products' vectors are full enough (half a tile)
 ROW_BLOCK = 64  # rows of a group's result per parallel task
+IN_PLACE_PAIRS = 4  # pairs per live tap at most for which the products read w in place
 
 
 def use_unrolled(x_shape, weight_shape, groups, out_shape):
@@ -84,7 +88,8 @@ def _grouped(groups, a_index, b_index, n_groups):
 def _pair_products(a, b, starts, a_index, b_index):
     """c (G, R, P): c[g] = the sum over pairs j in starts[g]:starts[g + 1] of
     a[a_index[j]] (R, K) @ b[b_index[j]] (K, P), in that order; by blocks of ROW_BLOCK rows
-    of each group in parallel."""
+    of each group in parallel. ``a`` may be a strided view (the weights in place,
+    :func:`_weights_in_place`); b is C-contiguous."""
     n_groups, rows, p_size = starts.size - 1, a.shape[1], b.shape[2]
     c = np.empty((n_groups, rows, p_size), dtype=b.dtype)
     n_blocks = -(-rows // ROW_BLOCK)
@@ -228,6 +233,23 @@ def _taps_gradient(grad_live, live, grad_w):
                 dst[d + c * taps] = src[s + c]
 
 
+def _weights_in_place(groups, live):
+    """Whether the products of ``groups`` (a grouping of :func:`_plan`) read the live taps'
+    weights in w itself (:func:`_tap_major`) rather than rearranged into contiguous
+    matrices: where the live taps serve at most :data:`IN_PLACE_PAIRS` pairs each on
+    average, the rearrangement (a pass over all of w at every call) costs more than the
+    products' strided reads (ResNet-18 at 28x28, 1 thread: 256 -> 512 onto a 1x1 map,
+    forward 1.01 -> 0.65 ms; 128 -> 256 onto 2x2 0.98 -> 0.81; on 6x6 maps, 256 pairs of 9
+    live taps, the strided reads were 4% slower)."""
+    return groups[0][-1] <= IN_PLACE_PAIRS * live.size
+
+
+def _tap_major(w, transpose=False):
+    """w (C_out, C_in, T) seen as (T, C_out, C_in), or with ``transpose`` as (T, C_in,
+    C_out): a view, each tap's matrix at a stride of T values."""
+    return np.transpose(w, (2, 1, 0) if transpose else (2, 0, 1))
+
+
 def _flat(a):
     """a (N, C, H, W) as (N, C, H * W), C-contiguous."""
     return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
@@ -237,8 +259,12 @@ def forward_unrolled(x, w, b, geometry, out_h, out_w):
     """y (N, C_out, out_h, out_w) of x (N, C_in, H, W); ``geometry`` = (stride_h, stride_w,
     dilation_h, dilation_w, top, left)."""
     live, by_output, _, _ = _plan_of(x.shape, w.shape, out_h, out_w, geometry)
-    y_t = _pair_products(_live_weights(_flat(w), live), _swapped(_flat(x)),
-                         *by_output)
+    starts, taps, pixels = by_output
+    if _weights_in_place(by_output, live):
+        weights, taps = _tap_major(_flat(w)), live[taps]
+    else:
+        weights = _live_weights(_flat(w), live)
+    y_t = _pair_products(weights, _swapped(_flat(x)), starts, taps, pixels)
     return _swapped(y_t, bias=b.astype(x.dtype, copy=False)).reshape(
         x.shape[0], w.shape[0], out_h, out_w)
 
@@ -254,7 +280,11 @@ def backward_unrolled(gy, x, w, geometry, need_input_grad, need_bias_grad, grad_
     grad_b = channel_sums(_flat(gy)).astype(gy.dtype) if need_bias_grad else None
     grad_x = None
     if need_input_grad:
-        grad_pixels = _pair_products(_live_weights_transposed(_flat(w), live), gy_pixels,
-                                     *by_input)
+        starts, taps, outputs = by_input
+        if _weights_in_place(by_input, live):
+            weights, taps = _tap_major(_flat(w), transpose=True), live[taps]
+        else:
+            weights = _live_weights_transposed(_flat(w), live)
+        grad_pixels = _pair_products(weights, gy_pixels, starts, taps, outputs)
         grad_x = _swapped(grad_pixels).reshape(x.shape)
     return grad_x, grad_w, grad_b
