@@ -595,31 +595,40 @@ def test_column_kernels_chunk_many_samples_like_the_reference(nc, case, n):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, stride, padding, dilation, unrolled", [
-    # (N, C_in, H, W, C_out), ResNet-18's shapes scaled down, K = C_in x 9 >= 256
-    ((5, 32, 3, 3, 24), 1, 1, 1, False),    # 3x3 maps, few samples: exact layout
-    ((36, 32, 3, 3, 24), 1, 1, 1, True),    # 3x3 maps: unrolled, 49 of 81 pairs
-    ((5, 32, 7, 7, 24), 2, 1, 1, False),    # stride 2: exact layout
-    ((33, 32, 6, 6, 24), 2, 1, 1, True),    # 6x6 -> 3x3 at stride 2: unrolled
-    ((70, 32, 1, 1, 64), 1, 1, 1, True),    # 1x1 maps: unrolled (the middle tap alone)
-    ((40, 32, 2, 2, 24), 1, 1, 1, True),    # 2x2 maps: unrolled, 4 taps per output
-    ((6, 32, 2, 2, 24), 1, 1, 1, False),    # 2x2 maps, few samples: columns
-    ((32, 32, 2, 1, 24), 1, (2, 1), (2, 1), True),  # unrolled, dilated, padding beyond reach
-    ((40, 32, 2, 2, 40), 2, 1, 1, True),    # 2x2 -> 1x1 at stride 2: four taps live
-    ((32, 64, 16, 16, 24), 2, 1, 1, True),  # 16x16 -> 8x8 at stride 2, 64 channels: unrolled
-    ((32, 32, 16, 16, 24), 2, 1, 1, False),  # the same with 32 channels: columns
-    ((3, 32, 9, 8, 20), 2, 2, 2, False),    # dilated
-    ((3, 30, 8, 9, 20), (2, 1), ((2, 0), (0, 3)), 1, False),  # asymmetric padding and stride
+    # (N, C_in, H, W, C_out), ResNet-18's shapes scaled down, K = C_in x 9 >= 256;
+    # unrolled: None (columns), "rearranged" or "in place" (the weights the products read)
+    ((5, 32, 3, 3, 24), 1, 1, 1, None),     # 3x3 maps, few samples: exact layout
+    ((36, 32, 3, 3, 24), 1, 1, 1, "rearranged"),  # 3x3 maps: unrolled, 49 of 81 pairs
+    ((5, 32, 7, 7, 24), 2, 1, 1, None),     # stride 2: exact layout
+    ((33, 32, 6, 6, 24), 2, 1, 1, "rearranged"),  # 6x6 -> 3x3 at stride 2: unrolled
+    ((70, 32, 1, 1, 64), 1, 1, 1, "in place"),  # 1x1 maps: unrolled (the middle tap alone)
+    ((40, 32, 2, 2, 24), 1, 1, 1, "in place"),  # 2x2 maps: unrolled, 4 taps per output
+    ((33, 80, 2, 2, 72), 1, 1, 1, "in place"),  # more rows than a task's block, both ways
+    ((6, 32, 2, 2, 24), 1, 1, 1, None),     # 2x2 maps, few samples: columns
+    ((32, 32, 2, 1, 24), 1, (2, 1), (2, 1), "in place"),  # dilated, padding beyond reach
+    ((40, 32, 2, 2, 40), 2, 1, 1, "in place"),  # 2x2 -> 1x1 at stride 2: four taps live
+    ((32, 64, 16, 16, 24), 2, 1, 1, "rearranged"),  # 16x16 -> 8x8 at stride 2, 64 channels
+    ((32, 32, 16, 16, 24), 2, 1, 1, None),  # the same with 32 channels: columns
+    ((3, 32, 9, 8, 20), 2, 2, 2, None),     # dilated
+    ((3, 30, 8, 9, 20), (2, 1), ((2, 0), (0, 3)), 1, None),  # asymmetric padding and stride
 ])
 def test_column_kernels_at_resnet_like_shapes_match_reference(nc, dtype, shape, stride, padding,
                                                               dilation, unrolled):
     from numbaconv.kernels.cpu.conv import use_columns
-    from numbaconv.kernels.cpu.conv.unrolled import use_unrolled
+    from numbaconv.kernels.cpu.conv.unrolled import _plan_of, _weights_in_place, use_unrolled
     from numbaconv.shapes import conv2d_output_shape
 
     n, c_in, h, w, c_out = shape
     out_shape = conv2d_output_shape((n, c_in, h, w), c_out, 3, stride, padding, dilation)
     assert use_columns((c_out, c_in, 3, 3), 1, ref.pair(stride), out_shape[3])
-    assert use_unrolled((n, c_in, h, w), (c_out, c_in, 3, 3), 1, out_shape) == unrolled
+    assert use_unrolled((n, c_in, h, w), (c_out, c_in, 3, 3), 1, out_shape) == bool(unrolled)
+    if unrolled:
+        (top, _), (left, _) = ref.conv_sides(padding, (3, 3), ref.pair(dilation))
+        geometry = (*ref.pair(stride), *ref.pair(dilation), top, left)
+        live, by_output, _, by_input = _plan_of((n, c_in, h, w), (c_out, c_in, 3, 3),
+                                                *out_shape[2:], geometry)
+        for groups in (by_output, by_input):  # the forward's products and the input grad's
+            assert _weights_in_place(groups, live) == (unrolled == "in place")
     check_conv_against_reference(nc, dict(
         N=n, C=c_in, H=h, W=w, F=c_out, kernel=(3, 3), stride=stride, padding=padding,
         dilation=dilation, groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"), seed=3))
@@ -818,6 +827,7 @@ def counting_pointwise_calls():
     ((2, 33, 15, 15, 17), 1),   # odd channel counts: the tiles' row and tap tails
     ((2, 32, 14, 13, 64), 2),   # ResNet's shortcut: every other row and column, 7x7
     ((2, 16, 23, 24, 16), 2),   # an odd height at stride 2: 12x12
+    ((2, 16, 22, 23, 16), 3),   # stride 3: 8x8
 ])
 def test_pointwise_kernels_match_reference(nc, dtype, shape, stride):
     n, c_in, h, w, c_out = shape

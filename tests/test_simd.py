@@ -187,8 +187,10 @@ def test_prefetch_write_changes_no_value(dtype):
     before = row.copy()
     njit(lambda r: simd.prefetch_write(r, 37))(row)  # a line in the middle, alone
     np.testing.assert_array_equal(row, before)
-    _prefetch_then_store(row, simd.LINE_BYTES // row.itemsize)
+    _prefetch_then_store(row, 64 // row.itemsize)  # a cache line at a time
     np.testing.assert_array_equal(row, 2 * np.arange(100, dtype=dtype))
+    asm = _prefetch_then_store.inspect_asm(_prefetch_then_store.signatures[-1])
+    assert "prefetch" in asm  # the hint reached the machine code
 
 
 def test_prefetch_write_of_a_non_float_row_is_a_typing_error():

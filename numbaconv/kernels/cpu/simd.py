@@ -31,7 +31,7 @@ and unchecked, like Numba's own array accesses.
                                 one masked); the rows must not overlap
     prefetch_write(row, i)      asks the CPU to fetch the cache line holding row[i] for
                                 writing, ahead of the stores that need it (a hint: no
-                                value changes; LINE_BYTES a line)
+                                value changes)
 
 With n >= W every lane is in: LLVM turns a mask known to be full into a plain load or
 store, so a kernel's whole tiles (n = width(row)) cost no masking.
@@ -43,8 +43,8 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["LINE_BYTES", "REGISTERS", "VECTOR_BYTES", "Vector", "add", "copy_run", "evens_odds",
-           "fma", "has_avx512", "load_first", "mul", "prefetch_write", "splat", "store_first",
+__all__ = ["REGISTERS", "VECTOR_BYTES", "Vector", "add", "copy_run", "evens_odds", "fma",
+           "has_avx512", "load_first", "mul", "prefetch_write", "splat", "store_first",
            "store_pairs", "total", "transpose", "width"]
 
 
@@ -66,7 +66,6 @@ def has_avx512() -> bool:
 _AVX512 = has_avx512()
 VECTOR_BYTES = 64 if _AVX512 else 32  # one register
 REGISTERS = 32 if _AVX512 else 16  # vector registers
-LINE_BYTES = 64  # a cache line (x86-64)
 
 
 class Vector(types.Type):

@@ -188,7 +188,7 @@ def _spread(sums, o, count, y, n, c0, oh, ow, square):
 def _claim_lines(region, first, count):
     """Prefetches lines first:first + count of ``region``'s cache lines (those that exist)
     for writing (:func:`.simd.prefetch_write`)."""
-    step = simd.LINE_BYTES // region.itemsize
+    step = buffers.LINE // region.itemsize
     for line in range(first, min(first + count, -(-region.size // step))):
         simd.prefetch_write(region, line * step)
 
@@ -234,10 +234,11 @@ def _forward_task(x, packed, b, taps, n, block0, block1, top, left, hp, wp, stri
     length = (out_h - 1) * wp + out_w  # the flat grid's positions
     n_tiles = sums.size // (TILE_PIXELS * block_size)
     chunk = max(1, WEIGHTS_CHUNK_BYTES // (block_size * xs.itemsize))
-    claim_k0 = max(0, -(-taps.size // chunk) - 2) * chunk  # the chunk before the last
+    # the chunk before the last (the only one where all taps fit in one) claims y's lines
+    claim_k0 = max(0, -(-taps.size // chunk) - 2) * chunk
     plane = out_h * out_w
-    lines = -(-block_size * plane * y.itemsize // simd.LINE_BYTES)
-    per_tile = -(-lines // n_tiles) if lines * simd.LINE_BYTES <= CLAIM_MAX_BYTES else 0
+    lines = -(-block_size * plane * y.itemsize // buffers.LINE)
+    per_tile = -(-lines // n_tiles) if lines * buffers.LINE <= CLAIM_MAX_BYTES else 0
     square = np.empty(w * w, dtype=y.dtype)
     for block in range(block0, block1):
         weights = packed[block].reshape(packed.shape[1] * block_size)

@@ -52,15 +52,19 @@ def use_pointwise(x_shape, weight_shape, groups, stride, padding, itemsize):
 
 
 @njit(inline="always")
-def _sample(x, n, stride, out_w, dst):
-    """dst (C, P) = x[n] (N, C, H, W) at every ``stride``-th row and column, pixels
-    ``out_w`` a row."""
-    out_h = dst.shape[1] // out_w
-    for c in range(x.shape[1]):
-        for oh in range(out_h):
+def _pixels(x, n, stride, p_size):
+    """(C, P): x[n] (N, C, H, W) at every ``stride``-th row and column, P of them: at stride
+    1 a view of x, else sampled into a scratch of the task's own."""
+    channels, out_w = x.shape[1], -(-x.shape[3] // stride)
+    if stride == 1:
+        return x[n].reshape(channels, p_size)
+    pixels = np.empty((channels, p_size), dtype=x.dtype)
+    for c in range(channels):
+        for oh in range(p_size // out_w):
             row = x[n, c, oh * stride]
             for ow in range(out_w):
-                dst[c, oh * out_w + ow] = row[ow * stride]
+                pixels[c, oh * out_w + ow] = row[ow * stride]
+    return pixels
 
 
 @njit(parallel=True, cache=True)
@@ -68,17 +72,11 @@ def conv2d_forward_pointwise(x, w, b, stride, y):
     """Writes y (N, C_out, P) = w (C_out, C_in) @ x[n] + b, x (N, C_in, H, W) at every
     ``stride``-th row and column (P pixels), a task a sample, which samples them itself."""
     n_batch, c_out, p_size = y.shape
-    c_in, out_w = x.shape[1], -(-x.shape[3] // stride)
     for n in prange(n_batch):
         c = y[n]
         for m in range(c_out):
             c[m, :] = b[m]
-        if stride == 1:
-            src = x[n].reshape(c_in, p_size)
-        else:
-            src = np.empty((c_in, p_size), dtype=x.dtype)
-            _sample(x, n, stride, out_w, src)
-        _gemm6_acc(w, src, c, p_size, K_BLOCK)
+        _gemm6_acc(w, _pixels(x, n, stride, p_size), c, p_size, K_BLOCK)
 
 
 @njit(parallel=True, cache=True)
@@ -87,14 +85,9 @@ def transpose_samples(x, stride, out):
     pixels), transposed per sample, a task a sample (its C x P values in L2): W x W squares
     (W channels x W pixels) transposed in registers (:func:`.simd.transpose`)."""
     n_batch, channels, p_size = x.shape[0], x.shape[1], out.shape[1]
-    out_w = -(-x.shape[3] // stride)
     w = simd.width(out[0, 0])
     for n in prange(n_batch):
-        if stride == 1:
-            src = x[n].reshape(channels, p_size)
-        else:
-            src = np.empty((channels, p_size), dtype=x.dtype)
-            _sample(x, n, stride, out_w, src)
+        src = _pixels(x, n, stride, p_size)
         dst = out[n].reshape(p_size * channels)
         square = np.empty(w * w, dtype=x.dtype)
         for c0 in range(0, channels, w):

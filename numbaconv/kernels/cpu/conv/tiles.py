@@ -393,7 +393,8 @@ def _shifted_matmul6_acc(a, src, chan, offset, base, c, cbase, p_size):
 @njit(cache=True, fastmath=FAST)
 def _gemm_acc(a, b, c, p_size, k_block):
     """c[m, p] += sum_k a[m, k] * b[k, p] for p < p_size: a (M, K), b (K, >= p_size), c (M,
-    >= p_size), all C-contiguous.
+    >= p_size), b and c C-contiguous, a at any strides (the unrolled kernels' weights in
+    place).
 
     :func:`_shifted_matmul_acc`'s tiles with the taps in blocks of ``k_block``: per block, one
     tile-wide panel of b (k_block x 4W values, L1-resident) serves every row of a before the

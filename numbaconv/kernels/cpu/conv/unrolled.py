@@ -22,11 +22,11 @@ with the arrays laid out pixel-major (``x[i]`` is one pixel's (C_in, N) matrix, 
 parallel kernel, :func:`_pair_products`, computes all three; each task owns a block of rows
 of one group's result and sums its pairs in a fixed order, so results do not depend on the
 number of threads. The rearrangements around the products (x, gy and the results between
-the two layouts, the live taps' weights) are parallel Numba loops too; where each live tap
-serves only a few pairs (:func:`_weights_in_place`: maps of 4x4 and below), the products read
-the weights in w itself instead, a tap's matrix at a stride of the kernel's size, for a
-rearrangement of w is a pass over all of it at every call. :func:`use_unrolled` says where
-they serve.
+the two layouts, the live taps' weights) are parallel Numba loops too; where the live taps
+serve only a few pairs each (:func:`_weights_in_place`: a 3x3 kernel's outputs of 2x2 and
+less), the products read the weights in w itself instead, a tap's matrix at a stride of the
+kernel's size, for a rearrangement of w is a pass over all of it at every call.
+:func:`use_unrolled` says where they serve.
 """
 
 import functools
@@ -43,7 +43,7 @@ MAX_STRIDED_OUT_MAP = 144  # ... or 12x12 at a stride of 2 (ResNet's 64 -> 128 a
 MIN_STRIDED_C_IN = 64  # ... from this many input channels
 MIN_BATCH = 32  # samples from which the products' vectors are full enough (half a tile)
 ROW_BLOCK = 64  # rows of a group's result per parallel task
-IN_PLACE_PAIRS = 4  # pairs per live tap at most for which the products read w in place
+IN_PLACE_PAIRS = 4  # pairs per live tap, on average, up to which the products read w in place
 
 
 def use_unrolled(x_shape, weight_shape, groups, out_shape):
@@ -236,11 +236,11 @@ def _taps_gradient(grad_live, live, grad_w):
 def _weights_in_place(groups, live):
     """Whether the products of ``groups`` (a grouping of :func:`_plan`) read the live taps'
     weights in w itself (:func:`_tap_major`) rather than rearranged into contiguous
-    matrices: where the live taps serve at most :data:`IN_PLACE_PAIRS` pairs each on
-    average, the rearrangement (a pass over all of w at every call) costs more than the
-    products' strided reads (ResNet-18 at 28x28, 1 thread: 256 -> 512 onto a 1x1 map,
-    forward 1.01 -> 0.65 ms; 128 -> 256 onto 2x2 0.98 -> 0.81; on 6x6 maps, 256 pairs of 9
-    live taps, the strided reads were 4% slower)."""
+    matrices: where the live taps serve :data:`IN_PLACE_PAIRS` pairs or fewer each on
+    average (a 3x3 kernel: outputs of 2x2 and less), the rearrangement (a pass over all
+    of w at every call) costs more than the products' strided reads (ResNet-18 at 28x28,
+    1 thread: 256 -> 512 onto a 1x1 map, forward 1.01 -> 0.65 ms; 128 -> 256 onto 2x2 0.98
+    -> 0.81; on 6x6 maps, 256 pairs of 9 live taps, the strided reads were 4% slower)."""
     return groups[0][-1] <= IN_PLACE_PAIRS * live.size
 
 
