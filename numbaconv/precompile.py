@@ -87,6 +87,14 @@ KERNELS = {
     "conv2d_weight_grad_pointwise": 1.2,
     "transpose_samples": 0.3,
     "channel_sums": 0.3,
+    # the unrolled kernels (numbaconv.kernels.cpu.conv.unrolled: small maps); the products
+    # also with the weights read in place (IN_PLACE: a strided view, another compile)
+    "_swap_outer": 1.1,
+    "_live_weights": 0.7,
+    "_live_weights_transposed": 0.7,
+    "_taps_gradient": 0.8,
+    "_pair_products": 1.1,
+    "_pair_products_in_place": 2.7,
     "packed_matmul_acc": 3.0,
     # the jobs (see numbaconv.kernels.cpu.jobs)
     **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 3.7
@@ -174,7 +182,8 @@ SHARED = {
                       *_BACKWARD_LANES_JOBS,
                       *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes"
                         for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
-    "_gemm_acc": (JOB_PREFIX + "conv2d_forward_columns", JOB_PREFIX + "conv2d_input_grad_columns"),
+    "_gemm_acc": (JOB_PREFIX + "conv2d_forward_columns", JOB_PREFIX + "conv2d_input_grad_columns",
+                  "_pair_products"),
     # the columns of a chunk of samples: conv2d_forward_columns's first job (COLUMN_JOBS), and
     # called by the weight gradient's job
     "_columns_task": ("conv2d_forward_columns", JOB_PREFIX + "conv2d_weight_grad_columns"),
@@ -294,13 +303,18 @@ def _stage(unit: str) -> int:
     return 2 if any(unit in users for users in SHARED.values()) else 1
 
 
+#: units that compile another signature of a kernel: unit -> the kernel's name
+VARIANTS = {"_pair_products_in_place": "_pair_products"}
+
+
 def _dispatcher(name: str):
     from .kernels.cpu import activation, conv, conv_act_pool, dense, optim, pool
 
     if name.startswith(JOB_PREFIX):
         return job(name[len(JOB_PREFIX):], np.float32).dispatcher
+    name = VARIANTS.get(name, name)
     for module in (conv, conv.tiles, conv.lanes, conv.columns, conv.channels, conv.pointwise,
-                   pool, activation, dense, optim):
+                   conv.unrolled, pool, activation, dense, optim):
         if hasattr(module, name):
             return getattr(module, name)
     for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values(),
@@ -377,6 +391,13 @@ def _signature(name: str, dtype) -> tuple:
         "conv2d_weight_grad_pointwise": (a3, a3, i64, a3, a2),
         "transpose_samples": (a4, i64, a3),
         "channel_sums": (a3,),
+        "_swap_outer": (a1, i64, i64, i64, i64, i64, a1),
+        "_live_weights": (a3, taps),
+        "_live_weights_transposed": (a3, taps),
+        "_taps_gradient": (a3, taps, a3),
+        "_pair_products": (a3, a3, taps, taps, taps),
+        # the weights in place: w (C_out, C_in, T) seen tap-major, a strided view
+        "_pair_products_in_place": (a3.copy(layout="A"), a3, taps, taps, taps),
         "conv2d_weight_grad_channels": (a4, a2, taps) + (i64,) * 4 + (a3,),
         "avg_pool2d_forward": (a4,) + (i64,) * 6 + (types.boolean, i64, a4),
         "avg_pool2d_backward": (a4,) + (i64,) * 6 + (types.boolean, i64, a4),
@@ -470,9 +491,9 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
                                                    output[3], weight.itemsize)
         forward = ["conv2d_forward_channels"] if strided else []
         if conv.use_unrolled(input_shape, weight.shape, layer.groups, output):
-            # small parallel kernels, compiled on first use (the products in two variants
-            # where the model has both: weights rearranged, or read in place on small maps)
-            return forward, []
+            unrolled_forward, unrolled_backward = _unrolled_kernels(
+                layer, input_shape, padding, output, need_input_grad)
+            return forward or unrolled_forward, unrolled_backward
         plan = conv._ColumnsPlan(input_shape, weight.shape, padding, stride, dilation,
                                  *output[2:])
         if plan.empty:  # every tap reads padding: the bias alone, no kernel (but the
@@ -509,6 +530,29 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
             and conv.input_grad_frame(padding, stride, reach) is not None):
         return forward, backward + [input_grad]
     return forward, backward + _places_in_parallel(spread) + [input_grad]
+
+
+def _unrolled_kernels(layer, input_shape, padding, output_shape,
+                      need_input_grad: bool) -> tuple[list[str], list[str]]:
+    """The kernels of :func:`numbaconv.kernels.cpu.conv.unrolled.forward_unrolled` and
+    ``backward_unrolled`` for a ``Conv2d`` (forward, backward): the forward's products read
+    the weights in place or rearranged, as ``_weights_in_place`` says."""
+    from .kernels.cpu.conv import unrolled
+    from .shapes import as_pair
+
+    weight = layer.params["weight"]
+    (top, _), (left, _) = padding
+    geometry = (*as_pair(layer.stride, "stride"), *as_pair(layer.dilation, "dilation"), top,
+                left)
+    live, by_output, _, _ = unrolled._plan_of(input_shape, weight.shape, *output_shape[2:],
+                                              geometry)
+    forward = ["_swap_outer"] + (["_pair_products_in_place"]
+                                 if unrolled._weights_in_place(by_output, live)
+                                 else ["_live_weights", "_pair_products"])
+    backward = ["_swap_outer", "_pair_products", "_taps_gradient"] + (
+        ["channel_sums"] if layer.params.get("bias") is not None else []) + (
+        ["_live_weights_transposed"] if need_input_grad else [])
+    return forward, backward
 
 
 def _pointwise_backward(layer, need_input_grad: bool) -> list[str]:

@@ -596,14 +596,14 @@ def test_column_kernels_chunk_many_samples_like_the_reference(nc, case, n):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, stride, padding, dilation, unrolled", [
     # (N, C_in, H, W, C_out), ResNet-18's shapes scaled down, K = C_in x 9 >= 256;
-    # unrolled: None (columns), "rearranged" or "in place" (the weights the products read)
+    # unrolled: None (columns), "rearranged" or "in place" (the weights the forward reads)
     ((5, 32, 3, 3, 24), 1, 1, 1, None),     # 3x3 maps, few samples: exact layout
     ((36, 32, 3, 3, 24), 1, 1, 1, "rearranged"),  # 3x3 maps: unrolled, 49 of 81 pairs
     ((5, 32, 7, 7, 24), 2, 1, 1, None),     # stride 2: exact layout
     ((33, 32, 6, 6, 24), 2, 1, 1, "rearranged"),  # 6x6 -> 3x3 at stride 2: unrolled
     ((70, 32, 1, 1, 64), 1, 1, 1, "in place"),  # 1x1 maps: unrolled (the middle tap alone)
     ((40, 32, 2, 2, 24), 1, 1, 1, "in place"),  # 2x2 maps: unrolled, 4 taps per output
-    ((33, 80, 2, 2, 72), 1, 1, 1, "in place"),  # more rows than a task's block, both ways
+    ((33, 80, 2, 2, 72), 1, 1, 1, "in place"),  # more rows than a task's block
     ((6, 32, 2, 2, 24), 1, 1, 1, None),     # 2x2 maps, few samples: columns
     ((32, 32, 2, 1, 24), 1, (2, 1), (2, 1), "in place"),  # dilated, padding beyond reach
     ((40, 32, 2, 2, 40), 2, 1, 1, "in place"),  # 2x2 -> 1x1 at stride 2: four taps live
@@ -625,10 +625,9 @@ def test_column_kernels_at_resnet_like_shapes_match_reference(nc, dtype, shape, 
     if unrolled:
         (top, _), (left, _) = ref.conv_sides(padding, (3, 3), ref.pair(dilation))
         geometry = (*ref.pair(stride), *ref.pair(dilation), top, left)
-        live, by_output, _, by_input = _plan_of((n, c_in, h, w), (c_out, c_in, 3, 3),
-                                                *out_shape[2:], geometry)
-        for groups in (by_output, by_input):  # the forward's products and the input grad's
-            assert _weights_in_place(groups, live) == (unrolled == "in place")
+        live, by_output, _, _ = _plan_of((n, c_in, h, w), (c_out, c_in, 3, 3), *out_shape[2:],
+                                         geometry)
+        assert _weights_in_place(by_output, live) == (unrolled == "in place")
     check_conv_against_reference(nc, dict(
         N=n, C=c_in, H=h, W=w, F=c_out, kernel=(3, 3), stride=stride, padding=padding,
         dilation=dilation, groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"), seed=3))

@@ -123,6 +123,21 @@ def test_signatures_of_the_pointwise_kernels_are_those_of_real_calls():
     _check_signatures(model, np.random.default_rng(0).random((4, 16, 8, 8), dtype=np.float32))
 
 
+@pytest.mark.parametrize("side, products", [
+    (2, {"_pair_products_in_place"}),  # 2x2 maps: the forward reads the weights in place
+    (3, {"_live_weights"}),  # rearranged
+])
+def test_signatures_of_the_unrolled_kernels_are_those_of_real_calls(side, products):
+    from numbaconv.layers import Conv2d, ReLU, Sequential
+
+    model = Sequential(Conv2d(32, 40, 3, padding=1, rng=0), ReLU(),
+                       Conv2d(40, 40, 3, padding=1, rng=1))
+    shape = (32, 32, side, side)  # a batch the unrolled kernels take
+    assert products | {"_swap_outer", "_pair_products", "_taps_gradient", "channel_sums",
+                       "_live_weights_transposed"} <= set(P.kernels_for(model, shape))
+    _check_signatures(model, np.random.default_rng(0).random(shape, dtype=np.float32))
+
+
 def test_signatures_of_the_output_channel_kernels_are_those_of_real_calls():
     model = channels()
     assert {"conv2d_forward_channels", "conv2d_weight_grad_channels"} <= set(

@@ -24,8 +24,9 @@ of one group's result and sums its pairs in a fixed order, so results do not dep
 number of threads. The rearrangements around the products (x, gy and the results between
 the two layouts, the live taps' weights) are parallel Numba loops too; where the live taps
 serve only a few pairs each (:func:`_weights_in_place`: a 3x3 kernel's outputs of 2x2 and
-less), the products read the weights in w itself instead, a tap's matrix at a stride of the
-kernel's size, for a rearrangement of w is a pass over all of it at every call.
+less), the forward's products read the weights in w itself instead, a tap's matrix at a
+stride of the kernel's size, for a rearrangement of w is a pass over all of it at every
+call.
 :func:`use_unrolled` says where they serve.
 """
 
@@ -234,8 +235,8 @@ def _taps_gradient(grad_live, live, grad_w):
 
 
 def _weights_in_place(groups, live):
-    """Whether the products of ``groups`` (a grouping of :func:`_plan`) read the live taps'
-    weights in w itself (:func:`_tap_major`) rather than rearranged into contiguous
+    """Whether the forward's products (``groups``: its grouping from :func:`_plan`) read the
+    live taps' weights in w itself (:func:`_tap_major`) rather than rearranged into contiguous
     matrices: where the live taps serve :data:`IN_PLACE_PAIRS` pairs or fewer each on
     average (a 3x3 kernel: outputs of 2x2 and less), the rearrangement (a pass over all
     of w at every call) costs more than the products' strided reads (ResNet-18 at 28x28,
@@ -244,10 +245,11 @@ def _weights_in_place(groups, live):
     return groups[0][-1] <= IN_PLACE_PAIRS * live.size
 
 
-def _tap_major(w, transpose=False):
-    """w (C_out, C_in, T) seen as (T, C_out, C_in), or with ``transpose`` as (T, C_in,
-    C_out): a view, each tap's matrix at a stride of T values."""
-    return np.transpose(w, (2, 1, 0) if transpose else (2, 0, 1))
+def _tap_major(w):
+    """w (C_out, C_in, T) seen as (T, C_out, C_in): a view, each tap's matrix at a stride of
+    T values. (The input gradient's w.T per tap would be the view (2, 1, 0), Fortran-ordered:
+    a third compiled variant of the products, so it stays rearranged.)"""
+    return np.transpose(w, (2, 0, 1))
 
 
 def _flat(a):
@@ -280,11 +282,7 @@ def backward_unrolled(gy, x, w, geometry, need_input_grad, need_bias_grad, grad_
     grad_b = channel_sums(_flat(gy)).astype(gy.dtype) if need_bias_grad else None
     grad_x = None
     if need_input_grad:
-        starts, taps, outputs = by_input
-        if _weights_in_place(by_input, live):
-            weights, taps = _tap_major(_flat(w), transpose=True), live[taps]
-        else:
-            weights = _live_weights_transposed(_flat(w), live)
-        grad_pixels = _pair_products(weights, gy_pixels, starts, taps, outputs)
+        grad_pixels = _pair_products(_live_weights_transposed(_flat(w), live), gy_pixels,
+                                     *by_input)
         grad_x = _swapped(grad_pixels).reshape(x.shape)
     return grad_x, grad_w, grad_b
