@@ -88,7 +88,7 @@ KERNELS = {
     "transpose_samples": 0.3,
     "channel_sums": 0.3,
     # the unrolled kernels (numbaconv.kernels.cpu.conv.unrolled: small maps); the products
-    # also with the weights read in place (IN_PLACE: a strided view, another compile)
+    # also with the forward's weights read in place (VARIANTS: a strided view, another compile)
     "_swap_outer": 1.1,
     "_live_weights": 0.7,
     "_live_weights_transposed": 0.7,
