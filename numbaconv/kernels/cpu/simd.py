@@ -115,15 +115,19 @@ def _vector_suffix(vector_llvm) -> str:
     return f"v{vector_llvm.count}{vector_llvm.element.intrinsic_name}"
 
 
-def _masked(builder, what, vector_llvm, pointer):
-    """LLVM's masked load or store of ``vector_llvm`` values (lanes the mask leaves out are
-    not touched in memory). LLVM 17 and later have opaque pointers only (``.p0``); before,
-    the pointer's suffix names the pointee."""
+def _pointer_suffix(pointee: str) -> str:
+    """An LLVM intrinsic's pointer suffix: ``p0`` from LLVM 17 on (opaque pointers only),
+    before it ``p0`` and the pointee's name (``p0v16f32``, ``p0i8``)."""
     import llvmlite.binding as llvm
 
+    return "p0" if llvm.llvm_version_info[0] >= 17 else f"p0{pointee}"
+
+
+def _masked(builder, what, vector_llvm, pointer):
+    """LLVM's masked load or store of ``vector_llvm`` values (lanes the mask leaves out are
+    not touched in memory)."""
     suffix = _vector_suffix(vector_llvm)
-    pointer_suffix = "p0" if llvm.llvm_version_info[0] >= 17 else f"p0{suffix}"
-    name = f"llvm.masked.{what}.{suffix}.{pointer_suffix}"
+    name = f"llvm.masked.{what}.{suffix}.{_pointer_suffix(suffix)}"
     mask = ir.VectorType(ir.IntType(1), vector_llvm.count)
     align = ir.IntType(32)
     if what == "load":
@@ -358,15 +362,12 @@ def prefetch_write(typingctx, row, index):
     _vector_for(row)
 
     def codegen(context, builder, sig, args):
-        import llvmlite.binding as llvm
-
         address = _address(context, builder, row, args[0], args[1], index)
         pointer = builder.bitcast(address, ir.IntType(8).as_pointer())
         int32 = ir.IntType(32)
-        suffix = "p0" if llvm.llvm_version_info[0] >= 17 else "p0i8"  # as in _masked
         function = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [pointer.type] + [int32] * 3),
-            f"llvm.prefetch.{suffix}")
+            f"llvm.prefetch.{_pointer_suffix('i8')}")
         # write, keep in all cache levels, data (not instructions)
         builder.call(function, [pointer, ir.Constant(int32, 1), ir.Constant(int32, 3),
                                 ir.Constant(int32, 1)])
