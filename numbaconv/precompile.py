@@ -492,7 +492,7 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
         forward = ["conv2d_forward_channels"] if strided else []
         if conv.use_unrolled(input_shape, weight.shape, layer.groups, output):
             unrolled_forward, unrolled_backward = _unrolled_kernels(
-                layer, input_shape, padding, output, need_input_grad)
+                layer, input_shape, stride, dilation, padding, output, need_input_grad)
             return forward or unrolled_forward, unrolled_backward
         plan = conv._ColumnsPlan(input_shape, weight.shape, padding, stride, dilation,
                                  *output[2:])
@@ -532,20 +532,16 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
     return forward, backward + _places_in_parallel(spread) + [input_grad]
 
 
-def _unrolled_kernels(layer, input_shape, padding, output_shape,
+def _unrolled_kernels(layer, input_shape, stride, dilation, padding, output_shape,
                       need_input_grad: bool) -> tuple[list[str], list[str]]:
     """The kernels of :func:`numbaconv.kernels.cpu.conv.unrolled.forward_unrolled` and
     ``backward_unrolled`` for a ``Conv2d`` (forward, backward): the forward's products read
     the weights in place or rearranged, as ``_weights_in_place`` says."""
     from .kernels.cpu.conv import unrolled
-    from .shapes import as_pair
 
     weight = layer.params["weight"]
-    (top, _), (left, _) = padding
-    geometry = (*as_pair(layer.stride, "stride"), *as_pair(layer.dilation, "dilation"), top,
-                left)
     live, by_output, _, _ = unrolled._plan_of(input_shape, weight.shape, *output_shape[2:],
-                                              geometry)
+                                              unrolled.geometry(stride, dilation, padding))
     forward = ["_swap_outer"] + (["_pair_products_in_place"]
                                  if unrolled._weights_in_place(by_output, live)
                                  else ["_live_weights", "_pair_products"])

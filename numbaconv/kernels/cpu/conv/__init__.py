@@ -78,7 +78,7 @@ from .lanes import (
 )
 from .place import _place_planes
 from .pointwise import forward_pointwise, use_pointwise
-from .unrolled import backward_unrolled, forward_unrolled, use_unrolled
+from .unrolled import backward_unrolled, forward_unrolled, geometry, use_unrolled
 
 __all__ = [
     "conv2d_forward", "conv2d_weight_grad", "conv2d_weight_grad_rows", "conv2d_forward_lanes",
@@ -248,9 +248,8 @@ def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
     if use_strided_channel_vectors(w.shape, 1, stride, out_w, x.itemsize):
         return forward_channels(x, w, b, padding, stride, dilation, out_h, out_w)
     if use_unrolled(x.shape, w.shape, 1, (x.shape[0], w.shape[0], out_h, out_w)):
-        (top, _), (left, _) = padding
-        return forward_unrolled(np.ascontiguousarray(x), w, b, (*stride, *dilation, top, left),
-                                out_h, out_w)
+        return forward_unrolled(np.ascontiguousarray(x), w, b,
+                                geometry(stride, dilation, padding), out_h, out_w)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, out_h, out_w)
     if plan.empty:  # the bias alone
         return np.broadcast_to(b[:, None, None], (x.shape[0], w.shape[0], out_h, out_w)).copy()
@@ -268,9 +267,8 @@ def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad, need_
     :func:`backward_unrolled`, which writes grad_w into ``grad_weight`` where given (a
     layer's gradient: no copy)."""
     if use_unrolled(x.shape, w.shape, 1, gy.shape):
-        (top, _), (left, _) = padding
         return backward_unrolled(gy, np.ascontiguousarray(x), w,
-                                 (*stride, *dilation, top, left), need_input_grad,
+                                 geometry(stride, dilation, padding), need_input_grad,
                                  need_bias_grad, grad_weight)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, gy.shape[2], gy.shape[3])
     grad_w = np.zeros_like(w)

@@ -63,6 +63,13 @@ def use_unrolled(x_shape, weight_shape, groups, out_shape):
             and in_pixels <= out_pixels * weight_shape[2] * weight_shape[3])
 
 
+def geometry(stride, dilation, padding):
+    """The kernels' ``geometry`` argument, (stride_h, stride_w, dilation_h, dilation_w, top,
+    left), of a convolution's stride, dilation and padding ((top, bottom), (left, right))."""
+    (top, _), (left, _) = padding
+    return (*stride, *dilation, top, left)
+
+
 def _pairs(height, width, out_h, out_w, kh_size, kw_size, geometry):
     """(o, i, t): the output pixels, input pixels and taps (flat indexes) of every pair a
     tap joins, in (o, t) order. ``geometry`` = (stride_h, stride_w, dilation_h, dilation_w,
