@@ -125,6 +125,10 @@ KERNELS = {
     "conv2d_weight_grad_channels": 1.2,
     JOB_PREFIX + "conv2d_forward_channels": 0.3,
     JOB_PREFIX + "conv2d_weight_grad_channels": 0.2,
+    # Winograd's F(2x2, 3x3) (numbaconv.kernels.cpu.conv.winograd), its job and its weights
+    "conv2d_forward_winograd": 0.5,
+    JOB_PREFIX + "conv2d_forward_winograd": 1.5,
+    "transform_weights": 0.5,
     # the shared products (SHARED)
     "_shifted_matmul_acc": 1.1,
     "_shifted_matmul6_acc": 2.5,
@@ -136,7 +140,7 @@ KERNELS = {
     "_gemm_acc": 1.5,
     "_columns_task": 0.7,
     "_gy_columns": 1.2,
-    "_tile": 0.3,
+    "add_tile": 0.3,
     "_weight_grad_tile": 0.5,
     "_gy_blocks": 1.3,
     # SGD's update (numbaconv.kernels.cpu.optim), serial and parallel
@@ -189,9 +193,9 @@ SHARED = {
     "_columns_task": ("conv2d_forward_columns", JOB_PREFIX + "conv2d_weight_grad_columns"),
     # gy laid out on the columns' pixels, called by both backward column kernels
     "_gy_columns": ("conv2d_weight_grad_columns", "conv2d_input_grad_columns"),
-    # the output-channel kernels' tiles, called by their jobs, and gy laid out in blocks of
-    # channels, called by the weight gradient
-    "_tile": (JOB_PREFIX + "conv2d_forward_channels",),
+    # the output-channel kernels' tiles, called by their jobs (and Winograd's), and gy laid
+    # out in blocks of channels, called by the weight gradient
+    "add_tile": (JOB_PREFIX + "conv2d_forward_channels", JOB_PREFIX + "conv2d_forward_winograd"),
     "_weight_grad_tile": (JOB_PREFIX + "conv2d_weight_grad_channels",),
     "_gy_blocks": ("conv2d_weight_grad_channels",),
 }
@@ -253,7 +257,7 @@ def job(name: str, dtype):
     argument for arrays of ``dtype`` (its per-job function, compiled on its own), or None.
     (A kernel of :data:`COLUMN_JOBS` takes another before it: :func:`_column_job`.)"""
     from .kernels.cpu import conv_act_pool
-    from .kernels.cpu.conv import channels, columns, flat, lanes
+    from .kernels.cpu.conv import channels, columns, flat, lanes, winograd
 
     jobs = {"conv2d_forward": flat.forward_job, "conv2d_weight_grad": flat.weight_grad_job,
             "conv2d_weight_grad_rows": flat.weight_grad_rows_job,
@@ -264,7 +268,8 @@ def job(name: str, dtype):
             "conv2d_weight_grad_columns": columns.weight_grad_columns_job,
             "conv2d_input_grad_columns": columns.input_grad_columns_job,
             "conv2d_forward_channels": channels.forward_channels_job,
-            "conv2d_weight_grad_channels": channels.weight_grad_channels_job}
+            "conv2d_weight_grad_channels": channels.weight_grad_channels_job,
+            "conv2d_forward_winograd": winograd.forward_winograd_job}
     if name in jobs:
         return jobs[name](np.dtype(dtype))
     for kernels, family_job in ((conv_act_pool.FUSED, conv_act_pool.block_job),
@@ -314,7 +319,7 @@ def _dispatcher(name: str):
         return job(name[len(JOB_PREFIX):], np.float32).dispatcher
     name = VARIANTS.get(name, name)
     for module in (conv, conv.tiles, conv.lanes, conv.columns, conv.channels, conv.pointwise,
-                   conv.unrolled, pool, activation, dense, optim):
+                   conv.unrolled, conv.winograd, pool, activation, dense, optim):
         if hasattr(module, name):
             return getattr(module, name)
     for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values(),
@@ -372,7 +377,7 @@ def _signature(name: str, dtype) -> tuple:
         "_place_planes": (a4, a4) + (i64,) * 8,
         # the forward's tile takes the stride along a row as a literal (the job's stride-1
         # calls: its stride-2 and stride-4 ones compile with the job)
-        "_tile": (a1, a1, taps, i64, i64, i64, types.literal(1), a1, i64),
+        "add_tile": (a1, a1, taps, i64, i64, i64, types.literal(1), a1, i64),
         # the weight gradient's tile at stride 1, the stride a literal (its stride-2 and -4 calls
         # compile with the job)
         "_weight_grad_tile": (a2, a3, taps) + (i64,) * 7 + (types.literal(1), a1),
@@ -387,6 +392,8 @@ def _signature(name: str, dtype) -> tuple:
         "conv2d_weight_grad_columns": (a4, a4) + (i64,) * 9,
         "conv2d_input_grad_columns": (a4, a4) + (i64,) * 9,
         "conv2d_forward_channels": (a4, a3, a1, taps) + (i64,) * 7 + (a4,),
+        "conv2d_forward_winograd": (a4, a3, a1) + (i64,) * 4 + (a4, typeof(np.empty(1, bool))),
+        "transform_weights": (a4, a3),
         "conv2d_forward_pointwise": (a4, a2, a1, i64, a3),
         "conv2d_weight_grad_pointwise": (a3, a3, i64, a3, a2),
         "transpose_samples": (a4, i64, a3),
@@ -510,9 +517,9 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
                                  width - plan.x_cols.start), plan.padding)
         return pads + ["conv2d_forward_columns"], pads + columns_backward
     pads = _pad_kernels(input_shape, padding)
-    forward = [_forward_kernel(weight.shape, layer.groups, stride, padded, *output[2:],
-                               weight.itemsize)]
-    if forward != ["conv2d_forward_channels"]:  # which pads each sample itself
+    forward = _forward_kernels(weight.shape, layer.groups, stride, dilation, padded,
+                               *output[2:], weight.itemsize)
+    if not set(forward) & PADDING_THEMSELVES:
         forward = pads + forward
     backward = pads + [_weight_grad_kernel(layer, padded, output)]
     if not need_input_grad:
@@ -524,12 +531,12 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
     n, height, width = input_shape[0], input_shape[2], input_shape[3]
     reach = (dilation[0] * (weight.shape[2] - 1), dilation[1] * (weight.shape[3] - 1))
     spread = (n, weight.shape[0], height + reach[0], width + reach[1])
-    input_grad = _forward_kernel(_transposed_shape(weight.shape, layer.groups), layer.groups,
-                                 (1, 1), spread, height, width, weight.itemsize)
-    if (input_grad == "conv2d_forward_channels"
+    input_grad = _forward_kernels(_transposed_shape(weight.shape, layer.groups), layer.groups,
+                                  (1, 1), dilation, spread, height, width, weight.itemsize)
+    if (set(input_grad) & PADDING_THEMSELVES
             and conv.input_grad_frame(padding, stride, reach) is not None):
-        return forward, backward + [input_grad]
-    return forward, backward + _places_in_parallel(spread) + [input_grad]
+        return forward, backward + input_grad
+    return forward, backward + _places_in_parallel(spread) + input_grad
 
 
 def _unrolled_kernels(layer, input_shape, stride, dilation, padding, output_shape,
@@ -559,18 +566,27 @@ def _pointwise_backward(layer, need_input_grad: bool) -> list[str]:
             + (["conv2d_forward_pointwise"] if need_input_grad else []))
 
 
-def _forward_kernel(weight_shape, groups, stride, padded_shape, out_h, out_w,
-                    itemsize) -> str:
-    """The kernel :func:`numbaconv.kernels.cpu.conv.forward` takes for weights of
+#: the forward kernels that pad each sample themselves (x's padding takes no kernel)
+PADDING_THEMSELVES = {"conv2d_forward_channels", "conv2d_forward_winograd"}
+#: the kernels :func:`numbaconv.kernels.cpu.conv.winograd.forward_winograd` calls (where an
+#: output is not finite it calls the output-channel forward too: compiled then)
+WINOGRAD = ["transform_weights", "conv2d_forward_winograd"]
+
+
+def _forward_kernels(weight_shape, groups, stride, dilation, padded_shape, out_h, out_w,
+                     itemsize) -> list[str]:
+    """The kernels :func:`numbaconv.kernels.cpu.conv.forward` takes for weights of
     ``weight_shape`` and a padded input of ``padded_shape`` (N, C, Hp, Wp)."""
     from .kernels.cpu import conv
 
+    if conv.use_winograd(weight_shape, groups, stride, dilation, out_h, out_w, itemsize):
+        return WINOGRAD
     if conv.use_channel_vectors(weight_shape, groups, stride, out_h, out_w, padded_shape[3],
                                 itemsize):
-        return "conv2d_forward_channels"
+        return ["conv2d_forward_channels"]
     if conv.use_lanes(padded_shape, itemsize, stride[1], groups, out_w):
-        return "conv2d_forward_lanes"
-    return "conv2d_forward"
+        return ["conv2d_forward_lanes"]
+    return ["conv2d_forward"]
 
 
 def _weight_grad_kernel(layer, padded_shape, output_shape) -> str:
@@ -623,6 +639,7 @@ def _conv_kernels_any_width(layer) -> tuple[list[str], list[str]]:
     inputs of any width (the input gradient's whether needed or not, as before this walk
     knew stages)."""
     from .kernels.cpu import conv
+    from .kernels.cpu.conv.winograd import winograd_fits
     from .shapes import as_pair
 
     weight = layer.params["weight"]
@@ -630,14 +647,18 @@ def _conv_kernels_any_width(layer) -> tuple[list[str], list[str]]:
     backward = [_flat_weight_grad(layer, None), "conv2d_weight_grad_lanes",
                 "conv2d_input_grad_lanes"]
     grid = (ANY_SIZE,) * 3
-    if conv.use_channel_vectors(weight.shape, layer.groups, as_pair(layer.stride, "stride"),
-                                *grid, weight.itemsize):
+    stride, dilation = as_pair(layer.stride, "stride"), as_pair(layer.dilation, "dilation")
+    transposed = _transposed_shape(weight.shape, layer.groups)
+    if conv.use_channel_vectors(weight.shape, layer.groups, stride, *grid, weight.itemsize):
         forward = ["conv2d_forward_channels"] + forward
         backward = ["conv2d_weight_grad_channels"] + backward
-    elif conv.use_channel_vectors(_transposed_shape(weight.shape, layer.groups), layer.groups,
-                                  (1, 1), *grid, weight.itemsize):
+    elif conv.use_channel_vectors(transposed, layer.groups, (1, 1), *grid, weight.itemsize):
         # the input gradient's (the forward's kernel: listed above where that serves)
         backward = backward + ["conv2d_forward_channels"]
+    if winograd_fits(weight.shape, layer.groups, stride, dilation, weight.itemsize):
+        forward = WINOGRAD + forward
+    if winograd_fits(transposed, layer.groups, (1, 1), dilation, weight.itemsize):
+        backward = backward + WINOGRAD
     return forward, backward
 
 

@@ -672,13 +672,21 @@ def test_column_kernels_do_not_depend_on_the_thread_count(nc, side):
 # the output-channel kernels (output channels along the vectors: stride 1, many channels)
 
 
+def without_winograd():
+    """No convolution takes Winograd's kernels (they serve 3x3 layers at stride 1 on maps of
+    12x12 and more, which the output-channel kernels' tests below want for themselves)."""
+    from numbaconv.kernels.cpu.conv import winograd
+
+    return mock.patch.object(winograd, "MIN_OUT_MAP", 1 << 30)
+
+
 @contextlib.contextmanager
 def channel_vectors_for_every_size():
     """Route every stride-1 convolution with whole blocks of output channels through the
     output-channel kernels, and count the calls (``calls.count``)."""
     from numbaconv.kernels.cpu.conv import channels
 
-    with mock.patch.multiple(channels, MIN_K=1, MIN_C_OUT=1), \
+    with mock.patch.multiple(channels, MIN_K=1, MIN_C_OUT=1), without_winograd(), \
             mock.patch.object(channels, "conv2d_forward_channels",
                               wraps=channels.conv2d_forward_channels) as calls:
         yield calls
@@ -686,11 +694,12 @@ def channel_vectors_for_every_size():
 
 @contextlib.contextmanager
 def counting_channel_vector_calls():
-    """The calls of the output-channel forward and weight-gradient kernels, counted."""
+    """The calls of the output-channel forward and weight-gradient kernels, counted (none of
+    Winograd's)."""
     from numbaconv.kernels.cpu.conv import channels
 
-    with mock.patch.object(channels, "conv2d_forward_channels",
-                           wraps=channels.conv2d_forward_channels) as forward, \
+    with without_winograd(), mock.patch.object(channels, "conv2d_forward_channels",
+                                               wraps=channels.conv2d_forward_channels) as forward, \
             mock.patch.object(channels, "conv2d_weight_grad_channels",
                               wraps=channels.conv2d_weight_grad_channels) as weight_grad:
         yield forward, weight_grad
@@ -994,3 +1003,131 @@ def test_column_weight_gradient_splits_the_samples_of_a_one_channel_stem(nc, dty
         finally:
             set_threads(None)
     np.testing.assert_array_equal(grads[0], grads[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Winograd's F(2x2, 3x3) (3x3 layers at stride 1 on maps of 12x12 and more)
+
+
+@contextlib.contextmanager
+def counting_winograd_calls():
+    """The calls of Winograd's kernel, counted."""
+    from numbaconv.kernels.cpu.conv import winograd
+
+    with mock.patch.object(winograd, "conv2d_forward_winograd",
+                           wraps=winograd.conv2d_forward_winograd) as calls:
+        yield calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, padding", [
+    # (N, C_in, H, W, C_out): ResNet's 3x3 layers at 96x96 input, scaled down in batch
+    ((2, 32, 24, 24, 64), 1),
+    ((3, 64, 12, 12, 128), 1),
+    ((5, 40, 13, 12, 32), 1),                # odd rows: the last row of tiles half outside
+    ((2, 33, 15, 14, 64), ((0, 2), (2, 1))),  # asymmetric padding, an odd input width
+    ((17, 8, 14, 14, 64), 0),                # no padding; more samples than forward tasks
+])
+def test_winograd_forward_and_input_gradient_match_reference(nc, dtype, shape, padding):
+    """The forward and the input gradient (a stride-1 3x3 convolution of gy with the
+    transposed weights) by Winograd's transforms, the reference's values within the
+    tolerance of the direct kernels."""
+    n, c_in, h, w, c_out = shape
+    with counting_winograd_calls() as calls:
+        check_conv_against_reference(nc, dict(
+            N=n, C=c_in, H=h, W=w, F=c_out, kernel=(3, 3), stride=1, padding=padding,
+            dilation=1, groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"), seed=6))
+    # the forward; the input gradient where its channels fit too (c_in output channels)
+    from numbaconv.kernels.cpu.conv.winograd import use_winograd
+
+    itemsize = np.dtype(dtype).itemsize
+    out_h, out_w = calls.call_args_list[0].args[7].shape[2:]
+    assert use_winograd((c_out, c_in, 3, 3), 1, (1, 1), (1, 1), out_h, out_w, itemsize)
+    assert calls.call_count == 1 + use_winograd((c_in, c_out, 3, 3), 1, (1, 1), (1, 1), h, w,
+                                                itemsize)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_matches_torch(nc, torch, F, dtype):
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(3, 32, 14, 13)).astype(dtype)
+    w = rng.normal(size=(32, 32, 3, 3)).astype(dtype)
+    b = rng.normal(size=32).astype(dtype)
+    with counting_winograd_calls() as calls:
+        y = nc.conv2d(x, w, b, padding=1)
+        yt, xt, wt, _ = torch_conv2d(torch, F, x, w, b, 1, 1, 1, 1)
+        assert_close(y, yt.detach().numpy().astype(np.float64), dtype, "forward vs torch")
+        gy = rng.normal(size=y.shape).astype(dtype)
+        yt.backward(torch.tensor(gy))
+        gx, gw, _ = nc.conv2d_backward(gy, x, w, padding=1)
+    assert_close(gx, xt.grad.numpy().astype(np.float64), dtype, "grad_x vs torch")
+    assert_close(gw, wt.grad.numpy().astype(np.float64), dtype, "grad_weight vs torch")
+    assert calls.call_count == 2
+
+
+def test_winograd_groups_small_maps_samples_into_whole_tiles(nc):
+    """On 12x13 outputs (42 tiles a sample) a task takes two samples (84 tiles, 7 of the
+    products' tiles of 12 positions; with AVX2's 6, one sample): a last group with one
+    sample, its other tiles zero, gives the reference's values."""
+    from numbaconv.kernels.cpu.conv import winograd
+
+    assert winograd.samples_per_task(12, 13) == (2 if winograd.TILE_PIXELS == 12 else 1)
+    assert winograd.samples_per_task(24, 24) == 1
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 32, 12, 13))
+    w = rng.normal(size=(32, 32, 3, 3))
+    with mock.patch.object(winograd, "samples_per_task", return_value=3), \
+            counting_winograd_calls() as calls:
+        y = nc.conv2d(x, w, padding=1)
+    assert calls.call_args.args[5] == 3  # samples a task
+    assert_close(y, ref.conv2d(x, w, padding=1), np.float64, "groups of three samples")
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", ["x", "weight"])
+def test_winograd_leaves_non_finite_values_to_the_direct_kernels(nc, value, where):
+    """The transforms would turn an inf into NaN and spread it to the tile's neighbours: where
+    an output is not finite the direct kernels compute the layer, bit for bit as without
+    Winograd."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 32, 12, 12)).astype(np.float32)
+    w = rng.normal(size=(32, 32, 3, 3)).astype(np.float32)
+    (x if where == "x" else w)[1 if where == "x" else 3, 5, 2, 2] = value
+    with counting_winograd_calls() as calls:
+        y = nc.conv2d(x, w, padding=1)
+    assert calls.call_count == 1
+    with without_winograd():
+        expected = nc.conv2d(x, w, padding=1)
+    np.testing.assert_array_equal(y, expected)
+    assert not np.isfinite(y).all()
+
+
+def test_winograd_weights_are_g_w_g_transposed():
+    from numbaconv.kernels.cpu.conv import winograd
+    from numbaconv.kernels.cpu.conv.channels import block_channels
+
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(64, 3, 3, 3))
+    size = block_channels(8)
+    packed = np.empty((16, 64 // size, 3 * size))
+    winograd.transform_weights(w, packed)
+    expected = np.einsum("ik,ockl,jl->ijoc", g, w, g).reshape(16, 64 // size, size, 3)
+    np.testing.assert_allclose(packed, expected.transpose(0, 1, 3, 2).reshape(packed.shape),
+                               rtol=1e-15, atol=1e-15)
+
+
+def test_use_winograd_takes_3x3_stride_1_layers_on_maps_of_12_and_more():
+    from numbaconv.kernels.cpu.conv import winograd
+
+    resnet = (64, 64, 3, 3)
+    assert winograd.use_winograd(resnet, 1, (1, 1), (1, 1), 24, 24, 4)
+    assert winograd.use_winograd((128, 128, 3, 3), 1, (1, 1), (1, 1), 12, 12, 4)
+    assert not winograd.use_winograd(resnet, 1, (1, 1), (1, 1), 7, 7, 4)  # small: unrolled
+    assert not winograd.use_winograd(resnet, 1, (2, 2), (1, 1), 24, 24, 4)
+    assert not winograd.use_winograd(resnet, 1, (1, 1), (2, 2), 24, 24, 4)
+    assert not winograd.use_winograd((64, 64, 5, 5), 1, (1, 1), (1, 1), 24, 24, 4)
+    assert not winograd.use_winograd((64, 32, 3, 3), 2, (1, 1), (1, 1), 24, 24, 4)
+    assert not winograd.use_winograd((40, 64, 3, 3), 1, (1, 1), (1, 1), 24, 24, 4)  # blocks
+    # a task's transformed input past MAX_SCRATCH_BYTES (VGG's 64 channels on 56x56)
+    assert not winograd.use_winograd(resnet, 1, (1, 1), (1, 1), 56, 56, 4)

@@ -520,19 +520,21 @@ def test_kernels_for_a_tree_are_those_of_every_layer_for_its_input():
     # its 1x1 shortcut (40 channels) the pointwise kernels, likewise; the strided one's: the
     # column kernels with it; the Concat's 1x1 (8 channels) and the nested fused stage's
     # convolution (stride 1, 31 wide) on the flat kernels, its forward in one pass, its input
-    # gradient (32 output channels) on the output-channel kernels
+    # gradient (32 output channels, 3x3 at stride 1) by Winograd's transforms
     pointwise = ["conv2d_forward_pointwise", "transpose_samples", "conv2d_weight_grad_pointwise",
                  "channel_sums"]
     assert P.kernels_for(tree(), TREE_INPUT) == [
         "_place_planes", "conv2d_forward", "conv2d_weight_grad", *pointwise,
         "conv2d_forward_columns", "conv2d_weight_grad_columns", "conv2d_input_grad_columns",
         "conv2d_weight_grad_rows", "max_pool2d_forward", "max_pool2d_backward",
-        "conv2d_relu_max_pool_forward", "conv2d_forward_channels", "relu_max_pool_backward"]
+        "conv2d_relu_max_pool_forward", "transform_weights", "conv2d_forward_winograd",
+        "relu_max_pool_backward"]
     # without a shape: every kernel any width could take, the flat ones' both layouts
     assert P.kernels_for(tree()) == [
         "conv2d_forward_columns", "conv2d_forward", "conv2d_forward_lanes",
         "conv2d_weight_grad_columns", "conv2d_weight_grad", "conv2d_weight_grad_lanes",
-        "conv2d_input_grad_lanes", "conv2d_forward_channels", *pointwise,
+        "conv2d_input_grad_lanes", "conv2d_forward_channels", "transform_weights",
+        "conv2d_forward_winograd", *pointwise,
         "conv2d_input_grad_columns", "conv2d_weight_grad_rows", "max_pool2d_forward",
         "max_pool2d_backward",
         "conv2d_relu_max_pool_forward", "conv2d_relu_max_pool_forward_lanes",

@@ -18,7 +18,8 @@ and unchecked, like Numba's own array accesses.
     store_first(row, i, v, n)   row[i:i + n] = v[:n] (n <= 0: nothing written)
     splat(row, x)               W copies of x
     fma(a, b, c)                a * b + c, rounded once
-    add(a, b), mul(a, b)        a + b, a * b, lane by lane (IEEE: no reordering)
+    add(a, b), sub(a, b), mul(a, b)
+                                a + b, a - b, a * b, lane by lane (IEEE: no reordering)
     evens_odds(row, i, n)       (row[i:i + 2n:2], row[i + 1:i + 2n:2]) and zeros after
                                 (n <= W pairs)
     store_pairs(row, i, e, o, n)
@@ -45,7 +46,7 @@ from numba.extending import intrinsic, models, register_model
 
 __all__ = ["REGISTERS", "VECTOR_BYTES", "Vector", "add", "copy_run", "evens_odds", "fma",
            "has_avx512", "load_first", "mul", "prefetch_write", "splat", "store_first",
-           "store_pairs", "total", "transpose", "width"]
+           "store_pairs", "sub", "total", "transpose", "width"]
 
 
 def has_avx512() -> bool:
@@ -227,6 +228,7 @@ def _lane_op(name, build):
 
 
 add = _lane_op("add", lambda builder, a, b: builder.fadd(a, b))
+sub = _lane_op("sub", lambda builder, a, b: builder.fsub(a, b))
 mul = _lane_op("mul", lambda builder, a, b: builder.fmul(a, b))
 
 

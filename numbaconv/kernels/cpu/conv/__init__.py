@@ -17,6 +17,8 @@ By concern:
 * :mod:`.lanes`: the interleaved-samples kernels for narrow images (:func:`use_lanes`);
 * :mod:`.channels`: the output channels along the vectors, for stride-1 layers with many
   output channels (:func:`use_channel_vectors`);
+* :mod:`.winograd`: Winograd's F(2x2, 3x3) on the output-channel kernels' products, for 3x3
+  layers at stride 1 on maps of 12x12 and more (:func:`use_winograd`);
 * :mod:`.columns`: matrix products over im2col columns, for many channels on small maps
   (:func:`use_columns`);
 * :mod:`.unrolled`: sums of products over the pairs of pixels a tap joins, the samples along
@@ -79,6 +81,7 @@ from .lanes import (
 from .place import _place_planes
 from .pointwise import forward_pointwise, use_pointwise
 from .unrolled import backward_unrolled, forward_unrolled, geometry, use_unrolled
+from .winograd import forward_winograd, use_winograd
 
 __all__ = [
     "conv2d_forward", "conv2d_weight_grad", "conv2d_weight_grad_rows", "conv2d_forward_lanes",
@@ -87,7 +90,7 @@ __all__ = [
     "conv2d_input_grad", "transposed_weights", "place", "pad", "LANES", "TASKS",
     "PLACE_IN_PARALLEL", "use_columns", "forward_columns", "backward_columns",
     "use_channel_vectors", "use_column_side", "use_pointwise", "forward_pointwise",
-    "backward_pointwise",
+    "backward_pointwise", "use_winograd",
 ]
 
 PLACE_IN_PARALLEL = 1 << 20  # output values from which place() runs _place_planes; below, NumPy
@@ -144,10 +147,13 @@ def backward_pointwise(gy, x, w, stride, need_input_grad, need_bias_grad, grad_w
 
 def forward(x, w, b, padding, stride, dilation, groups, out_h, out_w):
     """The convolution of x (N, C_in, H, W) zero-padded by ``padding`` ((top, bottom),
-    (left, right), none negative): by :func:`forward_channels`, which pads each sample
-    itself, where :func:`use_channel_vectors` says so; else of x padded first, by
+    (left, right), none negative): by :func:`forward_winograd` where :func:`use_winograd`
+    says so, else by :func:`forward_channels`, which pads each sample itself, where
+    :func:`use_channel_vectors` says so; else of x padded first, by
     :func:`conv2d_forward_lanes` where :func:`use_lanes` says so, else by
     :func:`conv2d_forward`."""
+    if use_winograd(w.shape, groups, stride, dilation, out_h, out_w, x.itemsize):
+        return forward_winograd(x, w, b, padding, out_h, out_w)
     (top, bottom), (left, right) = padding
     padded_w = left + x.shape[3] + right
     if use_channel_vectors(w.shape, groups, stride, out_h, out_w, padded_w, x.itemsize):

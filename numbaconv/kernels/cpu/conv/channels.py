@@ -67,7 +67,7 @@ def block_channels(itemsize) -> int:
     return 2 * simd.VECTOR_BYTES // itemsize
 
 
-def _channels_fit(weight_shape, groups, itemsize):
+def channels_fit(weight_shape, groups, itemsize):
     """Groups of 1, whole blocks of :func:`block_channels` output channels, at least
     :data:`MIN_C_OUT` of them and :data:`MIN_K` weights each."""
     c_out, c_in_g, kh, kw = weight_shape
@@ -77,8 +77,8 @@ def _channels_fit(weight_shape, groups, itemsize):
 
 def use_channel_vectors(weight_shape, groups, stride, out_h, out_w, padded_w, itemsize):
     """Whether a convolution at stride 1 takes these kernels: where the channels fit
-    (:func:`_channels_fit`) and its flat grid (``padded_w`` wide) holds a tile."""
-    return (tuple(stride) == (1, 1) and _channels_fit(weight_shape, groups, itemsize)
+    (:func:`channels_fit`) and its flat grid (``padded_w`` wide) holds a tile."""
+    return (tuple(stride) == (1, 1) and channels_fit(weight_shape, groups, itemsize)
             and (out_h - 1) * padded_w + out_w >= TILE_PIXELS)
 
 
@@ -89,7 +89,7 @@ def use_strided_channel_vectors(weight_shape, groups, stride, out_w, itemsize):
     12x12; AlexNet's and NiN's 11x11/4 stems, onto 15x15 at 65x65 and 67x67 input: forward
     11.1 -> 8.4 ms, weight gradient 18.0 -> 9.5 ms at batch 128 on 1 thread against the
     column kernels). Its input gradient stays on the column kernels."""
-    return (tuple(stride) in ((2, 2), (4, 4)) and _channels_fit(weight_shape, groups, itemsize)
+    return (tuple(stride) in ((2, 2), (4, 4)) and channels_fit(weight_shape, groups, itemsize)
             and out_w >= TILE_PIXELS)
 
 
@@ -131,7 +131,7 @@ def _last_six(sums, o):
 
 
 @njit(cache=True, fastmath=FAST)
-def _tile(xs, weights, taps, k0, k1, p0, step, sums, o):
+def add_tile(xs, weights, taps, k0, k1, p0, step, sums, o):
     """sums[(o + j) * 2W:(o + j + 1) * 2W] += the sums over taps k0 <= k < k1 of
     weights[k * 2W:(k + 1) * 2W] * xs[taps[k] + p0 + j * step], in the order of the taps, for
     the TILE_PIXELS outputs j (xs: a sample's flat input; taps: each tap's channel plane
@@ -169,7 +169,7 @@ def _tile(xs, weights, taps, k0, k1, p0, step, sums, o):
 
 
 @njit(inline="always")
-def _spread(sums, o, count, y, n, c0, oh, ow, square):
+def spread(sums, o, count, y, n, c0, oh, ow, square):
     """y[n, c0:c0 + 2W, oh, ow:ow + count] = the sums of ``count`` (<= W) consecutive
     outputs of a row, at positions o, o + 1, ... of the scratch ``sums`` (2W channels each),
     by two W x W squares transposed in registers (:func:`.simd.transpose`; ``square`` holds
@@ -257,18 +257,18 @@ def _forward_task(x, packed, b, taps, n, block0, block1, top, left, hp, wp, stri
                     _claim_lines(y_block, t * per_tile, per_tile)
                 if not by_rows:  # stride 1, along the flat grid (rows Wp apart), the last
                     # tile ending at the grid's end: no tile reads past the padded sample
-                    _tile(xs, weights, taps, k0, k1, min(o, length - TILE_PIXELS), 1, sums, o)
+                    add_tile(xs, weights, taps, k0, k1, min(o, length - TILE_PIXELS), 1, sums, o)
                     continue
                 oh, ow = _row_tile(t, per_row, out_w)
                 if stride == 1:
-                    _tile(xs, weights, taps, k0, k1, oh * wp + ow, 1, sums, o)
+                    add_tile(xs, weights, taps, k0, k1, oh * wp + ow, 1, sums, o)
                 elif stride == 2:
-                    _tile(xs, weights, taps, k0, k1, 2 * (oh * wp + ow), 2, sums, o)
+                    add_tile(xs, weights, taps, k0, k1, 2 * (oh * wp + ow), 2, sums, o)
                 else:
-                    _tile(xs, weights, taps, k0, k1, 4 * (oh * wp + ow), 4, sums, o)
+                    add_tile(xs, weights, taps, k0, k1, 4 * (oh * wp + ow), 4, sums, o)
                 if k1 == taps.size:  # the tile is final
                     for i in range(0, TILE_PIXELS, w):
-                        _spread(sums, o + i, min(w, TILE_PIXELS - i), y, n, c0, oh, ow + i,
+                        spread(sums, o + i, min(w, TILE_PIXELS - i), y, n, c0, oh, ow + i,
                                 square)
         if not by_rows:
             # the last tile's slot to its positions, length - TILE_PIXELS on (ascending: the
@@ -279,7 +279,7 @@ def _forward_task(x, packed, b, taps, n, block0, block1, top, left, hp, wp, stri
                 sums[first + i] = sums[last + i]
             for oh in range(out_h):  # positions in the padding's columns are dropped
                 for ow in range(0, out_w, w):
-                    _spread(sums, oh * wp + ow, min(w, out_w - ow), y, n, c0, oh, ow, square)
+                    spread(sums, oh * wp + ow, min(w, out_w - ow), y, n, c0, oh, ow, square)
 
 
 @functools.cache
