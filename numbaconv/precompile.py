@@ -129,6 +129,8 @@ KERNELS = {
     "conv2d_forward_winograd": 0.5,
     JOB_PREFIX + "conv2d_forward_winograd": 1.5,
     "transform_weights": 0.5,
+    "conv2d_weight_grad_winograd": 1.0,
+    JOB_PREFIX + "conv2d_weight_grad_winograd": 1.5,
     # the shared products (SHARED)
     "_shifted_matmul_acc": 1.1,
     "_shifted_matmul6_acc": 2.5,
@@ -141,7 +143,7 @@ KERNELS = {
     "_columns_task": 0.7,
     "_gy_columns": 1.2,
     "add_tile": 0.3,
-    "_weight_grad_tile": 0.5,
+    "add_weight_grad_tile": 0.5,
     "_gy_blocks": 1.3,
     # SGD's update (numbaconv.kernels.cpu.optim), serial and parallel
     "_sgd_into": 0.5,
@@ -196,7 +198,8 @@ SHARED = {
     # the output-channel kernels' tiles, called by their jobs (and Winograd's), and gy laid
     # out in blocks of channels, called by the weight gradient
     "add_tile": (JOB_PREFIX + "conv2d_forward_channels", JOB_PREFIX + "conv2d_forward_winograd"),
-    "_weight_grad_tile": (JOB_PREFIX + "conv2d_weight_grad_channels",),
+    "add_weight_grad_tile": (JOB_PREFIX + "conv2d_weight_grad_channels",
+                             JOB_PREFIX + "conv2d_weight_grad_winograd"),
     "_gy_blocks": ("conv2d_weight_grad_channels",),
 }
 if not WIDE:  # the six-row tiles are never called on a CPU with 16 vector
@@ -269,7 +272,8 @@ def job(name: str, dtype):
             "conv2d_input_grad_columns": columns.input_grad_columns_job,
             "conv2d_forward_channels": channels.forward_channels_job,
             "conv2d_weight_grad_channels": channels.weight_grad_channels_job,
-            "conv2d_forward_winograd": winograd.forward_winograd_job}
+            "conv2d_forward_winograd": winograd.forward_winograd_job,
+            "conv2d_weight_grad_winograd": winograd.weight_grad_winograd_job}
     if name in jobs:
         return jobs[name](np.dtype(dtype))
     for kernels, family_job in ((conv_act_pool.FUSED, conv_act_pool.block_job),
@@ -380,7 +384,7 @@ def _signature(name: str, dtype) -> tuple:
         "add_tile": (a1, a1, taps, i64, i64, i64, types.literal(1), a1, i64),
         # the weight gradient's tile at stride 1, the stride a literal (its stride-2 and -4 calls
         # compile with the job)
-        "_weight_grad_tile": (a2, a3, taps) + (i64,) * 7 + (types.literal(1), a1),
+        "add_weight_grad_tile": (a2, a3, taps) + (i64,) * 7 + (types.literal(1), a1),
         "_gy_blocks": (a4, i64, a3),
         "conv2d_forward": (a4, a4, a1) + (i64,) * 7,
         "conv2d_forward_lanes": (a4, a4, a1) + (i64,) * 6,
@@ -394,6 +398,7 @@ def _signature(name: str, dtype) -> tuple:
         "conv2d_forward_channels": (a4, a3, a1, taps) + (i64,) * 7 + (a4,),
         "conv2d_forward_winograd": (a4, a3, a1) + (i64,) * 4 + (a4, typeof(np.empty(1, bool))),
         "transform_weights": (a4, a3),
+        "conv2d_weight_grad_winograd": (a4, a4, i64, a4),
         "conv2d_forward_pointwise": (a4, a2, a1, i64, a3),
         "conv2d_weight_grad_pointwise": (a3, a3, i64, a3, a2),
         "transpose_samples": (a4, i64, a3),
@@ -521,7 +526,7 @@ def _conv_kernels(layer, input_shape, need_input_grad: bool) -> tuple[list[str],
                                *output[2:], weight.itemsize)
     if not set(forward) & PADDING_THEMSELVES:
         forward = pads + forward
-    backward = pads + [_weight_grad_kernel(layer, padded, output)]
+    backward = pads + _weight_grad_kernels(layer, padded, output)
     if not need_input_grad:
         return forward, backward
     if conv.use_lanes(padded, weight.itemsize, stride[1], layer.groups, output[3]):
@@ -571,6 +576,8 @@ PADDING_THEMSELVES = {"conv2d_forward_channels", "conv2d_forward_winograd"}
 #: the kernels :func:`numbaconv.kernels.cpu.conv.winograd.forward_winograd` calls (where an
 #: output is not finite it calls the output-channel forward too: compiled then)
 WINOGRAD = ["transform_weights", "conv2d_forward_winograd"]
+#: and its weight gradient's (the bias's by channel_sums); likewise
+WINOGRAD_WEIGHT_GRAD = ["conv2d_weight_grad_winograd", "channel_sums"]
 
 
 def _forward_kernels(weight_shape, groups, stride, dilation, padded_shape, out_h, out_w,
@@ -589,20 +596,24 @@ def _forward_kernels(weight_shape, groups, stride, dilation, padded_shape, out_h
     return ["conv2d_forward"]
 
 
-def _weight_grad_kernel(layer, padded_shape, output_shape) -> str:
-    """The kernel :func:`numbaconv.kernels.cpu.conv.weight_grad` takes for a ``Conv2d`` with
+def _weight_grad_kernels(layer, padded_shape, output_shape) -> list[str]:
+    """The kernels :func:`numbaconv.kernels.cpu.conv.weight_grad` takes for a ``Conv2d`` with
     a padded input of ``padded_shape`` and outputs of ``output_shape`` (N, C, H, W)."""
     from .kernels.cpu import conv
     from .shapes import as_pair
 
     weight = layer.params["weight"]
     stride = as_pair(layer.stride, "stride")
+    if conv.use_winograd(weight.shape, layer.groups, stride,
+                         as_pair(layer.dilation, "dilation"), *output_shape[2:],
+                         weight.itemsize):
+        return WINOGRAD_WEIGHT_GRAD
     if conv.use_channel_vectors(weight.shape, layer.groups, stride, *output_shape[2:],
                                 padded_shape[3], weight.itemsize):
-        return "conv2d_weight_grad_channels"
+        return ["conv2d_weight_grad_channels"]
     if conv.use_lanes(padded_shape, weight.itemsize, stride[1], layer.groups, output_shape[3]):
-        return "conv2d_weight_grad_lanes"
-    return _flat_weight_grad(layer, padded_shape[0])
+        return ["conv2d_weight_grad_lanes"]
+    return [_flat_weight_grad(layer, padded_shape[0])]
 
 
 def _transposed_shape(weight_shape, groups) -> tuple:
@@ -657,6 +668,7 @@ def _conv_kernels_any_width(layer) -> tuple[list[str], list[str]]:
         backward = backward + ["conv2d_forward_channels"]
     if winograd_fits(weight.shape, layer.groups, stride, dilation, weight.itemsize):
         forward = WINOGRAD + forward
+        backward = WINOGRAD_WEIGHT_GRAD + backward
     if winograd_fits(transposed, layer.groups, (1, 1), dilation, weight.itemsize):
         backward = backward + WINOGRAD
     return forward, backward

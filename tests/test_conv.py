@@ -1011,11 +1011,15 @@ def test_column_weight_gradient_splits_the_samples_of_a_one_channel_stem(nc, dty
 
 @contextlib.contextmanager
 def counting_winograd_calls():
-    """The calls of Winograd's kernel, counted."""
+    """The calls of Winograd's forward kernel, counted (``calls.weight_grad``: its weight
+    gradient's)."""
     from numbaconv.kernels.cpu.conv import winograd
 
     with mock.patch.object(winograd, "conv2d_forward_winograd",
-                           wraps=winograd.conv2d_forward_winograd) as calls:
+                           wraps=winograd.conv2d_forward_winograd) as calls, \
+            mock.patch.object(winograd, "conv2d_weight_grad_winograd",
+                              wraps=winograd.conv2d_weight_grad_winograd) as weight_grad:
+        calls.weight_grad = weight_grad
         yield calls
 
 
@@ -1028,10 +1032,10 @@ def counting_winograd_calls():
     ((2, 33, 15, 14, 64), ((0, 2), (2, 1))),  # asymmetric padding, an odd input width
     ((17, 8, 14, 14, 64), 0),                # no padding; more samples than forward tasks
 ])
-def test_winograd_forward_and_input_gradient_match_reference(nc, dtype, shape, padding):
-    """The forward and the input gradient (a stride-1 3x3 convolution of gy with the
-    transposed weights) by Winograd's transforms, the reference's values within the
-    tolerance of the direct kernels."""
+def test_winograd_forward_and_gradients_match_reference(nc, dtype, shape, padding):
+    """The forward, the input gradient (a stride-1 3x3 convolution of gy with the transposed
+    weights) and the weight gradient by Winograd's transforms, the reference's values within
+    the tolerance of the direct kernels."""
     n, c_in, h, w, c_out = shape
     with counting_winograd_calls() as calls:
         check_conv_against_reference(nc, dict(
@@ -1045,6 +1049,7 @@ def test_winograd_forward_and_input_gradient_match_reference(nc, dtype, shape, p
     assert use_winograd((c_out, c_in, 3, 3), 1, (1, 1), (1, 1), out_h, out_w, itemsize)
     assert calls.call_count == 1 + use_winograd((c_in, c_out, 3, 3), 1, (1, 1), (1, 1), h, w,
                                                 itemsize)
+    assert calls.weight_grad.call_count == 1
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -1062,7 +1067,28 @@ def test_winograd_matches_torch(nc, torch, F, dtype):
         gx, gw, _ = nc.conv2d_backward(gy, x, w, padding=1)
     assert_close(gx, xt.grad.numpy().astype(np.float64), dtype, "grad_x vs torch")
     assert_close(gw, wt.grad.numpy().astype(np.float64), dtype, "grad_weight vs torch")
-    assert calls.call_count == 2
+    assert (calls.call_count, calls.weight_grad.call_count) == (2, 1)
+
+
+def test_winograd_weight_gradient_is_the_same_on_1_and_2_threads(nc):
+    """Its tasks (groups of samples, WEIGHT_GRAD_TASKS of them whatever the threads) add
+    their partial sums in order: the same bits on any number of threads."""
+    from numbaconv.threads import set_threads
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(19, 32, 12, 12)).astype(np.float32)
+    w = rng.normal(size=(32, 32, 3, 3)).astype(np.float32)
+    gy = rng.normal(size=(19, 32, 12, 12)).astype(np.float32)
+    grads = []
+    for threads in (1, 2):
+        set_threads(threads)
+        try:
+            with counting_winograd_calls() as calls:
+                grads.append(nc.conv2d_backward(gy, x, w, padding=1)[1])
+            assert calls.weight_grad.call_count == 1
+        finally:
+            set_threads(None)
+    np.testing.assert_array_equal(grads[0], grads[1])
 
 
 def test_winograd_groups_small_maps_samples_into_whole_tiles(nc):
@@ -1084,22 +1110,27 @@ def test_winograd_groups_small_maps_samples_into_whole_tiles(nc):
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
-@pytest.mark.parametrize("where", ["x", "weight"])
+@pytest.mark.parametrize("where", ["x", "weight", "grad_y"])
 def test_winograd_leaves_non_finite_values_to_the_direct_kernels(nc, value, where):
     """The transforms would turn an inf into NaN and spread it to the tile's neighbours: where
-    an output is not finite the direct kernels compute the layer, bit for bit as without
-    Winograd."""
+    an output (or a weight's gradient) is not finite the direct kernels compute it, bit for
+    bit as without Winograd (the results the value does not reach: within rounding)."""
     rng = np.random.default_rng(4)
     x = rng.normal(size=(2, 32, 12, 12)).astype(np.float32)
     w = rng.normal(size=(32, 32, 3, 3)).astype(np.float32)
-    (x if where == "x" else w)[1 if where == "x" else 3, 5, 2, 2] = value
-    with counting_winograd_calls() as calls:
-        y = nc.conv2d(x, w, padding=1)
-    assert calls.call_count == 1
-    with without_winograd():
-        expected = nc.conv2d(x, w, padding=1)
-    np.testing.assert_array_equal(y, expected)
-    assert not np.isfinite(y).all()
+    gy = rng.normal(size=(2, 32, 12, 12)).astype(np.float32)
+    {"x": x, "weight": w, "grad_y": gy}[where][1, 5, 2, 2] = value
+    results = []
+    for routing in (counting_winograd_calls, without_winograd):
+        with routing():
+            results.append([nc.conv2d(x, w, padding=1),
+                            *nc.conv2d_backward(gy, x, w, padding=1)])
+    for got, expected in zip(*results, strict=True):
+        if np.isfinite(expected).all():
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+        else:
+            np.testing.assert_array_equal(got, expected)
+    assert not np.isfinite(np.concatenate([a.ravel() for a in results[0]])).all()
 
 
 def test_winograd_weights_are_g_w_g_transposed():

@@ -386,7 +386,7 @@ def _gy_blocks(gy, size, gyt):
 
 
 @njit(cache=True, fastmath=FAST)
-def _weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, rows, row_length, row_step, step,
+def add_weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, rows, row_length, row_step, step,
                       sums):
     """sums[(k0 + t) * 2W:(k0 + t + 1) * 2W] += the sums over samples n0:n1 and output
     positions p = r * row_length + j (rows r, j < row_length) of
@@ -445,12 +445,12 @@ def _weight_grad_task(xflat, gyt, taps, block, k0, k1, per_chunk, out_h, out_w, 
         n1 = min(xflat.shape[0], n0 + per_chunk)
         for k in range(k0, k1, TILE_PIXELS):
             if stride == 1:
-                _weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, wp, 1, sums)
+                add_weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, wp, 1, sums)
             elif stride == 2:
-                _weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, 2 * wp, 2,
+                add_weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, 2 * wp, 2,
                                   sums)
             else:
-                _weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, 4 * wp, 4,
+                add_weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, 4 * wp, 4,
                                   sums)
 
 

@@ -49,12 +49,14 @@ from .channels import (
     FORWARD_TASKS,
     TILE_PIXELS,
     add_tile,
+    add_weight_grad_tile,
     block_channels,
     channels_fit,
     forward_channels,
     spread,
+    weight_grad_channels,
 )
-from .common import FAST
+from .common import FAST, channel_sums
 
 MIN_OUT_MAP = 12  # outputs along each side from which the transforms pay: ResNet's 24x24 and
 # 12x12 maps at 96x96 input (64 and 128 channels, batch 64, 1 thread: forward 0.83x and 0.81x
@@ -373,3 +375,194 @@ def forward_winograd(x, w, b, padding, out_h, out_w):
     if finite.all():
         return y
     return forward_channels(x, w, b, padding, (1, 1), (1, 1), out_h, out_w)
+
+
+# --------------------------------------------------------------------------- weight gradient
+#
+# With y = A^T M A and M = sum over input channels of U * V (U = G g G^T), the gradient of a
+# tile's M is A dy A^T (dy the tile's 2x2 output gradient, zero outside the map), of U_xi the
+# sum over tiles of (A dy A^T)_xi * V_xi, and of g, G^T dU G: for each xi a product (C_out x
+# tiles) x (tiles x C_in), summed over every tile of every sample, which
+# :func:`.channels.add_weight_grad_tile` computes as it computes a convolution's weight
+# gradient (the input channels in the taps' place, the tiles in the outputs').
+
+WEIGHT_GRAD_TASKS = 16  # groups of samples, whatever the number of threads: each task sums
+# its samples' products into partial sums of its own, added in the order of the tasks
+REDUCE_CHUNK = 4096  # partial sums a task of that addition adds up
+
+
+@njit(inline="always")
+def _channels_last(gy, n, c0, gys, square):
+    """gys[p * 2W:(p + 1) * 2W] = gy[n, c0:c0 + 2W] at output p = oh * OW + ow, by W x W
+    squares transposed in registers (``square``: W * W values)."""
+    w = simd.width(square)
+    out_h, out_w = gy.shape[2], gy.shape[3]
+    for half in range(0, 2 * w, w):
+        for oh in range(out_h):
+            for ow in range(0, out_w, w):
+                count = min(w, out_w - ow)
+                for i in range(w):
+                    simd.store_first(square, i * w,
+                                     simd.load_first(gy[n, c0 + half + i, oh], ow, count), w)
+                simd.transpose(square)
+                for j in range(count):
+                    simd.store_first(gys, (oh * out_w + ow + j) * 2 * w + half,
+                                     simd.load_first(square, j * w, w), w)
+
+
+@njit(inline="always")
+def _a_times(a, b, zero):
+    """(a, b) times A^T: four values from two."""
+    return a, simd.add(a, b), simd.sub(a, b), simd.sub(zero, b)
+
+
+@njit(inline="always")
+def _output_gradient_tile(gys, o, right, below, row, dm, at, step, zero):
+    """dm[at + xi * step:][:W] = (A dy A^T)[xi // 4, xi % 4], dy the tile's output gradient
+    for W channels at gys[o:] (its right column ``right`` ahead, its lower row ``row`` ahead,
+    each zero where it lies outside the map)."""
+    w = simd.width(gys)
+    y00 = simd.load_first(gys, o, w)
+    y01 = simd.load_first(gys, o + 2 * w, w) if right else zero
+    y10 = simd.load_first(gys, o + row, w) if below else zero
+    y11 = simd.load_first(gys, o + row + 2 * w, w) if right and below else zero
+    _store_row(dm, at, step, _a_times(y00, y01, zero))
+    _store_row(dm, at + 4 * step, step, _a_times(simd.add(y00, y10), simd.add(y01, y11), zero))
+    _store_row(dm, at + 8 * step, step, _a_times(simd.sub(y00, y10), simd.sub(y01, y11), zero))
+    _store_row(dm, at + 12 * step, step,
+               _a_times(simd.sub(zero, y10), simd.sub(zero, y11), zero))
+
+
+@njit(inline="always")
+def _store_row(dm, at, step, values):
+    """dm[at + j * step:][:W] = values[j], j < 4."""
+    w = simd.width(dm)
+    simd.store_first(dm, at, values[0], w)
+    simd.store_first(dm, at + step, values[1], w)
+    simd.store_first(dm, at + 2 * step, values[2], w)
+    simd.store_first(dm, at + 3 * step, values[3], w)
+
+
+@njit(cache=True, fastmath=FAST)
+def _weight_grad_task(gy, xp, n0, n1, taps, partial, v, dm, gys, planes, square):
+    """partial (16, C_out / 2W, C' * 2W) = the sums over samples n0:n1 and their tiles of
+    (A dy A^T)_xi [output channel] * V_xi [input channel] (C' the input channels rounded up
+    to whole TILE_PIXELS; ``taps`` (16, C') each xi's rows of V, the last repeated). ``v``
+    (16 * C_in * T, T a sample's tiles rounded up to whole TILE_PIXELS), ``dm`` (16, 1, 1,
+    T * 2W), ``gys`` (OH * OW * 2W), ``planes`` and ``square`` (W * W) are scratch."""
+    out_h, out_w = gy.shape[2], gy.shape[3]
+    tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
+    w = simd.width(v)
+    size = 2 * w
+    tiles = v.size // (16 * xp.shape[1])
+    step = dm.shape[3]  # from one xi's row to the next
+    zero = simd.splat(v, v.dtype.type(0))
+    partial[:] = 0
+    xflat = v.reshape(1, v.size)
+    dm[:] = 0  # the tiles past the sample's stay zero
+    dms = dm.reshape(dm.size)
+    for n in range(n0, n1):
+        _input_transform(xp, n, n + 1, 0, 0, tiles_h, tiles_w, v, planes)
+        for block in range(partial.shape[1]):
+            _channels_last(gy, n, block * size, gys, square)
+            for th in range(tiles_h):
+                below = 2 * th + 1 < out_h
+                for tw in range(tiles_w):
+                    o = (2 * th * out_w + 2 * tw) * size
+                    at = (th * tiles_w + tw) * size
+                    right = 2 * tw + 1 < out_w
+                    _output_gradient_tile(gys, o, right, below, out_w * size, dms, at, step,
+                                          zero)
+                    _output_gradient_tile(gys, o + w, right, below, out_w * size, dms, at + w,
+                                          step, zero)
+            for xi in range(16):
+                for k in range(0, taps.shape[1], TILE_PIXELS):
+                    add_weight_grad_tile(xflat, dm[xi], taps[xi], k, np.int64(0), np.int64(0),
+                                         np.int64(1), np.int64(1), np.int64(tiles),
+                                         np.int64(0), 1, partial[xi, block])
+
+
+@functools.cache
+def weight_grad_winograd_job(dtype) -> Job:
+    """The job of :func:`conv2d_weight_grad_winograd` for arrays of ``dtype``."""
+    a1 = array(dtype, 1)
+    return Job(_weight_grad_task, (array(dtype, 4), array(dtype, 4), INT, INT,
+                                   array(np.int64, 2), array(dtype, 3), a1, array(dtype, 4),
+                                   a1, a1, a1))
+
+
+@njit(inline="always")
+def _g_transposed_times(a0, a1, a2, a3):
+    """G^T (a0, a1, a2, a3): three values from four."""
+    return a0 + (a1 + a2) * 0.5, (a1 - a2) * 0.5, (a1 + a2) * 0.5 + a3
+
+
+@njit(parallel=True, cache=True)
+def conv2d_weight_grad_winograd(gy, xp, per_task, grad_w, job):
+    """Writes grad_w (C_out, C_in, 3, 3), the weight gradient of the stride-1 3x3
+    convolution of the padded input xp (N, C_in, Hp, Wp) at gy (N, C_out, OH, OW): tasks of
+    ``per_task`` samples (:func:`_weight_grad_task`), their partial sums added in order and
+    transformed back (G^T dU G) in float64; ``job``: :func:`weight_grad_winograd_job`."""
+    n_batch, c_in = xp.shape[0], xp.shape[1]
+    c_out, out_h, out_w = gy.shape[1], gy.shape[2], gy.shape[3]
+    tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
+    tiles = -(-tiles_h * tiles_w // TILE_PIXELS) * TILE_PIXELS
+    w = simd.width(gy[0, 0, 0])
+    size = 2 * w
+    n_blocks = c_out // size
+    rounded = -(-c_in // TILE_PIXELS) * TILE_PIXELS
+    taps = np.empty((16, rounded), dtype=np.int64)
+    for xi in range(16):
+        for ci in range(rounded):
+            taps[xi, ci] = (16 * min(ci, c_in - 1) + xi) * tiles
+    n_tasks = -(-n_batch // per_task)
+    partials = np.empty((n_tasks, 16, n_blocks, rounded * size), dtype=gy.dtype)
+    for task in prange(n_tasks):
+        job(gy, xp, np.int64(task * per_task), np.int64(min(n_batch, (task + 1) * per_task)),
+            taps, partials[task], np.empty(16 * c_in * tiles, dtype=gy.dtype),
+            np.empty((16, 1, 1, tiles * size), dtype=gy.dtype),
+            np.empty(out_h * out_w * size, dtype=gy.dtype),
+            np.empty(2 * (2 * tiles_h + 2) * (tiles_w + 1), dtype=gy.dtype),
+            np.empty(w * w, dtype=gy.dtype))
+    flat = partials.reshape(n_tasks, partials[0].size)
+    totals = np.empty(flat.shape[1])  # the tasks' partial sums added in order, in float64
+    for chunk in prange(-(-totals.size // REDUCE_CHUNK)):
+        start = chunk * REDUCE_CHUNK
+        stop = min(totals.size, start + REDUCE_CHUNK)
+        totals[start:stop] = flat[0, start:stop]
+        for task in range(1, n_tasks):
+            for i in range(start, stop):
+                totals[i] += flat[task, i]
+    du = totals.reshape(16, n_blocks, rounded * size)
+    for co in prange(c_out):
+        block, lane = co // size, co % size
+        for ci in range(c_in):
+            o = ci * size + lane
+            # G^T dU G: each column of dU times G^T, then each row of that times G
+            c0 = _g_transposed_times(du[0, block, o], du[4, block, o], du[8, block, o],
+                                     du[12, block, o])
+            c1 = _g_transposed_times(du[1, block, o], du[5, block, o], du[9, block, o],
+                                     du[13, block, o])
+            c2 = _g_transposed_times(du[2, block, o], du[6, block, o], du[10, block, o],
+                                     du[14, block, o])
+            c3 = _g_transposed_times(du[3, block, o], du[7, block, o], du[11, block, o],
+                                     du[15, block, o])
+            for a in range(3):
+                g = _g_transposed_times(c0[a], c1[a], c2[a], c3[a])
+                grad_w[co, ci, a, 0] = g[0]
+                grad_w[co, ci, a, 1] = g[1]
+                grad_w[co, ci, a, 2] = g[2]
+
+
+def weight_grad_winograd(gy, xp):
+    """``(grad_w (C_out, C_in, 3, 3), grad_b)`` of the stride-1 3x3 convolution of the
+    padded input xp (N, C_in, Hp, Wp) at gy (N, C_out, OH, OW), by
+    :func:`conv2d_weight_grad_winograd`; by the direct kernels
+    (:func:`.channels.weight_grad_channels`) where a gradient is not finite."""
+    n_batch, c_out = gy.shape[0], gy.shape[1]
+    grad_w = np.empty((c_out, xp.shape[1], 3, 3), dtype=gy.dtype)
+    conv2d_weight_grad_winograd(gy, xp, -(-n_batch // min(n_batch, WEIGHT_GRAD_TASKS)), grad_w,
+                                weight_grad_winograd_job(gy.dtype))
+    if not np.isfinite(grad_w).all():
+        return weight_grad_channels(gy, xp, (3, 3), (1, 1), (1, 1))
+    return grad_w, channel_sums(gy.reshape(n_batch, c_out, -1)).astype(gy.dtype)
