@@ -398,7 +398,7 @@ def _signature(name: str, dtype) -> tuple:
         "conv2d_forward_channels": (a4, a3, a1, taps) + (i64,) * 7 + (a4,),
         "conv2d_forward_winograd": (a4, a3, a1) + (i64,) * 4 + (a4, typeof(np.empty(1, bool))),
         "transform_weights": (a4, a3),
-        "conv2d_weight_grad_winograd": (a4, a4, i64, a4),
+        "conv2d_weight_grad_winograd": (a4, a4, i64, a4, a4),
         "conv2d_forward_pointwise": (a4, a2, a1, i64, a3),
         "conv2d_weight_grad_pointwise": (a3, a3, i64, a3, a2),
         "transpose_samples": (a4, i64, a3),
@@ -604,9 +604,9 @@ def _weight_grad_kernels(layer, padded_shape, output_shape) -> list[str]:
 
     weight = layer.params["weight"]
     stride = as_pair(layer.stride, "stride")
-    if conv.use_winograd(weight.shape, layer.groups, stride,
-                         as_pair(layer.dilation, "dilation"), *output_shape[2:],
-                         weight.itemsize):
+    if conv.use_winograd_weight_grad(weight.shape, layer.groups, stride,
+                                     as_pair(layer.dilation, "dilation"), *output_shape[2:],
+                                     weight.itemsize):
         return WINOGRAD_WEIGHT_GRAD
     if conv.use_channel_vectors(weight.shape, layer.groups, stride, *output_shape[2:],
                                 padded_shape[3], weight.itemsize):

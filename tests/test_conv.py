@@ -1027,7 +1027,8 @@ def counting_winograd_calls():
 @pytest.mark.parametrize("shape, padding", [
     # (N, C_in, H, W, C_out): ResNet's 3x3 layers at 96x96 input, scaled down in batch
     ((2, 32, 24, 24, 64), 1),
-    ((3, 64, 12, 12, 128), 1),
+    ((3, 64, 12, 12, 128), 1),               # the weight gradient's products too short
+    ((2, 64, 14, 14, 32), 1),                # ... and long enough: 49 tiles a sample
     ((5, 40, 13, 12, 32), 1),                # odd rows: the last row of tiles half outside
     ((2, 33, 15, 14, 64), ((0, 2), (2, 1))),  # asymmetric padding, an odd input width
     ((17, 8, 14, 14, 64), 0),                # no padding; more samples than forward tasks
@@ -1042,14 +1043,15 @@ def test_winograd_forward_and_gradients_match_reference(nc, dtype, shape, paddin
             N=n, C=c_in, H=h, W=w, F=c_out, kernel=(3, 3), stride=1, padding=padding,
             dilation=1, groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"), seed=6))
     # the forward; the input gradient where its channels fit too (c_in output channels)
-    from numbaconv.kernels.cpu.conv.winograd import use_winograd
+    from numbaconv.kernels.cpu.conv.winograd import use_winograd, use_winograd_weight_grad
 
     itemsize = np.dtype(dtype).itemsize
     out_h, out_w = calls.call_args_list[0].args[7].shape[2:]
     assert use_winograd((c_out, c_in, 3, 3), 1, (1, 1), (1, 1), out_h, out_w, itemsize)
     assert calls.call_count == 1 + use_winograd((c_in, c_out, 3, 3), 1, (1, 1), (1, 1), h, w,
                                                 itemsize)
-    assert calls.weight_grad.call_count == 1
+    assert calls.weight_grad.call_count == use_winograd_weight_grad(
+        (c_out, c_in, 3, 3), 1, (1, 1), (1, 1), out_h, out_w, itemsize)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -1076,9 +1078,9 @@ def test_winograd_weight_gradient_is_the_same_on_1_and_2_threads(nc):
     from numbaconv.threads import set_threads
 
     rng = np.random.default_rng(8)
-    x = rng.normal(size=(19, 32, 12, 12)).astype(np.float32)
+    x = rng.normal(size=(19, 32, 14, 14)).astype(np.float32)
     w = rng.normal(size=(32, 32, 3, 3)).astype(np.float32)
-    gy = rng.normal(size=(19, 32, 12, 12)).astype(np.float32)
+    gy = rng.normal(size=(19, 32, 14, 14)).astype(np.float32)
     grads = []
     for threads in (1, 2):
         set_threads(threads)
@@ -1116,9 +1118,9 @@ def test_winograd_leaves_non_finite_values_to_the_direct_kernels(nc, value, wher
     an output (or a weight's gradient) is not finite the direct kernels compute it, bit for
     bit as without Winograd (the results the value does not reach: within rounding)."""
     rng = np.random.default_rng(4)
-    x = rng.normal(size=(2, 32, 12, 12)).astype(np.float32)
+    x = rng.normal(size=(2, 32, 14, 14)).astype(np.float32)
     w = rng.normal(size=(32, 32, 3, 3)).astype(np.float32)
-    gy = rng.normal(size=(2, 32, 12, 12)).astype(np.float32)
+    gy = rng.normal(size=(2, 32, 14, 14)).astype(np.float32)
     {"x": x, "weight": w, "grad_y": gy}[where][1, 5, 2, 2] = value
     results = []
     for routing in (counting_winograd_calls, without_winograd):
@@ -1154,6 +1156,10 @@ def test_use_winograd_takes_3x3_stride_1_layers_on_maps_of_12_and_more():
     resnet = (64, 64, 3, 3)
     assert winograd.use_winograd(resnet, 1, (1, 1), (1, 1), 24, 24, 4)
     assert winograd.use_winograd((128, 128, 3, 3), 1, (1, 1), (1, 1), 12, 12, 4)
+    # the weight gradient from 48 tiles a sample (with AVX-512's tiles of 12 positions)
+    assert winograd.use_winograd_weight_grad(resnet, 1, (1, 1), (1, 1), 24, 24, 4)
+    assert (winograd.use_winograd_weight_grad((128, 128, 3, 3), 1, (1, 1), (1, 1), 12, 12, 4)
+            == (winograd.TILE_PIXELS == 6))
     assert not winograd.use_winograd(resnet, 1, (1, 1), (1, 1), 7, 7, 4)  # small: unrolled
     assert not winograd.use_winograd(resnet, 1, (2, 2), (1, 1), 24, 24, 4)
     assert not winograd.use_winograd(resnet, 1, (1, 1), (2, 2), 24, 24, 4)

@@ -17,9 +17,9 @@ By concern:
 * :mod:`.lanes`: the interleaved-samples kernels for narrow images (:func:`use_lanes`);
 * :mod:`.channels`: the output channels along the vectors, for stride-1 layers with many
   output channels (:func:`use_channel_vectors`);
-* :mod:`.winograd`: Winograd's F(2x2, 3x3) on the output-channel kernels' products (forward,
-  input gradient and weight gradient), for 3x3 layers at stride 1 on maps of 12x12 and more
-  (:func:`use_winograd`);
+* :mod:`.winograd`: Winograd's F(2x2, 3x3) on the output-channel kernels' products, for 3x3
+  layers at stride 1 on maps of 12x12 and more (:func:`use_winograd`; the weight gradient
+  from 48 tiles a sample, 14x14: :func:`use_winograd_weight_grad`);
 * :mod:`.columns`: matrix products over im2col columns, for many channels on small maps
   (:func:`use_columns`);
 * :mod:`.unrolled`: sums of products over the pairs of pixels a tap joins, the samples along
@@ -82,7 +82,12 @@ from .lanes import (
 from .place import _place_planes
 from .pointwise import forward_pointwise, use_pointwise
 from .unrolled import backward_unrolled, forward_unrolled, geometry, use_unrolled
-from .winograd import forward_winograd, use_winograd, weight_grad_winograd
+from .winograd import (
+    forward_winograd,
+    use_winograd,
+    use_winograd_weight_grad,
+    weight_grad_winograd,
+)
 
 __all__ = [
     "conv2d_forward", "conv2d_weight_grad", "conv2d_weight_grad_rows", "conv2d_forward_lanes",
@@ -91,7 +96,7 @@ __all__ = [
     "conv2d_input_grad", "transposed_weights", "place", "pad", "LANES", "TASKS",
     "PLACE_IN_PARALLEL", "use_columns", "forward_columns", "backward_columns",
     "use_channel_vectors", "use_column_side", "use_pointwise", "forward_pointwise",
-    "backward_pointwise", "use_winograd",
+    "backward_pointwise", "use_winograd", "use_winograd_weight_grad",
 ]
 
 PLACE_IN_PARALLEL = 1 << 20  # output values from which place() runs _place_planes; below, NumPy
@@ -306,14 +311,14 @@ def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad, need_
 
 def weight_grad(gy, xp, kernel, stride, dilation, groups):
     """``(grad_w, grad_b)`` of the padded, finite xp by :func:`weight_grad_winograd` where
-    :func:`use_winograd` says so, else by :func:`weight_grad_channels`
+    :func:`use_winograd_weight_grad` says so, else by :func:`weight_grad_channels`
     where :func:`use_channel_vectors` says so, else by :func:`conv2d_weight_grad_lanes`
     where :func:`use_lanes` does, else by :func:`conv2d_weight_grad_columns` where
     :func:`weight_grad_by_columns` does, else by :func:`conv2d_weight_grad_rows` where
     :func:`weight_grad_from_rows` does, else by :func:`conv2d_weight_grad`."""
     weight_shape = (gy.shape[1], xp.shape[1] // groups) + tuple(kernel)
-    if use_winograd(weight_shape, groups, stride, dilation, gy.shape[2], gy.shape[3],
-                    xp.itemsize):
+    if use_winograd_weight_grad(weight_shape, groups, stride, dilation, gy.shape[2],
+                                gy.shape[3], xp.itemsize):
         return weight_grad_winograd(gy, xp)
     if use_channel_vectors(weight_shape, groups, stride, gy.shape[2], gy.shape[3], xp.shape[3],
                            xp.itemsize):

@@ -61,6 +61,9 @@ from .common import FAST, channel_sums
 MIN_OUT_MAP = 12  # outputs along each side from which the transforms pay: ResNet's 24x24 and
 # 12x12 maps at 96x96 input (64 and 128 channels, batch 64, 1 thread: forward 0.83x and 0.81x
 # the direct kernels' time); on 7x7 and 6x6 the unrolled kernels ran 1.29x and 1.08x faster
+MIN_WEIGHT_GRAD_TILES = 4 * TILE_PIXELS  # a sample's tiles from which the weight gradient's
+# products (one sample's tiles at a time) pay: 24x24 outputs' 144 (64 channels, batch 64, 1
+# thread: 0.89x the direct kernels' time); 12x12's 36 took 1.32x (128 channels)
 MAX_SCRATCH_BYTES = 1 << 20  # a task's transformed input at most, so that it stays in L2
 # while the products read it once per block of channels (a 56x56 map's 64 channels: 12.8 MB)
 
@@ -81,6 +84,15 @@ def use_winograd(weight_shape, groups, stride, dilation, out_h, out_w, itemsize)
             and min(out_h, out_w) >= MIN_OUT_MAP
             and 16 * weight_shape[1] * _task_tiles(out_h, out_w) * itemsize
             <= MAX_SCRATCH_BYTES)
+
+
+def use_winograd_weight_grad(weight_shape, groups, stride, dilation, out_h, out_w,
+                             itemsize) -> bool:
+    """Whether a convolution's weight gradient takes these kernels: where
+    :func:`use_winograd` says so and a sample has :data:`MIN_WEIGHT_GRAD_TILES` tiles or
+    more."""
+    return (use_winograd(weight_shape, groups, stride, dilation, out_h, out_w, itemsize)
+            and ((out_h + 1) // 2) * ((out_w + 1) // 2) >= MIN_WEIGHT_GRAD_TILES)
 
 
 def _task_tiles(out_h, out_w) -> int:
@@ -498,11 +510,12 @@ def _g_transposed_times(a0, a1, a2, a3):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_weight_grad_winograd(gy, xp, per_task, grad_w, job):
+def conv2d_weight_grad_winograd(gy, xp, per_task, partials, grad_w, job):
     """Writes grad_w (C_out, C_in, 3, 3), the weight gradient of the stride-1 3x3
     convolution of the padded input xp (N, C_in, Hp, Wp) at gy (N, C_out, OH, OW): tasks of
-    ``per_task`` samples (:func:`_weight_grad_task`), their partial sums added in order and
-    transformed back (G^T dU G) in float64; ``job``: :func:`weight_grad_winograd_job`."""
+    ``per_task`` samples (:func:`_weight_grad_task`) into ``partials`` (tasks, 16, C_out /
+    2W, C' * 2W), added in order and transformed back (G^T dU G) in float64; ``job``:
+    :func:`weight_grad_winograd_job`."""
     n_batch, c_in = xp.shape[0], xp.shape[1]
     c_out, out_h, out_w = gy.shape[1], gy.shape[2], gy.shape[3]
     tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
@@ -515,8 +528,7 @@ def conv2d_weight_grad_winograd(gy, xp, per_task, grad_w, job):
     for xi in range(16):
         for ci in range(rounded):
             taps[xi, ci] = (16 * min(ci, c_in - 1) + xi) * tiles
-    n_tasks = -(-n_batch // per_task)
-    partials = np.empty((n_tasks, 16, n_blocks, rounded * size), dtype=gy.dtype)
+    n_tasks = partials.shape[0]
     for task in prange(n_tasks):
         job(gy, xp, np.int64(task * per_task), np.int64(min(n_batch, (task + 1) * per_task)),
             taps, partials[task], np.empty(16 * c_in * tiles, dtype=gy.dtype),
@@ -559,9 +571,15 @@ def weight_grad_winograd(gy, xp):
     padded input xp (N, C_in, Hp, Wp) at gy (N, C_out, OH, OW), by
     :func:`conv2d_weight_grad_winograd`; by the direct kernels
     (:func:`.channels.weight_grad_channels`) where a gradient is not finite."""
-    n_batch, c_out = gy.shape[0], gy.shape[1]
-    grad_w = np.empty((c_out, xp.shape[1], 3, 3), dtype=gy.dtype)
-    conv2d_weight_grad_winograd(gy, xp, -(-n_batch // min(n_batch, WEIGHT_GRAD_TASKS)), grad_w,
+    n_batch, c_out, c_in = gy.shape[0], gy.shape[1], xp.shape[1]
+    size = block_channels(gy.itemsize)
+    per_task = -(-n_batch // min(n_batch, WEIGHT_GRAD_TASKS))
+    # the tasks' partial sums, from memory reused across calls (several MiB: a fresh mapping
+    # would be faulted in page by page at every call)
+    partials = buffers.empty((-(-n_batch // per_task), 16, c_out // size,
+                              -(-c_in // TILE_PIXELS) * TILE_PIXELS * size), gy.dtype)
+    grad_w = np.empty((c_out, c_in, 3, 3), dtype=gy.dtype)
+    conv2d_weight_grad_winograd(gy, xp, per_task, partials, grad_w,
                                 weight_grad_winograd_job(gy.dtype))
     if not np.isfinite(grad_w).all():
         return weight_grad_channels(gy, xp, (3, 3), (1, 1), (1, 1))
