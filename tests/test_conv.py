@@ -1135,6 +1135,25 @@ def test_winograd_leaves_non_finite_values_to_the_direct_kernels(nc, value, wher
     assert not np.isfinite(np.concatenate([a.ravel() for a in results[0]])).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_weight_gradient_in_bands_of_rows_matches_reference(nc, dtype):
+    """Where a sample's transformed input would outgrow MAX_SCRATCH_BYTES the weight
+    gradient takes its rows of tiles a band at a time (here 3 rows of 7, the last band one
+    row, an odd output height): the reference's values."""
+    from numbaconv.kernels.cpu.conv import winograd
+
+    itemsize = np.dtype(dtype).itemsize
+    one_row = 16 * 32 * 7 * itemsize  # 32 input channels, 7 tiles a row (13 or 14 wide)
+    with mock.patch.multiple(winograd, MAX_SCRATCH_BYTES=3 * one_row, MIN_WEIGHT_GRAD_TILES=1), \
+            counting_winograd_calls() as calls:
+        assert winograd.band_rows(32, 13, 14, itemsize) == 3
+        check_conv_against_reference(nc, dict(
+            N=3, C=32, H=13, W=14, F=32, kernel=(3, 3), stride=1, padding=1, dilation=1,
+            groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"), seed=11))
+    assert calls.weight_grad.call_count == 1
+    assert calls.weight_grad.call_args.args[3] == 3  # rows a band
+
+
 def test_winograd_weights_are_g_w_g_transposed():
     from numbaconv.kernels.cpu.conv import winograd
     from numbaconv.kernels.cpu.conv.channels import block_channels
@@ -1166,5 +1185,10 @@ def test_use_winograd_takes_3x3_stride_1_layers_on_maps_of_12_and_more():
     assert not winograd.use_winograd((64, 64, 5, 5), 1, (1, 1), (1, 1), 24, 24, 4)
     assert not winograd.use_winograd((64, 32, 3, 3), 2, (1, 1), (1, 1), 24, 24, 4)
     assert not winograd.use_winograd((40, 64, 3, 3), 1, (1, 1), (1, 1), 24, 24, 4)  # blocks
-    # a task's transformed input past MAX_SCRATCH_BYTES (VGG's 64 channels on 56x56)
+    # a sample's transformed input past MAX_SCRATCH_BYTES (64 channels on 56x56): the
+    # forward's direct kernels; the weight gradient in bands of rows
     assert not winograd.use_winograd(resnet, 1, (1, 1), (1, 1), 56, 56, 4)
+    assert winograd.use_winograd_weight_grad(resnet, 1, (1, 1), (1, 1), 56, 56, 4)
+    # a task's partial sums past MAX_PARTIAL_BYTES (256 channels)
+    assert not winograd.use_winograd_weight_grad((256, 256, 3, 3), 1, (1, 1), (1, 1), 14, 14,
+                                                 4)

@@ -61,11 +61,17 @@ from .common import FAST, channel_sums
 MIN_OUT_MAP = 12  # outputs along each side from which the transforms pay: ResNet's 24x24 and
 # 12x12 maps at 96x96 input (64 and 128 channels, batch 64, 1 thread: forward 0.83x and 0.81x
 # the direct kernels' time); on 7x7 and 6x6 the unrolled kernels ran 1.29x and 1.08x faster
-MIN_WEIGHT_GRAD_TILES = 4 * TILE_PIXELS  # a sample's tiles from which the weight gradient's
-# products (one sample's tiles at a time) pay: 24x24 outputs' 144 (64 channels, batch 64, 1
-# thread: 0.89x the direct kernels' time); 12x12's 36 took 1.32x (128 channels)
+MIN_WEIGHT_GRAD_TILES = 4 * TILE_PIXELS  # tiles from which the weight gradient's products
+# (a band of a sample's rows of tiles at a time) pay: 24x24 outputs' 144 (64 channels, batch
+# 64, 1 thread: 0.89x the direct kernels' time), 56x56's bands of 9 rows (64 channels, batch
+# 32: 0.86x); 12x12's 36 took 1.32x (128 channels)
+MAX_PARTIAL_BYTES = 2 << 20  # a weight-gradient task's partial sums (16 x C_out x C_in) at
+# most: 128 channels' 1.1 MB (on 28x28, batch 32: 0.87x the direct kernels' time); 256's 4.3
+# MB ran 1.12x (14x14, batch 64)
 MAX_SCRATCH_BYTES = 1 << 20  # a task's transformed input at most, so that it stays in L2
-# while the products read it once per block of channels (a 56x56 map's 64 channels: 12.8 MB)
+# while the products read it once per block of channels: the forward takes maps whose samples
+# fit (a 56x56 map's 64 channels, 12.8 MB, do not; its forward in bands of rows ran no faster
+# than the direct kernels), the weight gradient bands of rows
 
 
 def winograd_fits(weight_shape, groups, stride, dilation, itemsize) -> bool:
@@ -89,10 +95,18 @@ def use_winograd(weight_shape, groups, stride, dilation, out_h, out_w, itemsize)
 def use_winograd_weight_grad(weight_shape, groups, stride, dilation, out_h, out_w,
                              itemsize) -> bool:
     """Whether a convolution's weight gradient takes these kernels: where
-    :func:`use_winograd` says so and a sample has :data:`MIN_WEIGHT_GRAD_TILES` tiles or
-    more."""
-    return (use_winograd(weight_shape, groups, stride, dilation, out_h, out_w, itemsize)
-            and ((out_h + 1) // 2) * ((out_w + 1) // 2) >= MIN_WEIGHT_GRAD_TILES)
+    :func:`winograd_fits`, on outputs of at least :data:`MIN_OUT_MAP` a side, whose rows of
+    tiles are transformed a band at a time (:func:`band_rows`, at least one row within
+    :data:`MAX_SCRATCH_BYTES`) of :data:`MIN_WEIGHT_GRAD_TILES` tiles or more, with a task's
+    partial sums within :data:`MAX_PARTIAL_BYTES`."""
+    c_out, c_in = weight_shape[:2]
+    tiles_w = (out_w + 1) // 2
+    partial = 16 * c_out * -(-c_in // TILE_PIXELS) * TILE_PIXELS * itemsize
+    return (winograd_fits(weight_shape, groups, stride, dilation, itemsize)
+            and min(out_h, out_w) >= MIN_OUT_MAP and partial <= MAX_PARTIAL_BYTES
+            and 16 * c_in * tiles_w * itemsize <= MAX_SCRATCH_BYTES
+            and band_rows(weight_shape[1], out_h, out_w, itemsize) * tiles_w
+            >= MIN_WEIGHT_GRAD_TILES)
 
 
 def _task_tiles(out_h, out_w) -> int:
@@ -195,11 +209,12 @@ def _transform_tiles(evens, odds, r, half, tw, m, v, o, step):
 
 
 @njit(cache=True, fastmath=FAST)
-def _input_transform(x, n0, n1, top, left, tiles_h, tiles_w, v, planes):
+def _input_transform(x, n0, n1, top, left, row0, tiles_h, tiles_w, v, planes):
     """v[(16 * ci + xi) * T + t] = (B^T d B)[xi // 4, xi % 4] of tile t = (n - n0) * tiles_h
-    * tiles_w + th * tiles_w + tw, d the 4x4 input of channel ci at padded rows 2th..2th + 3
-    and columns 2tw..2tw + 3 of sample n (n0 <= n < n1); T = ``v.size // (16 * C_in)``, the
-    tiles past the samples' zero. A channel's 16 rows are written together, in cache.
+    * tiles_w + th * tiles_w + tw, d the 4x4 input of channel ci at padded rows 2(row0 +
+    th)..2(row0 + th) + 3 and columns 2tw..2tw + 3 of sample n (n0 <= n < n1): ``tiles_h``
+    rows of tiles from row ``row0`` on; T = ``v.size // (16 * C_in)``, the tiles past the
+    samples' zero. A channel's 16 rows are written together, in cache.
     ``planes`` holds a padded channel's even and odd columns apart, 2 * (2 * tiles_h + 2) *
     (tiles_w + 1) values."""
     c_in, height, width = x.shape[1], x.shape[2], x.shape[3]
@@ -215,8 +230,10 @@ def _input_transform(x, n0, n1, top, left, tiles_h, tiles_w, v, planes):
     for n in range(n0, n1):
         for ci in range(c_in):
             planes[:] = 0
-            for h in range(min(height, rows - top)):
-                _fill_planes(x[n, ci, h], (h + top) * half, left, count, evens, odds)
+            for r in range(rows):
+                h = 2 * row0 + r - top
+                if 0 <= h < height:
+                    _fill_planes(x[n, ci, h], r * half, left, count, evens, odds)
             for th in range(tiles_h):
                 for tw in range(0, tiles_w, w):
                     t = (n - n0) * tiles_h * tiles_w + th * tiles_w + tw
@@ -290,7 +307,7 @@ def _forward_task(x, packed, b, top, left, n0, n1, block0, block1, y, v, sums, y
     size = 2 * w
     tiles = v.size // (16 * c_in)  # the task's tiles, whole groups of TILE_PIXELS
     used = (n1 - n0) * tiles_h * tiles_w
-    _input_transform(x, n0, n1, top, left, tiles_h, tiles_w, v, planes)
+    _input_transform(x, n0, n1, top, left, 0, tiles_h, tiles_w, v, planes)
     taps = np.arange(c_in) * (16 * tiles)  # input channel ci's row of V_xi
     first_tap = np.int64(0)  # an int64, as the direct kernels' calls pass (not a literal)
     check = simd.splat(v, v.dtype.type(0))
@@ -357,6 +374,14 @@ def conv2d_forward_winograd(x, packed, b, top, left, per_group, per_task, y, fin
             np.empty(w * w, dtype=x.dtype), finite, np.int64(task))
 
 
+def band_rows(c_in, out_h, out_w, itemsize) -> int:
+    """Rows of tiles the weight gradient transforms at once: all of a sample's, or as many as
+    keep their transformed input within :data:`MAX_SCRATCH_BYTES` (9 of a 56x56 map's 28 at
+    64 channels)."""
+    per_row = 16 * c_in * ((out_w + 1) // 2) * itemsize
+    return max(1, min((out_h + 1) // 2, MAX_SCRATCH_BYTES // per_row))
+
+
 def samples_per_task(out_h, out_w) -> int:
     """A task's samples: one where a sample has four tiles of TILE_PIXELS positions or more
     (24x24 outputs' 144 tiles), else as many as make whole tiles (three for 7x7's 16)."""
@@ -404,13 +429,14 @@ REDUCE_CHUNK = 4096  # partial sums a task of that addition adds up
 
 
 @njit(inline="always")
-def _channels_last(gy, n, c0, gys, square):
-    """gys[p * 2W:(p + 1) * 2W] = gy[n, c0:c0 + 2W] at output p = oh * OW + ow, by W x W
-    squares transposed in registers (``square``: W * W values)."""
+def _channels_last(gy, n, c0, oh0, oh1, gys, square):
+    """gys[p * 2W:(p + 1) * 2W] = gy[n, c0:c0 + 2W] at output p = (oh - oh0) * OW + ow for
+    rows oh0 <= oh < oh1, by W x W squares transposed in registers (``square``: W * W
+    values)."""
     w = simd.width(square)
-    out_h, out_w = gy.shape[2], gy.shape[3]
+    out_w = gy.shape[3]
     for half in range(0, 2 * w, w):
-        for oh in range(out_h):
+        for oh in range(oh0, oh1):
             for ow in range(0, out_w, w):
                 count = min(w, out_w - ow)
                 for i in range(w):
@@ -418,7 +444,7 @@ def _channels_last(gy, n, c0, gys, square):
                                      simd.load_first(gy[n, c0 + half + i, oh], ow, count), w)
                 simd.transpose(square)
                 for j in range(count):
-                    simd.store_first(gys, (oh * out_w + ow + j) * 2 * w + half,
+                    simd.store_first(gys, ((oh - oh0) * out_w + ow + j) * 2 * w + half,
                                      simd.load_first(square, j * w, w), w)
 
 
@@ -456,49 +482,52 @@ def _store_row(dm, at, step, values):
 
 
 @njit(cache=True, fastmath=FAST)
-def _weight_grad_task(gy, xp, n0, n1, taps, partial, v, dm, gys, planes, square):
+def _weight_grad_task(gy, xp, n0, n1, band, taps, partial, v, dm, gys, planes, square):
     """partial (16, C_out / 2W, C' * 2W) = the sums over samples n0:n1 and their tiles of
     (A dy A^T)_xi [output channel] * V_xi [input channel] (C' the input channels rounded up
-    to whole TILE_PIXELS; ``taps`` (16, C') each xi's rows of V, the last repeated). ``v``
-    (16 * C_in * T, T a sample's tiles rounded up to whole TILE_PIXELS), ``dm`` (16, 1, 1,
-    T * 2W), ``gys`` (OH * OW * 2W), ``planes`` and ``square`` (W * W) are scratch."""
+    to whole TILE_PIXELS; ``taps`` (16, C') each xi's rows of V, the last repeated), ``band``
+    rows of tiles at a time. ``v`` (16 * C_in * T, T a band's tiles rounded up to whole
+    TILE_PIXELS), ``dm`` (16, 1, 1, T * 2W), ``gys`` (a band's outputs, 2W values each),
+    ``planes`` and ``square`` (W * W) are scratch."""
     out_h, out_w = gy.shape[2], gy.shape[3]
     tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
     w = simd.width(v)
     size = 2 * w
-    tiles = v.size // (16 * xp.shape[1])
     step = dm.shape[3]  # from one xi's row to the next
     zero = simd.splat(v, v.dtype.type(0))
     partial[:] = 0
     xflat = v.reshape(1, v.size)
-    dm[:] = 0  # the tiles past the sample's stay zero
     dms = dm.reshape(dm.size)
     for n in range(n0, n1):
-        _input_transform(xp, n, n + 1, 0, 0, tiles_h, tiles_w, v, planes)
-        for block in range(partial.shape[1]):
-            _channels_last(gy, n, block * size, gys, square)
-            for th in range(tiles_h):
-                below = 2 * th + 1 < out_h
-                for tw in range(tiles_w):
-                    o = (2 * th * out_w + 2 * tw) * size
-                    at = (th * tiles_w + tw) * size
-                    right = 2 * tw + 1 < out_w
-                    _output_gradient_tile(gys, o, right, below, out_w * size, dms, at, step,
-                                          zero)
-                    _output_gradient_tile(gys, o + w, right, below, out_w * size, dms, at + w,
-                                          step, zero)
-            for xi in range(16):
-                for k in range(0, taps.shape[1], TILE_PIXELS):
-                    add_weight_grad_tile(xflat, dm[xi], taps[xi], k, np.int64(0), np.int64(0),
-                                         np.int64(1), np.int64(1), np.int64(tiles),
-                                         np.int64(0), 1, partial[xi, block])
+        for row0 in range(0, tiles_h, band):
+            rows = min(band, tiles_h - row0)
+            _input_transform(xp, n, n + 1, 0, 0, row0, rows, tiles_w, v, planes)
+            for block in range(partial.shape[1]):
+                _channels_last(gy, n, block * size, 2 * row0, min(out_h, 2 * (row0 + rows)),
+                               gys, square)
+                for th in range(rows):
+                    below = 2 * (row0 + th) + 1 < out_h
+                    for tw in range(tiles_w):
+                        o = (2 * th * out_w + 2 * tw) * size
+                        at = (th * tiles_w + tw) * size
+                        right = 2 * tw + 1 < out_w
+                        _output_gradient_tile(gys, o, right, below, out_w * size, dms, at,
+                                              step, zero)
+                        _output_gradient_tile(gys, o + w, right, below, out_w * size, dms,
+                                              at + w, step, zero)
+                for xi in range(16):
+                    for k in range(0, taps.shape[1], TILE_PIXELS):
+                        add_weight_grad_tile(xflat, dm[xi], taps[xi], k, np.int64(0),
+                                             np.int64(0), np.int64(1), np.int64(1),
+                                             np.int64(rows * tiles_w), np.int64(0), 1,
+                                             partial[xi, block])
 
 
 @functools.cache
 def weight_grad_winograd_job(dtype) -> Job:
     """The job of :func:`conv2d_weight_grad_winograd` for arrays of ``dtype``."""
     a1 = array(dtype, 1)
-    return Job(_weight_grad_task, (array(dtype, 4), array(dtype, 4), INT, INT,
+    return Job(_weight_grad_task, (array(dtype, 4), array(dtype, 4), INT, INT, INT,
                                    array(np.int64, 2), array(dtype, 3), a1, array(dtype, 4),
                                    a1, a1, a1))
 
@@ -510,16 +539,16 @@ def _g_transposed_times(a0, a1, a2, a3):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_weight_grad_winograd(gy, xp, per_task, partials, grad_w, job):
+def conv2d_weight_grad_winograd(gy, xp, per_task, band, partials, grad_w, job):
     """Writes grad_w (C_out, C_in, 3, 3), the weight gradient of the stride-1 3x3
     convolution of the padded input xp (N, C_in, Hp, Wp) at gy (N, C_out, OH, OW): tasks of
-    ``per_task`` samples (:func:`_weight_grad_task`) into ``partials`` (tasks, 16, C_out /
-    2W, C' * 2W), added in order and transformed back (G^T dU G) in float64; ``job``:
-    :func:`weight_grad_winograd_job`."""
+    ``per_task`` samples (:func:`_weight_grad_task`, ``band`` rows of tiles at a time) into
+    ``partials`` (tasks, 16, C_out / 2W, C' * 2W), added in order and transformed back
+    (G^T dU G) in float64; ``job``: :func:`weight_grad_winograd_job`."""
     n_batch, c_in = xp.shape[0], xp.shape[1]
     c_out, out_h, out_w = gy.shape[1], gy.shape[2], gy.shape[3]
     tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
-    tiles = -(-tiles_h * tiles_w // TILE_PIXELS) * TILE_PIXELS
+    tiles = -(-min(band, tiles_h) * tiles_w // TILE_PIXELS) * TILE_PIXELS
     w = simd.width(gy[0, 0, 0])
     size = 2 * w
     n_blocks = c_out // size
@@ -531,10 +560,10 @@ def conv2d_weight_grad_winograd(gy, xp, per_task, partials, grad_w, job):
     n_tasks = partials.shape[0]
     for task in prange(n_tasks):
         job(gy, xp, np.int64(task * per_task), np.int64(min(n_batch, (task + 1) * per_task)),
-            taps, partials[task], np.empty(16 * c_in * tiles, dtype=gy.dtype),
+            band, taps, partials[task], np.empty(16 * c_in * tiles, dtype=gy.dtype),
             np.empty((16, 1, 1, tiles * size), dtype=gy.dtype),
-            np.empty(out_h * out_w * size, dtype=gy.dtype),
-            np.empty(2 * (2 * tiles_h + 2) * (tiles_w + 1), dtype=gy.dtype),
+            np.empty(2 * band * out_w * size, dtype=gy.dtype),
+            np.empty(2 * (2 * band + 2) * (tiles_w + 1), dtype=gy.dtype),
             np.empty(w * w, dtype=gy.dtype))
     flat = partials.reshape(n_tasks, partials[0].size)
     totals = np.empty(flat.shape[1])  # the tasks' partial sums added in order, in float64
@@ -579,8 +608,8 @@ def weight_grad_winograd(gy, xp):
     partials = buffers.empty((-(-n_batch // per_task), 16, c_out // size,
                               -(-c_in // TILE_PIXELS) * TILE_PIXELS * size), gy.dtype)
     grad_w = np.empty((c_out, c_in, 3, 3), dtype=gy.dtype)
-    conv2d_weight_grad_winograd(gy, xp, per_task, partials, grad_w,
-                                weight_grad_winograd_job(gy.dtype))
+    conv2d_weight_grad_winograd(gy, xp, per_task, band_rows(c_in, *gy.shape[2:], gy.itemsize),
+                                partials, grad_w, weight_grad_winograd_job(gy.dtype))
     if not np.isfinite(grad_w).all():
         return weight_grad_channels(gy, xp, (3, 3), (1, 1), (1, 1))
     return grad_w, channel_sums(gy.reshape(n_batch, c_out, -1)).astype(gy.dtype)
