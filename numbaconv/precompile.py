@@ -396,7 +396,7 @@ def _signature(name: str, dtype) -> tuple:
         "conv2d_weight_grad_columns": (a4, a4) + (i64,) * 9,
         "conv2d_input_grad_columns": (a4, a4) + (i64,) * 9,
         "conv2d_forward_channels": (a4, a3, a1, taps) + (i64,) * 7 + (a4,),
-        "conv2d_forward_winograd": (a4, a3, a1) + (i64,) * 5 + (a4, typeof(np.empty(1, bool))),
+        "conv2d_forward_winograd": (a4, a3, a1) + (i64,) * 4 + (a4, typeof(np.empty(1, bool))),
         "transform_weights": (a4, a3),
         "conv2d_weight_grad_winograd": (a4, a4, i64, i64, a4, a4),
         "conv2d_forward_pointwise": (a4, a2, a1, i64, a3),

@@ -123,6 +123,19 @@ def test_signatures_of_the_pointwise_kernels_are_those_of_real_calls():
     _check_signatures(model, np.random.default_rng(0).random((4, 16, 8, 8), dtype=np.float32))
 
 
+def test_signatures_of_the_winograd_kernels_are_those_of_real_calls():
+    """A 3x3 layer at stride 1 on 14x14 (49 tiles a sample) after another: Winograd's
+    forward, input gradient and weight gradient."""
+    from numbaconv.layers import Conv2d, ReLU, Sequential
+
+    model = Sequential(Conv2d(32, 32, 3, padding=1, rng=0), ReLU(),
+                       Conv2d(32, 32, 3, padding=1, rng=1))
+    shape = (2, 32, 14, 14)
+    assert {"transform_weights", "conv2d_forward_winograd", "conv2d_weight_grad_winograd",
+            "channel_sums"} <= set(P.kernels_for(model, shape))
+    _check_signatures(model, np.random.default_rng(0).random(shape, dtype=np.float32))
+
+
 @pytest.mark.parametrize("side, products", [
     (2, {"_pair_products_in_place"}),  # 2x2 maps: the forward reads the weights in place
     (3, {"_live_weights"}),  # rearranged
