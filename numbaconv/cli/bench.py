@@ -85,9 +85,9 @@ def bench(quick, threads, repeat, patterns, no_torch, tiny):
                    "best = ratio of the fastest samples")
         if peak is not None:
             click.echo("GFLOP/s and % peak count the formal convolution's multiply-adds (2 "
-                       "FLOPs each, padding taps included) over either side's time; numbaconv's "
-                       "3x3 layers at stride 1 on maps of 12x12 and more (Winograd's F(2x2, "
-                       "3x3)) do 2.25x fewer in their products")
+                       "FLOPs each, padding taps included) over either side's time; where "
+                       "numbaconv takes Winograd's F(2x2, 3x3) (3x3 layers at stride 1 on maps "
+                       "of 12x12 and more, docs/performance.md) its products do 2.25x fewer")
         verdicts = B.summary(results)
         if verdicts:
             click.echo(verdicts)
