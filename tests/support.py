@@ -33,6 +33,21 @@ def require_torch():
     return torch
 
 
+def on_1_and_2_threads(compute) -> list:
+    """``[compute() on 1 Numba thread, compute() on 2]``, the default count restored after
+    each: for the kernels whose results must not depend on the number of threads."""
+    from numbaconv.threads import set_threads
+
+    results = []
+    for threads in (1, 2):
+        set_threads(threads)
+        try:
+            results.append(compute())
+        finally:
+            set_threads(None)
+    return results
+
+
 # --------------------------------------------------------------------------------------------
 # array layouts
 

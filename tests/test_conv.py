@@ -10,7 +10,7 @@ import pytest
 import reference as ref
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from support import LAYOUTS, assert_close, layout
+from support import LAYOUTS, assert_close, layout, on_1_and_2_threads
 
 DTYPES = (np.float64, np.float32)
 
@@ -966,20 +966,12 @@ def test_channel_vector_kernels_propagate_non_finite_values_like_reference(
 
 
 def test_channel_vector_kernels_do_not_depend_on_the_thread_count(nc):
-    from numbaconv.threads import set_threads
-
     rng = np.random.default_rng(6)
     x = rng.normal(size=(5, 64, 8, 8)).astype(np.float32)
     w = rng.normal(size=(64, 64, 3, 3)).astype(np.float32)
     gy = rng.normal(size=(5, 64, 8, 8)).astype(np.float32)
-    results = []
-    for threads in (1, 2):
-        set_threads(threads)
-        try:
-            results.append(nc.conv2d(x, w, padding=1).tobytes()
-                           + nc.conv2d_backward(gy, x, w, padding=1)[0].tobytes())
-        finally:
-            set_threads(None)
+    results = on_1_and_2_threads(lambda: nc.conv2d(x, w, padding=1).tobytes()
+                                 + nc.conv2d_backward(gy, x, w, padding=1)[0].tobytes())
     assert results[0] == results[1]
 
 
@@ -1075,21 +1067,13 @@ def test_winograd_matches_torch(nc, torch, F, dtype):
 def test_winograd_weight_gradient_is_the_same_on_1_and_2_threads(nc):
     """Its tasks (groups of samples, WEIGHT_GRAD_TASKS of them whatever the threads) add
     their partial sums in order: the same bits on any number of threads."""
-    from numbaconv.threads import set_threads
-
     rng = np.random.default_rng(8)
     x = rng.normal(size=(19, 32, 14, 14)).astype(np.float32)
     w = rng.normal(size=(32, 32, 3, 3)).astype(np.float32)
     gy = rng.normal(size=(19, 32, 14, 14)).astype(np.float32)
-    grads = []
-    for threads in (1, 2):
-        set_threads(threads)
-        try:
-            with counting_winograd_calls() as calls:
-                grads.append(nc.conv2d_backward(gy, x, w, padding=1)[1])
-            assert calls.weight_grad.call_count == 1
-        finally:
-            set_threads(None)
+    with counting_winograd_calls() as calls:
+        grads = on_1_and_2_threads(lambda: nc.conv2d_backward(gy, x, w, padding=1)[1])
+    assert calls.weight_grad.call_count == 2
     np.testing.assert_array_equal(grads[0], grads[1])
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference as ref
-from support import assert_close, tol
+from support import assert_close, on_1_and_2_threads, tol
 
 from numbaconv.kernels.cpu.conv import tiles
 from numbaconv.kernels.cpu.conv.common import _taps
@@ -96,24 +96,20 @@ def test_convolutions_on_six_row_tiles_match_reference(nc, dtype, shape, kernel,
 
 
 def test_six_row_kernels_do_not_depend_on_the_thread_count(nc):
-    from numbaconv.threads import set_threads
-
     rng = np.random.default_rng(3)
     x = rng.normal(size=(37, 1, 28, 28)).astype(np.float32)
     w = rng.normal(size=(6, 1, 5, 5)).astype(np.float32)
     gy = rng.normal(size=(37, 6, 28, 28)).astype(np.float32)
-    results = []
-    for threads in (1, 2):
-        set_threads(threads)
-        try:
-            z, y = nc.conv2d_act_pool(x, w, padding=2, activation="sigmoid", pool="avg")
-            results.append((nc.conv2d(x, w, padding=2), z, y)
-                           + nc.conv2d_backward(gy, x, w, padding=2, need_input_grad=False)[1:]
-                           + nc.conv2d_act_pool_backward(gy[:, :, ::2, ::2], x, z, w, padding=2,
-                                                         activation="sigmoid", pool="avg",
-                                                         need_input_grad=False)[1:])
-        finally:
-            set_threads(None)
+
+    def compute():
+        z, y = nc.conv2d_act_pool(x, w, padding=2, activation="sigmoid", pool="avg")
+        return ((nc.conv2d(x, w, padding=2), z, y)
+                + nc.conv2d_backward(gy, x, w, padding=2, need_input_grad=False)[1:]
+                + nc.conv2d_act_pool_backward(gy[:, :, ::2, ::2], x, z, w, padding=2,
+                                              activation="sigmoid", pool="avg",
+                                              need_input_grad=False)[1:])
+
+    results = on_1_and_2_threads(compute)
     for one, two in zip(*results, strict=True):
         np.testing.assert_array_equal(one, two)
 
