@@ -575,9 +575,9 @@ def _pointwise_backward(layer, need_input_grad: bool) -> list[str]:
 PADDING_THEMSELVES = {"conv2d_forward_channels", "conv2d_forward_winograd"}
 #: the kernels :func:`numbaconv.kernels.cpu.conv.winograd.forward_winograd` calls (where an
 #: output is not finite it calls the output-channel forward too: compiled then)
-WINOGRAD = ["transform_weights", "conv2d_forward_winograd"]
+WINOGRAD = ("transform_weights", "conv2d_forward_winograd")
 #: and its weight gradient's (the bias's by channel_sums); likewise
-WINOGRAD_WEIGHT_GRAD = ["conv2d_weight_grad_winograd", "channel_sums"]
+WINOGRAD_WEIGHT_GRAD = ("conv2d_weight_grad_winograd", "channel_sums")
 
 
 def _forward_kernels(weight_shape, groups, stride, dilation, padded_shape, out_h, out_w,
@@ -587,7 +587,7 @@ def _forward_kernels(weight_shape, groups, stride, dilation, padded_shape, out_h
     from .kernels.cpu import conv
 
     if conv.use_winograd(weight_shape, groups, stride, dilation, out_h, out_w, itemsize):
-        return WINOGRAD
+        return list(WINOGRAD)
     if conv.use_channel_vectors(weight_shape, groups, stride, out_h, out_w, padded_shape[3],
                                 itemsize):
         return ["conv2d_forward_channels"]
@@ -607,7 +607,7 @@ def _weight_grad_kernels(layer, padded_shape, output_shape) -> list[str]:
     if conv.use_winograd_weight_grad(weight.shape, layer.groups, stride,
                                      as_pair(layer.dilation, "dilation"), *output_shape[2:],
                                      weight.itemsize):
-        return WINOGRAD_WEIGHT_GRAD
+        return list(WINOGRAD_WEIGHT_GRAD)
     if conv.use_channel_vectors(weight.shape, layer.groups, stride, *output_shape[2:],
                                 padded_shape[3], weight.itemsize):
         return ["conv2d_weight_grad_channels"]
@@ -667,10 +667,10 @@ def _conv_kernels_any_width(layer) -> tuple[list[str], list[str]]:
         # the input gradient's (the forward's kernel: listed above where that serves)
         backward = backward + ["conv2d_forward_channels"]
     if winograd_fits(weight.shape, layer.groups, stride, dilation, weight.itemsize):
-        forward = WINOGRAD + forward
-        backward = WINOGRAD_WEIGHT_GRAD + backward
+        forward = [*WINOGRAD, *forward]
+        backward = [*WINOGRAD_WEIGHT_GRAD, *backward]
     if winograd_fits(transposed, layer.groups, (1, 1), dilation, weight.itemsize):
-        backward = backward + WINOGRAD
+        backward = [*backward, *WINOGRAD]
     return forward, backward
 
 

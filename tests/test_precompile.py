@@ -605,8 +605,10 @@ def test_kernels_for_the_zoo_reach_the_nested_convolutions():
     # the stem and the stride-2 layer onto 12x12 maps
     assert {"conv2d_forward_columns", "conv2d_weight_grad_columns",
             "conv2d_input_grad_columns"} <= set(names)
-    # the first stage's 64-channel layers on 24x24 maps at stride 1
-    assert {"conv2d_forward_channels", "conv2d_weight_grad_channels"} <= set(names)
+    # the first stage's 64-channel layers on 24x24 maps at stride 1 (and its 128-channel
+    # ones on 12x12, whose weight gradient stays on the output-channel kernels): Winograd's
+    assert {"transform_weights", "conv2d_forward_winograd", "conv2d_weight_grad_winograd",
+            "conv2d_weight_grad_channels"} <= set(names)
     assert set(names) <= set(P.KERNELS)
 
 

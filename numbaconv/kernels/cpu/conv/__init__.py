@@ -18,8 +18,9 @@ By concern:
 * :mod:`.channels`: the output channels along the vectors, for stride-1 layers with many
   output channels (:func:`use_channel_vectors`);
 * :mod:`.winograd`: Winograd's F(2x2, 3x3) on the output-channel kernels' products, for 3x3
-  layers at stride 1 on maps of 12x12 and more (:func:`use_winograd`; the weight gradient
-  from 48 tiles a sample, 14x14: :func:`use_winograd_weight_grad`);
+  layers at stride 1 with many output channels on maps of 12x12 and more
+  (:func:`use_winograd`; the weight gradient from 4 x TILE_PIXELS tiles a band of rows:
+  :func:`use_winograd_weight_grad`);
 * :mod:`.columns`: matrix products over im2col columns, for many channels on small maps
   (:func:`use_columns`);
 * :mod:`.unrolled`: sums of products over the pairs of pixels a tap joins, the samples along

@@ -269,7 +269,7 @@ def _forward_task(x, packed, b, taps, n, block0, block1, top, left, hp, wp, stri
                 if k1 == taps.size:  # the tile is final
                     for i in range(0, TILE_PIXELS, w):
                         spread(sums, o + i, min(w, TILE_PIXELS - i), y, n, c0, oh, ow + i,
-                                square)
+                               square)
         if not by_rows:
             # the last tile's slot to its positions, length - TILE_PIXELS on (ascending: the
             # slot lies at or after them)
@@ -386,8 +386,8 @@ def _gy_blocks(gy, size, gyt):
 
 
 @njit(cache=True, fastmath=FAST)
-def add_weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, rows, row_length, row_step, step,
-                      sums):
+def add_weight_grad_tile(xflat, gyt, taps, k0, block, n0, n1, rows, row_length, row_step,
+                         step, sums):
     """sums[(k0 + t) * 2W:(k0 + t + 1) * 2W] += the sums over samples n0:n1 and output
     positions p = r * row_length + j (rows r, j < row_length) of
     xflat[n, taps[k0 + t] + r * row_step + j * step] * gyt[n, block, p * 2W:(p + 1) * 2W],
@@ -447,11 +447,11 @@ def _weight_grad_task(xflat, gyt, taps, block, k0, k1, per_chunk, out_h, out_w, 
             if stride == 1:
                 add_weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, wp, 1, sums)
             elif stride == 2:
-                add_weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, 2 * wp, 2,
-                                  sums)
+                add_weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, 2 * wp,
+                                     2, sums)
             else:
-                add_weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, 4 * wp, 4,
-                                  sums)
+                add_weight_grad_tile(xflat, gyt, taps, k, block, n0, n1, out_h, out_w, 4 * wp,
+                                     4, sums)
 
 
 @functools.cache

@@ -19,14 +19,15 @@ here take the taps' place, the tiles the positions').
     packed (16, C_out / 2W, C_in * 2W) U, each block's 2W output channels contiguous
     y      (N, C_out, OH, OW)
 
-A task owns a sample (or, on maps of fewer than 48 tiles, as many as fill whole tiles of
-:data:`.channels.TILE_PIXELS` positions: :func:`samples_per_task`) and one or more blocks of
-channels. It transforms its samples' input into V (each channel padded into a small scratch
-with its even and odd columns apart, so that every step of the transform is a vector of
-consecutive tiles; a channel's 16 rows of V written together), then, for each block and
-each run of TILE_PIXELS tiles, the 16 products into a scratch that stays in L1 and the
-outputs' transform from it, and spreads the block's outputs to y
-(:func:`.channels.spread`).
+A task owns a sample (or, on maps of fewer than 4 x :data:`.channels.TILE_PIXELS` tiles,
+as many as fill whole runs of TILE_PIXELS tiles: :func:`samples_per_task`) and one or more
+blocks of channels. It transforms its samples' input into V (each channel padded into a
+small scratch with its even and odd columns apart, so that every step of the transform is a
+vector of consecutive tiles; a channel's 16 rows of V written together), then, for each
+block and each run of TILE_PIXELS tiles, the 16 products into a scratch that stays in L1
+and the outputs' transform from it, and spreads the block's outputs to y
+(:func:`.channels.spread`). The weight gradient (below) takes a band of rows of tiles at a
+time where a sample's would not fit.
 
 The transforms add and subtract, so an inf in x or w becomes NaN in outputs that the direct
 sums leave at inf, and spreads to the tile's neighbours: a task checks that its outputs are
@@ -70,7 +71,7 @@ MAX_PARTIAL_BYTES = 2 << 20  # a weight-gradient task's partial sums (16 x C_out
 # MB ran 1.12x (14x14, batch 64)
 MAX_SCRATCH_BYTES = 1 << 20  # a task's transformed input at most, so that it stays in L2
 # while the products read it once per block of channels: the forward takes maps whose samples
-# fit (a 56x56 map's 64 channels, 12.8 MB, do not; its forward in bands of rows ran no faster
+# fit (a 56x56 map's 64 channels, 3.2 MB, do not; its forward in bands of rows ran no faster
 # than the direct kernels), the weight gradient bands of rows
 
 
@@ -143,16 +144,16 @@ def transform_weights(w, packed):
 
 
 @njit(inline="always")
-def _fill_planes(row, top_row, left, count, evens, odds):
+def _fill_planes(row, at, left, count, evens, odds):
     """The even and odd columns of a padded row: row[:count] lands at padded columns left,
-    left + 1, ..., column c's value at evens[top_row + c // 2] (c even) or
-    odds[top_row + c // 2] (c odd)."""
+    left + 1, ..., column c's value at evens[at + c // 2] (c even) or odds[at + c // 2] (c
+    odd)."""
     w = simd.width(row)
     pairs = count // 2
     # x's pairs (x[2k], x[2k + 1]) land at padded columns (left + 2k, left + 2k + 1)
     first, second = (evens, odds) if left % 2 == 0 else (odds, evens)
-    at_first = top_row + left // 2
-    at_second = top_row + (left + 1) // 2
+    at_first = at + left // 2
+    at_second = at + (left + 1) // 2
     for k in range(0, pairs, w):
         n = min(w, pairs - k)
         e, o = simd.evens_odds(row, 2 * k, n)
@@ -208,7 +209,7 @@ def _transform_tiles(evens, odds, r, half, tw, m, v, o, step):
     _columns_transform(v, o + 12 * step, step, c0[3], c1[3], c2[3], c3[3], m)
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(inline="always")  # in both jobs (no function of its own that two processes could compile)
 def _input_transform(x, n0, n1, top, left, row0, tiles_h, tiles_w, v, planes):
     """v[(16 * ci + xi) * T + t] = (B^T d B)[xi // 4, xi % 4] of tile t = (n - n0) * tiles_h
     * tiles_w + th * tiles_w + tw, d the 4x4 input of channel ci at padded rows 2(row0 +
@@ -348,28 +349,31 @@ def forward_winograd_job(dtype) -> Job:
 
 
 @njit(parallel=True, cache=True)
-def conv2d_forward_winograd(x, packed, b, top, left, per_group, per_task, y, finite, job):
+def conv2d_forward_winograd(x, packed, b, top, left, samples_per_group, blocks_per_task, y,
+                            finite, job):
     """Writes y (N, C_out, OH, OW), the stride-1 3x3 convolution of x (N, C_in, H, W)
     zero-padded by ``top`` rows and ``left`` columns (and as many as the outputs need after),
     with :func:`transform_weights`'s ``packed`` weights and bias b; finite[task] as each
-    task's outputs are finite. A task owns ``per_group`` samples and ``per_task`` blocks of
-    channels; ``job``: :func:`forward_winograd_job` of the dtype."""
+    task's outputs are finite. A task owns ``samples_per_group`` samples and
+    ``blocks_per_task`` blocks of channels; ``job``: :func:`forward_winograd_job` of the
+    dtype."""
     n_batch, c_in = x.shape[0], x.shape[1]
     out_h, out_w = y.shape[2], y.shape[3]
     tiles_h, tiles_w = (out_h + 1) // 2, (out_w + 1) // 2
     n_blocks, size = packed.shape[1], packed.shape[2] // c_in
-    tiles = -(-per_group * tiles_h * tiles_w // TILE_PIXELS) * TILE_PIXELS
-    n_groups = -(-n_batch // per_group)
-    groups = -(-n_blocks // per_task)
+    tiles = -(-samples_per_group * tiles_h * tiles_w // TILE_PIXELS) * TILE_PIXELS
+    n_groups = -(-n_batch // samples_per_group)
+    block_tasks = -(-n_blocks // blocks_per_task)  # tasks a group of samples
     w = size // 2
-    for task in prange(n_groups * groups):
-        group = task % groups
-        n0 = task // groups * per_group
-        job(x, packed, b, top, left, np.int64(n0), np.int64(min(n_batch, n0 + per_group)),
-            np.int64(group * per_task), np.int64(min(n_blocks, (group + 1) * per_task)), y,
+    for task in prange(n_groups * block_tasks):
+        part = task % block_tasks
+        n0 = task // block_tasks * samples_per_group
+        job(x, packed, b, top, left, np.int64(n0),
+            np.int64(min(n_batch, n0 + samples_per_group)), np.int64(part * blocks_per_task),
+            np.int64(min(n_blocks, (part + 1) * blocks_per_task)), y,
             np.empty(16 * c_in * tiles, dtype=x.dtype),
             np.empty(16 * TILE_PIXELS * size, dtype=x.dtype),
-            np.empty(per_group * out_h * out_w * size, dtype=x.dtype),
+            np.empty(samples_per_group * out_h * out_w * size, dtype=x.dtype),
             np.empty(2 * (2 * tiles_h + 2) * (tiles_w + 1), dtype=x.dtype),
             np.empty(w * w, dtype=x.dtype), finite, np.int64(task))
 
@@ -384,7 +388,8 @@ def band_rows(c_in, out_h, out_w, itemsize) -> int:
 
 def samples_per_task(out_h, out_w) -> int:
     """A task's samples: one where a sample has four tiles of TILE_PIXELS positions or more
-    (24x24 outputs' 144 tiles), else as many as make whole tiles (three for 7x7's 16)."""
+    (24x24 outputs' 144 tiles), else as many as make whole runs of TILE_PIXELS tiles (two
+    for 12x13 outputs' 42 with AVX-512's runs of 12)."""
     tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
     if tiles >= 4 * TILE_PIXELS:
         return 1
@@ -400,15 +405,15 @@ def forward_winograd(x, w, b, padding, out_h, out_w):
     n_batch = x.shape[0]
     size = block_channels(x.itemsize)
     n_blocks = w.shape[0] // size
-    per_group = min(n_batch, samples_per_task(out_h, out_w))
-    n_groups = -(-n_batch // per_group)
-    per_task = -(-n_blocks // min(n_blocks, -(-FORWARD_TASKS // n_groups)))
+    samples_per_group = min(n_batch, samples_per_task(out_h, out_w))
+    n_groups = -(-n_batch // samples_per_group)
+    blocks_per_task = -(-n_blocks // min(n_blocks, -(-FORWARD_TASKS // n_groups)))
     packed = np.empty((16, n_blocks, w.shape[1] * size), dtype=x.dtype)
     transform_weights(w, packed)
     y = buffers.empty((n_batch, w.shape[0], out_h, out_w), x.dtype)
-    finite = np.empty(n_groups * -(-n_blocks // per_task), dtype=np.bool_)
-    conv2d_forward_winograd(np.ascontiguousarray(x), packed, b, top, left, per_group, per_task,
-                            y, finite, forward_winograd_job(x.dtype))
+    finite = np.empty(n_groups * -(-n_blocks // blocks_per_task), dtype=np.bool_)
+    conv2d_forward_winograd(np.ascontiguousarray(x), packed, b, top, left, samples_per_group,
+                            blocks_per_task, y, finite, forward_winograd_job(x.dtype))
     if finite.all():
         return y
     return forward_channels(x, w, b, padding, (1, 1), (1, 1), out_h, out_w)
@@ -423,8 +428,9 @@ def forward_winograd(x, w, b, padding, out_h, out_w):
 # :func:`.channels.add_weight_grad_tile` computes as it computes a convolution's weight
 # gradient (the input channels in the taps' place, the tiles in the outputs').
 
-WEIGHT_GRAD_TASKS = 16  # groups of samples, whatever the number of threads: each task sums
-# its samples' products into partial sums of its own, added in the order of the tasks
+WEIGHT_GRAD_TASKS = 16  # groups of samples at most, set by the batch whatever the number of
+# threads: each task sums its samples' products into partial sums of its own, added in the
+# order of the tasks
 REDUCE_CHUNK = 4096  # partial sums a task of that addition adds up
 
 
@@ -455,15 +461,15 @@ def _a_times(a, b, zero):
 
 
 @njit(inline="always")
-def _output_gradient_tile(gys, o, right, below, row, dm, at, step, zero):
+def _output_gradient_tile(gys, o, right, below, row_stride, dm, at, step, zero):
     """dm[at + xi * step:][:W] = (A dy A^T)[xi // 4, xi % 4], dy the tile's output gradient
-    for W channels at gys[o:] (its right column ``right`` ahead, its lower row ``row`` ahead,
-    each zero where it lies outside the map)."""
+    for W channels at gys[o:] (its right column 2W values on where ``right``, its lower row
+    ``row_stride`` on where ``below``; zero where they lie outside the map)."""
     w = simd.width(gys)
     y00 = simd.load_first(gys, o, w)
     y01 = simd.load_first(gys, o + 2 * w, w) if right else zero
-    y10 = simd.load_first(gys, o + row, w) if below else zero
-    y11 = simd.load_first(gys, o + row + 2 * w, w) if right and below else zero
+    y10 = simd.load_first(gys, o + row_stride, w) if below else zero
+    y11 = simd.load_first(gys, o + row_stride + 2 * w, w) if right and below else zero
     _store_row(dm, at, step, _a_times(y00, y01, zero))
     _store_row(dm, at + 4 * step, step, _a_times(simd.add(y00, y10), simd.add(y01, y11), zero))
     _store_row(dm, at + 8 * step, step, _a_times(simd.sub(y00, y10), simd.sub(y01, y11), zero))
