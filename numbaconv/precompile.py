@@ -125,12 +125,13 @@ KERNELS = {
     "conv2d_weight_grad_channels": 1.2,
     JOB_PREFIX + "conv2d_forward_channels": 0.3,
     JOB_PREFIX + "conv2d_weight_grad_channels": 0.2,
-    # Winograd's F(2x2, 3x3) (numbaconv.kernels.cpu.conv.winograd), its job and its weights
-    "conv2d_forward_winograd": 0.5,
-    JOB_PREFIX + "conv2d_forward_winograd": 1.5,
-    "transform_weights": 0.5,
-    "conv2d_weight_grad_winograd": 1.0,
-    JOB_PREFIX + "conv2d_weight_grad_winograd": 1.5,
+    # Winograd's F(2x2, 3x3) (numbaconv.kernels.cpu.conv.winograd), its jobs and its weights'
+    # transform (first calls on an empty cache: forward 6.1-6.4 s, weight gradient 7.3-7.6)
+    "conv2d_forward_winograd": 1.0,
+    JOB_PREFIX + "conv2d_forward_winograd": 4.0,
+    "transform_weights": 0.8,
+    "conv2d_weight_grad_winograd": 2.0,
+    JOB_PREFIX + "conv2d_weight_grad_winograd": 4.5,
     # the shared products (SHARED)
     "_shifted_matmul_acc": 1.1,
     "_shifted_matmul6_acc": 2.5,
