@@ -64,7 +64,7 @@ MIN_OUT_MAP = 12  # outputs along each side from which the transforms pay: ResNe
 # the direct kernels' time); on 7x7 and 6x6 the unrolled kernels ran 1.29x and 1.08x faster
 MIN_WEIGHT_GRAD_TILES = 4 * TILE_PIXELS  # tiles from which the weight gradient's products
 # (a band of a sample's rows of tiles at a time) pay: 24x24 outputs' 144 (64 channels, batch
-# 64, 1 thread: 0.89x the direct kernels' time), 56x56's bands of 9 rows (64 channels, batch
+# 64, 1 thread: 0.82x the direct kernels' time), 56x56's bands of 9 rows (64 channels, batch
 # 32: 0.86x); 12x12's 36 took 1.32x (128 channels)
 MAX_PARTIAL_BYTES = 2 << 20  # a weight-gradient task's partial sums (16 x C_out x C_in) at
 # most: 128 channels' 1.1 MB (on 28x28, batch 32: 0.87x the direct kernels' time); 256's 4.3
@@ -106,7 +106,7 @@ def use_winograd_weight_grad(weight_shape, groups, stride, dilation, out_h, out_
     return (winograd_fits(weight_shape, groups, stride, dilation, itemsize)
             and min(out_h, out_w) >= MIN_OUT_MAP and partial <= MAX_PARTIAL_BYTES
             and 16 * c_in * tiles_w * itemsize <= MAX_SCRATCH_BYTES
-            and band_rows(weight_shape[1], out_h, out_w, itemsize) * tiles_w
+            and band_rows(c_in, out_h, out_w, itemsize) * tiles_w
             >= MIN_WEIGHT_GRAD_TILES)
 
 
