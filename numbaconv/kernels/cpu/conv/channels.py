@@ -338,14 +338,32 @@ GY_SAMPLES_BYTES = 1 << 18  # gy's block of channels for the samples a tile sums
 # 256 KiB, L2-resident while every tap group of the task reads it
 
 
+@njit(inline="always")
+def channels_last_rows(gy, n, c0, oh0, oh1, dst, square):
+    """dst[p * 2W:(p + 1) * 2W] = gy[n, c0:c0 + 2W] at output p = (oh - oh0) * OW + ow, for
+    the rows oh0 <= oh < oh1 of gy (N, C, OH, OW): W x W squares (W channels x W positions
+    of a row) transposed in registers (:func:`.simd.transpose`; ``square``: W * W values)."""
+    w = simd.width(square)
+    out_w = gy.shape[3]
+    for half in range(0, 2 * w, w):
+        for oh in range(oh0, oh1):
+            for ow in range(0, out_w, w):
+                count = min(w, out_w - ow)
+                for i in range(w):
+                    simd.store_first(square, i * w,
+                                     simd.load_first(gy[n, c0 + half + i, oh], ow, count), w)
+                simd.transpose(square)
+                for j in range(count):
+                    simd.store_first(dst, ((oh - oh0) * out_w + ow + j) * 2 * w + half,
+                                     simd.load_first(square, j * w, w), w)
+
+
 @njit(parallel=True, cache=True)
 def _gy_blocks(gy, size, gyt):
-    """Writes gyt, gy (N, C, OH, OW) in blocks of ``size`` channels, channels last:
+    """Writes gyt, gy (N, C, OH, OW) in blocks of ``size`` (2W) channels, channels last:
     (N, C / size, OH * OW * size), output p = oh * OW + ow of channel c at
-    [n, c // size, p * size + c % size]; returns the bias gradient, gy summed over all but C.
-
-    W x W blocks (W channels x W positions of a row) are transposed in registers
-    (:func:`.simd.transpose`)."""
+    [n, c // size, p * size + c % size] (:func:`channels_last_rows`); returns the bias
+    gradient, gy summed over all but C."""
     n_batch, c_out, out_h, out_w = gy.shape
     w = simd.width(gy[0, 0, 0])
     n_blocks = c_out // size
@@ -355,18 +373,7 @@ def _gy_blocks(gy, size, gyt):
         square = np.empty(w * w, dtype=gy.dtype)
         for block in range(n_blocks):
             dst = gyt[n, block]
-            for oh in range(out_h):
-                row = oh * out_w * size
-                for c0 in range(0, size, w):
-                    for ow0 in range(0, out_w, w):
-                        count = out_w - ow0
-                        for i in range(w):
-                            simd.store_first(square, i * w, simd.load_first(
-                                gy[n, block * size + c0 + i, oh], ow0, count), w)
-                        simd.transpose(square)
-                        for j in range(min(w, count)):
-                            simd.store_first(dst, row + (ow0 + j) * size + c0,
-                                             simd.load_first(square, j * w, w), w)
+            channels_last_rows(gy, n, block * size, 0, out_h, dst, square)
             # the bias gradient, from the rows just written: a vector of sums per w channels
             for c0 in range(0, size, w):
                 sums = simd.splat(square, 0)

@@ -53,6 +53,7 @@ from .channels import (
     add_weight_grad_tile,
     block_channels,
     channels_fit,
+    channels_last_rows,
     forward_channels,
     spread,
     weight_grad_channels,
@@ -435,26 +436,6 @@ REDUCE_CHUNK = 4096  # partial sums a task of that addition adds up
 
 
 @njit(inline="always")
-def _channels_last(gy, n, c0, oh0, oh1, gys, square):
-    """gys[p * 2W:(p + 1) * 2W] = gy[n, c0:c0 + 2W] at output p = (oh - oh0) * OW + ow for
-    rows oh0 <= oh < oh1, by W x W squares transposed in registers (``square``: W * W
-    values)."""
-    w = simd.width(square)
-    out_w = gy.shape[3]
-    for half in range(0, 2 * w, w):
-        for oh in range(oh0, oh1):
-            for ow in range(0, out_w, w):
-                count = min(w, out_w - ow)
-                for i in range(w):
-                    simd.store_first(square, i * w,
-                                     simd.load_first(gy[n, c0 + half + i, oh], ow, count), w)
-                simd.transpose(square)
-                for j in range(count):
-                    simd.store_first(gys, ((oh - oh0) * out_w + ow + j) * 2 * w + half,
-                                     simd.load_first(square, j * w, w), w)
-
-
-@njit(inline="always")
 def _a_times(a, b, zero):
     """(a, b) times A^T: four values from two."""
     return a, simd.add(a, b), simd.sub(a, b), simd.sub(zero, b)
@@ -509,8 +490,8 @@ def _weight_grad_task(gy, xp, n0, n1, band, taps, partial, v, dm, gys, planes, s
             rows = min(band, tiles_h - row0)
             _input_transform(xp, n, n + 1, 0, 0, row0, rows, tiles_w, v, planes)
             for block in range(partial.shape[1]):
-                _channels_last(gy, n, block * size, 2 * row0, min(out_h, 2 * (row0 + rows)),
-                               gys, square)
+                channels_last_rows(gy, n, block * size, 2 * row0,
+                                   min(out_h, 2 * (row0 + rows)), gys, square)
                 for th in range(rows):
                     below = 2 * (row0 + th) + 1 < out_h
                     for tw in range(tiles_w):
