@@ -6,7 +6,7 @@ Two kernels, chosen by :func:`product_acc` by the size of ``b``:
   are split among parallel tasks, each of which runs the register-tiled product of
   :mod:`numbaconv.kernels.cpu.conv.tiles` in tiles of six rows, the taps in blocks whose panel
   of ``b`` stays in L1 while every row of the task passes over it
-  (:func:`~numbaconv.kernels.cpu.conv.tiles._gemm6_acc`). At LeNet's sizes (256x400 by
+  (:func:`~numbaconv.kernels.cpu.conv.tiles._gemm_acc`). At LeNet's sizes (256x400 by
   400x120) it is faster than OpenBLAS on one thread.
 * :func:`packed_matmul_acc`, for a large ``b`` (AlexNet's and VGG's 4096 x 4096 layers, 64 MiB):
   there every task of :func:`matmul_acc` read all of ``b`` from memory, its panel's rows a row
@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import simd
-from .conv.tiles import WIDE, _gemm6_acc, _tile2, _tile4, _tile6
+from .conv.tiles import WIDE, _gemm_acc, _tile2, _tile4, _tile6
 
 ROWS_PER_TASK = 22  # at most about the rows of c per parallel task, in six-row tiles:
                     # LeNet's 256, 120 and 84 rows make 12, 6 and 4 tasks (even counts: two
@@ -50,7 +50,7 @@ MIN_TASKS = 8  # blocks of c per product at least: where the columns make fewer,
 def _rows_acc(a, b, c):
     """c += a @ b for one task's rows (a function of its own: Numba's parfor passes cost
     seconds more on the product inlined in the ``prange`` body than on a call)."""
-    _gemm6_acc(a, b, c, b.shape[1], K_BLOCK)
+    _gemm_acc(a, b, c, b.shape[1], K_BLOCK)
 
 
 @njit(parallel=True, cache=True)

@@ -14,7 +14,7 @@ ms by the unrolled kernels, here 9.3); the weight gradient reads x transposed pe
 (:func:`transpose_samples`). At a stride, each task samples its own sample's pixels (no
 pass of its own over the batch: ResNet's 64 -> 128 shortcut onto 12x12, batch 64, forward
 1.64 -> 1.24 ms on 2 threads).
-The products are :func:`.tiles._gemm6_acc`'s register tiles, whose vectors run along the
+The products are :func:`.tiles._gemm_acc`'s register tiles, whose vectors run along the
 pixels: :func:`use_pointwise` takes maps that fill them well. A forward (and input
 gradient) task owns a sample; the weight gradient sums fixed chunks of samples, then the
 chunks in order; so results do not depend on the number of threads. Every
@@ -28,7 +28,7 @@ from numba import njit, prange
 from .. import buffers, simd
 from .columns import K_BLOCK
 from .common import channel_sums
-from .tiles import _gemm6_acc
+from .tiles import _gemm_acc
 
 MIN_FILL = 0.75  # the share of the tiles' vector lanes the pixels must fill: 49 of 64 (7x7
 # maps, AVX-512) and more; DenseNet's 4x4 and ResNet's 6x6 shortcuts fill 16 and 36 of 64
@@ -76,7 +76,7 @@ def conv2d_forward_pointwise(x, w, b, stride, y):
         c = y[n]
         for m in range(c_out):
             c[m, :] = b[m]
-        _gemm6_acc(w, _pixels(x, n, stride, p_size), c, p_size, K_BLOCK)
+        _gemm_acc(w, _pixels(x, n, stride, p_size), c, p_size, K_BLOCK)
 
 
 @njit(parallel=True, cache=True)
@@ -114,7 +114,7 @@ def conv2d_weight_grad_pointwise(gy, xt, per_chunk, partial, grad_w):
         c = partial[chunk]
         c[:, :] = 0
         for n in range(chunk * per_chunk, min(n_batch, (chunk + 1) * per_chunk)):
-            _gemm6_acc(gy[n], xt[n], c, c_in, K_BLOCK)
+            _gemm_acc(gy[n], xt[n], c, c_in, K_BLOCK)
     for m in prange(c_out):
         row = grad_w[m]
         row[:] = partial[0, m]
