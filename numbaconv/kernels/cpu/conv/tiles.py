@@ -108,111 +108,45 @@ def _tile4(a, src, chan, offset, q, c, i, p, n0, n1, n2, n3, k0, k1):
 
 
 @njit(inline="always")
-def _gemm_tile4(a, b, c, i, p, n0, n1, n2, n3, k0, k1):
-    """:func:`_tile4` of a plain product: c[i:i + 4, p:p + 4W] += a[i:i + 4, k0:k1] @
-    b[k0:k1, p:p + 4W] (no taps' channels and offsets to look up per tap)."""
-    w = simd.width(c[0])
-    c0, c1, c2, c3 = c[i], c[i + 1], c[i + 2], c[i + 3]
-    a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
-    s00 = simd.load_first(c0, p, n0)
-    s01 = simd.load_first(c0, p + w, n1)
-    s02 = simd.load_first(c0, p + 2 * w, n2)
-    s03 = simd.load_first(c0, p + 3 * w, n3)
-    s10 = simd.load_first(c1, p, n0)
-    s11 = simd.load_first(c1, p + w, n1)
-    s12 = simd.load_first(c1, p + 2 * w, n2)
-    s13 = simd.load_first(c1, p + 3 * w, n3)
-    s20 = simd.load_first(c2, p, n0)
-    s21 = simd.load_first(c2, p + w, n1)
-    s22 = simd.load_first(c2, p + 2 * w, n2)
-    s23 = simd.load_first(c2, p + 3 * w, n3)
-    s30 = simd.load_first(c3, p, n0)
-    s31 = simd.load_first(c3, p + w, n1)
-    s32 = simd.load_first(c3, p + 2 * w, n2)
-    s33 = simd.load_first(c3, p + 3 * w, n3)
-    for k in range(UINT(k0), UINT(k1)):
-        row = b[k]
-        start = p
-        x0 = simd.load_first(row, start, n0)
-        x1 = simd.load_first(row, start + w, n1)
-        x2 = simd.load_first(row, start + 2 * w, n2)
-        x3 = simd.load_first(row, start + 3 * w, n3)
-        v = simd.splat(c0, a0[k])
-        s00 = simd.fma(v, x0, s00)
-        s01 = simd.fma(v, x1, s01)
-        s02 = simd.fma(v, x2, s02)
-        s03 = simd.fma(v, x3, s03)
-        v = simd.splat(c0, a1[k])
-        s10 = simd.fma(v, x0, s10)
-        s11 = simd.fma(v, x1, s11)
-        s12 = simd.fma(v, x2, s12)
-        s13 = simd.fma(v, x3, s13)
-        v = simd.splat(c0, a2[k])
-        s20 = simd.fma(v, x0, s20)
-        s21 = simd.fma(v, x1, s21)
-        s22 = simd.fma(v, x2, s22)
-        s23 = simd.fma(v, x3, s23)
-        v = simd.splat(c0, a3[k])
-        s30 = simd.fma(v, x0, s30)
-        s31 = simd.fma(v, x1, s31)
-        s32 = simd.fma(v, x2, s32)
-        s33 = simd.fma(v, x3, s33)
-    simd.store_first(c0, p, s00, n0)
-    simd.store_first(c0, p + w, s01, n1)
-    simd.store_first(c0, p + 2 * w, s02, n2)
-    simd.store_first(c0, p + 3 * w, s03, n3)
-    simd.store_first(c1, p, s10, n0)
-    simd.store_first(c1, p + w, s11, n1)
-    simd.store_first(c1, p + 2 * w, s12, n2)
-    simd.store_first(c1, p + 3 * w, s13, n3)
-    simd.store_first(c2, p, s20, n0)
-    simd.store_first(c2, p + w, s21, n1)
-    simd.store_first(c2, p + 2 * w, s22, n2)
-    simd.store_first(c2, p + 3 * w, s23, n3)
-    simd.store_first(c3, p, s30, n0)
-    simd.store_first(c3, p + w, s31, n1)
-    simd.store_first(c3, p + 2 * w, s32, n2)
-    simd.store_first(c3, p + 3 * w, s33, n3)
-
-
-@njit(inline="always")
-def _gemm_tile6(a, b, c, i, p, n0, n1, n2, n3, k0, k1):
-    """:func:`_gemm_tile4` for the six rows i:i + 6: 24 sums in registers (of 32), and per tap
-    four vector loads and six broadcasts feed 24 multiply-adds (16 per eight in
-    :func:`_gemm_tile4`; 64 x 256 by 256 x 64 in L1, 1.04-1.08x faster)."""
+def _gemm_tile6(a, b, c, i, p, k0, k1):
+    """c[i:i + 6, p:p + 4W] += a[i:i + 6, k0:k1] @ b[k0:k1, p:p + 4W], whole vectors:
+    :func:`_tile4`'s tile for six rows of a plain product (no taps' channels and offsets to
+    look up per tap). 24 sums in registers (of 32); per tap four vector loads and six
+    broadcasts feed 24 multiply-adds (16 per eight in four-row tiles: 64 x 256 by 256 x 64
+    in L1, 1.04-1.08x faster)."""
     w = simd.width(c[0])
     c0, c1, c2, c3, c4, c5 = c[i], c[i + 1], c[i + 2], c[i + 3], c[i + 4], c[i + 5]
     a0, a1, a2, a3, a4, a5 = a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5]
-    s00 = simd.load_first(c0, p, n0)
-    s01 = simd.load_first(c0, p + w, n1)
-    s02 = simd.load_first(c0, p + 2 * w, n2)
-    s03 = simd.load_first(c0, p + 3 * w, n3)
-    s10 = simd.load_first(c1, p, n0)
-    s11 = simd.load_first(c1, p + w, n1)
-    s12 = simd.load_first(c1, p + 2 * w, n2)
-    s13 = simd.load_first(c1, p + 3 * w, n3)
-    s20 = simd.load_first(c2, p, n0)
-    s21 = simd.load_first(c2, p + w, n1)
-    s22 = simd.load_first(c2, p + 2 * w, n2)
-    s23 = simd.load_first(c2, p + 3 * w, n3)
-    s30 = simd.load_first(c3, p, n0)
-    s31 = simd.load_first(c3, p + w, n1)
-    s32 = simd.load_first(c3, p + 2 * w, n2)
-    s33 = simd.load_first(c3, p + 3 * w, n3)
-    s40 = simd.load_first(c4, p, n0)
-    s41 = simd.load_first(c4, p + w, n1)
-    s42 = simd.load_first(c4, p + 2 * w, n2)
-    s43 = simd.load_first(c4, p + 3 * w, n3)
-    s50 = simd.load_first(c5, p, n0)
-    s51 = simd.load_first(c5, p + w, n1)
-    s52 = simd.load_first(c5, p + 2 * w, n2)
-    s53 = simd.load_first(c5, p + 3 * w, n3)
+    s00 = simd.load_first(c0, p, w)
+    s01 = simd.load_first(c0, p + w, w)
+    s02 = simd.load_first(c0, p + 2 * w, w)
+    s03 = simd.load_first(c0, p + 3 * w, w)
+    s10 = simd.load_first(c1, p, w)
+    s11 = simd.load_first(c1, p + w, w)
+    s12 = simd.load_first(c1, p + 2 * w, w)
+    s13 = simd.load_first(c1, p + 3 * w, w)
+    s20 = simd.load_first(c2, p, w)
+    s21 = simd.load_first(c2, p + w, w)
+    s22 = simd.load_first(c2, p + 2 * w, w)
+    s23 = simd.load_first(c2, p + 3 * w, w)
+    s30 = simd.load_first(c3, p, w)
+    s31 = simd.load_first(c3, p + w, w)
+    s32 = simd.load_first(c3, p + 2 * w, w)
+    s33 = simd.load_first(c3, p + 3 * w, w)
+    s40 = simd.load_first(c4, p, w)
+    s41 = simd.load_first(c4, p + w, w)
+    s42 = simd.load_first(c4, p + 2 * w, w)
+    s43 = simd.load_first(c4, p + 3 * w, w)
+    s50 = simd.load_first(c5, p, w)
+    s51 = simd.load_first(c5, p + w, w)
+    s52 = simd.load_first(c5, p + 2 * w, w)
+    s53 = simd.load_first(c5, p + 3 * w, w)
     for k in range(UINT(k0), UINT(k1)):
         row = b[k]
-        x0 = simd.load_first(row, p, n0)
-        x1 = simd.load_first(row, p + w, n1)
-        x2 = simd.load_first(row, p + 2 * w, n2)
-        x3 = simd.load_first(row, p + 3 * w, n3)
+        x0 = simd.load_first(row, p, w)
+        x1 = simd.load_first(row, p + w, w)
+        x2 = simd.load_first(row, p + 2 * w, w)
+        x3 = simd.load_first(row, p + 3 * w, w)
         v = simd.splat(c0, a0[k])
         s00 = simd.fma(v, x0, s00)
         s01 = simd.fma(v, x1, s01)
@@ -243,30 +177,30 @@ def _gemm_tile6(a, b, c, i, p, n0, n1, n2, n3, k0, k1):
         s51 = simd.fma(v, x1, s51)
         s52 = simd.fma(v, x2, s52)
         s53 = simd.fma(v, x3, s53)
-    simd.store_first(c0, p, s00, n0)
-    simd.store_first(c0, p + w, s01, n1)
-    simd.store_first(c0, p + 2 * w, s02, n2)
-    simd.store_first(c0, p + 3 * w, s03, n3)
-    simd.store_first(c1, p, s10, n0)
-    simd.store_first(c1, p + w, s11, n1)
-    simd.store_first(c1, p + 2 * w, s12, n2)
-    simd.store_first(c1, p + 3 * w, s13, n3)
-    simd.store_first(c2, p, s20, n0)
-    simd.store_first(c2, p + w, s21, n1)
-    simd.store_first(c2, p + 2 * w, s22, n2)
-    simd.store_first(c2, p + 3 * w, s23, n3)
-    simd.store_first(c3, p, s30, n0)
-    simd.store_first(c3, p + w, s31, n1)
-    simd.store_first(c3, p + 2 * w, s32, n2)
-    simd.store_first(c3, p + 3 * w, s33, n3)
-    simd.store_first(c4, p, s40, n0)
-    simd.store_first(c4, p + w, s41, n1)
-    simd.store_first(c4, p + 2 * w, s42, n2)
-    simd.store_first(c4, p + 3 * w, s43, n3)
-    simd.store_first(c5, p, s50, n0)
-    simd.store_first(c5, p + w, s51, n1)
-    simd.store_first(c5, p + 2 * w, s52, n2)
-    simd.store_first(c5, p + 3 * w, s53, n3)
+    simd.store_first(c0, p, s00, w)
+    simd.store_first(c0, p + w, s01, w)
+    simd.store_first(c0, p + 2 * w, s02, w)
+    simd.store_first(c0, p + 3 * w, s03, w)
+    simd.store_first(c1, p, s10, w)
+    simd.store_first(c1, p + w, s11, w)
+    simd.store_first(c1, p + 2 * w, s12, w)
+    simd.store_first(c1, p + 3 * w, s13, w)
+    simd.store_first(c2, p, s20, w)
+    simd.store_first(c2, p + w, s21, w)
+    simd.store_first(c2, p + 2 * w, s22, w)
+    simd.store_first(c2, p + 3 * w, s23, w)
+    simd.store_first(c3, p, s30, w)
+    simd.store_first(c3, p + w, s31, w)
+    simd.store_first(c3, p + 2 * w, s32, w)
+    simd.store_first(c3, p + 3 * w, s33, w)
+    simd.store_first(c4, p, s40, w)
+    simd.store_first(c4, p + w, s41, w)
+    simd.store_first(c4, p + 2 * w, s42, w)
+    simd.store_first(c4, p + 3 * w, s43, w)
+    simd.store_first(c5, p, s50, w)
+    simd.store_first(c5, p + w, s51, w)
+    simd.store_first(c5, p + 2 * w, s52, w)
+    simd.store_first(c5, p + 3 * w, s53, w)
 
 
 @njit(inline="always")
@@ -485,21 +419,18 @@ def _shifted_matmul6_acc(a, src, chan, offset, base, c, cbase, p_size):
 
 
 @njit(inline="always")
-def _gemm_rows(a, b, c, taps, no_offsets, p, n0, n1, n2, n3, k0, k1):
-    """c[:, p:p + 4W] += a[:, k0:k1] @ b[k0:k1, p:p + 4W] (the first n0, n1, n2, n3 values of
-    the four vectors): the rows in tiles of six (:func:`_gemm_tile6`), those past the last
-    multiple of 6 in one of four (:func:`_gemm_tile4`) and pairs (:func:`_tile2`); without
-    :data:`WIDE`, all in pairs."""
+def _gemm_rows(a, b, c, taps, no_offsets, p, k0, k1):
+    """c[:, p:p + 4W] += a[:, k0:k1] @ b[k0:k1, p:p + 4W], whole vectors: the rows in tiles
+    of six (:func:`_gemm_tile6`), those past the last multiple of 6 in pairs (:func:`_tile2`;
+    a four-row tile for them ran 1-4% faster in the unrolled kernels' products and took 0.5 s
+    more to compile); without :data:`WIDE`, all in pairs."""
     m_size = a.shape[0]
+    w = simd.width(c[0])
     m_six = m_size - m_size % 6 if WIDE else 0
-    m_four = m_six + (m_size - m_six) // 4 * 4 if WIDE else 0
     for i in range(0, m_six, 6):
-        _gemm_tile6(a, b, c, i, p, n0, n1, n2, n3, k0, k1)
-    if m_four > m_six:
-        _gemm_tile4(a, b, c, m_six, p, n0, n1, n2, n3, k0, k1)
-    for i in range(m_four, m_size, 2):
-        _tile2(a, b, taps, no_offsets, p, c, i, min(i + 1, m_size - 1), p, n0, n1, n2, n3, k0,
-               k1)
+        _gemm_tile6(a, b, c, i, p, k0, k1)
+    for i in range(m_six, m_size, 2):
+        _tile2(a, b, taps, no_offsets, p, c, i, min(i + 1, m_size - 1), p, w, w, w, w, k0, k1)
 
 
 @njit(cache=True, fastmath=FAST)
@@ -512,24 +443,35 @@ def _gemm_acc(a, b, c, p_size, k_block):
     values, L1-resident) serves every row of a before the next panel is read, where
     :func:`_shifted_matmul_acc` streams all of b once per 4 rows (1.5x faster where b is
     larger than L2's share, e.g. 256 x 2304 x 180). The rows in tiles of six
-    (:func:`_gemm_rows`), whole tiles of pixels unmasked, the last one masked (six-row tiles
-    all masked ran 0.9x as fast as four-row ones on 64 x 256 by 256 x 64 in L1; so, 1.04-1.08x
-    faster, and the unrolled kernels' products 1.03-1.15x). Without :data:`WIDE`, every row
-    pair by the two-row tile."""
-    k_size = a.shape[1]
+    (:func:`_gemm_rows`: on 64 x 256 by 256 x 64 in L1, 1.04-1.08x faster than tiles of
+    four; the unrolled kernels' products 1.03-1.15x). Every tile's vectors are whole: the
+    columns past the last whole tile are copied out with zeros after them, computed as a
+    tile and copied back, so that the tiles' code is compiled once (with a second, masked
+    copy for the last tile this function took 2 s more to compile, 3.5 s in all). Without
+    :data:`WIDE`, every row pair by the two-row tile."""
+    m_size, k_size = a.shape[0], a.shape[1]
     w = simd.width(c[0])
     tile = 4 * w
     taps = np.arange(k_size)
     no_offsets = np.zeros(k_size, dtype=np.int64)
     p_main = p_size - p_size % tile
     rest = p_size - p_main
+    b_rest = np.zeros((k_size if rest else 0, tile), dtype=b.dtype)
+    c_rest = np.zeros((m_size if rest else 0, tile), dtype=c.dtype)
+    for i in range(b_rest.shape[0]):
+        for j in range(rest):
+            b_rest[i, j] = b[i, p_main + j]
+    for i in range(c_rest.shape[0]):
+        for j in range(rest):
+            c_rest[i, j] = c[i, p_main + j]
     for k0 in range(0, k_size, k_block):
         k1 = min(k_size, k0 + k_block)
-        for p in range(0, p_main, tile):  # whole tiles: unmasked
-            _gemm_rows(a, b, c, taps, no_offsets, p, w, w, w, w, k0, k1)
-        if rest:
-            _gemm_rows(a, b, c, taps, no_offsets, p_main, rest, rest - w, rest - 2 * w,
-                       rest - 3 * w, k0, k1)
+        for p in range(0, p_size, tile):  # one call site: the tiles' code compiled once
+            src, dst, q = (b, c, p) if p < p_main else (b_rest, c_rest, 0)
+            _gemm_rows(a, src, dst, taps, no_offsets, q, k0, k1)
+    for i in range(c_rest.shape[0]):
+        for j in range(rest):
+            c[i, p_main + j] = c_rest[i, j]
 
 
 # The weight gradient's product, c[m, k] = sum_p a[m, p] * tap_k[p], is a sum over pixels
