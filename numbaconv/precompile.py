@@ -81,7 +81,7 @@ KERNELS = {
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
     "sigmoid_forward": 0.8,
     "sigmoid_backward": 0.4,
-    "matmul_acc": 2.4,
+    "matmul_acc": 1.3,
     # the pointwise kernels (numbaconv.kernels.cpu.conv.pointwise: 1x1 layers)
     "conv2d_forward_pointwise": 1.0,
     "conv2d_weight_grad_pointwise": 1.2,
@@ -190,7 +190,8 @@ SHARED = {
                       *(f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward_lanes"
                         for activation in ("sigmoid", "relu") for pool in ("avg", "max"))),
     "_gemm_acc": (JOB_PREFIX + "conv2d_forward_columns", JOB_PREFIX + "conv2d_input_grad_columns",
-                  "_pair_products"),
+                  "_pair_products", "conv2d_forward_pointwise", "conv2d_weight_grad_pointwise",
+                  "matmul_acc"),
     # the columns of a chunk of samples: conv2d_forward_columns's first job (COLUMN_JOBS), and
     # called by the weight gradient's job
     "_columns_task": ("conv2d_forward_columns", JOB_PREFIX + "conv2d_weight_grad_columns"),
