@@ -603,7 +603,7 @@ def test_column_kernels_chunk_many_samples_like_the_reference(nc, case, n):
     ((33, 32, 6, 6, 24), 2, 1, 1, "rearranged"),  # 6x6 -> 3x3 at stride 2: unrolled
     ((70, 32, 1, 1, 64), 1, 1, 1, "in place"),  # 1x1 maps: unrolled (the middle tap alone)
     ((40, 32, 2, 2, 24), 1, 1, 1, "in place"),  # 2x2 maps: unrolled, 4 taps per output
-    ((33, 80, 2, 2, 72), 1, 1, 1, "in place"),  # more rows than a task's block
+    ((33, 80, 2, 2, 104), 1, 1, 1, "in place"),  # more rows than a task's block (96)
     ((6, 32, 2, 2, 24), 1, 1, 1, None),     # 2x2 maps, few samples: columns
     ((32, 32, 2, 1, 24), 1, (2, 1), (2, 1), "in place"),  # dilated, padding beyond reach
     ((40, 32, 2, 2, 40), 2, 1, 1, "in place"),  # 2x2 -> 1x1 at stride 2: four taps live
@@ -654,8 +654,8 @@ def test_column_kernels_do_not_depend_on_the_thread_count(nc, side):
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(40, 40, side, side)).astype(np.float32)
-    w = rng.normal(size=(72, 40, 3, 3)).astype(np.float32)  # 2 row blocks of the products
-    gy = rng.normal(size=(40, 72, side, side)).astype(np.float32)
+    w = rng.normal(size=(104, 40, 3, 3)).astype(np.float32)  # 2 row blocks of the products
+    gy = rng.normal(size=(40, 104, side, side)).astype(np.float32)
     results = []
     for threads in (1, 2):
         set_threads(threads)

@@ -239,8 +239,9 @@ def finite_difference(f, array, eps=1e-6):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("sizes", [(256, 400, 120), (37, 9, 5), (3, 1, 70), (65, 130, 1)])
 def test_matmul_kernel_matches_float64(dtype, sizes):
-    """c += a @ b by register tiles: whole tiles, masked pixel tails, 4-row tiles with the
-    last row repeated (M = 37, 3, 65), against a float64 product."""
+    """c += a @ b by register tiles: whole tiles, a last tile of pixels computed in scratch,
+    six-row tiles and pairs, a lone last row computed twice (M = 37, 3, 65), against a
+    float64 product."""
     from numbaconv.kernels.cpu.dense import matmul_acc
 
     m, k, p = sizes

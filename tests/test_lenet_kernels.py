@@ -1,7 +1,8 @@
-"""The kernels written for LeNet's shapes, each against the kernels it replaces (bit for bit)
-and the float64 reference: the six-row tiles of the padded-width convolution (6 output
-channels) and of the dense products, the first stage's one-pass backward (activation, pool
-and weight gradient) and the fused forward on the interleaved-samples layout (conv2)."""
+"""The kernels written for LeNet's shapes, against the float64 reference and, where they
+replaced others, against those (bit for bit): the six-row tiles of the padded-width
+convolution (6 output channels) and the plain product's (the dense layers', among others),
+the first stage's one-pass backward (activation, pool and weight gradient) and the fused
+forward on the interleaved-samples layout (conv2)."""
 
 from __future__ import annotations
 
@@ -115,11 +116,12 @@ def test_six_row_kernels_do_not_depend_on_the_thread_count(nc):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m_size", [1, 2, 4, 5, 6, 8, 9, 10, 11, 13, 64])
-@pytest.mark.parametrize("k_size, p_size", [(1, 1), (7, 10), (130, 64), (65, 120), (3, 130)])
+@pytest.mark.parametrize("m_size", [0, 1, 2, 4, 5, 6, 8, 9, 10, 11, 13, 64])
+@pytest.mark.parametrize("k_size, p_size", [(1, 1), (7, 10), (130, 64), (65, 120), (3, 130),
+                                            (0, 5), (9, 0)])
 def test_plain_product_matches_the_reference(dtype, m_size, k_size, p_size):
-    # six-row tiles, a four-row one and pairs; whole tiles of pixels and a masked last one;
-    # the columns past p_size untouched
+    # six-row tiles and pairs (a lone last row computed twice); whole tiles of pixels and a
+    # last one computed in scratch; several blocks of taps; the columns past p_size untouched
     rng = np.random.default_rng(m_size * 7 + k_size)
     a = rng.normal(size=(m_size, k_size)).astype(dtype)
     b = rng.normal(size=(k_size, p_size + 3)).astype(dtype)
@@ -130,6 +132,24 @@ def test_plain_product_matches_the_reference(dtype, m_size, k_size, p_size):
     expected[:, :p_size] += a.astype(np.float64) @ b[:, :p_size].astype(np.float64)
     assert_close(c, expected, dtype)
     np.testing.assert_array_equal(c[:, p_size:], start[:, p_size:])
+
+
+def test_plain_product_takes_a_strided_a_and_a_slice_of_c():
+    # as the unrolled kernels call it: a tap's weights read in place (a transposed view), c a
+    # block of rows of one group's result; the same sums as on contiguous copies
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(100, 70, 9)).astype(np.float32)  # (C_out, C_in, taps)
+    a = np.transpose(w, (2, 0, 1))[4, 10:100]  # tap 4's (90, 70), rows 9 * 4 bytes apart
+    b = rng.normal(size=(70, 40)).astype(np.float32)
+    groups = rng.normal(size=(3, 100, 40)).astype(np.float32)
+    c_contiguous = groups[1, 10:100].copy()
+    tiles._gemm_acc(np.ascontiguousarray(a), b, c_contiguous, np.int64(40), 64)
+    before = groups.copy()
+    tiles._gemm_acc(a, b, groups[1, 10:100], np.int64(40), 64)
+    np.testing.assert_array_equal(groups[1, 10:100], c_contiguous)
+    untouched = np.ones(groups.shape, dtype=bool)
+    untouched[1, 10:100] = False
+    np.testing.assert_array_equal(groups[untouched], before[untouched])
 
 
 @pytest.mark.parametrize("m_size", [1, 5, 84, 120, 256, 257])

@@ -66,7 +66,8 @@ SCRIPT = textwrap.dedent("""
         gya = rng.normal(size=r["avg"].shape).astype(dtype)
         r["avg_gx"] = nc.avg_pool2d_backward(gya, x.shape, 3, stride=2, padding=1,
                                              ceil_mode=True, count_include_pad=False)
-        r["dense"] = np.zeros((70, 50), dtype=dtype)  # 16-row tasks, a masked pixel tail
+        r["dense"] = np.zeros((70, 50), dtype=dtype)  # one task (a small product), a last
+        # tile of pixels computed in scratch
         matmul_acc(x.reshape(8, -1)[:, :60].repeat(9, axis=0)[:70], wn.reshape(-1)[:50]
                    * x.reshape(-1)[:3000].reshape(60, 50), r["dense"])
         # packed panels: three blocks of columns (a masked tail) x rows split in three

@@ -5,8 +5,11 @@ Forward type, ``c[m, p] += sum_k a[m, k] * src[chan[k], base + offset[k] + p]``
 pixel is the same plane shifted by a fixed offset per kernel tap, so the "im2col" matrix's
 row ``k`` is ``plane[offset[k]:]``, a contiguous slice; tiles of 4 output rows x 4 SIMD
 vectors (:mod:`numbaconv.kernels.cpu.simd`) of pixels keep their 16 sums in registers across
-all taps. The forward (both layouts), the input gradient and the dense layers' product
-(:mod:`numbaconv.kernels.cpu.dense`, every tap unshifted) use it.
+all taps. The padded-width and interleaved-samples kernels (forward, input gradient) use it.
+
+Plain type, ``c[m, p] += sum_k a[m, k] * b[k, p]`` (:func:`_gemm_acc`): six-row tiles over
+a panel of b per block of taps, for the unrolled, column and pointwise kernels and the dense
+layers' product (:mod:`numbaconv.kernels.cpu.dense`).
 
 Weight-gradient type, ``c[m, k] = sum_p a[m, p] * tap_k[p]`` (:func:`_abt_acc`,
 :func:`_abt_lanes_acc`): tiles of 4 output channels x 4 taps summed over pixels.

@@ -44,7 +44,8 @@ MAX_STRIDED_OUT_MAP = 144  # ... or 12x12 at a stride of 2 (ResNet's 64 -> 128 a
 MIN_STRIDED_C_IN = 64  # ... from this many input channels
 MIN_BATCH = 32  # samples from which the products' vectors are full enough (half a tile)
 ROW_BLOCK = 96  # rows of a group's result per parallel task: 16 six-row tiles (with 64 rows, ten
-# tiles and a pair, ResNet-18's products took 0.92-1.04x this time on 1 thread, 0.88-1.11x on 2)
+# tiles and two pairs, ResNet-18's products took 0.92-1.04x this time on 1 thread, 0.88-1.11x
+# on 2)
 IN_PLACE_PAIRS = 4  # pairs per live tap, on average, up to which the products read w in place
 
 
