@@ -650,20 +650,12 @@ def test_column_kernels_propagate_non_finite_values_like_reference(nc, where, va
 
 @pytest.mark.parametrize("side", [5, 3, 2], ids=["columns", "unrolled-3x3", "unrolled-2x2"])
 def test_column_kernels_do_not_depend_on_the_thread_count(nc, side):
-    from numbaconv.threads import set_threads
-
     rng = np.random.default_rng(4)
     x = rng.normal(size=(40, 40, side, side)).astype(np.float32)
     w = rng.normal(size=(104, 40, 3, 3)).astype(np.float32)  # 2 row blocks of the products
     gy = rng.normal(size=(40, 104, side, side)).astype(np.float32)
-    results = []
-    for threads in (1, 2):
-        set_threads(threads)
-        try:
-            results.append((nc.conv2d(x, w, padding=1),)
-                           + nc.conv2d_backward(gy, x, w, padding=1))
-        finally:
-            set_threads(None)
+    results = on_1_and_2_threads(lambda: (nc.conv2d(x, w, padding=1),)
+                                 + nc.conv2d_backward(gy, x, w, padding=1))
     for one, two in zip(*results, strict=True):
         np.testing.assert_array_equal(one, two)
 
@@ -980,20 +972,12 @@ def test_column_weight_gradient_splits_the_samples_of_a_one_channel_stem(nc, dty
     """A stem's one input channel is one block of the weight gradient's columns: its samples
     are split among tasks, their gradients added in order (like the reference, and the
     same on 1 and 2 threads)."""
-    from numbaconv.threads import set_threads
-
     case = dict(N=20, C=1, H=40, W=40, F=32, kernel=(7, 7), stride=2, padding=3, dilation=1,
                 groups=1, bias=True, dtype=dtype, layouts=("C", "C", "C"), seed=8)
     check_conv_against_reference(nc, case)
     x, w, _, rng = make_conv_arrays(case)
     gy = rng.normal(size=(20, 32, 20, 20)).astype(dtype)
-    grads = []
-    for threads in (1, 2):
-        set_threads(threads)
-        try:
-            grads.append(nc.conv2d_backward(gy, x, w, stride=2, padding=3)[1])
-        finally:
-            set_threads(None)
+    grads = on_1_and_2_threads(lambda: nc.conv2d_backward(gy, x, w, stride=2, padding=3)[1])
     np.testing.assert_array_equal(grads[0], grads[1])
 
 

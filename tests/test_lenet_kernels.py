@@ -155,20 +155,17 @@ def test_plain_product_takes_a_strided_a_and_a_slice_of_c():
 @pytest.mark.parametrize("m_size", [1, 5, 84, 120, 256, 257])
 def test_matmul_does_not_depend_on_the_thread_count(m_size):
     from numbaconv.kernels.cpu.dense import matmul_acc
-    from numbaconv.threads import set_threads
 
     rng = np.random.default_rng(m_size)
     a = rng.normal(size=(m_size, 70)).astype(np.float32)
     b = rng.normal(size=(70, 120)).astype(np.float32)
-    results = []
-    for threads in (1, 2):
-        set_threads(threads)
-        try:
-            c = np.ones((m_size, 120), dtype=np.float32)
-            matmul_acc(a, b, c)
-            results.append(c)
-        finally:
-            set_threads(None)
+
+    def product():
+        c = np.ones((m_size, 120), dtype=np.float32)
+        matmul_acc(a, b, c)
+        return c
+
+    results = on_1_and_2_threads(product)
     np.testing.assert_array_equal(results[0], results[1])
     assert_close(results[0], 1 + a.astype(np.float64) @ b, np.float32)
 

@@ -6,6 +6,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from support import on_1_and_2_threads
 
 from numbaconv.layers import Linear, Sequential
 from numbaconv.losses import accuracy, softmax_cross_entropy
@@ -80,22 +81,19 @@ def test_sgd_on_parameters_of_many_chunks_matches_torch_on_any_thread_count(torc
     """Parameters over one chunk take the parallel kernel: torch's numbers, and the same bits
     on 1 and 2 threads (each chunk is one iteration's)."""
     from numbaconv.kernels.cpu.elementwise import CHUNK
-    from numbaconv.threads import set_threads
 
     rng = np.random.default_rng(7)
     start = rng.standard_normal(3 * CHUNK + 5).astype(np.float32)
     grads = [rng.standard_normal(start.size).astype(np.float32) for _ in range(3)]
-    results = []
-    for threads in (1, 2):
-        set_threads(threads)
-        try:
-            params = {"w": start.copy()}
-            opt = SGD(params, **kwargs)
-            for g in grads:
-                opt.step({"w": g})
-            results.append(params["w"])
-        finally:
-            set_threads(None)
+
+    def trained():
+        params = {"w": start.copy()}
+        opt = SGD(params, **kwargs)
+        for g in grads:
+            opt.step({"w": g})
+        return params["w"]
+
+    results = on_1_and_2_threads(trained)
     np.testing.assert_array_equal(results[0], results[1])
     w = torch.from_numpy(start.copy()).requires_grad_(True)
     opt = torch.optim.SGD([w], **kwargs)
