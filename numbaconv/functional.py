@@ -34,6 +34,7 @@ from .kernels.cpu import buffers as cpu_buffers
 from .kernels.cpu import conv as cpu_conv
 from .kernels.cpu import conv_act_pool
 from .kernels.cpu import elementwise as cpu_elementwise
+from .kernels.cpu import layout as cpu_layout
 from .kernels.cpu import norm as cpu_norm
 from .kernels.cpu import pool as cpu_pool
 from .kernels.cpu.dense import product_acc
@@ -197,12 +198,12 @@ def _conv2d_cpu(x, weight, bias, geo):
     w = np.ascontiguousarray(weight)
     if cpu_conv.use_pointwise(x.shape, w.shape, geo.groups, geo.stride, geo.padding,
                               x.itemsize):
-        return cpu_conv.forward_pointwise(x, w, b, geo.stride[0])
+        return cpu_conv.forward_pointwise(cpu_layout.nchw(x), w, b, geo.stride[0])
     if cpu_conv.use_column_side(x.shape, w.shape, geo.groups, geo.stride, geo.output_shape):
         return cpu_conv.forward_columns(x, w, b, geo.padding, geo.stride, geo.dilation, out_h,
                                         out_w)
-    return cpu_conv.forward(x, w, b, geo.padding, geo.stride, geo.dilation, geo.groups, out_h,
-                            out_w)
+    return cpu_conv.forward(cpu_layout.nchw(x), w, b, geo.padding, geo.stride, geo.dilation,
+                            geo.groups, out_h, out_w)
 
 
 def _check_bias(bias, x, weight):
@@ -276,20 +277,21 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
         grad_w, grad_b = np.zeros_like(weight), np.zeros(weight.shape[0], dtype=x.dtype)
     else:
         w = np.ascontiguousarray(weight)
-        gy = np.ascontiguousarray(grad_y)
         if cpu_conv.use_pointwise(x.shape, w.shape, geo.groups, geo.stride, geo.padding,
                                   x.itemsize):
             grad_x, grad_w, grad_b = cpu_conv.backward_pointwise(
-                gy, x, w, geo.stride[0], need_input_grad, need_bias_grad, grad_weight)
+                cpu_layout.nchw(grad_y), cpu_layout.nchw(x), w, geo.stride[0],
+                need_input_grad, need_bias_grad, grad_weight)
             grad_b = _into(grad_bias, grad_b) if need_bias_grad else None
             return grad_x, _into(grad_weight, grad_w), grad_b
         if cpu_conv.use_column_side(x.shape, w.shape, geo.groups, geo.stride,
                                     geo.output_shape):
             grad_x, grad_w, grad_b = cpu_conv.backward_columns(
-                gy, x, w, geo.padding, geo.stride, geo.dilation, need_input_grad,
+                grad_y, x, w, geo.padding, geo.stride, geo.dilation, need_input_grad,
                 need_bias_grad, grad_weight)
             grad_b = _into(grad_bias, grad_b) if need_bias_grad else None
             return grad_x, _into(grad_weight, grad_w), grad_b
+        gy, x = cpu_layout.nchw(grad_y), cpu_layout.nchw(x)
         xp, finite = cpu_conv.pad(x, geo.padding, check_finite=True)
         if not (finite and np.isfinite(w.sum())):  # rare: an exact, slow path
             grad_xp, grad_w, grad_b = cpu_conv.conv2d_backward_direct(
@@ -548,7 +550,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     else:
         y = cpu_buffers.empty(geo.output_shape, x.dtype)
         indices = cpu_buffers.empty(geo.output_shape, np.int64)
-        cpu_pool.max_pool2d_forward(np.ascontiguousarray(x), *geo.args(), *geo.dilation, y,
+        cpu_pool.max_pool2d_forward(cpu_layout.nchw(x), *geo.args(), *geo.dilation, y,
                                     indices)
     return (y, indices) if return_indices else y
 
@@ -599,7 +601,7 @@ def _max_pool_backward_cpu(grad_y, indices, input_shape):
     """grad_x (N, C, H, W) of a max pool (plain or adaptive) on the CPU."""
     n, channels, height, width = input_shape
     grad_x = cpu_buffers.empty(input_shape, grad_y.dtype)
-    cpu_pool.max_pool2d_backward(np.ascontiguousarray(grad_y), np.ascontiguousarray(indices),
+    cpu_pool.max_pool2d_backward(cpu_layout.nchw(grad_y), np.ascontiguousarray(indices),
                                  grad_x.reshape(n, channels, height * width))
     return grad_x
 
@@ -630,7 +632,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
             x, geo.kernel, geo.stride, geo.padding, (out_h, out_w), bool(count_include_pad),
             divisor)
     y = cpu_buffers.empty(geo.output_shape, x.dtype)
-    cpu_pool.avg_pool2d_forward(np.ascontiguousarray(x), *geo.args(), bool(count_include_pad),
+    cpu_pool.avg_pool2d_forward(cpu_layout.nchw(x), *geo.args(), bool(count_include_pad),
                                 divisor, y)
     return y
 
@@ -662,7 +664,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
             grad_y, input_shape, geo.kernel, geo.stride, geo.padding, bool(count_include_pad),
             divisor)
     grad_x = cpu_buffers.empty(input_shape, grad_y.dtype)
-    cpu_pool.avg_pool2d_backward(np.ascontiguousarray(grad_y), *geo.args(),
+    cpu_pool.avg_pool2d_backward(cpu_layout.nchw(grad_y), *geo.args(),
                                  bool(count_include_pad), divisor, grad_x)
     return grad_x
 
@@ -773,10 +775,10 @@ def relu(x):
     _check_array(x, "x", None, "(*)")
     if _is_device_array(x):
         return _cuda().relu_forward(x)
-    flat = np.ascontiguousarray(x).reshape(-1)  # one compiled kernel for every shape
+    flat = cpu_layout.memory_flat(x)  # one compiled kernel for every shape; y in x's layout
     y = cpu_elementwise.empty(flat.size, flat)
     cpu_elementwise.relu_forward(flat, y)
-    return y.reshape(x.shape)
+    return cpu_layout.shaped_like(y, x)
 
 
 def relu_backward(grad_y, y):
@@ -785,10 +787,11 @@ def relu_backward(grad_y, y):
     _check_activation_grad(grad_y, y)
     if _is_device_array(y):
         return _cuda().relu_backward(grad_y, y)
-    flat_y = np.ascontiguousarray(y).reshape(-1)
+    flat_y = cpu_layout.memory_flat(y)  # grad_x in y's layout
     grad_x = cpu_elementwise.empty(flat_y.size, flat_y)
-    cpu_elementwise.relu_backward(np.ascontiguousarray(grad_y).reshape(-1), flat_y, grad_x)
-    return grad_x.reshape(y.shape)
+    cpu_elementwise.relu_backward(cpu_layout.memory_flat(cpu_layout.same_layout(grad_y, y)),
+                                  flat_y, grad_x)
+    return cpu_layout.shaped_like(grad_x, y)
 
 
 def sigmoid(x):
@@ -798,8 +801,7 @@ def sigmoid(x):
     _check_array(x, "x", None, "(*)")
     if _is_device_array(x):
         return _cuda().sigmoid_forward(x)
-    flat = np.ascontiguousarray(x).reshape(-1)
-    return cpu_activation.sigmoid_forward(flat).reshape(x.shape)
+    return cpu_layout.shaped_like(cpu_activation.sigmoid_forward(cpu_layout.memory_flat(x)), x)
 
 
 def sigmoid_backward(grad_y, y):
@@ -808,9 +810,10 @@ def sigmoid_backward(grad_y, y):
     _check_activation_grad(grad_y, y)
     if _is_device_array(y):
         return _cuda().sigmoid_backward(grad_y, y)
-    # flat views: one compiled kernel for every shape
-    return cpu_activation.sigmoid_backward(np.ascontiguousarray(grad_y).reshape(-1),
-                                           np.ascontiguousarray(y).reshape(-1)).reshape(y.shape)
+    # flat views: one compiled kernel for every shape; grad_x in y's layout
+    grad_x = cpu_activation.sigmoid_backward(
+        cpu_layout.memory_flat(cpu_layout.same_layout(grad_y, y)), cpu_layout.memory_flat(y))
+    return cpu_layout.shaped_like(grad_x, y)
 
 
 def tanh(x):
@@ -1031,12 +1034,14 @@ def add(a, b):
     _check_same_dtype(a, "a", b, "b")
     if _check_device(a, {"b": b}):
         return _cuda().add(a, b)
+    if cpu_layout.is_pixel_major(b) and not cpu_layout.is_pixel_major(a):
+        a, b = b, a  # the sum in the pixel-major layout: the small maps' layers keep it
     if np.dtype(a.dtype) not in FLOAT_DTYPES or cpu_elementwise.serial(a.size):
-        return np.add(a, b)
-    flat_a = np.ascontiguousarray(a).reshape(-1)
+        return np.add(a, cpu_layout.same_layout(b, a) if cpu_layout.is_pixel_major(a) else b)
+    flat_a = cpu_layout.memory_flat(a)
     total = cpu_elementwise.empty(flat_a.size, flat_a)
-    cpu_elementwise.add(flat_a, np.ascontiguousarray(b).reshape(-1), total)
-    return total.reshape(a.shape)
+    cpu_elementwise.add(flat_a, cpu_layout.memory_flat(cpu_layout.same_layout(b, a)), total)
+    return cpu_layout.shaped_like(total, a)
 
 
 def concat_channels(arrays):
@@ -1056,12 +1061,17 @@ def concat_channels(arrays):
         return _cuda().concat_channels(arrays)
     if np.dtype(first.dtype) not in FLOAT_DTYPES or first.ndim < 2:
         return np.concatenate(arrays, axis=1)
-    return cpu_elementwise.concat_channels(arrays)
+    if all(cpu_layout.is_pixel_major(a) for a in arrays):  # pixel-major, as the branches
+        joined = np.concatenate([cpu_layout.pixel_matrix(a) for a in arrays], axis=1)
+        return cpu_layout.from_pixel_matrix(joined, *first.shape[2:])
+    return cpu_elementwise.concat_channels([cpu_layout.nchw(a) if cpu_layout.is_pixel_major(a)
+                                            else a for a in arrays])
 
 
 def split_channels(array, sizes):
     """The inverse of :func:`concat_channels`: ``array`` (N, sum(sizes), ...) cut along axis 1
-    into arrays of ``sizes[i]`` channels (views on the CPU)."""
+    into arrays of ``sizes[i]`` channels (views on the CPU; copies of a pixel-major array,
+    see :mod:`numbaconv.kernels.cpu.layout`)."""
     sizes = [int(s) for s in sizes]
     if array.ndim < 2 or sum(sizes) != array.shape[1]:
         raise ValueError(f"split_channels: {sizes} channels do not add up to the "
@@ -1069,6 +1079,12 @@ def split_channels(array, sizes):
     if _is_device_array(array):
         return _cuda().split_channels(array, sizes)
     bounds = np.cumsum([0] + sizes)
+    if cpu_layout.is_pixel_major(array):  # each part a pixel-major copy (a view would be
+        # neither layout, and a later NCHW copy of it NumPy's slow one)
+        matrix = cpu_layout.pixel_matrix(array)
+        return [cpu_layout.from_pixel_matrix(np.ascontiguousarray(matrix[:, lo:hi]),
+                                             *array.shape[2:])
+                for lo, hi in zip(bounds[:-1], bounds[1:])]
     return [array[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
@@ -1224,7 +1240,8 @@ def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, 
         if relu:
             y = _cuda().relu_forward(y)
         return y.reshape(x.shape), mean, invstd
-    x3 = np.ascontiguousarray(x).reshape(n, channels, length)
+    x3 = cpu_layout.channel_matrix(x)  # y keeps x's layout (pixel-major or NCHW)
+    by_rows = cpu_norm.long_rows(*x3.shape[::2], cpu_layout.is_pixel_major(x))
     weight = np.ones(channels, x.dtype) if weight is None else np.ascontiguousarray(weight)
     bias = np.zeros(channels, x.dtype) if bias is None else np.ascontiguousarray(bias)
     y = cpu_buffers.empty(x3.shape, x3.dtype)
@@ -1240,14 +1257,15 @@ def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, 
         else:  # (0,) arrays: no running statistics to update
             running_mean = running_var = np.empty(0, dtype=x.dtype)
         cpu_norm.batch_norm_forward_batch_stats(x3, weight, bias, eps, relu, y, mean, var,
-                                                invstd, running_mean, running_var, factor)
+                                                invstd, running_mean, running_var, factor,
+                                                by_rows)
     else:
         mean = np.empty(channels, dtype=np.float64)
         cpu_norm.batch_norm_forward_fixed_stats(x3, weight, bias, eps,
                                                 np.ascontiguousarray(running_mean),
                                                 np.ascontiguousarray(running_var), relu, y,
-                                                mean, invstd)
-    return y.reshape(x.shape), mean, invstd
+                                                mean, invstd, by_rows)
+    return cpu_layout.like(y, x), mean, invstd
 
 
 def batch_norm_backward(grad_y, x, save_mean, save_invstd, weight=None, batch_stats=True,
@@ -1290,16 +1308,18 @@ def batch_norm_backward(grad_y, x, save_mean, save_invstd, weight=None, batch_st
             grad_y.reshape(n, channels, length), x.reshape(n, channels, length), *saved,
             weight, bool(batch_stats), bool(need_input_grad), grad_weight, grad_bias)
         return (None if grad_x is None else grad_x.reshape(x.shape)), grad_w, grad_b
-    x3 = np.ascontiguousarray(x).reshape(n, channels, length)
-    g3 = np.ascontiguousarray(grad_y).reshape(n, channels, length)
+    x3 = cpu_layout.channel_matrix(x)  # grad_x keeps x's layout
+    g3 = cpu_layout.channel_matrix(cpu_layout.same_layout(grad_y, x))
     weight = np.ones(channels, x.dtype) if weight is None else np.ascontiguousarray(weight)
     grad_x = cpu_buffers.empty(x3.shape, x3.dtype) if need_input_grad else \
         np.empty((0, 0, 1), dtype=x.dtype)
     grad_w = np.empty(channels, dtype=x.dtype) if grad_weight is None else grad_weight
     grad_b = np.empty(channels, dtype=x.dtype) if grad_bias is None else grad_bias
     cpu_norm.batch_norm_backward(g3, x3, *saved, weight, bool(batch_stats),
-                                 bool(need_input_grad), grad_x, grad_w, grad_b)
-    return (grad_x.reshape(x.shape) if need_input_grad else None), grad_w, grad_b
+                                 bool(need_input_grad), grad_x, grad_w, grad_b,
+                                 cpu_norm.long_rows(*x3.shape[::2],
+                                                    cpu_layout.is_pixel_major(x)))
+    return (cpu_layout.like(grad_x, x) if need_input_grad else None), grad_w, grad_b
 
 
 # --------------------------------------------------------------------------- adaptive pooling
@@ -1336,8 +1356,8 @@ def adaptive_pool2d_output_shape(input_shape, output_size) -> tuple:
 
 
 def _planes(array, height, width):
-    """A C-contiguous host (N, C, H, W) array as (N * C, H, W)."""
-    return np.ascontiguousarray(array).reshape(-1, height, width)
+    """A host (N, C, H, W) array as C-contiguous (N * C, H, W)."""
+    return cpu_layout.nchw(array).reshape(-1, height, width)
 
 
 def adaptive_avg_pool2d(x, output_size):
@@ -1400,7 +1420,7 @@ def adaptive_avg_pool2d_backward(grad_y, input_shape):
     grad_x = np.empty((n * c, height, width), dtype=grad_y.dtype)
     if tuple(grad_y.shape[2:]) == (1, 1):
         cpu_adaptive_pool.global_avg_pool_backward(
-            np.ascontiguousarray(grad_y).reshape(n * c), grad_x.reshape(n * c, height * width))
+            cpu_layout.nchw(grad_y).reshape(n * c), grad_x.reshape(n * c, height * width))
     else:
         cpu_adaptive_pool.adaptive_avg_pool_backward(_planes(grad_y, *grad_y.shape[2:]),
                                                      grad_x)

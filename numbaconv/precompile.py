@@ -89,7 +89,7 @@ KERNELS = {
     "channel_sums": 0.3,
     # the unrolled kernels (numbaconv.kernels.cpu.conv.unrolled: small maps); the products
     # also with the forward's weights read in place (VARIANTS: a strided view, another compile)
-    "_swap_outer": 1.1,
+    "swap_outer": 1.1,
     "_live_weights": 0.7,
     "_live_weights_transposed": 0.7,
     "_taps_gradient": 0.8,
@@ -319,13 +319,13 @@ VARIANTS = {"_pair_products_in_place": "_pair_products"}
 
 
 def _dispatcher(name: str):
-    from .kernels.cpu import activation, conv, conv_act_pool, dense, optim, pool
+    from .kernels.cpu import activation, conv, conv_act_pool, dense, layout, optim, pool
 
     if name.startswith(JOB_PREFIX):
         return job(name[len(JOB_PREFIX):], np.float32).dispatcher
     name = VARIANTS.get(name, name)
     for module in (conv, conv.tiles, conv.lanes, conv.columns, conv.channels, conv.pointwise,
-                   conv.unrolled, conv.winograd, pool, activation, dense, optim):
+                   conv.unrolled, conv.winograd, layout, pool, activation, dense, optim):
         if hasattr(module, name):
             return getattr(module, name)
     for kernels in (*activation.FUSED.values(), conv_act_pool.FUSED.values(),
@@ -405,13 +405,13 @@ def _signature(name: str, dtype) -> tuple:
         "conv2d_weight_grad_pointwise": (a3, a3, i64, a3, a2),
         "transpose_samples": (a4, i64, a3),
         "channel_sums": (a3,),
-        "_swap_outer": (a1, i64, i64, i64, i64, i64, a1),
+        "swap_outer": (a1, i64, i64, i64, i64, i64, i64, a1),
         "_live_weights": (a3, taps),
         "_live_weights_transposed": (a3, taps),
         "_taps_gradient": (a3, taps, a3),
-        "_pair_products": (a3, a3, taps, taps, taps),
+        "_pair_products": (a3, a3, taps, taps, taps, a1),
         # the weights in place: w (C_out, C_in, T) seen tap-major, a strided view
-        "_pair_products_in_place": (a3.copy(layout="A"), a3, taps, taps, taps),
+        "_pair_products_in_place": (a3.copy(layout="A"), a3, taps, taps, taps, a1),
         "conv2d_weight_grad_channels": (a4, a2, taps) + (i64,) * 4 + (a3,),
         "avg_pool2d_forward": (a4,) + (i64,) * 6 + (types.boolean, i64, a4),
         "avg_pool2d_backward": (a4,) + (i64,) * 6 + (types.boolean, i64, a4),
@@ -556,10 +556,10 @@ def _unrolled_kernels(layer, input_shape, stride, dilation, padding, output_shap
     weight = layer.params["weight"]
     live, by_output, _, _ = unrolled._plan_of(input_shape, weight.shape, *output_shape[2:],
                                               unrolled.geometry(stride, dilation, padding))
-    forward = ["_swap_outer"] + (["_pair_products_in_place"]
+    forward = ["swap_outer"] + (["_pair_products_in_place"]
                                  if unrolled._weights_in_place(by_output, live)
                                  else ["_live_weights", "_pair_products"])
-    backward = ["_swap_outer", "_pair_products", "_taps_gradient"] + (
+    backward = ["swap_outer", "_pair_products", "_taps_gradient"] + (
         ["channel_sums"] if layer.params.get("bias") is not None else []) + (
         ["_live_weights_transposed"] if need_input_grad else [])
     return forward, backward

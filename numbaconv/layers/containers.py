@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import functional as F
 from ..init import as_generator
+from ..kernels.cpu.layout import is_pixel_major
 from .base import Layer, ShapeError
 from .fusion import ConvActPool, NormReLU, fusable, norm_relu_fusable
 
@@ -354,7 +355,11 @@ class Concat(Layer):
 
 
 def _contiguous(array):
-    return np.ascontiguousarray(array) if isinstance(array, np.ndarray) else array
+    """A branch's part of the gradient, C-contiguous or pixel-major (as
+    :func:`numbaconv.functional.split_channels` copies it: kept)."""
+    if not isinstance(array, np.ndarray) or is_pixel_major(array):
+        return array
+    return np.ascontiguousarray(array)
 
 
 #: The containers by name, as specs write them.

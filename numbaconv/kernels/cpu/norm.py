@@ -60,6 +60,18 @@ MIN_TASKS = 8
 SERIAL_ELEMENTS = 32768
 #: Rows (L) at least this long are reduced per channel, in registers (see above).
 ROW_LENGTH = 128
+#: A pixel-major input (:mod:`.layout`: x as (H * W, C, N), rows of N samples) of fewer pixels
+#: than this takes the long rows' passes: the columns' accumulators and spread coefficients
+#: of a short one are C * N values each (ResNet-18's 512 channels on 1x1 maps, batch 64:
+#: forward and backward 3-4x slower than NCHW's); from 6x6 maps on the short rows' are faster.
+PIXEL_MAJOR_LONG_ROWS = 32
+
+
+def long_rows(rows, length, pixel_major) -> bool:
+    """Whether an (N, C, L) input (``rows`` = N) takes the long rows' passes: L of at least
+    :data:`ROW_LENGTH`, or a pixel-major input of fewer than :data:`PIXEL_MAJOR_LONG_ROWS`
+    pixels (its rows)."""
+    return length >= ROW_LENGTH or (pixel_major and rows < PIXEL_MAJOR_LONG_ROWS)
 
 
 @njit(cache=True)
@@ -175,11 +187,12 @@ def _segments_normalise(x2, start, stop, scale, shift, relu, y2):
 
 
 @njit(cache=True)
-def _batch_stats_task(x2, length, c0, c1, weight, bias, eps, relu, y2, mean, var, invstd):
+def _batch_stats_task(x2, length, by_rows, c0, c1, weight, bias, eps, relu, y2, mean, var,
+                      invstd):
     """Channels c0..c1 - 1 of :func:`batch_norm_forward_batch_stats`."""
     count = x2.shape[0] * length
     dtype = x2.dtype.type
-    if length >= ROW_LENGTH:
+    if by_rows:
         for c in range(c0, c1):
             start, stop = c * length, (c + 1) * length
             mu = _segments_sum(x2, start, stop) / count
@@ -215,11 +228,11 @@ def _batch_stats_task(x2, length, c0, c1, weight, bias, eps, relu, y2, mean, var
 
 @njit(parallel=True, cache=True)
 def batch_norm_forward_batch_stats(x, weight, bias, eps, relu, y, mean, var, invstd,
-                                   running_mean, running_var, momentum):
+                                   running_mean, running_var, momentum, by_rows):
     """Normalise each channel of x (N, C, L) by its own mean and biased variance; writes y
     (x's shape and dtype; with ``relu`` its max with 0) and the float64 (C,) mean, biased
     var and invstd. Updates the running (C,) statistics in x's dtype with ``momentum``
-    unless they are empty (0,)."""
+    unless they are empty (0,). ``by_rows``: :func:`long_rows` of x."""
     n_batch, channels, length = x.shape
     x2 = x.reshape(n_batch, channels * length)
     y2 = y.reshape(n_batch, channels * length)
@@ -228,13 +241,13 @@ def batch_norm_forward_batch_stats(x, weight, bias, eps, relu, y, mean, var, inv
     if x.size <= SERIAL_ELEMENTS:
         for task in range(tasks):
             c0 = task * per_task
-            _batch_stats_task(x2, length, c0, min(channels, c0 + per_task), weight, bias, eps,
-                              relu, y2, mean, var, invstd)
+            _batch_stats_task(x2, length, by_rows, c0, min(channels, c0 + per_task), weight,
+                              bias, eps, relu, y2, mean, var, invstd)
     else:
         for task in prange(tasks):
             c0 = task * per_task
-            _batch_stats_task(x2, length, c0, min(channels, c0 + per_task), weight, bias, eps,
-                              relu, y2, mean, var, invstd)
+            _batch_stats_task(x2, length, by_rows, c0, min(channels, c0 + per_task), weight,
+                              bias, eps, relu, y2, mean, var, invstd)
     if running_mean.shape[0] != 0:
         _update_running(running_mean, running_var, mean, var, momentum, n_batch * length)
 
@@ -253,7 +266,7 @@ def _update_running(running_mean, running_var, mean, var, momentum, count):
 
 
 @njit(fastmath=REASSOC, cache=True)
-def _fixed_stats_rows(x2, first, last, length, scale, shift, relu, y2):
+def _fixed_stats_rows(x2, first, last, length, by_rows, scale, shift, relu, y2):
     """Rows first..last - 1 (samples) of :func:`batch_norm_forward_fixed_stats`, in memory
     order: per (n, c) plane with the channel's scalars for long rows, else along the whole
     row with ``scale`` and ``shift`` spread over the columns."""
@@ -261,7 +274,7 @@ def _fixed_stats_rows(x2, first, last, length, scale, shift, relu, y2):
     for n in range(first, last):
         row = x2[n]
         out = y2[n]
-        if length >= ROW_LENGTH:
+        if by_rows:
             for c in range(scale.shape[0]):
                 s, b = scale[c], shift[c]
                 plane = row[c * length:(c + 1) * length]
@@ -275,11 +288,11 @@ def _fixed_stats_rows(x2, first, last, length, scale, shift, relu, y2):
 
 @njit(parallel=True, cache=True)
 def batch_norm_forward_fixed_stats(x, weight, bias, eps, mean, var, relu, y, save_mean,
-                                   invstd):
+                                   invstd, by_rows):
     """Normalise each channel of x (N, C, L) by the given (running) mean and variance;
     writes y (with ``relu`` its max with 0) and the float64 (C,) mean and invstd. Nothing
     is summed, so the pass runs in memory order, a run of samples per task (the order a
-    prefetcher follows best)."""
+    prefetcher follows best). ``by_rows``: :func:`long_rows` of x."""
     n_batch, channels, length = x.shape
     x2 = x.reshape(n_batch, channels * length)
     y2 = y.reshape(n_batch, channels * length)
@@ -293,19 +306,19 @@ def batch_norm_forward_fixed_stats(x, weight, bias, eps, mean, var, relu, y, sav
         s = weight[c] * inv
         scale[c] = dtype(s)
         shift[c] = dtype(bias[c] - mean[c] * s)
-    if length < ROW_LENGTH:
+    if not by_rows:
         scale = _spread_over(scale, length)
         shift = _spread_over(shift, length)
     # rows per task: about TASK_ELEMENTS values, at least one row
     per_task = max(1, TASK_ELEMENTS // max(1, channels * length))
     tasks = (n_batch + per_task - 1) // per_task
     if x.size <= SERIAL_ELEMENTS:
-        _fixed_stats_rows(x2, 0, n_batch, length, scale, shift, relu, y2)
+        _fixed_stats_rows(x2, 0, n_batch, length, by_rows, scale, shift, relu, y2)
     else:
         for task in prange(tasks):
             first = task * per_task
-            _fixed_stats_rows(x2, first, min(n_batch, first + per_task), length, scale, shift,
-                              relu, y2)
+            _fixed_stats_rows(x2, first, min(n_batch, first + per_task), length, by_rows,
+                              scale, shift, relu, y2)
 
 
 @njit(fastmath=REASSOC, cache=True)
@@ -378,12 +391,12 @@ def _segments_input_grad(g2, x2, start, stop, scale, mean_g, centre, slope, batc
 
 
 @njit(cache=True)
-def _backward_task(g2, x2, length, c0, c1, mean, invstd, weight, batch_stats, need_input_grad,
-                   grad_x2, grad_weight, grad_bias):
+def _backward_task(g2, x2, length, by_rows, c0, c1, mean, invstd, weight, batch_stats,
+                   need_input_grad, grad_x2, grad_weight, grad_bias):
     """Channels c0..c1 - 1 of :func:`batch_norm_backward`."""
     count = x2.shape[0] * length
     dtype = x2.dtype.type
-    if length >= ROW_LENGTH:
+    if by_rows:
         for c in range(c0, c1):
             start, stop = c * length, (c + 1) * length
             inv = invstd[c]
@@ -432,11 +445,11 @@ def _backward_task(g2, x2, length, c0, c1, mean, invstd, weight, batch_stats, ne
 
 @njit(parallel=True, cache=True)
 def batch_norm_backward(grad_y, x, mean, invstd, weight, batch_stats, need_input_grad, grad_x,
-                        grad_weight, grad_bias):
+                        grad_weight, grad_bias, by_rows):
     """Gradients of one forward over x (N, C, L) with the float64 (C,) mean and invstd it
     used; ``batch_stats`` says whether it normalised by the batch's own statistics. Writes
     grad_weight and grad_bias (C,), and grad_x (N, C, L) when ``need_input_grad`` (else
-    grad_x may be empty)."""
+    grad_x may be empty). ``by_rows``: :func:`long_rows` of x."""
     n_batch, channels, length = x.shape
     x2 = x.reshape(n_batch, channels * length)
     g2 = grad_y.reshape(n_batch, channels * length)
@@ -446,12 +459,12 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight, batch_stats, need_input
     if x.size <= SERIAL_ELEMENTS:
         for task in range(tasks):
             c0 = task * per_task
-            _backward_task(g2, x2, length, c0, min(channels, c0 + per_task), mean, invstd,
-                           weight, batch_stats, need_input_grad, grad_x2, grad_weight,
+            _backward_task(g2, x2, length, by_rows, c0, min(channels, c0 + per_task), mean,
+                           invstd, weight, batch_stats, need_input_grad, grad_x2, grad_weight,
                            grad_bias)
     else:
         for task in prange(tasks):
             c0 = task * per_task
-            _backward_task(g2, x2, length, c0, min(channels, c0 + per_task), mean, invstd,
-                           weight, batch_stats, need_input_grad, grad_x2, grad_weight,
+            _backward_task(g2, x2, length, by_rows, c0, min(channels, c0 + per_task), mean,
+                           invstd, weight, batch_stats, need_input_grad, grad_x2, grad_weight,
                            grad_bias)

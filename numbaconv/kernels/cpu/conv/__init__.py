@@ -39,6 +39,7 @@ transposed kernel, and runs through :func:`forward` (or, on the lanes layout, sc
 import numpy as np
 
 from .. import buffers
+from ..layout import nchw
 from . import pointwise
 from .channels import (
     forward_channels,
@@ -253,16 +254,17 @@ def use_column_side(x_shape, weight_shape, groups, stride, out_shape):
 
 
 def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
-    """:func:`conv2d_forward_columns` of x (unpadded; padding ((top, bottom), (left, right))),
+    """:func:`conv2d_forward_columns` of x (unpadded, in either layout of :mod:`..layout`;
+    padding ((top, bottom), (left, right))),
     or at stride 2 or 4 where :func:`use_strided_channel_vectors` says so
     :func:`forward_channels` (also where the unrolled kernels serve the backward: ResNet's
     64 -> 128 onto 12x12, batch 64, 14.1 -> 9.7 ms on 1 thread, 6.2 -> 4.5 on 2), or on
-    small maps :func:`forward_unrolled`."""
+    small maps :func:`forward_unrolled` (whose output is pixel-major)."""
     if use_strided_channel_vectors(w.shape, 1, stride, out_w, x.itemsize):
-        return forward_channels(x, w, b, padding, stride, dilation, out_h, out_w)
+        return forward_channels(nchw(x), w, b, padding, stride, dilation, out_h, out_w)
     if use_unrolled(x.shape, w.shape, 1, (x.shape[0], w.shape[0], out_h, out_w)):
-        return forward_unrolled(np.ascontiguousarray(x), w, b,
-                                geometry(stride, dilation, padding), out_h, out_w)
+        return forward_unrolled(x, w, b, geometry(stride, dilation, padding), out_h, out_w)
+    x = nchw(x)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, out_h, out_w)
     if plan.empty:  # the bias alone
         return np.broadcast_to(b[:, None, None], (x.shape[0], w.shape[0], out_h, out_w)).copy()
@@ -274,15 +276,16 @@ def forward_columns(x, w, b, padding, stride, dilation, out_h, out_w):
 
 def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad, need_bias_grad,
                      grad_weight=None):
-    """``(grad_x or None, grad_w, grad_b or None)`` by the column kernels (x unpadded), the
+    """``(grad_x or None, grad_w, grad_b or None)`` by the column kernels (x unpadded; gy and
+    x in either layout of :mod:`..layout`), the
     weight gradient at stride 2 or 4 by :func:`weight_grad_channels` where
     :func:`use_strided_channel_vectors` says so, or on small maps by
     :func:`backward_unrolled`, which writes grad_w into ``grad_weight`` where given (a
-    layer's gradient: no copy)."""
+    layer's gradient: no copy) and returns grad_x pixel-major."""
     if use_unrolled(x.shape, w.shape, 1, gy.shape):
-        return backward_unrolled(gy, np.ascontiguousarray(x), w,
-                                 geometry(stride, dilation, padding), need_input_grad,
-                                 need_bias_grad, grad_weight)
+        return backward_unrolled(gy, x, w, geometry(stride, dilation, padding),
+                                 need_input_grad, need_bias_grad, grad_weight)
+    gy, x = nchw(gy), nchw(x)
     plan = _ColumnsPlan(x.shape, w.shape, padding, stride, dilation, gy.shape[2], gy.shape[3])
     grad_w = np.zeros_like(w)
     if plan.empty:

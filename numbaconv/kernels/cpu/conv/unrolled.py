@@ -18,11 +18,16 @@ gradients are sums of products over the same pairs, grouped by what they write:
     weight grad:   grad_w[t] = sum over the pairs of t:  gy[o]  @ x[i].T    (by tap)
     input grad:    grad_x[i] = sum over the pairs of i:  w[t].T @ gy[o]     (by input pixel)
 
-with the arrays laid out pixel-major (``x[i]`` is one pixel's (C_in, N) matrix, ...). One
-parallel kernel, :func:`_pair_products`, computes all three; each task owns a block of rows
-of one group's result and sums its pairs in a fixed order, so results do not depend on the
-number of threads. The rearrangements around the products (x, gy and the results between
-the two layouts, the live taps' weights) are parallel Numba loops too; where the live taps
+with the arrays laid out pixel-major (``x[i]`` is one pixel's (C_in, N) matrix, ...: see
+:mod:`..layout`). The kernels take x and gy in either layout and return y and grad_x
+pixel-major, which the layers between two of them keep (batch norm, ReLU, the residual sum):
+in a chain of small-map layers only its first input is swapped from NCHW (at 28x28,
+ResNet-18's 64 -> 64 layer on 7x7 maps took 1.32 ms forward from a pixel-major input, 1.56
+from NCHW, 1.6-1.7 when it also swapped y back). One parallel kernel,
+:func:`_pair_products`, computes all three; each task owns a block of rows of one group's
+result and sums its pairs in a fixed order, so results do not depend on the number of
+threads. The rearrangements around the products (an NCHW input, x's pixel rows for the
+weight gradient, the live taps' weights) are parallel Numba loops too; where the live taps
 serve only a few pairs each (:func:`_weights_in_place`: a 3x3 kernel's outputs of 2x2 and
 less), the forward's products read the weights in w itself instead, a tap's matrix at a
 stride of the kernel's size, for a rearrangement of w is a pass over all of it at every
@@ -35,6 +40,7 @@ import functools
 import numpy as np
 from numba import njit, prange
 
+from ..layout import from_pixel_matrix, pixel_rows, to_pixel_matrix
 from .columns import K_BLOCK, many_channels
 from .common import channel_sums
 from .tiles import UINT, _gemm_acc
@@ -95,11 +101,12 @@ def _grouped(groups, a_index, b_index, n_groups):
 
 
 @njit(parallel=True, cache=True)
-def _pair_products(a, b, starts, a_index, b_index):
+def _pair_products(a, b, starts, a_index, b_index, bias):
     """c (G, R, P): c[g] = the sum over pairs j in starts[g]:starts[g + 1] of
-    a[a_index[j]] (R, K) @ b[b_index[j]] (K, P), in that order; by blocks of ROW_BLOCK rows
-    of each group in parallel. ``a`` may be a strided view (the weights in place,
-    :func:`_weights_in_place`); b is C-contiguous."""
+    a[a_index[j]] (R, K) @ b[b_index[j]] (K, P), in that order, then bias[r] added to row r
+    where ``bias`` (R,) is not empty; by blocks of ROW_BLOCK rows of each group in parallel.
+    ``a`` may be a strided view (the weights in place, :func:`_weights_in_place`); b is
+    C-contiguous."""
     n_groups, rows, p_size = starts.size - 1, a.shape[1], b.shape[2]
     c = np.empty((n_groups, rows, p_size), dtype=b.dtype)
     n_blocks = -(-rows // ROW_BLOCK)
@@ -109,6 +116,9 @@ def _pair_products(a, b, starts, a_index, b_index):
         c[g, r0:r1] = 0  # by the task, in parallel
         for j in range(starts[g], starts[g + 1]):
             _gemm_acc(a[a_index[j], r0:r1], b[b_index[j]], c[g, r0:r1], p_size, K_BLOCK)
+        if bias.size:
+            for r in range(r0, r1):
+                c[g, r] += bias[r]
     return c
 
 
@@ -132,54 +142,6 @@ def _plan_of(x_shape, w_shape, out_h, out_w, geometry):
                  int(w_shape[3]), tuple(int(g) for g in geometry))
 
 
-SWAP_ROWS = 64  # rows of a read across at a time by _swap_outer (their lines stay in L1)
-
-
-@njit(parallel=True, cache=True)
-def _swap_outer(src, rows, channels, length, row_stride, channel_stride, bias):
-    """out (length, channels, rows), C-contiguous, out[j, b, i] = src[i * row_stride + b *
-    channel_stride + j] (+ bias[b] where ``bias`` is not empty): a (rows, channels, length)
-    array's outer axes swapped (samples x channels x pixels to pixels x channels x samples
-    and back), src its flat data; each b by a task of its own.
-
-    NumPy's copy runs on one thread, and reads across rows of 144 pixels 9x slower. The loops
-    index flat arrays with unsigned integers (as the products do, :data:`.tiles.UINT`) and add
-    the bias as they copy: a view per row and a pass of its own for the bias took 4x as long
-    where rows are short (1x1 maps)."""
-    out = np.empty((length, channels, rows), dtype=src.dtype)
-    dst = out.reshape(out.size)
-    n_rows, n_length = UINT(rows), UINT(length)
-    for b in prange(channels):
-        d_channel, s_channel = UINT(b) * n_rows, UINT(b * channel_stride)
-        for i0 in range(0, rows, SWAP_ROWS):
-            i1 = min(rows, i0 + SWAP_ROWS)
-            for j in range(n_length):
-                d = j * UINT(channels) * n_rows + d_channel
-                if bias.size:
-                    add = bias[b]
-                    for i in range(UINT(i0), UINT(i1)):
-                        dst[d + i] = src[i * UINT(row_stride) + s_channel + j] + add
-                else:
-                    for i in range(UINT(i0), UINT(i1)):
-                        dst[d + i] = src[i * UINT(row_stride) + s_channel + j]
-    return out
-
-
-def _swapped(a, bias=None):
-    """a (A, B, C), C-contiguous, as (C, B, A) (:func:`_swap_outer`), ``bias`` (B,) added."""
-    n_a, n_b, n_c = a.shape
-    return _swap_outer(a.reshape(-1), n_a, n_b, n_c, n_b * n_c, n_c,
-                       np.empty(0, dtype=a.dtype) if bias is None else bias)
-
-
-def _pixel_rows(a):
-    """a (N, C, P), C-contiguous, as (P, N, C): a pixel's samples x channels matrix each
-    (:func:`_swap_outer` of a seen as (C, N, P))."""
-    n, channels, length = a.shape
-    return _swap_outer(a.reshape(-1), channels, n, length, length, channels * length,
-                       np.empty(0, dtype=a.dtype))
-
-
 # The weights' rearrangements, in parallel (NumPy's copies run on one thread: at 512
 # channels the live taps' weights took 3.5 ms, here 0.8 on one thread); each iteration
 # writes its own rows.
@@ -189,7 +151,7 @@ def _live_weights(w, live):
     """The live taps' weights of w (C_out, C_in, T): (len(live), C_out, C_in)."""
     c_out, c_in, n_taps = w.shape
     out = np.empty((live.size, c_out, c_in), dtype=w.dtype)
-    src, dst = w.reshape(w.size), out.reshape(out.size)  # flat, as _swap_outer's
+    src, dst = w.reshape(w.size), out.reshape(out.size)  # flat, as layout.swap_outer's
     rows, inputs, taps = UINT(c_out), UINT(c_in), UINT(n_taps)
     for m in prange(c_out):
         row = UINT(m)
@@ -267,31 +229,33 @@ def _flat(a):
 
 
 def forward_unrolled(x, w, b, geometry, out_h, out_w):
-    """y (N, C_out, out_h, out_w) of x (N, C_in, H, W); ``geometry`` = (stride_h, stride_w,
-    dilation_h, dilation_w, top, left)."""
+    """y (N, C_out, out_h, out_w), pixel-major (:mod:`..layout`), of x (N, C_in, H, W) in
+    either layout; ``geometry`` = (stride_h, stride_w, dilation_h, dilation_w, top, left)."""
     live, by_output, _, _ = _plan_of(x.shape, w.shape, out_h, out_w, geometry)
     starts, taps, pixels = by_output
     if _weights_in_place(by_output, live):
         weights, taps = _tap_major(_flat(w)), live[taps]
     else:
         weights = _live_weights(_flat(w), live)
-    y_t = _pair_products(weights, _swapped(_flat(x)), starts, taps, pixels)
-    return _swapped(y_t, bias=b.astype(x.dtype, copy=False)).reshape(
-        x.shape[0], w.shape[0], out_h, out_w)
+    y_pixels = _pair_products(weights, to_pixel_matrix(x), starts, taps, pixels,
+                              b.astype(x.dtype, copy=False))
+    return from_pixel_matrix(y_pixels, out_h, out_w)
 
 
 def backward_unrolled(gy, x, w, geometry, need_input_grad, need_bias_grad, grad_weight=None):
-    """``(grad_x or None, grad_w, grad_b or None)`` of :func:`forward_unrolled` at gy;
-    grad_w written into ``grad_weight`` (C-contiguous, w's shape) where given."""
+    """``(grad_x or None, grad_w, grad_b or None)`` of :func:`forward_unrolled` at gy (gy and
+    x in either layout; grad_x pixel-major); grad_w written into ``grad_weight``
+    (C-contiguous, w's shape) where given."""
     live, _, by_tap, by_input = _plan_of(x.shape, w.shape, gy.shape[2], gy.shape[3], geometry)
-    gy_pixels = _swapped(_flat(gy))  # (OH * OW, C_out, N)
-    grad_live = _pair_products(gy_pixels, _pixel_rows(_flat(x)), *by_tap)
+    no_bias = np.empty(0, dtype=gy.dtype)
+    gy_pixels = to_pixel_matrix(gy)  # (OH * OW, C_out, N)
+    grad_live = _pair_products(gy_pixels, pixel_rows(x), *by_tap, no_bias)
     grad_w = np.empty_like(w) if grad_weight is None else grad_weight
     _taps_gradient(grad_live, live, grad_w.reshape(w.shape[0], w.shape[1], -1))
-    grad_b = channel_sums(_flat(gy)).astype(gy.dtype) if need_bias_grad else None
+    grad_b = channel_sums(gy_pixels).astype(gy.dtype) if need_bias_grad else None
     grad_x = None
     if need_input_grad:
         grad_pixels = _pair_products(_live_weights_transposed(_flat(w), live), gy_pixels,
-                                     *by_input)
-        grad_x = _swapped(grad_pixels).reshape(x.shape)
+                                     *by_input, no_bias)
+        grad_x = from_pixel_matrix(grad_pixels, x.shape[2], x.shape[3])
     return grad_x, grad_w, grad_b
