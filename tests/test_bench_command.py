@@ -171,6 +171,19 @@ def test_resnet18_cases_are_its_distinct_convolutions_and_batch_norms():
     assert {f"{name}-{side}-step" for name, side in zoo.ZOO_STEPS.items()} <= names
 
 
+def test_the_resnet_cases_take_their_inputs_laid_out_as_the_network_gives_them():
+    """From ResNet-18's own training step (batch 32 at 28x28, the unrolled kernels' smallest
+    batch): the stem and the batch norm after it see NCHW, the 7x7 maps' layers and those
+    after them pixel-major, forward and backward."""
+    layouts = zoo.network_layouts(28, 32)
+    assert layouts[(32, 1, 28, 28), (64, 1, 7, 7), 2] == (False, False)
+    assert layouts[(32, 64, 14, 14), None, None] == (False, False)
+    assert layouts[(32, 64, 7, 7), (64, 64, 3, 3), 1] == (True, True)
+    assert layouts[(32, 64, 7, 7), None, None] == (True, True)
+    assert layouts[(32, 256, 2, 2), (512, 256, 3, 3), 2] == (True, True)
+    assert len(layouts) == 16  # 11 convolution shapes, 5 batch norm inputs
+
+
 def test_zoo_steps_take_each_models_recipe_and_say_where_dropout_differs():
     """A zoo step case: D2L's batch and learning rate, the model's defaults (DenseNet: 256,
     0.1); the cases whose sides draw their own dropout masks are those of the networks with

@@ -163,9 +163,27 @@ def _conv_build(spec: str, mode: str):
     return build
 
 
-def conv_case(x_shape, w_shape, stride, pad, need_x: bool, mode: str, torch) -> Prepared:
+def laid_out(array, pixel_major: bool):
+    """A copy of the (N, C, H, W) ``array`` laid out pixel-major (see
+    :mod:`numbaconv.kernels.cpu.layout`) where ``pixel_major``, else ``array``."""
+    from ..kernels.cpu import layout
+
+    if not pixel_major:
+        return array
+    return layout.from_pixel_matrix(layout.to_pixel_matrix(array).copy(), *array.shape[2:])
+
+
+def layout_text(layouts) -> str:
+    """A case's detail on its numbaconv inputs' layouts, (x, grad_y) pixel-major or not."""
+    names = [name for name, pixel_major in zip(("x", "grad_y"), layouts) if pixel_major]
+    return f"; {' and '.join(names)} pixel-major, as the network gives them" if names else ""
+
+
+def conv_case(x_shape, w_shape, stride, pad, need_x: bool, mode: str, torch,
+              layouts=(False, False)) -> Prepared:
     """Both sides of one convolution's ``mode`` (``fwd``, ``bwd`` or ``fwdbwd``), with
-    ``flops`` per call (see :func:`conv_flops` and :func:`passes`)."""
+    ``flops`` per call (see :func:`conv_flops` and :func:`passes`); numbaconv's x and grad_y
+    pixel-major where ``layouts`` (x, grad_y) says so (PyTorch's always NCHW)."""
     from .. import functional as F
 
     rng = np.random.default_rng(0)
@@ -175,6 +193,8 @@ def conv_case(x_shape, w_shape, stride, pad, need_x: bool, mode: str, torch) -> 
     b = _data(rng, w_shape[:1], 0.1)
     y = F.conv2d(x, w, b, stride=stride, padding=pad)
     gy = _data(rng, y.shape)
+    tx_data, tgy_data = x, gy  # PyTorch's, NCHW
+    x, gy = laid_out(x, layouts[0]), laid_out(gy, layouts[1])
     items = x_shape[0]
     if mode == "fwd":
         def nc():
@@ -190,13 +210,14 @@ def conv_case(x_shape, w_shape, stride, pad, need_x: bool, mode: str, torch) -> 
                                                     need_input_grad=need_x))
     stride_text = f", stride {stride}" if stride != 1 else ""
     prepared = Prepared(nc, None, items=items,
-                        detail=f"x {x_shape}, w {w_shape}{stride_text}, pad {pad}",
+                        detail=f"x {x_shape}, w {w_shape}{stride_text}, pad {pad}"
+                               f"{layout_text(layouts)}",
                         flops=conv_flops(x_shape, w_shape, stride, pad)
                         * passes(mode, need_x))
     if torch is None:
         return prepared
     tF = torch.nn.functional
-    tx, tw, tb, tgy = (_t(torch, a) for a in (x, w, b, gy))
+    tx, tw, tb, tgy = (_t(torch, a) for a in (tx_data, w, b, tgy_data))
     wrt = (tx, tw, tb) if need_x else (tw, tb)
     if mode == "fwd":
         def tc():

@@ -29,6 +29,8 @@ from .cases import (
     _t,
     conv_case,
     conv_flops,
+    laid_out,
+    layout_text,
     numbaconv_step,
     passes,
     torch_step,
@@ -37,8 +39,8 @@ from .targets import BATCH_NORM, CONV3X3_PEAK, RESNET_EVAL, RESNET_STEP
 from .twins import TWINS, torch_resnet18
 
 __all__ = ["BATCH", "SIDES", "LR", "ZOO_STEPS", "WITH_DROPOUT", "resnet18_convs",
-           "resnet18_batch_norms", "resnet_name", "googlenet_name", "densenet_name",
-           "twin_name", "load_twin", "resnet_cases", "zoo_step_cases"]
+           "resnet18_batch_norms", "network_layouts", "resnet_name", "googlenet_name",
+           "densenet_name", "twin_name", "load_twin", "resnet_cases", "zoo_step_cases"]
 
 BATCH = 64
 SIDES = (28, 96)
@@ -108,6 +110,57 @@ def resnet18_batch_norms(side: int = 96, batch: int = BATCH) -> list[tuple]:
     return list(dict.fromkeys(tuple(shape) for _, shape in found))
 
 
+@functools.cache
+def network_layouts(side: int, batch: int = BATCH) -> dict:
+    """How numbaconv's ResNet-18 lays out what its convolutions and batch norms get (see
+    :mod:`numbaconv.kernels.cpu.layout`): ``{(input shape, weight shape or None, stride):
+    (x pixel-major, grad_y pixel-major)}``, by the layers of that shape (most of them where
+    they differ: the first 3x3 convolution after the max pool gets NCHW, the three others of
+    its shape pixel-major), recorded in one training step of the network itself on random
+    images at ``batch`` x ``side`` x ``side``."""
+    from .. import functional as F
+    from ..kernels.cpu.layout import is_pixel_major
+    from ..layers import BatchNorm2d, Conv2d
+    from ..models import resnet18
+
+    model = resnet18(rng=0)
+    seen: dict[tuple, list] = {}
+
+    def record(layer):
+        key = (tuple(layer_input[layer]), tuple(layer.params["weight"].shape)
+               if isinstance(layer, Conv2d) else None,
+               layer.stride[0] if isinstance(layer, Conv2d) else None)
+        return seen.setdefault(key, [])
+
+    layer_input: dict = {}
+    found = []
+    _layer_inputs(model, (batch, 1, side, side), (Conv2d, BatchNorm2d), found)
+    for layer, shape in found:
+        layer_input[layer] = shape
+        for name in ("forward", "forward_relu", "backward"):
+            method = getattr(layer, name, None)
+            if method is None:
+                continue
+
+            def traced(array, *args, _method=method, _layer=layer, _name=name, **kwargs):
+                entry = record(_layer)
+                entry.append((_name != "backward", is_pixel_major(array)))
+                return _method(array, *args, **kwargs)
+
+            setattr(layer, name, traced)
+    rng = np.random.default_rng(6)
+    images = rng.random((batch, 1, side, side), dtype=DTYPE)
+    labels = rng.integers(0, 10, size=batch)
+    logits = model.forward(images, training=True)
+    model.backward(F.cross_entropy_backward(logits, labels))
+    layouts = {}
+    for key, calls in seen.items():
+        forward = [pm for is_forward, pm in calls if is_forward]
+        backward = [pm for is_forward, pm in calls if not is_forward]
+        layouts[key] = (2 * sum(forward) > len(forward), 2 * sum(backward) > len(backward))
+    return layouts
+
+
 def _tiny_channels(c: int) -> int:
     return max(1, c // 16)
 
@@ -119,14 +172,18 @@ def _conv_name(side, w_shape, stride, mode):
     return f"resnet18-{side}-conv-{c_in}to{c_out}-{kh}x{kw}s{stride}-{mode}"
 
 
-def _resnet_conv_build(x_shape, w_shape, stride, pad, need_x, mode):
+def _resnet_conv_build(side, x_shape, w_shape, stride, pad, need_x, mode):
+    """A convolution case with x and grad_y laid out as the network lays them out
+    (:func:`network_layouts`; at the test-suite's size, batch 2, it lays out none
+    pixel-major)."""
     def build(size, torch):
         if size == "tiny":
             n, c_in, h, w = x_shape
             tiny_x = (TINY_BATCH, _tiny_channels(c_in), h, w)
             tiny_w = (_tiny_channels(w_shape[0]), _tiny_channels(w_shape[1]), *w_shape[2:])
             return conv_case(tiny_x, tiny_w, stride, pad, need_x, mode, torch)
-        return conv_case(x_shape, w_shape, stride, pad, need_x, mode, torch)
+        return conv_case(x_shape, w_shape, stride, pad, need_x, mode, torch,
+                         network_layouts(side)[x_shape, w_shape, stride])
 
     return build
 
@@ -148,12 +205,15 @@ def _batch_norm_build(shape):
         bias = _data(rng, (channels,), 0.1)
         gy = _data(rng, x_shape)
         mean, var = np.zeros(channels, DTYPE), np.ones(channels, DTYPE)
+        layouts = (False, False) if size == "tiny" else network_layouts(96)[shape, None, None]
+        nx, ngy = (laid_out(a, pixel_major) for a, pixel_major in zip((x, gy), layouts))
 
         def nc():  # what BatchNorm2d's forward and backward in training compute
-            y, save_mean, save_invstd = F.batch_norm(x, mean, var, weight, bias, training=True)
-            return (y,) + tuple(F.batch_norm_backward(gy, x, save_mean, save_invstd, weight))
+            y, save_mean, save_invstd = F.batch_norm(nx, mean, var, weight, bias, training=True)
+            return (y,) + tuple(F.batch_norm_backward(ngy, nx, save_mean, save_invstd, weight))
 
-        prepared = Prepared(nc, None, items=x_shape[0], detail=f"x {x_shape}")
+        prepared = Prepared(nc, None, items=x_shape[0],
+                            detail=f"x {x_shape}{layout_text(layouts)}")
         if torch is None:
             return prepared
         tF = torch.nn.functional
@@ -305,8 +365,8 @@ def resnet_cases() -> list[Case]:
             for mode, word in (("fwd", "forward"), ("bwd", f"backward ({grads})")):
                 cases.append(Case(_conv_name(side, w_shape, stride, mode), "op",
                                   f"{what}: {word}", target,
-                                  _resnet_conv_build(x_shape, w_shape, stride, pad, need_x,
-                                                     mode)))
+                                  _resnet_conv_build(side, x_shape, w_shape, stride, pad,
+                                                     need_x, mode)))
     for shape in resnet18_batch_norms(96):
         n, c, h, w = shape
         cases.append(Case(f"resnet18-96-bn-{c}x{h}x{w}-fwdbwd", "op",
