@@ -378,7 +378,7 @@ def conv2d_act_pool(x, weight, bias=None, stride=1, padding=0, dilation=1, group
     fused = _one_pass(x, weight, bias, geo, *codes)
     if fused is not None:  # all three in one pass
         return fused
-    z = _conv2d_cpu(x, weight, bias, geo)
+    z = cpu_layout.nchw(_conv2d_cpu(x, weight, bias, geo))  # the pool's kernel reads NCHW
     return z, cpu_activation.act_pool_forward(z, *codes)  # activates z in place
 
 

@@ -195,3 +195,19 @@ def test_pools_and_concatenations_take_either_layout():
     assert all(layout.is_pixel_major(part) for part in parts)
     np.testing.assert_array_equal(parts[0], x)
     np.testing.assert_array_equal(parts[1], other)
+
+
+@pytest.mark.parametrize("activation,pool", [("relu", "max"), ("sigmoid", "avg")])
+def test_a_fused_stage_on_a_small_map_pools_the_convolutions_output(activation, pool):
+    """VGG's and NiN's convolution, activation and 2x2 pool on small maps: the convolution's
+    output (pixel-major from the unrolled kernels) pooled as the three layers would."""
+    x, w, b = data((32, 64, 4, 4), 23), data((64, 64, 3, 3), 24, scale=0.05), data((64,), 25)
+    z, y = F.conv2d_act_pool(pixel_major(x), w, b, padding=1, activation=activation, pool=pool)
+    act = F.relu if activation == "relu" else F.sigmoid
+    pooled = (F.max_pool2d if pool == "max" else F.avg_pool2d)(act(F.conv2d(x, w, b, padding=1)),
+                                                             2, 2)
+    np.testing.assert_array_equal(bits(y), bits(pooled))
+    gy = data(y.shape, 26)
+    grads = F.conv2d_act_pool_backward(gy, pixel_major(x), z, w, padding=1,
+                                       activation=activation, pool=pool)
+    assert all(np.isfinite(g).all() for g in grads)
