@@ -19,11 +19,11 @@ gradients are sums of products over the same pairs, grouped by what they write:
     input grad:    grad_x[i] = sum over the pairs of i:  w[t].T @ gy[o]     (by input pixel)
 
 with the arrays laid out pixel-major (``x[i]`` is one pixel's (C_in, N) matrix, ...: see
-:mod:`..layout`). The kernels take x and gy in either layout and return y and grad_x
-pixel-major, which the layers between two of them keep (batch norm, ReLU, the residual sum):
-in a chain of small-map layers only its first input is swapped from NCHW (at 28x28,
-ResNet-18's 64 -> 64 layer on 7x7 maps took 1.32 ms forward from a pixel-major input, 1.56
-from NCHW, 1.6-1.7 when it also swapped y back). One parallel kernel,
+:mod:`..layout`). The kernels take x and gy in either layout and return y pixel-major (and
+grad_x in x's layout), which the layers between two of them keep (batch norm, ReLU, the
+residual sum): in a chain of small-map layers only its first input is swapped from NCHW (at
+28x28, ResNet-18's 64 -> 64 layer on 7x7 maps took 1.32 ms forward from a pixel-major input,
+1.56 from NCHW, 1.6-1.7 when it also swapped y back). One parallel kernel,
 :func:`_pair_products`, computes all three; each task owns a block of rows of one group's
 result and sums its pairs in a fixed order, so results do not depend on the number of
 threads. The rearrangements around the products (an NCHW input, x's pixel rows for the
@@ -40,7 +40,7 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..layout import from_pixel_matrix, pixel_rows, to_pixel_matrix
+from ..layout import from_pixel_matrix, is_pixel_major, pixel_rows, swapped, to_pixel_matrix
 from .columns import K_BLOCK, many_channels
 from .common import channel_sums
 from .tiles import UINT, _gemm_acc
@@ -244,8 +244,9 @@ def forward_unrolled(x, w, b, geometry, out_h, out_w):
 
 def backward_unrolled(gy, x, w, geometry, need_input_grad, need_bias_grad, grad_weight=None):
     """``(grad_x or None, grad_w, grad_b or None)`` of :func:`forward_unrolled` at gy (gy and
-    x in either layout; grad_x pixel-major); grad_w written into ``grad_weight``
-    (C-contiguous, w's shape) where given."""
+    x in either layout; grad_x in x's: the layer that changed the layout in the forward
+    changes it back); grad_w written into ``grad_weight`` (C-contiguous, w's shape) where
+    given."""
     live, _, by_tap, by_input = _plan_of(x.shape, w.shape, gy.shape[2], gy.shape[3], geometry)
     no_bias = np.empty(0, dtype=gy.dtype)
     gy_pixels = to_pixel_matrix(gy)  # (OH * OW, C_out, N)
@@ -258,4 +259,6 @@ def backward_unrolled(gy, x, w, geometry, need_input_grad, need_bias_grad, grad_
         grad_pixels = _pair_products(_live_weights_transposed(_flat(w), live), gy_pixels,
                                      *by_input, no_bias)
         grad_x = from_pixel_matrix(grad_pixels, x.shape[2], x.shape[3])
+        if not is_pixel_major(x):
+            grad_x = swapped(grad_pixels).reshape(x.shape)
     return grad_x, grad_w, grad_b
