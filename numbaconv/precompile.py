@@ -90,6 +90,7 @@ KERNELS = {
     # the unrolled kernels (numbaconv.kernels.cpu.conv.unrolled: small maps); the products
     # also with the forward's weights read in place (VARIANTS: a strided view, another compile)
     "swap_outer": 1.1,
+    "transpose_pixels": 0.5,
     "_live_weights": 0.7,
     "_live_weights_transposed": 0.7,
     "_taps_gradient": 0.8,
@@ -406,6 +407,7 @@ def _signature(name: str, dtype) -> tuple:
         "transpose_samples": (a4, i64, a3),
         "channel_sums": (a3,),
         "swap_outer": (a1, i64, i64, i64, i64, i64, i64, a1),
+        "transpose_pixels": (a3,),
         "_live_weights": (a3, taps),
         "_live_weights_transposed": (a3, taps),
         "_taps_gradient": (a3, taps, a3),
@@ -559,7 +561,7 @@ def _unrolled_kernels(layer, input_shape, stride, dilation, padding, output_shap
     forward = ["swap_outer"] + (["_pair_products_in_place"]
                                  if unrolled._weights_in_place(by_output, live)
                                  else ["_live_weights", "_pair_products"])
-    backward = ["swap_outer", "_pair_products", "_taps_gradient"] + (
+    backward = ["swap_outer", "transpose_pixels", "_pair_products", "_taps_gradient"] + (
         ["channel_sums"] if layer.params.get("bias") is not None else []) + (
         ["_live_weights_transposed"] if need_input_grad else [])
     return forward, backward

@@ -146,8 +146,9 @@ def test_signatures_of_the_unrolled_kernels_are_those_of_real_calls(side, produc
     model = Sequential(Conv2d(32, 40, 3, padding=1, rng=0), ReLU(),
                        Conv2d(40, 40, 3, padding=1, rng=1))
     shape = (32, 32, side, side)  # a batch the unrolled kernels take
-    assert products | {"swap_outer", "_pair_products", "_taps_gradient", "channel_sums",
-                       "_live_weights_transposed"} <= set(P.kernels_for(model, shape))
+    assert products | {"swap_outer", "transpose_pixels", "_pair_products", "_taps_gradient",
+                       "channel_sums", "_live_weights_transposed"} <= set(
+        P.kernels_for(model, shape))
     _check_signatures(model, np.random.default_rng(0).random(shape, dtype=np.float32))
 
 

@@ -23,7 +23,7 @@ UINT = np.uint64  # :data:`.conv.tiles.UINT` (not imported: the conv kernels imp
 
 __all__ = ["is_pixel_major", "pixel_matrix", "from_pixel_matrix", "to_pixel_matrix", "nchw",
            "channel_matrix", "like", "same_layout", "memory_flat", "shaped_like", "swap_outer",
-           "swapped", "pixel_rows"]
+           "swapped", "transpose_pixels", "pixel_rows"]
 
 
 def is_pixel_major(x) -> bool:
@@ -148,14 +148,36 @@ def swapped(a, bias=None):
                       np.empty(0, dtype=a.dtype) if bias is None else bias)
 
 
+TRANSPOSE_BLOCK = 16  # channels x samples a pixel's matrix is transposed by at a time
+
+
+@njit(parallel=True, cache=True)
+def transpose_pixels(m):
+    """m (P, C, N), C-contiguous, as (P, N, C): each pixel's matrix transposed, by squares of
+    TRANSPOSE_BLOCK channels x samples whose lines stay in L1 (a sample at a time read each
+    line of m 16 times: ResNet-18's 256 channels on 6x6 maps, batch 64, took 2.2 ms)."""
+    pixels, channels, n = m.shape
+    out = np.empty((pixels, n, channels), dtype=m.dtype)
+    blocks = -(-channels // TRANSPOSE_BLOCK)
+    for task in prange(pixels * blocks):
+        p, c0 = task // blocks, task % blocks * TRANSPOSE_BLOCK
+        c1 = min(channels, c0 + TRANSPOSE_BLOCK)
+        for s0 in range(0, n, TRANSPOSE_BLOCK):
+            for s in range(s0, min(n, s0 + TRANSPOSE_BLOCK)):
+                row = out[p, s]
+                for c in range(c0, c1):
+                    row[c] = m[p, c, s]
+    return out
+
+
 def pixel_rows(x):
     """x (N, C, H, W) as (H * W, N, C), C-contiguous: each pixel's samples x channels
-    matrix (:func:`swap_outer` from NCHW or from pixel-major memory)."""
+    matrix (:func:`swap_outer` from NCHW, :func:`transpose_pixels` from pixel-major
+    memory)."""
+    if is_pixel_major(x):
+        return transpose_pixels(pixel_matrix(x))
     n, channels, h, w = x.shape
     length = h * w
-    empty = np.empty(0, dtype=x.dtype)
-    if is_pixel_major(x):  # (P, C, N) memory: out[p, n, c] = m[p, c, n]
-        flat = pixel_matrix(x).reshape(-1)
-        return swap_outer(flat, channels, n, length, n, 1, channels * n, empty)
     flat = np.ascontiguousarray(x).reshape(-1)
-    return swap_outer(flat, channels, n, length, length, channels * length, 1, empty)
+    return swap_outer(flat, channels, n, length, length, channels * length, 1,
+                      np.empty(0, dtype=x.dtype))
