@@ -180,7 +180,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
     Returns
     -------
-    y : ndarray (N, C_out, H_out, W_out), the dtype of ``x``
+    y : ndarray (N, C_out, H_out, W_out), the dtype of ``x``. On the CPU, where the small
+        maps' kernels compute it, laid out pixel-major (not C-contiguous: see
+        :mod:`numbaconv.kernels.cpu.layout`); x may come in that layout too.
     """
     geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
     _check_bias(bias, x, weight)
@@ -260,7 +262,8 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     Returns
     -------
     (grad_x, grad_weight, grad_bias) : shapes (N, C_in, H, W), (C_out, C_in // groups, kH, kW)
-        and (C_out,)
+        and (C_out,); grad_x, where the small maps' kernels compute it, in x's layout
+        (:func:`conv2d`)
     """
     geo = _ConvGeometry(x, weight, stride, padding, dilation, groups)
     _check_grad(grad_y, geo.output_shape, x, "x")
