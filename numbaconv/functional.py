@@ -416,7 +416,8 @@ def conv2d_act_pool_backward(grad_y, x, z, weight, stride=1, padding=0, dilation
         if grads is not None:
             grad_x, grad_w, grad_b = grads
             return grad_x, grad_w, grad_b if need_bias_grad else None
-        grad_z = cpu_activation.act_pool_backward(np.ascontiguousarray(grad_y), z, *codes)
+        grad_z = cpu_activation.act_pool_backward(cpu_layout.nchw(grad_y), cpu_layout.nchw(z),
+                                                  *codes)  # z may be an unfused conv's
     return conv2d_backward(grad_z, x, weight, stride, padding, dilation, groups,
                            need_input_grad, need_bias_grad, grad_weight=grad_weight,
                            grad_bias=grad_bias)

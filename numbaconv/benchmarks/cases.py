@@ -209,9 +209,10 @@ def conv_case(x_shape, w_shape, stride, pad, need_x: bool, mode: str, torch,
             return (out,) + tuple(F.conv2d_backward(gy, x, w, stride=stride, padding=pad,
                                                     need_input_grad=need_x))
     stride_text = f", stride {stride}" if stride != 1 else ""
+    used = (layouts[0], layouts[1] and mode != "fwd")  # a forward takes no grad_y
     prepared = Prepared(nc, None, items=items,
                         detail=f"x {x_shape}, w {w_shape}{stride_text}, pad {pad}"
-                               f"{layout_text(layouts)}",
+                               f"{layout_text(used)}",
                         flops=conv_flops(x_shape, w_shape, stride, pad)
                         * passes(mode, need_x))
     if torch is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
+import types
 
 import numpy as np
 
@@ -111,7 +112,7 @@ def resnet18_batch_norms(side: int = 96, batch: int = BATCH) -> list[tuple]:
 
 
 @functools.cache
-def network_layouts(side: int, batch: int = BATCH) -> dict:
+def network_layouts(side: int, batch: int = BATCH) -> types.MappingProxyType:
     """How numbaconv's ResNet-18 lays out what its convolutions and batch norms get (see
     :mod:`numbaconv.kernels.cpu.layout`): ``{(input shape, weight shape or None, stride):
     (x pixel-major, grad_y pixel-major)}``, by the layers of that shape (most of them where
@@ -153,12 +154,15 @@ def network_layouts(side: int, batch: int = BATCH) -> dict:
     labels = rng.integers(0, 10, size=batch)
     logits = model.forward(images, training=True)
     model.backward(F.cross_entropy_backward(logits, labels))
+    for layer, _ in found:  # the class's methods again: no wrapper keeps a layer alive
+        for name in ("forward", "forward_relu", "backward"):
+            layer.__dict__.pop(name, None)
     layouts = {}
     for key, calls in seen.items():
         forward = [pm for is_forward, pm in calls if is_forward]
         backward = [pm for is_forward, pm in calls if not is_forward]
         layouts[key] = (2 * sum(forward) > len(forward), 2 * sum(backward) > len(backward))
-    return layouts
+    return types.MappingProxyType(layouts)  # cached: read-only for every caller
 
 
 def _tiny_channels(c: int) -> int:

@@ -114,8 +114,8 @@ def swap_outer(src, rows, channels, length, row_stride, channel_stride, length_s
     """out (length, channels, rows), C-contiguous, out[j, b, i] = src[i * row_stride + b *
     channel_stride + j * length_stride] (+ bias[b] where ``bias`` is not empty): an
     array's axes rearranged (samples x channels x pixels to pixels x channels x samples and
-    back; a pixel-major input's pixels to samples x channels), src its flat data; each b by
-    a task of its own.
+    back, or to pixels x samples x channels), src its flat data; each b by a task of its
+    own.
 
     NumPy's copy runs on one thread, and reads across rows of 144 pixels 9x slower. The loops
     index flat arrays with unsigned integers (as the products do, :data:`.conv.tiles.UINT`)

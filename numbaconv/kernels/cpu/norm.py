@@ -2,15 +2,17 @@
 
 The checked wrappers are :func:`numbaconv.functional.batch_norm` and
 :func:`~numbaconv.functional.batch_norm_backward`; the kernels trust their inputs. ``x`` is a
-C-contiguous ``(N, C, L)`` array (``L`` = H*W for images, 1 after a ``Linear``); statistics
-are per channel ``c`` over ``M = N * L`` values.
+C-contiguous ``(N, C, L)`` array (``L`` = H*W for images, 1 after a ``Linear``; for a
+pixel-major image, :mod:`.layout`, the roles turn: (H*W, C, N), the rows its pixels and L its
+samples); statistics are per channel ``c`` over ``M = N * L`` values.
 
 Layout of the work: a task owns a run of whole channels, ``x[:, c0:c1, :]``, which is N
 contiguous segments of ``(c1 - c0) * L`` values (one per sample), few enough
 (:data:`TASK_ELEMENTS`) that the passes after the first find them in L2. Long rows
-(L >= :data:`ROW_LENGTH`) are reduced channel by channel, each segment in registers, and
-their elementwise passes use per-channel scalars. Short rows (L = 36, 9, 4, 1 in ResNet-18's
-late layers) would make those loops short and strided (1.1-1.9x PyTorch's time there), so
+(:func:`long_rows`: L >= :data:`ROW_LENGTH`, or a pixel-major input of few pixels) are
+reduced channel by channel, each segment in registers, and their elementwise passes use
+per-channel scalars. Short rows (NCHW's L = 36, 9, 4, 1 in ResNet-18's late layers) would
+make those loops short and strided (1.1-1.9x PyTorch's time there), so
 their passes run along the task's whole segments instead: the sums go into one float64
 accumulator per column (a vertical, vectorised sum over n), reduced to a channel's sum over
 its L columns at the end, and the per-channel coefficients of the elementwise passes are
@@ -267,7 +269,8 @@ def _update_running(running_mean, running_var, mean, var, momentum, count):
 
 @njit(fastmath=REASSOC, cache=True)
 def _fixed_stats_rows(x2, first, last, length, by_rows, scale, shift, relu, y2):
-    """Rows first..last - 1 (samples) of :func:`batch_norm_forward_fixed_stats`, in memory
+    """Rows first..last - 1 (samples, or a pixel-major input's pixels) of
+    :func:`batch_norm_forward_fixed_stats`, in memory
     order: per (n, c) plane with the channel's scalars for long rows, else along the whole
     row with ``scale`` and ``shift`` spread over the columns."""
     zero = y2.dtype.type(0)

@@ -281,7 +281,7 @@ def backward_columns(gy, x, w, padding, stride, dilation, need_input_grad, need_
     weight gradient at stride 2 or 4 by :func:`weight_grad_channels` where
     :func:`use_strided_channel_vectors` says so, or on small maps by
     :func:`backward_unrolled`, which writes grad_w into ``grad_weight`` where given (a
-    layer's gradient: no copy) and returns grad_x pixel-major."""
+    layer's gradient: no copy) and returns grad_x in x's layout."""
     if use_unrolled(x.shape, w.shape, 1, gy.shape):
         return backward_unrolled(gy, x, w, geometry(stride, dilation, padding),
                                  need_input_grad, need_bias_grad, grad_weight)

@@ -70,9 +70,9 @@ def _sum_chunks(partial, c_out):
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
 def channel_sums(a):
-    """The float64 sums of a (N, C, P) over all but C, each channel by a task of its own
-    (gy's: the bias gradient of the unrolled and pointwise kernels; reassociated so that
-    the sum vectorises)."""
+    """The float64 sums of a (A, C, B) over all but C, each channel by a task of its own
+    (gy's, (N, C, P) or pixel-major (P, C, N): the bias gradient of the pointwise and
+    unrolled kernels; reassociated so that the sum vectorises)."""
     n_batch, channels, length = a.shape
     sums = np.empty(channels)
     for c in prange(channels):
