@@ -7,8 +7,9 @@
   C * N * itemsize)``), so NumPy code reads it as it reads any array.
 
 The unrolled kernels (:mod:`.conv.unrolled`: the convolutions of small maps) compute on the
-pixel-major layout: they take their input in it as it comes, return their outputs in it, and
-the layers between two of them (batch norm, ReLU, the residual sum) keep it, so that a chain
+pixel-major layout: they take their input in either layout, return their output in this one
+(their input gradient in the input's), and the layers between two of them (batch norm, ReLU,
+the residual sum) keep it, so that a chain
 of small-map layers swaps layouts only where it starts and ends (ResNet-18 at 28x28: 7x7 maps
 and below). A kernel that needs NCHW gets it from :func:`nchw`, which swaps in one parallel
 pass (NumPy's copy of a transposed array runs on one thread, several times slower).
@@ -91,7 +92,7 @@ def same_layout(a, like_array):
 
 def memory_flat(x):
     """x's values as a flat view in memory order: x C-contiguous or pixel-major (else
-    C-contiguous first); :func:`like` of a flat result gives it x's shape and layout."""
+    C-contiguous first); :func:`shaped_like` gives a flat result x's shape and layout."""
     if is_pixel_major(x):
         return pixel_matrix(x).reshape(-1)
     return np.ascontiguousarray(x).reshape(-1)
