@@ -164,13 +164,11 @@ def _conv_build(spec: str, mode: str):
 
 
 def laid_out(array, pixel_major: bool):
-    """A copy of the (N, C, H, W) ``array`` laid out pixel-major (see
-    :mod:`numbaconv.kernels.cpu.layout`) where ``pixel_major``, else ``array``."""
+    """The NCHW (N, C, H, W) ``array`` copied pixel-major (see
+    :mod:`numbaconv.kernels.cpu.layout`) where ``pixel_major``, else itself."""
     from ..kernels.cpu import layout
 
-    if not pixel_major:
-        return array
-    return layout.from_pixel_matrix(layout.to_pixel_matrix(array).copy(), *array.shape[2:])
+    return layout.pixel_major(array) if pixel_major else array
 
 
 def layout_text(layouts) -> str:

@@ -125,27 +125,21 @@ def network_layouts(side: int, batch: int = BATCH) -> types.MappingProxyType:
     from ..models import resnet18
 
     model = resnet18(rng=0)
-    seen: dict[tuple, list] = {}
-
-    def record(layer):
-        key = (tuple(layer_input[layer]), tuple(layer.params["weight"].shape)
-               if isinstance(layer, Conv2d) else None,
-               layer.stride[0] if isinstance(layer, Conv2d) else None)
-        return seen.setdefault(key, [])
-
-    layer_input: dict = {}
+    seen: dict[tuple, list] = {}  # shape -> (forward or not, pixel-major) per call
     found = []
     _layer_inputs(model, (batch, 1, side, side), (Conv2d, BatchNorm2d), found)
     for layer, shape in found:
-        layer_input[layer] = shape
+        conv = isinstance(layer, Conv2d)
+        calls = seen.setdefault((tuple(shape), tuple(layer.params["weight"].shape)
+                                 if conv else None, layer.stride[0] if conv else None), [])
         for name in ("forward", "forward_relu", "backward"):
             method = getattr(layer, name, None)
             if method is None:
                 continue
 
-            def traced(array, *args, _method=method, _layer=layer, _name=name, **kwargs):
-                entry = record(_layer)
-                entry.append((_name != "backward", is_pixel_major(array)))
+            def traced(array, *args, _method=method, _calls=calls,
+                       _forward=name != "backward", **kwargs):
+                _calls.append((_forward, is_pixel_major(array)))
                 return _method(array, *args, **kwargs)
 
             setattr(layer, name, traced)

@@ -22,7 +22,8 @@ from numba import njit, prange
 
 UINT = np.uint64  # :data:`.conv.tiles.UINT` (not imported: the conv kernels import this module)
 
-__all__ = ["is_pixel_major", "pixel_matrix", "from_pixel_matrix", "to_pixel_matrix", "nchw",
+__all__ = ["is_pixel_major", "pixel_matrix", "from_pixel_matrix", "to_pixel_matrix",
+           "pixel_major", "nchw",
            "channel_matrix", "like", "same_layout", "memory_flat", "shaped_like", "swap_outer",
            "swapped", "transpose_pixels", "pixel_rows"]
 
@@ -55,6 +56,13 @@ def to_pixel_matrix(x):
     return swapped(np.ascontiguousarray(x).reshape(n, c, h * w))
 
 
+def pixel_major(x):
+    """x laid out pixel-major: itself where it is, else a new array (:func:`swapped`)."""
+    if is_pixel_major(x):
+        return x
+    return from_pixel_matrix(to_pixel_matrix(x), *x.shape[2:])
+
+
 def nchw(x):
     """x, C-contiguous: itself where it is, by one parallel swap where x is pixel-major,
     else NumPy's copy."""
@@ -84,10 +92,7 @@ def like(m, x):
 def same_layout(a, like_array):
     """a in the layout of ``like_array`` (both of one shape): pixel-major where it is, else
     C-contiguous (:func:`nchw`)."""
-    if is_pixel_major(like_array):
-        return a if is_pixel_major(a) else from_pixel_matrix(to_pixel_matrix(a),
-                                                             *a.shape[2:])
-    return nchw(a)
+    return pixel_major(a) if is_pixel_major(like_array) else nchw(a)
 
 
 def memory_flat(x):
