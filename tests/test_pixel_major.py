@@ -78,11 +78,10 @@ def test_moves_between_layouts_keep_the_values(dtype, shape):
                                                   source), x)
 
 
-def test_a_swap_adds_a_bias_per_middle_row():
-    a = data((5, 3, 4), 3)
-    bias = data((3,), 4)
-    np.testing.assert_array_equal(layout.swapped(a, bias),
-                                  a.transpose(2, 1, 0) + bias[None, :, None])
+@pytest.mark.parametrize("shape", [(5, 3, 4), (130, 3, 33), (64, 2, 16), (1, 5, 17), (65, 1, 1)])
+def test_a_swap_moves_every_value_across_its_tiles_edges(shape):
+    a = data(shape, 3)
+    np.testing.assert_array_equal(layout.swapped(a), a.transpose(2, 1, 0))
 
 
 # ------------------------------------------------------------------------------ convolutions
