@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -131,3 +133,15 @@ def test_a_forked_child_uses_the_pool_while_a_parent_thread_holds_its_lock():
         os.waitpid(pid, 0)
         pytest.fail("the child waited for the parent's lock")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_an_array_alive_at_exit_ends_quietly():
+    # passed to a Numba function, the array outlives buffers' globals at exit (seen: "Exception
+    # ignored in _Lease.__del__ ... TypeError")
+    script = ("import numpy as np\nfrom numba import njit\n"
+              "from numbaconv.kernels.cpu import buffers\n"
+              "@njit\ndef touch(a):\n    a[0] = 1\n"
+              "kept = buffers.empty((2 << 20,), np.float32)\ntouch(kept)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stderr == ""

@@ -54,7 +54,7 @@ class _Pool:
 
     def give(self, raw: np.ndarray) -> None:
         with self.lock:
-            if self.held + raw.nbytes <= MAX_HELD_BYTES:
+            if self.held + raw.nbytes <= (MAX_HELD_BYTES or 0):  # None at interpreter exit
                 self.free.setdefault(raw.nbytes, []).append(raw)
                 self.held += raw.nbytes
 
