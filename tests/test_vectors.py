@@ -68,7 +68,9 @@ def test_the_16_register_tiles_compute_the_same_convolutions(tmp_path):
     """The kernels as a CPU without AVX-512 gets them (32-byte vectors, the output-channel
     kernels' six-position tiles, the products' two-row ones: ``simd.REGISTERS`` 16), compiled
     here for this CPU with its AVX-512 features turned off, against the float64 reference:
-    the tests of those kernels, run again in such a process (its own Numba cache)."""
+    the tests of those kernels, LeNet's, the vector type's and the pixel-major layout's
+    (the unrolled products, the swaps by W x W squares), run again in such a process (its own
+    Numba cache)."""
     import llvmlite.binding as llvm
 
     narrow = llvm.get_host_cpu_features().flatten().replace("+avx512", "-avx512")
@@ -81,8 +83,10 @@ def test_the_16_register_tiles_compute_the_same_convolutions(tmp_path):
     assert check.stdout.split() == ["16", "32"]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         "tests/test_conv.py", "-k", "channel_vector", "tests/test_lenet_kernels.py",
-         "tests/test_simd.py"],
+         "tests/test_conv.py", "tests/test_lenet_kernels.py", "tests/test_simd.py",
+         "tests/test_pixel_major.py",
+         # -k selects among all the files' tests: test_conv.py's output-channel ones, the rest
+         "-k", "channel_vector or not test_conv"],
         env=environ, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "failed" not in run.stdout

@@ -126,8 +126,8 @@ def swap_outer(src, rows, channels, length, row_stride, channel_stride, out):
     (:func:`.simd.transpose`). Read across the rows a value at a time, the rows' lines (a
     channel plane apart, often a multiple of 4 KiB: one L1 set) evicted each other before
     their next value was read: 4.7 MB of ResNet's 12x12 maps took 3.2-3.6 ms, now 0.4-0.6;
-    9.4 MB of its 24x24 maps 7.2, now 1.8-2.0 (AMD EPYC, one thread; through a 64 x 64 tile
-    in L1, a value at a time, 0.7-0.8 and 1.9-2.0; NumPy's copy 3.5 and 8.1)."""
+    9.4 MB of its 24x24 maps 7.2, now 1.8-2.4 (AMD EPYC, one thread; through a 64 x 64 tile
+    in L1, a value at a time, 0.7-0.8 and 1.9-2.2; NumPy's copy 3.5-4.9 and 8.1-10.4)."""
     dst = out.reshape(out.size)
     w = simd.width(src)
     n_blocks = -(-rows // SWAP_ROWS)
