@@ -90,7 +90,7 @@ KERNELS = {
     # the unrolled kernels (numbaconv.kernels.cpu.conv.unrolled: small maps); the products
     # also with the forward's weights read in place (VARIANTS: a strided view, another compile)
     "swap_outer": 1.1,
-    "transpose_pixels": 1.3,  # 1.5 on the Zen 4 EPYC, where swap_outer took 1.2
+    "transpose_pixels": 1.3,  # 1.5 on the Zen 4 EPYC, where swap_outer took 1.2-1.5
     "_live_weights": 0.7,
     "_live_weights_transposed": 0.7,
     "_taps_gradient": 0.8,

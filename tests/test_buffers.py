@@ -144,4 +144,4 @@ def test_an_array_alive_at_exit_ends_quietly():
               "kept = buffers.empty((2 << 20,), np.float32)\ntouch(kept)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)
-    assert done.returncode == 0 and done.stderr == ""
+    assert done.returncode == 0 and "Exception ignored" not in done.stderr, done.stderr

@@ -54,7 +54,8 @@ def test_layouts_are_told_apart():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-# (33, 20, ...): samples and channels past whole squares of 16 (8 in float64)
+# (33, 20, ...): samples and channels past whole squares (of 16 float32 or 8 float64 lanes
+# with AVX-512, 8 or 4 without)
 @pytest.mark.parametrize("shape", [(3, 4, 5, 6), (64, 32, 1, 1), (2, 1, 7, 3), (0, 3, 2, 2),
                                    (33, 20, 3, 2)])
 def test_moves_between_layouts_keep_the_values(dtype, shape):
