@@ -115,6 +115,21 @@ def shaped_like(flat, x):
 SWAP_ROWS = 64  # rows of a task of swap_outer
 
 
+@njit(inline="always")
+def _move_square(src, first, row_stride, rows, count, dst, out_first, out_stride, square):
+    """dst[out_first + j * out_stride + r] = src[first + r * row_stride + j] for r < rows and
+    j < count (both at most W, the vectors' width), through ``square`` (W * W values)
+    transposed in registers (:func:`.simd.transpose`)."""
+    w = simd.width(square)
+    for r in range(w):  # rows past the last: zeros, not read
+        simd.store_first(square, r * w, simd.load_first(
+            src, first + min(r, rows - 1) * row_stride, count if r < rows else 0), w)
+    simd.transpose(square)
+    for j in range(count):
+        simd.store_first(dst, out_first + j * out_stride, simd.load_first(square, j * w, w),
+                         rows)
+
+
 @njit(parallel=True, cache=True)
 def swap_outer(src, rows, channels, length, row_stride, channel_stride, out):
     """out (length, channels, rows), C-contiguous, out[j, b, i] = src[i * row_stride + b *
@@ -123,7 +138,7 @@ def swap_outer(src, rows, channels, length, row_stride, channel_stride, out):
     tasks of one b and SWAP_ROWS rows.
 
     By W x W squares (W rows' next W values, a vector each) transposed in registers
-    (:func:`.simd.transpose`). Read across the rows a value at a time, the rows' lines (a
+    (:func:`_move_square`). Read across the rows a value at a time, the rows' lines (a
     channel plane apart, often a multiple of 4 KiB: one L1 set) evicted each other before
     their next value was read: 4.7 MB of ResNet's 12x12 maps took 3.2-3.6 ms, now 0.4-0.6;
     9.4 MB of its 24x24 maps 7.2, now 1.8-2.4 (AMD EPYC, one thread; through a 64 x 64 tile
@@ -138,15 +153,9 @@ def swap_outer(src, rows, channels, length, row_stride, channel_stride, out):
         for j0 in range(0, length, w):
             count = min(w, length - j0)
             for r0 in range(i0, i1, w):
-                n_rows = min(w, i1 - r0)
-                for r in range(w):  # rows past the last: zeros, not read
-                    simd.store_first(square, r * w, simd.load_first(
-                        src, min(r0 + r, i1 - 1) * row_stride + b * channel_stride + j0,
-                        count if r < n_rows else 0), w)
-                simd.transpose(square)
-                for j in range(count):
-                    simd.store_first(dst, ((j0 + j) * channels + b) * rows + r0,
-                                     simd.load_first(square, j * w, w), n_rows)
+                _move_square(src, r0 * row_stride + b * channel_stride + j0, row_stride,
+                             min(w, i1 - r0), count, dst, (j0 * channels + b) * rows + r0,
+                             channels * rows, square)
 
 
 def swapped(a):
@@ -162,7 +171,7 @@ def swapped(a):
 def transpose_pixels(m, out):
     """out (P, N, C) = m (P, C, N), both C-contiguous: each pixel's matrix transposed, by
     tasks of one pixel and W channels, W x W squares (W channels' next W samples) transposed
-    in registers as by :func:`swap_outer` (a sample at a time read each line of m 16 times:
+    in registers (:func:`_move_square`; a sample at a time read each line of m 16 times:
     ResNet-18's 256 channels on 6x6 maps, batch 64, took 2.2 ms; by 16 x 16 blocks a value
     at a time 0.44, now 0.21: AMD EPYC, one thread)."""
     pixels, channels, n = m.shape
@@ -174,14 +183,8 @@ def transpose_pixels(m, out):
         src, dst = m[p].reshape(channels * n), out[p].reshape(n * channels)
         square = np.empty(w * w, dtype=m.dtype)
         for s0 in range(0, n, w):
-            count = min(w, n - s0)
-            for r in range(w):  # channels past the last: zeros, not read
-                simd.store_first(square, r * w, simd.load_first(
-                    src, min(c0 + r, channels - 1) * n + s0, count if r < n_chan else 0), w)
-            simd.transpose(square)
-            for j in range(count):
-                simd.store_first(dst, (s0 + j) * channels + c0,
-                                 simd.load_first(square, j * w, w), n_chan)
+            _move_square(src, c0 * n + s0, n, n_chan, min(w, n - s0), dst, s0 * channels + c0,
+                         channels, square)
 
 
 def pixel_rows(x):

@@ -277,7 +277,6 @@ def backward_unrolled(gy, x, w, geometry, need_input_grad, need_bias_grad, grad_
     grad_x = None
     if need_input_grad:
         grad_pixels = _products(_live(w, live, transposed=True), gy_pixels, by_input)
-        grad_x = from_pixel_matrix(grad_pixels, x.shape[2], x.shape[3])
-        if not is_pixel_major(x):
-            grad_x = swapped(grad_pixels).reshape(x.shape)
+        grad_x = (from_pixel_matrix(grad_pixels, x.shape[2], x.shape[3]) if is_pixel_major(x)
+                  else swapped(grad_pixels).reshape(x.shape))
     return grad_x, grad_w, grad_b
