@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import buffers, simd
+from ..layout import _move_square
 from .columns import K_BLOCK
 from .common import channel_sums
 from .tiles import _gemm_acc
@@ -83,24 +84,17 @@ def conv2d_forward_pointwise(x, w, b, stride, y):
 def transpose_samples(x, stride, out):
     """Writes out (N, P, C) = x (N, C, H, W) at every ``stride``-th row and column (P
     pixels), transposed per sample, a task a sample (its C x P values in L2): W x W squares
-    (W channels x W pixels) transposed in registers (:func:`.simd.transpose`)."""
+    (W channels x W pixels) transposed in registers (:func:`..layout._move_square`)."""
     n_batch, channels, p_size = x.shape[0], x.shape[1], out.shape[1]
     w = simd.width(out[0, 0])
     for n in prange(n_batch):
-        src = _pixels(x, n, stride, p_size)
+        src = _pixels(x, n, stride, p_size).reshape(channels * p_size)
         dst = out[n].reshape(p_size * channels)
         square = np.empty(w * w, dtype=x.dtype)
         for c0 in range(0, channels, w):
-            n_chan = min(w, channels - c0)
             for p0 in range(0, p_size, w):
-                count = p_size - p0
-                for i in range(w):  # rows past the last channel: zeros, not read
-                    simd.store_first(square, i * w, simd.load_first(
-                        src[min(c0 + i, channels - 1)], p0, count if i < n_chan else 0), w)
-                simd.transpose(square)
-                for j in range(min(w, count)):
-                    simd.store_first(dst, (p0 + j) * channels + c0,
-                                     simd.load_first(square, j * w, w), n_chan)
+                _move_square(src, c0 * p_size + p0, p_size, min(w, channels - c0),
+                             min(w, p_size - p0), dst, p0 * channels + c0, channels, square)
 
 
 @njit(parallel=True, cache=True)
