@@ -67,6 +67,26 @@ def test_transpose_transposes_the_leading_square_in_place(dtype):
     np.testing.assert_array_equal(block[width * width:], np.arange(3) + width * width)
 
 
+@njit
+def _move_transposed(src, first, row_stride, dst, out_first, out_stride):
+    simd.move_transposed(src, first, row_stride, dst, out_first, out_stride)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_move_transposed_writes_the_square_s_columns_and_nothing_else(dtype):
+    width = simd.VECTOR_BYTES // np.dtype(dtype).itemsize
+    row_stride, out_stride = width + 5, width + 3  # rows and columns apart, not W
+    src = np.arange(7 + width * row_stride, dtype=dtype)
+    dst = np.full(11 + width * out_stride, -1, dtype=dtype)
+    _move_transposed(src, 7, row_stride, dst, 11, out_stride)
+    square = src[7:7 + width * row_stride].reshape(width, row_stride)[:, :width]
+    written = dst[11:11 + width * out_stride].reshape(width, out_stride)
+    np.testing.assert_array_equal(written[:, :width], square.T)
+    untouched = np.ones(dst.shape, dtype=bool)
+    untouched[11:11 + width * out_stride] = np.tile(np.arange(out_stride) >= width, width)
+    np.testing.assert_array_equal(dst[untouched], -1)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_width_is_one_register(dtype):
     width = {True: 64, False: 32}[simd.has_avx512()] // np.dtype(dtype).itemsize

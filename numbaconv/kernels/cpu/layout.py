@@ -118,9 +118,13 @@ SWAP_ROWS = 64  # rows of a task of swap_outer
 @njit(inline="always")
 def _move_square(src, first, row_stride, rows, count, dst, out_first, out_stride, square):
     """dst[out_first + j * out_stride + r] = src[first + r * row_stride + j] for r < rows and
-    j < count (both at most W, the vectors' width), through ``square`` (W * W values)
-    transposed in registers (:func:`.simd.transpose`)."""
+    j < count (both at most W, the vectors' width): a whole square (W x W) in registers
+    (:func:`.simd.move_transposed`), a part of one through ``square`` (W * W values),
+    masked, transposed in registers (:func:`.simd.transpose`)."""
     w = simd.width(square)
+    if rows == w and count == w:
+        simd.move_transposed(src, first, row_stride, dst, out_first, out_stride)
+        return
     for r in range(w):  # rows past the last: zeros, not read
         simd.store_first(square, r * w, simd.load_first(
             src, first + min(r, rows - 1) * row_stride, count if r < rows else 0), w)
@@ -128,17 +132,6 @@ def _move_square(src, first, row_stride, rows, count, dst, out_first, out_stride
     for j in range(count):
         simd.store_first(dst, out_first + j * out_stride, simd.load_first(square, j * w, w),
                          rows)
-
-
-@njit(inline="always")
-def _move_whole_square(src, first, row_stride, dst, out_first, out_stride, square):
-    """:func:`_move_square` of W rows and W values each, without masks."""
-    w = simd.width(square)
-    for r in range(w):
-        simd.store_first(square, r * w, simd.load_first(src, first + r * row_stride, w), w)
-    simd.transpose(square)
-    for j in range(w):
-        simd.store_first(dst, out_first + j * out_stride, simd.load_first(square, j * w, w), w)
 
 
 @njit(parallel=True, cache=True)
@@ -154,10 +147,12 @@ def swap_outer(src, rows, channels, length, row_stride, channel_stride, out):
     their next value was read: 4.7 MB of ResNet's 12x12 maps took 3.2-3.6 ms, now 0.4-0.6;
     9.4 MB of its 24x24 maps 7.2, now 1.8-2.4 (AMD EPYC, one thread; through a 64 x 64 tile
     in L1, a value at a time, 0.7-0.8 and 1.9-2.2; NumPy's copy 3.5-4.9 and 8.1-10.4).
-    Whole squares move without masks (:func:`_move_whole_square`): the masked loads of rows
-    a plane apart, each on another page, cost more than the same loads in cache (interleaved
-    in one process, the same AMD EPYC, one thread: 9.4 MB 2.1-4.1 -> 1.5-3.0 ms, 4.7 MB
-    0.75-2.0 -> 0.5-1.3, on a busy machine; the same in L2)."""
+    Whole squares move without masks and without a scratch (:func:`.simd.move_transposed`:
+    loaded, transposed and stored in registers): the masked loads of rows a plane apart,
+    each on another page, cost more than the same loads in cache (interleaved in one process,
+    the same AMD EPYC, one thread: 9.4 MB 2.1-4.1 -> 1.5-3.0 ms, 4.7 MB 0.75-2.0 -> 0.5-1.3,
+    on a busy machine; the same in L2), and the scratch's stores and loads another 10-19%
+    (9.4 MB on cache lines 1.20 -> 0.98 ms, 4.7 MB 0.39 -> 0.34)."""
     dst = out.reshape(out.size)
     w = simd.width(src)
     n_blocks = -(-rows // SWAP_ROWS)
@@ -168,14 +163,9 @@ def swap_outer(src, rows, channels, length, row_stride, channel_stride, out):
         for j0 in range(0, length, w):
             count = min(w, length - j0)
             for r0 in range(i0, i1, w):
-                first, out_first = r0 * row_stride + b * channel_stride + j0, (
-                    j0 * channels + b) * rows + r0
-                if count == w and i1 - r0 >= w:
-                    _move_whole_square(src, first, row_stride, dst, out_first,
-                                       channels * rows, square)
-                else:
-                    _move_square(src, first, row_stride, min(w, i1 - r0), count, dst,
-                                 out_first, channels * rows, square)
+                _move_square(src, r0 * row_stride + b * channel_stride + j0, row_stride,
+                             min(w, i1 - r0), count, dst, (j0 * channels + b) * rows + r0,
+                             channels * rows, square)
 
 
 def swapped(a):

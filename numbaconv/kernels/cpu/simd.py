@@ -30,6 +30,10 @@ and unchecked, like Numba's own array accesses.
                                 place through registers (log2(W) rounds of shuffles)
     copy_run(src, i, dst, j, n) dst[j:j + n] = src[i:i + n], a vector at a time (the last
                                 one masked); the rows must not overlap
+    move_transposed(src, i, s, dst, j, t)
+                                dst[j + c * t + r] = src[i + r * s + c] for r, c < W: a
+                                W x W square read a row (vector) at a time, transposed in
+                                registers and written a column at a time (no scratch)
     prefetch_write(row, i)      asks the CPU to fetch the cache line holding row[i] for
                                 writing, ahead of the stores that need it (a hint: no
                                 value changes)
@@ -45,8 +49,8 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, register_model
 
 __all__ = ["REGISTERS", "VECTOR_BYTES", "Vector", "add", "copy_run", "evens_odds", "fma",
-           "has_avx512", "load_first", "mul", "prefetch_write", "splat", "store_first",
-           "store_pairs", "sub", "total", "transpose", "width"]
+           "has_avx512", "load_first", "move_transposed", "mul", "prefetch_write", "splat",
+           "store_first", "store_pairs", "sub", "total", "transpose", "width"]
 
 
 def has_avx512() -> bool:
@@ -357,6 +361,38 @@ def transpose(typingctx, block):
         return context.get_dummy_value()
 
     return types.none(block), codegen
+
+
+@intrinsic
+def move_transposed(typingctx, src, first, row_stride, dst, out_first, out_stride):
+    vector_type = _vector_for(src)
+    if _vector_for(dst) != vector_type:
+        raise TypingError(f"cannot move a {src} square into a {dst}")
+    index_types = (first, row_stride, out_first, out_stride)
+    if not all(isinstance(t, types.Integer) for t in index_types):
+        raise TypingError(f"move_transposed takes integer indexes, got {index_types}")
+
+    def codegen(context, builder, sig, args):
+        vector_llvm = context.get_value_type(vector_type)
+        width = vector_type.width
+        align = src.dtype.bitwidth // 8
+        first_i, row_i, out_i, out_step = (
+            context.cast(builder, value, kind, types.intp)
+            for value, kind in zip((args[1], args[2], args[4], args[5]), index_types,
+                                   strict=True))
+
+        def pointer(row_type, row, start, step, k):
+            index = builder.add(start, builder.mul(step, context.get_constant(types.intp, k)))
+            return builder.bitcast(_address(context, builder, row_type, row, index,
+                                            types.intp), vector_llvm.as_pointer())
+
+        rows = [builder.load(pointer(src, args[0], first_i, row_i, r), align=align)
+                for r in range(width)]
+        for j, column in enumerate(_transposed(builder, rows, width)):
+            builder.store(column, pointer(dst, args[3], out_i, out_step, j), align=align)
+        return context.get_dummy_value()
+
+    return types.none(src, first, row_stride, dst, out_first, out_stride), codegen
 
 
 @intrinsic
