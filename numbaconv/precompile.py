@@ -89,8 +89,8 @@ KERNELS = {
     "channel_sums": 0.3,
     # the unrolled kernels (numbaconv.kernels.cpu.conv.unrolled: small maps); the products
     # also with the forward's weights read in place (VARIANTS: a strided view, another compile)
-    "swap_outer": 1.3,  # 1.45-1.55 on the Zen 4 EPYC (1.15-1.35 before its unmasked squares)
-    "transpose_pixels": 1.3,  # 1.5 on the Zen 4 EPYC
+    "swap_outer": 1.3,  # 1.25-1.4 on the Zen 4 EPYC
+    "transpose_pixels": 1.1,  # 1.05-1.15 on the Zen 4 EPYC
     "_live_weights": 0.7,
     "_live_weights_transposed": 0.7,
     "_taps_gradient": 0.8,

@@ -17,6 +17,7 @@ from numba import njit, prange
 
 from .. import simd
 from ..jobs import INT, INTS, Job, array
+from ..layout import _move_square
 from .common import FAST, _grouped_weights, _sum_partials, _taps, _zero_partials
 from .tiles import _abt_lanes_acc, _add_lane_sums, shifted_products_acc
 
@@ -26,53 +27,39 @@ WEIGHT_GRAD_ROWS = 5  # rows of LANES samples per pass of the weight-gradient ti
 
 @njit(cache=True)
 def _interleave(src, n0, c0, n_chan, buf):
-    """buf[c, p * LANES + l] = src[n0 + l, c0 + c] flattened at p, for c < n_chan (lanes past
-    the batch get zeros).
+    """buf[c, p * LANES + l] = src[n0 + l, c0 + c] flattened at p, for c < n_chan; lanes
+    past the batch are not written (every caller's buf starts zeroed).
 
-    By squares of W samples x W pixels (W = simd.width), transposed in registers: rows of a
-    sample's plane in, runs of W lanes out, every access a vector."""
+    By squares of W samples x W pixels (W = simd.width) transposed in registers
+    (:func:`..layout._move_square`): rows of a sample's plane in, runs of W lanes out."""
     w = simd.width(buf[0])
+    n_batch, channels = src.shape[0], src.shape[1]
     size = src.shape[2] * src.shape[3]
-    planes = src.reshape(src.shape[0], src.shape[1], size)
-    block = np.empty(w * w, dtype=buf.dtype)
+    flat = src.reshape(src.size)
+    square = np.empty(w * w, dtype=buf.dtype)
     for c in range(n_chan):
-        dst = buf[c]
-        for lane0 in range(0, LANES, w):
+        for lane0 in range(0, min(LANES, n_batch - n0), w):
             for p0 in range(0, size, w):
-                count = min(w, size - p0)
-                for lane in range(w):
-                    n = n0 + lane0 + lane
-                    if n < src.shape[0]:
-                        values = simd.load_first(planes[n, c0 + c], p0, count)
-                    else:
-                        values = simd.load_first(block, 0, 0)  # zeros
-                    simd.store_first(block, lane * w, values, w)
-                simd.transpose(block)
-                for q in range(count):
-                    simd.store_first(dst, (p0 + q) * LANES + lane0,
-                                     simd.load_first(block, q * w, w), w)
+                _move_square(flat, ((n0 + lane0) * channels + c0 + c) * size + p0,
+                             channels * size, min(w, n_batch - n0 - lane0), min(w, size - p0),
+                             buf[c], p0 * LANES + lane0, LANES, square)
 
 
 @njit(cache=True)
 def _deinterleave(buf, n0, c0, n_chan, dst):
     """The inverse of :func:`_interleave`: dst[n0 + l, c0 + c] from buf's lanes."""
     w = simd.width(buf[0])
+    n_batch, channels = dst.shape[0], dst.shape[1]
     size = dst.shape[2] * dst.shape[3]
-    planes = dst.reshape(dst.shape[0], dst.shape[1], size)
-    block = np.empty(w * w, dtype=buf.dtype)
+    flat = dst.reshape(dst.size)
+    square = np.empty(w * w, dtype=buf.dtype)
     for c in range(n_chan):
-        src = buf[c]
-        for lane0 in range(0, min(LANES, dst.shape[0] - n0), w):
+        for lane0 in range(0, min(LANES, n_batch - n0), w):
             for p0 in range(0, size, w):
-                count = min(w, size - p0)
-                for q in range(w):
-                    simd.store_first(block, q * w,
-                                     simd.load_first(src, (p0 + q) * LANES + lane0,
-                                                     w if q < count else 0), w)
-                simd.transpose(block)
-                for lane in range(min(w, dst.shape[0] - n0 - lane0)):
-                    simd.store_first(planes[n0 + lane0 + lane, c0 + c], p0,
-                                     simd.load_first(block, lane * w, w), count)
+                _move_square(buf[c], p0 * LANES + lane0, LANES, min(w, size - p0),
+                             min(w, n_batch - n0 - lane0), flat,
+                             ((n0 + lane0) * channels + c0 + c) * size + p0, channels * size,
+                             square)
 
 
 @njit(cache=True, fastmath=FAST)
