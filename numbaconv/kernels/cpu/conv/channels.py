@@ -44,6 +44,7 @@ from numba import njit, prange
 
 from .. import buffers, simd
 from ..jobs import INT, INTS, Job, array
+from ..layout import _move_square
 from .common import FAST
 from .place import pad_rows
 from .tiles import UINT, WIDE
@@ -172,16 +173,15 @@ def add_tile(xs, weights, taps, k0, k1, p0, step, sums, o):
 def spread(sums, o, count, y, n, c0, oh, ow, square):
     """y[n, c0:c0 + 2W, oh, ow:ow + count] = the sums of ``count`` (<= W) consecutive
     outputs of a row, at positions o, o + 1, ... of the scratch ``sums`` (2W channels each),
-    by two W x W squares transposed in registers (:func:`.simd.transpose`; ``square`` holds
-    W * W values)."""
+    by two W x W squares transposed in registers (:func:`..layout._move_square`; ``square``
+    holds W * W values)."""
     w = simd.width(square)
+    channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    flat = y.reshape(y.size)
     for half in range(0, 2 * w, w):
-        for i in range(count):
-            simd.store_first(square, i * w, simd.load_first(sums, (o + i) * 2 * w + half, w), w)
-        simd.transpose(square)
-        for j in range(w):
-            simd.store_first(y[n, c0 + half + j, oh], ow, simd.load_first(square, j * w, w),
-                             count)
+        _move_square(sums, o * 2 * w + half, 2 * w, count, w, flat,
+                     ((n * channels + c0 + half) * out_h + oh) * out_w + ow, out_h * out_w,
+                     square)
 
 
 @njit(inline="always")
@@ -342,20 +342,17 @@ GY_SAMPLES_BYTES = 1 << 18  # gy's block of channels for the samples a tile sums
 def channels_last_rows(gy, n, c0, oh0, oh1, dst, square):
     """dst[p * 2W:(p + 1) * 2W] = gy[n, c0:c0 + 2W] at output p = (oh - oh0) * OW + ow, for
     the rows oh0 <= oh < oh1 of gy (N, C, OH, OW): W x W squares (W channels x W positions
-    of a row) transposed in registers (:func:`.simd.transpose`; ``square``: W * W values)."""
+    of a row) transposed in registers (:func:`..layout._move_square`; ``square``: W * W
+    values)."""
     w = simd.width(square)
-    out_w = gy.shape[3]
+    channels, out_h, out_w = gy.shape[1], gy.shape[2], gy.shape[3]
+    flat = gy.reshape(gy.size)
     for half in range(0, 2 * w, w):
         for oh in range(oh0, oh1):
             for ow in range(0, out_w, w):
-                count = min(w, out_w - ow)
-                for i in range(w):
-                    simd.store_first(square, i * w,
-                                     simd.load_first(gy[n, c0 + half + i, oh], ow, count), w)
-                simd.transpose(square)
-                for j in range(count):
-                    simd.store_first(dst, ((oh - oh0) * out_w + ow + j) * 2 * w + half,
-                                     simd.load_first(square, j * w, w), w)
+                _move_square(flat, ((n * channels + c0 + half) * out_h + oh) * out_w + ow,
+                             out_h * out_w, w, min(w, out_w - ow), dst,
+                             ((oh - oh0) * out_w + ow) * 2 * w + half, 2 * w, square)
 
 
 @njit(parallel=True, cache=True)
