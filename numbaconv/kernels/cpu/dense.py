@@ -89,13 +89,20 @@ def _pack(b, transposed, k0, k1, p0, p_size, panel, square):
                 for j in range(count, tile, w):
                     simd.store_first(out, j, zeros, w)
         return
+    flat = b.reshape(b.size)
+    k_size = b.shape[1]
     for t in range(n_tiles):
         dst = panel[t]
+        out = dst.reshape(dst.size)
         for j in range(0, tile, w):
             first = p0 + t * tile + j  # b's rows first:first + W, B's columns
             rows = max(0, min(w, p_size - first))
             for k in range(k0, k1, w):
                 taps = min(w, k1 - k)
+                if rows == w and taps == w:  # a whole square: in registers
+                    simd.move_transposed(flat, first * k_size + k, k_size, out,
+                                         (k - k0) * tile + j, tile)
+                    continue
                 for r in range(rows):
                     simd.store_first(square, r * w, simd.load_first(b[first + r], k, taps), w)
                 for r in range(rows, w):
