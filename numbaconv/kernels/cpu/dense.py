@@ -74,7 +74,8 @@ def matmul_acc(a, b, c):
 def _pack(b, transposed, k0, k1, p0, p_size, panel, square):
     """panel[t, k - k0, j] = B[k, p0 + t * 4W + j] for taps k0:k1, zeros past column
     p_size, where B is b (K, P), or b.T (b (P, K)) where ``transposed``: there by W x W
-    squares of b transposed in registers (``square``: W * W values of scratch)."""
+    squares of b transposed in registers (:func:`.simd.move_transposed`), those past b's last
+    row through ``square`` (W * W values of scratch) with zeros for the missing rows."""
     n_tiles, tile = panel.shape[0], panel.shape[2]
     w = simd.width(square)
     zeros = simd.splat(square, 0)

@@ -173,8 +173,8 @@ def add_tile(xs, weights, taps, k0, k1, p0, step, sums, o):
 def spread(sums, o, count, y, n, c0, oh, ow, square):
     """y[n, c0:c0 + 2W, oh, ow:ow + count] = the sums of ``count`` (<= W) consecutive
     outputs of a row, at positions o, o + 1, ... of the scratch ``sums`` (2W channels each),
-    by two W x W squares transposed in registers (:func:`..layout._move_square`; ``square``
-    holds W * W values)."""
+    by two W x W squares transposed in registers (:func:`..layout._move_square`; ``square``,
+    W * W values, is its scratch for a part of a square)."""
     w = simd.width(square)
     channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     flat = y.reshape(y.size)
@@ -342,8 +342,8 @@ GY_SAMPLES_BYTES = 1 << 18  # gy's block of channels for the samples a tile sums
 def channels_last_rows(gy, n, c0, oh0, oh1, dst, square):
     """dst[p * 2W:(p + 1) * 2W] = gy[n, c0:c0 + 2W] at output p = (oh - oh0) * OW + ow, for
     the rows oh0 <= oh < oh1 of gy (N, C, OH, OW): W x W squares (W channels x W positions
-    of a row) transposed in registers (:func:`..layout._move_square`; ``square``: W * W
-    values)."""
+    of a row) transposed in registers (:func:`..layout._move_square`; ``square``, W * W
+    values, is its scratch for a part of a square)."""
     w = simd.width(square)
     channels, out_h, out_w = gy.shape[1], gy.shape[2], gy.shape[3]
     flat = gy.reshape(gy.size)

@@ -28,7 +28,8 @@ WEIGHT_GRAD_ROWS = 5  # rows of LANES samples per pass of the weight-gradient ti
 @njit(cache=True)
 def _interleave(src, n0, c0, n_chan, buf):
     """buf[c, p * LANES + l] = src[n0 + l, c0 + c] flattened at p, for c < n_chan; lanes
-    past the batch are not written (every caller's buf starts zeroed).
+    past the batch are not written: a caller passes buf zeroed (np.zeros), for the kernels
+    sum those lanes too.
 
     By squares of W samples x W pixels (W = simd.width) transposed in registers
     (:func:`..layout._move_square`): rows of a sample's plane in, runs of W lanes out."""
