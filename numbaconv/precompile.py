@@ -96,7 +96,7 @@ KERNELS = {
     "_taps_gradient": 0.8,
     "_pair_products": 1.1,
     "_pair_products_in_place": 2.7,
-    "packed_matmul_acc": 3.0,
+    "packed_matmul_acc": 3.0,  # 5.8-6.0 on the Zen 4 EPYC (5.1-5.4 before its register squares)
     # the jobs (see numbaconv.kernels.cpu.jobs)
     **{f"{JOB_PREFIX}conv2d_{activation}_{pool}_pool_forward": 3.7
        for activation in ("sigmoid", "relu") for pool in ("avg", "max")},
