@@ -112,7 +112,10 @@ def shaped_like(flat, x):
     return flat.reshape(x.shape)
 
 
-SWAP_ROWS = 64  # rows of a task of swap_outer
+SWAP_ROWS = 64  # rows of a job of swap_outer
+SQUARE_TASKS = 16  # parallel tasks of swap_outer and transpose_pixels, each looping over
+# its share of the jobs with one square scratch (one per job: transpose_pixels 1.1-1.3x
+# slower on ResNet-18's 6x6 to 12x12 maps, AMD EPYC, one thread)
 
 
 @njit(inline="always")
@@ -139,7 +142,7 @@ def swap_outer(src, rows, channels, length, row_stride, channel_stride, out):
     """out (length, channels, rows), C-contiguous, out[j, b, i] = src[i * row_stride + b *
     channel_stride + j]: an array's axes rearranged (samples x channels x pixels to pixels x
     channels x samples and back, or to pixels x samples x channels), src its flat data; by
-    tasks of one b and SWAP_ROWS rows.
+    jobs of one b and SWAP_ROWS rows.
 
     By W x W squares (W rows' next W values, a vector each) transposed in registers
     (:func:`_move_square`). Read across the rows a value at a time, the rows' lines (a
@@ -156,16 +159,19 @@ def swap_outer(src, rows, channels, length, row_stride, channel_stride, out):
     dst = out.reshape(out.size)
     w = simd.width(src)
     n_blocks = -(-rows // SWAP_ROWS)
-    for task in prange(channels * n_blocks):
-        b, i0 = task // n_blocks, task % n_blocks * SWAP_ROWS
-        i1 = min(rows, i0 + SWAP_ROWS)
+    n_jobs = channels * n_blocks
+    n_tasks = min(n_jobs, SQUARE_TASKS)
+    for task in prange(n_tasks):
         square = np.empty(w * w, dtype=src.dtype)
-        for j0 in range(0, length, w):
-            count = min(w, length - j0)
-            for r0 in range(i0, i1, w):
-                _move_square(src, r0 * row_stride + b * channel_stride + j0, row_stride,
-                             min(w, i1 - r0), count, dst, (j0 * channels + b) * rows + r0,
-                             channels * rows, square)
+        for job in range(task * n_jobs // n_tasks, (task + 1) * n_jobs // n_tasks):
+            b, i0 = job // n_blocks, job % n_blocks * SWAP_ROWS
+            i1 = min(rows, i0 + SWAP_ROWS)
+            for j0 in range(0, length, w):
+                count = min(w, length - j0)
+                for r0 in range(i0, i1, w):
+                    _move_square(src, r0 * row_stride + b * channel_stride + j0, row_stride,
+                                 min(w, i1 - r0), count, dst, (j0 * channels + b) * rows + r0,
+                                 channels * rows, square)
 
 
 def swapped(a):
@@ -180,21 +186,23 @@ def swapped(a):
 @njit(parallel=True, cache=True)
 def transpose_pixels(m, out):
     """out (P, N, C) = m (P, C, N), both C-contiguous: each pixel's matrix transposed, by
-    tasks of one pixel and W channels, W x W squares (W channels' next W samples) transposed
+    jobs of one pixel and W channels, W x W squares (W channels' next W samples) transposed
     in registers (:func:`_move_square`; a sample at a time read each line of m 16 times:
     ResNet-18's 256 channels on 6x6 maps, batch 64, took 2.2 ms; by 16 x 16 blocks a value
     at a time 0.44, now 0.21: AMD EPYC, one thread)."""
     pixels, channels, n = m.shape
     w = simd.width(out.reshape(out.size))  # (m[0, 0] is past the end of an empty m)
     blocks = -(-channels // w)
-    for task in prange(pixels * blocks):
-        p, c0 = task // blocks, task % blocks * w
-        n_chan = min(w, channels - c0)
-        src, dst = m[p].reshape(channels * n), out[p].reshape(n * channels)
+    n_jobs = pixels * blocks
+    n_tasks = min(n_jobs, SQUARE_TASKS)
+    for task in prange(n_tasks):
         square = np.empty(w * w, dtype=m.dtype)
-        for s0 in range(0, n, w):
-            _move_square(src, c0 * n + s0, n, n_chan, min(w, n - s0), dst, s0 * channels + c0,
-                         channels, square)
+        for job in range(task * n_jobs // n_tasks, (task + 1) * n_jobs // n_tasks):
+            p, c0 = job // blocks, job % blocks * w
+            src, dst = m[p].reshape(channels * n), out[p].reshape(n * channels)
+            for s0 in range(0, n, w):
+                _move_square(src, c0 * n + s0, n, min(w, channels - c0), min(w, n - s0), dst,
+                             s0 * channels + c0, channels, square)
 
 
 def pixel_rows(x):
